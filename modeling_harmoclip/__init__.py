@@ -1,0 +1,20 @@
+"""HarmoCLIP: CLIP with aligned global and region embeddings, in the Hugging Face format.
+
+The files of this folder are also the model's remote code on the Hub: each imports only torch, transformers, the
+standard library and its siblings (relatively), so `trust_remote_code=True` loading needs nothing else.
+"""
+
+from .configuration_harmoclip import HarmoCLIPConfig
+from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
+from .modeling_harmoclip import HarmoCLIPModel, HarmoCLIPOutput
+from .roi_align import roi_align
+
+__all__ = [
+    "HarmoCLIPConfig",
+    "HarmoCLIPModel",
+    "HarmoCLIPOutput",
+    "roi_align",
+    "global_contrastive_loss",
+    "lexeme_region_contrastive_loss",
+    "global_region_alignment_loss",
+]

@@ -1,0 +1,449 @@
+"""HarmoCLIP: a CLIP whose image encoder also gives region (box) embeddings aligned with caption phrases.
+
+The global towers are transformers' `CLIPModel`, inherited unchanged: parameter names, `get_text_features`,
+`get_image_features` and the text+image `forward` behave exactly like CLIP's, so CLIP checkpoints load by identity
+and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
+
+- dense features: the vision trunk up to the last layer, then the last layer with attention replaced by its value
+  path (CLIPSelf / FineCLIP), `post_layernorm` and `visual_projection` on every patch;
+- region embeddings: RoIAlign (1x1, aligned, adaptive sampling) of the dense map at each box, L2-normalised;
+- lexeme embeddings: mean of the caption's final token states over a phrase's tokens, projected, L2-normalised;
+- the losses GC, LRC and GR (see `losses.py`), weighted by the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils import ModelOutput
+
+from .configuration_harmoclip import HarmoCLIPConfig
+from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
+from .roi_align import enlarge_boxes, roi_align
+
+# Crops are encoded in chunks of this many to bound activation memory whatever the number of boxes.
+CROP_CHUNK_SIZE = 64
+
+
+@dataclass
+class HarmoCLIPOutput(CLIPOutput):
+    r"""
+    CLIP's output (`loss`, `logits_per_image` (B_img, B_txt), `logits_per_text`, `text_embeds` (B_txt, D),
+    `image_embeds` (B_img, D), `text_model_output`, `vision_model_output`) plus:
+
+    region_embeds (`torch.FloatTensor` of shape `(B, N, D)`, *optional*):
+        L2-normalised region embeddings of the boxes, float32; rows of masked boxes are zeros.
+    lexeme_embeds (`torch.FloatTensor` of shape `(B, N, D)`, *optional*):
+        L2-normalised phrase embeddings aligned with the boxes; rows of boxes without a phrase are zeros.
+    region_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which boxes were valid.
+    linked_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which valid boxes have a phrase.
+    loss_gc, loss_lrc, loss_gr (`torch.FloatTensor` scalars, *optional*):
+        The unweighted loss terms, `None` where a term does not apply; `loss` is their weighted sum.
+    """
+
+    region_embeds: torch.Tensor | None = None
+    lexeme_embeds: torch.Tensor | None = None
+    region_mask: torch.Tensor | None = None
+    linked_mask: torch.Tensor | None = None
+    loss_gc: torch.Tensor | None = None
+    loss_lrc: torch.Tensor | None = None
+    loss_gr: torch.Tensor | None = None
+
+
+def _normalize(embeds: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeds, dim=-1, eps=1e-12)
+
+
+def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = "boxes") -> torch.Tensor:
+    """Validates (B, N, 4) xyxy boxes and returns the (B, N) bool mask of valid boxes.
+
+    Raises `ValueError` naming the argument and the first offending (image, box) index.
+    """
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, N, 4), got {type(boxes).__name__}")
+    if boxes.dim() != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"`{name}` must have shape (B, N, 4) (xyxy per box), got {tuple(boxes.shape)}")
+    if box_mask is None:
+        box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    else:
+        if not isinstance(box_mask, torch.Tensor) or tuple(box_mask.shape) != tuple(boxes.shape[:2]):
+            shape = tuple(box_mask.shape) if isinstance(box_mask, torch.Tensor) else type(box_mask).__name__
+            raise ValueError(f"`box_mask` must have shape {tuple(boxes.shape[:2])} to match `{name}`, got {shape}")
+        box_mask = box_mask.to(device=boxes.device, dtype=torch.bool)
+    bad_value = ~torch.isfinite(boxes).all(dim=-1) & box_mask
+    if bad_value.any():
+        b, n = bad_value.nonzero()[0].tolist()
+        raise ValueError(f"`{name}`[{b}, {n}] is not finite: {boxes[b, n].tolist()}")
+    inverted = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])) & box_mask
+    if inverted.any():
+        b, n = inverted.nonzero()[0].tolist()
+        raise ValueError(f"`{name}`[{b}, {n}] is empty or inverted (need x2 > x1 and y2 > y1): {boxes[b, n].tolist()}")
+    return box_mask
+
+
+class HarmoCLIPModel(CLIPModel):
+    """CLIP with region and lexeme embeddings. Parameter names are `CLIPModel`'s plus `region_logit_scale`."""
+
+    config_class = HarmoCLIPConfig
+    config: HarmoCLIPConfig
+
+    def __init__(self, config: HarmoCLIPConfig):
+        super().__init__(config)
+        # Learnable log temperature of the lexeme-region contrast, separate from the global one.
+        self.region_logit_scale = nn.Parameter(torch.tensor(float(config.region_logit_scale_init_value)))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # CLIPModel.__init__ already runs post_init once, before `region_logit_scale` exists.
+        if isinstance(module, HarmoCLIPModel) and hasattr(module, "region_logit_scale"):
+            # `init.*` skips tensors loaded from a checkpoint, so this only fills what a CLIP checkpoint lacks.
+            init.constant_(module.region_logit_scale, float(self.config.region_logit_scale_init_value))
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        # `register_for_auto_class` keeps one auto class per Python class: add the zero-shot head by hand.
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map["AutoModelForZeroShotImageClassification"] = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # ------------------------------------------------------------------ vision: trunk, dense map, regions
+
+    def _vision_trunk(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1 + h*w, C) hidden states entering the last vision layer."""
+        vision = self.vision_model
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden = vision.pre_layrnorm(hidden)
+        for layer in vision.encoder.layers[:-1]:
+            hidden = layer(hidden, None)
+        return hidden
+
+    def _global_from_trunk(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Trunk states (B, 1 + h*w, C) -> (B, D) projected, unnormalised image embedding (CLIP's CLS path)."""
+        hidden = self.vision_model.encoder.layers[-1](hidden, None)
+        return self.visual_projection(self.vision_model.post_layernorm(hidden[:, 0]))
+
+    def _dense_from_trunk(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features."""
+        layer = self.vision_model.encoder.layers[-1]
+        if self.config.dense_mode == "value":
+            attention = layer.self_attn
+            hidden = hidden + attention.out_proj(attention.v_proj(layer.layer_norm1(hidden)))
+            hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+        else:
+            hidden = layer(hidden, None)
+        patches = self.visual_projection(self.vision_model.post_layernorm(hidden[:, 1:]))
+        batch, _, dim = patches.shape
+        return patches.transpose(1, 2).reshape(batch, dim, grid[0], grid[1])
+
+    def _patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        patch = self.config.vision_config.patch_size
+        return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
+
+    def get_dense_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, H/patch, W/patch) patch embeddings in the joint space, L2-normalised per location."""
+        dense = self._dense_from_trunk(self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values))
+        return F.normalize(dense, dim=1, eps=1e-12)
+
+    def _pool_regions(self, dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
+        """RoIAlign (1x1) of the unnormalised dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D)."""
+        batch, num_boxes = boxes.shape[:2]
+        height, width = dense.shape[-2:]
+        scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
+        rois = torch.cat(
+            [
+                torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None],
+                boxes.reshape(-1, 4).float() * scale,
+            ],
+            dim=1,
+        )
+        valid = box_mask.reshape(-1)
+        pooled = roi_align(dense.float(), rois[valid], output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        regions = dense.new_zeros(batch * num_boxes, dense.shape[1], dtype=torch.float32)
+        regions = regions.index_copy(0, valid.nonzero(as_tuple=True)[0], _normalize(pooled.flatten(1)))
+        return regions.reshape(batch, num_boxes, -1)
+
+    def get_region_features(
+        self,
+        pixel_values: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Region embeddings from one pass of the image encoder, whatever the number of boxes.
+
+        Args:
+            pixel_values: (B, 3, H, W).
+            boxes: (B, N, 4) xyxy, normalised to [0, 1] in the frame of `pixel_values` (as the processor returns).
+            box_mask: (B, N) bool, True for real boxes; default all True.
+        Returns:
+            (B, N, D) float32, L2-normalised; rows of masked boxes are zeros.
+        """
+        box_mask = check_boxes(boxes, box_mask)
+        dense = self._dense_from_trunk(self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values))
+        return self._pool_regions(dense, boxes, box_mask)
+
+    def get_crop_features(
+        self, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Global embedding of each box's crop: the teacher signal of GR.
+
+        Each box is enlarged about its centre by `config.gr_crop_scale`, cut from `pixel_values` with RoIAlign at the
+        model's input size (zeros, i.e. the mean colour, outside the image) and encoded by `get_image_features`.
+
+        Args: as `get_region_features`. Returns: (B, N, D) float32, L2-normalised; masked rows are zeros.
+        """
+        box_mask = check_boxes(boxes, box_mask)
+        batch, num_boxes = boxes.shape[:2]
+        height, width = pixel_values.shape[-2:]
+        size = self.config.vision_config.image_size
+        scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
+        crop_boxes = enlarge_boxes(boxes.float(), float(self.config.gr_crop_scale)) * scale
+        rois = torch.cat(
+            [torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None], crop_boxes.reshape(-1, 4)],
+            dim=1,
+        )
+        valid_index = box_mask.reshape(-1).nonzero(as_tuple=True)[0]
+        embeds = pixel_values.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
+        for chunk in valid_index.split(CROP_CHUNK_SIZE):
+            crops = roi_align(pixel_values.float(), rois[chunk], output_size=(size, size), sampling_ratio=-1, aligned=True)
+            crops = crops.to(pixel_values.dtype)
+            crop_embeds = self.get_image_features(pixel_values=crops).pooler_output
+            embeds = embeds.index_copy(0, chunk, _normalize(crop_embeds.float()))
+        return embeds.reshape(batch, num_boxes, -1)
+
+    # ------------------------------------------------------------------ text: lexemes
+
+    def _lexemes_from_states(self, token_states: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of final token states (B, T, C) over each phrase's tokens (B, N, T) -> (B, N, D) normalised."""
+        weights = phrase_token_mask.to(token_states.dtype)
+        counts = weights.sum(-1, keepdim=True)
+        pooled = weights @ token_states / counts.clamp(min=1)
+        lexemes = _normalize(self.text_projection(pooled).float())
+        return lexemes * (counts > 0).to(lexemes.dtype)
+
+    def _lexemes_separate(self, input_ids: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
+        """Each phrase encoded as its own text: BOS + the phrase's caption tokens + EOS -> (B, N, D) normalised."""
+        batch, num_phrases, _ = phrase_token_mask.shape
+        linked = phrase_token_mask.any(-1).reshape(-1)
+        lexemes = torch.zeros(batch * num_phrases, self.config.projection_dim, device=input_ids.device)
+        if not linked.any():
+            return lexemes.reshape(batch, num_phrases, -1)
+        eos = self.config.text_config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        masks = phrase_token_mask.reshape(-1, phrase_token_mask.shape[-1])[linked]
+        captions = input_ids.repeat_interleave(num_phrases, dim=0)[linked]
+        sequences = [torch.cat([caption[:1], caption[mask], caption.new_tensor([eos])]) for caption, mask in zip(captions, masks)]
+        longest = max(len(sequence) for sequence in sequences)
+        ids = input_ids.new_zeros(len(sequences), longest)
+        attention = torch.zeros_like(ids)
+        for row, sequence in enumerate(sequences):
+            ids[row, : len(sequence)] = sequence
+            attention[row, : len(sequence)] = 1
+        embeds = self.get_text_features(input_ids=ids, attention_mask=attention).pooler_output
+        lexemes = lexemes.index_copy(0, linked.nonzero(as_tuple=True)[0], _normalize(embeds.float()))
+        return lexemes.reshape(batch, num_phrases, -1)
+
+    def get_lexeme_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, phrase_token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Phrase ("lexeme") embeddings in the joint space.
+
+        Args:
+            input_ids, attention_mask: (B, T) captions, one per image.
+            phrase_token_mask: (B, N, T) bool, the caption tokens of each box's phrase (a row of zeros: no phrase).
+        Returns:
+            (B, N, D) float32, L2-normalised; rows without tokens are zeros. In `"token"` mode the caption is encoded
+            once and the phrase's final (layer-normed) token states are mean-pooled, then projected; in
+            `"separate"` mode each phrase is encoded as its own text.
+        """
+        check_phrase_token_mask(phrase_token_mask, input_ids)
+        phrase_token_mask = phrase_token_mask.to(device=input_ids.device, dtype=torch.bool)
+        if self.config.lexeme_mode == "separate":
+            return self._lexemes_separate(input_ids, phrase_token_mask)
+        states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._lexemes_from_states(states, phrase_token_mask)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
+        phrase_ids: torch.Tensor | None = None,
+        teacher_region_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HarmoCLIPOutput:
+        r"""
+        With only `input_ids` and `pixel_values` this is `CLIPModel.forward`. Additionally:
+
+        boxes (`(B, N, 4)`): normalised xyxy boxes in the frame of `pixel_values`; enables `region_embeds`.
+        box_mask (`(B, N)` bool): valid boxes; default all.
+        phrase_token_mask (`(B, N, T)` bool): each box's phrase tokens in its image's caption; enables `lexeme_embeds`.
+        phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
+            >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
+            is linked when its phrase row has a token.
+        teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features`);
+            enables GR.
+        return_loss (`bool`): compute `loss` = w_gc GC + w_lrc LRC + w_gr GR over the terms that apply.
+        """
+        if pixel_values is None or input_ids is None:
+            raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
+        region_mask = check_boxes(boxes, box_mask) if boxes is not None else None
+        linked_mask = None
+        if phrase_token_mask is not None:
+            if boxes is None:
+                raise ValueError("`phrase_token_mask` was given without `boxes`")
+            check_phrase_token_mask(phrase_token_mask, input_ids, boxes.shape[:2])
+            phrase_token_mask = phrase_token_mask.to(device=input_ids.device, dtype=torch.bool)
+            linked_mask = region_mask & phrase_token_mask.any(-1)
+            if phrase_ids is not None:
+                if not isinstance(phrase_ids, torch.Tensor) or tuple(phrase_ids.shape) != tuple(boxes.shape[:2]):
+                    shape = tuple(phrase_ids.shape) if isinstance(phrase_ids, torch.Tensor) else type(phrase_ids).__name__
+                    raise ValueError(f"`phrase_ids` must have shape {tuple(boxes.shape[:2])}, got {shape}")
+                needs_tokens = region_mask & (phrase_ids >= 0)
+                empty = needs_tokens & ~phrase_token_mask.any(-1)
+                if empty.any():
+                    b, n = empty.nonzero()[0].tolist()
+                    raise ValueError(
+                        f"`phrase_token_mask`[{b}, {n}] has no token set, but box ({b}, {n}) is valid and has phrase id "
+                        f"{int(phrase_ids[b, n])}"
+                    )
+                linked_mask = needs_tokens
+        if teacher_region_embeds is not None:
+            if boxes is None:
+                raise ValueError("`teacher_region_embeds` was given without `boxes`")
+            expected = (*boxes.shape[:2], self.config.projection_dim)
+            if tuple(teacher_region_embeds.shape) != expected:
+                raise ValueError(f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}")
+
+        # Image tower: one trunk pass shared by the global embedding and the dense map when regions are needed.
+        region_embeds = None
+        if boxes is None:
+            vision_outputs = self.get_image_features(
+                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+            )
+        else:
+            trunk = self._vision_trunk(pixel_values, interpolate_pos_encoding)
+            vision_outputs = BaseModelOutputWithPooling(pooler_output=self._global_from_trunk(trunk))
+            dense = self._dense_from_trunk(trunk, self._patch_grid(pixel_values))
+            region_embeds = self._pool_regions(dense, boxes, region_mask)
+
+        # Text tower: the caption's pass also gives the token states of its phrases.
+        text_outputs = self.get_text_features(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        lexeme_embeds = None
+        if phrase_token_mask is not None:
+            if self.config.lexeme_mode == "separate":
+                lexeme_embeds = self._lexemes_separate(input_ids, phrase_token_mask & linked_mask[..., None])
+            else:
+                lexeme_embeds = self._lexemes_from_states(
+                    text_outputs.last_hidden_state, phrase_token_mask & linked_mask[..., None]
+                )
+
+        image_embeds = _normalize(vision_outputs.pooler_output)
+        text_embeds = _normalize(text_outputs.pooler_output)
+        logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device) * self.logit_scale.exp()
+        logits_per_image = logits_per_text.t()
+
+        loss = loss_gc = loss_lrc = loss_gr = None
+        if return_loss:
+            loss_gc, loss_lrc, loss_gr = self.compute_loss_terms(
+                image_embeds, text_embeds, region_embeds, lexeme_embeds, linked_mask, region_mask, phrase_ids, teacher_region_embeds
+            )
+            loss = self.combine_losses(loss_gc, loss_lrc, loss_gr)
+
+        return HarmoCLIPOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+            region_embeds=region_embeds,
+            lexeme_embeds=lexeme_embeds,
+            region_mask=region_mask,
+            linked_mask=linked_mask,
+            loss_gc=loss_gc,
+            loss_lrc=loss_lrc,
+            loss_gr=loss_gr,
+        )
+
+    def compute_loss_terms(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        region_embeds: torch.Tensor | None,
+        lexeme_embeds: torch.Tensor | None,
+        linked_mask: torch.Tensor | None,
+        region_mask: torch.Tensor | None,
+        phrase_ids: torch.Tensor | None,
+        teacher_region_embeds: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The unweighted GC, LRC and GR terms on this batch alone (None where a term's weight is 0 or its inputs are
+        missing). Multi-process training gathers embeddings and calls the functions of `losses.py` instead."""
+        config = self.config
+        loss_gc = loss_lrc = loss_gr = None
+        if config.loss_gc_weight > 0:
+            loss_gc = global_contrastive_loss(image_embeds, text_embeds, self.logit_scale.exp())
+        if config.loss_lrc_weight > 0 and lexeme_embeds is not None and linked_mask is not None and linked_mask.any():
+            loss_lrc = lexeme_region_contrastive_loss(
+                region_embeds[linked_mask],
+                lexeme_embeds[linked_mask],
+                self.region_logit_scale.exp(),
+                phrase_ids[linked_mask] if phrase_ids is not None else None,
+            )
+        if config.loss_gr_weight > 0 and teacher_region_embeds is not None and region_mask is not None and region_mask.any():
+            loss_gr = global_region_alignment_loss(region_embeds[region_mask], teacher_region_embeds[region_mask])
+        return loss_gc, loss_lrc, loss_gr
+
+    def combine_losses(
+        self, loss_gc: torch.Tensor | None, loss_lrc: torch.Tensor | None, loss_gr: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that are not None (None if all are)."""
+        weighted = [
+            weight * term
+            for weight, term in (
+                (self.config.loss_gc_weight, loss_gc),
+                (self.config.loss_lrc_weight, loss_lrc),
+                (self.config.loss_gr_weight, loss_gr),
+            )
+            if term is not None
+        ]
+        return torch.stack(weighted).sum() if weighted else None
+
+
+def check_phrase_token_mask(
+    phrase_token_mask: torch.Tensor, input_ids: torch.Tensor, boxes_shape: tuple[int, ...] | torch.Size | None = None
+) -> None:
+    """Validates a (B, N, T) phrase token mask against (B, T) `input_ids` and, if given, the boxes' (B, N)."""
+    if not isinstance(phrase_token_mask, torch.Tensor):
+        raise TypeError(f"`phrase_token_mask` must be a torch.Tensor of shape (B, N, T), got {type(phrase_token_mask).__name__}")
+    batch, length = input_ids.shape
+    expected_n = boxes_shape[1] if boxes_shape is not None else phrase_token_mask.shape[1] if phrase_token_mask.dim() == 3 else None
+    if phrase_token_mask.dim() != 3 or tuple(phrase_token_mask.shape) != (batch, expected_n, length):
+        raise ValueError(
+            f"`phrase_token_mask` must have shape (B, N, T) = ({batch}, {expected_n}, {length}), got {tuple(phrase_token_mask.shape)}"
+        )
+
+
+HarmoCLIPConfig.register_for_auto_class("AutoConfig")
+HarmoCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = ["HarmoCLIPModel", "HarmoCLIPOutput", "check_boxes", "check_phrase_token_mask"]

@@ -1,0 +1,150 @@
+"""RoIAlign in plain torch, with torchvision's semantics (torchvision cannot be installed beside every torch build).
+
+Bilinear sampling on a Cartesian grid of sample points is separable, so each RoI's pooled output is
+``A_y @ X @ A_x^T``, where ``A_y`` (output rows x H) and ``A_x`` (output columns x W) hold the summed bilinear weights
+of the RoI's sample points. This gives torchvision's exact arithmetic (same sample points, same border rules,
+adaptive grid per RoI) with two small matrix products per image instead of a gather per sample point, and it is
+differentiable with respect to the input map.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_roi_tensor(boxes: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Returns RoIs as a (K, 5) tensor ``[batch_index, x1, y1, x2, y2]``."""
+    if isinstance(boxes, (list, tuple)):
+        parts = []
+        for index, per_image in enumerate(boxes):
+            if not isinstance(per_image, torch.Tensor) or per_image.dim() != 2 or per_image.shape[-1] != 4:
+                shape = tuple(per_image.shape) if isinstance(per_image, torch.Tensor) else type(per_image).__name__
+                raise ValueError(f"roi_align: `boxes[{index}]` must be a (K, 4) tensor, got {shape}")
+            batch_index = torch.full_like(per_image[:, :1], float(index))
+            parts.append(torch.cat([batch_index, per_image], dim=1))
+        if not parts:
+            raise ValueError("roi_align: `boxes` is an empty list")
+        return torch.cat(parts, dim=0)
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[-1] != 5:
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"roi_align: `boxes` must be a (K, 5) tensor or a list of (K_i, 4) tensors, got {shape}")
+    return boxes
+
+
+def _axis_weights(
+    start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, pooled: int, size: int, max_grid: int
+) -> torch.Tensor:
+    """Summed bilinear weights along one axis.
+
+    Args:
+        start, bin_size, grid: (K,) RoI start coordinate, bin size and number of sample points per bin.
+        pooled: number of output bins along this axis; size: length of the input map along it.
+        max_grid: the largest entry of `grid` (the sample axis is padded to it and masked).
+    Returns:
+        (K, pooled, size) weights; row ``p`` sums the interpolation weights of bin ``p``'s sample points.
+    """
+    num_rois = start.shape[0]
+    device = start.device
+    bins = torch.arange(pooled, device=device, dtype=start.dtype)
+    samples = torch.arange(max_grid, device=device, dtype=start.dtype)
+    grid_f = grid.clamp(min=1).to(start.dtype)
+    # (K, pooled, max_grid) sample coordinates, as torchvision places them.
+    coords = (
+        start[:, None, None]
+        + bins[None, :, None] * bin_size[:, None, None]
+        + (samples[None, None, :] + 0.5) * (bin_size / grid_f)[:, None, None]
+    )
+    valid = samples[None, None, :] < grid[:, None, None]
+    # Points more than one pixel outside the map contribute zero; the rest are clamped onto it.
+    inside = (coords >= -1.0) & (coords <= size)
+    coords = coords.clamp(min=0.0)
+    low = coords.floor().long()
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    frac = torch.where(at_edge, torch.zeros_like(coords), coords - low.to(coords.dtype))
+    keep = (valid & inside).to(coords.dtype)
+    weights = torch.zeros(num_rois, pooled, size, device=device, dtype=start.dtype)
+    weights.scatter_add_(2, low.reshape(num_rois, pooled, -1), ((1.0 - frac) * keep).reshape(num_rois, pooled, -1))
+    weights.scatter_add_(2, high.reshape(num_rois, pooled, -1), (frac * keep).reshape(num_rois, pooled, -1))
+    return weights
+
+
+def roi_align(
+    input: torch.Tensor,
+    boxes: torch.Tensor | list[torch.Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """RoIAlign with the semantics of `torchvision.ops.roi_align`.
+
+    Args:
+        input: (B, C, H, W) feature map.
+        boxes: (K, 5) tensor of ``[batch_index, x1, y1, x2, y2]`` or a list of B tensors of shape (K_i, 4), in the
+            coordinates of the original image; `spatial_scale` maps them onto the feature map.
+        output_size: (out_h, out_w) or an int for a square output.
+        spatial_scale: factor from box coordinates to feature-map coordinates.
+        sampling_ratio: sample points per output bin along each axis; <= 0 picks ``ceil(roi_size / output_size)``
+            adaptively per RoI.
+        aligned: shift box coordinates by -0.5 pixel so that pixel centres line up (torchvision's ``aligned=True``).
+    Returns:
+        (K, C, out_h, out_w) pooled features, in `input`'s dtype.
+    """
+    if input.dim() != 4:
+        raise ValueError(f"roi_align: `input` must be a (B, C, H, W) tensor, got shape {tuple(input.shape)}")
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    rois = _as_roi_tensor(boxes).to(device=input.device).detach()
+    num_rois = rois.shape[0]
+    batch, channels, height, width = input.shape
+    if num_rois == 0:
+        return input.new_zeros(0, channels, out_h, out_w)
+    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    rois = rois.to(compute_dtype)
+
+    offset = 0.5 if aligned else 0.0
+    x1 = rois[:, 1] * spatial_scale - offset
+    y1 = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - x1
+    roi_h = rois[:, 4] * spatial_scale - offset - y1
+    if not aligned:  # legacy behaviour: RoIs are at least one pixel wide
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h = roi_h / out_h
+    bin_w = roi_w / out_w
+    if sampling_ratio > 0:
+        grid_h = torch.full((num_rois,), sampling_ratio, device=input.device, dtype=torch.long)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / out_h).long()
+        grid_w = torch.ceil(roi_w / out_w).long()
+    count = (grid_h * grid_w).clamp(min=1).to(compute_dtype)
+    max_grid_h = max(int(grid_h.max().item()), 1)
+    max_grid_w = max(int(grid_w.max().item()), 1)
+
+    weights_y = _axis_weights(y1, bin_h, grid_h, out_h, height, max_grid_h)  # (K, out_h, H)
+    weights_x = _axis_weights(x1, bin_w, grid_w, out_w, width, max_grid_w)  # (K, out_w, W)
+    weights_y = weights_y / count[:, None, None]
+
+    features = input.to(compute_dtype)
+    output = features.new_zeros(num_rois, channels, out_h, out_w)
+    batch_index = rois[:, 0].long()
+    if (batch_index < 0).any() or (batch_index >= batch).any():
+        bad = int(batch_index[(batch_index < 0) | (batch_index >= batch)][0])
+        raise ValueError(f"roi_align: batch index {bad} in `boxes` is outside [0, {batch})")
+    for image in batch_index.unique().tolist():
+        selected = (batch_index == image).nonzero(as_tuple=True)[0]
+        rows = torch.einsum("kph,chw->kcpw", weights_y[selected], features[image])
+        output = output.index_copy(0, selected, torch.einsum("kcpw,kqw->kcpq", rows, weights_x[selected]))
+    return output.to(input.dtype)
+
+
+def enlarge_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scales xyxy boxes (..., 4) about their centres by `scale` (no clipping: RoIAlign reads zeros outside)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
+    return torch.cat([centre - half, centre + half], dim=-1)
+
+
+__all__ = ["roi_align", "enlarge_boxes"]
