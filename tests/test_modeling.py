@@ -1,0 +1,299 @@
+"""HarmoCLIPModel against transformers' CLIPModel and hand computations, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel
+
+from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
+from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+
+VOCAB = tiny_clip_config().text_config.vocab_size
+BOS, EOS = VOCAB - 2, VOCAB - 1
+
+
+def _captions(batch: int, length: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB - 2, (batch, length), generator=generator)
+    ids[:, 0] = BOS
+    attention = torch.ones_like(ids)
+    for row in range(batch):  # captions of different lengths, padded after their EOS
+        end = length - 1 - (row % 3)
+        ids[row, end] = EOS
+        ids[row, end + 1 :] = EOS
+        attention[row, end + 1 :] = 0
+    return ids, attention
+
+
+def _images(batch: int, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def pair() -> tuple[CLIPModel, HarmoCLIPModel]:
+    torch.manual_seed(0)
+    clip = CLIPModel(tiny_clip_config()).eval()
+    model = HarmoCLIPModel(tiny_harmoclip_config()).eval()
+    result = model.load_state_dict(clip.state_dict(), strict=False)
+    assert result.missing_keys == ["region_logit_scale"] and not result.unexpected_keys
+    return clip, model
+
+
+def test_parameter_names_are_clips(pair) -> None:
+    clip, model = pair
+    assert set(clip.state_dict()) == set(model.state_dict()) - {"region_logit_scale"}
+
+
+def test_global_outputs_equal_clip(pair) -> None:
+    clip, model = pair
+    ids, attention = _captions(4)
+    pixels = _images(3)
+    with torch.no_grad():
+        for ours, theirs in (
+            (model.get_text_features(input_ids=ids, attention_mask=attention), clip.get_text_features(input_ids=ids, attention_mask=attention)),
+            (model.get_image_features(pixel_values=pixels), clip.get_image_features(pixel_values=pixels)),
+        ):
+            assert (ours.pooler_output - theirs.pooler_output).abs().max() <= 1e-6
+            assert (ours.last_hidden_state - theirs.last_hidden_state).abs().max() <= 1e-6
+        ours = model(input_ids=ids, pixel_values=pixels, attention_mask=attention)
+        theirs = clip(input_ids=ids[:3], pixel_values=pixels, attention_mask=attention[:3], return_loss=True)
+        plain = clip(input_ids=ids, pixel_values=pixels, attention_mask=attention)
+    for name in ("logits_per_image", "logits_per_text", "image_embeds", "text_embeds"):
+        assert (getattr(ours, name) - getattr(plain, name)).abs().max() <= 1e-6, name
+    assert ours.region_embeds is None and ours.lexeme_embeds is None and ours.loss_lrc is None and ours.loss_gr is None
+    square = model(input_ids=ids[:3], pixel_values=pixels, attention_mask=attention[:3], return_loss=True)
+    assert (square.loss_gc - theirs.loss).abs() <= 1e-6 and (square.loss - theirs.loss).abs() <= 1e-6
+
+
+def _value_path_reference(model: HarmoCLIPModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Dense features written out from the definition: value path in the last layer, then CLIP's heads."""
+    vision = model.vision_model
+    hidden = vision.pre_layrnorm(vision.embeddings(pixels))
+    for layer in vision.encoder.layers[:-1]:
+        hidden = layer(hidden, None)
+    last = vision.encoder.layers[-1]
+    hidden = hidden + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
+    hidden = hidden + last.mlp(last.layer_norm2(hidden))
+    patches = model.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, h*w, D)
+    grid = pixels.shape[-1] // model.config.vision_config.patch_size
+    return patches.reshape(pixels.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+
+
+def test_dense_features_follow_the_value_path(tiny_model: HarmoCLIPModel) -> None:
+    pixels = _images(2)
+    dense = tiny_model.get_dense_features(pixels)
+    reference = F.normalize(_value_path_reference(tiny_model, pixels), dim=1)
+    assert dense.shape == (2, 16, 4, 4)
+    assert (dense - reference).abs().max() <= 1e-6
+    assert torch.allclose(dense.norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
+
+
+def test_full_dense_mode_uses_the_ordinary_last_layer() -> None:
+    model = tiny_harmoclip_model(dense_mode="full")
+    pixels = _images(1)
+    hidden = model.get_image_features(pixel_values=pixels).last_hidden_state
+    patches = model.visual_projection(model.vision_model.post_layernorm(hidden[:, 1:]))
+    expected = F.normalize(patches.reshape(1, 4, 4, -1).permute(0, 3, 1, 2), dim=1)
+    assert (model.get_dense_features(pixels) - expected).abs().max() <= 1e-6
+
+
+def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> None:
+    tiny_model.train()
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 1.0]]])
+    tiny_model.get_region_features(_images(1), boxes).sum().backward()
+    last = tiny_model.vision_model.encoder.layers[-1].self_attn
+    assert last.v_proj.weight.grad is not None and last.v_proj.weight.grad.abs().sum() > 0
+    assert last.q_proj.weight.grad is None  # the value path does not use queries or keys
+
+
+def test_region_features_hand_computed_boxes(tiny_model: HarmoCLIPModel) -> None:
+    pixels = _images(2)
+    unnormalised = _value_path_reference(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
+    boxes = torch.tensor(
+        [
+            [[0.25, 0.5, 0.5, 0.75], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
+            [[0.75, 0.0, 1.0, 0.25], [0.25, 0.25, 0.75, 0.75], [0.1, 0.1, 0.9, 0.9]],
+        ]
+    )
+    box_mask = torch.tensor([[True, True, False], [True, True, True]])
+    regions = tiny_model.get_region_features(pixels, boxes, box_mask)
+    assert regions.shape == (2, 3, 16) and regions.dtype == torch.float32
+    assert torch.allclose(regions[0, 0], F.normalize(unnormalised[0, :, 2, 1], dim=0), atol=1e-6)  # one patch
+    assert torch.allclose(regions[0, 1], F.normalize(unnormalised[0, :, :2, :2].mean((-1, -2)), dim=0), atol=1e-6)
+    assert torch.allclose(regions[1, 0], F.normalize(unnormalised[1, :, 0, 3], dim=0), atol=1e-6)
+    assert torch.allclose(regions[1, 1], F.normalize(unnormalised[1, :, 1:3, 1:3].mean((-1, -2)), dim=0), atol=1e-6)
+    assert regions[0, 2].abs().sum() == 0  # masked box
+    assert torch.allclose(regions[1, 2].norm(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_one_image_encoder_pass_whatever_the_number_of_boxes(tiny_model: HarmoCLIPModel) -> None:
+    calls = []
+    handle = tiny_model.vision_model.embeddings.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for count in (1, 7, 40):
+            corner = torch.rand(1, count, 2) * 0.5
+            boxes = torch.cat([corner, corner + 0.3], dim=-1)
+            calls.clear()
+            tiny_model.get_region_features(_images(1), boxes)
+            assert len(calls) == 1
+        ids, attention = _captions(2)
+        calls.clear()
+        tiny_model(input_ids=ids, attention_mask=attention, pixel_values=_images(2), boxes=torch.tensor([[[0, 0, 1, 1.0]]] * 2))
+        assert len(calls) == 1  # the global embedding and the regions share the trunk
+    finally:
+        handle.remove()
+
+
+def test_forward_with_boxes_keeps_clip_global_embeddings(tiny_model: HarmoCLIPModel) -> None:
+    ids, attention = _captions(2)
+    pixels = _images(2)
+    boxes = torch.tensor([[[0.1, 0.2, 0.6, 0.9]], [[0.0, 0.0, 1.0, 1.0]]])
+    with torch.no_grad():
+        plain = tiny_model(input_ids=ids, attention_mask=attention, pixel_values=pixels)
+        with_boxes = tiny_model(input_ids=ids, attention_mask=attention, pixel_values=pixels, boxes=boxes)
+    assert (plain.image_embeds - with_boxes.image_embeds).abs().max() <= 1e-6
+    assert torch.allclose(with_boxes.region_embeds, tiny_model.get_region_features(pixels, boxes), atol=1e-6)
+
+
+def test_other_resolutions_with_interpolated_positions(tiny_model: HarmoCLIPModel) -> None:
+    pixels = _images(1, size=48)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])
+    with pytest.raises(ValueError):
+        tiny_model.get_region_features(pixels, boxes)
+    regions = tiny_model.get_region_features(pixels, boxes, interpolate_pos_encoding=True)
+    assert tiny_model.get_dense_features(pixels, interpolate_pos_encoding=True).shape == (1, 16, 6, 6)
+    assert regions.shape == (1, 1, 16) and torch.isfinite(regions).all()
+
+
+def test_lexemes_mean_pool_the_caption_token_states(tiny_model: HarmoCLIPModel) -> None:
+    ids, attention = _captions(2)
+    mask = torch.zeros(2, 3, ids.shape[1], dtype=torch.bool)
+    mask[0, 0, 2:4] = True
+    mask[0, 1, 5] = True
+    mask[1, 0, 1:6] = True  # row (1, 1) and (*, 2): no phrase
+    lexemes = tiny_model.get_lexeme_features(ids, attention, mask)
+    states = tiny_model.text_model(input_ids=ids, attention_mask=attention).last_hidden_state
+    expected = F.normalize(tiny_model.text_projection(states[0, 2:4].mean(0)), dim=0)
+    assert torch.allclose(lexemes[0, 0], expected, atol=1e-6)
+    expected = F.normalize(tiny_model.text_projection(states[1, 1:6].mean(0)), dim=0)
+    assert torch.allclose(lexemes[1, 0], expected, atol=1e-6)
+    assert lexemes[1, 1].abs().sum() == 0 and lexemes[0, 2].abs().sum() == 0
+
+
+def test_separate_lexeme_mode_encodes_each_phrase_alone() -> None:
+    model = tiny_harmoclip_model(lexeme_mode="separate")
+    ids, attention = _captions(1)
+    mask = torch.zeros(1, 2, ids.shape[1], dtype=torch.bool)
+    mask[0, 0, 3:5] = True
+    lexemes = model.get_lexeme_features(ids, attention, mask)
+    phrase = torch.cat([torch.tensor([BOS]), ids[0, 3:5], torch.tensor([EOS])])[None]
+    expected = F.normalize(model.get_text_features(input_ids=phrase).pooler_output[0], dim=0)
+    assert torch.allclose(lexemes[0, 0], expected, atol=1e-6)
+    assert lexemes[0, 1].abs().sum() == 0
+
+
+def test_crop_features_of_the_whole_image_are_its_global_embedding() -> None:
+    model = tiny_harmoclip_model(gr_crop_scale=1.0)
+    pixels = _images(2)
+    crops = model.get_crop_features(pixels, torch.tensor([[[0.0, 0.0, 1.0, 1.0]]] * 2))
+    expected = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    assert (crops[:, 0] - expected).abs().max() <= 1e-5
+
+
+def test_crop_features_enlarge_the_box() -> None:
+    """A box enlarged 2x about the centre of the image's middle half is the whole image."""
+    model = tiny_harmoclip_model(gr_crop_scale=2.0)
+    pixels = _images(1)
+    crops = model.get_crop_features(pixels, torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0, 0, 0.1, 0.1]]]), torch.tensor([[True, False]]))
+    expected = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    assert (crops[0, 0] - expected[0]).abs().max() <= 1e-5
+    assert crops[0, 1].abs().sum() == 0
+
+
+def _training_batch(model: HarmoCLIPModel):
+    ids, attention = _captions(2)
+    pixels = _images(2)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [[0.2, 0.2, 0.8, 0.8], [0.0, 0.0, 0.0, 0.0]]])
+    box_mask = torch.tensor([[True, True], [True, False]])
+    phrase_mask = torch.zeros(2, 2, ids.shape[1], dtype=torch.bool)
+    phrase_mask[0, 0, 1:3] = True
+    phrase_mask[1, 0, 4:6] = True
+    phrase_ids = torch.tensor([[11, -1], [12, -1]])  # box (0, 1) has no phrase, box (1, 1) is padding
+    teacher = model.get_crop_features(pixels, boxes, box_mask)
+    return dict(
+        input_ids=ids, attention_mask=attention, pixel_values=pixels, boxes=boxes, box_mask=box_mask,
+        phrase_token_mask=phrase_mask, phrase_ids=phrase_ids, teacher_region_embeds=teacher,
+    )
+
+
+def test_losses_are_weighted_and_reported_per_term() -> None:
+    model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_gr_weight=2.0)
+    batch = _training_batch(model)
+    out = model(**batch, return_loss=True)
+    assert out.linked_mask.tolist() == [[True, False], [True, False]]
+    assert out.region_mask.tolist() == [[True, True], [True, False]]
+    expected = out.loss_gc + 0.5 * out.loss_lrc + 2.0 * out.loss_gr
+    assert torch.allclose(out.loss, expected)
+    assert out.lexeme_embeds[0, 1].abs().sum() == 0  # unlinked box: no lexeme
+    # GR alone, from the definition: 1 - cos over the valid boxes.
+    cosine = F.cosine_similarity(out.region_embeds[batch["box_mask"]], batch["teacher_region_embeds"][batch["box_mask"]], dim=-1)
+    assert torch.allclose(out.loss_gr, (1 - cosine).mean(), atol=1e-6)
+    out.loss.backward()
+    assert model.region_logit_scale.grad is not None and model.logit_scale.grad is not None
+
+
+def test_zero_weight_terms_are_not_computed() -> None:
+    model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
+    out = model(**_training_batch(model), return_loss=True)
+    assert out.loss_gc is None and out.loss_gr is None and out.loss_lrc is not None
+    assert torch.allclose(out.loss, out.loss_lrc)
+
+
+def test_no_loss_without_return_loss(tiny_model: HarmoCLIPModel) -> None:
+    out = tiny_model(**_training_batch(tiny_model))
+    assert out.loss is None and out.loss_gc is None and out.region_embeds is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b: b.update(boxes=b["boxes"][..., :3]), r"`boxes` must have shape \(B, N, 4\)"),
+        (lambda b: b["boxes"].__setitem__((1, 0, 2), float("nan")), r"`boxes`\[1, 0\] is not finite"),
+        (lambda b: b["boxes"].__setitem__((0, 1, 0), 1.5), r"`boxes`\[0, 1\] is empty or inverted"),
+        (lambda b: b.update(box_mask=b["box_mask"][:, :1]), r"`box_mask` must have shape \(2, 2\)"),
+        (lambda b: b.update(phrase_token_mask=b["phrase_token_mask"][:, :, :5]), r"`phrase_token_mask` must have shape"),
+        (lambda b: b["phrase_token_mask"].__setitem__((1, 0), False), r"`phrase_token_mask`\[1, 0\] has no token set"),
+        (lambda b: b.update(phrase_ids=b["phrase_ids"][:1]), r"`phrase_ids` must have shape"),
+        (lambda b: b.update(teacher_region_embeds=b["teacher_region_embeds"][..., :3]), r"`teacher_region_embeds` must have shape"),
+    ],
+)
+def test_bad_input_names_the_argument_and_index(change, message) -> None:
+    model = tiny_harmoclip_model()
+    batch = _training_batch(model)
+    change(batch)
+    with pytest.raises(ValueError, match=message):
+        model(**batch, return_loss=True)
+
+
+def test_masked_boxes_may_hold_anything(tiny_model: HarmoCLIPModel) -> None:
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [float("nan"), 0.0, -1.0, 0.0]]])
+    regions = tiny_model.get_region_features(_images(1), boxes, torch.tensor([[True, False]]))
+    assert torch.isfinite(regions).all() and regions[0, 1].abs().sum() == 0
+
+
+def test_config_validation_and_from_clip_config() -> None:
+    clip_config = tiny_clip_config()
+    config = HarmoCLIPConfig.from_clip_config(clip_config, gr_teacher="self", loss_lrc_weight=0.0)
+    assert config.model_type == "harmoclip" and config.gr_teacher == "self" and config.loss_lrc_weight == 0.0
+    assert config.vision_config.patch_size == clip_config.vision_config.patch_size
+    assert config.text_config.vocab_size == clip_config.text_config.vocab_size
+    restored = HarmoCLIPConfig.from_dict(config.to_dict())
+    assert restored.gr_teacher == "self" and restored.loss_lrc_weight == 0.0
+    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1),
+                dict(loss_gr_weight="1"), dict(gr_crop_scale=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HarmoCLIPConfig(**bad)
+    with pytest.raises(TypeError, match="clip_config"):
+        HarmoCLIPConfig.from_clip_config({"projection_dim": 8})
