@@ -15,8 +15,8 @@ from conversion.clip_vocab import write_clip_tokenizer_files
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
-BPE_PATH = DATA / "bpe_simple_vocab_16e6.txt.gz"
+ASSETS = ROOT / "assets"
+BPE_PATH = ASSETS / "bpe_simple_vocab_16e6.txt.gz"
 TINY_MERGES = 2000  # vocabulary of 256 * 2 + 2000 + 2 = 2514 tokens
 TINY_VOCAB_SIZE = 512 + TINY_MERGES + 2
 
