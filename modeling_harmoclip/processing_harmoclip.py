@@ -26,12 +26,13 @@ Training inputs (one caption per image, each box linked to a phrase of its capti
         images=[image],
         text=["A dog chases a red bicycle."],
         boxes=[[[10, 20, 200, 310], [220, 40, 400, 300]]],
-        phrase_spans=[[(0, 5), (14, 25)]],
+        phrase_spans=[[(0, 5), (13, 26)]],  # "A dog", "a red bicycle"
     )
     outputs = model(**inputs, return_loss=True)
 
-For region tasks build the processor with `region_mode=True`: images are resized to a square without cropping, so
-no box is cut off.
+For region tasks use the region preset, `HarmoCLIPProcessor(..., region_mode=True)` or
+`AutoProcessor.from_pretrained(..., trust_remote_code=True, region_mode=True)`: images are resized to a square without
+cropping, so no box is cut off.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def test_box_matches_drawn_rectangle(tiny_tokenizer, width, height, region_mode)
     """The returned box lies within one pixel of where the rectangle ends up in `pixel_values`."""
     processor = HarmoCLIPProcessor(clip_image_processor(64), tiny_tokenizer, region_mode=region_mode)
     for fractions in RECTANGLES:
-        box = [round(fractions[0] * width), round(fractions[1] * height), round(fractions[2] * width), round(fractions[3] * height)]
+        box = [round(fraction * side) for fraction, side in zip(fractions, (width, height, width, height))]
         image = _image_with_rectangle(width, height, box)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -199,9 +199,11 @@ def test_real_vocabulary_tokenizes_words_whole(real_tokenizer):
     """With OpenAI's vocabulary a common word is one token, and the processor keeps CLIP's 77-token context."""
     processor = HarmoCLIPProcessor(clip_image_processor(32), real_tokenizer)
     caption = "a photo of a dog on a skateboard"
-    inputs = processor(images=Image.new("RGB", (40, 40)), text=caption, boxes=[[0, 0, 20, 20]], phrase_spans=[(12, 17)])
+    start = caption.index("skateboard")
+    spans = [(start, start + len("skateboard"))]
+    inputs = processor(images=Image.new("RGB", (40, 40)), text=caption, boxes=[[0, 0, 20, 20]], phrase_spans=spans)
     assert inputs["phrase_token_mask"][0, 0].sum() == 1
-    assert real_tokenizer.decode(inputs["input_ids"][0][inputs["phrase_token_mask"][0, 0]]).strip() == "a dog"[2:]
+    assert real_tokenizer.decode(inputs["input_ids"][0][inputs["phrase_token_mask"][0, 0]]).strip() == "skateboard"
     assert processor.tokenizer.model_max_length == CLIP_CONTEXT_LENGTH
 
 
@@ -252,25 +254,29 @@ def test_truncation_and_padding_can_be_set_per_call(processor):
 # ---------------------------------------------------------------------------------------------------- validation
 
 
+# Two captions, the second image with one box: the calls below vary the spans.
+LINKED = dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]])
+
+
 @pytest.mark.parametrize(
     "call, error, pattern",
     [
         (dict(boxes=[[[0, 0, 10, 10]]]), ValueError, r"`boxes` has 1 entries but there are 2 images"),
         (dict(boxes=[[[0, 0, 10]], []]), ValueError, r"`boxes`\[0\]\[0\] must have 4 values .*\[0, 0, 10\]"),
-        (dict(boxes=[[], [[0, 0, 10, 10], [0, float("nan"), 5, 5]]]), ValueError, r"`boxes`\[1\]\[1\] is not finite: \[0, nan, 5, 5\]"),
-        (dict(boxes=[[], [[20, 0, 10, 10]]]), ValueError, r"`boxes`\[1\]\[0\] has negative width or height \(xyxy\): \[20, 0, 10, 10\]"),
+        (dict(boxes=[[], [[0, 0, 9, 9], [0, math.nan, 5, 5]]]), ValueError, r"`boxes`\[1\]\[1\] is not finite: \[0, nan, 5, 5\]"),
+        (dict(boxes=[[], [[20, 0, 10, 10]]]), ValueError, r"`boxes`\[1\]\[0\] has negative .*\(xyxy\): \[20, 0, 10, 10\]"),
         (dict(boxes=[[], [[0, 0, 10, -1]]], box_format="xywh"), ValueError, r"`boxes`\[1\]\[0\] has negative .*\(xywh\)"),
         (dict(boxes=[[], [["a", 0, 1, 1]]]), TypeError, r"`boxes`\[1\]\[0\] must be a list of 4 numbers"),
         (dict(boxes=[[0, 0, 1, 1], []]), TypeError, r"`boxes`\[0\]\[0\] must be a list of 4 numbers, got 0"),
         (dict(boxes=[[], []], box_format="cxcywh"), ValueError, r"`box_format` must be one of"),
-        (dict(text=["a dog", "a cat"], boxes=[[[0, 0, 5, 5]], []], phrase_spans=[[(0, 5)]]), ValueError, r"`phrase_spans` has 1 entries but there are 2 images"),
-        (dict(text=["a dog"], boxes=[[[0, 0, 5, 5]], []], phrase_spans=[[(0, 5)], []]), ValueError, r"`text` has 1 captions but there are 2 images"),
-        (dict(text=["a dog", "a cat"], boxes=[[[0, 0, 5, 5]], []], phrase_spans=[[], []]), ValueError, r"`phrase_spans`\[0\] has 0 spans but image 0 has 1 boxes"),
-        (dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(2, 9)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(2, 9\) must satisfy 0 <= start < end <= 5"),
-        (dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(3, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(3, 3\)"),
-        (dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(-1, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(-1, 3\)"),
-        (dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(1, 2)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(1, 2\) covers only whitespace"),
-        (dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(0, 2.5)]]), TypeError, r"`phrase_spans`\[1\]\[0\] must be None or a \(start, end\) pair of ints, got \(0, 2.5\)"),
+        (dict(**LINKED, phrase_spans=[[]]), ValueError, r"`phrase_spans` has 1 entries but there are 2 images"),
+        (dict(text=["a dog"], boxes=[[], []], phrase_spans=[[], []]), ValueError, r"`text` has 1 captions but there are 2 images"),
+        (dict(**LINKED, phrase_spans=[[], []]), ValueError, r"`phrase_spans`\[1\] has 0 spans but image 1 has 1 boxes"),
+        (dict(**LINKED, phrase_spans=[[], [(2, 9)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(2, 9\) must .* <= 5"),
+        (dict(**LINKED, phrase_spans=[[], [(3, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(3, 3\)"),
+        (dict(**LINKED, phrase_spans=[[], [(-1, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(-1, 3\)"),
+        (dict(**LINKED, phrase_spans=[[], [(1, 2)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(1, 2\) covers only"),
+        (dict(**LINKED, phrase_spans=[[], [(0, 2.5)]]), TypeError, r"`phrase_spans`\[1\]\[0\] must be .* ints, got \(0, 2.5\)"),
         (dict(boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(0, 1)]]), ValueError, r"`phrase_spans` were given without `text`"),
         (dict(text=["a dog", "a cat"], phrase_spans=[[], []]), ValueError, r"`phrase_spans` were given without `boxes`"),
         (dict(text=["a dog", 3]), TypeError, r"`text`\[1\] must be a string, got int: 3"),
