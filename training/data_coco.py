@@ -29,6 +29,7 @@ from .data_common import PackedStrings, Region, RegionDataset, RegionSample, ato
 from .phrases import NounPhrase, PhraseExtractor
 
 PHRASE_CACHE_VERSION = 1
+MEMO_LIMIT = 100_000  # captions whose phrases a process keeps without a cache file (then it starts afresh)
 
 
 class CategoryMatcher:
@@ -161,6 +162,8 @@ class CocoRegionDataset(RegionDataset):
         if j not in self._memo:
             if self._extractor is None:
                 self._extractor = PhraseExtractor()
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
             self._memo[j] = self._extractor([self.captions[j]])[0]
         return self._memo[j]
 
