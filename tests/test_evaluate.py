@@ -143,7 +143,7 @@ def coco_instances(tmp_path) -> Path:
         annotations.append({"id": number + 1, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd,
                             "area": bbox[2] * bbox[3], "segmentation": [[0, 0, 1, 0, 1, 1]]})
     path = tmp_path / "annotations" / "instances_val2017.json"
-    path.parent.mkdir()
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": COCO_CATEGORIES}))
     return path
 
@@ -389,3 +389,30 @@ def test_command_rejects_an_unknown_task(tmp_path):
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", "m", "--task", "segmentation", "--data", "d"])
+
+
+def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, tiny_tokenizer_dir, tmp_path):
+    # Needs the model's own box-aware processor saved beside it (AutoProcessor loads it back).
+    processing = pytest.importorskip("modeling_harmoclip.processing_harmoclip", reason="HarmoCLIPProcessor is not in this checkout")
+    from transformers import CLIPTokenizer
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    from training.evaluate import main
+
+    folder = tmp_path / "tiny-harmoclip"
+    tiny_harmoclip_model(seed=3).save_pretrained(folder)
+    processing.HarmoCLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer.from_pretrained(tiny_tokenizer_dir, model_max_length=77),
+    ).save_pretrained(folder)
+    out = tmp_path / "panoptic.json"
+    report = main([
+        "--model", str(folder), "--task", "boxcls", "--data", str(coco_panoptic),
+        "--image-root", str(coco_panoptic.parent.parent / "val2017"), "--batch-size", "2", "--num-workers", "0",
+        "--device", "cpu", "--template", "a photo of a {}.", "--out", str(out),
+    ])
+    saved = json.loads(out.read_text())
+    assert saved["results"]["dense"]["num_samples"] == 5 and saved["results"]["crop"]["num_samples"] == 5
+    assert saved["settings"]["templates"] == ["a photo of a {}."]
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert "| dense | 5 | 4/4 |" in out.with_suffix(".md").read_text()

@@ -18,7 +18,7 @@ original image's pixels, xyxy; the processor maps them into the frame of `pixel_
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,74 +171,65 @@ def _valid_box(box: Sequence[float]) -> bool:
     return len(box) == 4 and box[2] > box[0] and box[3] > box[1]
 
 
-def read_coco_instances(path: str | Path, image_root: str | Path | None = None) -> BoxClassificationData:
-    """Ground-truth boxes of COCO `instances_*.json`: classes in the order of `categories` sorted by id (80 for COCO),
-    crowd and empty boxes skipped (counted in `skipped`), images without boxes left out."""
+def _read_coco_boxes(
+    path: str | Path,
+    image_root: str | Path | None,
+    kind: str,
+    objects: Callable[[dict[str, Any]], Iterator[tuple[int, dict[str, Any]]]],
+) -> BoxClassificationData:
+    """Shared by the COCO readers: `objects(data)` yields ``(image_id, object)`` with the object's `bbox` (xywh),
+    `category_id` and `iscrowd`. Classes follow `categories` sorted by id; crowd and empty boxes are skipped (and
+    counted); images are kept in id order, those without a box left out."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     data = _read_json(path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{path} is not a COCO instances file: no '{key}' list")
+            raise ValueError(f"{path} is not a COCO {kind} file: no '{key}' list")
     categories = sorted(data["categories"], key=lambda category: category["id"])
     class_index = {category["id"]: index for index, category in enumerate(categories)}
-    per_image: dict[int, BoxImage] = {}
     files = {image["id"]: image["file_name"] for image in data["images"]}
+    per_image: dict[int, BoxImage] = {}
     skipped = {"crowd": 0, "empty": 0}
-    for annotation in data["annotations"]:
-        if annotation.get("iscrowd", 0):
+    for image_id, item in objects(data):
+        if image_id not in files:
+            raise ValueError(f"{path}: object {item.get('id')} refers to unknown image_id {image_id}")
+        if item.get("iscrowd", 0):
             skipped["crowd"] += 1
             continue
-        box = _xywh_to_xyxy(annotation["bbox"])
+        box = _xywh_to_xyxy(item["bbox"])
         if not _valid_box(box):
             skipped["empty"] += 1
             continue
-        if annotation["category_id"] not in class_index:
-            raise ValueError(f"{path}: annotation {annotation.get('id')} has unknown category_id {annotation['category_id']}")
-        image_id = annotation["image_id"]
-        if image_id not in files:
-            raise ValueError(f"{path}: annotation {annotation.get('id')} refers to unknown image_id {image_id}")
+        if item["category_id"] not in class_index:
+            raise ValueError(f"{path}: object {item.get('id')} of image {image_id} has unknown category_id {item['category_id']}")
         entry = per_image.setdefault(image_id, BoxImage(root / files[image_id], [], []))
         entry.boxes.append(box)
-        entry.labels.append(class_index[annotation["category_id"]])
+        entry.labels.append(class_index[item["category_id"]])
     images = [per_image[image_id] for image_id in sorted(per_image)]
     return BoxClassificationData(images, [category["name"] for category in categories], source=str(path), skipped=skipped)
+
+
+def _instances(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for annotation in data["annotations"]:
+        yield annotation["image_id"], annotation
+
+
+def _panoptic_segments(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for annotation in data["annotations"]:
+        for segment in annotation.get("segments_info", []):
+            yield annotation["image_id"], segment
+
+
+def read_coco_instances(path: str | Path, image_root: str | Path | None = None) -> BoxClassificationData:
+    """Ground-truth boxes of COCO `instances_*.json` (80 thing classes for COCO), crowd and empty boxes skipped."""
+    return _read_coco_boxes(path, image_root, "instances", _instances)
 
 
 def read_coco_panoptic(path: str | Path, image_root: str | Path | None = None) -> BoxClassificationData:
     """Segment boxes of COCO `panoptic_*.json` (133 classes, things and stuff): one box per segment, crowd and empty
     segments skipped. Image files are the `images[].file_name` (the photographs, not the segmentation PNGs)."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    data = _read_json(path)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{path} is not a COCO panoptic file: no '{key}' list")
-    categories = sorted(data["categories"], key=lambda category: category["id"])
-    class_index = {category["id"]: index for index, category in enumerate(categories)}
-    files = {image["id"]: image["file_name"] for image in data["images"]}
-    skipped = {"crowd": 0, "empty": 0}
-    images = []
-    for annotation in data["annotations"]:
-        image_id = annotation["image_id"]
-        if image_id not in files:
-            raise ValueError(f"{path}: panoptic annotation {annotation.get('file_name')} refers to unknown image_id {image_id}")
-        entry = BoxImage(root / files[image_id], [], [])
-        for segment in annotation.get("segments_info", []):
-            if segment.get("iscrowd", 0):
-                skipped["crowd"] += 1
-                continue
-            box = _xywh_to_xyxy(segment["bbox"])
-            if not _valid_box(box):
-                skipped["empty"] += 1
-                continue
-            if segment["category_id"] not in class_index:
-                raise ValueError(f"{path}: segment {segment.get('id')} of image {image_id} has unknown category_id {segment['category_id']}")
-            entry.boxes.append(box)
-            entry.labels.append(class_index[segment["category_id"]])
-        if entry.boxes:
-            images.append(entry)
-    return BoxClassificationData(images, [category["name"] for category in categories], source=str(path), skipped=skipped)
+    return _read_coco_boxes(path, image_root, "panoptic", _panoptic_segments)
 
 
 def read_box_manifest(

@@ -276,8 +276,9 @@ def evaluate_box_classification(
     Returns ``{method: classification_metrics(...), "num_boxes": M, "boxes_dropped": ..., "prompt_names": [...]}``.
     """
     prompt_names = [readable_class_name(name) for name in data.class_names]
-    class_embeds = compute_class_embeddings(model, processor, prompt_names, templates)
+    # Images first: the loader's worker processes fork before the tokenizer has started its own threads.
     embeds, labels, dropped = compute_box_embeddings(model, processor, data, methods, batch_size, num_workers, show_progress)
+    class_embeds = compute_class_embeddings(model, processor, prompt_names, templates)
     top = min(max(ks), len(data.class_names))
     results: dict[str, Any] = {}
     for method, method_embeds in embeds.items():
@@ -394,6 +395,9 @@ def run_evaluation(
         "batch_size": batch_size,
         "num_workers": num_workers,
         "device": str(_model_device(model)),
+        "model_class": type(model).__name__,
+        "image_size": model.config.vision_config.image_size,
+        "dense_mode": getattr(model.config, "dense_mode", None),
     }
     if task == "retrieval":
         data = read_retrieval_data(data_path, data_format, image_root, split)
