@@ -7,12 +7,14 @@ standard library and its siblings (relatively), so `trust_remote_code=True` load
 from .configuration_harmoclip import HarmoCLIPConfig
 from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
 from .modeling_harmoclip import HarmoCLIPModel, HarmoCLIPOutput
+from .processing_harmoclip import HarmoCLIPProcessor
 from .roi_align import roi_align
 
 __all__ = [
     "HarmoCLIPConfig",
     "HarmoCLIPModel",
     "HarmoCLIPOutput",
+    "HarmoCLIPProcessor",
     "roi_align",
     "global_contrastive_loss",
     "lexeme_region_contrastive_loss",

@@ -1,0 +1,631 @@
+"""HarmoCLIP's processor: images, captions, boxes and phrase spans in; aligned model inputs out.
+
+`HarmoCLIPProcessor` wraps CLIP's image processor and CLIP's fast tokenizer. Besides `pixel_values`, `input_ids` and
+`attention_mask` it turns boxes given in the original image's pixels into normalised xyxy boxes in the frame of
+`pixel_values` (following the image processor's actual resize and crop), and character spans of caption phrases into
+token masks through the tokenizer's offset mapping. It also formats region classification results and builds
+prompt-ensembled label embeddings.
+
+Region classification in a few lines::
+
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained("org/harmoclip-vitb16", trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained("org/harmoclip-vitb16", trust_remote_code=True)
+    image = Image.open("street.jpg")
+    results = processor.classify_regions(
+        model, image, boxes=[[10, 20, 200, 310], [220, 40, 400, 300]], labels=["dog", "bicycle", "person"], top_k=2
+    )
+    for region in results[0]:
+        print(region["box"], region["labels"], region["scores"])  # box in the image's pixels, best label first
+
+Training inputs (one caption per image, each box linked to a phrase of its caption or to none)::
+
+    inputs = processor(
+        images=[image],
+        text=["A dog chases a red bicycle."],
+        boxes=[[[10, 20, 200, 310], [220, 40, 400, 300]]],
+        phrase_spans=[[(0, 5), (13, 26)]],  # "A dog", "a red bicycle"
+    )
+    outputs = model(**inputs, return_loss=True)
+
+For region tasks use the region preset, `HarmoCLIPProcessor(..., region_mode=True)` or
+`AutoProcessor.from_pretrained(..., trust_remote_code=True, region_mode=True)`: images are resized to a square without
+cropping, so no box is cut off.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import BatchFeature
+from transformers.image_processing_utils import get_size_dict
+from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+from transformers.image_utils import (
+    ChannelDimension,
+    SizeDict,
+    get_image_size,
+    get_image_size_for_max_height_width,
+    infer_channel_dimension_format,
+    is_valid_image,
+)
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import is_torchvision_available
+
+# CLIP's text context: 77 positions, including the start and end tokens.
+CLIP_CONTEXT_LENGTH = 77
+# Tokenizers loaded without a limit report a huge `model_max_length`; anything above this counts as "unset".
+_UNSET_MAX_LENGTH = 10**6
+BOX_FORMATS = ("xyxy", "xywh")
+DEFAULT_LABEL_TEMPLATES = ("a photo of a {}.",)
+
+
+def clip_image_processor(image_size: int = 224, **settings: Any):
+    """CLIP's image processor (shortest-edge resize to `image_size`, centre crop `image_size` x `image_size`).
+
+    The torchvision-backed `CLIPImageProcessor` where torchvision is installed, otherwise its PIL-backed twin
+    `CLIPImageProcessorPil`; both save as `CLIPImageProcessor` and `AutoImageProcessor` picks whichever backend exists.
+    """
+    if is_torchvision_available():
+        from transformers import CLIPImageProcessor as image_processor_class
+    else:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as image_processor_class
+    values = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
+    values.update(settings)
+    return image_processor_class(**values)
+
+
+def phrase_id(phrase: str) -> int:
+    """Stable non-negative int64 id of a phrase's text: the same in every process and Python run.
+
+    The text is lower-cased and its whitespace folded first, so "A  Dog" and "a dog" share an id.
+    """
+    normalized = " ".join(phrase.lower().split())
+    digest = hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class BoxGeometry:
+    """How original pixel coordinates map into the frame of `pixel_values` for one image.
+
+    A point (x, y) of the original image lands at ((x * scale_x + shift_x) / width, (y * scale_y + shift_y) / height)
+    in normalised `pixel_values` coordinates (width, height: the output frame in pixels).
+    """
+
+    original_height: int
+    original_width: int
+    scale_x: float
+    scale_y: float
+    shift_x: float
+    shift_y: float
+    width: int
+    height: int
+
+    def to_normalized(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) xyxy in original pixels -> (N, 4) xyxy normalised to the output frame (not clipped)."""
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
+        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
+        return (boxes * scale + shift) / size
+
+    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) normalised xyxy in the output frame -> (N, 4) xyxy in original pixels, clipped to the image."""
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
+        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
+        original = (boxes * size - shift) / scale
+        limits = boxes.new_tensor([self.original_width, self.original_height, self.original_width, self.original_height])
+        return torch.minimum(original.clamp(min=0), limits)
+
+
+def _crop_shift(size: int, crop: int, backend: str) -> float:
+    """Offset added to a coordinate by centre-cropping `size` pixels to `crop` (zero-padding when crop > size).
+
+    Mirrors the image processors: both crop at floor((size - crop) / 2); when padding, torchvision puts
+    floor((crop - size) / 2) pixels before the image and the PIL/NumPy backend ceil((crop - size) / 2).
+    """
+    if crop <= size:
+        return -float((size - crop) // 2)
+    padding = crop - size
+    return float(padding // 2 if backend == "torchvision" else (padding + 1) // 2)
+
+
+class HarmoCLIPProcessor(ProcessorMixin):
+    r"""
+    CLIP's image processor and fast tokenizer, plus boxes and phrase spans.
+
+    Args:
+        image_processor: `CLIPImageProcessor` (or its PIL-backed twin `CLIPImageProcessorPil`); see
+            `clip_image_processor`.
+        tokenizer: CLIP's fast tokenizer (`CLIPTokenizer`). Without a length limit of its own it gets CLIP's 77.
+        region_mode (`bool`, defaults to `False`): if True, the image processor resizes every image straight to its
+            crop size (a square for CLIP) without cropping, so boxes are never cut off; saved with the processor.
+            If False, the image processor's own settings (CLIP: shortest-edge resize, centre crop) are kept.
+
+    Calling the processor returns a `BatchFeature` with:
+        - `pixel_values` (B, 3, H, W) when `images` are given;
+        - `input_ids`, `attention_mask` (B_txt, T) when `text` is given (padded to the longest, truncated to the
+          tokenizer's `model_max_length` by default);
+        - with `boxes`: `boxes` (B, N, 4) float32 normalised xyxy in the frame of `pixel_values`, `box_mask` (B, N)
+          bool (False for padding and for boxes left empty by the crop), N the most boxes of any image;
+        - with `phrase_spans`: `phrase_token_mask` (B, N, T) bool, the caption tokens of each box's phrase, and
+          `phrase_ids` (B, N) int64, `phrase_id` of the phrase text or -1 for a box without (usable) phrase.
+    """
+
+    # Captions are truncated to CLIP's context and padded to the longest in the batch unless the call says otherwise.
+    text_kwargs = {"padding": True, "truncation": True}
+
+    def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
+        if image_processor is None:
+            image_processor = clip_image_processor()
+        if tokenizer is None:
+            raise ValueError("HarmoCLIPProcessor needs a `tokenizer` (CLIP's fast tokenizer)")
+        if not isinstance(region_mode, bool):
+            raise TypeError(f"`region_mode` must be a bool, got {type(region_mode).__name__}: {region_mode!r}")
+        if region_mode:
+            # A copy, so that an image processor shared with other code keeps its own geometry.
+            image_processor = copy.deepcopy(image_processor)
+            crop = SizeDict(**get_size_dict(image_processor.crop_size, param_name="crop_size"))
+            image_processor.size = SizeDict(height=crop.height, width=crop.width)
+            image_processor.do_center_crop = False
+        if getattr(tokenizer, "model_max_length", None) is None or tokenizer.model_max_length > _UNSET_MAX_LENGTH:
+            tokenizer.model_max_length = CLIP_CONTEXT_LENGTH
+        self.region_mode = region_mode
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return super().model_input_names + ["boxes", "box_mask", "phrase_token_mask", "phrase_ids"]
+
+    # ------------------------------------------------------------------ __call__
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        boxes: Any = None,
+        phrase_spans: Any = None,
+        box_format: str = "xyxy",
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Prepares model inputs.
+
+        Args:
+            images: one image (PIL image, array or tensor) or a list of B images.
+            text: one string or a list of strings. With `phrase_spans`: one caption per image.
+            boxes: per image a list of boxes in the original image's pixels, `[x1, y1, x2, y2]` (or COCO
+                `[x, y, w, h]` with `box_format="xywh"`); for a single (unlisted) image, just its list of boxes.
+            phrase_spans: per image a list aligned with its boxes: `(start, end)` character offsets into that
+                image's caption, or `None` for a box without phrase.
+            box_format: `"xyxy"` or `"xywh"`.
+            return_tensors: `"pt"` (default), `"np"` or None.
+            **kwargs: tokenizer and image processor options (e.g. `padding="max_length"`, `max_length`).
+        Returns:
+            `BatchFeature`, see the class docstring.
+        """
+        if images is None and text is None:
+            raise ValueError("HarmoCLIPProcessor needs `images`, `text` or both")
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")
+        images, text, boxes, phrase_spans = self._batch_inputs(images, text, boxes, phrase_spans)
+        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        for options in (text_kwargs, images_kwargs):
+            options.pop("return_tensors", None)
+
+        box_tensor = None
+        if boxes is not None:
+            box_tensor = self._check_boxes(boxes, box_format, len(images))
+        spans = self._check_spans(phrase_spans, text, boxes) if phrase_spans is not None else None
+
+        data: dict[str, Any] = {}
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors="pt", **images_kwargs))
+        offsets = None
+        if text is not None:
+            encoding = self.tokenizer(text, return_offsets_mapping=spans is not None, **text_kwargs)
+            offsets = encoding.pop("offset_mapping", None)
+            data.update(encoding)
+        if box_tensor is not None:
+            geometries = [self.box_geometry(image, images_kwargs) for image in images]
+            data.update(self._format_boxes(box_tensor, geometries, spans, offsets, data.get("input_ids"), text))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _batch_inputs(self, images: Any, text: Any, boxes: Any, phrase_spans: Any) -> tuple[Any, Any, Any, Any]:
+        """Wraps a single image (and its boxes, spans, caption) into a batch of one; checks the outer types."""
+        if images is not None:
+            if is_valid_image(images):
+                images = [images]
+                boxes = [boxes] if boxes is not None else None
+                phrase_spans = [phrase_spans] if phrase_spans is not None else None
+            elif isinstance(images, (list, tuple)):
+                for index, image in enumerate(images):
+                    if not is_valid_image(image):
+                        raise TypeError(
+                            f"`images`[{index}] must be a PIL image, numpy array or torch tensor, got {type(image).__name__}"
+                        )
+                images = list(images)
+            else:
+                raise TypeError(f"`images` must be an image or a list of images, got {type(images).__name__}")
+        if text is not None:
+            if isinstance(text, str):
+                text = [text]
+            elif isinstance(text, (list, tuple)):
+                for index, caption in enumerate(text):
+                    if not isinstance(caption, str):
+                        raise TypeError(f"`text`[{index}] must be a string, got {type(caption).__name__}: {caption!r}")
+                text = list(text)
+            else:
+                raise TypeError(f"`text` must be a string or a list of strings, got {type(text).__name__}")
+        if boxes is not None and images is None:
+            raise ValueError("`boxes` were given without `images`: boxes are placed in their image's frame")
+        if phrase_spans is not None:
+            if text is None:
+                raise ValueError("`phrase_spans` were given without `text`: spans point into each image's caption")
+            if boxes is None:
+                raise ValueError("`phrase_spans` were given without `boxes`: each span belongs to a box")
+        return images, text, boxes, phrase_spans
+
+    # ------------------------------------------------------------------ validation
+
+    @staticmethod
+    def _check_boxes(boxes: Any, box_format: str, num_images: int) -> list[torch.Tensor]:
+        """Per image an (N_i, 4) float64 xyxy tensor in original pixels; raises on malformed input."""
+        if not isinstance(boxes, (list, tuple)):
+            raise TypeError(f"`boxes` must be a list with one list of boxes per image, got {type(boxes).__name__}")
+        if len(boxes) != num_images:
+            raise ValueError(f"`boxes` has {len(boxes)} entries but there are {num_images} images")
+        checked = []
+        for image_index, image_boxes in enumerate(boxes):
+            if isinstance(image_boxes, torch.Tensor) or hasattr(image_boxes, "__array__"):
+                image_boxes = torch.as_tensor(image_boxes).tolist()
+            if not isinstance(image_boxes, (list, tuple)):
+                raise TypeError(
+                    f"`boxes`[{image_index}] must be a list of boxes, got {type(image_boxes).__name__}: {image_boxes!r}"
+                )
+            rows = []
+            for box_index, box in enumerate(image_boxes):
+                where = f"`boxes`[{image_index}][{box_index}]"
+                if not isinstance(box, (list, tuple)) or not all(
+                    isinstance(value, (int, float)) and not isinstance(value, bool) for value in box
+                ):
+                    raise TypeError(f"{where} must be a list of 4 numbers, got {box!r}")
+                if len(box) != 4:
+                    raise ValueError(f"{where} must have 4 values ({box_format}), got {len(box)}: {list(box)}")
+                if not all(math.isfinite(value) for value in box):
+                    raise ValueError(f"{where} is not finite: {list(box)}")
+                x, y, third, fourth = (float(value) for value in box)
+                width, height = (third, fourth) if box_format == "xywh" else (third - x, fourth - y)
+                if width < 0 or height < 0:
+                    raise ValueError(f"{where} has negative width or height ({box_format}): {list(box)}")
+                rows.append([x, y, x + width, y + height])
+            checked.append(torch.tensor(rows, dtype=torch.float64).reshape(-1, 4))
+        return checked
+
+    @staticmethod
+    def _check_spans(phrase_spans: Any, text: list[str], boxes: list[Any]) -> list[list[tuple[int, int] | None]]:
+        """Per image, per box `(start, end)` or None; raises on malformed input."""
+        if not isinstance(phrase_spans, (list, tuple)):
+            raise TypeError(f"`phrase_spans` must be a list with one list of spans per image, got {type(phrase_spans).__name__}")
+        if len(phrase_spans) != len(boxes):
+            raise ValueError(f"`phrase_spans` has {len(phrase_spans)} entries but there are {len(boxes)} images")
+        if len(text) != len(boxes):
+            raise ValueError(f"`text` has {len(text)} captions but there are {len(boxes)} images (one caption per image)")
+        checked = []
+        for image_index, (image_spans, caption, image_boxes) in enumerate(zip(phrase_spans, text, boxes)):
+            if not isinstance(image_spans, (list, tuple)):
+                raise TypeError(f"`phrase_spans`[{image_index}] must be a list of spans, got {type(image_spans).__name__}")
+            if len(image_spans) != len(image_boxes):
+                raise ValueError(
+                    f"`phrase_spans`[{image_index}] has {len(image_spans)} spans but image {image_index} has "
+                    f"{len(image_boxes)} boxes (one span or None per box)"
+                )
+            rows: list[tuple[int, int] | None] = []
+            for box_index, span in enumerate(image_spans):
+                where = f"`phrase_spans`[{image_index}][{box_index}]"
+                if span is None:
+                    rows.append(None)
+                    continue
+                if (
+                    not isinstance(span, (list, tuple))
+                    or len(span) != 2
+                    or not all(isinstance(value, int) and not isinstance(value, bool) for value in span)
+                ):
+                    raise TypeError(f"{where} must be None or a (start, end) pair of ints, got {span!r}")
+                start, end = span
+                if not 0 <= start < end <= len(caption):
+                    raise ValueError(
+                        f"{where} = {tuple(span)} must satisfy 0 <= start < end <= {len(caption)} (the length of "
+                        f"caption {image_index})"
+                    )
+                if not caption[start:end].strip():
+                    raise ValueError(f"{where} = {tuple(span)} covers only whitespace: {caption[start:end]!r}")
+                rows.append((start, end))
+            checked.append(rows)
+        return checked
+
+    # ------------------------------------------------------------------ geometry
+
+    def box_geometry(self, image: Any, images_kwargs: dict[str, Any] | None = None) -> BoxGeometry:
+        """The map from `image`'s pixels to the frame of its `pixel_values`, from the image processor's settings
+        (overridden by `images_kwargs`, as in a call)."""
+        options = dict(images_kwargs or {})
+        setting = lambda name: options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)  # noqa: E731
+        height, width = original_image_size(image, setting("input_data_format"))
+        if setting("do_pad"):
+            raise ValueError("HarmoCLIPProcessor cannot place boxes in padded images: set `do_pad=False`")
+        new_height, new_width = height, width
+        if setting("do_resize"):
+            size = SizeDict(**get_size_dict(setting("size"), default_to_square=bool(setting("default_to_square"))))
+            new_height, new_width = resized_image_size(height, width, size)
+        scale_x, scale_y = new_width / width, new_height / height
+        shift_x = shift_y = 0.0
+        out_height, out_width = new_height, new_width
+        if setting("do_center_crop"):
+            crop = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
+            backend = getattr(self.image_processor, "backend", "pil")
+            shift_x = _crop_shift(new_width, crop.width, backend)
+            shift_y = _crop_shift(new_height, crop.height, backend)
+            out_height, out_width = crop.height, crop.width
+        return BoxGeometry(height, width, scale_x, scale_y, shift_x, shift_y, out_width, out_height)
+
+    def _format_boxes(
+        self,
+        boxes: list[torch.Tensor],
+        geometries: list[BoxGeometry],
+        spans: list[list[tuple[int, int] | None]] | None,
+        offsets: list[list[tuple[int, int]]] | None,
+        input_ids: Any,
+        text: list[str] | None,
+    ) -> dict[str, torch.Tensor]:
+        """Normalised, clipped, padded boxes with their masks; phrase token masks and ids when spans are given."""
+        batch, most = len(boxes), max((len(image_boxes) for image_boxes in boxes), default=0)
+        out_boxes = torch.zeros(batch, most, 4, dtype=torch.float32)
+        box_mask = torch.zeros(batch, most, dtype=torch.bool)
+        for index, (image_boxes, geometry) in enumerate(zip(boxes, geometries)):
+            normalized = geometry.to_normalized(image_boxes).clamp(0.0, 1.0)
+            valid = (normalized[:, 2] > normalized[:, 0]) & (normalized[:, 3] > normalized[:, 1])
+            for box_index in (~valid).nonzero().flatten().tolist():
+                warnings.warn(
+                    f"`boxes`[{index}][{box_index}] = {image_boxes[box_index].tolist()} (xyxy) is empty in the processed "
+                    "image (zero size or cut off by the crop); it is masked out",
+                    stacklevel=3,
+                )
+            count = len(image_boxes)
+            out_boxes[index, :count] = torch.where(valid[:, None], normalized, torch.zeros_like(normalized)).float()
+            box_mask[index, :count] = valid
+        result = {"boxes": out_boxes, "box_mask": box_mask}
+        if spans is not None:
+            token_mask, ids = self._phrase_tokens(spans, offsets, text, box_mask, most)
+            result.update(phrase_token_mask=token_mask, phrase_ids=ids)
+        return result
+
+    def _phrase_tokens(
+        self,
+        spans: list[list[tuple[int, int] | None]],
+        offsets: list[list[tuple[int, int]]],
+        text: list[str],
+        box_mask: torch.Tensor,
+        most: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, T) token masks from character spans via offsets, and (B, N) phrase ids (-1: none)."""
+        length = len(offsets[0]) if offsets else 0
+        token_mask = torch.zeros(len(spans), most, length, dtype=torch.bool)
+        ids = torch.full((len(spans), most), -1, dtype=torch.int64)
+        for image_index, (image_spans, image_offsets, caption) in enumerate(zip(spans, offsets, text)):
+            # Special and padding tokens have empty offsets; the rest cover the caption up to `covered`.
+            token_offsets = [(token, start, end) for token, (start, end) in enumerate(image_offsets) if end > start]
+            covered = max((end for _, _, end in token_offsets), default=0)
+            for box_index, span in enumerate(image_spans):
+                if span is None or not box_mask[image_index, box_index]:
+                    continue
+                start, end = span
+                if caption[max(start, covered) : end].strip():
+                    warnings.warn(
+                        f"`phrase_spans`[{image_index}][{box_index}] = {span} ({caption[start:end]!r}) is cut off by "
+                        f"truncation of caption {image_index} to {length} tokens; the box keeps no phrase",
+                        stacklevel=4,
+                    )
+                    continue
+                tokens = [token for token, token_start, token_end in token_offsets if token_start < end and token_end > start]
+                if not tokens:
+                    raise ValueError(
+                        f"`phrase_spans`[{image_index}][{box_index}] = {span} ({caption[start:end]!r}) matches no token"
+                    )
+                token_mask[image_index, box_index, tokens] = True
+                ids[image_index, box_index] = phrase_id(caption[start:end])
+        return token_mask, ids
+
+    # ------------------------------------------------------------------ region classification
+
+    @torch.no_grad()
+    def encode_labels(
+        self,
+        model: Any,
+        labels: Sequence[str],
+        templates: Sequence[str] = DEFAULT_LABEL_TEMPLATES,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """Prompt-ensembled label embeddings: each label written into every template (e.g. "a photo of a {}."),
+        encoded by `model.get_text_features`, L2-normalised, averaged over templates and normalised again.
+
+        Returns:
+            (L, D) float32 on the model's device, L2-normalised.
+        """
+        labels = _check_strings(labels, "labels")
+        templates = _check_strings(templates, "templates")
+        for index, template in enumerate(templates):
+            if "{}" not in template:
+                raise ValueError(f"`templates`[{index}] must contain '{{}}' where the label goes, got {template!r}")
+        prompts = [template.format(label) for label in labels for template in templates]
+        device = next(model.parameters()).device
+        embeds = []
+        for first in range(0, len(prompts), batch_size):
+            tokens = self.tokenizer(prompts[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
+            features = model.get_text_features(**tokens.to(device))
+            features = getattr(features, "pooler_output", features)
+            embeds.append(torch.nn.functional.normalize(features.float(), dim=-1))
+        ensembled = torch.cat(embeds).reshape(len(labels), len(templates), -1).mean(dim=1)
+        return torch.nn.functional.normalize(ensembled, dim=-1)
+
+    def post_process_region_classification(
+        self,
+        region_embeds: torch.Tensor,
+        label_embeds: torch.Tensor,
+        labels: Sequence[str],
+        boxes: torch.Tensor,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        top_k: int | None = 5,
+        logit_scale: float | torch.Tensor = 100.0,
+    ) -> list[list[dict[str, Any]]]:
+        """Labelled boxes from region and label embeddings.
+
+        Args:
+            region_embeds: (B, N, D) L2-normalised region embeddings (`model.get_region_features` or the
+                `region_embeds` of the model's output).
+            label_embeds: (L, D) L2-normalised label embeddings (`encode_labels`).
+            labels: the L label names.
+            boxes: (B, N, 4) normalised xyxy boxes as returned by this processor.
+            target_sizes: per image its original (height, width), to put boxes back in its pixels.
+            box_mask: (B, N) valid boxes (default all); masked boxes are left out of the results.
+            top_k: labels kept per box (all if None).
+            logit_scale: temperature of the softmax over labels (CLIP's learned value is about 100; pass
+                `model.logit_scale.exp()` to use the model's).
+        Returns:
+            Per image a list with one dict per valid box, in box order: `{"box": [x1, y1, x2, y2]` in the original
+            image's pixels (the part the model saw: a box cut by the crop comes back clipped), `"labels"`: label
+            names best first, `"scores"`: their softmax probabilities}`.
+        """
+        labels = _check_strings(labels, "labels")
+        if region_embeds.dim() != 3 or boxes.shape[:2] != region_embeds.shape[:2] or boxes.shape[-1] != 4:
+            raise ValueError(
+                f"`region_embeds` (B, N, D) and `boxes` (B, N, 4) must agree, got {tuple(region_embeds.shape)} and "
+                f"{tuple(boxes.shape)}"
+            )
+        if label_embeds.dim() != 2 or label_embeds.shape != (len(labels), region_embeds.shape[-1]):
+            raise ValueError(
+                f"`label_embeds` must have shape (len(labels), D) = ({len(labels)}, {region_embeds.shape[-1]}), got "
+                f"{tuple(label_embeds.shape)}"
+            )
+        if len(target_sizes) != region_embeds.shape[0]:
+            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries but there are {region_embeds.shape[0]} images")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
+        if box_mask is None:
+            box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
+        keep = len(labels) if top_k is None else min(top_k, len(labels))
+        scale = float(logit_scale)
+        logits = scale * region_embeds.float() @ label_embeds.float().to(region_embeds.device).t()
+        scores, order = logits.softmax(dim=-1).detach().cpu().topk(keep, dim=-1)
+        results = []
+        for image_index, size in enumerate(target_sizes):
+            height, width = (int(value) for value in size)
+            geometry = self._inverse_geometry(height, width)
+            valid = box_mask[image_index].cpu().bool()
+            pixel_boxes = geometry.to_original(boxes[image_index].detach().cpu().double())
+            results.append(
+                [
+                    {
+                        # Rounded to 1/1000 pixel: the float32 round trip through `boxes` leaves noise below that.
+                        "box": [round(value, 3) for value in pixel_boxes[box_index].tolist()],
+                        "labels": [labels[label] for label in order[image_index, box_index].tolist()],
+                        "scores": scores[image_index, box_index].tolist(),
+                    }
+                    for box_index in valid.nonzero().flatten().tolist()
+                ]
+            )
+        return results
+
+    def _inverse_geometry(self, height: int, width: int) -> BoxGeometry:
+        """The geometry of an image of this size (only its size matters; a meta tensor stands in for it)."""
+        return self.box_geometry(torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST})
+
+    @torch.no_grad()
+    def classify_regions(
+        self,
+        model: Any,
+        images: Any,
+        boxes: Any,
+        labels: Sequence[str],
+        templates: Sequence[str] = DEFAULT_LABEL_TEMPLATES,
+        top_k: int | None = 5,
+        box_format: str = "xyxy",
+    ) -> list[list[dict[str, Any]]]:
+        """One call: images + boxes (original pixels) + candidate labels -> per image a list of
+        `{"box", "labels", "scores"}` (see `post_process_region_classification`), scored with the model's own
+        temperature."""
+        single = is_valid_image(images)
+        image_list = [images] if single else list(images)
+        inputs = self(images=images, boxes=boxes, box_format=box_format, return_tensors="pt")
+        device = next(model.parameters()).device
+        pixel_values = inputs["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
+        region_embeds = model.get_region_features(pixel_values, inputs["boxes"].to(device), inputs["box_mask"].to(device))
+        label_embeds = self.encode_labels(model, labels, templates)
+        sizes = [original_image_size(image) for image in image_list]
+        return self.post_process_region_classification(
+            region_embeds, label_embeds, labels, inputs["boxes"], sizes, inputs["box_mask"], top_k, model.logit_scale.exp()
+        )
+
+
+def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int, int]:
+    """(height, width) of a PIL image, or of an array / tensor in channels-first or channels-last layout."""
+    if getattr(image, "ndim", None) is None:  # a PIL image
+        height, width = get_image_size(image)
+    elif image.ndim == 2:
+        height, width = image.shape
+    else:
+        layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+        height, width = get_image_size(image, channel_dim=layout)
+    return int(height), int(width)
+
+
+def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
+    """(height, width) after the image processors' resize, with the same helpers and the same branch order."""
+    if size.shortest_edge and size.longest_edge:
+        return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
+    if size.shortest_edge:
+        stand_in = torch.empty(1, height, width, device="meta")
+        return tuple(
+            get_resize_output_image_size(
+                stand_in, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+            )
+        )
+    if size.max_height and size.max_width:
+        return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
+    if size.height and size.width:
+        return size.height, size.width
+    raise ValueError(f"HarmoCLIPProcessor cannot place boxes for an image processor `size` of {dict(size)}")
+
+
+def _check_strings(values: Any, name: str) -> list[str]:
+    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+        raise TypeError(f"`{name}` must be a non-empty list of strings, got {values!r}")
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise TypeError(f"`{name}`[{index}] must be a string, got {type(value).__name__}: {value!r}")
+    return list(values)
+
+
+HarmoCLIPProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "HarmoCLIPProcessor",
+    "BoxGeometry",
+    "clip_image_processor",
+    "phrase_id",
+    "original_image_size",
+    "resized_image_size",
+    "CLIP_CONTEXT_LENGTH",
+    "DEFAULT_LABEL_TEMPLATES",
+]

@@ -1,0 +1,160 @@
+"""The COCO source on annotation files in COCO's format, with real images and the real spaCy pipeline."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from training.coco_synonyms import COCO_SYNONYMS
+from training.data_coco import CategoryMatcher, CocoRegionDataset
+from training.data_common import SkippedSample
+
+CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 58, "name": "hot dog", "supercategory": "food"},
+    {"id": 88, "name": "teddy bear", "supercategory": "indoor"},
+]
+
+
+def write_coco(folder, captions_42=("A man and a woman walk two dogs past a red car.",)):
+    images = [
+        {"id": 42, "file_name": "000000000042.jpg", "width": 120, "height": 100},
+        {"id": 7, "file_name": "000000000007.jpg", "width": 90, "height": 90},
+        {"id": 9, "file_name": "000000000009.jpg", "width": 64, "height": 48},
+        {"id": 11, "file_name": "000000000011.jpg", "width": 64, "height": 48},  # no caption: not used
+        {"id": 13, "file_name": "000000000013.jpg", "width": 64, "height": 48},  # image file missing
+    ]
+    (folder / "images").mkdir()
+    for image in images[:4]:
+        Image.new("RGB", (image["width"], image["height"]), (90, 120, 30)).save(folder / "images" / image["file_name"])
+    captions = [(42, text) for text in captions_42] + [
+        (7, "A boy eats a hot dog next to a teddy bear."),
+        (9, "An empty street."),
+        (9, "A quiet  road at night."),
+        (13, "A cat."),
+    ]
+    captions_json = {
+        "info": {}, "licenses": [], "images": images,
+        "annotations": [{"id": 100 + i, "image_id": image_id, "caption": text} for i, (image_id, text) in enumerate(captions)],
+    }
+    boxes = [
+        (42, 1, [60, 0, 20, 40], 0),  # smaller person
+        (42, 1, [0, 0, 50, 80], 0),  # larger person
+        (42, 18, [10, 70, 20, 20], 0),
+        (42, 1, [0, 0, 120, 100], 1),  # crowd: dropped
+        (42, 18, [90, 60, 25, 30], 0),
+        (42, 18, [100, 5, 2, 2], 0),  # too small
+        (42, 3, [30, 50, 40, 30], 0),
+        (7, 1, [0, 0, 40, 90], 0),
+        (7, 18, [60, 60, 20, 20], 0),  # a dog the caption does not mention ("hot dog" is not a dog)
+        (7, 58, [40, 40, 15, 8], 0),
+        (7, 88, [50, 0, 30, 40], 0),
+    ]
+    instances_json = {
+        "info": {}, "licenses": [], "images": images, "categories": CATEGORIES,
+        "annotations": [
+            {"id": 500 + i, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd,
+             "area": bbox[2] * bbox[3], "segmentation": []}
+            for i, (image_id, category, bbox, crowd) in enumerate(boxes)
+        ],
+    }
+    (folder / "captions_train2017.json").write_text(json.dumps(captions_json))
+    (folder / "instances_train2017.json").write_text(json.dumps(instances_json))
+    return folder / "captions_train2017.json", folder / "instances_train2017.json", folder / "images"
+
+
+@pytest.fixture
+def coco(tmp_path):
+    return write_coco(tmp_path)
+
+
+def by_id(dataset):
+    return {dataset[i].image_id if not isinstance(dataset[i], SkippedSample) else "skipped": dataset[i] for i in range(len(dataset))}
+
+
+def test_boxes_categories_and_links(coco):
+    dataset = CocoRegionDataset(*coco, min_box_size=4)
+    assert len(dataset) == 4  # images with captions
+    samples = by_id(dataset)
+    street = samples["42"]
+    assert street.caption == "A man and a woman walk two dogs past a red car."
+    assert street.path.endswith("000000000042.jpg") and street.image.size == (120, 100)
+    # xywh -> xyxy, crowd dropped, the 2x2 dog dropped and counted
+    assert street.boxes == [[60, 0, 80, 40], [0, 0, 50, 80], [10, 70, 30, 90], [90, 60, 115, 90], [30, 50, 70, 80]]
+    assert street.box_indices == [0, 1, 2, 3, 5]
+    assert street.num_small_boxes_dropped == 1
+    assert street.labels == ["person", "person", "dog", "dog", "car"]
+    # the larger person is "A man", the other "a woman"; the plural "two dogs" takes both dogs
+    assert street.phrases == ["a woman", "A man", "two dogs", "two dogs", "a red car"]
+
+    food = samples["7"]
+    assert food.labels == ["person", "dog", "hot dog", "teddy bear"]
+    assert food.phrases == ["A boy", None, "a hot dog", "a teddy bear"]
+
+    empty = samples["9"]
+    assert empty.boxes == [] and empty.caption in ("An empty street.", "A quiet road at night.")  # spaces folded
+
+    missing = samples["skipped"]
+    assert missing.path.endswith("000000000013.jpg") and "cannot read image" in missing.reason
+
+
+def test_max_boxes_prefers_linked(coco):
+    dataset = CocoRegionDataset(*coco, max_boxes=2)
+    food = by_id(dataset)["7"]
+    # three linked boxes (person, hot dog, teddy bear) and an unlinked dog: the two largest linked ones stay
+    assert food.labels == ["person", "teddy bear"] and food.box_indices == [0, 3]
+    assert food.phrases == ["A boy", "a teddy bear"] and food.num_boxes_over_limit == 2
+
+
+def test_phrase_cache_written_once_and_equal_to_lazy(coco, tmp_path):
+    cache = tmp_path / "cache" / "phrases.npz"
+    cached = CocoRegionDataset(*coco, phrase_cache=cache)
+    assert cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    lazy = CocoRegionDataset(*coco)
+    for epoch in range(3):
+        cached.set_epoch(epoch)
+        lazy.set_epoch(epoch)
+        for i in range(len(lazy)):
+            a, b = cached[i], lazy[i]
+            if isinstance(a, SkippedSample):
+                assert a == b
+            else:
+                assert (a.caption, a.boxes, a.phrase_spans) == (b.caption, b.boxes, b.phrase_spans)
+    CocoRegionDataset(*coco, phrase_cache=cache)
+    assert cache.stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert [p.name for p in cache.parent.iterdir()] == ["phrases.npz"]  # no temporary file left
+
+
+def test_phrase_cache_rebuilt_when_captions_change(tmp_path):
+    first = tmp_path / "a"
+    first.mkdir()
+    cache = tmp_path / "phrases.npz"
+    files = write_coco(first)
+    CocoRegionDataset(*files, phrase_cache=cache)
+    second = tmp_path / "b"
+    second.mkdir()
+    changed = write_coco(second, captions_42=("Two dogs and a person near a car.",))
+    street = by_id(CocoRegionDataset(*changed, phrase_cache=cache))["42"]
+    assert street.phrases == [None, "a person", "Two dogs", "Two dogs", "a car"]
+
+
+def test_category_matcher():
+    matcher = CategoryMatcher(COCO_SYNONYMS)
+    assert len(COCO_SYNONYMS) == 80
+    assert matcher("three hot dogs", "dog") == ["hot dog"]
+    assert matcher("A teddy bear", "bear") == ["teddy bear"]
+    assert matcher("a polar bear", "bear") == ["bear"]
+    assert matcher("Two men", "man") == ["person"]
+    assert matcher("the dining table", "table") == ["dining table"]
+    assert matcher("a stop sign", "sign") == ["stop sign"]
+    assert matcher("the sky", "sky") == []
+
+
+def test_not_coco_files_are_rejected(tmp_path, coco):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    with pytest.raises(ValueError, match="bad.json"):
+        CocoRegionDataset(bad, coco[1], coco[2])

@@ -1,0 +1,144 @@
+"""The synthetic shapes data set: exact boxes and spans, determinism, atomic writing, tokenization, reading back."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data_jsonl import JsonlRegionDataset
+from training.synthetic import (
+    COLOURS,
+    SyntheticSettings,
+    class_names,
+    generate_synthetic_dataset,
+    main,
+    read_classes,
+    render_sample,
+)
+
+# Expected share of its box a shape fills: square 1, disc pi/4, triangle 1/2, cross 5/9 (pixelised).
+FILL_RANGES = {"square": (1.0, 1.0), "circle": (0.70, 0.86), "triangle": (0.42, 0.65), "cross": (0.45, 0.70)}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    settings = SyntheticSettings(num_train=12, num_val=4, seed=3, image_size=48)
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "shapes", settings), settings
+
+
+def test_boxes_match_the_drawn_pixels():
+    settings = SyntheticSettings(num_train=1, num_val=1, seed=7, image_size=64)
+    shapes_seen = set()
+    for index in range(25):
+        image, record = render_sample(settings, "train", index)
+        pixels = np.asarray(image).astype(int)
+        assert 1 <= len(record["regions"]) <= settings.max_shapes
+        in_some_box = np.zeros(pixels.shape[:2], dtype=bool)
+        for region in record["regions"]:
+            x1, y1, x2, y2 = region["box"]
+            colour, shape = region["label"].split()
+            shapes_seen.add(shape)
+            # a one-pixel margin around the box holds background only (shapes never touch)
+            window = pixels[max(y1 - 1, 0) : y2 + 1, max(x1 - 1, 0) : x2 + 1]
+            mask = (window == COLOURS[colour]).all(-1)
+            ys, xs = np.nonzero(mask)
+            top, left = max(y1 - 1, 0), max(x1 - 1, 0)
+            assert [xs.min() + left, ys.min() + top, xs.max() + left + 1, ys.max() + top + 1] == [x1, y1, x2, y2]
+            fill = mask.sum() / ((x2 - x1) * (y2 - y1))
+            low, high = FILL_RANGES[shape]
+            assert low <= fill <= high, (shape, fill)
+            in_some_box[y1:y2, x1:x2] = True
+        # no shape colour outside the boxes: the grey background never takes a shape's colour
+        any_colour = np.zeros(pixels.shape[:2], dtype=bool)
+        for value in COLOURS.values():
+            any_colour |= (pixels == value).all(-1)
+        assert not (any_colour & ~in_some_box).any()
+    assert shapes_seen == set(FILL_RANGES)
+
+
+def test_caption_spans_name_each_box():
+    settings = SyntheticSettings(seed=1)
+    for index in range(20):
+        _, record = render_sample(settings, "val", index)
+        caption, regions = record["caption"], record["regions"]
+        names = [region["label"] for region in regions]
+        assert len(set(names)) == len(names)  # distinct classes in one image
+        for region in regions:
+            start, end = region["span"]
+            assert caption[start:end] == region["phrase"] == region["label"]
+            assert region["label"] in class_names(settings)
+        assert caption == "a " + ", a ".join(names[:-1]) + (" and a " if len(names) > 1 else "") + names[-1]
+        assert [r["box"][0] for r in regions] == sorted(r["box"][0] for r in regions)  # named left to right
+
+
+def test_deterministic_per_seed_and_split():
+    settings = SyntheticSettings(seed=5)
+    first, record = render_sample(settings, "train", 3)
+    again, record_again = render_sample(settings, "train", 3)
+    assert record == record_again and np.array_equal(np.asarray(first), np.asarray(again))
+    other_seed = render_sample(SyntheticSettings(seed=6), "train", 3)[1]
+    val = render_sample(settings, "val", 3)[1]
+    assert other_seed != record and val != record
+
+
+def test_vocabulary_tokenizes_to_few_tokens(tiny_tokenizer):
+    for name in class_names(SyntheticSettings()):
+        for word in name.split():
+            assert len(tiny_tokenizer.tokenize(word)) <= 3, word
+    assert tiny_tokenizer.tokenize("a red circle and a blue square")[:2] == ["a</w>", "red</w>"]
+
+
+def test_written_layout_and_manifest_reads_back(small_set):
+    out, settings = small_set
+    assert json.loads((out / "settings.json").read_text()) == settings.to_json()
+    assert read_classes(out) == class_names(settings) and len(read_classes(out)) == 20
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    for split, count in (("train", 12), ("val", 4)):
+        dataset = JsonlRegionDataset(out / f"{split}.jsonl", max_boxes=None, min_box_size=0)
+        assert len(dataset) == count
+        sample = dataset[count - 1]
+        _, record = render_sample(settings, split, count - 1)
+        assert sample.caption == record["caption"]
+        assert sample.boxes == [[float(v) for v in r["box"]] for r in record["regions"]]
+        assert sample.phrases == sample.labels == [r["label"] for r in record["regions"]]
+        assert sample.image.size == (48, 48) and sample.image_id == f"{split}/{count - 1:06d}"
+        stored = np.asarray(Image.open(out / "images" / split / f"{count - 1:06d}.png").convert("RGB"))
+        assert np.array_equal(stored, np.asarray(render_sample(settings, split, count - 1)[0]))
+
+
+def test_existing_folder_kept_refused_or_replaced(tmp_path):
+    out = tmp_path / "shapes"
+    settings = SyntheticSettings(num_train=3, num_val=2, seed=0, image_size=32)
+    generate_synthetic_dataset(out, settings)
+    marker = out / "images" / "train" / "000000.png"
+    stamp = marker.stat().st_mtime_ns
+    generate_synthetic_dataset(out, settings)  # same settings: nothing rewritten
+    assert marker.stat().st_mtime_ns == stamp
+    other = SyntheticSettings(num_train=4, num_val=2, seed=0, image_size=32)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate_synthetic_dataset(out, other)
+    assert json.loads((out / "settings.json").read_text()) == settings.to_json()  # untouched
+    generate_synthetic_dataset(out, other, overwrite=True)
+    assert len((out / "train.jsonl").read_text().splitlines()) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "cli"
+    main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+    assert "written" in capsys.readouterr().out
+    assert json.loads((out / "settings.json").read_text())["image_size"] == 40
+    main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+    assert "kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--num-train", "3", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="num_train"):
+        SyntheticSettings(num_train=-1)
+    with pytest.raises(ValueError, match="unknown"):
+        SyntheticSettings(colours=("red", "mauve"))
+    with pytest.raises(ValueError, match="split"):
+        render_sample(SyntheticSettings(), "test", 0)

@@ -1,0 +1,97 @@
+"""Pictures: boxes with labels, and dense similarity heatmaps, written as PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import tiny_harmoclip_model
+from stand_in_processor import StandInRegionProcessor
+from training.visualize import BOX_COLOURS, dense_similarity, draw_boxes, draw_heatmap, save_box_predictions, save_query_heatmap
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_tokenizer_dir) -> StandInRegionProcessor:
+    return StandInRegionProcessor(tiny_tokenizer_dir, image_size=32)
+
+
+def test_boxes_are_drawn_where_the_boxes_are(tmp_path):
+    image = Image.new("RGB", (160, 120), (255, 255, 255))
+    boxes = [[20, 40, 80, 100], [100, 10, 150, 60]]
+    out = tmp_path / "boxes.png"
+    draw_boxes(image, boxes, ["dog", "car"], [0.91, 0.42], out)
+    picture = Image.open(out)
+    assert picture.format == "PNG" and picture.size == (160, 120)
+    pixels = np.asarray(picture.convert("RGB"))
+    for index, (x1, y1, x2, y2) in enumerate(boxes):
+        colour = BOX_COLOURS[index]
+        # Points on the left, right and bottom edges carry the box's colour.
+        for x, y in ((x1, (y1 + y2) // 2), (x2 - 1, (y1 + y2) // 2), ((x1 + x2) // 2, y2 - 1)):
+            assert tuple(pixels[y, x]) == colour, (index, x, y)
+        # The inside, below the label, is untouched.
+        assert tuple(pixels[y2 - 10, (x1 + x2) // 2]) == (255, 255, 255)
+    # Far from every box and label, nothing is drawn.
+    assert (pixels[105:, 100:] == 255).all() and (pixels[:30, :15] == 255).all()
+    # The label strip is drawn above the first box (which has room above it), inside the second (at the top).
+    assert tuple(pixels[38, 22]) == BOX_COLOURS[0]
+    assert (pixels[:35, 20:80] != 255).any()
+    assert image.getpixel((20, 70)) == (255, 255, 255), "the input image is not modified"
+
+
+def test_draw_boxes_rejects_bad_boxes(tmp_path):
+    image = Image.new("RGB", (20, 20))
+    with pytest.raises(ValueError, match=r"boxes`\[1\]"):
+        draw_boxes(image, [[0, 0, 5, 5], [5, 5, 2, 8]], ["a", "b"])
+    with pytest.raises(ValueError, match="labels"):
+        draw_boxes(image, [[0, 0, 5, 5]], ["a", "b"])
+    with pytest.raises(ValueError, match="png"):
+        draw_boxes(image, [[0, 0, 5, 5]], ["a"], out_path=tmp_path / "x.jpg")
+
+
+def test_heatmap_is_brightest_where_the_query_region_is(tmp_path):
+    # A hand-built dense map (D=8, 4x4 patches): the patches of rows 2-3, columns 0-1 point along the query's
+    # direction, the others away from it.
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(8), dim=0)
+    dense = F.normalize(torch.randn(8, 4, 4), dim=0) * 0.2 - query[:, None, None]
+    dense[:, 2:4, 0:2] = query[:, None, None]
+    similarity = torch.einsum("dhw,d->hw", F.normalize(dense, dim=0), query)
+    image = Image.new("RGB", (200, 100), (0, 0, 0))
+    out = tmp_path / "heatmap.png"
+    draw_heatmap(image, similarity, out, alpha=1.0)
+    picture = Image.open(out)
+    assert picture.size == (200, 100)
+    brightness = np.asarray(picture.convert("L")).astype(float)
+    y, x = np.unravel_index(brightness.argmax(), brightness.shape)
+    assert 50 <= y < 100 and 0 <= x < 100, (y, x)  # rows 2-3, columns 0-1 of a 4x4 grid over 200x100
+    assert brightness[50:, :100].mean() > 3 * brightness[:50, 100:].mean()
+
+
+def test_heatmap_of_a_tiny_model_covers_the_image(tmp_path, processor):
+    model = tiny_harmoclip_model(seed=1)
+    image = Image.new("RGB", (90, 60), (30, 120, 200))
+    out = tmp_path / "query.png"
+    similarity = save_query_heatmap(model, processor, image, "a blue sky", out)
+    assert similarity.shape == (4, 4)  # 32 px input, 8 px patches
+    dense = model.get_dense_features(processor(images=[image], region_mode=True)["pixel_values"])[0]
+    from training.evaluate import compute_text_embeddings
+
+    text = compute_text_embeddings(model, processor, ["a blue sky"])[0]
+    assert torch.allclose(similarity, torch.einsum("dhw,d->hw", dense.detach(), text), atol=1e-5)
+    assert torch.allclose(dense_similarity(model, processor, image, "a blue sky"), similarity)
+    assert Image.open(out).size == (90, 60)
+
+
+def test_box_predictions_picture(tmp_path, processor):
+    model = tiny_harmoclip_model(seed=2)
+    image = Image.new("RGB", (80, 64), (200, 200, 200))
+    out = tmp_path / "predictions.png"
+    names, scores = save_box_predictions(model, processor, image, [[4, 20, 40, 60], [44, 24, 76, 60]], ["cat", "dog", "tree"], out)
+    assert len(names) == 2 and set(names) <= {"cat", "dog", "tree"}
+    assert all(1 / 3 <= score <= 1.0 for score in scores)  # the best of 3 softmax probabilities
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    assert picture.shape == (64, 80, 3)
+    assert tuple(picture[40, 4]) == BOX_COLOURS[0] and tuple(picture[42, 75]) == BOX_COLOURS[1]

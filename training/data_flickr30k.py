@@ -1,0 +1,166 @@
+"""Flickr30k Entities: captions with marked phrases linked exactly to their boxes.
+
+Layout (as distributed): `Sentences/<image id>.txt`, five captions a line each, phrases marked as
+`[/EN#<entity id>/<type>[/<type>...] words of the phrase]`, e.g.
+`[/EN#255542/people A bearded man] , and [/EN#255543/people a girl] in [/EN#255550/clothing a red dress] .`;
+`Annotations/<image id>.xml`, PASCAL-VOC-like: `<size>` and one `<object>` per box with one or more `<name>`
+(entity ids sharing the box, e.g. "a couple" and each of its two people) and `<bndbox>` with 1-based inclusive pixel
+coordinates `<xmin>`...`<ymax>`, or, for entities without a box, `<nobndbox>`/`<scene>` flags; images in
+`flickr30k-images/<image id>.jpg`. Entity id 0 marks non-visual mentions.
+
+A box is linked to the first phrase of the sampled caption that mentions one of its entities; boxes of entities the
+caption does not mention stay unlinked (GR still uses them). Files are read per image in `__getitem__`.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data_common import Region, RegionDataset, RegionSample, SampleError, choose_caption
+
+
+@dataclass(frozen=True)
+class EntityMention:
+    """A marked phrase: `caption[start:end]` mentions entity `entity_id` (coarse `types`, e.g. ("people",))."""
+
+    start: int
+    end: int
+    entity_id: str
+    types: tuple[str, ...]
+
+
+@dataclass
+class EntityBox:
+    """One `<object>` of an annotation file: [x1, y1, x2, y2] in pixels (continuous, x2/y2 exclusive) and the
+    entities it belongs to."""
+
+    box: tuple[float, float, float, float]
+    entity_ids: tuple[str, ...]
+
+
+def parse_entity_sentence(line: str) -> tuple[str, list[EntityMention]]:
+    """A marked-up sentence -> (clean caption with single spaces between words, mentions with exact spans)."""
+    words: list[str] = []
+    mentions: list[EntityMention] = []
+    open_mention: tuple[int, str, tuple[str, ...]] | None = None  # (first word index, entity id, types)
+    position = 0  # characters of the clean caption so far, including the separating spaces
+
+    def add_word(word: str) -> int:
+        nonlocal position
+        if words:
+            position += 1
+        start = position
+        words.append(word)
+        position += len(word)
+        return start
+
+    starts: list[int] = []
+    for token in line.split():
+        if open_mention is None and token.startswith("[/EN#"):
+            parts = token[1:].split("/")  # ["", "EN#123", "people", ...]
+            entity_id = parts[1][3:]
+            if not entity_id or len(parts) < 3:
+                raise ValueError(f"malformed phrase marker {token!r}")
+            open_mention = (len(words), entity_id, tuple(parts[2:]))
+            continue
+        closes = open_mention is not None and token.endswith("]")
+        word = token[:-1] if closes else token
+        if word:
+            starts.append(add_word(word))
+        if closes:
+            first, entity_id, types = open_mention
+            if first == len(words):
+                raise ValueError(f"empty phrase for entity {entity_id}")
+            mentions.append(EntityMention(starts[first], position, entity_id, types))
+            open_mention = None
+    if open_mention is not None:
+        raise ValueError(f"phrase for entity {open_mention[1]} is not closed with ']'")
+    return " ".join(words), mentions
+
+
+def parse_entity_annotation(path: str | Path) -> list[EntityBox]:
+    """The boxes of an `Annotations/<id>.xml` file, in file order (entities without a box are left out)."""
+    root = ElementTree.parse(path).getroot()
+    boxes = []
+    for number, element in enumerate(root.iter("object")):
+        names = tuple(name.text.strip() for name in element.findall("name") if name.text and name.text.strip())
+        bndbox = element.find("bndbox")
+        if bndbox is None:
+            continue
+        try:
+            xmin, ymin, xmax, ymax = (float(bndbox.find(tag).text) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"object {number} has an incomplete or non-numeric <bndbox>") from None
+        # 1-based inclusive pixel indices -> continuous coordinates: pixel i covers [i - 1, i].
+        boxes.append(EntityBox((xmin - 1.0, ymin - 1.0, xmax, ymax), names))
+    return boxes
+
+
+class Flickr30kEntitiesDataset(RegionDataset):
+    """Flickr30k Entities images, one sampled caption each, boxes linked to the caption's marked phrases.
+
+    `root` holds `Sentences/`, `Annotations/` and `flickr30k-images/` (each may be given apart); `split_file` lists
+    the image ids to use (the distribution's train.txt / val.txt / test.txt), else every sentence file is used.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        sentences_dir: str | Path | None = None,
+        annotations_dir: str | Path | None = None,
+        image_dir: str | Path | None = None,
+        split_file: str | Path | None = None,
+        image_extension: str = ".jpg",
+        **options,
+    ):
+        super().__init__(**options)
+        if root is None and None in (sentences_dir, annotations_dir, image_dir):
+            raise ValueError("give root, or all of sentences_dir, annotations_dir and image_dir")
+        root = Path(root) if root is not None else None
+        self.sentences_dir = Path(sentences_dir) if sentences_dir is not None else root / "Sentences"
+        self.annotations_dir = Path(annotations_dir) if annotations_dir is not None else root / "Annotations"
+        self.image_dir = Path(image_dir) if image_dir is not None else root / "flickr30k-images"
+        self.image_extension = image_extension
+        if split_file is not None:
+            ids = [line.strip() for line in Path(split_file).read_text().splitlines() if line.strip()]
+        else:
+            if not self.sentences_dir.is_dir():
+                raise FileNotFoundError(f"sentences folder not found: {self.sentences_dir}")
+            ids = sorted(path.stem for path in self.sentences_dir.glob("*.txt"))
+        self.image_ids = np.asarray(ids, dtype=str)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def describe(self, index: int) -> str:
+        return str(self.sentences_dir / f"{self.image_ids[index]}.txt")
+
+    def load(self, index: int, rng: np.random.Generator) -> RegionSample:
+        image_id = str(self.image_ids[index])
+        sentence_path = self.sentences_dir / f"{image_id}.txt"
+        lines = [line for line in sentence_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise SampleError("no captions", path=str(sentence_path))
+        number = choose_caption(lines, rng)
+        try:
+            caption, mentions = parse_entity_sentence(lines[number])
+        except ValueError as error:
+            raise SampleError(f"caption {number + 1}: {error}", path=str(sentence_path)) from None
+        annotation_path = self.annotations_dir / f"{image_id}.xml"
+        try:
+            entity_boxes = parse_entity_annotation(annotation_path)
+        except (ElementTree.ParseError, ValueError) as error:
+            raise SampleError(f"malformed annotation: {error}", path=str(annotation_path)) from None
+
+        regions = []
+        for box_index, entity_box in enumerate(entity_boxes):
+            mention = next((m for m in mentions if m.entity_id in entity_box.entity_ids), None)
+            span = (mention.start, mention.end) if mention is not None else None
+            label = mention.types[0] if mention is not None else None
+            regions.append(Region(entity_box.box, span, box_index, label))
+        return self.make_sample(self.image_dir / f"{image_id}{self.image_extension}", image_id, caption, regions)

@@ -1,0 +1,494 @@
+"""Evaluate a HarmoCLIP (or CLIP) model: cross-modal retrieval and box classification.
+
+Command:
+
+    python -m training.evaluate --model PATH --task retrieval --data dataset_flickr30k.json --image-root flickr30k-images
+    python -m training.evaluate --model PATH --task boxcls --data annotations/instances_val2017.json --image-root val2017
+
+writes ``--out`` (JSON: every figure, the settings, the command line), a markdown table next to it (same name, `.md`,
+also printed) and a log (`.log`). The functions below also take a model and processor in memory, so a training loop
+can evaluate the model it holds.
+
+Retrieval uses `get_image_features` / `get_text_features` (the global towers). Box classification classifies each
+ground-truth box against class-name text embeddings (an ensemble of prompt templates) with
+- ``dense``: `get_region_features` (RoIAlign on the dense map, one image pass for all boxes), and
+- ``crop``: the crop-and-encode baseline, `get_image_features` of each box cut from `pixel_values` (no enlargement)
+  and resized to the model's input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from modeling_harmoclip.roi_align import roi_align
+
+from .eval_data import (
+    FORMATS,
+    BoxClassificationData,
+    RetrievalData,
+    image_loader,
+    read_box_data,
+    read_retrieval_data,
+)
+from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
+
+logger = logging.getLogger("training.evaluate")
+
+# A small ensemble of CLIP's ImageNet prompt templates (Radford et al., 2021) plus the plain "a photo of a {}.".
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+BOX_METHODS = ("dense", "crop")
+# Crops encoded at once by the crop baseline (bounds activation memory whatever the number of boxes).
+CROP_CHUNK_SIZE = 64
+TEXT_BATCH_SIZE = 256
+
+
+# ---------------------------------------------------------------------------------------------------- embeddings
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """The projected embedding of `get_image_features` / `get_text_features` (a tensor in older transformers)."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def _progress(iterable: Any, description: str, total: int | None, show: bool) -> Any:
+    return tqdm(iterable, desc=description, total=total, disable=not show, dynamic_ncols=True)
+
+
+class _EvalMode:
+    """Puts a model in eval mode and inference mode, and restores its training flag afterwards."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
+        self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inference.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def compute_text_embeddings(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    texts: Sequence[str],
+    batch_size: int = TEXT_BATCH_SIZE,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """(T,) texts -> (T, D) L2-normalised float32 embeddings on the CPU, from `model.get_text_features`."""
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise TypeError("`texts` must be a sequence of strings")
+    device = _model_device(model)
+    chunks = []
+    with _EvalMode(model):
+        starts = range(0, len(texts), batch_size)
+        for start in _progress(starts, "texts", len(starts), show_progress):
+            batch = processor(text=list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt")
+            output = model.get_text_features(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            chunks.append(F.normalize(_pooled(output).float(), dim=-1).cpu())
+    if not chunks:
+        raise ValueError("`texts` is empty")
+    return torch.cat(chunks)
+
+
+def compute_image_embeddings(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    image_paths: Sequence[Path],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """(N,) image files -> (N, D) L2-normalised float32 embeddings on the CPU, from `model.get_image_features`."""
+    if not image_paths:
+        raise ValueError("`image_paths` is empty")
+    device = _model_device(model)
+    loader = image_loader(image_paths, processor, batch_size, num_workers)
+    chunks = []
+    with _EvalMode(model):
+        for batch in _progress(loader, "images", len(loader), show_progress):
+            output = model.get_image_features(pixel_values=batch["pixel_values"].to(device))
+            chunks.append(F.normalize(_pooled(output).float(), dim=-1).cpu())
+    return torch.cat(chunks)
+
+
+def compute_class_embeddings(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    class_names: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = TEXT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Prompt ensemble: (C,) class names -> (C, D) L2-normalised class embeddings.
+
+    Each class's prompts (one per template) are encoded and normalised; their mean is normalised again.
+    """
+    if not templates or any("{}" not in template for template in templates):
+        raise ValueError(f"`templates` must be a non-empty list of strings holding '{{}}', got {list(templates)!r}")
+    if not class_names:
+        raise ValueError("`class_names` is empty")
+    prompts = [template.format(name) for name in class_names for template in templates]
+    embeds = compute_text_embeddings(model, processor, prompts, batch_size)
+    return F.normalize(embeds.reshape(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+
+
+def crop_features(model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
+    """Crop-and-encode baseline: `get_image_features` of each box cut from `pixel_values` (no enlargement) with
+    RoIAlign at the model's input size.
+
+    Args:
+        pixel_values: (B, 3, H, W); boxes: (B, N, 4) normalised xyxy in the frame of `pixel_values`; box_mask: (B, N).
+    Returns:
+        (B, N, D) float32, L2-normalised; masked rows are zeros.
+    """
+    batch, num_boxes = boxes.shape[:2]
+    height, width = pixel_values.shape[-2:]
+    size = model.config.vision_config.image_size
+    scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
+    image_index = torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None]
+    rois = torch.cat([image_index, boxes.reshape(-1, 4).float() * scale], dim=1)
+    valid_index = box_mask.reshape(-1).nonzero(as_tuple=True)[0]
+    embeds = torch.zeros(batch * num_boxes, model.config.projection_dim, device=pixel_values.device)
+    for chunk in valid_index.split(CROP_CHUNK_SIZE):
+        crops = roi_align(pixel_values.float(), rois[chunk], output_size=(size, size), sampling_ratio=-1, aligned=True)
+        output = model.get_image_features(pixel_values=crops.to(pixel_values.dtype))
+        embeds[chunk] = F.normalize(_pooled(output).float(), dim=-1)
+    return embeds.reshape(batch, num_boxes, -1)
+
+
+def compute_box_embeddings(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    data: BoxClassificationData,
+    methods: Sequence[str] = BOX_METHODS,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    show_progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """Embeddings of every ground-truth box, by each method, from one pass over the images.
+
+    Returns:
+        embeds: {method: (M, D) float32 L2-normalised}, labels: (M,) long, dropped: boxes the processor masked
+        (e.g. left empty), which are left out of `embeds` and `labels`.
+    """
+    unknown = [method for method in methods if method not in BOX_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"`methods` must be a non-empty subset of {BOX_METHODS}, got {list(methods)!r}")
+    if not data.images:
+        raise ValueError(f"{data.source or 'the data'} holds no labelled box")
+    device = _model_device(model)
+    loader = image_loader([image.path for image in data.images], processor, batch_size, num_workers, boxes=[image.boxes for image in data.images])
+    embeds: dict[str, list[torch.Tensor]] = {method: [] for method in methods}
+    labels: list[int] = []
+    dropped = 0
+    next_image = 0
+    with _EvalMode(model):
+        for batch in _progress(loader, "images", len(loader), show_progress):
+            pixel_values = batch["pixel_values"].to(device)
+            boxes = batch["boxes"].to(device)
+            box_mask = batch["box_mask"].to(device=device, dtype=torch.bool)
+            # Rows beyond an image's own boxes are padding; a masked row within them is a box the processor dropped.
+            keep = torch.zeros_like(box_mask)
+            for row in range(pixel_values.shape[0]):
+                image = data.images[next_image + row]
+                own = box_mask[row, : len(image.boxes)]
+                keep[row, : len(image.boxes)] = own
+                labels.extend(label for label, kept in zip(image.labels, own.tolist()) if kept)
+                dropped += int((~own).sum())
+            next_image += pixel_values.shape[0]
+            if "dense" in embeds:
+                regions = model.get_region_features(pixel_values=pixel_values, boxes=boxes, box_mask=keep)
+                embeds["dense"].append(regions[keep].float().cpu())
+            if "crop" in embeds:
+                embeds["crop"].append(crop_features(model, pixel_values, boxes, keep)[keep].cpu())
+    if not labels:
+        raise ValueError(f"every box of {data.source or 'the data'} was dropped by the processor")
+    return {method: torch.cat(chunks) for method, chunks in embeds.items()}, torch.tensor(labels, dtype=torch.long), dropped
+
+
+# ---------------------------------------------------------------------------------------------------- evaluations
+
+
+def evaluate_retrieval(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    data: RetrievalData,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    ks: Sequence[int] = DEFAULT_RECALL_KS,
+    show_progress: bool = False,
+) -> dict[str, float | int]:
+    """Image-to-text and text-to-image Recall@K (percent) on `data`; see `metrics.retrieval_metrics`."""
+    image_embeds = compute_image_embeddings(model, processor, data.image_paths, batch_size, num_workers, show_progress)
+    text_embeds = compute_text_embeddings(model, processor, data.captions, show_progress=show_progress)
+    return retrieval_metrics(image_embeds, text_embeds, torch.tensor(data.caption_image), ks)
+
+
+def readable_class_name(name: str) -> str:
+    """COCO panoptic names such as 'wall-other-merged' or 'playingfield' -> prompt text 'wall' / 'playingfield'."""
+    for suffix in ("-merged", "-other", "-stuff"):
+        name = name.replace(suffix, "")
+    return name.replace("-", " ").replace("_", " ").strip()
+
+
+def evaluate_box_classification(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    data: BoxClassificationData,
+    methods: Sequence[str] = BOX_METHODS,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    ks: Sequence[int] = DEFAULT_ACCURACY_KS,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Top-K accuracy of every ground-truth box against the class texts, for each method in `methods`.
+
+    Returns ``{method: classification_metrics(...), "num_boxes": M, "boxes_dropped": ..., "prompt_names": [...]}``.
+    """
+    prompt_names = [readable_class_name(name) for name in data.class_names]
+    # Images first: the loader's worker processes fork before the tokenizer has started its own threads.
+    embeds, labels, dropped = compute_box_embeddings(model, processor, data, methods, batch_size, num_workers, show_progress)
+    class_embeds = compute_class_embeddings(model, processor, prompt_names, templates)
+    top = min(max(ks), len(data.class_names))
+    results: dict[str, Any] = {}
+    for method, method_embeds in embeds.items():
+        predictions, _ = top_k_predictions(method_embeds, class_embeds, top)
+        results[method] = classification_metrics(predictions, labels, len(data.class_names), ks, data.class_names)
+    results["num_boxes"] = int(labels.numel())
+    results["boxes_dropped"] = dropped
+    results["prompt_names"] = prompt_names
+    return results
+
+
+def classify_boxes(
+    model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, class_embeds: torch.Tensor, method: str = "dense"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best class and its softmax probability for each box of one processed image.
+
+    Args:
+        pixel_values: (1, 3, H, W); boxes: (1, N, 4) normalised xyxy in its frame; class_embeds: (C, D) normalised.
+    Returns:
+        labels (N,) long and scores (N,) float32 in [0, 1] (softmax over classes at the model's logit scale).
+    """
+    mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    with _EvalMode(model):
+        if method == "dense":
+            regions = model.get_region_features(pixel_values=pixel_values, boxes=boxes, box_mask=mask)[0]
+        elif method == "crop":
+            regions = crop_features(model, pixel_values, boxes, mask)[0]
+        else:
+            raise ValueError(f"`method` must be one of {BOX_METHODS}, got {method!r}")
+        logits = regions.float() @ class_embeds.to(regions.device).t() * model.logit_scale.exp().float()
+        scores, labels = logits.softmax(dim=-1).max(dim=-1)
+    return labels.cpu(), scores.cpu()
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to a temporary file beside `path`, then renames it: `path` is never left half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """A markdown table of a report written by `run_evaluation`, with the command that produced it."""
+    settings, results = report["settings"], report["results"]
+    lines = [f"## {report['task']}: {Path(settings['model']).name} on {Path(settings['data']).name}", ""]
+    if report["task"] == "retrieval":
+        ks = settings["ks"]
+        header = ["images", "captions"] + [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks] + ["rsum"]
+        row = [results["num_images"], results["num_captions"]] + [results[f"i2t_R@{k}"] for k in ks]
+        row += [results[f"t2i_R@{k}"] for k in ks] + [results["rsum"]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(map(_figure, row)) + " |"]
+    else:
+        ks = settings["ks"]
+        header = ["method", "boxes", "classes"] + [f"Top-{k}" for k in ks] + [f"mean-class Top-{k}" for k in ks]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in settings["methods"]:
+            figures = results[method]
+            row = [method, figures["num_samples"], f"{figures['num_classes_evaluated']}/{figures['num_classes']}"]
+            row += [figures[f"top{k}"] for k in ks] + [figures[f"mean_class_top{k}"] for k in ks]
+            lines.append("| " + " | ".join(map(_figure, row)) + " |")
+        missing = results[settings["methods"][0]]["classes_without_samples"]
+        if missing:
+            lines += ["", f"Classes without samples (left out of the per-class means): {', '.join(map(str, missing))}."]
+        if results["boxes_dropped"]:
+            lines += ["", f"Boxes dropped by the processor: {results['boxes_dropped']}."]
+    lines += ["", "Command:", "", "```", report["command"], "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> str:
+    """Writes the report as JSON to `out` and its markdown table beside it (`.md`); returns the markdown."""
+    out = Path(out)
+    markdown = markdown_report(report)
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), markdown)
+    return markdown
+
+
+def run_evaluation(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    task: str,
+    data_path: str | Path,
+    data_format: str = "auto",
+    image_root: str | Path | None = None,
+    split: str | None = "test",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    methods: Sequence[str] = BOX_METHODS,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    model_name: str = "",
+    command: str = "",
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Reads the data, evaluates `task` ("retrieval" or "boxcls") and returns the full report (settings + results)."""
+    settings: dict[str, Any] = {
+        "model": str(model_name),
+        "data": str(data_path),
+        "format": data_format,
+        "image_root": str(image_root) if image_root is not None else None,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device": str(_model_device(model)),
+        "model_class": type(model).__name__,
+        "image_size": model.config.vision_config.image_size,
+        "dense_mode": getattr(model.config, "dense_mode", None),
+    }
+    if task == "retrieval":
+        data = read_retrieval_data(data_path, data_format, image_root, split)
+        logger.info("retrieval: %d images, %d captions from %s", len(data.image_paths), len(data.captions), data_path)
+        settings.update(split=split, ks=list(DEFAULT_RECALL_KS))
+        results = evaluate_retrieval(model, processor, data, batch_size, num_workers, DEFAULT_RECALL_KS, show_progress)
+    elif task == "boxcls":
+        data = read_box_data(data_path, data_format, image_root, split)
+        logger.info("box classification: %d images, %d boxes, %d classes from %s", len(data.images), data.num_boxes, len(data.class_names), data_path)
+        settings.update(
+            split=split, ks=list(DEFAULT_ACCURACY_KS), methods=list(methods), templates=list(templates),
+            class_names=data.class_names, boxes_skipped_in_annotations=data.skipped,
+        )
+        results = evaluate_box_classification(model, processor, data, methods, templates, batch_size, num_workers, DEFAULT_ACCURACY_KS, show_progress)
+    else:
+        raise ValueError(f"`task` must be 'retrieval' or 'boxcls', got {task!r}")
+    return {"task": task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
+
+
+def load_model_and_processor(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """`AutoModel` (remote code allowed) and `AutoProcessor` from a folder or Hub id, the model in eval mode."""
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(path, trust_remote_code=True).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    return model, processor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
+    parser.add_argument("--task", required=True, choices=("retrieval", "boxcls"))
+    parser.add_argument("--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="data format (default: detected)")
+    parser.add_argument("--image-root", default=None, help="folder of the images (default: the data file's folder)")
+    parser.add_argument("--split", default=None, help="split to evaluate (Karpathy: default 'test'; manifests: lines with this 'split')")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image loading processes")
+    parser.add_argument("--methods", nargs="+", default=list(BOX_METHODS), choices=BOX_METHODS, help="boxcls: region embeddings to compare")
+    parser.add_argument("--template", action="append", default=None, help="boxcls: a prompt template with '{}' (repeat; default: an ensemble)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="results JSON (default: <task>_results.json); .md and .log beside it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    out = Path(args.out or f"{args.task}_results.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(out.with_suffix(".log"), mode="w", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(file_handler)
+    logger.setLevel(logging.INFO)
+    try:
+        command = shlex.join(["python", "-m", "training.evaluate", *argv])
+        logger.info("command: %s", command)
+        split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
+        model, processor = load_model_and_processor(args.model, args.device)
+        report = run_evaluation(
+            model, processor, args.task, args.data, args.format, args.image_root, split, args.batch_size, args.num_workers,
+            args.methods, tuple(args.template) if args.template else DEFAULT_TEMPLATES, args.model, command, show_progress=True,
+        )
+        print(write_report(report, out))
+        logger.info("wrote %s and %s", out, out.with_suffix(".md"))
+        return report
+    finally:
+        logger.removeHandler(file_handler)
+        file_handler.close()
+
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "BOX_METHODS",
+    "compute_text_embeddings",
+    "compute_image_embeddings",
+    "compute_class_embeddings",
+    "crop_features",
+    "compute_box_embeddings",
+    "evaluate_retrieval",
+    "evaluate_box_classification",
+    "classify_boxes",
+    "readable_class_name",
+    "run_evaluation",
+    "markdown_report",
+    "write_report",
+    "write_text_atomic",
+    "load_model_and_processor",
+    "main",
+]
+
+
+if __name__ == "__main__":
+    main()

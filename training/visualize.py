@@ -1,0 +1,160 @@
+"""Pictures of what a model sees, written as PNG at the size of the input image.
+
+- `draw_boxes`: boxes with their predicted labels (and scores) drawn on an image;
+- `draw_heatmap`: a similarity map (h, w) upsampled to the image and overlaid as a colour map;
+- `dense_similarity` / `save_query_heatmap`: the map of an image against a text query from `get_dense_features`;
+- `save_box_predictions`: classify given boxes against class names (prompt ensemble) and draw them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+
+from .eval_data import REGION_MODE_KWARG
+from .evaluate import DEFAULT_TEMPLATES, classify_boxes, compute_class_embeddings, compute_text_embeddings
+
+# Distinct colours cycled over boxes (matplotlib's tab10).
+BOX_COLOURS = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
+
+
+def _save_png(image: Image.Image, out_path: str | Path | None) -> None:
+    if out_path is None:
+        return
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".png":
+        raise ValueError(f"`out_path` must end in .png, got {out_path}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out_path.with_name(f".{out_path.name}.tmp")
+    image.save(temporary, format="PNG")
+    temporary.replace(out_path)
+
+
+def draw_boxes(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    scores: Sequence[float] | None = None,
+    out_path: str | Path | None = None,
+    line_width: int = 2,
+) -> Image.Image:
+    """Draws each box (xyxy, in `image`'s pixels) with its label (and score) on a copy of `image`.
+
+    The label sits on a filled strip just above the box's top edge, or just inside it when the box touches the
+    image's top. Returns the RGB picture; also writes it as PNG when `out_path` is given.
+    """
+    if len(labels) != len(boxes):
+        raise ValueError(f"`labels` must have one entry per box ({len(boxes)}), got {len(labels)}")
+    if scores is not None and len(scores) != len(boxes):
+        raise ValueError(f"`scores` must have one entry per box ({len(boxes)}), got {len(scores)}")
+    picture = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for index, box in enumerate(boxes):
+        if len(box) != 4 or not box[2] > box[0] or not box[3] > box[1]:
+            raise ValueError(f"`boxes`[{index}] must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1, got {list(box)}")
+        colour = BOX_COLOURS[index % len(BOX_COLOURS)]
+        x1, y1, x2, y2 = (float(value) for value in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line_width)
+        text = labels[index] if scores is None else f"{labels[index]} {scores[index]:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_height = bottom - top + 2
+        text_y = y1 - text_height if y1 - text_height >= 0 else y1 + line_width
+        draw.rectangle([x1, text_y, x1 + right - left + 3, text_y + text_height], fill=colour)
+        draw.text((x1 + 2 - left, text_y + 1 - top), text, fill=(255, 255, 255), font=font)
+    _save_png(picture, out_path)
+    return picture
+
+
+def upsample_map(similarity: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) map -> (H, W) by bilinear interpolation; `size` is (H, W)."""
+    if not isinstance(similarity, torch.Tensor) or similarity.dim() != 2:
+        raise ValueError(f"`similarity` must be a (h, w) tensor, got {getattr(similarity, 'shape', type(similarity).__name__)}")
+    return F.interpolate(similarity[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+
+
+def draw_heatmap(
+    image: Image.Image,
+    similarity: torch.Tensor,
+    out_path: str | Path | None = None,
+    alpha: float = 0.6,
+    colour_map: str = "inferno",
+) -> Image.Image:
+    """Overlays a (h, w) similarity map, min-max scaled and upsampled to the image, as a colour map.
+
+    With the default ``inferno`` map, brighter means more similar. Returns the RGB picture (the image's size); also
+    writes it as PNG when `out_path` is given.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
+    picture = image.convert("RGB")
+    width, height = picture.size
+    heat = upsample_map(similarity.detach().cpu(), (height, width))
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+    coloured = torch.from_numpy(colormaps[colour_map](heat.numpy())[..., :3]).float()  # (H, W, 3) in [0, 1]
+    base = torch.from_numpy(np.asarray(picture).copy()).float() / 255.0
+    blended = ((1.0 - alpha) * base + alpha * coloured).clamp(0, 1)
+    result = Image.fromarray((blended * 255.0).round().to(torch.uint8).numpy(), mode="RGB")
+    _save_png(result, out_path)
+    return result
+
+
+def dense_similarity(model: torch.nn.Module, processor: Callable[..., Any], image: Image.Image, query: str) -> torch.Tensor:
+    """Cosine similarity of every patch of `image` with the text `query`: (h, w), from `get_dense_features`.
+
+    The image is resized to a square without cropping (region geometry), so the map covers the whole image.
+    """
+    device = next(model.parameters()).device
+    pixel_values = processor(images=[image.convert("RGB")], return_tensors="pt", **{REGION_MODE_KWARG: True})["pixel_values"]
+    text_embed = compute_text_embeddings(model, processor, [query])[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            dense = model.get_dense_features(pixel_values.to(device))[0].float().cpu()  # (D, h, w), normalised
+    finally:
+        model.train(was_training)
+    return torch.einsum("dhw,d->hw", dense, text_embed)
+
+
+def save_query_heatmap(
+    model: torch.nn.Module, processor: Callable[..., Any], image: Image.Image, query: str, out_path: str | Path, alpha: float = 0.6
+) -> torch.Tensor:
+    """Writes the heatmap of `image` against `query` as PNG; returns the (h, w) similarity map."""
+    similarity = dense_similarity(model, processor, image, query)
+    draw_heatmap(image, similarity, out_path, alpha)
+    return similarity
+
+
+def save_box_predictions(
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    class_names: Sequence[str],
+    out_path: str | Path,
+    method: str = "dense",
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> tuple[list[str], list[float]]:
+    """Classifies `boxes` (xyxy, image pixels) against `class_names` and writes them with labels and scores as PNG.
+
+    Returns the predicted class names and their softmax scores.
+    """
+    image = image.convert("RGB")
+    batch = processor(images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt", **{REGION_MODE_KWARG: True})
+    device = next(model.parameters()).device
+    class_embeds = compute_class_embeddings(model, processor, class_names, templates)
+    labels, scores = classify_boxes(model, batch["pixel_values"].to(device), batch["boxes"].to(device), class_embeds, method)
+    names = [class_names[int(label)] for label in labels]
+    draw_boxes(image, boxes, names, scores.tolist(), out_path)
+    return names, scores.tolist()
+
+
+__all__ = ["draw_boxes", "upsample_map", "draw_heatmap", "dense_similarity", "save_query_heatmap", "save_box_predictions"]
