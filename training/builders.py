@@ -112,9 +112,10 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
         captions = Path(source)
         instances = Path(config.coco_instances) if config.coco_instances and split == "train" else captions.with_name(
             captions.name.replace("captions_", "instances_"))
-        if config.image_root is None:
+        image_root = config.image_root if split == "train" else (config.val_image_root or config.image_root)
+        if image_root is None:
             raise ValueError("config `image_root` (the COCO image folder) is required with data_format='coco'")
-        return CocoRegionDataset(captions, instances, config.image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
+        return CocoRegionDataset(captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
     return Flickr30kEntitiesDataset(source, split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
                                     image_dir=config.image_root, **common)
 

@@ -30,6 +30,7 @@ class TrainConfig:
     val_data: str | None = None
     coco_instances: str | None = None  # coco: instances_*.json (default: beside the captions file)
     image_root: str | None = None  # coco / flickr30k: folder of the images
+    val_image_root: str | None = None  # coco: folder of the held-out images (default: image_root)
     synthetic_dir: str = "outputs/synthetic"
     synthetic_num_train: int = 512
     synthetic_num_val: int = 128

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from training.objective import compute_objective  # noqa: E402
+from training.objective import LossTerms, compute_objective  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
 from training.saving import save_model_atomically  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
@@ -160,7 +160,6 @@ def train(config: TrainConfig) -> Path:
     if config.report_to_tensorboard:
         accelerator.init_trackers("harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
     metrics_path = output_dir / "metrics.jsonl"
-    weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     progress = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True)
     skipped_this_epoch: dict[str, str] = {}
@@ -190,33 +189,27 @@ def train(config: TrainConfig) -> Path:
             report_dropped_boxes()
             epoch, batch_in_epoch = epoch + 1, 0
 
-    batches = epoch_batches()
+    def training_batches() -> Iterator[dict[str, Any]]:
+        """Batches on the device, after recording what the data sets skipped or dropped. A batch that lost every
+        sample (unreadable files) is passed over by all processes together."""
+        nonlocal dropped_small, dropped_over
+        for batch in epoch_batches():
+            dropped_small += batch.pop("num_small_boxes_dropped", 0)
+            dropped_over += batch.pop("num_boxes_over_limit", 0)
+            for path, reason in batch.pop("skipped", []):
+                skipped_this_epoch.setdefault(path, reason)
+            has_samples = torch.tensor(float("input_ids" in batch), device=accelerator.device)
+            if accelerator.reduce(has_samples, "min") < 1:
+                logger.warning("a batch without readable samples was passed over")
+                continue
+            yield move_batch(batch, accelerator.device)
+
+    batches = training_batches()
     while step < config.max_steps:
         micro_terms, finite = [], True
         for micro in range(config.gradient_accumulation_steps):
             batch = next(batches)
-            dropped_small += batch.pop("num_small_boxes_dropped", 0)
-            dropped_over += batch.pop("num_boxes_over_limit", 0)
-            for path, reason in batch.pop("skipped", []):
-                if path not in skipped_this_epoch and config.strict:
-                    raise RuntimeError(f"--strict: unreadable sample {path}: {reason}")
-                skipped_this_epoch.setdefault(path, reason)
-            batch = move_batch(batch, accelerator.device)
-            teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
-            with accelerator.autocast():
-                outputs = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
-                    boxes=batch["boxes"] if config.uses_regions else None,
-                    box_mask=batch["box_mask"] if config.uses_regions else None,
-                    phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
-                    phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
-                )
-            terms = compute_objective(
-                outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
-                region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
-                region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
-                region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds,
-            )
+            terms = forward_objective(model, unwrapped, batch, config, accelerator, teacher, teacher_cache)
             # Every process must take the same branch: decide on the loss of all processes.
             finite = finite and bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
             if not finite:
@@ -258,8 +251,8 @@ def train(config: TrainConfig) -> Path:
             elapsed = time.perf_counter() - window_start
             record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
             record = {name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean")) for name, value in record.items()}
-            record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.exp()),
-                          region_logit_scale=float(unwrapped.region_logit_scale.exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
+            record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
+                          region_logit_scale=float(unwrapped.region_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
             window_start, window_samples = time.perf_counter(), 0
             if accelerator.is_main_process:
                 with open(metrics_path, "a") as handle:
@@ -288,6 +281,27 @@ def train(config: TrainConfig) -> Path:
         logger.info("evaluation: %s", json.dumps(results))
     accelerator.end_training()
     return model_dir
+
+
+def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
+                      accelerator: Accelerator, teacher: torch.nn.Module | None = None, teacher_cache: Any = None) -> LossTerms:
+    """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
+    weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
+    teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
+    with accelerator.autocast():
+        outputs = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            boxes=batch["boxes"] if config.uses_regions else None,
+            box_mask=batch["box_mask"] if config.uses_regions else None,
+            phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
+            phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
+        )
+    return compute_objective(
+        outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
+        region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
+        region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
+        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds,
+    )
 
 
 def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.nn.Module | None, model: torch.nn.Module,
