@@ -119,6 +119,8 @@ def train(config: TrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     needs_unused = config.loss_gc_weight == 0 or config.loss_lrc_weight == 0 or not config.uses_regions
     accelerator = Accelerator(
+        # Without CUDA, say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         log_with="tensorboard" if config.report_to_tensorboard else None,
         project_dir=str(output_dir),
