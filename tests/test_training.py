@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from conftest import ROOT
 
 PYTHON = sys.executable
+# Subprocesses import this checkout (not whichever copy of the project is installed).
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 BIN = Path(sys.executable).parent
 
 # A few seconds per run on 2 cores: 32 px images, 16 training images, 4 per batch.
@@ -39,8 +41,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 def run_training(launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
     command = [*launcher, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"),
                *SMALL, "--synthetic_dir", str(synthetic_dir), "--output_dir", str(output_dir), *extra]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 
@@ -85,7 +86,7 @@ def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_
 def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
     """Losses and gradients of 2 gloo processes with batch b each equal those of 1 process with batch 2b."""
     worker = ROOT / "tests" / "distributed_worker.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = ENV
     subprocess.run([PYTHON, str(worker), "--out", str(tmp_path / "one.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
     subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29562", str(worker), "--out",
                     str(tmp_path / "two.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
@@ -109,7 +110,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, synthetic_dir: P
     command = [PYTHON, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"), *SMALL,
                "--synthetic_dir", str(synthetic_dir), "--output_dir", str(killed), *steps]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env=ENV)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_00000004" / "trainer_state.json").exists():
         assert process.poll() is None, "the run ended before it could be killed"
