@@ -1,0 +1,150 @@
+"""Turning a `TrainConfig` into the objects of a run: model and processor, data sets and collator, teacher cache."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+from transformers import CLIPConfig, CLIPTokenizer
+
+from conversion.clip_vocab import write_clip_tokenizer_files
+from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+from training.collate import RegionCollator
+from training.config import TrainConfig
+from training.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
+from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+from training.teacher import TeacherCache
+
+logger = logging.getLogger(__name__)
+
+# Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
+        projection_dim=128,
+    ),
+    "vit-b-16": dict(
+        text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        projection_dim=512,
+    ),
+}
+HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight")
+
+
+def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
+    """The model-config fields the training config sets."""
+    return {name: getattr(config, name) for name in HARMOCLIP_SETTINGS}
+
+
+def build_tokenizer(config: TrainConfig, folder: Path) -> CLIPTokenizer:
+    """CLIP's tokenizer from OpenAI's BPE file (`tokenizer_num_merges` of its merges; None: the full vocabulary)."""
+    write_clip_tokenizer_files(config.tokenizer_bpe, folder, num_merges=config.tokenizer_num_merges)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def scratch_model_config(config: TrainConfig, vocab_size: int) -> HarmoCLIPConfig:
+    preset = PRESETS[config.model_preset]
+    clip_config = CLIPConfig(
+        text_config=dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **preset["text"]),
+        vision_config=dict(image_size=config.image_size, patch_size=config.patch_size, **preset["vision"]),
+        projection_dim=preset["projection_dim"],
+    )
+    return HarmoCLIPConfig.from_clip_config(clip_config, **harmoclip_settings(config))
+
+
+def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
+    """From `init_from` (a HarmoCLIP or plain CLIP folder) or from scratch (a preset and OpenAI's BPE vocabulary)."""
+    if config.init_from:
+        model = HarmoCLIPModel.from_pretrained(config.init_from)
+        for name, value in harmoclip_settings(config).items():
+            setattr(model.config, name, value)
+        model.config._check_harmoclip_settings()
+        processor = load_processor(config.init_from, region_mode=config.region_mode)
+        return model, processor
+    torch.manual_seed(config.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = build_tokenizer(config, Path(folder))
+    processor = HarmoCLIPProcessor(image_processor=clip_image_processor(config.image_size), tokenizer=tokenizer,
+                                   region_mode=config.region_mode)
+    return HarmoCLIPModel(scratch_model_config(config, len(tokenizer))), processor
+
+
+def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
+    """A HarmoCLIP processor from a HarmoCLIP folder, or built from a plain CLIP folder's tokenizer and image settings."""
+    try:
+        processor = HarmoCLIPProcessor.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        logger.info("no HarmoCLIP processor in %s (%s): building one from its tokenizer and image processor", folder, error)
+        image_processor = AutoImageProcessor.from_pretrained(folder)
+        return HarmoCLIPProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder),
+                                  region_mode=region_mode)
+    if region_mode and not processor.region_mode:  # a saved crop geometry can be switched to square, not back
+        processor = HarmoCLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, region_mode=True)
+    return processor
+
+
+def synthetic_settings(config: TrainConfig) -> SyntheticSettings:
+    return SyntheticSettings(num_train=config.synthetic_num_train, num_val=config.synthetic_num_val, seed=config.seed,
+                             image_size=config.synthetic_image_size)
+
+
+def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | None:
+    """The training ("train") or held-out ("val") data set of the configured source (None: no such split)."""
+    common = dict(seed=config.seed, max_boxes=config.max_boxes, min_box_size=config.min_box_size, strict=config.strict)
+    if config.data_format == "synthetic":
+        return JsonlRegionDataset(Path(config.synthetic_dir) / f"{split}.jsonl", **common)
+    source = config.train_data if split == "train" else config.val_data
+    if source is None:
+        return None
+    if config.data_format == "jsonl":
+        return JsonlRegionDataset(source, image_root=config.image_root, **common)
+    if config.data_format == "coco":
+        captions = Path(source)
+        instances = Path(config.coco_instances) if config.coco_instances and split == "train" else captions.with_name(
+            captions.name.replace("captions_", "instances_"))
+        image_root = config.image_root if split == "train" else (config.val_image_root or config.image_root)
+        if image_root is None:
+            raise ValueError("config `image_root` (the COCO image folder) is required with data_format='coco'")
+        return CocoRegionDataset(captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
+    return Flickr30kEntitiesDataset(source, split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
+                                    image_dir=config.image_root, **common)
+
+
+def build_datasets(
+    config: TrainConfig, processor: HarmoCLIPProcessor, main_process_first: Callable[[], ContextManager] | None = None
+) -> tuple[RegionDataset, RegionDataset | None, RegionCollator]:
+    """Train and held-out sets plus the collator; the synthetic set is generated first (by the main process)."""
+    if config.data_format == "synthetic":
+        with (main_process_first() if main_process_first else contextlib.nullcontext()):
+            generate_synthetic_dataset(config.synthetic_dir, synthetic_settings(config))
+    return build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val"), RegionCollator(processor)
+
+
+def build_teacher_cache(config: TrainConfig, processor: HarmoCLIPProcessor) -> TeacherCache:
+    return TeacherCache(config.teacher_cache, expected_settings=teacher_cache_settings(config, processor))
+
+
+def teacher_cache_settings(config: TrainConfig, processor: HarmoCLIPProcessor) -> dict[str, Any]:
+    """What cached crop embeddings depend on; a cache built otherwise is refused."""
+    return {
+        "gr_crop_scale": config.gr_crop_scale,
+        "region_mode": processor.region_mode,
+        "max_boxes": config.max_boxes,
+        "min_box_size": config.min_box_size,
+        "init_from": config.init_from,
+    }
+
+
+def move_batch(batch: Any, device: torch.device) -> dict[str, Any]:
+    """Tensors to `device`; lists (image ids) stay."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in dict(batch).items()}

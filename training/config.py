@@ -1,0 +1,195 @@
+"""Training configuration: one flat dataclass, read from a YAML file and overridden from the command line.
+
+Every field is also a command-line option (`--learning_rate 1e-5` or `--learning-rate 1e-5`), so
+`python training/train.py --config configs/synthetic_tiny.yaml --max_steps 50` runs the shipped config with one
+change. Unknown keys in the YAML file and bad values are errors that name the key and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+MODEL_PRESETS = ("tiny", "vit-b-16")
+
+
+@dataclass
+class TrainConfig:
+    # ---- data
+    data_format: str = "synthetic"
+    train_data: str | None = None  # jsonl: manifest; coco: folder or captions json; flickr30k: dataset root
+    val_data: str | None = None
+    coco_instances: str | None = None  # coco: instances_*.json (default: beside the captions file)
+    image_root: str | None = None  # coco / flickr30k: folder of the images
+    val_image_root: str | None = None  # coco: folder of the held-out images (default: image_root)
+    synthetic_dir: str = "outputs/synthetic"
+    synthetic_num_train: int = 512
+    synthetic_num_val: int = 128
+    synthetic_image_size: int = 64
+    max_boxes: int = 20
+    min_box_size: float = 4.0
+    strict: bool = False
+    num_workers: int = 0
+    # ---- model
+    init_from: str | None = None  # a HarmoCLIP or CLIP folder (conversion/convert_clip.py makes one)
+    model_preset: str = "tiny"  # from scratch: "tiny" (CPU minutes) or "vit-b-16"
+    image_size: int = 64
+    patch_size: int = 8
+    tokenizer_bpe: str = "assets/bpe_simple_vocab_16e6.txt.gz"
+    tokenizer_num_merges: int | None = 2000  # from scratch: a small vocabulary from OpenAI's first merges
+    region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
+    dense_mode: str = "value"
+    lexeme_mode: str = "token"
+    gr_teacher: str = "frozen"
+    gr_crop_scale: float = 1.5
+    teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
+    loss_gc_weight: float = 1.0
+    loss_lrc_weight: float = 1.0
+    loss_gr_weight: float = 1.0
+    # ---- optimisation
+    seed: int = 0
+    batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 300  # optimiser steps
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-6
+    warmup_steps: int = 20
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    lock_text: bool = False
+    lock_vision_layers: int = 0  # freeze the patch embedding and the first k vision layers
+    max_logit_scale: float = 100.0
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
+    # ---- outputs
+    output_dir: str = "outputs/run"
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = False
+    evaluate_at_end: bool = True
+    report_to_tensorboard: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the run's config.json
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "data_format": DATA_FORMATS,
+            "mixed_precision": MIXED_PRECISION,
+            "model_preset": MODEL_PRESETS,
+            "dense_mode": ("value", "full"),
+            "lexeme_mode": ("token", "separate"),
+            "gr_teacher": ("frozen", "self", "cached", "none"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
+        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "max_boxes", "image_size", "patch_size", "max_nonfinite_steps")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"config `{name}` must be > 0, got {getattr(self, name)!r}")
+        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "weight_decay", "warmup_steps",
+                     "lock_vision_layers", "num_workers", "min_box_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config `{name}` must be >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"config `learning_rate` must be > 0, got {self.learning_rate!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"config `image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
+        if self.data_format != "synthetic" and not self.train_data:
+            raise ValueError(f"config `train_data` is required with data_format={self.data_format!r}")
+        if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
+            raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
+        if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == 0:
+            raise ValueError("config: all loss weights are 0; nothing to train")
+
+    @property
+    def uses_regions(self) -> bool:
+        return self.loss_lrc_weight > 0 or (self.loss_gr_weight > 0 and self.gr_teacher != "none")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _parse_value(name: str, text: str, annotation: Any) -> Any:
+    """Parses a command-line string into the field's type (bool: true/false/1/0/yes/no; 'none' for optional)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
+    if type(None) in options and text.lower() in ("none", "null", ""):
+        return None
+    for kind in options:
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+        elif kind in (int, float, str):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    raise ValueError(f"option `--{name}`: cannot read {text!r} as {annotation}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Reads a YAML file (if given), applies overrides (already typed values), validates."""
+    values: dict[str, Any] = {}
+    known = {item.name for item in dataclasses.fields(TrainConfig)}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown option(s) {unknown}")
+        values.update(loaded)
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ValueError(f"unknown option {key!r}")
+        values[key] = value
+    return TrainConfig(**values)
+
+
+def build_argument_parser(description: str) -> argparse.ArgumentParser:
+    """`--config PATH` plus one option per config field (underscores or dashes)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file of options (configs/*.yaml); command-line options override it")
+    hints = _field_types()
+    for item in dataclasses.fields(TrainConfig):
+        if item.name == "extra":
+            continue
+        flags = [f"--{item.name}"] + ([f"--{item.name.replace('_', '-')}"] if "_" in item.name else [])
+        parser.add_argument(*flags, dest=item.name, default=None, metavar=str(hints[item.name]).replace("typing.", ""),
+                            help=f"default: {item.default!r}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    hints = _field_types()
+    overrides = {
+        name: _parse_value(name, value, hints[name])
+        for name, value in vars(args).items()
+        if name in hints and value is not None
+    }
+    return load_config(args.config, overrides)

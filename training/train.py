@@ -1,0 +1,335 @@
+"""Train or fine-tune HarmoCLIP.
+
+Runs unchanged as any of
+    python training/train.py --config configs/synthetic_tiny.yaml
+    accelerate launch training/train.py --config configs/vitb16_finetune.yaml
+    torchrun --nproc_per_node 2 training/train.py --config ...
+
+One loop: sample a global batch (each process its share), encode images, captions, boxes and phrases, gather the
+embeddings of all processes, compute w_gc GC + w_lrc LRC + w_gr GR, step. Checkpoints every `checkpoint_every`
+steps (atomic), `--resume` continues from the latest; at the end the model and processor are saved Hub-ready in
+`<output_dir>/model`, the loss curves drawn in `<output_dir>/loss_curves.png`, and (optionally) evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+if __package__ in (None, ""):  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
+from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
+from training.objective import LossTerms, compute_objective  # noqa: E402
+from training.plots import plot_loss_curves  # noqa: E402
+from training.saving import save_model_atomically  # noqa: E402
+from training.teacher import frozen_copy  # noqa: E402
+
+logger = logging.getLogger("harmoclip.train")
+
+
+class ShardedShuffleSampler(Sampler[int]):
+    """Per-epoch permutation (seed + epoch) cut into global batches of `batch_size * num_processes`; each process takes
+    its consecutive slice of every global batch. The global batch is the same whatever the number of processes, and
+    `start_batch` resumes mid-epoch exactly."""
+
+    def __init__(self, length: int, batch_size: int, num_processes: int, process_index: int, seed: int):
+        self.length, self.batch_size = length, batch_size
+        self.num_processes, self.process_index, self.seed = num_processes, process_index, seed
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"data set of {length} samples is smaller than one global batch "
+                f"({batch_size} x {num_processes} processes): lower `batch_size`"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.length // (self.batch_size * self.num_processes)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        global_batch = self.batch_size * self.num_processes
+        for batch in range(self.start_batch, self.batches_per_epoch):
+            start = batch * global_batch + self.process_index * self.batch_size
+            yield from order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices only; none on norms, biases, embeddings' scalars, logit scales."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim < 2 or "norm" in name or "logit_scale" in name or name.endswith(".bias")
+        (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Freezes what the config locks, and the parameters no enabled loss term uses (data parallelism needs every
+    trainable parameter to receive a gradient)."""
+    if config.lock_text or (config.loss_gc_weight == 0 and config.loss_lrc_weight == 0):
+        for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
+            parameter.requires_grad_(False)
+    if config.loss_gc_weight == 0:
+        model.logit_scale.requires_grad_(False)
+    if config.loss_lrc_weight == 0:
+        model.region_logit_scale.requires_grad_(False)
+    if config.lock_vision_layers > 0:
+        vision = model.vision_model
+        frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+
+def setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(output_dir / "train.log"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+
+def train(config: TrainConfig) -> Path:
+    """Runs the training job described by `config`; returns the folder of the saved Hub-ready model."""
+    output_dir = Path(config.output_dir)
+    needs_unused = config.loss_gc_weight == 0 or config.loss_lrc_weight == 0 or not config.uses_regions
+    accelerator = Accelerator(
+        # Without CUDA, say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun.
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard" if config.report_to_tensorboard else None,
+        project_dir=str(output_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)],
+    )
+    setup_logging(accelerator, output_dir)
+    set_seed(config.seed)
+    logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device, config.mixed_precision)
+
+    model, processor = build_model_and_processor(config)
+    lock_parameters(model, config)
+    train_set, val_set, collator = build_datasets(config, processor, main_process_first=accelerator.main_process_first)
+    teacher = frozen_copy(model).to(accelerator.device) if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0 else None
+    teacher_cache = build_teacher_cache(config, processor) if config.gr_teacher == "cached" and config.loss_gr_weight > 0 else None
+
+    sampler = ShardedShuffleSampler(len(train_set), config.batch_size, accelerator.num_processes, accelerator.process_index, config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
+                        num_workers=config.num_workers, drop_last=True)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
+                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimiser step
+    unwrapped = accelerator.unwrap_model(model)
+
+    step, epoch, batch_in_epoch, consecutive_nonfinite = 0, 0, 0, 0
+    if config.resume:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", output_dir)
+        else:
+            state = load_checkpoint(accelerator, found)
+            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
+            logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, step, epoch, batch_in_epoch)
+
+    if accelerator.is_main_process:
+        (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if config.report_to_tensorboard:
+        accelerator.init_trackers("harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+    metrics_path = output_dir / "metrics.jsonl"
+    global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    progress = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    skipped_this_epoch: dict[str, str] = {}
+    dropped_small = dropped_over = 0
+
+    def report_dropped_boxes() -> None:
+        nonlocal dropped_small, dropped_over
+        if dropped_small or dropped_over:
+            logger.info("epoch %d: dropped %d box(es) below min_box_size=%s and %d over max_boxes=%d", epoch,
+                        dropped_small, config.min_box_size, dropped_over, config.max_boxes)
+        dropped_small = dropped_over = 0
+    window_start, window_samples = time.perf_counter(), 0
+    model.train()
+
+    def epoch_batches() -> Iterator[dict[str, Any]]:
+        """Batches from the current data position, moving to the next epoch when one ends."""
+        nonlocal epoch, batch_in_epoch
+        while True:
+            sampler.set_epoch(epoch, batch_in_epoch)
+            if hasattr(train_set, "set_epoch"):
+                train_set.set_epoch(epoch)
+            for batch in loader:
+                batch_in_epoch += 1
+                yield batch
+            report_skipped(skipped_this_epoch, epoch)
+            skipped_this_epoch.clear()
+            report_dropped_boxes()
+            epoch, batch_in_epoch = epoch + 1, 0
+
+    def training_batches() -> Iterator[dict[str, Any]]:
+        """Batches on the device, after recording what the data sets skipped or dropped. A batch that lost every
+        sample (unreadable files) is passed over by all processes together."""
+        nonlocal dropped_small, dropped_over
+        for batch in epoch_batches():
+            dropped_small += batch.pop("num_small_boxes_dropped", 0)
+            dropped_over += batch.pop("num_boxes_over_limit", 0)
+            for path, reason in batch.pop("skipped", []):
+                skipped_this_epoch.setdefault(path, reason)
+            has_samples = torch.tensor(float("input_ids" in batch), device=accelerator.device)
+            if accelerator.reduce(has_samples, "min") < 1:
+                logger.warning("a batch without readable samples was passed over")
+                continue
+            yield move_batch(batch, accelerator.device)
+
+    batches = training_batches()
+    while step < config.max_steps:
+        micro_terms, finite = [], True
+        for micro in range(config.gradient_accumulation_steps):
+            batch = next(batches)
+            terms = forward_objective(model, unwrapped, batch, config, accelerator, teacher, teacher_cache)
+            # Every process must take the same branch: decide on the loss of all processes.
+            finite = finite and bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
+            if not finite:
+                break
+            if micro + 1 < config.gradient_accumulation_steps:
+                with accelerator.no_sync(model):
+                    accelerator.backward(terms.total / config.gradient_accumulation_steps)
+            else:
+                accelerator.backward(terms.total / config.gradient_accumulation_steps)
+            micro_terms.append(terms.as_floats())
+
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            consecutive_nonfinite += 1
+            logger.warning("non-finite loss at step %d: step skipped (%d in a row)", step + 1, consecutive_nonfinite)
+            if consecutive_nonfinite >= config.max_nonfinite_steps:
+                progress.close()
+                last = latest_checkpoint(output_dir)
+                message = (f"stopping: {consecutive_nonfinite} consecutive non-finite losses at step {step + 1}; "
+                           f"the last good checkpoint is {last or 'none (no checkpoint was written)'}")
+                logger.error(message)
+                accelerator.end_training()
+                raise SystemExit(message)
+            continue
+        consecutive_nonfinite = 0
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # CLIP's clamp: temperatures stay within [1, max_logit_scale]
+            unwrapped.logit_scale.clamp_(0, math.log(config.max_logit_scale))
+            unwrapped.region_logit_scale.clamp_(0, math.log(config.max_logit_scale))
+        step += 1
+        window_samples += global_batch
+        progress.update(1)
+
+        if step % config.log_every == 0 or step == config.max_steps:
+            elapsed = time.perf_counter() - window_start
+            record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
+            record = {name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean")) for name, value in record.items()}
+            record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
+                          region_logit_scale=float(unwrapped.region_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
+            window_start, window_samples = time.perf_counter(), 0
+            if accelerator.is_main_process:
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            if config.report_to_tensorboard:
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
+
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "consecutive_nonfinite": consecutive_nonfinite}
+            save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints)
+
+    progress.close()
+    report_skipped(skipped_this_epoch, epoch)
+    model_dir = output_dir / "model"
+    if accelerator.is_main_process:
+        save_model_atomically(unwrapped, processor, model_dir)
+        if metrics_path.is_file():
+            plot_loss_curves(metrics_path, output_dir / "loss_curves.png")
+        logger.info("saved the Hub-ready model to %s", model_dir)
+    accelerator.wait_for_everyone()
+    if config.evaluate_at_end and val_set is not None and accelerator.is_main_process:
+        from training.builders import evaluate_model
+
+        results = evaluate_model(unwrapped, processor, val_set, config, output_dir)
+        logger.info("evaluation: %s", json.dumps(results))
+    accelerator.end_training()
+    return model_dir
+
+
+def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
+                      accelerator: Accelerator, teacher: torch.nn.Module | None = None, teacher_cache: Any = None) -> LossTerms:
+    """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
+    weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
+    teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
+    with accelerator.autocast():
+        outputs = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            boxes=batch["boxes"] if config.uses_regions else None,
+            box_mask=batch["box_mask"] if config.uses_regions else None,
+            phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
+            phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
+        )
+    return compute_objective(
+        outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
+        region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
+        region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
+        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds,
+    )
+
+
+def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.nn.Module | None, model: torch.nn.Module,
+                    cache: Any, accelerator: Accelerator) -> torch.Tensor | None:
+    """(B, N, D) GR targets for the batch's boxes, or None when GR is off."""
+    if config.loss_gr_weight == 0 or config.gr_teacher == "none":
+        return None
+    if config.gr_teacher == "cached":
+        return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
+    source = teacher if config.gr_teacher == "frozen" else model
+    with torch.no_grad(), accelerator.autocast():
+        return source.get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+
+
+def report_skipped(skipped: dict[str, str], epoch: int) -> None:
+    if skipped:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(skipped.items()))
+        logger.warning("epoch %d: skipped %d unreadable sample(s):\n%s", epoch, len(skipped), listing)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_argument_parser(__doc__.split("\n\n")[0])
+    config = config_from_args(parser.parse_args(argv))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train(config)
+
+
+if __name__ == "__main__":
+    main()
