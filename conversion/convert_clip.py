@@ -32,6 +32,7 @@ from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES
 
 from . import openai_forward
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
+from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict
 from .output_folder import atomic_output_dir, check_output_dir
 from .processor_files import (
@@ -47,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 SOURCES = ("hf", "openai", "open_clip")
 DEFAULT_TOLERANCE = 1e-4
-# Parameters a HarmoCLIP model has beyond CLIPModel's: initialised from the config, not the source.
-HARMOCLIP_ONLY_PARAMETERS = frozenset({"region_logit_scale"})
 
 
 class ConversionCheckError(RuntimeError):
@@ -243,13 +242,7 @@ def load_open_clip_source(
 def load_hf_source(folder: str | Path) -> ClipSource:
     """A transformers CLIP folder: weights (safetensors; `.bin` read with `weights_only=True`), tokenizer and image
     processor reused."""
-    folder = Path(folder)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"`checkpoint`: {folder} is not a transformers model folder (no config.json)")
-    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    if model_type != "clip":
-        raise ValueError(f"`checkpoint`: {folder} holds a {model_type!r} model; --source hf expects model_type 'clip'")
+    folder = require_model_type(folder, "clip", "checkpoint")
     model = CLIPModel.from_pretrained(folder, dtype=torch.float32, weights_only=True).eval()
     tokenizer, image_processor = load_tokenizer_and_image_processor(folder)
     return ClipSource(
