@@ -6,6 +6,7 @@ are compared with that reference's own forward pass.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -173,8 +174,12 @@ def save_tiny_hf_clip(folder: Path, tokenizer_dir: Path) -> CLIPModel:
     return clip
 
 
-def test_hf_clip_folder_converts_with_its_processor(tmp_path, tiny_tokenizer_dir):
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_hf_clip_folder_converts_with_its_processor(tmp_path, tiny_tokenizer_dir, weights_file):
     clip = save_tiny_hf_clip(tmp_path / "clip", tiny_tokenizer_dir)
+    if weights_file == "pytorch_model.bin":  # older Hub folders: read with weights_only
+        (tmp_path / "clip" / "model.safetensors").unlink()
+        torch.save(clip.state_dict(), tmp_path / "clip" / weights_file)
 
     report = convert_clip("hf", tmp_path / "clip", tmp_path / "out", lexeme_mode="separate")
 
@@ -220,3 +225,12 @@ def test_command_line(tmp_path, capsys):
 
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_hf_bin_weights_are_never_unpickled_beyond_tensors(tmp_path, tiny_tokenizer_dir):
+    clip = save_tiny_hf_clip(tmp_path / "clip", tiny_tokenizer_dir)
+    (tmp_path / "clip" / "model.safetensors").unlink()
+    torch.save({**clip.state_dict(), "extra": argparse.Namespace(code="arbitrary object")}, tmp_path / "clip" / "pytorch_model.bin")
+    with pytest.raises(Exception, match="(?i)weights.only"):
+        convert_clip("hf", tmp_path / "clip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
