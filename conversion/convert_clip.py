@@ -31,6 +31,7 @@ from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
 
 from . import openai_forward
+from .cli import run_command, setup_logging
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict
@@ -359,26 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--open-clip-config", type=Path, help="open_clip model config JSON (open_clip)")
     parser.add_argument("--hidden-act", choices=("quick_gelu", "gelu"), help="override the activation (openai, open_clip)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff of normalised embeddings")
     add_harmoclip_setting_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
+    setup_logging(args.log_file)
+
+    def convert() -> str:
         report = convert_clip(
             args.source, args.checkpoint, args.output,
             bpe_path=args.bpe_path, open_clip_config=args.open_clip_config, hidden_act=args.hidden_act,
             overwrite=args.overwrite, tolerance=args.tolerance, **harmoclip_settings_from_args(args),
         )
-    except (FileExistsError, FileNotFoundError, ValueError, ConversionCheckError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {report.output_dir} ({report.source}); {report.diff}")
-    return 0
+        return f"wrote {report.output_dir} ({report.source}); {report.diff}"
 
+    return run_command(convert)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 
+from .cli import run_command, setup_logging
 from .embedding_check import EmbeddingDiff, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .output_folder import atomic_output_dir, check_output_dir
@@ -89,20 +90,19 @@ def export_clip(model_dir: str | Path, output_dir: str | Path, overwrite: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, type=Path, help="HarmoCLIP folder")
     parser.add_argument("--output", required=True, type=Path, help="CLIPModel folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     args = parser.parse_args(argv)
-    try:
-        report = export_clip(args.model, args.output, overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError, ValueError, ExportCheckError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {report.output_dir}; {report.diff}")
-    return 0
+    setup_logging(args.log_file)
 
+    def export() -> str:
+        report = export_clip(args.model, args.output, overwrite=args.overwrite)
+        return f"wrote {report.output_dir}; {report.diff}"
+
+    return run_command(export)
 
 if __name__ == "__main__":
     sys.exit(main())

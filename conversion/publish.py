@@ -32,6 +32,7 @@ from huggingface_hub.utils import HFValidationError, filter_repo_objects, valida
 
 from modeling_harmoclip import HarmoCLIPConfig
 
+from .cli import run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
 from .model_folder import require_model_type
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="branch to commit to (created if missing)")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
+    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     clip = parser.add_mutually_exclusive_group()
     clip.add_argument("--export-clip-subfolder", action="store_true", help="add the plain-CLIP export in clip/")
     clip.add_argument("--clip-repo-id", help="publish the plain-CLIP export to this repo as well")
@@ -294,12 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_file)
     card_fields: dict[str, Any] = {"license": args.license, "base_model": args.base_model, "datasets": tuple(args.datasets)}
     if args.tags:
         card_fields["tags"] = tuple(args.tags)
-    try:
+
+    def run() -> str:
         committed = publish(
             args.repo_id, args.model, eval_json=args.eval_json, dry_run=args.dry_run, output_dir=args.output_dir,
             revision=args.revision, private=args.private, commit_message=args.commit_message,
@@ -307,13 +310,10 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
             space_id=args.space_id, space_dir=args.space_dir, card=CardInfo(repo_id=args.repo_id, **card_fields),
             overwrite=args.overwrite, api=api,
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    for repo, files in committed.items():
-        print(f"{repo}: {'would commit' if args.dry_run else 'committed'} {len(files)} files: {', '.join(files)}")
-    return 0
+        verb = "would commit" if args.dry_run else "committed"
+        return "\n".join(f"{repo}: {verb} {len(files)} files: {', '.join(files)}" for repo, files in committed.items())
 
+    return run_command(run)
 
 if __name__ == "__main__":
     sys.exit(main())

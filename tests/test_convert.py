@@ -217,8 +217,9 @@ def test_command_line(tmp_path, capsys):
     torch.save(reference.state_dict(), checkpoint)
     args = ["--source", "openai", "--checkpoint", str(checkpoint), "--bpe-path", str(BPE_PATH), "--output", str(tmp_path / "out")]
 
-    assert main(args + ["--dense-mode", "full", "--loss-lrc-weight", "2"]) == 0
+    assert main(args + ["--dense-mode", "full", "--loss-lrc-weight", "2", "--log-file", str(tmp_path / "logs" / "convert.log")]) == 0
     assert "max abs diff" in capsys.readouterr().out
+    assert "conversion check (openai -> HarmoCLIP): max abs diff" in (tmp_path / "logs" / "convert.log").read_text()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["dense_mode"], config["loss_lrc_weight"]) == ("full", 2.0)
     assert_matches_reference(tmp_path / "out", reference)
