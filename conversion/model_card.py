@@ -1,0 +1,180 @@
+"""Rendering the Hub README of a HarmoCLIP model from the template `model_card.md` and an evaluation JSON.
+
+The template holds `{{ name }}` placeholders; values that go into the YAML metadata are written as JSON (valid YAML,
+quoted as needed). Every placeholder must be filled: an unknown or missing name is an error, never left in the card.
+
+Evaluation JSON schema (all fields optional except as noted; metric values are percentages, 0-100):
+
+    {
+      "retrieval": {"dataset": "Flickr30k", "split": "test",
+                    "i2t_R@1": 0.0, "i2t_R@5": 0.0, "i2t_R@10": 0.0,
+                    "t2i_R@1": 0.0, "t2i_R@5": 0.0, "t2i_R@10": 0.0},
+      "box_classification": {"dataset": "COCO", "split": "val2017", "top1": 0.0, "top5": 0.0},
+      "zero_shot_classification": {"dataset": "ImageNet-1k", "split": "validation", "top1": 0.0, "top5": 0.0}
+    }
+
+Each task (a top-level key; the three above have display names, others are shown as written) maps to one result or
+a list of results. A result needs `"dataset"` (a string), may have `"split"` and `"notes"` (strings), and at least
+one metric: every other key, with a finite number as value. Only the numbers in the file are shown; without a file
+the card says the model was not evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+TASK_NAMES = {
+    "retrieval": "Image-text retrieval",
+    "box_classification": "Box classification",
+    "zero_shot_classification": "Zero-shot classification",
+}
+TEXT_FIELDS = ("dataset", "split", "notes")
+NOT_EVALUATED = "Not evaluated: no evaluation results were provided for this checkpoint."
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    """What the card says beyond the model's config."""
+
+    repo_id: str
+    license: str = "apache-2.0"
+    base_model: str | None = None
+    datasets: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ("clip", "harmoclip", "vision", "zero-shot-image-classification", "region-classification")
+    clip_export: str | None = None  # "subfolder" (plain CLIP in `clip/`), a repo id, or None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"evaluation JSON: {where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_eval_results(data: Any) -> list[dict[str, Any]]:
+    """Validates evaluation results (schema in the module docstring) -> table rows
+    {task, dataset, split, metric, value}, in the file's order."""
+    if not isinstance(data, dict):
+        raise ValueError(f"evaluation JSON: the top level must be an object of tasks, got {type(data).__name__}")
+    rows = []
+    for task, results in data.items():
+        entries = results if isinstance(results, list) else [results]
+        for index, entry in enumerate(entries):
+            where = f"[{task!r}]" + (f"[{index}]" if isinstance(results, list) else "")
+            if not isinstance(entry, dict):
+                raise ValueError(f"evaluation JSON: {where} must be an object, got {type(entry).__name__}")
+            for name in TEXT_FIELDS:
+                if name in entry and not isinstance(entry[name], str):
+                    raise ValueError(f"evaluation JSON: {where}[{name!r}] must be a string, got {entry[name]!r}")
+            if not entry.get("dataset"):
+                raise ValueError(f"evaluation JSON: {where} needs a 'dataset' name")
+            metrics = {key: _number(value, f"{where}[{key!r}]") for key, value in entry.items() if key not in TEXT_FIELDS}
+            if not metrics:
+                raise ValueError(f"evaluation JSON: {where} has no metric")
+            for metric, value in metrics.items():
+                rows.append({"task": TASK_NAMES.get(task, task), "dataset": entry["dataset"], "split": entry.get("split", ""), "metric": metric, "value": value})
+    return rows
+
+
+def load_eval_results(path: str | Path | None) -> list[dict[str, Any]] | None:
+    """Table rows from an evaluation JSON file, or None without a file."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"`eval_json`: file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"`eval_json`: {path} is not valid JSON: {error}") from None
+    return parse_eval_results(data)
+
+
+def evaluation_markdown(rows: list[dict[str, Any]] | None) -> str:
+    if not rows:
+        return NOT_EVALUATED
+    lines = ["| Task | Dataset | Split | Metric | Value |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['dataset']} | {r['split']} | {r['metric']} | {r['value']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def clip_export_markdown(repo_id: str, clip_export: str | None) -> str:
+    if clip_export is None:
+        return (
+            "The hosted widget and the `zero-shot-image-classification` pipeline do not run remote code. The global "
+            "towers can be exported as a plain `CLIPModel` with `python -m conversion.export_clip`."
+        )
+    if clip_export == "subfolder":
+        repo, subfolder = repo_id, ', subfolder="clip"'
+    else:
+        repo, subfolder = clip_export, ""
+    return (
+        "The global towers are also published as a plain transformers `CLIPModel` (no remote code; same image and "
+        "text embeddings, no region features), which the `zero-shot-image-classification` pipeline serves:\n\n"
+        "```python\nfrom transformers import CLIPModel, CLIPProcessor\n\n"
+        f'model = CLIPModel.from_pretrained("{repo}"{subfolder})\n'
+        f'processor = CLIPProcessor.from_pretrained("{repo}"{subfolder})\n```'
+    )
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """Replaces every `{{ name }}`; raises `ValueError` for a name without a value."""
+    missing = sorted({name for name in _PLACEHOLDER.findall(template) if name not in values})
+    if missing:
+        raise ValueError(f"model card template: no value for {missing}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE) -> str:
+    """The README text for a HarmoCLIP model with `config` (a `HarmoCLIPConfig`), checked to parse as a ModelCard."""
+    vision, text = config.vision_config, config.text_config
+    values = {
+        "license": json.dumps(info.license),
+        "tags": json.dumps(list(info.tags)),
+        "base_model": json.dumps(info.base_model) if info.base_model else "null",
+        "datasets": json.dumps(list(info.datasets)),
+        "model_name": info.repo_id.split("/")[-1],
+        "repo_id": info.repo_id,
+        "image_size": str(vision.image_size),
+        "patch_size": str(vision.patch_size),
+        "vision_width": str(vision.hidden_size),
+        "vision_layers": str(vision.num_hidden_layers),
+        "text_width": str(text.hidden_size),
+        "text_layers": str(text.num_hidden_layers),
+        "context_length": str(text.max_position_embeddings),
+        "projection_dim": str(config.projection_dim),
+        "base_model_text": f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "not recorded",
+        "clip_export_usage": clip_export_markdown(info.repo_id, info.clip_export),
+        "dense_mode": f"`{config.dense_mode}`",
+        "loss_weights": f"{config.loss_gc_weight:g} / {config.loss_lrc_weight:g} / {config.loss_gr_weight:g}",
+        "gr_teacher": f"`{config.gr_teacher}`",
+        "gr_crop_scale": f"{config.gr_crop_scale:g}",
+        "lexeme_mode": f"`{config.lexeme_mode}`",
+        "datasets_text": ", ".join(info.datasets) if info.datasets else "not recorded",
+        "evaluation": evaluation_markdown(eval_rows),
+        **info.extra,
+    }
+    card_text = fill_template(Path(template_path).read_text(encoding="utf-8"), values)
+    ModelCard(card_text)  # raises if the YAML metadata does not parse
+    return card_text
+
+
+__all__ = [
+    "CardInfo",
+    "DEFAULT_TEMPLATE",
+    "NOT_EVALUATED",
+    "parse_eval_results",
+    "load_eval_results",
+    "evaluation_markdown",
+    "fill_template",
+    "render_model_card",
+]
