@@ -41,7 +41,7 @@ from .processor_files import (
     OPENAI_IMAGE_STD,
     load_tokenizer_and_image_processor,
     make_image_processor,
-    save_processor,
+    save_harmoclip_processor,
     tokenizer_from_bpe,
 )
 
@@ -307,6 +307,7 @@ def convert_clip(
     hidden_act: str | None = None,
     overwrite: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
+    region_mode: bool = False,
     **harmoclip_settings: Any,
 ) -> ConversionReport:
     """Converts `checkpoint` into a HarmoCLIP folder at `output_dir` (see the module docstring).
@@ -315,6 +316,8 @@ def convert_clip(
         source: "hf" (a transformers CLIP folder), "openai" (`.pt`) or "open_clip" (state dict + `open_clip_config`).
         bpe_path: OpenAI's `bpe_simple_vocab_16e6.txt.gz`, required for "openai" and "open_clip".
         hidden_act: overrides the activation ("quick_gelu" / "gelu") of "openai" / "open_clip" sources.
+        region_mode: the processor's preset: square resize without crop (region tasks) instead of CLIP's
+            shortest-edge resize and centre crop (the default, CLIP's own preprocessing).
         harmoclip_settings: `HarmoCLIPConfig` fields (dense_mode, gr_teacher, loss weights, ...).
     Raises:
         FileExistsError: `output_dir` exists and `overwrite` is False (checked before any work).
@@ -325,7 +328,7 @@ def convert_clip(
     model = build_harmoclip_model(loaded, **harmoclip_settings)
     with atomic_output_dir(output_dir, overwrite) as staging:
         model.save_pretrained(staging)
-        save_processor(staging, loaded.tokenizer, loaded.image_processor)
+        save_harmoclip_processor(staging, loaded.tokenizer, loaded.image_processor, region_mode=region_mode)
         diff = verify_folder(staging, loaded)
         logger.info("conversion check (%s -> HarmoCLIP): %s", source, diff)
         if not diff.max <= tolerance:
@@ -362,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff of normalised embeddings")
+    parser.add_argument("--region-mode", action="store_true",
+                        help="processor preset: square resize without crop (region tasks) instead of CLIP's resize + centre crop")
     add_harmoclip_setting_arguments(parser)
     return parser
 
@@ -374,11 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         report = convert_clip(
             args.source, args.checkpoint, args.output,
             bpe_path=args.bpe_path, open_clip_config=args.open_clip_config, hidden_act=args.hidden_act,
-            overwrite=args.overwrite, tolerance=args.tolerance, **harmoclip_settings_from_args(args),
+            overwrite=args.overwrite, tolerance=args.tolerance, region_mode=args.region_mode, **harmoclip_settings_from_args(args),
         )
         return f"wrote {report.output_dir} ({report.source}); {report.diff}"
 
     return run_command(convert)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -61,8 +61,16 @@ def load_tokenizer_and_image_processor(folder: str | Path):
 
 
 def save_processor(folder: str | Path, tokenizer, image_processor) -> None:
-    """Writes the tokenizer and image processor files that `AutoProcessor.from_pretrained(folder)` loads."""
+    """Writes a plain `CLIPProcessor` (no remote code): what an exported CLIP folder carries."""
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+def save_harmoclip_processor(folder: str | Path, tokenizer, image_processor, region_mode: bool = False) -> None:
+    """Writes a `HarmoCLIPProcessor` (boxes, phrase spans; its code file too) that
+    `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` loads."""
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
+
+    HarmoCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer, region_mode=region_mode).save_pretrained(folder)
 
 
 __all__ = [
@@ -72,4 +80,5 @@ __all__ = [
     "tokenizer_from_bpe",
     "load_tokenizer_and_image_processor",
     "save_processor",
+    "save_harmoclip_processor",
 ]
