@@ -148,3 +148,37 @@ def teacher_cache_settings(config: TrainConfig, processor: HarmoCLIPProcessor) -
 def move_batch(batch: Any, device: torch.device) -> dict[str, Any]:
     """Tensors to `device`; lists (image ids) stay."""
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in dict(batch).items()}
+
+
+def evaluation_sources(config: TrainConfig) -> dict[str, str]:
+    """Task -> data file for the end-of-training evaluation: the configured files, else the held-out JSONL manifest."""
+    held_out = None
+    if config.data_format == "synthetic":
+        held_out = str(Path(config.synthetic_dir) / "val.jsonl")
+    elif config.data_format == "jsonl" and config.val_data:
+        held_out = config.val_data
+    sources = {"retrieval": config.eval_retrieval_data or held_out, "boxcls": config.eval_boxcls_data or held_out}
+    return {task: path for task, path in sources.items() if path}
+
+
+def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config: TrainConfig, output_dir: Path,
+                   show_progress: bool = True) -> dict[str, Any]:
+    """Retrieval and box classification of `model` on the held-out data; writes `eval.json` + `eval.md`.
+
+    Returns {task: results}, the figures of each task (recall in %, accuracies in %).
+    """
+    import json
+
+    from training.evaluate import markdown_report, run_evaluation, write_text_atomic
+
+    reports = {}
+    for task, path in evaluation_sources(config).items():
+        reports[task] = run_evaluation(
+            model, processor, task, path, image_root=config.eval_image_root, split=None, batch_size=config.eval_batch_size,
+            num_workers=config.num_workers, model_name=str(Path(config.output_dir) / "model"),
+            command="training/train.py (end of training)", show_progress=show_progress,
+        )
+    if reports:
+        write_text_atomic(output_dir / "eval.json", json.dumps({"tasks": reports}, indent=2) + "\n")
+        write_text_atomic(output_dir / "eval.md", "\n".join(markdown_report(report) for report in reports.values()))
+    return {task: report["results"] for task, report in reports.items()}

@@ -79,6 +79,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     evaluate_at_end: bool = True
+    eval_retrieval_data: str | None = None  # Karpathy split json or JSONL (default: the held-out manifest, if JSONL)
+    eval_boxcls_data: str | None = None  # COCO instances/panoptic json or JSONL with labels (default: likewise)
+    eval_image_root: str | None = None
+    eval_batch_size: int = 64
     report_to_tensorboard: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the run's config.json
 
