@@ -182,6 +182,13 @@ class HarmoCLIPProcessor(ProcessorMixin):
         self.region_mode = region_mode
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    def as_region_mode(self) -> "HarmoCLIPProcessor":
+        """This processor if it already resizes to a square without cropping, else such a copy (same tokenizer and
+        image settings): what box tasks want, so that no box is cut by a crop."""
+        if self.region_mode:
+            return self
+        return type(self)(image_processor=self.image_processor, tokenizer=self.tokenizer, region_mode=True)
+
     @property
     def model_input_names(self) -> list[str]:
         return super().model_input_names + ["boxes", "box_mask", "phrase_token_mask", "phrase_ids"]

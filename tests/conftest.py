@@ -75,6 +75,13 @@ def tiny_tokenizer(tiny_tokenizer_dir) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(tiny_tokenizer_dir, model_max_length=77)
 
 
+def tiny_processor(tokenizer: CLIPTokenizer, region_mode: bool = False, image_size: int = 32):
+    """A HarmoCLIP processor for the tiny models: CLIP's resize + centre crop at 32 px (or the square preset)."""
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+
+    return HarmoCLIPProcessor(clip_image_processor(image_size), tokenizer, region_mode=region_mode)
+
+
 @pytest.fixture(scope="session")
 def real_tokenizer_dir(tmp_path_factory) -> Path:
     """OpenAI CLIP's full 49,408-token vocabulary."""

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import tiny_processor
 from training.collate import METADATA_KEYS, RegionCollator, collect_samples, model_inputs, padded_box_indices
 from training.data_common import SkippedSample
 from training.data_jsonl import JsonlRegionDataset
@@ -39,8 +40,7 @@ def test_padded_box_indices():
 
 @pytest.fixture(scope="module")
 def processor(tiny_tokenizer):
-    processing = pytest.importorskip("modeling_harmoclip.processing_harmoclip")
-    return processing.HarmoCLIPProcessor(processing.clip_image_processor(IMAGE_SIZE), tiny_tokenizer, region_mode=True)
+    return tiny_processor(tiny_tokenizer, region_mode=True, image_size=IMAGE_SIZE)
 
 
 def test_batch_from_the_processor(shapes, processor, tiny_tokenizer, tiny_model):

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from conftest import ROOT, tiny_harmoclip_model
-from stand_in_processor import StandInRegionProcessor
+from conftest import ROOT, tiny_harmoclip_model, tiny_processor
 from training.eval_data import (
     detect_format,
     image_loader,
@@ -59,8 +58,9 @@ def _write_image(path: Path, index: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_tokenizer_dir) -> StandInRegionProcessor:
-    return StandInRegionProcessor(tiny_tokenizer_dir, image_size=32)
+def processor(tiny_tokenizer):
+    # CLIP's crop geometry: box tasks switch to the processor's square variant themselves.
+    return tiny_processor(tiny_tokenizer, region_mode=False)
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +305,12 @@ def test_box_embeddings_match_region_features_and_crop_baseline(coco_instances, 
     rows = []
     with torch.no_grad():
         for image in data.images:
-            batch = processor(images=[Image.open(image.path).convert("RGB")], boxes=[image.boxes], region_mode=True)
+            batch = processor.as_region_mode()(images=[Image.open(image.path).convert("RGB")], boxes=[image.boxes])
             rows.append(model.get_region_features(batch["pixel_values"], batch["boxes"])[0])
     assert torch.allclose(embeds["dense"], torch.cat(rows), atol=1e-5)
     # The last image's only box covers it whole: its crop, cut at the input size, is the image itself.
     with torch.no_grad():
-        batch = processor(images=[Image.open(data.images[2].path).convert("RGB")], boxes=[data.images[2].boxes], region_mode=True)
+        batch = processor.as_region_mode()(images=[Image.open(data.images[2].path).convert("RGB")], boxes=[data.images[2].boxes])
         whole = F.normalize(model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output, dim=-1)[0]
         crop = crop_features(model, batch["pixel_values"], batch["boxes"], batch["box_mask"])[0, 0]
     assert torch.allclose(embeds["crop"][4], whole, atol=1e-5)
@@ -353,10 +353,10 @@ def test_boxcls_report_names_missing_classes(coco_instances, model, processor, t
 
 
 @pytest.fixture
-def saved_model_dir(tmp_path, tiny_tokenizer_dir) -> Path:
+def saved_model_dir(tmp_path, processor) -> Path:
     folder = tmp_path / "tiny-harmoclip"
     tiny_harmoclip_model(seed=3).save_pretrained(folder)
-    StandInRegionProcessor(tiny_tokenizer_dir, image_size=32).save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -391,20 +391,11 @@ def test_command_rejects_an_unknown_task(tmp_path):
         build_parser().parse_args(["--model", "m", "--task", "segmentation", "--data", "d"])
 
 
-def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, tiny_tokenizer_dir, tmp_path):
-    # Needs the model's own box-aware processor saved beside it (AutoProcessor loads it back).
-    processing = pytest.importorskip("modeling_harmoclip.processing_harmoclip", reason="HarmoCLIPProcessor is not in this checkout")
-    from transformers import CLIPTokenizer
-    from transformers.models.clip import CLIPImageProcessorPil
-
+def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, saved_model_dir, tmp_path):
+    # The model's own box-aware processor is saved beside it (AutoProcessor loads it back).
     from training.evaluate import main
 
-    folder = tmp_path / "tiny-harmoclip"
-    tiny_harmoclip_model(seed=3).save_pretrained(folder)
-    processing.HarmoCLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=CLIPTokenizer.from_pretrained(tiny_tokenizer_dir, model_max_length=77),
-    ).save_pretrained(folder)
+    folder = saved_model_dir
     out = tmp_path / "panoptic.json"
     report = main([
         "--model", str(folder), "--task", "boxcls", "--data", str(coco_panoptic),

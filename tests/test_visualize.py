@@ -8,14 +8,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import tiny_harmoclip_model
-from stand_in_processor import StandInRegionProcessor
+from conftest import tiny_harmoclip_model, tiny_processor
 from training.visualize import BOX_COLOURS, dense_similarity, draw_boxes, draw_heatmap, save_box_predictions, save_query_heatmap
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_tokenizer_dir) -> StandInRegionProcessor:
-    return StandInRegionProcessor(tiny_tokenizer_dir, image_size=32)
+def processor(tiny_tokenizer):
+    return tiny_processor(tiny_tokenizer, region_mode=False)
 
 
 def test_boxes_are_drawn_where_the_boxes_are(tmp_path):
@@ -76,7 +75,7 @@ def test_heatmap_of_a_tiny_model_covers_the_image(tmp_path, processor):
     out = tmp_path / "query.png"
     similarity = save_query_heatmap(model, processor, image, "a blue sky", out)
     assert similarity.shape == (4, 4)  # 32 px input, 8 px patches
-    dense = model.get_dense_features(processor(images=[image], region_mode=True)["pixel_values"])[0]
+    dense = model.get_dense_features(processor.as_region_mode()(images=[image])["pixel_values"])[0]
     from training.evaluate import compute_text_embeddings
 
     text = compute_text_embeddings(model, processor, ["a blue sky"])[0]

@@ -88,8 +88,8 @@ def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
         image_processor = AutoImageProcessor.from_pretrained(folder)
         return HarmoCLIPProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder),
                                   region_mode=region_mode)
-    if region_mode and not processor.region_mode:  # a saved crop geometry can be switched to square, not back
-        processor = HarmoCLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer, region_mode=True)
+    if region_mode:  # a saved crop geometry can be switched to square, not back
+        processor = processor.as_region_mode()
     return processor
 
 

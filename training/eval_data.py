@@ -321,19 +321,22 @@ class ImageBoxDataset(Dataset):
         return load_image(self.paths[index]), (self.boxes[index] if self.boxes is not None else None)
 
 
-# Keyword the processor takes to resize to a square without cropping, so every box stays whole.
-REGION_MODE_KWARG = "region_mode"
+def region_processor(processor: Callable[..., Any]) -> Callable[..., Any]:
+    """The processor's square, crop-free variant (`HarmoCLIPProcessor.as_region_mode`), so that every box stays whole;
+    a processor without that variant is used as it is."""
+    as_region_mode = getattr(processor, "as_region_mode", None)
+    return as_region_mode() if callable(as_region_mode) else processor
 
 
 class ProcessorCollate:
     """Turns a list of ``(image, boxes)`` into the processor's batch (runs in the DataLoader's workers).
 
-    Without boxes: ``processor(images=...)`` -> `pixel_values`. With boxes: ``processor(images=..., boxes=...,
-    region_mode=True)`` -> `pixel_values`, `boxes` (B, N, 4) normalised in the frame of `pixel_values`, `box_mask`.
+    Without boxes: ``processor(images=...)`` -> `pixel_values`. With boxes, through the region variant of the
+    processor: `pixel_values`, `boxes` (B, N, 4) normalised in the frame of `pixel_values`, `box_mask`.
     """
 
     def __init__(self, processor: Callable[..., Any], with_boxes: bool):
-        self.processor = processor
+        self.processor = region_processor(processor) if with_boxes else processor
         self.with_boxes = with_boxes
 
     def __call__(self, items: list[tuple[Image.Image, list[list[float]] | None]]) -> dict[str, torch.Tensor]:
@@ -342,7 +345,7 @@ class ProcessorCollate:
             batch = self.processor(images=images, return_tensors="pt")
             return {"pixel_values": batch["pixel_values"]}
         boxes = [box_list for _, box_list in items]
-        batch = self.processor(images=images, boxes=boxes, return_tensors="pt", **{REGION_MODE_KWARG: True})
+        batch = self.processor(images=images, boxes=boxes, return_tensors="pt")
         if "boxes" not in batch or "box_mask" not in batch:
             raise ValueError(
                 "`processor` returned no `boxes`/`box_mask` for images with boxes: box classification needs a processor "

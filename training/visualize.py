@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from .eval_data import REGION_MODE_KWARG
+from .eval_data import region_processor
 from .evaluate import DEFAULT_TEMPLATES, classify_boxes, compute_class_embeddings, compute_text_embeddings
 
 # Distinct colours cycled over boxes (matplotlib's tab10).
@@ -112,7 +112,7 @@ def dense_similarity(model: torch.nn.Module, processor: Callable[..., Any], imag
     The image is resized to a square without cropping (region geometry), so the map covers the whole image.
     """
     device = next(model.parameters()).device
-    pixel_values = processor(images=[image.convert("RGB")], return_tensors="pt", **{REGION_MODE_KWARG: True})["pixel_values"]
+    pixel_values = region_processor(processor)(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
     text_embed = compute_text_embeddings(model, processor, [query])[0]
     was_training = model.training
     model.eval()
@@ -148,7 +148,7 @@ def save_box_predictions(
     Returns the predicted class names and their softmax scores.
     """
     image = image.convert("RGB")
-    batch = processor(images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt", **{REGION_MODE_KWARG: True})
+    batch = region_processor(processor)(images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt")
     device = next(model.parameters()).device
     class_embeds = compute_class_embeddings(model, processor, class_names, templates)
     labels, scores = classify_boxes(model, batch["pixel_values"].to(device), batch["boxes"].to(device), class_embeds, method)
