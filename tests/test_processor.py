@@ -101,6 +101,11 @@ def test_region_mode_keeps_whole_image_and_crop_mode_cuts(tiny_tokenizer):
     assert region.image_processor.do_center_crop is False
     assert (region.image_processor.size.height, region.image_processor.size.width) == (64, 64)
     assert crop.image_processor.do_center_crop is True
+    # The crop processor's square variant gives the region geometry, and leaves the crop processor as it was.
+    variant = crop.as_region_mode()
+    assert variant.region_mode and variant.tokenizer is crop.tokenizer and region.as_region_mode() is region
+    torch.testing.assert_close(variant(images=image, boxes=boxes)["boxes"], whole["boxes"])
+    assert crop.image_processor.do_center_crop is True and not crop.region_mode
 
 
 def test_crop_larger_than_resize_pads_like_the_image_processor(tiny_tokenizer):
