@@ -35,7 +35,7 @@ from .cli import run_command, setup_logging
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict
-from .output_folder import atomic_output_dir, check_output_dir
+from training.saving import atomic_directory, check_output_dir
 from .processor_files import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,
@@ -326,7 +326,7 @@ def convert_clip(
     check_output_dir(output_dir, overwrite)
     loaded = load_source(source, checkpoint, bpe_path, open_clip_config, hidden_act)
     model = build_harmoclip_model(loaded, **harmoclip_settings)
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_directory(output_dir, overwrite) as staging:
         model.save_pretrained(staging)
         save_harmoclip_processor(staging, loaded.tokenizer, loaded.image_processor, region_mode=region_mode)
         diff = verify_folder(staging, loaded)

@@ -23,7 +23,7 @@ from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from .cli import run_command, setup_logging
 from .embedding_check import EmbeddingDiff, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
-from .output_folder import atomic_output_dir, check_output_dir
+from training.saving import atomic_directory, check_output_dir
 from .processor_files import load_tokenizer_and_image_processor, save_processor
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def export_clip(model_dir: str | Path, output_dir: str | Path, overwrite: bool =
     model = HarmoCLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer, image_processor = load_tokenizer_and_image_processor(model_dir)
     clip = to_clip_model(model)
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_directory(output_dir, overwrite) as staging:
         clip.save_pretrained(staging)
         save_processor(staging, tokenizer, image_processor)
         if readme_text is not None:

@@ -36,7 +36,7 @@ from .cli import run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
 from .model_folder import require_model_type
-from .output_folder import atomic_output_dir, check_output_dir
+from training.saving import atomic_directory, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def assemble_hub_folder(
         check_output_dir(clip_output_dir, overwrite)
     config = HarmoCLIPConfig.from_pretrained(model_dir)
     card_text = render_model_card(config, card, eval_rows, template_path)
-    with atomic_output_dir(output_dir, overwrite) as staging:
+    with atomic_directory(output_dir, overwrite) as staging:
         copy_model_files(model_dir, staging)
         (staging / "README.md").write_text(card_text, encoding="utf-8")
         if export_clip_subfolder:

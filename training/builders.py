@@ -169,7 +169,8 @@ def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config:
     """
     import json
 
-    from training.evaluate import markdown_report, run_evaluation, write_text_atomic
+    from training.evaluate import markdown_report, run_evaluation
+    from training.saving import write_text_atomic
 
     reports = {}
     for task, path in evaluation_sources(config).items():

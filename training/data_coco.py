@@ -25,7 +25,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
-from .data_common import PackedStrings, Region, RegionDataset, RegionSample, atomic_write_bytes, choose_caption
+from .saving import write_bytes_atomic
+from .data_common import PackedStrings, Region, RegionDataset, RegionSample, choose_caption
 from .phrases import NounPhrase, PhraseExtractor
 
 PHRASE_CACHE_VERSION = 1
@@ -197,7 +198,7 @@ class CocoRegionDataset(RegionDataset):
         }
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
+        write_bytes_atomic(path, buffer.getvalue())
         return {name: arrays[name] for name in ("offsets", "spans", "heads", "plural")}
 
     def load(self, index: int, rng: np.random.Generator) -> RegionSample:

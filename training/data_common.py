@@ -12,8 +12,6 @@ process can count it (counts kept in the data set object would be lost in the Da
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,20 +234,3 @@ class PackedStrings:
 
     def __getitem__(self, index: int) -> str:
         return self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file in the same folder and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise

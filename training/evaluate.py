@@ -24,7 +24,6 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from .eval_data import (
     read_box_data,
     read_retrieval_data,
 )
+from .saving import write_text_atomic
 from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
 
 logger = logging.getLogger("training.evaluate")
@@ -316,19 +316,6 @@ def classify_boxes(
 # ---------------------------------------------------------------------------------------------------- reports
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to a temporary file beside `path`, then renames it: `path` is never left half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _figure(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
@@ -484,7 +471,6 @@ __all__ = [
     "run_evaluation",
     "markdown_report",
     "write_report",
-    "write_text_atomic",
     "load_model_and_processor",
     "main",
 ]

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
+
+from .saving import atomic_directory
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -162,30 +161,17 @@ def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, ove
                 f"{out} exists and was not made with these settings ({existing} != {settings.to_json()}); "
                 "choose another folder or pass overwrite=True (--overwrite)"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=True) as staging:
         for split, count in (("train", settings.num_train), ("val", settings.num_val)):
-            image_folder = temporary / "images" / split
-            image_folder.mkdir(parents=True)
-            with open(temporary / f"{split}.jsonl", "w", encoding="utf-8") as manifest:
+            (staging / "images" / split).mkdir(parents=True)
+            with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as manifest:
                 for index in tqdm(range(count), desc=f"synthetic {split}", unit="image"):
                     image, record = render_sample(settings, split, index)
                     relative = f"images/{split}/{index:06d}.png"
-                    image.save(temporary / relative)
+                    image.save(staging / relative)
                     manifest.write(json.dumps({"image": relative, **record}) + "\n")
-        (temporary / "classes.json").write_text(json.dumps(class_names(settings), indent=1))
-        (temporary / "settings.json").write_text(json.dumps(settings.to_json(), indent=1))
-        if out.exists():  # overwrite: move the old one aside only now that the new one is complete
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(temporary, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        (staging / "classes.json").write_text(json.dumps(class_names(settings), indent=1))
+        (staging / "settings.json").write_text(json.dumps(settings.to_json(), indent=1))
     return out
 
 
