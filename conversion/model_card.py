@@ -17,6 +17,9 @@ Each task (a top-level key; the three above have display names, others are shown
 a list of results. A result needs `"dataset"` (a string), may have `"split"` and `"notes"` (strings), and at least
 one metric: every other key, with a finite number as value. Only the numbers in the file are shown; without a file
 the card says the model was not evaluated.
+
+The reports of `python -m training.evaluate` (`{"task", "settings", "results", ...}`) and the end-of-training
+`eval.json` of `training/train.py` (`{"tasks": {task: report}}`) are read too, through `results_from_reports`.
 """
 
 from __future__ import annotations
@@ -81,8 +84,42 @@ def parse_eval_results(data: Any) -> list[dict[str, Any]]:
             if not metrics:
                 raise ValueError(f"evaluation JSON: {where} has no metric")
             for metric, value in metrics.items():
-                rows.append({"task": TASK_NAMES.get(task, task), "dataset": entry["dataset"], "split": entry.get("split", ""), "metric": metric, "value": value})
+                rows.append({"task": TASK_NAMES.get(task, task), "dataset": entry["dataset"], "split": entry.get("split", ""),
+                             "metric": metric, "value": value, "notes": entry.get("notes", "")})
     return rows
+
+
+RETRIEVAL_METRICS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
+BOX_METRICS = ("top1", "top5", "mean_class_top1", "mean_class_top5")
+BOX_METHOD_NOTES = {"dense": "region features of one image pass (RoIAlign)", "crop": "crop-and-encode baseline"}
+
+
+def _is_report(value: Any) -> bool:
+    return isinstance(value, dict) and {"task", "settings", "results"} <= set(value)
+
+
+def results_from_reports(data: Any) -> Any:
+    """Evaluation reports of `training/evaluate.py` (one, or `{"tasks": {...}}`) -> the card schema; anything else
+    is returned unchanged."""
+    if isinstance(data, dict) and isinstance(data.get("tasks"), dict) and all(map(_is_report, data["tasks"].values())):
+        reports = list(data["tasks"].values())
+    elif _is_report(data):
+        reports = [data]
+    else:
+        return data
+    card: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        settings, results = report["settings"], report["results"]
+        common = {"dataset": Path(str(settings.get("data", "unknown"))).name, "split": str(settings.get("split") or "")}
+        if report["task"] == "retrieval":
+            card.setdefault("retrieval", []).append({**common, **{k: results[k] for k in RETRIEVAL_METRICS if k in results}})
+        elif report["task"] == "boxcls":
+            for method in settings.get("methods", ["dense"]):
+                figures = results[method]
+                card.setdefault("box_classification", []).append(
+                    {**common, "notes": BOX_METHOD_NOTES.get(method, method), **{k: figures[k] for k in BOX_METRICS if k in figures}}
+                )
+    return card
 
 
 def load_eval_results(path: str | Path | None) -> list[dict[str, Any]] | None:
@@ -96,14 +133,16 @@ def load_eval_results(path: str | Path | None) -> list[dict[str, Any]] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"`eval_json`: {path} is not valid JSON: {error}") from None
-    return parse_eval_results(data)
+    return parse_eval_results(results_from_reports(data))
 
 
 def evaluation_markdown(rows: list[dict[str, Any]] | None) -> str:
     if not rows:
         return NOT_EVALUATED
     lines = ["| Task | Dataset | Split | Metric | Value |", "|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['dataset']} | {r['split']} | {r['metric']} | {r['value']:.2f} |" for r in rows]
+    for row in rows:
+        metric = f"{row['metric']} ({row['notes']})" if row.get("notes") else row["metric"]
+        lines.append(f"| {row['task']} | {row['dataset']} | {row['split']} | {metric} | {row['value']:.2f} |")
     return "\n".join(lines)
 
 

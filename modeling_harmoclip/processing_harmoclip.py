@@ -559,6 +559,7 @@ class HarmoCLIPProcessor(ProcessorMixin):
         return self.box_geometry(torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST})
 
     @torch.no_grad()
+    @torch.no_grad()
     def classify_regions(
         self,
         model: Any,

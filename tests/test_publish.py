@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 
 from conftest import run_isolated
 from conversion.model_card import NOT_EVALUATED, CardInfo, parse_eval_results
-from conversion.processor_files import make_image_processor, save_processor
+from conversion.processor_files import make_image_processor, save_harmoclip_processor
 from conversion.publish import files_to_commit, main, publish, validate_repo_id, validate_revision
 
 EVAL_RESULTS = {
@@ -20,7 +20,8 @@ EVAL_RESULTS = {
 }
 MODEL_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_harmoclip.py", "modeling_harmoclip.py",
-    "losses.py", "roi_align.py", "tokenizer.json", "tokenizer_config.json", "processor_config.json",
+    "losses.py", "roi_align.py", "processing_harmoclip.py", "tokenizer.json", "tokenizer_config.json",
+    "processor_config.json",
 }
 
 
@@ -45,7 +46,7 @@ class RecordingHubApi:
 def model_dir(tmp_path, tiny_model, tiny_tokenizer) -> Path:
     folder = tmp_path / "harmoclip"
     tiny_model.save_pretrained(folder)
-    save_processor(folder, tiny_tokenizer, make_image_processor(32))
+    save_harmoclip_processor(folder, tiny_tokenizer, make_image_processor(32))
     (folder / "optimizer.pt").write_bytes(b"training state, not for the Hub")
     return folder
 
@@ -130,6 +131,28 @@ def test_model_card_without_evaluation_says_not_evaluated(model_dir, tmp_path):
     card = ModelCard.load(tmp_path / "hub" / "README.md")
     assert NOT_EVALUATED in card.text and "| Metric |" not in card.text
     assert card.data.base_model is None and "export_clip" in card.text
+
+
+def test_card_reads_the_reports_of_the_evaluation_code(model_dir, tmp_path, tiny_model, tiny_tokenizer):
+    """The end-of-training `eval.json` ({"tasks": {task: report}}) as `training/evaluate.py` writes it."""
+    from transformers import AutoProcessor
+
+    from training.evaluate import run_evaluation
+    from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+
+    data = generate_synthetic_dataset(tmp_path / "shapes", SyntheticSettings(num_train=0, num_val=6, image_size=32))
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    reports = {task: run_evaluation(tiny_model, processor, task, data / "val.jsonl", split=None) for task in ("retrieval", "boxcls")}
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"tasks": reports}))
+    publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=tmp_path / "hub")
+    text = ModelCard.load(tmp_path / "hub" / "README.md").text
+    i2t = reports["retrieval"]["results"]["i2t_R@1"]
+    assert f"| Image-text retrieval | val.jsonl |  | i2t_R@1 | {i2t:.2f} |" in text
+    dense = reports["boxcls"]["results"]["dense"]["top1"]
+    crop = reports["boxcls"]["results"]["crop"]["top1"]
+    assert f"| Box classification | val.jsonl |  | top1 (region features of one image pass (RoIAlign)) | {dense:.2f} |" in text
+    assert f"| Box classification | val.jsonl |  | top1 (crop-and-encode baseline) | {crop:.2f} |" in text
 
 
 @pytest.mark.parametrize(
