@@ -127,16 +127,18 @@ def roi_align(
     weights_x = _axis_weights(x1, bin_w, grid_w, out_w, width, max_grid_w)  # (K, out_w, W)
     weights_y = weights_y / count[:, None, None]
 
-    features = input.to(compute_dtype)
-    output = features.new_zeros(num_rois, channels, out_h, out_w)
     batch_index = rois[:, 0].long()
     if (batch_index < 0).any() or (batch_index >= batch).any():
         bad = int(batch_index[(batch_index < 0) | (batch_index >= batch)][0])
         raise ValueError(f"roi_align: batch index {bad} in `boxes` is outside [0, {batch})")
-    for image in batch_index.unique().tolist():
-        selected = (batch_index == image).nonzero(as_tuple=True)[0]
-        rows = torch.einsum("kph,chw->kcpw", weights_y[selected], features[image])
-        output = output.index_copy(0, selected, torch.einsum("kcpw,kqw->kcpq", rows, weights_x[selected]))
+    # The interpolation runs in float32 (float64 for float64 input) even under autocast.
+    with torch.autocast(device_type=input.device.type, enabled=False):
+        features = input.to(compute_dtype)
+        output = features.new_zeros(num_rois, channels, out_h, out_w)
+        for image in batch_index.unique().tolist():
+            selected = (batch_index == image).nonzero(as_tuple=True)[0]
+            rows = torch.einsum("kph,chw->kcpw", weights_y[selected], features[image])
+            output = output.index_copy(0, selected, torch.einsum("kcpw,kqw->kcpq", rows, weights_x[selected]))
     return output.to(input.dtype)
 
 

@@ -297,3 +297,15 @@ def test_config_validation_and_from_clip_config() -> None:
             HarmoCLIPConfig(**bad)
     with pytest.raises(TypeError, match="clip_config"):
         HarmoCLIPConfig.from_clip_config({"projection_dim": 8})
+
+
+def test_bfloat16_autocast_keeps_regions_in_float32(tiny_model: HarmoCLIPModel) -> None:
+    """Under mixed precision the RoIAlign and the normalisation still run in float32."""
+    pixels = _images(2)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.2, 0.1, 0.9, 0.7]]] * 2)
+    reference = tiny_model.get_region_features(pixels, boxes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        regions = tiny_model.get_region_features(pixels, boxes)
+        crops = tiny_model.get_crop_features(pixels, boxes)
+    assert regions.dtype == torch.float32 and crops.dtype == torch.float32
+    assert F.cosine_similarity(regions, reference, dim=-1).min() > 0.98
