@@ -88,3 +88,13 @@ def test_bad_arguments() -> None:
 def test_enlarge_boxes_about_centre() -> None:
     boxes = torch.tensor([[2.0, 4.0, 6.0, 8.0]])
     assert torch.equal(enlarge_boxes(boxes, 1.5), torch.tensor([[1.0, 3.0, 7.0, 9.0]]))
+
+
+def test_float32_arithmetic_under_autocast() -> None:
+    """Mixed precision must not lower RoIAlign's arithmetic: same result inside and outside autocast."""
+    features = torch.randn(2, 8, 7, 7)
+    rois = torch.tensor([[0, 0.3, 0.2, 5.5, 6.1], [1, 1.0, 1.0, 3.0, 4.0]])
+    reference = roi_align(features, rois, 2, aligned=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = roi_align(features, rois, 2, aligned=True)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, reference)
