@@ -57,7 +57,7 @@ from transformers.image_utils import (
     infer_channel_dimension_format,
     is_valid_image,
 )
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 # CLIP's text context: 77 positions, including the start and end tokens.
@@ -139,6 +139,13 @@ def _crop_shift(size: int, crop: int, backend: str) -> float:
     return float(padding // 2 if backend == "torchvision" else (padding + 1) // 2)
 
 
+class HarmoCLIPProcessorKwargs(ProcessingKwargs, total=False):
+    """The processor's call defaults: captions are truncated to CLIP's context and padded to the longest in the batch
+    unless the call says otherwise. Passed to `_merge_kwargs` explicitly, which every transformers 5.x release reads."""
+
+    _defaults = {"text_kwargs": {"padding": True, "truncation": True}}
+
+
 class HarmoCLIPProcessor(ProcessorMixin):
     r"""
     CLIP's image processor and fast tokenizer, plus boxes and phrase spans.
@@ -161,8 +168,6 @@ class HarmoCLIPProcessor(ProcessorMixin):
           `phrase_ids` (B, N) int64, `phrase_id` of the phrase text or -1 for a box without (usable) phrase.
     """
 
-    # Captions are truncated to CLIP's context and padded to the longest in the batch unless the call says otherwise.
-    text_kwargs = {"padding": True, "truncation": True}
 
     def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
         if image_processor is None:
@@ -225,7 +230,7 @@ class HarmoCLIPProcessor(ProcessorMixin):
         if box_format not in BOX_FORMATS:
             raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")
         images, text, boxes, phrase_spans = self._batch_inputs(images, text, boxes, phrase_spans)
-        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        merged = self._merge_kwargs(HarmoCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
         for options in (text_kwargs, images_kwargs):
             options.pop("return_tensors", None)
