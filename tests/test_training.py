@@ -158,3 +158,115 @@ def test_config_errors_name_the_option(tmp_path: Path) -> None:
         config_from_args(parser.parse_args(["--batch-size", "many"]))
     config = config_from_args(parser.parse_args(["--batch-size", "3", "--lock_text", "yes", "--init_from", "none"]))
     assert config.batch_size == 3 and config.lock_text is True and config.init_from is None
+
+
+def _tiny_model_folder(folder: Path) -> Path:
+    """A tiny HarmoCLIP folder with CLIP's crop preprocessing, as the converter writes one."""
+    from conftest import BPE_PATH, TINY_MERGES, tiny_harmoclip_model
+    from conversion.processor_files import make_image_processor, save_harmoclip_processor, tokenizer_from_bpe
+
+    model = tiny_harmoclip_model(seed=1)
+    model.save_pretrained(folder)
+    tokenizer = tokenizer_from_bpe(BPE_PATH, model.config.text_config.vocab_size, 77)
+    assert len(tokenizer) == 512 + TINY_MERGES + 2
+    save_harmoclip_processor(folder, tokenizer, make_image_processor(32))
+    return folder
+
+
+def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
+    """configs/vitb16_finetune.yaml's path (COCO captions + instances, init_from a converted folder, bf16) on a tiny
+    model; a missing image is skipped and reported with its path."""
+    from test_data_coco import write_coco
+
+    captions, instances, images = write_coco(tmp_path)
+    init = _tiny_model_folder(tmp_path / "init")
+    out = tmp_path / "finetune"
+    command = [
+        PYTHON, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "vitb16_finetune.yaml"),
+        "--train_data", str(captions), "--coco_instances", str(instances), "--image_root", str(images),
+        "--val_data", "none", "--init_from", str(init), "--image_size", "32", "--patch_size", "8", "--batch_size", "2",
+        "--num_workers", "0", "--max_steps", "3", "--warmup_steps", "1", "--log_every", "1", "--output_dir", str(out),
+        "--report_to_tensorboard", "false", "--min_box_size", "4",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    log = (out / "train.log").read_text()
+    assert "mixed precision: bf16" in log
+    assert "skipped 1 unreadable sample(s)" in log and "000000000013.jpg" in log
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2, 3] and all(r["lr"] <= 1e-5 for r in records)
+    assert all("loss_lrc" in r and "loss_gr" in r for r in records)  # COCO boxes linked to phrases, and GR
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["model_type"] == "harmoclip" and saved["gr_teacher"] == "frozen"
+    assert json.loads((out / "model" / "processor_config.json").read_text())["region_mode"] is True
+
+    strict = subprocess.run(command[:-4] + ["--output_dir", str(tmp_path / "strict"), "--strict", "true"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert strict.returncode != 0 and "000000000013.jpg" in strict.stderr
+
+
+def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir: Path) -> None:
+    from training.builders import build_datasets, build_model_and_processor
+    from training.cache_teacher import build_teacher_cache_folder
+    from training.config import load_config
+    from training.teacher import TeacherCache
+
+    overrides = {"synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32,
+                 "synthetic_dir": str(synthetic_dir), "output_dir": str(tmp_path / "run")}
+    config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
+    cache_dir = build_teacher_cache_folder(config, tmp_path / "cache", batch_size=5)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        build_teacher_cache_folder(config, cache_dir)
+
+    model, processor = build_model_and_processor(config)  # the starting weights: the frozen teacher
+    train_set, _, collator = build_datasets(config, processor)
+    batch = collator([train_set[i] for i in range(6)])
+    cache = TeacherCache(cache_dir, expected_settings={"gr_crop_scale": 1.5, "region_mode": True})
+    cached = cache.lookup(batch["image_ids"], batch["box_indices"])
+    with torch.no_grad():
+        frozen = model.eval().get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+    assert batch["box_mask"].sum() > 6
+    assert (cached - frozen).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="gr_crop_scale"):
+        TeacherCache(cache_dir, expected_settings={"gr_crop_scale": 2.0})
+
+    out = tmp_path / "cached_run"
+    run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gr_teacher", "cached", "--teacher_cache", str(cache_dir))
+    assert all("loss_gr" in record for record in read_metrics(out))
+    self_run = tmp_path / "self_run"
+    run_training([PYTHON], self_run, synthetic_dir, "--max_steps", "1", "--gr_teacher", "self", "--loss_lrc_weight", "0")
+    record = read_metrics(self_run)[0]
+    assert "loss_gr" in record and "loss_lrc" not in record
+
+
+def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_path: Path, synthetic_dir: Path, monkeypatch) -> None:
+    """Fault injection at the loss: step 2's loss is NaN (skipped), then three in a row stop the run."""
+    import training.train as train_module
+    from training.config import load_config
+
+    real = train_module.compute_objective
+    calls = {"count": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls["count"] += 1
+        if calls["count"] == 2 or calls["count"] >= 4:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "compute_objective", poisoned)
+    out = tmp_path / "nan"
+    config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {
+        "synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32, "batch_size": 4,
+        "synthetic_dir": str(synthetic_dir), "output_dir": str(out), "max_steps": 10, "checkpoint_every": 1,
+        "max_nonfinite_steps": 3, "report_to_tensorboard": False, "evaluate_at_end": False, "log_every": 1,
+    })
+    with pytest.raises(SystemExit, match="3 consecutive non-finite losses at step 3"):
+        train_module.train(config)
+    log = (out / "train.log").read_text()
+    assert "non-finite loss at step 2: step skipped (1 in a row)" in log
+    assert "the last good checkpoint is" in log and "step_00000002" in log
+    assert [path.name for path in (out / "checkpoints").iterdir()] == ["step_00000001", "step_00000002"] or \
+        sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert not (out / "model").exists()
+    assert [record["step"] for record in read_metrics(out)] == [1, 2]
