@@ -20,7 +20,7 @@ import pytest
 
 from space_support import BOXES_TEXT, IMAGE_SIZE, LABELS, LABELS_TEXT, SPACE_DIR, save_tiny_model_folder, scene_image
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("HARMOCLIP_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -64,7 +64,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def space_url(tmp_path, tiny_tokenizer):
+def sync_api():
+    """Playwright's sync API, checked before anything is started."""
+    return _browser_or_skip()
+
+
+@pytest.fixture
+def space_url(sync_api, tmp_path, tiny_tokenizer):
     """The app serving a tiny model on a free local port; stopped (and its log attached on failure) afterwards."""
     model_dir = save_tiny_model_folder(tmp_path / "model", tiny_tokenizer)
     port = _free_port()
@@ -108,8 +114,7 @@ def space_url(tmp_path, tiny_tokenizer):
     assert "Traceback" not in log_path.read_text(), log_path.read_text()
 
 
-def test_space_page_classifies_typed_boxes(space_url, tmp_path):
-    sync_api = _browser_or_skip()
+def test_space_page_classifies_typed_boxes(sync_api, space_url, tmp_path):
     image_path = tmp_path / "scene.png"
     scene_image().save(image_path)
     screenshot = tmp_path / "space.png"
