@@ -1,0 +1,141 @@
+"""HarmoCLIP demo: classify boxes of an image among free-text labels, rank the labels for the whole image, and see
+where a label matches in the dense features.
+
+The model comes from `HARMOCLIP_MODEL` (a Hub id or a local folder), loaded with `trust_remote_code=True`; without it,
+from the folder the repository's tiny training run writes (`outputs/synthetic_tiny/model`) when this file sits in the
+repository, else from the first model named in this Space's README metadata. Run locally with
+`bash scripts/run_space.sh` from the repository root, or `python space/app.py`; `GRADIO_SERVER_NAME` and
+`GRADIO_SERVER_PORT` choose the address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from huggingface_hub import metadata_load
+from transformers import AutoModel, AutoProcessor
+
+from region_demo import BOX_SOURCES, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
+
+logger = logging.getLogger("harmoclip.space")
+
+SPACE_DIR = Path(__file__).resolve().parent
+# What `python training/train.py --config configs/synthetic_tiny.yaml` writes, when the Space runs from the repository.
+REPOSITORY_MODEL = SPACE_DIR.parent / "outputs" / "synthetic_tiny" / "model"
+
+INTRO = """
+# HarmoCLIP: regions and labels
+
+Upload an image, give candidate labels, and choose boxes. Each box is classified among the labels from its
+**region embedding** (one pass of the image encoder, RoIAlign over the dense patch features); the labels are also
+ranked for the **whole image** (CLIP's zero-shot classification), and the **heatmap** shows the similarity of every
+patch with one label. The image is resized to a square without cropping, so the model sees all of it.
+
+Boxes:
+- **Typed boxes**: one per line, `x1, y1, x2, y2` in the image's pixels (origin at the top left).
+- **Grid**: the image cut into N x N equal cells.
+- **Salient regions**: patches whose dense feature differs from the image's average patch feature (above the mean
+  of `1 - cosine`), grouped into 4-connected regions; each region's bounding box is classified (largest 8).
+"""
+
+
+def default_model_source() -> str:
+    """`HARMOCLIP_MODEL`, else the repository's trained tiny model if present, else the README's first model."""
+    if os.environ.get("HARMOCLIP_MODEL"):
+        return os.environ["HARMOCLIP_MODEL"]
+    if REPOSITORY_MODEL.is_dir():
+        return str(REPOSITORY_MODEL)
+    models = metadata_load(SPACE_DIR / "README.md").get("models") or []
+    if not models:
+        raise RuntimeError("Set HARMOCLIP_MODEL to a Hub id or a local folder with a HarmoCLIP model")
+    return models[0]
+
+
+def load_demo(source: str) -> RegionDemo:
+    """HarmoCLIP model and processor (region mode: square resize, no crop) from a Hub id or a local folder."""
+    model = AutoModel.from_pretrained(source, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=True, region_mode=True)
+    return RegionDemo(model, processor)
+
+
+def empty_outputs(message: str) -> tuple[Any, ...]:
+    """Page outputs cleared, with `message` in the status line."""
+    return None, {"headers": TABLE_HEADERS, "data": []}, None, None, message
+
+
+def page_outputs(
+    demo: RegionDemo,
+    image: Any,
+    labels_text: str,
+    boxes_text: str,
+    box_source: str,
+    grid_cells: float,
+    heatmap_label: str,
+    top_k: float,
+) -> tuple[Any, ...]:
+    """The button's handler: (labelled image, table, ranking, heatmap, status). Never raises: problems with the
+    input are shown as a message in the status line, anything else as a short error (details in the server log)."""
+    try:
+        result = demo.run(image, labels_text, boxes_text, box_source, int(grid_cells), heatmap_label, int(top_k))
+    except DemoInputError as error:
+        return empty_outputs(f"**Please check the input:** {error}")
+    except Exception as error:  # the page shows a sentence, the log keeps the traceback
+        logger.exception("the demo failed")
+        return empty_outputs(f"**Something went wrong:** {type(error).__name__}: {error}")
+    status = (
+        f"Classified {len(result.boxes)} box(es) ({box_source.lower()}) among {len(result.ranking)} label(s). "
+        f"Heatmap: similarity with “{result.heatmap_label}”."
+    )
+    return result.labelled_image, {"headers": TABLE_HEADERS, "data": result.table}, result.ranking, result.heatmap, status
+
+
+def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
+    """The page: inputs on the left, results on the right."""
+    with gr.Blocks(title="HarmoCLIP regions", analytics_enabled=False) as app:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"Model: `{model_source}`")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="Image", elem_id="image-input")
+                labels = gr.Textbox(label="Candidate labels (one per line or comma-separated)", lines=3, elem_id="labels")
+                box_source = gr.Radio(list(BOX_SOURCES), value=TYPED_BOXES, label="Boxes", elem_id="box-source")
+                boxes = gr.Textbox(
+                    label="Typed boxes: x1, y1, x2, y2 per line (image pixels)",
+                    info=f"Used when “{TYPED_BOXES}” is chosen.",
+                    lines=4,
+                    elem_id="boxes",
+                )
+                grid_cells = gr.Slider(1, 6, value=3, step=1, label=f"{GRID_BOXES}: cells per side")
+                heatmap_label = gr.Textbox(label="Heatmap label (blank: the best label for the whole image)", elem_id="heatmap-label")
+                top_k = gr.Slider(1, 5, value=3, step=1, label="Labels per box")
+                run = gr.Button("Classify", variant="primary", elem_id="run")
+            with gr.Column():
+                status = gr.Markdown(elem_id="status")
+                labelled = gr.Image(type="pil", label="Boxes with their best label", elem_id="labelled-image", format="png")
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS, label="Top labels per box", elem_id="results-table", interactive=False, wrap=True,
+                    column_widths=["28%", "44%", "28%"],
+                )
+                ranking = gr.Label(label="Labels for the whole image", elem_id="ranking")
+                heatmap = gr.Image(type="pil", label="Dense similarity heatmap (bright: similar)", elem_id="heatmap", format="png")
+        run.click(
+            lambda *values: page_outputs(demo, *values),
+            inputs=[image, labels, boxes, box_source, grid_cells, heatmap_label, top_k],
+            outputs=[labelled, table, ranking, heatmap, status],
+        )
+    return app
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = default_model_source()
+    logger.info("loading the model from %s", source)
+    build_app(load_demo(source), source).queue().launch()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""What the demo computes, apart from the web page: input parsing, the model calls, and the pictures and tables.
+
+All model logic comes from the model repository's own code (loaded with `trust_remote_code=True`):
+`processor.classify_regions`, `processor.encode_labels`, `model.get_image_features` and `model.get_dense_features`.
+The processor is loaded in region mode (images resized to a square, never cropped), so every box, the global
+ranking and the heatmap see the whole image.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from box_proposals import grid_boxes, salient_region_boxes, saliency_map
+from demo_drawing import label_boxes, overlay_heatmap
+
+TYPED_BOXES = "Typed boxes"
+GRID_BOXES = "Grid"
+SALIENT_BOXES = "Salient regions"
+BOX_SOURCES = (TYPED_BOXES, GRID_BOXES, SALIENT_BOXES)
+MAX_BOXES = 64
+MAX_LABELS = 100
+TABLE_HEADERS = ["box (x1, y1, x2, y2)", "top labels", "scores"]
+
+
+class DemoInputError(ValueError):
+    """Input the demo cannot use; its message is shown in the page as it is."""
+
+
+def parse_labels(text: str | None) -> list[str]:
+    """Candidate labels, one per line or separated by commas; blanks dropped, repeats kept once (first wins)."""
+    labels = [label.strip() for label in re.split(r"[,\n]", text or "")]
+    labels = list(dict.fromkeys(label for label in labels if label))
+    if not labels:
+        raise DemoInputError("Enter at least one candidate label (one per line, or separated by commas).")
+    if len(labels) > MAX_LABELS:
+        raise DemoInputError(f"Too many labels: {len(labels)} (at most {MAX_LABELS}).")
+    return labels
+
+
+def parse_boxes(text: str | None, width: int, height: int) -> list[list[float]]:
+    """Boxes typed one per line as `x1, y1, x2, y2` in the image's pixels (brackets and blank lines allowed).
+
+    Each box must lie inside the `width` x `height` image with x1 < x2 and y1 < y2.
+    """
+    boxes = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        content = line.strip().strip("[]()").strip()
+        if not content:
+            continue
+        parts = [part for part in re.split(r"[,\s]+", content) if part]
+        try:
+            values = [float(part) for part in parts]
+        except ValueError:
+            raise DemoInputError(f"Box line {number} ({line.strip()!r}): expected four numbers `x1, y1, x2, y2`.") from None
+        if len(values) != 4 or not all(math.isfinite(value) for value in values):
+            raise DemoInputError(
+                f"Box line {number} ({line.strip()!r}): expected four numbers `x1, y1, x2, y2`, got {len(values)}."
+            )
+        x1, y1, x2, y2 = values
+        if not (x2 > x1 and y2 > y1):
+            raise DemoInputError(f"Box line {number} ({line.strip()!r}): needs x1 < x2 and y1 < y2.")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise DemoInputError(
+                f"Box line {number} ({line.strip()!r}) reaches outside the image, which is {width} x {height} pixels "
+                f"(x from 0 to {width}, y from 0 to {height})."
+            )
+        boxes.append(values)
+    if len(boxes) > MAX_BOXES:
+        raise DemoInputError(f"Too many boxes: {len(boxes)} (at most {MAX_BOXES}).")
+    return boxes
+
+
+def format_box(box: list[float]) -> str:
+    return ", ".join(f"{value:g}" for value in (round(value, 1) for value in box))
+
+
+@dataclass
+class DemoResult:
+    """Everything the page shows for one image."""
+
+    labelled_image: Image.Image  # the image with each box and its best label and score
+    table: list[list[str]]  # one row per box: TABLE_HEADERS
+    ranking: dict[str, float]  # zero-shot probability of each label for the whole image
+    heatmap: Image.Image  # dense similarity with `heatmap_label`, overlaid on the image
+    heatmap_label: str
+    boxes: list[list[float]]  # xyxy, image pixels (typed or proposed)
+
+
+class RegionDemo:
+    """Region classification, global zero-shot ranking and dense heatmaps with one HarmoCLIP model and processor."""
+
+    def __init__(self, model: Any, processor: Any):
+        self.model = model.eval()
+        self.processor = processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def dense_features(self, image: Image.Image) -> np.ndarray:
+        """(D, h, w) L2-normalised patch embeddings of the whole image."""
+        pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
+        return self.model.get_dense_features(pixel_values)[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def rank_labels(self, image: Image.Image, labels: list[str]) -> dict[str, float]:
+        """Zero-shot probabilities of `labels` for the whole image (softmax at the model's temperature), best first."""
+        pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
+        image_embed = self.model.get_image_features(pixel_values=pixel_values)
+        image_embed = torch.nn.functional.normalize(getattr(image_embed, "pooler_output", image_embed).float(), dim=-1)
+        label_embeds = self.processor.encode_labels(self.model, labels)
+        probabilities = (self.model.logit_scale.exp() * image_embed @ label_embeds.t()).softmax(dim=-1)[0].cpu()
+        order = probabilities.argsort(descending=True).tolist()
+        return {labels[index]: float(probabilities[index]) for index in order}
+
+    @torch.no_grad()
+    def similarity_map(self, dense: np.ndarray, query: str) -> np.ndarray:
+        """(h, w) cosine similarity of each patch embedding with the prompt-ensembled embedding of `query`."""
+        text_embed = self.processor.encode_labels(self.model, [query])[0].cpu().numpy()
+        return np.einsum("dhw,d->hw", dense, text_embed)
+
+    def propose_boxes(self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int, dense: np.ndarray) -> list[list[float]]:
+        width, height = image.size
+        if source == TYPED_BOXES:
+            boxes = parse_boxes(boxes_text, width, height)
+            if not boxes:
+                raise DemoInputError("Type at least one box as `x1, y1, x2, y2` (one per line), or pick automatic boxes.")
+            return boxes
+        if source == GRID_BOXES:
+            return grid_boxes(width, height, int(grid_cells))
+        if source == SALIENT_BOXES:
+            boxes = salient_region_boxes(saliency_map(dense), width, height)
+            if not boxes:
+                raise DemoInputError("No salient region stands out in this image: type boxes or use the grid.")
+            return boxes
+        raise DemoInputError(f"Unknown box source {source!r}: choose one of {', '.join(BOX_SOURCES)}.")
+
+    def run(
+        self,
+        image: Image.Image | np.ndarray | None,
+        labels_text: str | None,
+        boxes_text: str | None = None,
+        box_source: str = TYPED_BOXES,
+        grid_cells: int = 3,
+        heatmap_label: str | None = None,
+        top_k: int = 3,
+    ) -> DemoResult:
+        """Classifies the boxes (typed, or proposed automatically) among the labels and draws the results.
+
+        Raises `DemoInputError` with a readable message for unusable input. `heatmap_label` defaults to the label
+        ranked first for the whole image.
+        """
+        if image is None:
+            raise DemoInputError("Upload an image first.")
+        image = (Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image).convert("RGB")
+        labels = parse_labels(labels_text)
+        if box_source == TYPED_BOXES:
+            parse_boxes(boxes_text, *image.size)  # report malformed lines before any model call
+        dense = self.dense_features(image)
+        boxes = self.propose_boxes(image, box_source, boxes_text, grid_cells, dense)
+        regions = self.processor.classify_regions(self.model, image, boxes=boxes, labels=labels, top_k=min(int(top_k), len(labels)))[0]
+        boxes = [region["box"] for region in regions]  # as the model saw them, in image pixels
+        captions = [f"{region['labels'][0]} {region['scores'][0]:.2f}" for region in regions]
+        table = [
+            [format_box(region["box"]), ", ".join(region["labels"]), ", ".join(f"{score:.3f}" for score in region["scores"])]
+            for region in regions
+        ]
+        ranking = self.rank_labels(image, labels)
+        query = (heatmap_label or "").strip() or next(iter(ranking))
+        heatmap = overlay_heatmap(image, self.similarity_map(dense, query))
+        return DemoResult(label_boxes(image, boxes, captions), table, ranking, heatmap, query, boxes)
