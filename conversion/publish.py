@@ -5,8 +5,9 @@
         [--revision main] [--private] [--commit-message "..."] [--space-id org/demo --space-dir space] \
         [--dry-run --output-dir hub-folder]
 
-`--dry-run` only writes the folder(s) (`--output-dir`; the plain-CLIP repo's folder goes to `<output-dir>-clip`) and
-lists the files that would be committed. Otherwise each folder is uploaded with huggingface_hub: the repository
+`--dry-run` only writes the folder(s) (`--output-dir`; the plain-CLIP repo's folder goes to `<output-dir>-clip`, the
+Space's to `<output-dir>-space`, its README naming `--repo-id` as its model) and lists the files that would be
+committed. Otherwise each folder is uploaded with huggingface_hub: the repository
 is created if missing (`create_repo(exist_ok=True)`), a branch given by `--revision` is created if missing, and
 the folder goes up in one commit (`upload_folder`). The token comes from the environment (`HF_TOKEN`) or from
 `hf auth login`; nothing here reads or stores it.
@@ -167,6 +168,22 @@ def space_sdk(space_dir: Path) -> str:
     return "gradio"
 
 
+def prepare_space_folder(space_dir: Path, target: Path, model_repo_id: str, overwrite: bool = False) -> Path:
+    """Copies the Space folder to `target` with its README metadata naming `model_repo_id` first under `models:`
+    (the model the Space loads by default, and the link the Hub shows between the two)."""
+    from huggingface_hub import metadata_load, metadata_save
+
+    with atomic_directory(target, overwrite) as staging:
+        shutil.copytree(space_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio"))
+        readme = staging / "README.md"
+        metadata = (metadata_load(readme) or {}) if readme.is_file() else {}
+        metadata["models"] = [model_repo_id] + [model for model in metadata.get("models") or [] if model != model_repo_id]
+        if not readme.is_file():
+            readme.write_text("# HarmoCLIP demo\n", encoding="utf-8")
+        metadata_save(readme, metadata)
+    return target
+
+
 # ---------------------------------------------------------------------------------------------- uploading
 
 
@@ -253,7 +270,8 @@ def publish(
         if folders.clip is not None:
             uploads.append((clip_repo_id, folders.clip, "model"))
         if space_id is not None:
-            uploads.append((space_id, Path(space_dir), "space"))
+            space_target = Path(f"{target}-space") if output_dir is not None else Path(scratch) / "space"
+            uploads.append((space_id, prepare_space_folder(Path(space_dir), space_target, repo_id, overwrite), "space"))
         committed = {repo: files_to_commit(folder) for repo, folder, _ in uploads}
         if dry_run:
             return committed

@@ -1,26 +1,16 @@
 #!/usr/bin/env bash
-# What tests/test_space_browser.py needs: Debian's Chromium (the system browser Playwright drives; no browser is
-# downloaded), and in .venv the project (scripts/setup.sh), its `space` extra (Gradio) and Playwright's Python package.
-# Idempotent: each part is installed only when missing.
+# The system browser tests/test_space_browser.py drives with Playwright: Debian's chromium (no browser is downloaded).
+# Idempotent. Where apt-get is not available it says so and returns: the browser test then skips outside CI.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV=${HARMOCLIP_VENV:-.venv}
-PLAYWRIGHT_REQUIREMENT=${HARMOCLIP_PLAYWRIGHT:-playwright==1.65.2}
-
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "[browser-deps] installing Debian's chromium" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q >&2
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium >&2
+if command -v chromium >/dev/null 2>&1; then
+  exit 0
 fi
-
-bash scripts/setup.sh
-if ! "$VENV/bin/python" -c "import gradio" 2>/dev/null; then
-  echo "[browser-deps] installing the space extra (gradio) into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q -e ".[space]" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "[browser-deps] no chromium and no apt-get: install Chromium yourself to run the browser test" >&2
+  exit 0
 fi
-if ! "$VENV/bin/python" -c "import playwright.sync_api" 2>/dev/null; then
-  echo "[browser-deps] installing $PLAYWRIGHT_REQUIREMENT into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q "$PLAYWRIGHT_REQUIREMENT" >&2
-fi
+echo "[browser-deps] installing Debian's chromium" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+$sudo apt-get update -q >&2
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends chromium >&2

@@ -215,6 +215,23 @@ def test_upload_calls_hub_with_one_commit_per_repo(model_dir, tmp_path):
     assert creates[2]["repo_type"] == "space" and creates[2]["space_sdk"] == "gradio" and "space_sdk" not in creates[0]
 
 
+def test_dry_run_writes_the_project_space_naming_the_model(model_dir, tmp_path):
+    """The project's own Space folder, staged for upload with the published model as its default."""
+    from huggingface_hub import metadata_load
+
+    from conftest import ROOT
+
+    committed = publish("org/harmoclip-tiny", model_dir, dry_run=True, output_dir=tmp_path / "hub",
+                        space_id="org/harmoclip-demo", space_dir=ROOT / "space")
+    staged = tmp_path / "hub-space"
+    assert metadata_load(staged / "README.md")["models"][0] == "org/harmoclip-tiny"
+    assert metadata_load(staged / "README.md")["sdk"] == "gradio"
+    assert {"app.py", "requirements.txt", "README.md"} <= set(committed["org/harmoclip-demo"])
+    assert not any("__pycache__" in name for name in committed["org/harmoclip-demo"])
+    assert (staged / "app.py").read_text() == (ROOT / "space" / "app.py").read_text()
+    assert metadata_load(ROOT / "space" / "README.md")["models"] == ["org/harmoclip-vitb16"]  # the source is untouched
+
+
 def test_upload_to_default_branch_creates_no_branch(model_dir):
     api = RecordingHubApi()
     publish("org/harmoclip-tiny", model_dir, api=api)
