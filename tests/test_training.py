@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,6 +69,31 @@ def test_script_run_saves_a_hub_ready_model(tmp_path: Path, synthetic_dir: Path)
     trained = load_file(out / "model" / "model.safetensors")
     last = load_file(out / "checkpoints" / "step_00000003" / "model.safetensors")
     assert all(torch.equal(trained[name], last[name]) for name in last)
+
+
+def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic_dir: Path) -> None:
+    """Locked parts keep their starting weights, the rest moves; logit scales stay clamped; TensorBoard events."""
+    from training.builders import build_model_and_processor
+    from training.config import load_config
+
+    out = tmp_path / "locked"
+    run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gradient_accumulation_steps", "2",
+                 "--lock_text", "true", "--lock_vision_layers", "2", "--learning_rate", "0.05", "--max_logit_scale", "10",
+                 "--report_to_tensorboard", "true")
+    config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {"image_size": 32})
+    start = build_model_and_processor(config)[0].state_dict()  # the same seed: the starting weights
+    trained = load_file(out / "model" / "model.safetensors")
+    unchanged = [name for name in trained if torch.equal(trained[name], start[name])]
+    assert {name for name in trained if name.startswith(("text_model.", "text_projection."))} <= set(unchanged)
+    frozen_vision = ("vision_model.embeddings.", "vision_model.pre_layrnorm.", "vision_model.encoder.layers.0.",
+                     "vision_model.encoder.layers.1.")
+    assert {name for name in trained if name.startswith(frozen_vision)} <= set(unchanged)
+    assert not torch.equal(trained["vision_model.encoder.layers.3.mlp.fc1.weight"], start["vision_model.encoder.layers.3.mlp.fc1.weight"])
+    # Both start at log(1 / 0.07) = 2.66 > log(10): the clamp after each step holds them at log(10).
+    assert float(trained["logit_scale"]) == pytest.approx(math.log(10)) and float(trained["region_logit_scale"]) == pytest.approx(math.log(10))
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2] and records[0]["samples_per_second"] > 0
+    assert list((out / "harmoclip").rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
 def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_dir: Path) -> None:
