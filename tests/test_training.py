@@ -89,8 +89,8 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
                      "vision_model.encoder.layers.1.")
     assert {name for name in trained if name.startswith(frozen_vision)} <= set(unchanged)
     assert not torch.equal(trained["vision_model.encoder.layers.3.mlp.fc1.weight"], start["vision_model.encoder.layers.3.mlp.fc1.weight"])
-    # Both start at log(1 / 0.07) = 2.66 > log(10): the clamp after each step holds them at log(10).
-    assert float(trained["logit_scale"]) == pytest.approx(math.log(10)) and float(trained["region_logit_scale"]) == pytest.approx(math.log(10))
+    # Both start at log(1 / 0.07) = 2.66 > log(10), and two steps of 0.05 cannot bring them below it: the clamp does.
+    assert float(trained["logit_scale"]) <= math.log(10) + 1e-6 and float(trained["region_logit_scale"]) <= math.log(10) + 1e-6
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2] and records[0]["samples_per_second"] > 0
     assert list((out / "harmoclip").rglob("events.out.tfevents.*")), "no TensorBoard event file"
