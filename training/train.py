@@ -37,7 +37,7 @@ from training.checkpointing import latest_checkpoint, load_checkpoint, save_chec
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from training.objective import LossTerms, compute_objective  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
-from training.saving import save_model_atomically  # noqa: E402
+from training.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
 
 logger = logging.getLogger("harmoclip.train")
@@ -74,6 +74,59 @@ class ShardedShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class TrainingBatches:
+    """The training batches from a resumable data position (`epoch`, `batch_in_epoch`), on the device.
+
+    Records what the data sets skipped (unreadable files) or dropped (boxes under `min_box_size`, over `max_boxes`)
+    and reports it once per epoch. A batch that lost every sample is passed over by all processes together.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: ShardedShuffleSampler, dataset: Any, accelerator: Accelerator,
+                 config: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0):
+        self.loader, self.sampler, self.dataset = loader, sampler, dataset
+        self.accelerator, self.config = accelerator, config
+        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        self.skipped: dict[str, str] = {}
+        self.small_boxes = self.boxes_over_limit = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            for batch in self.loader:
+                self.batch_in_epoch += 1
+                self.small_boxes += batch.pop("num_small_boxes_dropped", 0)
+                self.boxes_over_limit += batch.pop("num_boxes_over_limit", 0)
+                for path, reason in batch.pop("skipped", []):
+                    self.skipped.setdefault(path, reason)
+                has_samples = torch.tensor(float("input_ids" in batch), device=self.accelerator.device)
+                if self.accelerator.reduce(has_samples, "min") < 1:
+                    logger.warning("a batch without readable samples was passed over")
+                    continue
+                yield move_batch(batch, self.accelerator.device)
+            self.report()
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def report(self) -> None:
+        """Logs (once) what this epoch skipped and dropped so far."""
+        if self.skipped:
+            listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(self.skipped.items()))
+            logger.warning("epoch %d: skipped %d unreadable sample(s):\n%s", self.epoch, len(self.skipped), listing)
+        if self.small_boxes or self.boxes_over_limit:
+            logger.info("epoch %d: dropped %d box(es) below min_box_size=%s and %d over max_boxes=%d", self.epoch,
+                        self.small_boxes, self.config.min_box_size, self.boxes_over_limit, self.config.max_boxes)
+        self.skipped.clear()
+        self.small_boxes = self.boxes_over_limit = 0
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drops the records after `step` from the metrics file (written again by a run resumed from `step`)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -162,51 +215,14 @@ def train(config: TrainConfig) -> Path:
     if config.report_to_tensorboard:
         accelerator.init_trackers("harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
     metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        keep_metrics_up_to(metrics_path, step)  # a resumed run rewrites the steps after its checkpoint
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     progress = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    skipped_this_epoch: dict[str, str] = {}
-    dropped_small = dropped_over = 0
-
-    def report_dropped_boxes() -> None:
-        nonlocal dropped_small, dropped_over
-        if dropped_small or dropped_over:
-            logger.info("epoch %d: dropped %d box(es) below min_box_size=%s and %d over max_boxes=%d", epoch,
-                        dropped_small, config.min_box_size, dropped_over, config.max_boxes)
-        dropped_small = dropped_over = 0
     window_start, window_samples = time.perf_counter(), 0
     model.train()
-
-    def epoch_batches() -> Iterator[dict[str, Any]]:
-        """Batches from the current data position, moving to the next epoch when one ends."""
-        nonlocal epoch, batch_in_epoch
-        while True:
-            sampler.set_epoch(epoch, batch_in_epoch)
-            if hasattr(train_set, "set_epoch"):
-                train_set.set_epoch(epoch)
-            for batch in loader:
-                batch_in_epoch += 1
-                yield batch
-            report_skipped(skipped_this_epoch, epoch)
-            skipped_this_epoch.clear()
-            report_dropped_boxes()
-            epoch, batch_in_epoch = epoch + 1, 0
-
-    def training_batches() -> Iterator[dict[str, Any]]:
-        """Batches on the device, after recording what the data sets skipped or dropped. A batch that lost every
-        sample (unreadable files) is passed over by all processes together."""
-        nonlocal dropped_small, dropped_over
-        for batch in epoch_batches():
-            dropped_small += batch.pop("num_small_boxes_dropped", 0)
-            dropped_over += batch.pop("num_boxes_over_limit", 0)
-            for path, reason in batch.pop("skipped", []):
-                skipped_this_epoch.setdefault(path, reason)
-            has_samples = torch.tensor(float("input_ids" in batch), device=accelerator.device)
-            if accelerator.reduce(has_samples, "min") < 1:
-                logger.warning("a batch without readable samples was passed over")
-                continue
-            yield move_batch(batch, accelerator.device)
-
-    batches = training_batches()
+    stream = TrainingBatches(loader, sampler, train_set, accelerator, config, epoch, batch_in_epoch)
+    batches = iter(stream)
     while step < config.max_steps:
         micro_terms, finite = [], True
         for micro in range(config.gradient_accumulation_steps):
@@ -253,7 +269,7 @@ def train(config: TrainConfig) -> Path:
             elapsed = time.perf_counter() - window_start
             record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
             record = {name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean")) for name, value in record.items()}
-            record.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
+            record.update(step=step, epoch=stream.epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
                           region_logit_scale=float(unwrapped.region_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
             window_start, window_samples = time.perf_counter(), 0
             if accelerator.is_main_process:
@@ -264,11 +280,11 @@ def train(config: TrainConfig) -> Path:
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
 
         if step % config.checkpoint_every == 0 or step == config.max_steps:
-            state = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "consecutive_nonfinite": consecutive_nonfinite}
+            state = {"epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch, "consecutive_nonfinite": consecutive_nonfinite}
             save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints)
 
     progress.close()
-    report_skipped(skipped_this_epoch, epoch)
+    stream.report()
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
         save_model_atomically(unwrapped, processor, model_dir)
@@ -319,12 +335,6 @@ def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.n
     source = teacher if config.gr_teacher == "frozen" else model
     with torch.no_grad(), accelerator.autocast():
         return source.get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
-
-
-def report_skipped(skipped: dict[str, str], epoch: int) -> None:
-    if skipped:
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(skipped.items()))
-        logger.warning("epoch %d: skipped %d unreadable sample(s):\n%s", epoch, len(skipped), listing)
 
 
 def main(argv: list[str] | None = None) -> None:
