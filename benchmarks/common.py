@@ -47,6 +47,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, cpu_repeats: int, cuda
                         help="CPU threads for torch: a number, or auto = 1 when the machine's load average already "
                              "fills its cores (OpenMP threads then stall each other), else torch's default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="also run each method once under torch.profiler; tables written beside the JSON")
     parser.add_argument("--json-out", type=Path, default=None, help="where to write the JSON result "
                         f"(default {DEFAULT_OUTPUT_DIR.relative_to(ROOT)}/<benchmark>.json)")
     parser.set_defaults(cpu_repeats=cpu_repeats, cuda_repeats=cuda_repeats)
@@ -384,3 +386,27 @@ def sample_captions(count: int, seed: int) -> list[str]:
         text = " ".join(word for word in words if word)
         captions.append(text[0].upper() + text[1:] + ".")
     return captions
+
+
+# ---------------------------------------------------------------- profiling
+
+
+def write_profile(function: Callable[[], Any], device: torch.device, path: Path, row_limit: int = 30) -> Path:
+    """Runs `function` once under `torch.profiler` and writes the operator table (sorted by self time on the device
+    that does the work) to `path`; returns it. Used with `--profile` to find why a target is missed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities, record_shapes=True) as profiler:
+        function()
+        synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    write_text(path, profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit) + "\n")
+    return path
+
+
+def profile_path(args: argparse.Namespace, benchmark: str, method: str) -> Path:
+    """Where `--profile` writes the table of `method`: beside the benchmark's JSON."""
+    json_path = Path(args.json_out or DEFAULT_OUTPUT_DIR / f"{benchmark}.json")
+    return json_path.with_name(f"{json_path.stem}.profile.{method}.txt")

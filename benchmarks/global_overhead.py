@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> dict:
         "image": float((image_features(model)() - image_features(clip)()).abs().max()),
         "text": float((text_features(model)() - text_features(clip)()).abs().max()),
     }
-    if max(differences.values()) > 0:
+    # The same code on the same weights: bit-identical in float32 on the CPU; GPU kernels under autocast may pick
+    # other algorithms from call to call, so there a small difference is allowed.
+    allowed = 0.0 if args.device.type == "cpu" and args.dtype == torch.float32 else 1e-2
+    if max(differences.values()) > allowed:
         raise RuntimeError(f"HarmoCLIP and CLIPModel disagree with the same weights: max |difference| {differences}")
 
     results, targets, rows = [], [], []
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = {"model_preset": preset, "image_size": config.image_size, "images_per_call": num_images,
                 "captions_per_call": num_captions, "caption_tokens": int(text["input_ids"].shape[1]),
                 "attn_implementation": model.config._attn_implementation}
-    notes = [f"{preset} geometry, random weights; the two models give identical outputs; time ratio = HarmoCLIP / CLIPModel "
+    notes = [f"{preset} geometry, random weights; the two models give the same outputs (max |difference| {max(differences.values()):.1e}); time ratio = HarmoCLIP / CLIPModel "
              f"per round, median of {args.repeats} alternating rounds (min-max in brackets). Both call the same inherited "
              "`CLIPModel` code, so any difference is measurement noise; the spread column shows how large it is."]
     return finish(NAME, args, settings, results, table, targets, notes)

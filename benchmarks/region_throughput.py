@@ -27,11 +27,13 @@ from benchmarks.common import (  # noqa: E402
     build_model,
     finish,
     markdown_table,
+    profile_path,
     ratio_summary,
     resolve_common,
     summarize,
     target,
     time_side_by_side,
+    write_profile,
 )
 from modeling_harmoclip.roi_align import roi_align  # noqa: E402
 
@@ -123,6 +125,9 @@ def run(args: argparse.Namespace) -> dict:
         rows.append([count, total_boxes / ours["median_s"], total_boxes / theirs["median_s"], ours["median_s"] * 1e3,
                      theirs["median_s"] * 1e3, f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
                      wanted, speedup["median"] >= wanted, f"{max(ours['spread'], theirs['spread']):.0%}"])
+    if args.profile:  # one call of each method at the largest box count
+        for name, method in methods.items():
+            write_profile(method, args.device, profile_path(args, NAME, f"{name}-{box_counts[-1]}boxes"))
     table = markdown_table(
         ["boxes/image", "HarmoCLIP boxes/s", "crop+encode boxes/s", "HarmoCLIP ms/call", "crop+encode ms/call",
          "speed-up (min-max)", "target", "met", "spread"],

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--threads", default="auto", help="CPU threads for torch (see any benchmark's --help)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds")
+    parser.add_argument("--profile", action="store_true", help="profile tables of region_throughput and train_step")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     return parser
@@ -41,6 +42,8 @@ def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
     out = args.output_dir / f"{name}.json"
     command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--device", args.device, "--dtype", args.dtype,
                "--threads", str(args.threads), "--json-out", str(out)] + (["--quick"] if args.quick else [])
+    if args.profile and name in ("region_throughput", "train_step"):
+        command.append("--profile")
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT)

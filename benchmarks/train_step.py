@@ -38,12 +38,14 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     model_config_for,
     peak_rss_bytes,
+    profile_path,
     ratio_summary,
     resolve_common,
     summarize,
     target,
     temporary_folder,
     time_side_by_side,
+    write_profile,
 )
 
 NAME = "train_step"
@@ -236,6 +238,9 @@ def run(args: argparse.Namespace) -> dict:
         device = runner.accelerator.device
         times = time_side_by_side({name: (lambda name=name: runner.step(name)) for name in variants}, device,
                                   args.repeats, max(args.warmup, 1), progress=NAME)
+        if args.profile:
+            for name in variants:
+                write_profile(lambda name=name: runner.step(name), device, profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")))
         terms = dict(runner.last_terms)
         boxes_in_batch = runner.boxes_in_batch
         del runner

@@ -50,7 +50,9 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
 
 
 def test_region_throughput(tmp_path: Path) -> None:
-    payload = run_script("region_throughput", tmp_path, "--boxes", "1,3", "--images", "2")
+    payload = run_script("region_throughput", tmp_path, "--boxes", "1,3", "--images", "2", "--profile")
+    for method in ("harmoclip", "crop_and_encode"):  # --profile: operator tables of the largest box count
+        assert "aten::" in (tmp_path / f"region_throughput.profile.{method}-3boxes.txt").read_text()
     assert [row["boxes_per_image"] for row in payload["results"]] == [1, 3]
     for row in payload["results"]:
         assert row["images"] == 2 and row["speedup"]["median"] > 0
