@@ -1,0 +1,149 @@
+"""Region embeddings: HarmoCLIP's one pass plus RoIAlign against crop-and-encode, with the same weights.
+
+    python benchmarks/region_throughput.py                      # CPU, ViT-B/16 at 224 px, 1, 4, 16, 64 boxes per image
+    python benchmarks/region_throughput.py --device cuda --dtype bf16
+
+HarmoCLIP (`get_region_features`): one pass of the image encoder per image, RoIAlign of the dense map at every box.
+Crop-and-encode: every box cut from the image with `roi_align` at the model's input size and encoded by
+`get_image_features` (in chunks of `--crop-chunk` crops), the way a plain CLIP embeds regions. Both run under
+`torch.no_grad()` and the same autocast. Target: at N boxes per image, HarmoCLIP at least 0.9 x N times faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    add_common_arguments,
+    autocast,
+    build_model,
+    finish,
+    markdown_table,
+    profile_path,
+    ratio_summary,
+    resolve_common,
+    summarize,
+    target,
+    time_side_by_side,
+    write_profile,
+)
+from modeling_harmoclip.roi_align import roi_align  # noqa: E402
+
+NAME = "region_throughput"
+TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image
+
+
+def random_boxes(num_images: int, num_boxes: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, N, 4) normalised xyxy boxes, sides between 10% and 60% of the image, inside it."""
+    sides = torch.rand(num_images, num_boxes, 2, generator=generator) * 0.5 + 0.1
+    corners = torch.rand(num_images, num_boxes, 2, generator=generator) * (1 - sides)
+    return torch.cat([corners, corners + sides], dim=-1)
+
+
+def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """The plain-CLIP way to embed regions: each box cut out with RoIAlign at the model's input size and encoded.
+
+    Args: pixel_values (B, 3, H, W); boxes (B, N, 4) normalised xyxy. Returns (B, N, D) float32, L2-normalised.
+    """
+    batch, num_boxes = boxes.shape[:2]
+    height, width = pixel_values.shape[-2:]
+    size = model.config.vision_config.image_size
+    scale = boxes.new_tensor([width, height, width, height])
+    image_index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(num_boxes)
+    rois = torch.cat([image_index[:, None], boxes.reshape(-1, 4) * scale], dim=1)
+    embeds = []
+    for part in rois.split(chunk_size):
+        crops = roi_align(pixel_values.float(), part, output_size=(size, size), sampling_ratio=-1, aligned=True)
+        features = model.get_image_features(pixel_values=crops.to(pixel_values.dtype)).pooler_output
+        embeds.append(F.normalize(features.float(), dim=-1))
+    return torch.cat(embeds).reshape(batch, num_boxes, -1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+    parser.add_argument("--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images per call (default 1 on the CPU, 16 on CUDA, where one image leaves the GPU idle)")
+    parser.add_argument("--crop-chunk", type=int, default=64, help="crops encoded per call by crop-and-encode")
+    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    args = resolve_common(args)
+    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+    box_counts = [int(n) for n in (args.boxes or ("1,4" if args.quick else "1,4,16,64")).split(",")]
+    num_images = args.images or (16 if args.device.type == "cuda" else 1)
+    if num_images < 1 or args.crop_chunk < 1 or min(box_counts) < 1:
+        raise ValueError("--images, --crop-chunk and --boxes must be >= 1")
+    model, _, config = build_model(preset, args.seed)
+    model.to(args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator).to(args.device)
+
+    def methods_for(boxes: torch.Tensor) -> dict:
+        def harmoclip():
+            with torch.no_grad(), autocast(args.device, args.dtype):
+                return model.get_region_features(pixel_values, boxes)
+
+        def crops():
+            with torch.no_grad(), autocast(args.device, args.dtype):
+                return crop_and_encode(model, pixel_values, boxes, args.crop_chunk)
+
+        return {"harmoclip": harmoclip, "crop_and_encode": crops}
+
+    # On the CPU one warm-up at the smallest count suffices; on CUDA every new shape gets its own (kernel choice).
+    first = methods_for(random_boxes(num_images, box_counts[0], generator).to(args.device))
+    time_side_by_side(first, args.device, repeats=0, warmup=args.warmup)
+    results, targets, rows = [], [], []
+    for count in box_counts:
+        boxes = random_boxes(num_images, count, generator).to(args.device)
+        methods = methods_for(boxes)
+        times = time_side_by_side(methods, args.device, args.repeats, warmup=args.warmup if args.device.type == "cuda" else 0,
+                                  progress=f"{NAME} {count} boxes")
+        ours, theirs = summarize(times["harmoclip"]), summarize(times["crop_and_encode"])
+        speedup = ratio_summary(times["crop_and_encode"], times["harmoclip"])
+        total_boxes = num_images * count
+        results.append({
+            "boxes_per_image": count, "images": num_images,
+            "harmoclip": ours, "crop_and_encode": theirs,
+            "harmoclip_boxes_per_s": total_boxes / ours["median_s"],
+            "crop_boxes_per_s": total_boxes / theirs["median_s"],
+            "speedup": speedup,
+        })
+        wanted = TARGET_FACTOR * count
+        targets.append(target(f"region speed-up at {count} boxes/image", f">= {wanted:g} (0.9 x N)", speedup["median"], wanted, True))
+        rows.append([count, total_boxes / ours["median_s"], total_boxes / theirs["median_s"], ours["median_s"] * 1e3,
+                     theirs["median_s"] * 1e3, f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                     wanted, speedup["median"] >= wanted, f"{max(ours['spread'], theirs['spread']):.0%}"])
+    if args.profile:  # one call of each method at the largest box count
+        for name, method in methods.items():
+            write_profile(method, args.device, profile_path(args, NAME, f"{name}-{box_counts[-1]}boxes"))
+    table = markdown_table(
+        ["boxes/image", "HarmoCLIP boxes/s", "crop+encode boxes/s", "HarmoCLIP ms/call", "crop+encode ms/call",
+         "speed-up (min-max)", "target", "met", "spread"],
+        rows,
+    )
+    settings = {"model_preset": preset, "image_size": config.image_size, "patch_size": config.patch_size,
+                "images_per_call": num_images, "boxes_per_image": box_counts, "crop_chunk": args.crop_chunk}
+    notes = [f"{preset} geometry ({config.image_size} px, patch {config.patch_size}), random weights, {num_images} image(s) "
+             f"per call; median of {args.repeats} alternating rounds; speed-up = crop-and-encode time / HarmoCLIP time "
+             "(median of the rounds' ratios, min-max in brackets); spread = (max - min) / median of the noisier method."]
+    return finish(NAME, args, settings, results, table, targets, notes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Runs every benchmark, each in its own process, and writes one markdown report and one JSON file.
+
+    python benchmarks/run_all.py                               # CPU (or CUDA when present), about 10 minutes on 2 cores
+    python benchmarks/run_all.py --quick                       # small sizes: checks that everything runs
+    python benchmarks/run_all.py --device cuda --dtype bf16    # on a GPU
+
+Writes `<output-dir>/<benchmark>.json` for each, `<output-dir>/results.md` (machine, command, every table, the
+targets) and `<output-dir>/results.json` (all results together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json, write_text  # noqa: E402
+
+BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--threads", default="auto", help="CPU threads for torch (see any benchmark's --help)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds")
+    parser.add_argument("--profile", action="store_true", help="profile tables of region_throughput and train_step")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    return parser
+
+
+def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
+    """Runs benchmarks/<name>.py in a fresh process; returns its JSON result and the seconds it took."""
+    out = args.output_dir / f"{name}.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--device", args.device, "--dtype", args.dtype,
+               "--threads", str(args.threads), "--json-out", str(out)] + (["--quick"] if args.quick else [])
+    if args.profile and name in ("region_throughput", "train_step"):
+        command.append("--profile")
+    print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark {name} failed (exit code {result.returncode})")
+    return json.loads(out.read_text()), seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    names = BENCHMARKS if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise SystemExit(f"--only: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    results, durations = {}, {}
+    for name in names:
+        results[name], durations[name] = run_benchmark(name, args)
+    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])]).strip()
+    first = next(iter(results.values()))
+    all_targets = [t for result in results.values() for t in result["targets"]]
+    report = [
+        "## Benchmark results\n",
+        f"Command: `{command}`\n",
+        f"Machine: {describe_machine(first['machine'])}.\n",
+        f"Run time: {sum(durations.values()):.0f} s ({', '.join(f'{n} {s:.0f} s' for n, s in durations.items())}).\n",
+    ]
+    report += [results[name]["markdown"] for name in names]
+    if all_targets:
+        report += ["### Targets\n", targets_table(all_targets) + "\n"]
+    markdown = "\n".join(report)
+    summary = {"command": command, "machine": first["machine"], "seconds": durations, "results": results, "targets": all_targets}
+    write_text(args.output_dir / "results.md", markdown)
+    write_json(args.output_dir / "results.json", summary)
+    print(markdown)
+    print(f"written: {args.output_dir / 'results.md'} and {args.output_dir / 'results.json'}", file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

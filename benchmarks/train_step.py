@@ -1,0 +1,283 @@
+"""Training step: time and peak memory per optimiser step for GC only, GC+LRC, GC+LRC+GR with the frozen teacher and
+GC+LRC+GR with the cached teacher.
+
+    python benchmarks/train_step.py --device cuda --dtype bf16   # ViT-B/16 at 224 px, batch 8, 8 boxes per image
+    python benchmarks/train_step.py --device cpu                 # the same at batch 2 (--batch-size 8: ~20 minutes)
+
+Each step is the training loop's own (training/train.py): `forward_objective` (teacher targets, forward under the
+Accelerator's autocast, loss terms) + `accelerator.backward` + gradient clipping + AdamW step + logit-scale clamps,
+on a fixed batch from a JSONL manifest of generated images with `--boxes` boxes and phrases each, collated by the
+training collator. The cached teacher is a real `TeacherCache` folder written by `training/cache_teacher.py` for
+that manifest. Times: the variants alternate in rounds on one model and optimiser. Peak memory: each variant runs
+alone in a fresh process (the highest RSS sampled during a step on the CPU, `torch.cuda.max_memory_allocated` on CUDA), so no variant's
+allocations count towards another's. Targets: the cached teacher at most 1.3 x the GC-only step time and
+1.25 x its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the project root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    RssSampler,
+    add_common_arguments,
+    current_rss_bytes,
+    finish,
+    markdown_table,
+    model_config_for,
+    peak_rss_bytes,
+    profile_path,
+    ratio_summary,
+    resolve_common,
+    summarize,
+    target,
+    temporary_folder,
+    time_side_by_side,
+    write_profile,
+)
+
+NAME = "train_step"
+TIME_LIMIT = 1.3  # cached HarmoCLIP step time / GC-only step time
+MEMORY_LIMIT = 1.25  # cached HarmoCLIP peak memory / GC-only peak memory
+# Variant -> training-config overrides. All share the model, the batch and the optimiser settings.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "GC": dict(loss_lrc_weight=0.0, loss_gr_weight=0.0),
+    "GC+LRC": dict(loss_gr_weight=0.0),
+    "GC+LRC+GR frozen": dict(gr_teacher="frozen"),
+    "GC+LRC+GR cached": dict(gr_teacher="cached"),
+}
+
+
+def write_region_manifest(folder: Path, num_images: int, boxes_per_image: int, image_size: int, seed: int) -> Path:
+    """A JSONL manifest (training/data_jsonl.py format) of generated images, each with `boxes_per_image` shapes of
+    distinct classes on a grid, a caption naming them all and each box linked to its phrase. Returns its path."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from training.synthetic import COLOURS, SHAPES, draw_shape
+
+    classes = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    if boxes_per_image > len(classes):
+        raise ValueError(f"boxes per image must be at most {len(classes)} (distinct classes), got {boxes_per_image}")
+    columns = math.ceil(math.sqrt(boxes_per_image))
+    rows = math.ceil(boxes_per_image / columns)
+    cell_w, cell_h = image_size / columns, image_size / rows
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(num_images):
+        image = Image.fromarray(rng.integers(60, 180, (image_size, image_size, 3), dtype=np.uint8), "RGB")
+        draw = ImageDraw.Draw(image)
+        chosen = [classes[i] for i in rng.choice(len(classes), size=boxes_per_image, replace=False)]
+        caption, regions = "", []
+        for number, (colour, shape) in enumerate(chosen):
+            side = int(min(cell_w, cell_h) * rng.uniform(0.5, 0.9))
+            x1 = int(number % columns * cell_w + rng.uniform(0, cell_w - side))
+            y1 = int(number // columns * cell_h + rng.uniform(0, cell_h - side))
+            box = (x1, y1, x1 + side, y1 + side)
+            draw_shape(draw, shape, box, COLOURS[colour])
+            name = f"{colour} {shape}"
+            caption += "a " if number == 0 else (" and a " if number == boxes_per_image - 1 else ", a ")
+            regions.append({"box": list(box), "phrase": name, "span": [len(caption), len(caption) + len(name)], "label": name})
+            caption += name
+        image.save(folder / "images" / f"{index:04d}.png")
+        lines.append(json.dumps({"id": f"bench/{index:04d}", "image": f"images/{index:04d}.png", "caption": caption, "regions": regions}))
+    manifest = folder / "train.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def variant_config(args: argparse.Namespace, variant: str, manifest: Path, cache_dir: Path):
+    """The `TrainConfig` of one variant: the preset's geometry, the manifest, batch and boxes, the variant's losses."""
+    return model_config_for(
+        args.preset, seed=args.seed, data_format="jsonl", train_data=str(manifest), batch_size=args.batch_size,
+        max_boxes=args.boxes, min_box_size=1.0, learning_rate=1e-5, weight_decay=0.1, max_grad_norm=1.0,
+        mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name, num_workers=0,
+        teacher_cache=str(cache_dir), **VARIANTS[variant],
+    )
+
+
+class StepRunner:
+    """Model, optimiser, Accelerator and one collated batch, shared by several training configs that differ only in
+    their losses and teacher; `step(name)` runs one optimiser step of config `name` as the training loop does."""
+
+    def __init__(self, configs: dict[str, Any], device: torch.device):
+        from accelerate import Accelerator
+
+        from training.builders import build_dataset_for_split, build_model_and_processor, build_teacher_cache, move_batch
+        from training.collate import RegionCollator
+        from training.teacher import frozen_copy
+        from training.train import parameter_groups
+
+        self.configs = configs
+        base = next(iter(configs.values()))
+        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=base.mixed_precision)
+        model, processor = build_model_and_processor(base)
+        dataset = build_dataset_for_split(base, "train")
+        batch = RegionCollator(processor)([dataset[index] for index in range(base.batch_size)])
+        for key in ("skipped", "num_small_boxes_dropped", "num_boxes_over_limit"):  # what the loop pops before the step
+            batch.pop(key, None)
+        self.batch = move_batch(batch, self.accelerator.device)
+        self.boxes_in_batch = int(self.batch["box_mask"].sum())
+        optimizer = torch.optim.AdamW(parameter_groups(model, base.weight_decay), lr=base.learning_rate,
+                                      betas=(base.adam_beta1, base.adam_beta2), eps=base.adam_eps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model.train()
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        uses_gr = [config for config in configs.values() if config.loss_gr_weight > 0 and config.uses_regions]
+        frozen = any(config.gr_teacher == "frozen" for config in uses_gr)
+        self.teacher = frozen_copy(self.unwrapped).to(self.accelerator.device) if frozen else None
+        cached = [config for config in uses_gr if config.gr_teacher == "cached"]
+        self.cache = build_teacher_cache(cached[0], processor) if cached else None
+        self.last_terms: dict[str, dict[str, float]] = {}
+
+    def step(self, variant: str) -> None:
+        """One optimiser step of `variant`, as the body of training/train.py's loop (without the LR scheduler)."""
+        from training.train import forward_objective
+
+        config, accelerator = self.configs[variant], self.accelerator
+        terms = forward_objective(self.model, self.unwrapped, self.batch, config, accelerator, self.teacher, self.cache)
+        finite = bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
+        if not finite:
+            raise RuntimeError(f"{variant}: non-finite loss in the benchmark step")
+        accelerator.backward(terms.total)
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.unwrapped.logit_scale.clamp_(0, math.log(config.max_logit_scale))
+            self.unwrapped.region_logit_scale.clamp_(0, math.log(config.max_logit_scale))
+        self.last_terms[variant] = terms.as_floats()
+
+
+def measure_memory_here(args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str) -> dict[str, Any]:
+    """Peak memory of `variant`'s steps in this (fresh) process: after `warmup` steps (optimiser state allocated),
+    one more step; CUDA: its `max_memory_allocated`, CPU: the highest RSS sampled during it. `static_bytes`: what
+    was held before the step (weights, optimiser state, teacher)."""
+    runner = StepRunner({variant: variant_config(args, variant, manifest, cache_dir)}, args.device)
+    device = runner.accelerator.device
+    for _ in range(max(args.warmup, 1)):
+        runner.step(variant)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        static = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        runner.step(variant)
+        torch.cuda.synchronize(device)
+        return {"variant": variant, "peak_bytes": torch.cuda.max_memory_allocated(device), "static_bytes": static,
+                "kind": "torch.cuda.max_memory_allocated"}
+    static = current_rss_bytes()
+    with RssSampler() as sampler:
+        runner.step(variant)
+    return {"variant": variant, "peak_bytes": sampler.peak, "static_bytes": static, "process_peak_bytes": peak_rss_bytes(),
+            "kind": "peak RSS during the step"}
+
+
+def measure_memory_in_fresh_process(args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str, folder: Path) -> dict:
+    out = folder / f"memory-{list(VARIANTS).index(variant)}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-of", variant, "--manifest", str(manifest),
+               "--cache-dir", str(cache_dir), "--memory-out", str(out), "--device", str(args.device), "--dtype", args.dtype_name,
+               "--batch-size", str(args.batch_size), "--boxes", str(args.boxes), "--model-preset", args.preset,
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8 on CUDA; 2 on the CPU, where batch 8 "
+                        "of ViT-B/16 takes minutes per round; --quick 2)")
+    parser.add_argument("--boxes", type=int, default=8, help="boxes (each with a phrase) per image")
+    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    parser.add_argument("--skip-memory", action="store_true", help="time only (no fresh process per variant)")
+    # internal: the fresh process that measures one variant's memory
+    parser.add_argument("--memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    args = resolve_common(args)
+    args.preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" and not args.quick else 2)
+    if args.batch_size < 1 or args.boxes < 1:
+        raise ValueError("--batch-size and --boxes must be >= 1")
+    if args.memory_of:
+        args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
+        return {}
+
+    from training.cache_teacher import build_teacher_cache_folder
+
+    variants = list(VARIANTS)
+    with temporary_folder("harmoclip-bench-") as folder:
+        image_size = model_config_for(args.preset).image_size
+        manifest = write_region_manifest(folder / "data", args.batch_size, args.boxes, image_size, args.seed)
+        cache_dir = folder / "teacher_cache"
+        # The cache holds the starting weights' crop embeddings of the manifest's boxes (the same seed builds them).
+        build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir,
+                                   batch_size=args.batch_size)
+        runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in variants}, args.device)
+        device = runner.accelerator.device
+        times = time_side_by_side({name: (lambda name=name: runner.step(name)) for name in variants}, device,
+                                  args.repeats, max(args.warmup, 1), progress=NAME)
+        if args.profile:
+            for name in variants:
+                write_profile(lambda name=name: runner.step(name), device, profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")))
+        terms = dict(runner.last_terms)
+        boxes_in_batch = runner.boxes_in_batch
+        del runner
+        memory = {} if args.skip_memory else {
+            name: measure_memory_in_fresh_process(args, manifest, cache_dir, name, folder) for name in variants}
+
+    baseline = summarize(times["GC"])
+    results, rows = [], []
+    for name in variants:
+        summary = summarize(times[name])
+        ratio = ratio_summary(times[name], times["GC"])
+        peak = memory.get(name, {}).get("peak_bytes")
+        memory_ratio = peak / memory["GC"]["peak_bytes"] if peak else None
+        results.append({"variant": name, "step": summary, "time_ratio_to_gc": ratio, "samples_per_s": args.batch_size / summary["median_s"],
+                        "memory": memory.get(name), "memory_ratio_to_gc": memory_ratio, "loss_terms": terms.get(name)})
+        rows.append([name, summary["median_s"] * 1e3, f"{summary['spread']:.0%}", args.batch_size / summary["median_s"],
+                     f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                     peak / 2**20 if peak else None, f"{memory_ratio:.2f}" if memory_ratio else None,
+                     ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss"))])
+    cached = next(r for r in results if r["variant"] == "GC+LRC+GR cached")
+    targets = [target("cached HarmoCLIP step time / GC-only", f"<= {TIME_LIMIT}", cached["time_ratio_to_gc"]["median"], TIME_LIMIT, False)]
+    if memory:
+        targets.append(target("cached HarmoCLIP peak memory / GC-only", f"<= {MEMORY_LIMIT}", cached["memory_ratio_to_gc"], MEMORY_LIMIT, False))
+    memory_kind = next(iter(memory.values()))["kind"] if memory else "not measured"
+    table = markdown_table(["variant", "ms/step", "spread", "samples/s", "time / GC (min-max)", "peak MiB", "memory / GC", "loss terms"], rows)
+    settings = {"model_preset": args.preset, "batch_size": args.batch_size, "boxes_per_image": args.boxes,
+                "boxes_in_batch": boxes_in_batch, "memory": memory_kind, "gc_step_median_s": baseline["median_s"]}
+    notes = [f"{args.preset} geometry, random weights, batch {args.batch_size} with {args.boxes} linked boxes per image; "
+             f"the training loop's step (forward_objective + backward + clipping + AdamW); median of {args.repeats} "
+             f"alternating rounds after {max(args.warmup, 1)} warm-up step(s) each; peak memory: {memory_kind}, each variant "
+             "in a fresh process after its warm-up step(s)."]
+    return finish(NAME, args, settings, results, table, targets, notes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
