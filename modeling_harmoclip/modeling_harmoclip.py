@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_harmoclip import HarmoCLIPConfig
 from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
-from .roi_align import enlarge_boxes, roi_align
+from .roi_align import enlarge_boxes, roi_align, roi_align_per_image
 
 # Crops are encoded in chunks of this many to bound activation memory whatever the number of boxes.
 CROP_CHUNK_SIZE = 64
@@ -78,11 +78,11 @@ def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = 
             raise ValueError(f"`box_mask` must have shape {tuple(boxes.shape[:2])} to match `{name}`, got {shape}")
         box_mask = box_mask.to(device=boxes.device, dtype=torch.bool)
     bad_value = ~torch.isfinite(boxes).all(dim=-1) & box_mask
-    if bad_value.any():
-        b, n = bad_value.nonzero()[0].tolist()
-        raise ValueError(f"`{name}`[{b}, {n}] is not finite: {boxes[b, n].tolist()}")
     inverted = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])) & box_mask
-    if inverted.any():
+    if (bad_value | inverted).any():  # one host synchronisation for both checks
+        if bad_value.any():
+            b, n = bad_value.nonzero()[0].tolist()
+            raise ValueError(f"`{name}`[{b}, {n}] is not finite: {boxes[b, n].tolist()}")
         b, n = inverted.nonzero()[0].tolist()
         raise ValueError(f"`{name}`[{b}, {n}] is empty or inverted (need x2 > x1 and y2 > y1): {boxes[b, n].tolist()}")
     return box_mask
@@ -153,22 +153,17 @@ class HarmoCLIPModel(CLIPModel):
         return F.normalize(dense, dim=1, eps=1e-12)
 
     def _pool_regions(self, dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-        """RoIAlign (1x1) of the unnormalised dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D)."""
-        batch, num_boxes = boxes.shape[:2]
+        """RoIAlign (1x1) of the unnormalised dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D).
+
+        Every box of every image in two batched matrix products; masked boxes (which may hold anything) are pooled
+        at a placeholder box and their rows zeroed."""
         height, width = dense.shape[-2:]
         scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
-        rois = torch.cat(
-            [
-                torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None],
-                boxes.reshape(-1, 4).float() * scale,
-            ],
-            dim=1,
-        )
-        valid = box_mask.reshape(-1)
-        pooled = roi_align(dense.float(), rois[valid], output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        regions = dense.new_zeros(batch * num_boxes, dense.shape[1], dtype=torch.float32)
-        regions = regions.index_copy(0, valid.nonzero(as_tuple=True)[0], _normalize(pooled.flatten(1)))
-        return regions.reshape(batch, num_boxes, -1)
+        placeholder = boxes.new_tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
+        boxes = torch.where(box_mask[..., None], boxes.float(), placeholder) * scale
+        pooled = roi_align_per_image(dense.float(), boxes, output_size=1, sampling_ratio=-1, aligned=True)
+        regions = _normalize(pooled.flatten(2))  # (B, N, D)
+        return regions * box_mask[..., None].to(regions.dtype)
 
     def get_region_features(
         self,

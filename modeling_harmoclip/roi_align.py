@@ -70,6 +70,48 @@ def _axis_weights(
     return weights
 
 
+def _bin_weights(
+    boxes: torch.Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool,
+    height: int, width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis weights of RoIs (K, 4) xyxy: (K, out_h, H) (already divided by the sample count) and (K, out_w, W).
+
+    One host synchronisation: the largest adaptive sampling grid, which sizes the sample axis.
+    """
+    out_h, out_w = output_size
+    offset = 0.5 if aligned else 0.0
+    x1 = boxes[:, 0] * spatial_scale - offset
+    y1 = boxes[:, 1] * spatial_scale - offset
+    roi_w = boxes[:, 2] * spatial_scale - offset - x1
+    roi_h = boxes[:, 3] * spatial_scale - offset - y1
+    if not aligned:  # legacy behaviour: RoIs are at least one pixel wide
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.long)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / out_h).long()
+        grid_w = torch.ceil(roi_w / out_w).long()
+    count = (grid_h * grid_w).clamp(min=1).to(boxes.dtype)
+    max_grid_h, max_grid_w = (max(int(value), 1) for value in torch.stack([grid_h.max(), grid_w.max()]).tolist())
+    weights_y = _axis_weights(y1, roi_h / out_h, grid_h, out_h, height, max_grid_h) / count[:, None, None]
+    weights_x = _axis_weights(x1, roi_w / out_w, grid_w, out_w, width, max_grid_w)
+    return weights_y, weights_x
+
+
+def _output_size(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (output_size, output_size) if isinstance(output_size, int) else (int(output_size[0]), int(output_size[1]))
+
+
+def _compute_dtype(input: torch.Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+# RoIs gathered at once by `roi_align`: bounds the memory of the gathered feature maps (chunk x C x H x W).
+ROI_CHUNK_SIZE = 64
+
+
 def roi_align(
     input: torch.Tensor,
     boxes: torch.Tensor | list[torch.Tensor],
@@ -94,51 +136,57 @@ def roi_align(
     """
     if input.dim() != 4:
         raise ValueError(f"roi_align: `input` must be a (B, C, H, W) tensor, got shape {tuple(input.shape)}")
-    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    out_h, out_w = _output_size(output_size)
     rois = _as_roi_tensor(boxes).to(device=input.device).detach()
-    num_rois = rois.shape[0]
     batch, channels, height, width = input.shape
-    if num_rois == 0:
+    if rois.shape[0] == 0:
         return input.new_zeros(0, channels, out_h, out_w)
-    compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    compute_dtype = _compute_dtype(input)
     rois = rois.to(compute_dtype)
-
-    offset = 0.5 if aligned else 0.0
-    x1 = rois[:, 1] * spatial_scale - offset
-    y1 = rois[:, 2] * spatial_scale - offset
-    roi_w = rois[:, 3] * spatial_scale - offset - x1
-    roi_h = rois[:, 4] * spatial_scale - offset - y1
-    if not aligned:  # legacy behaviour: RoIs are at least one pixel wide
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / out_h
-    bin_w = roi_w / out_w
-    if sampling_ratio > 0:
-        grid_h = torch.full((num_rois,), sampling_ratio, device=input.device, dtype=torch.long)
-        grid_w = grid_h
-    else:
-        grid_h = torch.ceil(roi_h / out_h).long()
-        grid_w = torch.ceil(roi_w / out_w).long()
-    count = (grid_h * grid_w).clamp(min=1).to(compute_dtype)
-    max_grid_h = max(int(grid_h.max().item()), 1)
-    max_grid_w = max(int(grid_w.max().item()), 1)
-
-    weights_y = _axis_weights(y1, bin_h, grid_h, out_h, height, max_grid_h)  # (K, out_h, H)
-    weights_x = _axis_weights(x1, bin_w, grid_w, out_w, width, max_grid_w)  # (K, out_w, W)
-    weights_y = weights_y / count[:, None, None]
-
     batch_index = rois[:, 0].long()
-    if (batch_index < 0).any() or (batch_index >= batch).any():
-        bad = int(batch_index[(batch_index < 0) | (batch_index >= batch)][0])
-        raise ValueError(f"roi_align: batch index {bad} in `boxes` is outside [0, {batch})")
+    outside = (batch_index < 0) | (batch_index >= batch)
+    if outside.any():
+        raise ValueError(f"roi_align: batch index {int(batch_index[outside][0])} in `boxes` is outside [0, {batch})")
+    weights_y, weights_x = _bin_weights(rois[:, 1:], (out_h, out_w), spatial_scale, sampling_ratio, aligned, height, width)
     # The interpolation runs in float32 (float64 for float64 input) even under autocast.
     with torch.autocast(device_type=input.device.type, enabled=False):
         features = input.to(compute_dtype)
-        output = features.new_zeros(num_rois, channels, out_h, out_w)
-        for image in batch_index.unique().tolist():
-            selected = (batch_index == image).nonzero(as_tuple=True)[0]
-            rows = torch.einsum("kph,chw->kcpw", weights_y[selected], features[image])
-            output = output.index_copy(0, selected, torch.einsum("kcpw,kqw->kcpq", rows, weights_x[selected]))
+        chunks = []
+        for start in range(0, rois.shape[0], ROI_CHUNK_SIZE):
+            part = slice(start, start + ROI_CHUNK_SIZE)
+            rows = torch.einsum("kph,kchw->kcpw", weights_y[part], features.index_select(0, batch_index[part]))
+            chunks.append(torch.einsum("kcpw,kqw->kcpq", rows, weights_x[part]))
+    return torch.cat(chunks).to(input.dtype)
+
+
+def roi_align_per_image(
+    input: torch.Tensor,
+    boxes: torch.Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> torch.Tensor:
+    """`roi_align` for the same number of boxes on every image, as batched matrix products (no gather, no loop).
+
+    Args:
+        input: (B, C, H, W); boxes: (B, N, 4) xyxy in the coordinates `spatial_scale` maps onto `input`.
+    Returns:
+        (B, N, C, out_h, out_w), equal to `roi_align` of the boxes with their image index.
+    """
+    if input.dim() != 4 or boxes.dim() != 3 or boxes.shape[0] != input.shape[0] or boxes.shape[-1] != 4:
+        raise ValueError(
+            f"roi_align_per_image: need `input` (B, C, H, W) and `boxes` (B, N, 4), got {tuple(input.shape)} and {tuple(boxes.shape)}"
+        )
+    out_h, out_w = _output_size(output_size)
+    batch, num_boxes = boxes.shape[:2]
+    height, width = input.shape[-2:]
+    compute_dtype = _compute_dtype(input)
+    flat = boxes.detach().to(device=input.device, dtype=compute_dtype).reshape(-1, 4)
+    weights_y, weights_x = _bin_weights(flat, (out_h, out_w), spatial_scale, sampling_ratio, aligned, height, width)
+    with torch.autocast(device_type=input.device.type, enabled=False):
+        rows = torch.einsum("bnph,bchw->bncpw", weights_y.reshape(batch, num_boxes, out_h, height), input.to(compute_dtype))
+        output = torch.einsum("bncpw,bnqw->bncpq", rows, weights_x.reshape(batch, num_boxes, out_w, width))
     return output.to(input.dtype)
 
 
@@ -149,4 +197,4 @@ def enlarge_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=-1)
 
 
-__all__ = ["roi_align", "enlarge_boxes"]
+__all__ = ["roi_align", "roi_align_per_image", "enlarge_boxes"]

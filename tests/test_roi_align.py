@@ -98,3 +98,21 @@ def test_float32_arithmetic_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = roi_align(features, rois, 2, aligned=True)
     assert mixed.dtype == torch.float32 and torch.equal(mixed, reference)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_per_image_form_equals_the_general_one(aligned: bool) -> None:
+    """The batched form the model uses: the same boxes on every image, as matrix products, without a gather."""
+    from modeling_harmoclip.roi_align import roi_align_per_image
+
+    generator = torch.Generator().manual_seed(7)
+    features = torch.randn(3, 5, 6, 8, generator=generator, dtype=torch.float64)
+    corner = torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) * 8 - 1
+    boxes = torch.cat([corner, corner + torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) * 5 + 0.1], dim=-1)
+    batched = roi_align_per_image(features, boxes, (2, 3), 0.75, -1, aligned)
+    rois = torch.cat([torch.arange(3, dtype=torch.float64).repeat_interleave(4)[:, None], boxes.reshape(-1, 4)], dim=1)
+    general = roi_align(features, rois, (2, 3), 0.75, -1, aligned)
+    assert batched.shape == (3, 4, 5, 2, 3)
+    assert (batched.reshape(12, 5, 2, 3) - general).abs().max() <= 1e-12
+    reference = slow_roi_align(features, rois, (2, 3), 0.75, -1, aligned)
+    assert (general - reference).abs().max() <= 1e-9
