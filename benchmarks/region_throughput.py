@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
     parser.add_argument("--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)")
     parser.add_argument("--images", type=int, default=None,
-                        help="images per call (default 1 on the CPU, 16 on CUDA, where one image leaves the GPU idle)")
-    parser.add_argument("--crop-chunk", type=int, default=64, help="crops encoded per call by crop-and-encode")
+                        help="images per call (default 1 on the CPU; 256 on CUDA, where smaller calls are bound by "
+                             "kernel-launch overhead rather than by the GPU)")
+    parser.add_argument("--crop-chunk", type=int, default=None,
+                        help="crops encoded per call by crop-and-encode (default 64 on the CPU, 256 on CUDA)")
     parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
     return parser
 
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
     args = resolve_common(args)
     preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
     box_counts = [int(n) for n in (args.boxes or ("1,4" if args.quick else "1,4,16,64")).split(",")]
-    num_images = args.images or (16 if args.device.type == "cuda" else 1)
+    num_images = args.images or (256 if args.device.type == "cuda" else 1)
+    args.crop_chunk = args.crop_chunk or (256 if args.device.type == "cuda" else 64)
     if num_images < 1 or args.crop_chunk < 1 or min(box_counts) < 1:
         raise ValueError("--images, --crop-chunk and --boxes must be >= 1")
     model, _, config = build_model(preset, args.seed)
