@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,13 @@ def run_training(launcher: list[str], output_dir: Path, synthetic_dir: Path, *ex
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
+
+
+def free_port() -> str:
+    """A free TCP port on 127.0.0.1 for torchrun's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
@@ -98,7 +106,7 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
 
 def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_dir: Path) -> None:
     two = tmp_path / "torchrun"
-    run_training([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29561"], two, synthetic_dir, "--max_steps", "2")
+    run_training([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port()], two, synthetic_dir, "--max_steps", "2")
     records = read_metrics(two)
     assert [record["step"] for record in records] == [1, 2]
     assert "processes: 2" in (two / "train.log").read_text()
@@ -114,7 +122,7 @@ def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
     worker = ROOT / "tests" / "distributed_worker.py"
     env = ENV
     subprocess.run([PYTHON, str(worker), "--out", str(tmp_path / "one.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29562", str(worker), "--out",
+    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), str(worker), "--out",
                     str(tmp_path / "two.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
