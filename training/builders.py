@@ -22,8 +22,14 @@ from training.teacher import TeacherCache
 
 logger = logging.getLogger(__name__)
 
-# Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes.
+# Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes; "micro" is for
+# smoke runs of whole pipelines (tests, `training/harmony.py --quick`), where only the plumbing matters.
 PRESETS: dict[str, dict[str, Any]] = {
+    "micro": dict(
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=32,
+    ),
     "tiny": dict(
         text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
         vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
