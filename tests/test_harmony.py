@@ -69,6 +69,7 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
         assert (Path(row["folder"]) / "eval.json").is_file() and (Path(row["folder"]) / "row.json").is_file()
         assert not (Path(row["folder"]) / "checkpoints").exists()
     assert 0 < saved["chance"]["R@1"] <= 100 and 0 < saved["chance"]["box_top1"] <= 100
+    assert saved["environment"]["torch_threads"] >= 1 and len(saved["environment"]["load_average_at_end"]) == 3
     table = (out / "harmony.md").read_text()
     for row in saved["rows"]:
         assert f"| {row['label']} | {row['losses']} | {row['figures']['i2t_R@1']:.1f} |" in table

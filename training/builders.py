@@ -86,7 +86,8 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
 def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
     """A HarmoCLIP processor from a HarmoCLIP folder, or built from a plain CLIP folder's tokenizer and image settings."""
     try:
-        processor = HarmoCLIPProcessor.from_pretrained(folder)
+        # The class is imported here: the folder's own copy of the code is not needed (and asking would prompt).
+        processor = HarmoCLIPProcessor.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as error:
         from transformers import AutoImageProcessor, AutoTokenizer
 

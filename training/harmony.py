@@ -37,6 +37,9 @@ from typing import Any, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Before torch loads OpenMP: idle threads sleep instead of spinning. On a 2-core machine shared with other jobs,
+# spinning threads made these small models' training steps about 8 times slower. A user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -260,7 +263,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             row["label"], row["losses"], _format(figures["i2t_R@1"]), _format(figures["t2i_R@1"]), _format(figures["mean_R@1"]),
             _format(figures["box_top1_dense"]), _format(figures["box_top1_crop"]),
         ]) + " |")
-    chance = report["chance"]
+    chance, environment = report["chance"], report["environment"]
     lines += [
         "",
         f"Held-out split: {settings['synthetic_num_val']} images ({chance['num_boxes']} boxes, {chance['num_classes']} classes). "
@@ -268,7 +271,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Pre-training: {settings['pretrain_steps']} steps of GC from scratch; each fine-tune: {settings['finetune_steps']} steps "
         f"of batch {settings['finetune_batch_size']} at learning rate {settings['finetune_learning_rate']:g} from the pre-trained model.",
         "",
-        f"Wall-clock time of this run: {report['wall_seconds'] / 60:.1f} min ({report['rows_reused']} row(s) reused).",
+        f"Wall-clock time of this run: {report['wall_seconds'] / 60:.1f} min ({report['rows_reused']} row(s) reused) on "
+        f"{environment['device']} with {environment['torch_threads']} threads; 1-minute load average "
+        f"{environment['load_average_at_start'][0]:.1f} at the start, {environment['load_average_at_end'][0]:.1f} at the end.",
         "",
         "Command:",
         "",
@@ -288,17 +293,22 @@ def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7.5, 5.5), dpi=110)
-    for row in rows:
+    figure, axis = plt.subplots(figsize=(8, 5.5), dpi=110)
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    for index, row in enumerate(rows):
         x, y = row["figures"]["box_top1_dense"], row["figures"]["mean_R@1"]
         reference = row["key"] == PRETRAINED.key
-        axis.scatter([x], [y], s=160 if reference else 70, marker="*" if reference else "o",
-                     color="black" if reference else None, zorder=3)
-        axis.annotate(row["label"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        axis.scatter([x], [y], s=220 if reference else 80, marker="*" if reference else markers[index % len(markers)],
+                     color="black" if reference else f"C{index}", zorder=3, label=row["label"], alpha=0.85)
+        axis.annotate("pre-trained" if reference else row["losses"], (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+    reference_rows = [row for row in rows if row["key"] == PRETRAINED.key]
+    if reference_rows:
+        axis.axvline(reference_rows[0]["figures"]["box_top1_crop"], color="black", linestyle="--", linewidth=0.8,
+                     label="pre-trained, crop-and-encode box Top-1")
     if chance:
         axis.axhline(chance["R@1"], color="grey", linestyle=":", linewidth=1, label="chance")
         axis.axvline(chance["box_top1"], color="grey", linestyle=":", linewidth=1)
-        axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     axis.set_xlabel("region: box Top-1, dense features (%)")
     axis.set_ylabel("global: mean retrieval R@1, I2T and T2I (%)")
     axis.set_title("Harmony benchmark (synthetic shapes, held-out split)")
@@ -328,7 +338,7 @@ def chance_levels(pretrained_folder: Path) -> dict[str, Any]:
 def run_benchmark(settings: HarmonySettings, out: str | Path = "outputs/harmony", command: str = "", show_progress: bool = True) -> dict[str, Any]:
     """Pre-trains, fine-tunes every configuration, evaluates, writes harmony.{json,md,png}; returns the report."""
     out = Path(out)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()
     runs = out / "runs"
     pretrain = _train_config(settings, out, PRETRAINED, "pretrain", None, runs / "pending")
     pretrain_fingerprint = fingerprint(pretrain)
@@ -350,7 +360,7 @@ def run_benchmark(settings: HarmonySettings, out: str | Path = "outputs/harmony"
         "rows": rows, "chance": chance_levels(Path(rows[0]["folder"])),
         "wall_seconds": time.perf_counter() - started, "rows_reused": sum(row["reused"] for row in rows),
         "train_and_eval_seconds_of_rows": sum(row["train_seconds"] + row["eval_seconds"] for row in rows),
-        "torch_threads": _torch_threads(),
+        "environment": _environment(load_at_start),
     }
     write_outputs(report, out)
     return report
@@ -363,10 +373,16 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
     plot_harmony(report["rows"], out / f"{RESULTS_NAME}.png", report["chance"])
 
 
-def _torch_threads() -> int:
+def _environment(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """What the wall-clock time depends on: threads, cores, OpenMP's wait policy, other jobs (load averages)."""
     import torch
 
-    return torch.get_num_threads()
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": [round(value, 2) for value in load_at_start],
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- command line
