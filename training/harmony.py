@@ -300,7 +300,9 @@ def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, f
         reference = row["key"] == PRETRAINED.key
         axis.scatter([x], [y], s=220 if reference else 80, marker="*" if reference else markers[index % len(markers)],
                      color="black" if reference else f"C{index}", zorder=3, label=row["label"], alpha=0.85)
-        axis.annotate("pre-trained" if reference else row["losses"], (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8)
+        # Alternate above / below: neighbouring rows often land close together.
+        axis.annotate("pre-trained" if reference else row["losses"], (x, y), textcoords="offset points",
+                      xytext=(7, 5 if index % 2 == 0 else -12), fontsize=8)
     reference_rows = [row for row in rows if row["key"] == PRETRAINED.key]
     if reference_rows:
         axis.axvline(reference_rows[0]["figures"]["box_top1_crop"], color="black", linestyle="--", linewidth=0.8,
