@@ -22,8 +22,14 @@ from training.teacher import TeacherCache
 
 logger = logging.getLogger(__name__)
 
-# Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes.
+# Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes; "micro" is for
+# smoke runs of whole pipelines (tests, `training/harmony.py --quick`), where only the plumbing matters.
 PRESETS: dict[str, dict[str, Any]] = {
+    "micro": dict(
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+        projection_dim=32,
+    ),
     "tiny": dict(
         text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
         vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4),
@@ -80,7 +86,8 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
 def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
     """A HarmoCLIP processor from a HarmoCLIP folder, or built from a plain CLIP folder's tokenizer and image settings."""
     try:
-        processor = HarmoCLIPProcessor.from_pretrained(folder)
+        # The class is imported here: the folder's own copy of the code is not needed (and asking would prompt).
+        processor = HarmoCLIPProcessor.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as error:
         from transformers import AutoImageProcessor, AutoTokenizer
 

@@ -19,7 +19,7 @@ import yaml
 
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-MODEL_PRESETS = ("tiny", "vit-b-16")
+MODEL_PRESETS = ("micro", "tiny", "vit-b-16")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainConfig:
     num_workers: int = 0
     # ---- model
     init_from: str | None = None  # a HarmoCLIP or CLIP folder (conversion/convert_clip.py makes one)
-    model_preset: str = "tiny"  # from scratch: "tiny" (CPU minutes) or "vit-b-16"
+    model_preset: str = "tiny"  # from scratch: "tiny" (CPU minutes), "vit-b-16", or "micro" (smoke runs)
     image_size: int = 64
     patch_size: int = 8
     tokenizer_bpe: str = "assets/bpe_simple_vocab_16e6.txt.gz"
