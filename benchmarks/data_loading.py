@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +34,6 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from modeling_harmoclip.roi_align import roi_align  # noqa: E402
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image
@@ -49,22 +47,12 @@ def random_boxes(num_images: int, num_boxes: int, generator: torch.Generator) ->
 
 
 def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """The plain-CLIP way to embed regions: each box cut out with RoIAlign at the model's input size and encoded.
+    """The plain-CLIP way to embed regions: each box cut out with RoIAlign at the model's input size and encoded,
+    `chunk_size` crops per call (`get_crop_features` without enlargement).
 
     Args: pixel_values (B, 3, H, W); boxes (B, N, 4) normalised xyxy. Returns (B, N, D) float32, L2-normalised.
     """
-    batch, num_boxes = boxes.shape[:2]
-    height, width = pixel_values.shape[-2:]
-    size = model.config.vision_config.image_size
-    scale = boxes.new_tensor([width, height, width, height])
-    image_index = torch.arange(batch, device=boxes.device, dtype=boxes.dtype).repeat_interleave(num_boxes)
-    rois = torch.cat([image_index[:, None], boxes.reshape(-1, 4) * scale], dim=1)
-    embeds = []
-    for part in rois.split(chunk_size):
-        crops = roi_align(pixel_values.float(), part, output_size=(size, size), sampling_ratio=-1, aligned=True)
-        features = model.get_image_features(pixel_values=crops.to(pixel_values.dtype)).pooler_output
-        embeds.append(F.normalize(features.float(), dim=-1))
-    return torch.cat(embeds).reshape(batch, num_boxes, -1)
+    return model.get_crop_features(pixel_values, boxes, enlarge=1.0, chunk_size=chunk_size)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,6 @@ from torch import nn
 from transformers import CLIPModel, initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
-from transformers.utils import ModelOutput
 
 from .configuration_harmoclip import HarmoCLIPConfig
 from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
@@ -186,12 +185,19 @@ class HarmoCLIPModel(CLIPModel):
         return self._pool_regions(dense, boxes, box_mask)
 
     def get_crop_features(
-        self, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        enlarge: float | None = None,
+        chunk_size: int = CROP_CHUNK_SIZE,
     ) -> torch.Tensor:
-        """Global embedding of each box's crop: the teacher signal of GR.
+        """Global embedding of each box's crop: the teacher signal of GR, and (with `enlarge=1.0`) the crop-and-encode
+        way a plain CLIP embeds regions.
 
-        Each box is enlarged about its centre by `config.gr_crop_scale`, cut from `pixel_values` with RoIAlign at the
-        model's input size (zeros, i.e. the mean colour, outside the image) and encoded by `get_image_features`.
+        Each box is enlarged about its centre by `enlarge` (default `config.gr_crop_scale`), cut from `pixel_values`
+        with RoIAlign at the model's input size (zeros, i.e. the mean colour, outside the image) and encoded by
+        `get_image_features`, `chunk_size` crops at a time.
 
         Args: as `get_region_features`. Returns: (B, N, D) float32, L2-normalised; masked rows are zeros.
         """
@@ -199,15 +205,16 @@ class HarmoCLIPModel(CLIPModel):
         batch, num_boxes = boxes.shape[:2]
         height, width = pixel_values.shape[-2:]
         size = self.config.vision_config.image_size
+        enlarge = float(self.config.gr_crop_scale if enlarge is None else enlarge)
         scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
-        crop_boxes = enlarge_boxes(boxes.float(), float(self.config.gr_crop_scale)) * scale
+        crop_boxes = enlarge_boxes(boxes.float(), enlarge) * scale
         rois = torch.cat(
             [torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None], crop_boxes.reshape(-1, 4)],
             dim=1,
         )
         valid_index = box_mask.reshape(-1).nonzero(as_tuple=True)[0]
         embeds = pixel_values.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
-        for chunk in valid_index.split(CROP_CHUNK_SIZE):
+        for chunk in valid_index.split(chunk_size):
             crops = roi_align(pixel_values.float(), rois[chunk], output_size=(size, size), sampling_ratio=-1, aligned=True)
             crops = crops.to(pixel_values.dtype)
             crop_embeds = self.get_image_features(pixel_values=crops).pooler_output

@@ -10,7 +10,6 @@ cache holds exactly what the frozen teacher would compute during training. The f
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys

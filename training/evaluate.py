@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.roi_align import roi_align
 
 from .eval_data import (
     FORMATS,
@@ -59,8 +58,6 @@ DEFAULT_TEMPLATES = (
     "a photo of the small {}.",
 )
 BOX_METHODS = ("dense", "crop")
-# Crops encoded at once by the crop baseline (bounds activation memory whatever the number of boxes).
-CROP_CHUNK_SIZE = 64
 TEXT_BATCH_SIZE = 256
 
 
@@ -163,26 +160,14 @@ def compute_class_embeddings(
 
 def crop_features(model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
     """Crop-and-encode baseline: `get_image_features` of each box cut from `pixel_values` (no enlargement) with
-    RoIAlign at the model's input size.
+    RoIAlign at the model's input size, i.e. `get_crop_features` with `enlarge=1.0`.
 
     Args:
         pixel_values: (B, 3, H, W); boxes: (B, N, 4) normalised xyxy in the frame of `pixel_values`; box_mask: (B, N).
     Returns:
         (B, N, D) float32, L2-normalised; masked rows are zeros.
     """
-    batch, num_boxes = boxes.shape[:2]
-    height, width = pixel_values.shape[-2:]
-    size = model.config.vision_config.image_size
-    scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
-    image_index = torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None]
-    rois = torch.cat([image_index, boxes.reshape(-1, 4).float() * scale], dim=1)
-    valid_index = box_mask.reshape(-1).nonzero(as_tuple=True)[0]
-    embeds = torch.zeros(batch * num_boxes, model.config.projection_dim, device=pixel_values.device)
-    for chunk in valid_index.split(CROP_CHUNK_SIZE):
-        crops = roi_align(pixel_values.float(), rois[chunk], output_size=(size, size), sampling_ratio=-1, aligned=True)
-        output = model.get_image_features(pixel_values=crops.to(pixel_values.dtype))
-        embeds[chunk] = F.normalize(_pooled(output).float(), dim=-1)
-    return embeds.reshape(batch, num_boxes, -1)
+    return model.get_crop_features(pixel_values, boxes, box_mask, enlarge=1.0)
 
 
 def compute_box_embeddings(
