@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py`: make the project importable
     sys.path.insert(0, str(ROOT))
 
+from training.saving import write_text_atomic  # noqa: E402
+
 DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "benchmarks"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -310,15 +312,7 @@ def finish(name: str, args: argparse.Namespace, settings: dict[str, Any], result
 
 def write_json(path: Path, payload: Any) -> None:
     """Writes `payload` as JSON, atomically (temporary file renamed into place)."""
-    write_text(path, json.dumps(payload, indent=2) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -402,7 +396,7 @@ def write_profile(function: Callable[[], Any], device: torch.device, path: Path,
         function()
         synchronize(device)
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    write_text(path, profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit) + "\n")
+    write_text_atomic(path, profiler.key_averages().table(sort_by=sort_by, row_limit=row_limit) + "\n")
     return path
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json, write_text  # noqa: E402
+from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json  # noqa: E402
+from training.saving import write_text_atomic  # noqa: E402
 
 BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         report += ["### Targets\n", targets_table(all_targets) + "\n"]
     markdown = "\n".join(report)
     summary = {"command": command, "machine": first["machine"], "seconds": durations, "results": results, "targets": all_targets}
-    write_text(args.output_dir / "results.md", markdown)
+    write_text_atomic(args.output_dir / "results.md", markdown)
     write_json(args.output_dir / "results.json", summary)
     print(markdown)
     print(f"written: {args.output_dir / 'results.md'} and {args.output_dir / 'results.json'}", file=sys.stderr)

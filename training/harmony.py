@@ -45,7 +45,8 @@ import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from training.config import TrainConfig  # noqa: E402
-from training.evaluate import BOX_METHODS, DEFAULT_TEMPLATES, write_text_atomic  # noqa: E402
+from training.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from training.saving import write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("harmoclip.harmony")
 
