@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json  # noqa: E402
-from training.saving import write_text_atomic  # noqa: E402
+from conversion.saving import write_text_atomic  # noqa: E402
 
 BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
 

@@ -61,12 +61,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def write_region_manifest(folder: Path, num_images: int, boxes_per_image: int, image_size: int, seed: int) -> Path:
-    """A JSONL manifest (training/data_jsonl.py format) of generated images, each with `boxes_per_image` shapes of
+    """A JSONL manifest (training/data/data_jsonl.py format) of generated images, each with `boxes_per_image` shapes of
     distinct classes on a grid, a caption naming them all and each box linked to its phrase. Returns its path."""
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from training.synthetic import COLOURS, SHAPES, draw_shape
+    from training.data.synthetic import COLOURS, SHAPES, draw_shape
 
     classes = [(colour, shape) for colour in COLOURS for shape in SHAPES]
     if boxes_per_image > len(classes):
@@ -117,7 +117,7 @@ class StepRunner:
         from accelerate import Accelerator
 
         from training.builders import build_dataset_for_split, build_model_and_processor, build_teacher_cache, move_batch
-        from training.collate import RegionCollator
+        from training.data.collate import RegionCollator
         from training.teacher import frozen_copy
         from training.train import parameter_groups
 

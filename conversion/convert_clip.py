@@ -35,7 +35,7 @@ from .cli import run_command, setup_logging
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict
-from training.saving import atomic_directory, check_output_dir
+from conversion.saving import atomic_directory, check_output_dir
 from .processor_files import (
     OPENAI_IMAGE_MEAN,
     OPENAI_IMAGE_STD,

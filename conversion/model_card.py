@@ -18,7 +18,7 @@ a list of results. A result needs `"dataset"` (a string), may have `"split"` and
 one metric: every other key, with a finite number as value. Only the numbers in the file are shown; without a file
 the card says the model was not evaluated.
 
-The reports of `python -m training.evaluate` (`{"task", "settings", "results", ...}`) and the end-of-training
+The reports of `python -m evaluation.evaluate` (`{"task", "settings", "results", ...}`) and the end-of-training
 `eval.json` of `training/train.py` (`{"tasks": {task: report}}`) are read too, through `results_from_reports`.
 """
 
@@ -99,7 +99,7 @@ def _is_report(value: Any) -> bool:
 
 
 def results_from_reports(data: Any) -> Any:
-    """Evaluation reports of `training/evaluate.py` (one, or `{"tasks": {...}}`) -> the card schema; anything else
+    """Evaluation reports of `evaluation/evaluate.py` (one, or `{"tasks": {...}}`) -> the card schema; anything else
     is returned unchanged."""
     if isinstance(data, dict) and isinstance(data.get("tasks"), dict) and all(map(_is_report, data["tasks"].values())):
         reports = list(data["tasks"].values())

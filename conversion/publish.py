@@ -37,7 +37,7 @@ from .cli import run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
 from .model_folder import require_model_type
-from training.saving import atomic_directory, check_output_dir
+from conversion.saving import atomic_directory, check_output_dir
 
 logger = logging.getLogger(__name__)
 

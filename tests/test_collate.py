@@ -5,10 +5,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import tiny_processor
-from training.collate import METADATA_KEYS, RegionCollator, collect_samples, model_inputs, padded_box_indices
-from training.data_common import SkippedSample
-from training.data_jsonl import JsonlRegionDataset
-from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+from training.data.collate import METADATA_KEYS, RegionCollator, collect_samples, model_inputs, padded_box_indices
+from training.data.data_common import SkippedSample
+from training.data.data_jsonl import JsonlRegionDataset
+from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 
 IMAGE_SIZE = 32  # the tiny test model's input size
 

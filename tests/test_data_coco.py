@@ -5,9 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-from training.coco_synonyms import COCO_SYNONYMS
-from training.data_coco import CategoryMatcher, CocoRegionDataset
-from training.data_common import SkippedSample
+from training.data.coco_synonyms import COCO_SYNONYMS
+from training.data.data_coco import CategoryMatcher, CocoRegionDataset
+from training.data.data_common import SkippedSample
 
 CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "person"},

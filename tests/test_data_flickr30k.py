@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from training.data_common import SampleError, SkippedSample
-from training.data_flickr30k import (
+from training.data.data_common import SampleError, SkippedSample
+from training.data.data_flickr30k import (
     EntityBox,
     EntityMention,
     Flickr30kEntitiesDataset,

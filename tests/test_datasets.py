@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from training.data_common import PackedStrings, Region, SampleError, SkippedSample, select_regions
-from training.data_jsonl import JsonlRegionDataset, find_phrase, index_lines
-from training.datasets import RegionConcatDataset, build_dataset
+from training.data.data_common import PackedStrings, Region, SampleError, SkippedSample, select_regions
+from training.data.data_jsonl import JsonlRegionDataset, find_phrase, index_lines
+from training.data.datasets import RegionConcatDataset, build_dataset
 
 
 def write_image(path, size=(80, 60), colour=(200, 30, 30), format=None):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from conftest import ROOT, tiny_harmoclip_model, tiny_processor
-from training.eval_data import (
+from evaluation.eval_data import (
     detect_format,
     image_loader,
     read_box_manifest,
@@ -23,7 +23,7 @@ from training.eval_data import (
     read_karpathy,
     read_retrieval_manifest,
 )
-from training.evaluate import (
+from evaluation.evaluate import (
     compute_box_embeddings,
     compute_class_embeddings,
     compute_image_embeddings,
@@ -35,7 +35,7 @@ from training.evaluate import (
     run_evaluation,
     write_report,
 )
-from training.metrics import retrieval_metrics
+from evaluation.metrics import retrieval_metrics
 
 CAPTIONS = [
     ["a red square on a white wall", "a red box", "red on white", "a square", "something red"],
@@ -337,7 +337,7 @@ def test_box_classification_on_panoptic(coco_panoptic, model, processor):
 def test_boxcls_report_names_missing_classes(coco_instances, model, processor, tmp_path):
     report = run_evaluation(
         model, processor, "boxcls", coco_instances, image_root=coco_instances.parent.parent / "val2017", split=None,
-        batch_size=3, templates=("a photo of a {}.",), model_name="tiny", command="python -m training.evaluate ...",
+        batch_size=3, templates=("a photo of a {}.",), model_name="tiny", command="python -m evaluation.evaluate ...",
     )
     assert report["results"]["dense"]["classes_without_samples"] == ["bottle"]
     assert report["settings"]["boxes_skipped_in_annotations"] == {"crowd": 1, "empty": 1}
@@ -363,7 +363,7 @@ def saved_model_dir(tmp_path, processor) -> Path:
 def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_model_dir, model, processor, tmp_path):
     out = tmp_path / "results" / "flickr.json"
     command = [
-        sys.executable, "-m", "training.evaluate", "--model", str(saved_model_dir), "--task", "retrieval",
+        sys.executable, "-m", "evaluation.evaluate", "--model", str(saved_model_dir), "--task", "retrieval",
         "--data", str(karpathy_coco), "--image-root", str(karpathy_coco.parent / "coco"), "--batch-size", "3",
         "--num-workers", "0", "--device", "cpu", "--out", str(out),
     ]
@@ -371,7 +371,7 @@ def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_mod
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["command"].startswith("python -m training.evaluate --model ")
+    assert report["command"].startswith("python -m evaluation.evaluate --model ")
     assert report["command"].endswith(f"--out {out}")
     assert report["settings"]["split"] == "test" and report["settings"]["batch_size"] == 3
     data = read_karpathy(karpathy_coco, karpathy_coco.parent / "coco", split="test")
@@ -381,11 +381,11 @@ def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_mod
     markdown = out.with_suffix(".md").read_text()
     assert "| images | captions | I2T R@1 |" in markdown and "| 4 | 20 |" in markdown
     assert markdown.strip() in result.stdout
-    assert "command: python -m training.evaluate" in out.with_suffix(".log").read_text()
+    assert "command: python -m evaluation.evaluate" in out.with_suffix(".log").read_text()
 
 
 def test_command_rejects_an_unknown_task(tmp_path):
-    from training.evaluate import build_parser
+    from evaluation.evaluate import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--model", "m", "--task", "segmentation", "--data", "d"])
@@ -393,7 +393,7 @@ def test_command_rejects_an_unknown_task(tmp_path):
 
 def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, saved_model_dir, tmp_path):
     # The model's own box-aware processor is saved beside it (AutoProcessor loads it back).
-    from training.evaluate import main
+    from evaluation.evaluate import main
 
     folder = saved_model_dir
     out = tmp_path / "panoptic.json"

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.harmony import (
+from benchmarks.harmony import (
     CONFIGURATION_KEYS,
     FINETUNE_CONFIGURATIONS,
     PRETRAINED,
@@ -60,7 +60,7 @@ def test_every_row_is_trained_from_the_one_pretrained_model(first_run) -> None:
 def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     out, report = first_run
     saved = json.loads((out / "harmony.json").read_text())
-    assert saved["command"] == f"python -m training.harmony --quick --out {out}"
+    assert saved["command"] == f"python -m benchmarks.harmony --quick --out {out}"
     assert saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"]
     assert [row["key"] for row in saved["rows"]] == [PRETRAINED.key, *CONFIGURATION_KEYS]
     for row in saved["rows"]:
@@ -76,7 +76,7 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     assert saved["command"] in table
     with Image.open(out / "harmony.png") as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 300
-    assert "command: python -m training.harmony --quick" in (out / "harmony.log").read_text()
+    assert "command: python -m benchmarks.harmony --quick" in (out / "harmony.log").read_text()
 
 
 def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.phrases import INSTALL_HINT, NounPhrase, PhraseExtractor, load_spacy_pipeline
+from training.data.phrases import INSTALL_HINT, NounPhrase, PhraseExtractor, load_spacy_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -134,11 +134,11 @@ def test_model_card_without_evaluation_says_not_evaluated(model_dir, tmp_path):
 
 
 def test_card_reads_the_reports_of_the_evaluation_code(model_dir, tmp_path, tiny_model, tiny_tokenizer):
-    """The end-of-training `eval.json` ({"tasks": {task: report}}) as `training/evaluate.py` writes it."""
+    """The end-of-training `eval.json` ({"tasks": {task: report}}) as `evaluation/evaluate.py` writes it."""
     from transformers import AutoProcessor
 
-    from training.evaluate import run_evaluation
-    from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+    from evaluation.evaluate import run_evaluation
+    from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 
     data = generate_synthetic_dataset(tmp_path / "shapes", SyntheticSettings(num_train=0, num_val=6, image_size=32))
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)

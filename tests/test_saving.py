@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.saving import atomic_directory, write_text_atomic
+from conversion.saving import atomic_directory, write_text_atomic
 
 
 def _listing(folder: Path) -> list[str]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data_jsonl import JsonlRegionDataset
-from training.synthetic import (
+from training.data.data_jsonl import JsonlRegionDataset
+from training.data.synthetic import (
     COLOURS,
     SyntheticSettings,
     class_names,

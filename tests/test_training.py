@@ -34,7 +34,7 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
-    from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+    from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 
     folder = tmp_path_factory.mktemp("data") / "synthetic"
     return generate_synthetic_dataset(folder, SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import tiny_harmoclip_model, tiny_processor
-from training.visualize import BOX_COLOURS, dense_similarity, draw_boxes, draw_heatmap, save_box_predictions, save_query_heatmap
+from evaluation.visualize import BOX_COLOURS, dense_similarity, draw_boxes, draw_heatmap, save_box_predictions, save_query_heatmap
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_heatmap_of_a_tiny_model_covers_the_image(tmp_path, processor):
     similarity = save_query_heatmap(model, processor, image, "a blue sky", out)
     assert similarity.shape == (4, 4)  # 32 px input, 8 px patches
     dense = model.get_dense_features(processor.as_region_mode()(images=[image])["pixel_values"])[0]
-    from training.evaluate import compute_text_embeddings
+    from evaluation.evaluate import compute_text_embeddings
 
     text = compute_text_embeddings(model, processor, ["a blue sky"])[0]
     assert torch.allclose(similarity, torch.einsum("dhw,d->hw", dense.detach(), text), atol=1e-5)

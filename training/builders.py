@@ -14,16 +14,16 @@ from transformers import CLIPConfig, CLIPTokenizer
 from conversion.clip_vocab import write_clip_tokenizer_files
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
-from training.collate import RegionCollator
+from training.data.collate import RegionCollator
 from training.config import TrainConfig
-from training.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
-from training.synthetic import SyntheticSettings, generate_synthetic_dataset
+from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
+from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 from training.teacher import TeacherCache
 
 logger = logging.getLogger(__name__)
 
 # Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes; "micro" is for
-# smoke runs of whole pipelines (tests, `training/harmony.py --quick`), where only the plumbing matters.
+# smoke runs of whole pipelines (tests, `benchmarks/harmony.py --quick`), where only the plumbing matters.
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(
         text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
@@ -176,8 +176,8 @@ def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config:
     """
     import json
 
-    from training.evaluate import markdown_report, run_evaluation
-    from training.saving import write_text_atomic
+    from evaluation.evaluate import markdown_report, run_evaluation
+    from conversion.saving import write_text_atomic
 
     reports = {}
     for task, path in evaluation_sources(config).items():

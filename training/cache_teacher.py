@@ -30,9 +30,9 @@ from training.builders import (  # noqa: E402
     build_model_and_processor,
     teacher_cache_settings,
 )
-from training.collate import RegionCollator  # noqa: E402
+from training.data.collate import RegionCollator  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from training.saving import atomic_directory  # noqa: E402
+from conversion.saving import atomic_directory  # noqa: E402
 from training.teacher import INDEX_FILE  # noqa: E402
 
 logger = logging.getLogger("harmoclip.cache_teacher")

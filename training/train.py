@@ -37,7 +37,7 @@ from training.checkpointing import latest_checkpoint, load_checkpoint, save_chec
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from training.objective import LossTerms, compute_objective  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
-from training.saving import save_model_atomically, write_text_atomic  # noqa: E402
+from conversion.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
 
 logger = logging.getLogger("harmoclip.train")

@@ -1,7 +1,7 @@
 """A synthetic region data set: coloured shapes on a grey background, captions naming them, boxes and phrase spans
 known exactly. Small enough to learn with a tiny CLIP in minutes on a CPU; the project's default training data.
 
-    python -m training.synthetic --out data/shapes --num-train 2000 --num-val 200 --seed 0 --image-size 64
+    python -m training.data.synthetic --out data/shapes --num-train 2000 --num-val 200 --seed 0 --image-size 64
 
 writes, atomically (a temporary folder renamed into place):
 
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .saving import atomic_directory
+from conversion.saving import atomic_directory
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -1,7 +1,7 @@
 """Harmony benchmark: the global-region trade-off of each loss configuration, at toy scale on the synthetic shapes.
 
-    python -m training.harmony                      # the default settings (2 CPU cores, under 30 minutes)
-    python -m training.harmony --quick --out /tmp/h  # a seconds-long smoke run of the whole pipeline
+    python -m benchmarks.harmony                      # the default settings (2 CPU cores, under 30 minutes)
+    python -m benchmarks.harmony --quick --out /tmp/h  # a seconds-long smoke run of the whole pipeline
 
 1. pre-trains a tiny CLIP from scratch with GC only (the "pre-trained CLIP"), with the project's training loop;
 2. fine-tunes it, with the same budget, under each loss configuration: GC only; GR only (CLIPSelf-like: a frozen copy
@@ -45,8 +45,8 @@ import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from training.config import TrainConfig  # noqa: E402
-from training.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
-from training.saving import write_text_atomic  # noqa: E402
+from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from conversion.saving import write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("harmoclip.harmony")
 
@@ -85,7 +85,7 @@ class HarmonySettings:
     """Everything the benchmark's figures depend on. The defaults run on 2 CPU cores in under 30 minutes."""
 
     seed: int = 0
-    # ---- data: the synthetic shapes (training/synthetic.py)
+    # ---- data: the synthetic shapes (training/data/synthetic.py)
     synthetic_num_train: int = 2000
     synthetic_num_val: int = 200
     synthetic_image_size: int = 64
@@ -392,7 +392,7 @@ def _environment(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.harmony", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harmony", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/harmony", help="results folder (default: outputs/harmony)")
     parser.add_argument("--config", default=None, help="YAML file of settings (the fields of HarmonySettings)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps: checks the pipeline in seconds")
@@ -428,7 +428,7 @@ def setup_logging(out: Path) -> logging.Handler:
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / f"{RESULTS_NAME}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("harmoclip.harmony", "harmoclip.train", "training.evaluate"):
+    for name in ("harmoclip.harmony", "harmoclip.train", "evaluation.evaluate"):
         named = logging.getLogger(name)
         named.addHandler(handler)
         named.setLevel(logging.INFO)
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     handler = setup_logging(out)
     try:
-        command = shlex.join(["python", "-m", "training.harmony", *argv])
+        command = shlex.join(["python", "-m", "benchmarks.harmony", *argv])
         logger.info("command: %s", command)
         logger.info("settings: %s", json.dumps(settings.to_dict()))
         report = run_benchmark(settings, out, command)
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info("wrote %s, %s and %s", *(out / f"{RESULTS_NAME}.{suffix}" for suffix in ("json", "md", "png")))
         return report
     finally:
-        for name in ("harmoclip.harmony", "harmoclip.train", "training.evaluate"):
+        for name in ("harmoclip.harmony", "harmoclip.train", "evaluation.evaluate"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
 

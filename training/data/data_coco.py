@@ -5,7 +5,7 @@ The annotation files are parsed once into a compact index (numpy arrays and pack
 
 Each instance box is linked to a noun phrase of the sampled caption that names its category (`coco_synonyms`): a
 phrase naming a category links the largest still-unlinked box of that category, a plural phrase ("two dogs") all of
-them. Boxes left unlinked are kept (GR uses them). Noun phrases come from spaCy (`training/phrases.py`), which is slow:
+them. Boxes left unlinked are kept (GR uses them). Noun phrases come from spaCy (`training/data/phrases.py`), which is slow:
 they are either extracted lazily and memoised per process, or computed for all captions once into a cache file
 (`phrase_cache=`; written atomically, reused while the captions and the pipeline are unchanged). In distributed
 training build the data set on the main process first (`accelerator.main_process_first()`) so it alone writes the cache.
@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
-from .saving import write_bytes_atomic
+from conversion.saving import write_bytes_atomic
 from .data_common import PackedStrings, Region, RegionDataset, RegionSample, choose_caption
 from .phrases import NounPhrase, PhraseExtractor
 

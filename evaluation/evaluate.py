@@ -2,8 +2,8 @@
 
 Command:
 
-    python -m training.evaluate --model PATH --task retrieval --data dataset_flickr30k.json --image-root flickr30k-images
-    python -m training.evaluate --model PATH --task boxcls --data annotations/instances_val2017.json --image-root val2017
+    python -m evaluation.evaluate --model PATH --task retrieval --data dataset_flickr30k.json --image-root flickr30k-images
+    python -m evaluation.evaluate --model PATH --task boxcls --data annotations/instances_val2017.json --image-root val2017
 
 writes ``--out`` (JSON: every figure, the settings, the command line), a markdown table next to it (same name, `.md`,
 also printed) and a log (`.log`). The functions below also take a model and processor in memory, so a training loop
@@ -41,10 +41,10 @@ from .eval_data import (
     read_box_data,
     read_retrieval_data,
 )
-from .saving import write_text_atomic
+from conversion.saving import write_text_atomic
 from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
 
-logger = logging.getLogger("training.evaluate")
+logger = logging.getLogger("evaluation.evaluate")
 
 # A small ensemble of CLIP's ImageNet prompt templates (Radford et al., 2021) plus the plain "a photo of a {}.".
 DEFAULT_TEMPLATES = (
@@ -399,7 +399,7 @@ def load_model_and_processor(path: str | Path, device: str | torch.device = "cpu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
     parser.add_argument("--task", required=True, choices=("retrieval", "boxcls"))
     parser.add_argument("--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json")
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logger.addHandler(file_handler)
     logger.setLevel(logging.INFO)
     try:
-        command = shlex.join(["python", "-m", "training.evaluate", *argv])
+        command = shlex.join(["python", "-m", "evaluation.evaluate", *argv])
         logger.info("command: %s", command)
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
         model, processor = load_model_and_processor(args.model, args.device)

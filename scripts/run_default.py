@@ -7,8 +7,8 @@
 5. load it back through `AutoModel` / `AutoProcessor` with `trust_remote_code=True` (the code comes from the
    folder), classify the boxes of one held-out image, and draw them (PNG), with a dense heatmap of one label.
 
-    python -m training.run_default                       # the embedded default
-    python -m training.run_default --max_steps 50        # any training option can be overridden
+    python -m scripts.run_default                       # the embedded default
+    python -m scripts.run_default --max_steps 50        # any training option can be overridden
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import build_argument_parser, config_from_args  # noqa: E402
-from training.synthetic import read_classes  # noqa: E402
+from training.data.synthetic import read_classes  # noqa: E402
 from training.train import train  # noqa: E402
-from training.visualize import draw_boxes, save_query_heatmap  # noqa: E402
+from evaluation.visualize import draw_boxes, save_query_heatmap  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml"
 DISPLAY_SCALE = 6  # the 64 px shapes are drawn 6x larger so labels stay readable

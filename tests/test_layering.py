@@ -1,0 +1,86 @@
+"""The project's layers import one way only.
+
+Allowed arrows (every import statement counts, also those inside functions):
+benchmarks / scripts -> anything; training -> evaluation, conversion, modeling_harmoclip;
+evaluation -> conversion, modeling_harmoclip; conversion -> modeling_harmoclip;
+modeling_harmoclip -> torch, transformers and the standard library only (it is the Hub's remote code);
+space -> none of the project's packages (it loads published models).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PACKAGES = {"modeling_harmoclip", "conversion", "evaluation", "training", "benchmarks", "scripts", "space"}
+ALLOWED = {
+    "modeling_harmoclip": {"modeling_harmoclip"},
+    "conversion": {"conversion", "modeling_harmoclip"},
+    "evaluation": {"evaluation", "conversion", "modeling_harmoclip"},
+    "training": {"training", "evaluation", "conversion", "modeling_harmoclip"},
+    "benchmarks": PROJECT_PACKAGES - {"space", "scripts"},
+    "scripts": PROJECT_PACKAGES - {"space"},
+    "space": {"space"},
+}
+# Third-party packages the Hub remote code may import at top level wherever the model is loaded.
+MODELING_THIRD_PARTY = {"torch", "transformers"}
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute top-level package) for every import in the file, relative imports resolved."""
+    package_parts = path.relative_to(ROOT).parent.parts
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package_parts[: len(package_parts) - (node.level - 1)]
+                found.append((node.lineno, base[0] if base else (node.module or "").split(".")[0]))
+            elif node.module:
+                found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def _source_files() -> list[Path]:
+    return sorted(p for package in ALLOWED for p in (ROOT / package).rglob("*.py") if ".venv" not in p.parts)
+
+
+def test_every_layer_has_files() -> None:
+    layers = {p.relative_to(ROOT).parts[0] for p in _source_files()}
+    assert layers == set(ALLOWED), f"layers without Python files: {set(ALLOWED) - layers}"
+
+
+@pytest.mark.parametrize("path", _source_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    layer = path.relative_to(ROOT).parts[0]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for line, module in _imported_modules(path)
+        if module in PROJECT_PACKAGES and module not in ALLOWED[layer]
+    ]
+    assert not bad, "imports against the layering: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name
+)
+def test_remote_code_imports_only_torch_transformers_stdlib(path: Path) -> None:
+    allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"modeling_harmoclip", "__future__"}
+    bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]
+    assert not bad, "; ".join(bad)
+
+
+def test_checker_sees_a_forbidden_arrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker itself resolves relative and in-function imports (it would catch a regression)."""
+    fake_root = tmp_path
+    (fake_root / "conversion").mkdir()
+    bad_file = fake_root / "conversion" / "bad.py"
+    bad_file.write_text("def f():\n    from training.config import TrainConfig\n    from . import sibling\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
+    modules = [m for _, m in _imported_modules(bad_file)]
+    assert modules == ["training", "conversion"]
