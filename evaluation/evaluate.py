@@ -153,9 +153,17 @@ def compute_class_embeddings(
         raise ValueError(f"`templates` must be a non-empty list of strings holding '{{}}', got {list(templates)!r}")
     if not class_names:
         raise ValueError("`class_names` is empty")
-    prompts = [template.format(name) for name in class_names for template in templates]
-    embeds = compute_text_embeddings(model, processor, prompts, batch_size)
-    return F.normalize(embeds.reshape(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+    return ensemble_text_embeddings(model, processor, [[template.format(name) for template in templates] for name in class_names], batch_size)
+
+
+def ensemble_text_embeddings(
+    model: torch.nn.Module, processor: Callable[..., Any], prompts: Sequence[Sequence[str]], batch_size: int = TEXT_BATCH_SIZE
+) -> torch.Tensor:
+    """(C,) lists of P prompts each -> (C, D): every prompt encoded and normalised, each class's mean normalised."""
+    if not prompts or len({len(class_prompts) for class_prompts in prompts}) != 1 or not prompts[0]:
+        raise ValueError(f"`prompts` must be a non-empty list of equally long, non-empty lists, got lengths {[len(p) for p in prompts]}")
+    embeds = compute_text_embeddings(model, processor, [prompt for class_prompts in prompts for prompt in class_prompts], batch_size)
+    return F.normalize(embeds.reshape(len(prompts), len(prompts[0]), -1).mean(dim=1), dim=-1)
 
 
 def crop_features(model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -178,8 +186,11 @@ def compute_box_embeddings(
     batch_size: int = 16,
     num_workers: int = 0,
     show_progress: bool = False,
+    interpolate_pos_encoding: bool = False,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """Embeddings of every ground-truth box, by each method, from one pass over the images.
+
+    `interpolate_pos_encoding` lets the dense path read images of another size than the model's (e.g. 1024 px).
 
     Returns:
         embeds: {method: (M, D) float32 L2-normalised}, labels: (M,) long, dropped: boxes the processor masked
@@ -211,7 +222,9 @@ def compute_box_embeddings(
                 dropped += int((~own).sum())
             next_image += pixel_values.shape[0]
             if "dense" in embeds:
-                regions = model.get_region_features(pixel_values=pixel_values, boxes=boxes, box_mask=keep)
+                regions = model.get_region_features(
+                    pixel_values=pixel_values, boxes=boxes, box_mask=keep, interpolate_pos_encoding=interpolate_pos_encoding
+                )
                 embeds["dense"].append(regions[keep].float().cpu())
             if "crop" in embeds:
                 embeds["crop"].append(crop_features(model, pixel_values, boxes, keep)[keep].cpu())
@@ -309,6 +322,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     """A markdown table of a report written by `run_evaluation`, with the command that produced it."""
     settings, results = report["settings"], report["results"]
     lines = [f"## {report['task']}: {Path(settings['model']).name} on {Path(settings['data']).name}", ""]
+    if settings.get("protocol"):
+        lines += [f"Protocol `{settings['protocol']['name']}` at {settings['protocol']['image_size']} px ({settings['protocol']['reference']}).", ""]
+    if "headline" in results:
+        headline = ", ".join(f"{key} {_figure(value)}" for key, value in results["headline"].items() if key != "method")
+        lines += [f"**Headline ({results['headline']['method']})**: {headline}.", ""]
     if report["task"] == "retrieval":
         ks = settings["ks"]
         header = ["images", "captions"] + [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks] + ["rsum"]
@@ -317,12 +335,15 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(map(_figure, row)) + " |"]
     else:
         ks = settings["ks"]
-        header = ["method", "boxes", "classes"] + [f"Top-{k}" for k in ks] + [f"mean-class Top-{k}" for k in ks]
+        groups = ["", "thing_", "stuff_"] if f"thing_mean_class_top{ks[0]}" in results[settings["methods"][0]] else [""]
+        names = {"": "mean-class", "thing_": "thing mean-class", "stuff_": "stuff mean-class"}
+        header = ["method", "boxes", "classes"] + [f"Top-{k}" for k in ks]
+        header += [f"{names[group]} Top-{k}" for group in groups for k in ks]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in settings["methods"]:
             figures = results[method]
             row = [method, figures["num_samples"], f"{figures['num_classes_evaluated']}/{figures['num_classes']}"]
-            row += [figures[f"top{k}"] for k in ks] + [figures[f"mean_class_top{k}"] for k in ks]
+            row += [figures[f"top{k}"] for k in ks] + [figures[f"{group}mean_class_top{k}"] for group in groups for k in ks]
             lines.append("| " + " | ".join(map(_figure, row)) + " |")
         missing = results[settings["methods"][0]]["classes_without_samples"]
         if missing:
@@ -410,9 +431,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image loading processes")
     parser.add_argument("--methods", nargs="+", default=list(BOX_METHODS), choices=BOX_METHODS, help="boxcls: region embeddings to compare")
     parser.add_argument("--template", action="append", default=None, help="boxcls: a prompt template with '{}' (repeat; default: an ensemble)")
+    parser.add_argument(
+        "--protocol", default=None, choices=("fineclip", "clipself"),
+        help="a reference protocol (boxcls: COCO panoptic json with its PNGs, ViLD prompts; retrieval: square 224 px)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="with --protocol boxcls: input size (default: the protocol's)")
+    parser.add_argument("--segm-root", default=None, help="with --protocol boxcls: folder of the panoptic PNGs (default: beside the json)")
+    parser.add_argument(
+        "--class-embeddings-from", default=None,
+        help="with --protocol boxcls: a model folder / Hub id whose text tower embeds the classes, or a .npy/.pt file (default: --model)",
+    )
+    parser.add_argument("--save-class-embeddings", default=None, help="with --protocol boxcls: write the class embeddings here (.npy)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="results JSON (default: <task>_results.json); .md and .log beside it")
     return parser
+
+
+def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argparse.Namespace, split: str | None, command: str) -> dict[str, Any]:
+    """`--protocol`: the report of `protocols.run_box_protocol` or `protocols.run_retrieval_protocol`."""
+    from dataclasses import asdict
+
+    from . import protocols
+    from .panoptic import read_panoptic_categories
+
+    protocol = protocols.get_protocol(args.protocol, args.image_size) if args.task == "boxcls" else protocols.RETRIEVAL_PROTOCOL
+    settings: dict[str, Any] = {
+        "model": str(args.model), "data": str(args.data), "image_root": args.image_root, "batch_size": args.batch_size,
+        "num_workers": args.num_workers, "device": str(_model_device(model)), "model_class": type(model).__name__,
+        "dense_mode": getattr(model.config, "dense_mode", None), "protocol": asdict(protocol),
+    }
+    if args.task == "boxcls":
+        class_names, _ = read_panoptic_categories(args.data)
+        class_embeds = protocols.protocol_class_embeddings(
+            class_names, model, processor, args.class_embeddings_from, device=_model_device(model)
+        )
+        if args.save_class_embeddings:
+            protocols.save_class_embeddings(class_embeds, args.save_class_embeddings)
+        settings.update(
+            segm_root=args.segm_root, methods=list(args.methods), ks=list(DEFAULT_ACCURACY_KS), class_names=class_names,
+            class_embeddings_from=str(args.class_embeddings_from or args.model), templates="ViLD ensemble (evaluation/prompts.py)",
+        )
+        results = protocols.run_box_protocol(
+            model, processor, protocol, args.data, args.image_root, args.segm_root, class_embeds=class_embeds,
+            methods=args.methods, batch_size=args.batch_size, num_workers=args.num_workers, show_progress=True,
+        )
+    else:
+        settings.update(split=split, ks=list(DEFAULT_RECALL_KS), image_size=protocol.image_size)
+        results = protocols.run_retrieval_protocol(
+            model, processor, args.data, args.image_root, args.format, split, batch_size=args.batch_size,
+            num_workers=args.num_workers, show_progress=True,
+        )
+    return {"task": args.task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -429,10 +498,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info("command: %s", command)
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
         model, processor = load_model_and_processor(args.model, args.device)
-        report = run_evaluation(
-            model, processor, args.task, args.data, args.format, args.image_root, split, args.batch_size, args.num_workers,
-            args.methods, tuple(args.template) if args.template else DEFAULT_TEMPLATES, args.model, command, show_progress=True,
-        )
+        if args.protocol:
+            report = run_protocol_evaluation(model, processor, args, split, command)
+        else:
+            report = run_evaluation(
+                model, processor, args.task, args.data, args.format, args.image_root, split, args.batch_size, args.num_workers,
+                args.methods, tuple(args.template) if args.template else DEFAULT_TEMPLATES, args.model, command, show_progress=True,
+            )
         print(write_report(report, out))
         logger.info("wrote %s and %s", out, out.with_suffix(".md"))
         return report
@@ -447,6 +519,7 @@ __all__ = [
     "compute_text_embeddings",
     "compute_image_embeddings",
     "compute_class_embeddings",
+    "ensemble_text_embeddings",
     "crop_features",
     "compute_box_embeddings",
     "evaluate_retrieval",
