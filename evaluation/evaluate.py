@@ -476,7 +476,7 @@ def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argpar
             methods=args.methods, batch_size=args.batch_size, num_workers=args.num_workers, show_progress=True,
         )
     else:
-        settings.update(split=split, ks=list(DEFAULT_RECALL_KS), image_size=protocol.image_size)
+        settings.update(split=split, ks=list(DEFAULT_RECALL_KS), image_size=model.config.vision_config.image_size)
         results = protocols.run_retrieval_protocol(
             model, processor, args.data, args.image_root, args.format, split, batch_size=args.batch_size,
             num_workers=args.num_workers, show_progress=True,

@@ -263,16 +263,15 @@ def run_retrieval_protocol(
     image_root: str | Path | None = None,
     data_format: str = "auto",
     split: str | None = "test",
-    image_size: int = RETRIEVAL_PROTOCOL.image_size,
     batch_size: int = 64,
     num_workers: int = 0,
     show_progress: bool = False,
 ) -> dict[str, float | int]:
-    """Image-text retrieval as FineCLIP tests it: Karpathy `split` (Flickr30k 1k / COCO 5k test), square resize."""
-    if image_size != model.config.vision_config.image_size:
-        raise ValueError(f"retrieval runs at the model's input size {model.config.vision_config.image_size}, got `image_size` {image_size}")
+    """Image-text retrieval as FineCLIP tests it: Karpathy `split` (Flickr30k 1k / COCO 5k test), every image resized
+    to a square at the model's input size (224 for ViT-B/16)."""
     data = read_retrieval_data(data_path, data_format, image_root, split)
-    pre = ProtocolProcessor(processor, image_size, RETRIEVAL_PROTOCOL.resize, RETRIEVAL_PROTOCOL.interpolation)
+    size = model.config.vision_config.image_size
+    pre = ProtocolProcessor(processor, size, RETRIEVAL_PROTOCOL.resize, RETRIEVAL_PROTOCOL.interpolation)
     return evaluate_retrieval(model, pre, data, batch_size, num_workers, DEFAULT_RECALL_KS, show_progress)
 
 

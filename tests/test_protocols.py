@@ -354,3 +354,46 @@ def test_class_embeddings_file_of_the_wrong_shape_is_refused(tmp_path):
         load_class_embeddings(tmp_path / "bad.npy", 4)
     with pytest.raises(ValueError, match="must end in .npy or .pt"):
         load_class_embeddings(tmp_path / "bad.txt", 4)
+
+
+def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved_models, processor):
+    # Karpathy split file; 3 test images with 5 captions each, one train image left out.
+    captions = [["a red square", "red box", "a square of red", "something red", "red"],
+                ["a blue circle", "blue disc", "a round blue shape", "blue", "a circle"],
+                ["a green stripe", "green line", "a band of green", "green", "a stripe"],
+                ["a yellow dot", "yellow", "a dot", "small yellow", "a spot"]]
+    entries = []
+    for index, image_captions in enumerate(captions):
+        image = Image.new("RGB", (40 + 10 * index, 30 + 7 * index), (200, 200, 200))
+        ImageDraw.Draw(image).rectangle([5, 5, 20 + index, 25], fill=(50 * index, 200 - 40 * index, 90))
+        image.save(tmp_path / f"{index}.jpg", quality=95)
+        entries.append({"filename": f"{index}.jpg", "split": "train" if index == 3 else "test",
+                        "sentences": [{"raw": caption} for caption in image_captions]})
+    karpathy = tmp_path / "dataset_flickr30k.json"
+    karpathy.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
+    out = tmp_path / "flickr.json"
+    main(["--model", str(saved_models[0]), "--task", "retrieval", "--protocol", "fineclip", "--data", str(karpathy),
+          "--image-root", str(tmp_path), "--num-workers", "0", "--device", "cpu", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+
+    # FineCLIP's test_flickr.py by hand: square bilinear resize, top-1 over the similarity matrix in both directions.
+    model = tiny_harmoclip_model(seed=3)
+    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    pixels = torch.stack([
+        (torch.from_numpy(np.asarray(Image.open(tmp_path / f"{i}.jpg").convert("RGB").resize((32, 32), Image.Resampling.BILINEAR),
+                                     dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std
+        for i in range(3)
+    ])
+    with torch.no_grad():
+        image_features = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    texts = [caption for image_captions in captions[:3] for caption in image_captions]
+    text_features = compute_text_embeddings(model, processor, texts)
+    similarity = image_features @ text_features.t()
+    text_to_image = [index // 5 for index in range(15)]
+    t2i = [similarity[:, t].topk(3).indices.tolist() for t in range(15)]
+    i2t = [similarity[i].topk(10).indices.tolist() for i in range(3)]
+    for k in (1, 5, 10):
+        assert results[f"t2i_R@{k}"] == pytest.approx(100 * np.mean([text_to_image[t] in t2i[t][:k] for t in range(15)]), abs=1e-4)
+        assert results[f"i2t_R@{k}"] == pytest.approx(100 * np.mean([any(text_to_image[t] == i for t in i2t[i][:k]) for i in range(3)]), abs=1e-4)
+    assert results["num_images"] == 3 and results["num_captions"] == 15
