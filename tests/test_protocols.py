@@ -117,7 +117,11 @@ def _rgb(segment_id: int) -> tuple[int, int, int]:
 
 @pytest.fixture
 def panoptic(tmp_path) -> Path:
-    """`annotations/panoptic_val2017.json` + `annotations/panoptic_val2017/*.png` + `val2017/*.jpg`.
+    return write_panoptic_standin(tmp_path)
+
+
+def write_panoptic_standin(tmp_path: Path) -> Path:
+    """`annotations/panoptic_val2017.json` + `annotations/panoptic_val2017/*.png` + `val2017/*.jpg` under `tmp_path`.
 
     Image 397133 (80 x 60): sky (rows 0-19, stuff), wall (rows 20-59, x 0-39, stuff), a person (json box), a crowd
     airplane (kept), a 5 x 5 person (area 25 < 64: left out). Image 37777 (60 x 100): a wall with a 3-pixel sliver of
