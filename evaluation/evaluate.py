@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .eval_data import (
     FORMATS,
+    detect_format,
     BoxClassificationData,
     RetrievalData,
     image_loader,
@@ -447,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_protocol_arguments(args: argparse.Namespace) -> None:
+    """The protocol options need `--protocol` (and box options `--task boxcls` on a COCO panoptic json)."""
+    box_options = {"--image-size": args.image_size, "--segm-root": args.segm_root, "--class-embeddings-from": args.class_embeddings_from,
+                   "--save-class-embeddings": args.save_class_embeddings}
+    given = [name for name, value in box_options.items() if value is not None]
+    if given and not (args.protocol and args.task == "boxcls"):
+        raise ValueError(f"{given[0]} applies to `--task boxcls --protocol ...` only, got --task {args.task} --protocol {args.protocol}")
+    if args.protocol and args.task == "boxcls" and detect_format(args.data) != "coco-panoptic":
+        raise ValueError(f"--protocol {args.protocol} classifies the boxes of a COCO panoptic json, got --data {args.data} ({detect_format(args.data)})")
+
+
 def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argparse.Namespace, split: str | None, command: str) -> dict[str, Any]:
     """`--protocol`: the report of `protocols.run_box_protocol` or `protocols.run_retrieval_protocol`."""
     from dataclasses import asdict
@@ -497,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         command = shlex.join(["python", "-m", "evaluation.evaluate", *argv])
         logger.info("command: %s", command)
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
+        check_protocol_arguments(args)
         model, processor = load_model_and_processor(args.model, args.device)
         if args.protocol:
             report = run_protocol_evaluation(model, processor, args, split, command)

@@ -401,3 +401,12 @@ def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved
         assert results[f"t2i_R@{k}"] == pytest.approx(100 * np.mean([text_to_image[t] in t2i[t][:k] for t in range(15)]), abs=1e-4)
         assert results[f"i2t_R@{k}"] == pytest.approx(100 * np.mean([any(text_to_image[t] == i for t in i2t[i][:k]) for i in range(3)]), abs=1e-4)
     assert results["num_images"] == 3 and results["num_captions"] == 15
+
+
+def test_protocol_options_are_checked_before_loading_anything(tmp_path, panoptic):
+    instances = tmp_path / "instances_val2017.json"
+    instances.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match=r"--protocol fineclip classifies the boxes of a COCO panoptic json, got --data .*instances_val2017.json \(coco-instances\)"):
+        main(["--model", "unused", "--task", "boxcls", "--protocol", "fineclip", "--data", str(instances), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(ValueError, match=r"--image-size applies to `--task boxcls --protocol ...` only, got --task boxcls --protocol None"):
+        main(["--model", "unused", "--task", "boxcls", "--image-size", "64", "--data", str(panoptic), "--out", str(tmp_path / "r.json")])
