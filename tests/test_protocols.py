@@ -410,3 +410,19 @@ def test_protocol_options_are_checked_before_loading_anything(tmp_path, panoptic
         main(["--model", "unused", "--task", "boxcls", "--protocol", "fineclip", "--data", str(instances), "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match=r"--image-size applies to `--task boxcls --protocol ...` only, got --task boxcls --protocol None"):
         main(["--model", "unused", "--task", "boxcls", "--image-size", "64", "--data", str(panoptic), "--out", str(tmp_path / "r.json")])
+
+
+def test_interpolated_position_embeddings_follow_clipselfs_rescaling():
+    # CLIPSelf's `rescale_positional_embedding`: the class position kept, the patch grid resized bicubically
+    # (align_corners=False) to the new grid; written here from that description, on a 32 px model read at 64 x 48.
+    model = tiny_harmoclip_model(seed=6)
+    embeddings = model.vision_model.embeddings
+    pixels = torch.randn(1, 3, 64, 48)
+    positions = embeddings.position_embedding.weight  # (1 + 4 * 4, C)
+    grid = positions[1:].T.reshape(1, -1, 4, 4)
+    rescaled = F.interpolate(grid, (8, 6), mode="bicubic", align_corners=False).reshape(-1, 48).T
+    with torch.no_grad():
+        patches = embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (1, 48, C)
+        expected = torch.cat([(embeddings.class_embedding + positions[0])[None], patches[0] + rescaled])
+        actual = embeddings(pixels, interpolate_pos_encoding=True)[0]
+    assert torch.allclose(actual, expected, atol=1e-5)

@@ -120,3 +120,23 @@ def test_published_figures_file_is_well_formed():
         assert row["model"] in ("pretrained", "finetuned") and row["source"]
         assert row["result"] in ("boxcls_fineclip", "boxcls_clipself", "retrieval_flickr30k", "retrieval_coco")
         assert row["published"] is None or isinstance(row["published"], (int, float))
+
+
+def test_training_step_runs_the_shipped_config_once(tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(command, cwd, check):
+        commands.append(command)
+        (tmp_path / "outputs" / "vitb16_coco" / "model").mkdir(parents=True)
+        (tmp_path / "outputs" / "vitb16_coco" / "model" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    model = reproduce.train(tmp_path, tmp_path / "models" / "clip-vitb16", ["--gradient_accumulation_steps", "8"])
+    assert model == tmp_path / "outputs" / "vitb16_coco" / "model"
+    command = commands[0]
+    assert command[:3] == ["accelerate", "launch", str(reproduce.ROOT / "training" / "train.py")]
+    assert command[command.index("--config") + 1] == str(reproduce.ROOT / "configs" / "vitb16_finetune.yaml")
+    assert command[command.index("--init_from") + 1] == str(tmp_path / "models" / "clip-vitb16")
+    assert command[command.index("--train_data") + 1].endswith("data/coco/annotations/captions_train2017.json")
+    assert command[-2:] == ["--gradient_accumulation_steps", "8"]
+    assert reproduce.train(tmp_path, tmp_path / "models" / "clip-vitb16", []) == model and len(commands) == 1
