@@ -99,7 +99,7 @@ def processed_name(name: str) -> str:
 def vild_prompts(name: str, templates: Sequence[str] = VILD_TEMPLATES) -> list[str]:
     """The prompts of one class, in template order (63 with the default templates)."""
     texts = [template.format(processed_name(name), article=article(name)) for template in templates]
-    return [PREFIX + text if text.startswith("a") or text.startswith("the") else text for text in texts]
+    return [PREFIX + text if text.startswith(("a", "the")) else text for text in texts]
 
 
 def prompt_ensemble(class_names: Sequence[str], templates: Sequence[str] = VILD_TEMPLATES) -> list[list[str]]:

@@ -19,7 +19,7 @@ to a 224 px square (bilinear), captions and images embedded by the global towers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .eval_data import read_retrieval_data
-from .evaluate import compute_box_embeddings, ensemble_text_embeddings, evaluate_retrieval, load_model_and_processor
-from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, top_k_predictions
+from .evaluate import (
+    compute_box_embeddings,
+    ensemble_text_embeddings,
+    evaluate_retrieval,
+    load_model_and_processor,
+)
+from .metrics import (
+    DEFAULT_ACCURACY_KS,
+    DEFAULT_RECALL_KS,
+    classification_metrics,
+    top_k_predictions,
+)
 from .panoptic import read_panoptic_boxes
 from .prompts import VILD_TEMPLATES, prompt_ensemble
 
@@ -96,7 +106,7 @@ class ProtocolProcessor:
         self.mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(3, 1, 1)
 
-    def as_region_mode(self) -> "ProtocolProcessor":
+    def as_region_mode(self) -> ProtocolProcessor:
         return self
 
     def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, float, float]:

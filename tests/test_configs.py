@@ -22,7 +22,7 @@ def test_finetune_config_matches_fineclips_schedule_for_any_number_of_gpus():
     assert config.warmup_steps == 1000 and config.learning_rate == 1e-5 and config.weight_decay == 0.1
     # The shipped values are the 8-process row.
     assert config.batch_size * 8 * config.gradient_accumulation_steps == GLOBAL_BATCH
-    rows = re.findall(r"^#\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)", path.read_text(), flags=re.M)
+    rows = re.findall(r"^#\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)", path.read_text(), flags=re.MULTILINE)
     assert {int(row[0]) for row in rows} == {1, 2, 8}
     for gpus, batch_size, accumulation, global_batch, contrastive in (tuple(map(int, row)) for row in rows):
         assert gpus * batch_size * accumulation == global_batch == GLOBAL_BATCH

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_harmoclip_model, tiny_processor
 from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
-from conftest import tiny_harmoclip_model, tiny_processor
 from evaluation.evaluate import compute_text_embeddings, main
 from evaluation.metrics import classification_metrics
 from evaluation.panoptic import mask_box, read_panoptic_boxes

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from clip_reference import ReferenceCLIP
-from scripts import reproduce
+from PIL import Image
 from test_protocols import write_panoptic_standin
+
+from scripts import reproduce
 
 
 def test_unreachable_url_fails_with_one_clear_line(tmp_path):
@@ -105,7 +105,7 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
         {"model": "pretrained", "label": "beyond", "result": "boxcls_fineclip", "key": "dense.mean_class_top1", "published": ours - 1.5, "source": "s"},
         {"model": "finetuned", "label": "other model", "result": "boxcls_fineclip", "key": "dense.mean_class_top1", "published": 1.0, "source": "s"},
     ]}
-    rows, table = reproduce.compare({"pretrained": results}, published)
+    rows, _ = reproduce.compare({"pretrained": results}, published)
     assert [(row["label"], row["status"]) for row in rows] == [("within", "ok"), ("beyond", "DIFFERS")]
     assert rows[1]["difference"] == pytest.approx(1.5)
     (tmp_path / "published.json").write_text(json.dumps(published))
