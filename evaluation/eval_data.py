@@ -3,7 +3,9 @@
 Retrieval (several captions per image):
 - Karpathy split files `dataset_coco.json` / `dataset_flickr30k.json`:
   ``{"images": [{"filename", "filepath" (COCO only), "split": "test"|"val"|"train"|"restval", "sentences": [{"raw"}]}]}``;
-- a JSONL manifest, one image per line: ``{"image": path, "caption": str or [str], "split": optional}``.
+- a JSONL manifest, one image per line: ``{"image": path, "caption": str or [str], "split": optional}``;
+- a JSON list of such records (``caption-list``: the `flickr30k_test.json` / `coco_test.json` files FineCLIP's
+  `test_flickr.py` / `test_mscoco.py` read, ALBEF/BLIP's format).
 
 Box classification (ground-truth boxes with a class each):
 - COCO `instances_*.json` (80 thing classes; xywh boxes; crowd boxes skipped);
@@ -27,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-FORMATS = ("karpathy", "jsonl", "coco-instances", "coco-panoptic")
+FORMATS = ("karpathy", "jsonl", "caption-list", "coco-instances", "coco-panoptic")
 
 
 @dataclass
@@ -98,6 +100,8 @@ def detect_format(path: str | Path) -> str:
     if path.suffix == ".jsonl":
         return "jsonl"
     data = _read_json(path)
+    if isinstance(data, list) and data and isinstance(data[0], dict) and {"image", "caption"} <= set(data[0]):
+        return "caption-list"
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         first = data["images"][0] if data["images"] else {}
         if "sentences" in first:
@@ -143,16 +147,31 @@ def read_karpathy(path: str | Path, image_root: str | Path | None = None, split:
 def read_retrieval_manifest(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> RetrievalData:
     """Reads a JSONL manifest's images and captions (``caption`` a string or a list); with `split`, only the lines
     whose ``split`` equals it (lines without a ``split`` are kept)."""
+    return _retrieval_records(Path(path), _read_jsonl(Path(path)), image_root, split)
+
+
+def read_caption_list(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> RetrievalData:
+    """Reads a JSON list of ``{"image": path, "caption": str or [str]}`` (FineCLIP's and BLIP's retrieval test files)."""
     path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, list) or not all(isinstance(record, dict) and "image" in record for record in data):
+        raise ValueError(f"{path} is not a caption list: expected a JSON list of objects with an 'image' key")
+    records = [{**record, "_line": f"item {index}"} for index, record in enumerate(data)]
+    return _retrieval_records(path, records, image_root, split)
+
+
+def _retrieval_records(path: Path, records: list[dict[str, Any]], image_root: str | Path | None, split: str | None) -> RetrievalData:
+    """Images and captions of manifest records (``_line`` names each record in errors)."""
     root = Path(image_root) if image_root is not None else path.parent
     image_paths, captions, caption_image = [], [], []
-    for record in _read_jsonl(path):
+    for record in records:
         if split is not None and record.get("split", split) != split:
             continue
         caption = record.get("caption", record.get("captions"))
         texts = [caption] if isinstance(caption, str) else caption
         if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
-            raise ValueError(f"{path}, line {record['_line']}: 'caption' must be a string or a non-empty list of strings, got {caption!r}")
+            where = f"line {record['_line']}" if isinstance(record["_line"], int) else record["_line"]
+            raise ValueError(f"{path}, {where}: 'caption' must be a string or a non-empty list of strings, got {caption!r}")
         image_paths.append(root / record["image"])
         for text in texts:
             captions.append(text)
@@ -276,7 +295,9 @@ def read_retrieval_data(path: str | Path, data_format: str = "auto", image_root:
         return read_karpathy(path, image_root, split)
     if data_format == "jsonl":
         return read_retrieval_manifest(path, image_root, split)
-    raise ValueError(f"`data_format` {data_format!r} holds no captions for retrieval: use 'karpathy' or 'jsonl'")
+    if data_format == "caption-list":
+        return read_caption_list(path, image_root, split)
+    raise ValueError(f"`data_format` {data_format!r} holds no captions for retrieval: use 'karpathy', 'jsonl' or 'caption-list'")
 
 
 def read_box_data(
@@ -383,6 +404,7 @@ __all__ = [
     "detect_format",
     "read_karpathy",
     "read_retrieval_manifest",
+    "read_caption_list",
     "read_coco_instances",
     "read_coco_panoptic",
     "read_box_manifest",

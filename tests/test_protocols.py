@@ -426,3 +426,21 @@ def test_interpolated_position_embeddings_follow_clipselfs_rescaling():
         expected = torch.cat([(embeddings.class_embedding + positions[0])[None], patches[0] + rescaled])
         actual = embeddings(pixels, interpolate_pos_encoding=True)[0]
     assert torch.allclose(actual, expected, atol=1e-5)
+
+
+def test_fineclips_caption_list_files_read_as_the_karpathy_split(tmp_path):
+    from evaluation.eval_data import detect_format, read_karpathy, read_retrieval_data
+
+    captions = [[f"image {index} caption {number}" for number in range(5)] for index in range(3)]
+    karpathy = tmp_path / "dataset_flickr30k.json"
+    karpathy.write_text(json.dumps({"images": [{"filename": f"{index}.jpg", "split": "test", "sentences": [{"raw": c} for c in caps]}
+                                               for index, caps in enumerate(captions)]}))
+    listed = tmp_path / "flickr30k_test.json"  # FineCLIP's / BLIP's format
+    listed.write_text(json.dumps([{"image": f"{index}.jpg", "caption": caps} for index, caps in enumerate(captions)]))
+    assert detect_format(listed) == "caption-list"
+    expected = read_karpathy(karpathy, tmp_path / "images")
+    read = read_retrieval_data(listed, image_root=tmp_path / "images")
+    assert (read.image_paths, read.captions, read.caption_image) == (expected.image_paths, expected.captions, expected.caption_image)
+    listed.write_text(json.dumps([{"image": "0.jpg", "caption": []}]))
+    with pytest.raises(ValueError, match=r"flickr30k_test.json, item 0: 'caption' must be a string or a non-empty list"):
+        read_retrieval_data(listed)
