@@ -125,8 +125,10 @@ def fetch_all(workdir: Path, downloads: tuple[Download, ...] = DOWNLOADS) -> Non
     for item in downloads:
         if (workdir / item.done).exists():
             continue
-        print(f"downloading {item.url}", flush=True)
-        archive = download(item.url, workdir / "downloads" / item.file, item.sha256)
+        archive = workdir / "downloads" / item.file
+        if not archive.exists():  # a complete earlier download (a partial one is never renamed into place)
+            print(f"downloading {item.url}", flush=True)
+            download(item.url, archive, item.sha256)
         if item.extract_to is not None:
             extract(archive, workdir / item.extract_to)
 

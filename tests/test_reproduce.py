@@ -140,3 +140,13 @@ def test_training_step_runs_the_shipped_config_once(tmp_path, monkeypatch):
     assert command[command.index("--train_data") + 1].endswith("data/coco/annotations/captions_train2017.json")
     assert command[-2:] == ["--gradient_accumulation_steps", "8"]
     assert reproduce.train(tmp_path, tmp_path / "models" / "clip-vitb16", []) == model and len(commands) == 1
+
+
+def test_fetch_extracts_an_archive_downloaded_before(tmp_path, monkeypatch):
+    archive = tmp_path / "downloads" / "caption_datasets.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("dataset_coco.json", '{"images": []}')
+    item = reproduce.Download("http://127.0.0.1:9/caption_datasets.zip", "caption_datasets.zip", "data/karpathy/dataset_coco.json", "data/karpathy")
+    reproduce.fetch_all(tmp_path, (item,))  # no network needed: the archive is there, only extraction runs
+    assert (tmp_path / "data" / "karpathy" / "dataset_coco.json").read_text() == '{"images": []}'
