@@ -60,11 +60,15 @@ from transformers.image_utils import (
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
+from .roi_align import enlarge_boxes
+
 # CLIP's text context: 77 positions, including the start and end tokens.
 CLIP_CONTEXT_LENGTH = 77
 # Tokenizers loaded without a limit report a huge `model_max_length`; anything above this counts as "unset".
 _UNSET_MAX_LENGTH = 10**6
 BOX_FORMATS = ("xyxy", "xywh")
+# Enlargement of a box about its centre before its crop is cut, as CLIPSelf and FineCLIP cut their teacher crops.
+DEFAULT_CROP_SCALE = 1.5
 DEFAULT_LABEL_TEMPLATES = ("a photo of a {}.",)
 
 
@@ -165,7 +169,12 @@ class HarmoCLIPProcessor(ProcessorMixin):
         - with `boxes`: `boxes` (B, N, 4) float32 normalised xyxy in the frame of `pixel_values`, `box_mask` (B, N)
           bool (False for padding and for boxes left empty by the crop), N the most boxes of any image;
         - with `phrase_spans`: `phrase_token_mask` (B, N, T) bool, the caption tokens of each box's phrase, and
-          `phrase_ids` (B, N) int64, `phrase_id` of the phrase text or -1 for a box without (usable) phrase.
+          `phrase_ids` (B, N) int64, `phrase_id` of the phrase text or -1 for a box without (usable) phrase;
+        - with `return_crops=True`: `crop_pixel_values` (B, N, 3, S, S) float32, each kept box enlarged by
+          `crop_scale` about its centre, clipped to the image, cut from the *original* image (whole pixels, rounded as
+          PIL's `Image.crop` rounds them) and resized to the model's input size S (the image processor's `crop_size`)
+          with the image processor's resampling and normalisation; `crop_mask` (B, N) bool, True where a crop was cut
+          (the kept boxes: equal to `box_mask`), zeros elsewhere.
     """
 
 
@@ -208,6 +217,8 @@ class HarmoCLIPProcessor(ProcessorMixin):
         phrase_spans: Any = None,
         box_format: str = "xyxy",
         return_tensors: str | None = "pt",
+        return_crops: bool = False,
+        crop_scale: float = DEFAULT_CROP_SCALE,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepares model inputs.
@@ -221,6 +232,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
                 image's caption, or `None` for a box without phrase.
             box_format: `"xyxy"` or `"xywh"`.
             return_tensors: `"pt"` (default), `"np"` or None.
+            return_crops: also return `crop_pixel_values` and `crop_mask`, every box's crop of the original image (the
+                GR teacher's input and the crop-and-encode baseline's). Needs `boxes`.
+            crop_scale: enlargement of each box about its centre before its crop is cut (a positive number;
+                1.5 as CLIPSelf and FineCLIP, 1.0 for the box itself).
             **kwargs: tokenizer and image processor options (e.g. `padding="max_length"`, `max_length`).
         Returns:
             `BatchFeature`, see the class docstring.
@@ -229,6 +244,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
             raise ValueError("HarmoCLIPProcessor needs `images`, `text` or both")
         if box_format not in BOX_FORMATS:
             raise ValueError(f"`box_format` must be one of {BOX_FORMATS}, got {box_format!r}")
+        check_crop_options(return_crops, crop_scale)
+        if return_crops and boxes is None:
+            raise ValueError("`return_crops=True` needs `boxes`: a crop is cut for every box")
         images, text, boxes, phrase_spans = self._batch_inputs(images, text, boxes, phrase_spans)
         merged = self._merge_kwargs(HarmoCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
@@ -251,6 +269,8 @@ class HarmoCLIPProcessor(ProcessorMixin):
         if box_tensor is not None:
             geometries = [self.box_geometry(image, images_kwargs) for image in images]
             data.update(self._format_boxes(box_tensor, geometries, spans, offsets, data.get("input_ids"), text))
+            if return_crops:
+                data.update(self._cut_crops(images, box_tensor, geometries, data["box_mask"], crop_scale, images_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _batch_inputs(self, images: Any, text: Any, boxes: Any, phrase_spans: Any) -> tuple[Any, Any, Any, Any]:
@@ -421,6 +441,45 @@ class HarmoCLIPProcessor(ProcessorMixin):
             token_mask, ids = self._phrase_tokens(spans, offsets, text, box_mask, most)
             result.update(phrase_token_mask=token_mask, phrase_ids=ids)
         return result
+
+    def _cut_crops(
+        self,
+        images: list[Any],
+        boxes: list[torch.Tensor],
+        geometries: list[BoxGeometry],
+        box_mask: torch.Tensor,
+        crop_scale: float,
+        images_kwargs: dict[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        """`crop_pixel_values` (B, N, C, S, S) and `crop_mask` (B, N): each kept box's enlarged crop of the original image.
+
+        The crops go through the image processor with its own settings (and the call's), except that they are resized
+        straight to the model's input size (the image processor's `crop_size`), as FineCLIP's crop transform does.
+        """
+        setting = lambda name: images_kwargs[name] if images_kwargs.get(name) is not None else getattr(self.image_processor, name, None)  # noqa: E731
+        size = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
+        layout = setting("input_data_format")
+        pieces, rows, columns = [], [], []
+        for image_index, (image, image_boxes, geometry) in enumerate(zip(images, boxes, geometries)):
+            windows = crop_windows(image_boxes, crop_scale, geometry.original_height, geometry.original_width)
+            for box_index, window in enumerate(windows):
+                if box_mask[image_index, box_index]:
+                    pieces.append(cut_window(image, window, layout))
+                    rows.append(image_index)
+                    columns.append(box_index)
+        batch, most = box_mask.shape
+        crop_mask = torch.zeros(batch, most, dtype=torch.bool)
+        if not pieces:
+            return {"crop_pixel_values": torch.zeros(batch, most, 3, size.height, size.width), "crop_mask": crop_mask}
+        options = {key: value for key, value in images_kwargs.items() if key not in ("size", "do_resize", "do_center_crop")}
+        processed = self.image_processor(
+            pieces, size={"height": size.height, "width": size.width}, do_resize=True, do_center_crop=False,
+            return_tensors="pt", **options,
+        )["pixel_values"]
+        crop_pixel_values = torch.zeros(batch, most, *processed.shape[1:], dtype=torch.float32)
+        crop_pixel_values[rows, columns] = processed.float()
+        crop_mask[rows, columns] = True
+        return {"crop_pixel_values": crop_pixel_values, "crop_mask": crop_mask}
 
     def _phrase_tokens(
         self,
@@ -603,6 +662,50 @@ def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int,
     return int(height), int(width)
 
 
+def check_crop_options(return_crops: Any, crop_scale: Any) -> None:
+    """Raises `TypeError` / `ValueError` naming `return_crops` or `crop_scale` unless they are a bool and a finite
+    number > 0."""
+    if not isinstance(return_crops, bool):
+        raise TypeError(f"`return_crops` must be a bool, got {type(return_crops).__name__}: {return_crops!r}")
+    if (
+        not isinstance(crop_scale, (int, float))
+        or isinstance(crop_scale, bool)
+        or not math.isfinite(crop_scale)
+        or crop_scale <= 0
+    ):
+        raise ValueError(f"`crop_scale` must be a finite number > 0, got {crop_scale!r}")
+
+
+def crop_windows(boxes: torch.Tensor, crop_scale: float, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """Pixel windows `(x0, y0, x1, y1)` of the crops of (N, 4) xyxy boxes in an image of `height` x `width` pixels.
+
+    Each box is enlarged by `crop_scale` about its centre and clipped to the image (CLIPSelf's and FineCLIP's
+    `ProposalDistillDataset.__getitem__`), then rounded to whole pixels as PIL's `Image.crop` rounds them; a window
+    keeps at least one pixel, so that a sub-pixel box still has a crop.
+    """
+    enlarged = enlarge_boxes(boxes.double(), float(crop_scale))
+    limits = enlarged.new_tensor([width, height, width, height])
+    clipped = torch.minimum(enlarged.clamp(min=0), limits)
+    windows = []
+    for x0, y0, x1, y1 in (tuple(round(value) for value in row) for row in clipped.tolist()):
+        x0, y0 = min(x0, width - 1), min(y0, height - 1)
+        windows.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+    return windows
+
+
+def cut_window(image: Any, window: tuple[int, int, int, int], input_data_format: Any = None) -> Any:
+    """The pixels of `image` inside `window` (x0, y0, x1, y1), in the image's own type and layout."""
+    x0, y0, x1, y1 = window
+    if getattr(image, "ndim", None) is None:  # a PIL image
+        return image.crop(window)
+    if image.ndim == 2:
+        return image[y0:y1, x0:x1]
+    layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+    if ChannelDimension(layout) == ChannelDimension.FIRST:
+        return image[:, y0:y1, x0:x1]
+    return image[y0:y1, x0:x1, :]
+
+
 def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
     """(height, width) after the image processors' resize, with the same helpers and the same branch order."""
     if size.shortest_edge and size.longest_edge:
@@ -636,9 +739,13 @@ __all__ = [
     "HarmoCLIPProcessor",
     "BoxGeometry",
     "clip_image_processor",
+    "check_crop_options",
+    "crop_windows",
+    "cut_window",
     "phrase_id",
     "original_image_size",
     "resized_image_size",
     "CLIP_CONTEXT_LENGTH",
     "DEFAULT_LABEL_TEMPLATES",
+    "DEFAULT_CROP_SCALE",
 ]
