@@ -6,8 +6,8 @@ batch 64, GC+LRC+GR with the frozen teacher).
     python benchmarks/data_loading.py --device cuda --dtype bf16
 
 The loader is the one training/train.py builds (JSONL data set of the generated set, `ShardedShuffleSampler`,
-`RegionCollator` with the processor, `drop_last`); a round reads one whole epoch. The step is the training loop's
-(see benchmarks/train_step.py) on a batch of the same set.
+`RegionCollator` with the processor, which also cuts the frozen teacher's crops, `drop_last`); a round reads one whole
+epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
 """
 
 from __future__ import annotations

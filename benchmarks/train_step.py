@@ -116,8 +116,14 @@ class StepRunner:
     def __init__(self, configs: dict[str, Any], device: torch.device):
         from accelerate import Accelerator
 
-        from training.builders import build_dataset_for_split, build_model_and_processor, build_teacher_cache, move_batch
-        from training.data.collate import RegionCollator
+        from training.builders import (
+            build_dataset_for_split,
+            build_model_and_processor,
+            build_teacher_cache,
+            move_batch,
+            region_collator,
+            teacher_needs_crops,
+        )
         from training.teacher import frozen_copy
         from training.train import parameter_groups
 
@@ -126,7 +132,9 @@ class StepRunner:
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=base.mixed_precision)
         model, processor = build_model_and_processor(base)
         dataset = build_dataset_for_split(base, "train")
-        batch = RegionCollator(processor)([dataset[index] for index in range(base.batch_size)])
+        # One batch for every variant: with the teacher's crops (cut by the collator, as in training) if one needs them.
+        collator = region_collator(base, processor, with_crops=any(teacher_needs_crops(config) for config in configs.values()))
+        batch = collator([dataset[index] for index in range(base.batch_size)])
         for key in ("skipped", "num_small_boxes_dropped", "num_boxes_over_limit"):  # what the loop pops before the step
             batch.pop(key, None)
         self.batch = move_batch(batch, self.accelerator.device)

@@ -353,12 +353,17 @@ class ProcessorCollate:
     """Turns a list of ``(image, boxes)`` into the processor's batch (runs in the DataLoader's workers).
 
     Without boxes: ``processor(images=...)`` -> `pixel_values`. With boxes, through the region variant of the
-    processor: `pixel_values`, `boxes` (B, N, 4) normalised in the frame of `pixel_values`, `box_mask`.
+    processor: `pixel_values`, `boxes` (B, N, 4) normalised in the frame of `pixel_values`, `box_mask`; with a
+    `crop_scale` also `crop_pixel_values` (B, N, 3, S, S) and `crop_mask`, each box's crop of the original image
+    enlarged by that factor (the crop-and-encode baseline's input).
     """
 
-    def __init__(self, processor: Callable[..., Any], with_boxes: bool):
+    def __init__(self, processor: Callable[..., Any], with_boxes: bool, crop_scale: float | None = None):
+        if crop_scale is not None and not with_boxes:
+            raise ValueError(f"`crop_scale` ({crop_scale!r}) needs boxes: crops are cut around boxes")
         self.processor = region_processor(processor) if with_boxes else processor
         self.with_boxes = with_boxes
+        self.crop_scale = crop_scale
 
     def __call__(self, items: list[tuple[Image.Image, list[list[float]] | None]]) -> dict[str, torch.Tensor]:
         images = [image for image, _ in items]
@@ -366,13 +371,15 @@ class ProcessorCollate:
             batch = self.processor(images=images, return_tensors="pt")
             return {"pixel_values": batch["pixel_values"]}
         boxes = [box_list for _, box_list in items]
-        batch = self.processor(images=images, boxes=boxes, return_tensors="pt")
+        crops = {} if self.crop_scale is None else {"return_crops": True, "crop_scale": self.crop_scale}
+        batch = self.processor(images=images, boxes=boxes, return_tensors="pt", **crops)
         if "boxes" not in batch or "box_mask" not in batch:
             raise ValueError(
                 "`processor` returned no `boxes`/`box_mask` for images with boxes: box classification needs a processor "
                 "that maps boxes into the frame of `pixel_values` (HarmoCLIPProcessor)"
             )
-        return {"pixel_values": batch["pixel_values"], "boxes": batch["boxes"], "box_mask": batch["box_mask"]}
+        keys = ("pixel_values", "boxes", "box_mask") + (("crop_pixel_values", "crop_mask") if crops else ())
+        return {key: batch[key] for key in keys}
 
 
 def image_loader(
@@ -381,8 +388,10 @@ def image_loader(
     batch_size: int = 32,
     num_workers: int = 0,
     boxes: Sequence[list[list[float]]] | None = None,
+    crop_scale: float | None = None,
 ) -> DataLoader:
-    """Batches of processed images, in order, read lazily by `num_workers` worker processes."""
+    """Batches of processed images, in order, read lazily by `num_workers` worker processes; with `crop_scale`, also
+    each box's crop of the original image (see `ProcessorCollate`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
@@ -392,7 +401,7 @@ def image_loader(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=ProcessorCollate(processor, with_boxes=boxes is not None),
+        collate_fn=ProcessorCollate(processor, with_boxes=boxes is not None, crop_scale=crop_scale),
     )
 
 

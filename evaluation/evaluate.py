@@ -12,8 +12,9 @@ can evaluate the model it holds.
 Retrieval uses `get_image_features` / `get_text_features` (the global towers). Box classification classifies each
 ground-truth box against class-name text embeddings (an ensemble of prompt templates) with
 - ``dense``: `get_region_features` (RoIAlign on the dense map, one image pass for all boxes), and
-- ``crop``: the crop-and-encode baseline, `get_image_features` of each box cut from `pixel_values` (no enlargement)
-  and resized to the model's input size.
+- ``crop``: the crop-and-encode baseline, `get_crop_features` of each box's crop of the original image (enlarged
+  ``--crop-scale`` times about its centre, 1.5 as CLIPSelf's baseline, clipped to the image, resized to the model's
+  input size by the processor in the loader's workers).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .eval_data import (
     read_retrieval_data,
 )
 from conversion.saving import write_text_atomic
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
 from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
 
 logger = logging.getLogger("evaluation.evaluate")
@@ -167,16 +169,17 @@ def ensemble_text_embeddings(
     return F.normalize(embeds.reshape(len(prompts), len(prompts[0]), -1).mean(dim=1), dim=-1)
 
 
-def crop_features(model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-    """Crop-and-encode baseline: `get_image_features` of each box cut from `pixel_values` (no enlargement) with
-    RoIAlign at the model's input size, i.e. `get_crop_features` with `enlarge=1.0`.
+def crop_features(model: torch.nn.Module, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor) -> torch.Tensor:
+    """Crop-and-encode baseline: `get_crop_features` of the processor's crops of the original image
+    (`processor(..., return_crops=True)`), in the model's dtype.
 
     Args:
-        pixel_values: (B, 3, H, W); boxes: (B, N, 4) normalised xyxy in the frame of `pixel_values`; box_mask: (B, N).
+        crop_pixel_values: (B, N, 3, S, S); crop_mask: (B, N).
     Returns:
         (B, N, D) float32, L2-normalised; masked rows are zeros.
     """
-    return model.get_crop_features(pixel_values, boxes, box_mask, enlarge=1.0)
+    dtype = next(model.parameters()).dtype
+    return model.get_crop_features(crop_pixel_values.to(dtype), crop_mask)
 
 
 def compute_box_embeddings(
@@ -188,8 +191,10 @@ def compute_box_embeddings(
     num_workers: int = 0,
     show_progress: bool = False,
     interpolate_pos_encoding: bool = False,
+    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """Embeddings of every ground-truth box, by each method, from one pass over the images.
+    """Embeddings of every ground-truth box, by each method, from one pass over the images (``crop``: each box's crop
+    of the original image, enlarged `crop_scale` times).
 
     `interpolate_pos_encoding` lets the dense path read images of another size than the model's (e.g. 1024 px).
 
@@ -202,8 +207,10 @@ def compute_box_embeddings(
         raise ValueError(f"`methods` must be a non-empty subset of {BOX_METHODS}, got {list(methods)!r}")
     if not data.images:
         raise ValueError(f"{data.source or 'the data'} holds no labelled box")
+    check_crop_options(True, crop_scale)
     device = _model_device(model)
-    loader = image_loader([image.path for image in data.images], processor, batch_size, num_workers, boxes=[image.boxes for image in data.images])
+    loader = image_loader([image.path for image in data.images], processor, batch_size, num_workers,
+                          boxes=[image.boxes for image in data.images], crop_scale=crop_scale if "crop" in methods else None)
     embeds: dict[str, list[torch.Tensor]] = {method: [] for method in methods}
     labels: list[int] = []
     dropped = 0
@@ -228,7 +235,8 @@ def compute_box_embeddings(
                 )
                 embeds["dense"].append(regions[keep].float().cpu())
             if "crop" in embeds:
-                embeds["crop"].append(crop_features(model, pixel_values, boxes, keep)[keep].cpu())
+                crops = batch["crop_pixel_values"].to(device)
+                embeds["crop"].append(crop_features(model, crops, keep & batch["crop_mask"].to(device))[keep].cpu())
     if not labels:
         raise ValueError(f"every box of {data.source or 'the data'} was dropped by the processor")
     return {method: torch.cat(chunks) for method, chunks in embeds.items()}, torch.tensor(labels, dtype=torch.long), dropped
@@ -269,14 +277,18 @@ def evaluate_box_classification(
     num_workers: int = 0,
     ks: Sequence[int] = DEFAULT_ACCURACY_KS,
     show_progress: bool = False,
+    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> dict[str, Any]:
-    """Top-K accuracy of every ground-truth box against the class texts, for each method in `methods`.
+    """Top-K accuracy of every ground-truth box against the class texts, for each method in `methods` (``crop``:
+    crops enlarged `crop_scale` times).
 
     Returns ``{method: classification_metrics(...), "num_boxes": M, "boxes_dropped": ..., "prompt_names": [...]}``.
     """
     prompt_names = [readable_class_name(name) for name in data.class_names]
     # Images first: the loader's worker processes fork before the tokenizer has started its own threads.
-    embeds, labels, dropped = compute_box_embeddings(model, processor, data, methods, batch_size, num_workers, show_progress)
+    embeds, labels, dropped = compute_box_embeddings(
+        model, processor, data, methods, batch_size, num_workers, show_progress, crop_scale
+    )
     class_embeds = compute_class_embeddings(model, processor, prompt_names, templates)
     top = min(max(ks), len(data.class_names))
     results: dict[str, Any] = {}
@@ -290,23 +302,31 @@ def evaluate_box_classification(
 
 
 def classify_boxes(
-    model: torch.nn.Module, pixel_values: torch.Tensor, boxes: torch.Tensor, class_embeds: torch.Tensor, method: str = "dense"
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    boxes: torch.Tensor,
+    class_embeds: torch.Tensor,
+    method: str = "dense",
+    crop_pixel_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best class and its softmax probability for each box of one processed image.
 
     Args:
-        pixel_values: (1, 3, H, W); boxes: (1, N, 4) normalised xyxy in its frame; class_embeds: (C, D) normalised.
+        pixel_values: (1, 3, H, W); boxes: (1, N, 4) normalised xyxy in its frame; class_embeds: (C, D) normalised;
+        crop_pixel_values: (1, N, 3, S, S) the processor's crops of the boxes (`return_crops=True`), for ``crop``.
     Returns:
         labels (N,) long and scores (N,) float32 in [0, 1] (softmax over classes at the model's logit scale).
     """
     mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    if method not in BOX_METHODS:
+        raise ValueError(f"`method` must be one of {BOX_METHODS}, got {method!r}")
+    if method == "crop" and crop_pixel_values is None:
+        raise ValueError("`crop_pixel_values` is required with method='crop' (the processor's `return_crops=True`)")
     with _EvalMode(model):
         if method == "dense":
             regions = model.get_region_features(pixel_values=pixel_values, boxes=boxes, box_mask=mask)[0]
-        elif method == "crop":
-            regions = crop_features(model, pixel_values, boxes, mask)[0]
         else:
-            raise ValueError(f"`method` must be one of {BOX_METHODS}, got {method!r}")
+            regions = crop_features(model, crop_pixel_values, mask)[0]
         logits = regions.float() @ class_embeds.to(regions.device).t() * model.logit_scale.exp().float()
         scores, labels = logits.softmax(dim=-1).max(dim=-1)
     return labels.cpu(), scores.cpu()
@@ -379,8 +399,10 @@ def run_evaluation(
     model_name: str = "",
     command: str = "",
     show_progress: bool = False,
+    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> dict[str, Any]:
-    """Reads the data, evaluates `task` ("retrieval" or "boxcls") and returns the full report (settings + results)."""
+    """Reads the data, evaluates `task` ("retrieval" or "boxcls") and returns the full report (settings + results);
+    `crop_scale`: the enlargement of the crop-and-encode baseline's crops."""
     settings: dict[str, Any] = {
         "model": str(model_name),
         "data": str(data_path),
@@ -404,8 +426,11 @@ def run_evaluation(
         settings.update(
             split=split, ks=list(DEFAULT_ACCURACY_KS), methods=list(methods), templates=list(templates),
             class_names=data.class_names, boxes_skipped_in_annotations=data.skipped,
+            crop_scale=crop_scale if "crop" in methods else None,
         )
-        results = evaluate_box_classification(model, processor, data, methods, templates, batch_size, num_workers, DEFAULT_ACCURACY_KS, show_progress)
+        results = evaluate_box_classification(
+            model, processor, data, methods, templates, batch_size, num_workers, DEFAULT_ACCURACY_KS, show_progress, crop_scale
+        )
     else:
         raise ValueError(f"`task` must be 'retrieval' or 'boxcls', got {task!r}")
     return {"task": task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
@@ -431,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image loading processes")
     parser.add_argument("--methods", nargs="+", default=list(BOX_METHODS), choices=BOX_METHODS, help="boxcls: region embeddings to compare")
+    parser.add_argument("--crop-scale", type=float, default=DEFAULT_CROP_SCALE,
+                        help="boxcls: enlargement of each box's crop for the crop-and-encode baseline (CLIPSelf: 1.5)")
     parser.add_argument("--template", action="append", default=None, help="boxcls: a prompt template with '{}' (repeat; default: an ensemble)")
     parser.add_argument(
         "--protocol", default=None, choices=("fineclip", "clipself"),
@@ -481,11 +508,13 @@ def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argpar
             protocols.save_class_embeddings(class_embeds, args.save_class_embeddings)
         settings.update(
             segm_root=args.segm_root, methods=list(args.methods), ks=list(DEFAULT_ACCURACY_KS), class_names=class_names,
+            crop_scale=args.crop_scale if "crop" in args.methods else None,
             class_embeddings_from=str(args.class_embeddings_from or args.model), templates="ViLD ensemble (evaluation/prompts.py)",
         )
         results = protocols.run_box_protocol(
             model, processor, protocol, args.data, args.image_root, args.segm_root, class_embeds=class_embeds,
             methods=args.methods, batch_size=args.batch_size, num_workers=args.num_workers, show_progress=True,
+            crop_scale=args.crop_scale,
         )
     else:
         settings.update(split=split, ks=list(DEFAULT_RECALL_KS), image_size=model.config.vision_config.image_size)
@@ -517,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report = run_evaluation(
                 model, processor, args.task, args.data, args.format, args.image_root, split, args.batch_size, args.num_workers,
                 args.methods, tuple(args.template) if args.template else DEFAULT_TEMPLATES, args.model, command, show_progress=True,
+                crop_scale=args.crop_scale,
             )
         print(write_report(report, out))
         logger.info("wrote %s and %s", out, out.with_suffix(".md"))

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .eval_data import read_retrieval_data
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+
+from .eval_data import read_retrieval_data, region_processor
 from .evaluate import (
     compute_box_embeddings,
     ensemble_text_embeddings,
@@ -127,11 +129,21 @@ class ProtocolProcessor:
         scale = min(new_width / width, new_height / height)
         return (pixels - self.mean) / self.std, scale, scale
 
-    def __call__(self, images: Any = None, text: Any = None, boxes: Any = None, return_tensors: str = "pt", **kwargs: Any) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        images: Any = None,
+        text: Any = None,
+        boxes: Any = None,
+        return_tensors: str = "pt",
+        return_crops: bool = False,
+        crop_scale: float = DEFAULT_CROP_SCALE,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
         """`images`: list of PIL images; `boxes`: per image a list of [x1, y1, x2, y2] (original pixels).
 
         Returns `pixel_values` (B, 3, S, S); with boxes `boxes` (B, N, 4) normalised xyxy and `box_mask` (B, N);
-        with text, the wrapped processor's text fields."""
+        with text, the wrapped processor's text fields; with `return_crops`, the wrapped processor's crops of the
+        original images at the model's input size (`crop_pixel_values` (B, N, 3, s, s), `crop_mask` (B, N))."""
         out: dict[str, torch.Tensor] = {}
         if text is not None:
             out.update(self.processor(text=text, return_tensors=return_tensors, **kwargs))
@@ -154,6 +166,11 @@ class ProtocolProcessor:
                 box_tensor[row, : len(image_boxes)] = mapped / self.image_size
                 box_mask[row, : len(image_boxes)] = True
             out["boxes"], out["box_mask"] = box_tensor, box_mask
+            if return_crops:
+                crops = region_processor(self.processor)(images=images, boxes=boxes, return_crops=True, crop_scale=crop_scale)
+                missing = most - crops["crop_mask"].shape[1]  # this frame keeps one padding row where no image has a box
+                out["crop_pixel_values"] = F.pad(crops["crop_pixel_values"], (0, 0, 0, 0, 0, 0, 0, missing))
+                out["crop_mask"] = F.pad(crops["crop_mask"], (0, missing))
         return out
 
 
@@ -228,8 +245,10 @@ def run_box_protocol(
     batch_size: int = 16,
     num_workers: int = 0,
     show_progress: bool = False,
+    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> dict[str, Any]:
-    """Box classification of COCO panoptic `data_path` under `protocol`.
+    """Box classification of COCO panoptic `data_path` under `protocol` (``crop``: each box's crop of the original
+    image, enlarged `crop_scale` times, at the model's input size).
 
     Returns ``{method: classification_metrics(...) + thing/stuff means, "headline": {...}, "num_boxes", ...}``.
     The headline of the first method: ``mean_class_top1`` ("all") or ``thing_mean_class_top1`` and
@@ -240,7 +259,8 @@ def run_box_protocol(
     interpolate = protocol.image_size != model.config.vision_config.image_size
     # Images first: the loader's worker processes fork before the tokenizer has started its own threads.
     embeds, labels, dropped = compute_box_embeddings(
-        model, pre, data, methods, batch_size, num_workers, show_progress, interpolate_pos_encoding=interpolate
+        model, pre, data, methods, batch_size, num_workers, show_progress, interpolate_pos_encoding=interpolate,
+        crop_scale=crop_scale,
     )
     if class_embeds is None:
         device = next(model.parameters()).device

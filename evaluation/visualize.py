@@ -19,6 +19,8 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from .eval_data import region_processor
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+
 from .evaluate import DEFAULT_TEMPLATES, classify_boxes, compute_class_embeddings, compute_text_embeddings
 
 # Distinct colours cycled over boxes (matplotlib's tab10).
@@ -142,16 +144,24 @@ def save_box_predictions(
     out_path: str | Path,
     method: str = "dense",
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> tuple[list[str], list[float]]:
-    """Classifies `boxes` (xyxy, image pixels) against `class_names` and writes them with labels and scores as PNG.
+    """Classifies `boxes` (xyxy, image pixels) against `class_names` and writes them with labels and scores as PNG
+    (``crop``: each box's crop of `image`, enlarged `crop_scale` times).
 
     Returns the predicted class names and their softmax scores.
     """
     image = image.convert("RGB")
-    batch = region_processor(processor)(images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt")
+    crops = {"return_crops": True, "crop_scale": crop_scale} if method == "crop" else {}
+    batch = region_processor(processor)(
+        images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt", **crops
+    )
     device = next(model.parameters()).device
     class_embeds = compute_class_embeddings(model, processor, class_names, templates)
-    labels, scores = classify_boxes(model, batch["pixel_values"].to(device), batch["boxes"].to(device), class_embeds, method)
+    crop_pixel_values = batch["crop_pixel_values"].to(device) if crops else None
+    labels, scores = classify_boxes(
+        model, batch["pixel_values"].to(device), batch["boxes"].to(device), class_embeds, method, crop_pixel_values
+    )
     names = [class_names[int(label)] for label in labels]
     draw_boxes(image, boxes, names, scores.tolist(), out_path)
     return names, scores.tolist()

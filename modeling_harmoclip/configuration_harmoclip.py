@@ -22,7 +22,8 @@ class HarmoCLIPConfig(CLIPConfig):
     loss_gc_weight, loss_lrc_weight, loss_gr_weight (`float`, defaults to 1.0 each):
         Weights of the global contrastive, lexeme-region contrastive and global-region alignment losses.
     gr_crop_scale (`float`, defaults to 1.5):
-        Factor by which a box is enlarged (about its centre) before it is cropped for the GR teacher.
+        Factor by which a box is enlarged (about its centre) before its crop is cut from the original image for the GR
+        teacher: the `crop_scale` training passes to the processor (as CLIPSelf and FineCLIP, 1.5).
     gr_teacher (`str`, defaults to `"frozen"`):
         Which model embeds the crops for GR: `"frozen"` copy of the starting weights, the live model (`"self"`),
         embeddings `"cached"` ahead of training, or `"none"` (GR disabled).

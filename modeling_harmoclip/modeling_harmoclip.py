@@ -25,7 +25,7 @@ from transformers.models.clip.modeling_clip import CLIPOutput
 
 from .configuration_harmoclip import HarmoCLIPConfig
 from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
-from .roi_align import enlarge_boxes, roi_align, roi_align_per_image
+from .roi_align import roi_align_per_image
 
 # Crops are encoded in chunks of this many to bound activation memory whatever the number of boxes.
 CROP_CHUNK_SIZE = 64
@@ -186,38 +186,40 @@ class HarmoCLIPModel(CLIPModel):
 
     def get_crop_features(
         self,
-        pixel_values: torch.Tensor,
-        boxes: torch.Tensor,
-        box_mask: torch.Tensor | None = None,
-        enlarge: float | None = None,
+        crop_pixel_values: torch.Tensor,
+        crop_mask: torch.Tensor | None = None,
         chunk_size: int = CROP_CHUNK_SIZE,
     ) -> torch.Tensor:
-        """Global embedding of each box's crop: the teacher signal of GR, and (with `enlarge=1.0`) the crop-and-encode
-        way a plain CLIP embeds regions.
+        """Global embedding of each box's crop: the teacher signal of GR, and the crop-and-encode way a plain CLIP
+        embeds regions.
 
-        Each box is enlarged about its centre by `enlarge` (default `config.gr_crop_scale`), cut from `pixel_values`
-        with RoIAlign at the model's input size (zeros, i.e. the mean colour, outside the image) and encoded by
-        `get_image_features`, `chunk_size` crops at a time.
+        The crops are the processor's (`processor(images, boxes=..., return_crops=True, crop_scale=...)`): each box,
+        enlarged about its centre, cut from the original image and resized to the model's input size. They are encoded
+        by `get_image_features`, `chunk_size` at a time; gradients flow unless the caller turns them off.
 
-        Args: as `get_region_features`. Returns: (B, N, D) float32, L2-normalised; masked rows are zeros.
+        Args:
+            crop_pixel_values: (B, N, 3, S, S) normalised crops.
+            crop_mask: (B, N) bool, True where a crop was cut; default all True.
+            chunk_size: crops per call of the image encoder (bounds activation memory whatever N).
+        Returns:
+            (B, N, D) float32, L2-normalised; rows of masked crops are zeros.
         """
-        box_mask = check_boxes(boxes, box_mask)
-        batch, num_boxes = boxes.shape[:2]
-        height, width = pixel_values.shape[-2:]
-        size = self.config.vision_config.image_size
-        enlarge = float(self.config.gr_crop_scale if enlarge is None else enlarge)
-        scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
-        crop_boxes = enlarge_boxes(boxes.float(), enlarge) * scale
-        rois = torch.cat(
-            [torch.arange(batch, device=boxes.device, dtype=torch.float32).repeat_interleave(num_boxes)[:, None], crop_boxes.reshape(-1, 4)],
-            dim=1,
-        )
-        valid_index = box_mask.reshape(-1).nonzero(as_tuple=True)[0]
-        embeds = pixel_values.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
+        if not isinstance(crop_pixel_values, torch.Tensor) or crop_pixel_values.dim() != 5:
+            shape = tuple(crop_pixel_values.shape) if isinstance(crop_pixel_values, torch.Tensor) else type(crop_pixel_values).__name__
+            raise ValueError(f"`crop_pixel_values` must have shape (B, N, 3, S, S), got {shape}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}")
+        batch, num_boxes = crop_pixel_values.shape[:2]
+        if crop_mask is None:
+            crop_mask = torch.ones(batch, num_boxes, dtype=torch.bool, device=crop_pixel_values.device)
+        elif not isinstance(crop_mask, torch.Tensor) or tuple(crop_mask.shape) != (batch, num_boxes):
+            shape = tuple(crop_mask.shape) if isinstance(crop_mask, torch.Tensor) else type(crop_mask).__name__
+            raise ValueError(f"`crop_mask` must have shape {(batch, num_boxes)} to match `crop_pixel_values`, got {shape}")
+        crops = crop_pixel_values.flatten(0, 1)
+        valid_index = crop_mask.to(device=crops.device, dtype=torch.bool).reshape(-1).nonzero(as_tuple=True)[0]
+        embeds = crops.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
         for chunk in valid_index.split(chunk_size):
-            crops = roi_align(pixel_values.float(), rois[chunk], output_size=(size, size), sampling_ratio=-1, aligned=True)
-            crops = crops.to(pixel_values.dtype)
-            crop_embeds = self.get_image_features(pixel_values=crops).pooler_output
+            crop_embeds = self.get_image_features(pixel_values=crops[chunk]).pooler_output
             embeds = embeds.index_copy(0, chunk, _normalize(crop_embeds.float()))
         return embeds.reshape(batch, num_boxes, -1)
 
@@ -299,8 +301,8 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
             >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
             is linked when its phrase row has a token.
-        teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features`);
-            enables GR.
+        teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
+            processor's `crop_pixel_values`); enables GR.
         return_loss (`bool`): compute `loss` = w_gc GC + w_lrc LRC + w_gr GR over the terms that apply.
         """
         if pixel_values is None or input_ids is None:

@@ -23,7 +23,8 @@ GLOBAL_BATCH = 6
 
 
 def global_batch() -> dict[str, torch.Tensor]:
-    """6 captions/images, 3 boxes each; repeated phrase ids across the halves; one image with no linked box."""
+    """6 captions/images, 3 boxes each with its teacher crop; repeated phrase ids across the halves; one image with no
+    linked box."""
     generator = torch.Generator().manual_seed(11)
     vocab = tiny_clip_config().text_config.vocab_size
     length = 10
@@ -43,6 +44,8 @@ def global_batch() -> dict[str, torch.Tensor]:
     return dict(
         input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=generator),
         boxes=boxes, box_mask=box_mask, phrase_token_mask=phrase_mask, phrase_ids=torch.where(box_mask, phrase_ids, -1),
+        # The GR teacher's crops, as the collator cuts them (`return_crops=True`): one per kept box.
+        crop_pixel_values=torch.randn(GLOBAL_BATCH, 3, 3, 32, 32, generator=generator), crop_mask=box_mask.clone(),
     )
 
 

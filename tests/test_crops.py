@@ -1,14 +1,16 @@
-"""Crops of the original image: the processor's `return_crops`."""
+"""Crops of the original image: the processor's `return_crops`, and that training (GR teacher), the teacher cache and
+the evaluation's crop-and-encode baseline take exactly these crops."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_processor
+from conftest import ROOT, tiny_processor
 from crop_reference import hand_crop, to_pixel_levels
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
 from modeling_harmoclip.roi_align import enlarge_boxes, roi_align
@@ -113,3 +115,96 @@ def test_crop_options_need_boxes_and_a_bool(tiny_tokenizer) -> None:
     plain = processor(images=[_random_image(20, 20)], boxes=[[[1, 1, 5, 5]]])
     assert "crop_pixel_values" not in plain and "crop_mask" not in plain
 
+
+# ---------------------------------------------------------------------------------------------------- consumers
+
+
+@pytest.fixture(scope="module")
+def synthetic_config(tmp_path_factory):
+    """The shipped tiny config on a small generated set whose 48-px images are larger than the 32-px model input."""
+    from training.config import load_config
+
+    folder = tmp_path_factory.mktemp("crops")
+    overrides = {"synthetic_num_train": 8, "synthetic_num_val": 4, "synthetic_image_size": 48, "image_size": 32,
+                 "synthetic_dir": str(folder / "synthetic"), "output_dir": str(folder / "run"), "batch_size": 4}
+    return load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
+
+
+class SpyTeacher(torch.nn.Module):
+    """Records what `get_crop_features` is given and answers with the wrapped model's embeddings."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def get_crop_features(self, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor) -> torch.Tensor:
+        self.calls.append((crop_pixel_values.clone(), crop_mask.clone()))
+        return self.model.get_crop_features(crop_pixel_values, crop_mask)
+
+
+def _processor_crops(processor, samples, scale: float):
+    return processor(images=[s.image for s in samples], boxes=[s.boxes for s in samples], return_crops=True, crop_scale=scale)
+
+
+def test_training_gives_the_teacher_the_processors_crops(synthetic_config) -> None:
+    """The DataLoader's worker cuts the crops; the GR teacher encodes exactly them, and GR compares with its output."""
+    import contextlib
+    import types
+
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from training.builders import build_datasets, build_model_and_processor
+    from training.teacher import frozen_copy
+    from training.train import forward_objective
+
+    config = synthetic_config
+    model, processor = build_model_and_processor(config)
+    train_set, _, collator = build_datasets(config, processor)
+    batch = next(iter(DataLoader(train_set, batch_size=4, collate_fn=collator, num_workers=1)))
+    expected = _processor_crops(processor, [train_set[index] for index in range(4)], config.gr_crop_scale)
+    assert torch.equal(batch["crop_pixel_values"], expected["crop_pixel_values"])
+
+    teacher = SpyTeacher(frozen_copy(model))
+    accelerator = types.SimpleNamespace(autocast=contextlib.nullcontext, device=torch.device("cpu"))
+    terms = forward_objective(model, model, dict(batch), config, accelerator, teacher=teacher)
+    (crops, mask), = teacher.calls
+    assert torch.equal(crops, expected["crop_pixel_values"]) and torch.equal(mask, expected["crop_mask"])
+    # GR = 1 - cos(region, teacher's crop embedding) over the boxes, from the processor's crops.
+    with torch.no_grad():
+        regions = model.get_region_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+        targets = teacher.model.get_crop_features(expected["crop_pixel_values"], expected["crop_mask"])
+    valid = batch["box_mask"]
+    assert torch.allclose(terms.gr, (1 - F.cosine_similarity(regions[valid], targets[valid], dim=-1)).mean(), atol=1e-5)
+
+
+def test_crops_are_cut_only_when_a_teacher_encodes_them(synthetic_config) -> None:
+    from training.builders import build_model_and_processor, region_collator, teacher_needs_crops
+
+    _, processor = build_model_and_processor(synthetic_config)
+    for changes, wanted in [({}, True), ({"gr_teacher": "self"}, True), ({"gr_teacher": "none"}, False),
+                            ({"loss_gr_weight": 0.0}, False), ({"gr_teacher": "cached", "teacher_cache": "x"}, False)]:
+        config = type(synthetic_config)(**{**synthetic_config.to_dict(), **changes})
+        assert teacher_needs_crops(config) is wanted
+        assert region_collator(config, processor).processor_kwargs.get("return_crops", False) is wanted
+
+
+def test_teacher_cache_holds_the_crop_embeddings_of_the_processors_crops(synthetic_config, tmp_path: Path) -> None:
+    from training.builders import build_dataset_for_split, build_model_and_processor
+    from training.cache_teacher import build_teacher_cache_folder
+    from training.teacher import TeacherCache
+
+    cache_dir = build_teacher_cache_folder(synthetic_config, tmp_path / "cache", batch_size=3)
+    model, processor = build_model_and_processor(synthetic_config)  # the starting weights, as the cache's
+    samples = [build_dataset_for_split(synthetic_config, "train")[index] for index in range(5)]
+    crops = _processor_crops(processor, samples, synthetic_config.gr_crop_scale)
+    with torch.no_grad():
+        expected = model.eval().get_crop_features(crops["crop_pixel_values"], crops["crop_mask"])
+    cache = TeacherCache(cache_dir, expected_settings={"crops_from": "original image"})
+    indices = torch.full(crops["crop_mask"].shape, -1)
+    for row, sample in enumerate(samples):
+        indices[row, : len(sample.box_indices)] = torch.tensor(sample.box_indices)
+    cached = cache.lookup([sample.image_id for sample in samples], indices)
+    valid = crops["crop_mask"]
+    assert valid.sum() > 5 and (cached[valid] - expected[valid]).abs().max() <= 1e-5

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from conftest import ROOT, tiny_harmoclip_model, tiny_processor
+from crop_reference import hand_crop
 from evaluation.eval_data import (
     detect_format,
     image_loader,
@@ -308,13 +309,22 @@ def test_box_embeddings_match_region_features_and_crop_baseline(coco_instances, 
             batch = processor.as_region_mode()(images=[Image.open(image.path).convert("RGB")], boxes=[image.boxes])
             rows.append(model.get_region_features(batch["pixel_values"], batch["boxes"])[0])
     assert torch.allclose(embeds["dense"], torch.cat(rows), atol=1e-5)
-    # The last image's only box covers it whole: its crop, cut at the input size, is the image itself.
+    # The crop baseline encodes each box's crop of the original image, enlarged 1.5x (cut by hand here).
+    boxes = [(image, box) for image in data.images for box in image.boxes]
     with torch.no_grad():
-        batch = processor.as_region_mode()(images=[Image.open(data.images[2].path).convert("RGB")], boxes=[data.images[2].boxes])
-        whole = F.normalize(model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output, dim=-1)[0]
-        crop = crop_features(model, batch["pixel_values"], batch["boxes"], batch["box_mask"])[0, 0]
-    assert torch.allclose(embeds["crop"][4], whole, atol=1e-5)
-    assert torch.allclose(crop, whole, atol=1e-5)
+        crops = torch.stack([hand_crop(Image.open(image.path), box, 1.5, 32) for image, box in boxes])
+        expected = F.normalize(model.get_image_features(pixel_values=crops).pooler_output, dim=-1)
+        batch = processor.as_region_mode()(images=[Image.open(data.images[0].path).convert("RGB")], boxes=[data.images[0].boxes],
+                                           return_crops=True, crop_scale=1.5)
+        crop = crop_features(model, batch["crop_pixel_values"], batch["crop_mask"])[0]
+    assert torch.allclose(embeds["crop"], expected, atol=1e-4)
+    assert torch.allclose(crop, expected[: len(data.images[0].boxes)], atol=1e-4)
+    # Another enlargement gives other crops: the scale reaches the processor.
+    unenlarged, _, _ = compute_box_embeddings(model, processor, data, methods=("crop",), batch_size=2, crop_scale=1.0)
+    with torch.no_grad():
+        crops = torch.stack([hand_crop(Image.open(image.path), box, 1.0, 32) for image, box in boxes])
+        expected = F.normalize(model.get_image_features(pixel_values=crops).pooler_output, dim=-1)
+    assert torch.allclose(unenlarged["crop"], expected, atol=1e-4)
     assert not torch.allclose(embeds["crop"][0], embeds["crop"][1], atol=1e-3)
 
 
@@ -400,10 +410,10 @@ def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, 
     report = main([
         "--model", str(folder), "--task", "boxcls", "--data", str(coco_panoptic),
         "--image-root", str(coco_panoptic.parent.parent / "val2017"), "--batch-size", "2", "--num-workers", "0",
-        "--device", "cpu", "--template", "a photo of a {}.", "--out", str(out),
+        "--device", "cpu", "--template", "a photo of a {}.", "--crop-scale", "1.25", "--out", str(out),
     ])
     saved = json.loads(out.read_text())
     assert saved["results"]["dense"]["num_samples"] == 5 and saved["results"]["crop"]["num_samples"] == 5
-    assert saved["settings"]["templates"] == ["a photo of a {}."]
+    assert saved["settings"]["templates"] == ["a photo of a {}."] and saved["settings"]["crop_scale"] == 1.25
     assert saved["results"] == json.loads(json.dumps(report["results"]))
     assert "| dense | 5 | 4/4 |" in out.with_suffix(".md").read_text()

@@ -195,21 +195,28 @@ def test_separate_lexeme_mode_encodes_each_phrase_alone() -> None:
 
 
 def test_crop_features_of_the_whole_image_are_its_global_embedding() -> None:
-    model = tiny_harmoclip_model(gr_crop_scale=1.0)
+    model = tiny_harmoclip_model()
     pixels = _images(2)
-    crops = model.get_crop_features(pixels, torch.tensor([[[0.0, 0.0, 1.0, 1.0]]] * 2))
+    crops = model.get_crop_features(pixels[:, None])  # one crop per image: the image itself
     expected = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     assert (crops[:, 0] - expected).abs().max() <= 1e-5
 
 
-def test_crop_features_enlarge_the_box() -> None:
-    """A box enlarged 2x about the centre of the image's middle half is the whole image."""
-    model = tiny_harmoclip_model(gr_crop_scale=2.0)
-    pixels = _images(1)
-    crops = model.get_crop_features(pixels, torch.tensor([[[0.25, 0.25, 0.75, 0.75], [0, 0, 0.1, 0.1]]]), torch.tensor([[True, False]]))
-    expected = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    assert (crops[0, 0] - expected[0]).abs().max() <= 1e-5
-    assert crops[0, 1].abs().sum() == 0
+def test_crop_features_encode_each_crop_in_chunks_and_zero_masked_rows() -> None:
+    """Against a loop that encodes every crop alone; masked crops (which may hold anything) give zero rows."""
+    model = tiny_harmoclip_model()
+    crops = _images(6, seed=3).reshape(2, 3, 3, 32, 32)
+    crops[1, 2] = float("nan")
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    embeds = model.get_crop_features(crops, mask, chunk_size=2)
+    for b, n in mask.nonzero().tolist():
+        alone = F.normalize(model.get_image_features(pixel_values=crops[b, n][None]).pooler_output[0], dim=0)
+        assert torch.allclose(embeds[b, n], alone, atol=1e-5)
+    assert embeds[~mask].abs().sum() == 0 and torch.isfinite(embeds).all()
+    with pytest.raises(ValueError, match=r"`crop_pixel_values` must have shape \(B, N, 3, S, S\)"):
+        model.get_crop_features(crops[0])
+    with pytest.raises(ValueError, match=r"`crop_mask` must have shape \(2, 3\)"):
+        model.get_crop_features(crops, mask[:, :2])
 
 
 def _training_batch(model: HarmoCLIPModel):
@@ -221,7 +228,7 @@ def _training_batch(model: HarmoCLIPModel):
     phrase_mask[0, 0, 1:3] = True
     phrase_mask[1, 0, 4:6] = True
     phrase_ids = torch.tensor([[11, -1], [12, -1]])  # box (0, 1) has no phrase, box (1, 1) is padding
-    teacher = model.get_crop_features(pixels, boxes, box_mask)
+    teacher = model.get_crop_features(_images(4, seed=2).reshape(2, 2, 3, 32, 32), box_mask)
     return dict(
         input_ids=ids, attention_mask=attention, pixel_values=pixels, boxes=boxes, box_mask=box_mask,
         phrase_token_mask=phrase_mask, phrase_ids=phrase_ids, teacher_region_embeds=teacher,
@@ -306,6 +313,6 @@ def test_bfloat16_autocast_keeps_regions_in_float32(tiny_model: HarmoCLIPModel) 
     reference = tiny_model.get_region_features(pixels, boxes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         regions = tiny_model.get_region_features(pixels, boxes)
-        crops = tiny_model.get_crop_features(pixels, boxes)
+        crops = tiny_model.get_crop_features(pixels[:, None])
     assert regions.dtype == torch.float32 and crops.dtype == torch.float32
     assert F.cosine_similarity(regions, reference, dim=-1).min() > 0.98

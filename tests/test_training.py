@@ -258,7 +258,7 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
     cache = TeacherCache(cache_dir, expected_settings={"gr_crop_scale": 1.5, "region_mode": True})
     cached = cache.lookup(batch["image_ids"], batch["box_indices"])
     with torch.no_grad():
-        frozen = model.eval().get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+        frozen = model.eval().get_crop_features(batch["crop_pixel_values"], batch["crop_mask"])
     assert batch["box_mask"].sum() > 6
     assert (cached - frozen).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="gr_crop_scale"):

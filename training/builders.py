@@ -134,7 +134,22 @@ def build_datasets(
     if config.data_format == "synthetic":
         with (main_process_first() if main_process_first else contextlib.nullcontext()):
             generate_synthetic_dataset(config.synthetic_dir, synthetic_settings(config))
-    return build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val"), RegionCollator(processor)
+    return build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val"), region_collator(config, processor)
+
+
+def teacher_needs_crops(config: TrainConfig) -> bool:
+    """Whether the GR teacher encodes crops during training (a frozen or live teacher; not a cached one)."""
+    return config.uses_regions and config.loss_gr_weight > 0 and config.gr_teacher not in ("cached", "none")
+
+
+def region_collator(config: TrainConfig, processor: HarmoCLIPProcessor, with_crops: bool | None = None) -> RegionCollator:
+    """The training collator; with the teacher's crops of the original images (`crop_pixel_values`, `crop_mask`, cut
+    in the DataLoader's workers at `gr_crop_scale`) when the teacher needs them, or when `with_crops` says so."""
+    if with_crops is None:
+        with_crops = teacher_needs_crops(config)
+    if not with_crops:
+        return RegionCollator(processor)
+    return RegionCollator(processor, return_crops=True, crop_scale=config.gr_crop_scale)
 
 
 def build_teacher_cache(config: TrainConfig, processor: HarmoCLIPProcessor) -> TeacherCache:
@@ -145,6 +160,7 @@ def teacher_cache_settings(config: TrainConfig, processor: HarmoCLIPProcessor) -
     """What cached crop embeddings depend on; a cache built otherwise is refused."""
     return {
         "gr_crop_scale": config.gr_crop_scale,
+        "crops_from": "original image",
         "region_mode": processor.region_mode,
         "max_boxes": config.max_boxes,
         "min_box_size": config.min_box_size,

@@ -4,8 +4,9 @@
     python training/train.py --config configs/synthetic_tiny.yaml --gr_teacher cached --teacher_cache outputs/teacher_cache
 
 The teacher is the run's starting weights (`init_from`, or the from-scratch initialisation of `seed`), the boxes are
-those the training data set yields (same `max_boxes` / `min_box_size`), cut with the same processor geometry, so the
-cache holds exactly what the frozen teacher would compute during training. The folder is written whole or not at all.
+those the training data set yields (same `max_boxes` / `min_box_size`), and their crops the processor's crops of the
+original images at `gr_crop_scale`, as in training, so the cache holds exactly what the frozen teacher would compute
+during training. The folder is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from training.builders import (  # noqa: E402
     build_dataset_for_split,
     build_datasets,
     build_model_and_processor,
+    region_collator,
     teacher_cache_settings,
 )
-from training.data.collate import RegionCollator  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from conversion.saving import atomic_directory  # noqa: E402
 from training.teacher import INDEX_FILE  # noqa: E402
@@ -47,7 +48,8 @@ def build_teacher_cache_folder(
     if config.data_format == "synthetic":
         build_datasets(config, processor)  # generates the data set if needed
     dataset = build_dataset_for_split(config, "train")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=RegionCollator(processor), num_workers=config.num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=region_collator(config, processor, with_crops=True),
+                        num_workers=config.num_workers)
     images: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []
@@ -65,10 +67,10 @@ def build_teacher_cache_folder(
             if "pixel_values" not in batch:
                 continue
             with torch.no_grad():
-                crops = model.get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+                crops = model.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"])
             for row, image_id in enumerate(batch["image_ids"]):
                 indices = batch["box_indices"][row]
-                valid = (indices >= 0) & batch["box_mask"][row]
+                valid = (indices >= 0) & batch["crop_mask"][row]
                 size = int(indices.max()) + 1 if valid.any() else 0
                 table = torch.full((size, crops.shape[-1]), float("nan"))
                 table[indices[valid]] = crops[row, valid]

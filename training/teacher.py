@@ -34,7 +34,8 @@ class TeacherCache:
         self.settings: dict[str, Any] = index.get("settings", {})
         self.images: dict[str, str] = index["images"]
         for key, value in (expected_settings or {}).items():
-            if key in self.settings and self.settings[key] != value:
+            # A setting the cache does not record was not in force when it was built (e.g. crops of the original image).
+            if self.settings.get(key) != value:
                 raise ValueError(
                     f"teacher cache {self.folder} was built with {key}={self.settings[key]!r}, but training uses {value!r}"
                 )

@@ -333,8 +333,9 @@ def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.n
     if config.gr_teacher == "cached":
         return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
     source = teacher if config.gr_teacher == "frozen" else model
+    # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
     with torch.no_grad(), accelerator.autocast():
-        return source.get_crop_features(batch["pixel_values"], batch["boxes"], batch["box_mask"])
+        return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,10 @@ the teacher-embedding cache needs to key its entries. The batch holds the proces
     pixel_values (B, 3, H, W), input_ids / attention_mask (B, T), boxes (B, N, 4) normalised xyxy in the frame of
     pixel_values, box_mask (B, N), phrase_token_mask (B, N, T), phrase_ids (B, N)
 
+and, with `RegionCollator(processor, return_crops=True, crop_scale=...)` (what a frozen or live GR teacher needs),
+the teacher's inputs `TEACHER_KEYS`: crop_pixel_values (B, N, 3, S, S), each box's crop of the original image, and
+crop_mask (B, N). Cutting them here puts the work in the DataLoader's workers.
+
 plus the metadata `METADATA_KEYS`:
 
     image_ids               list of B str
@@ -14,7 +18,7 @@ plus the metadata `METADATA_KEYS`:
     num_small_boxes_dropped int, boxes dropped for being below the data set's minimum size
     num_boxes_over_limit    int, boxes dropped beyond the data set's `max_boxes`
 
-`model_inputs(batch)` leaves the metadata out. A batch whose samples were all skipped has only the metadata (B = 0).
+`model_inputs(batch)` leaves the metadata and the teacher's inputs out. A batch whose samples were all skipped has only the metadata (B = 0).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from transformers import BatchFeature
 from .data_common import RegionSample, SkippedSample
 
 METADATA_KEYS = ("image_ids", "box_indices", "skipped", "num_small_boxes_dropped", "num_boxes_over_limit")
+TEACHER_KEYS = ("crop_pixel_values", "crop_mask")
 
 
 @dataclass
@@ -75,7 +80,8 @@ def padded_box_indices(box_indices: list[list[int]], num_boxes: int) -> torch.Te
 class RegionCollator:
     """`collate_fn` for the region data sets: `DataLoader(dataset, collate_fn=RegionCollator(processor), ...)`.
 
-    `processor_kwargs` go to every processor call (e.g. `max_length`).
+    `processor_kwargs` go to every processor call (e.g. `max_length`, or `return_crops=True, crop_scale=1.5` for the GR
+    teacher's crops).
     """
 
     def __init__(self, processor, **processor_kwargs: Any):
@@ -106,5 +112,5 @@ class RegionCollator:
 
 
 def model_inputs(batch: BatchFeature | dict) -> dict:
-    """The batch without the metadata: what `model(**...)` takes."""
-    return {key: value for key, value in batch.items() if key not in METADATA_KEYS}
+    """The batch without the metadata and the teacher's crops: what `model(**...)` takes."""
+    return {key: value for key, value in batch.items() if key not in METADATA_KEYS + TEACHER_KEYS}
