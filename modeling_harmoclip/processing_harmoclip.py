@@ -471,10 +471,12 @@ class HarmoCLIPProcessor(ProcessorMixin):
         crop_mask = torch.zeros(batch, most, dtype=torch.bool)
         if not pieces:
             return {"crop_pixel_values": torch.zeros(batch, most, 3, size.height, size.width), "crop_mask": crop_mask}
-        options = {key: value for key, value in images_kwargs.items() if key not in ("size", "do_resize", "do_center_crop")}
+        fixed = ("size", "do_resize", "do_center_crop", "input_data_format")
+        options = {key: value for key, value in images_kwargs.items() if key not in fixed}
+        # PIL pieces become channels-last arrays inside the image processor; the others are cut channels-last.
         processed = self.image_processor(
             pieces, size={"height": size.height, "width": size.width}, do_resize=True, do_center_crop=False,
-            return_tensors="pt", **options,
+            input_data_format=ChannelDimension.LAST, return_tensors="pt", **options,
         )["pixel_values"]
         crop_pixel_values = torch.zeros(batch, most, *processed.shape[1:], dtype=torch.float32)
         crop_pixel_values[rows, columns] = processed.float()
@@ -694,16 +696,18 @@ def crop_windows(boxes: torch.Tensor, crop_scale: float, height: int, width: int
 
 
 def cut_window(image: Any, window: tuple[int, int, int, int], input_data_format: Any = None) -> Any:
-    """The pixels of `image` inside `window` (x0, y0, x1, y1), in the image's own type and layout."""
+    """The pixels of `image` inside `window` (x0, y0, x1, y1): a PIL image for a PIL image, else a channels-last tensor
+    (a crop a few pixels wide has no layout of its own to infer, so the original's is applied here)."""
     x0, y0, x1, y1 = window
     if getattr(image, "ndim", None) is None:  # a PIL image
         return image.crop(window)
-    if image.ndim == 2:
-        return image[y0:y1, x0:x1]
+    pixels = torch.as_tensor(image)
+    if pixels.ndim == 2:
+        return pixels[y0:y1, x0:x1, None]
     layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
     if ChannelDimension(layout) == ChannelDimension.FIRST:
-        return image[:, y0:y1, x0:x1]
-    return image[y0:y1, x0:x1, :]
+        return pixels[:, y0:y1, x0:x1].permute(1, 2, 0)
+    return pixels[y0:y1, x0:x1, :]
 
 
 def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:

@@ -79,6 +79,7 @@ def test_crops_of_arrays_and_tensors_equal_those_of_pil_images(tiny_tokenizer) -
     processor = tiny_processor(tiny_tokenizer, region_mode=True)
     image = _random_image(70, 45, seed=3)
     boxes = [[[3.0, 4.0, 30.0, 40.0], [50.5, 10.2, 69.0, 20.7]]]
+    boxes[0].append([33.2, 20.1, 33.4, 20.3])  # a one-pixel crop: too small to infer a layout from
     expected = processor(images=[image], boxes=boxes, return_crops=True)["crop_pixel_values"]
     levels = np.asarray(image)
     for same in (levels, torch.from_numpy(levels.copy()).permute(2, 0, 1)):
