@@ -209,3 +209,20 @@ def test_teacher_cache_holds_the_crop_embeddings_of_the_processors_crops(synthet
     cached = cache.lookup([sample.image_id for sample in samples], indices)
     valid = crops["crop_mask"]
     assert valid.sum() > 5 and (cached[valid] - expected[valid]).abs().max() <= 1e-5
+
+
+def test_protocol_preprocessing_returns_the_processors_crops_of_the_original(tiny_tokenizer) -> None:
+    """A reference protocol resizes `pixel_values` its own way (here 64 px, longest side, padded); its crop-and-encode
+    baseline still gets the crops of the original image at the model's input size."""
+    from evaluation.protocols import ProtocolProcessor
+
+    processor = tiny_processor(tiny_tokenizer, region_mode=False)
+    images = [_random_image(90, 50, seed=6), _random_image(40, 70, seed=7)]
+    boxes = [[[10.0, 5.0, 60.0, 45.0], [70.0, 30.0, 90.0, 50.0]], [[3.0, 3.0, 30.0, 60.0]]]
+    out = ProtocolProcessor(processor, 64, "longest-pad", "bicubic")(images=images, boxes=boxes, return_crops=True, crop_scale=1.5)
+    assert out["pixel_values"].shape == (2, 3, 64, 64) and out["crop_pixel_values"].shape == (2, 2, 3, 32, 32)
+    assert out["crop_mask"].tolist() == [[True, True], [True, False]] == out["box_mask"].tolist()
+    for image_index, (image, image_boxes) in enumerate(zip(images, boxes)):
+        for box_index, box in enumerate(image_boxes):
+            reference = hand_crop(image, box, 1.5, 32)
+            assert torch.allclose(out["crop_pixel_values"][image_index, box_index], reference, atol=1e-4)
