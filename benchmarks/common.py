@@ -330,7 +330,7 @@ def vitb16_config(**overrides: Any):
 
     settings = dict(model_preset="vit-b-16", image_size=224, patch_size=16, tokenizer_num_merges=None,
                     tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"), evaluate_at_end=False,
-                    report_to_tensorboard=False)
+                    report_to="none")
     settings.update(overrides)
     return TrainConfig(**settings)
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     num_train = args.num_train or (32 if args.quick else 512)
     with temporary_folder("harmoclip-bench-data-") as folder:
         overrides = dict(synthetic_dir=str(folder / "synthetic"), synthetic_num_train=num_train, synthetic_num_val=0,
-                         seed=args.seed, evaluate_at_end=False, report_to_tensorboard=False,
+                         seed=args.seed, evaluate_at_end=False, report_to="none",
                          tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
                          mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name)
         if args.batch_size or args.quick:

@@ -160,14 +160,14 @@ def _train_config(settings: HarmonySettings, out: Path, configuration: LossConfi
         learning_rate=getattr(settings, f"{stage}_learning_rate"), warmup_steps=getattr(settings, f"{stage}_warmup_steps"),
         weight_decay=settings.weight_decay, output_dir=str(output_dir), log_every=max(1, min(10, steps // 10)),
         checkpoint_every=max(1, steps // 4), keep_checkpoints=1, resume=True, evaluate_at_end=False,
-        eval_batch_size=settings.eval_batch_size, report_to_tensorboard=False,
+        eval_batch_size=settings.eval_batch_size, report_to="none",
         extra={"harmony_row": configuration.key, "harmony_stage": stage},
     )
 
 
 # Fields that name places or control logging, not what the weights become.
 _NOT_FINGERPRINTED = ("synthetic_dir", "output_dir", "init_from", "resume", "log_every", "checkpoint_every",
-                      "keep_checkpoints", "report_to_tensorboard", "evaluate_at_end", "num_workers", "extra")
+                      "keep_checkpoints", "report_to", "evaluate_at_end", "num_workers", "extra")
 
 
 def fingerprint(config: TrainConfig, parent: str | None = None) -> str:

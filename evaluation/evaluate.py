@@ -43,6 +43,7 @@ from .eval_data import (
     read_box_data,
     read_retrieval_data,
 )
+from conversion.cli import CommandParser, log_to_file, run_command, setup_logging
 from conversion.saving import write_text_atomic
 from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
 from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
@@ -445,8 +446,8 @@ def load_model_and_processor(path: str | Path, device: str | torch.device = "cpu
     return model, processor
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
     parser.add_argument("--task", required=True, choices=("retrieval", "boxcls"))
     parser.add_argument("--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json")
@@ -525,16 +526,18 @@ def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argpar
     return {"task": args.task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the evaluation the command line `argv` describes, writes its JSON, markdown and log; returns the report."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"`--batch-size` must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise ValueError(f"`--num-workers` must be >= 0, got {args.num_workers}")
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"`--data`: file not found: {args.data}")
     out = Path(args.out or f"{args.task}_results.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(out.with_suffix(".log"), mode="w", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(file_handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with log_to_file(out.with_suffix(".log"), mode="w"):
         command = shlex.join(["python", "-m", "evaluation.evaluate", *argv])
         logger.info("command: %s", command)
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
@@ -551,9 +554,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(write_report(report, out))
         logger.info("wrote %s and %s", out, out.with_suffix(".md"))
         return report
-    finally:
-        logger.removeHandler(file_handler)
-        file_handler.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `harmoclip-evaluate` command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
+    def run() -> None:
+        setup_logging()
+        evaluate_command(argv)
+
+    return run_command(run)
 
 
 __all__ = [
@@ -573,9 +583,10 @@ __all__ = [
     "markdown_report",
     "write_report",
     "load_model_and_processor",
+    "evaluate_command",
     "main",
 ]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -53,7 +53,7 @@ def main() -> None:
     parity(report)
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml", {
         "mixed_precision": "bf16", "output_dir": str(out / "run"), "synthetic_dir": str(out / "synthetic"),
-        "max_steps": 150, "num_workers": 4, "report_to_tensorboard": False,
+        "max_steps": 150, "num_workers": 4, "report_to": "none",
     })
     start = time.perf_counter()
     model_dir = train(config)

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from conversion.saving import write_text_atomic
-from evaluation.evaluate import main as evaluate_main
+from evaluation.evaluate import evaluate_command
 
 PUBLISHED = ROOT / "scripts" / "published_figures.json"
 BPE_PATH = ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"
@@ -162,7 +162,7 @@ def evaluate_model(
         embeddings = (["--class-embeddings-from", str(class_embeddings)] if class_embeddings.exists()
                       else ["--save-class-embeddings", str(class_embeddings)])
         size = ["--image-size", str(sizes[protocol])] if sizes.get(protocol) else []
-        evaluate_main(common + ["--task", "boxcls", "--protocol", protocol, "--data", str(coco / "annotations" / "panoptic_val2017.json"),
+        evaluate_command(common + ["--task", "boxcls", "--protocol", protocol, "--data", str(coco / "annotations" / "panoptic_val2017.json"),
                                 "--image-root", str(coco / "val2017"), "--out", str(target)] + embeddings + size)
     runs = {"retrieval_coco": (workdir / "data" / "karpathy" / "dataset_coco.json", coco)}
     if flickr_images is not None:
@@ -170,7 +170,7 @@ def evaluate_model(
     for result, (data, images) in runs.items():
         target = out / f"{result}.json"
         if not target.exists():
-            evaluate_main(common + ["--task", "retrieval", "--protocol", "fineclip", "--data", str(data), "--image-root", str(images),
+            evaluate_command(common + ["--task", "retrieval", "--protocol", "fineclip", "--data", str(data), "--image-root", str(images),
                                     "--split", "test", "--out", str(target)])
     return out
 

@@ -25,6 +25,7 @@ from transformers import AutoModel, AutoProcessor
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conversion.cli import run_command, setup_logging  # noqa: E402
 from training.config import build_argument_parser, config_from_args  # noqa: E402
 from training.data.synthetic import read_classes  # noqa: E402
 from training.train import train  # noqa: E402
@@ -67,7 +68,8 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_main_job(argv: list[str] | None = None) -> dict:
+    """Trains, evaluates, saves and demonstrates the model; returns the demo's predictions."""
     parser = build_argument_parser(__doc__.split("\n\n")[0])
     parser.set_defaults(config=str(DEFAULT_CONFIG))
     config = config_from_args(parser.parse_args(argv))
@@ -104,5 +106,15 @@ def main(argv: list[str] | None = None) -> dict:
     return demo
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The main job as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
+    def run() -> None:
+        setup_logging()
+        run_main_job(argv)
+
+    return run_command(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -394,20 +394,24 @@ def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_mod
     assert "command: python -m evaluation.evaluate" in out.with_suffix(".log").read_text()
 
 
-def test_command_rejects_an_unknown_task(tmp_path):
-    from evaluation.evaluate import build_parser
+def test_command_rejects_mistakes_in_one_line(tmp_path, capsys):
+    from evaluation.evaluate import main
 
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--model", "m", "--task", "segmentation", "--data", "d"])
+    assert main(["--model", "m", "--task", "segmentation", "--data", "d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --task: invalid choice: 'segmentation'") and len(err.strip().splitlines()) == 1
+    assert main(["--model", "m", "--task", "retrieval", "--data", str(tmp_path / "missing.json")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: `--data`: file not found: {tmp_path / 'missing.json'}\n"
 
 
 def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, saved_model_dir, tmp_path):
     # The model's own box-aware processor is saved beside it (AutoProcessor loads it back).
-    from evaluation.evaluate import main
+    from evaluation.evaluate import evaluate_command
 
     folder = saved_model_dir
     out = tmp_path / "panoptic.json"
-    report = main([
+    report = evaluate_command([
         "--model", str(folder), "--task", "boxcls", "--data", str(coco_panoptic),
         "--image-root", str(coco_panoptic.parent.parent / "val2017"), "--batch-size", "2", "--num-workers", "0",
         "--device", "cpu", "--template", "a photo of a {}.", "--crop-scale", "1.25", "--out", str(out),

@@ -15,7 +15,7 @@ from conftest import tiny_harmoclip_model, tiny_processor
 from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
-from evaluation.evaluate import compute_text_embeddings, main
+from evaluation.evaluate import compute_text_embeddings, evaluate_command
 from evaluation.metrics import classification_metrics
 from evaluation.panoptic import mask_box, read_panoptic_boxes
 from evaluation.prompts import VILD_TEMPLATES, article, processed_name, vild_prompts
@@ -291,7 +291,7 @@ def test_fineclip_protocol_end_to_end(panoptic, saved_models, tmp_path, processo
     model_dir, other_dir = saved_models
     out = tmp_path / "fineclip.json"
     embeds_path = tmp_path / "classes.npy"
-    report = main([
+    report = evaluate_command([
         "--model", str(model_dir), "--task", "boxcls", "--protocol", "fineclip", "--image-size", "32",
         "--data", str(panoptic), "--image-root", str(panoptic.parent.parent / "val2017"),
         "--class-embeddings-from", str(other_dir), "--save-class-embeddings", str(embeds_path),
@@ -326,7 +326,7 @@ def test_clipself_protocol_at_a_non_native_size(panoptic, saved_models, tmp_path
     class_embeds = protocol_class_embeddings(names, model, processor)
     embeds_path = save_class_embeddings(class_embeds, tmp_path / "own.npy")
     out = tmp_path / "clipself.json"
-    main([
+    evaluate_command([
         "--model", str(model_dir), "--task", "boxcls", "--protocol", "clipself", "--image-size", "64",
         "--data", str(panoptic), "--image-root", str(panoptic.parent.parent / "val2017"),
         "--class-embeddings-from", str(embeds_path), "--methods", "dense", "crop",
@@ -376,7 +376,7 @@ def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved
     karpathy = tmp_path / "dataset_flickr30k.json"
     karpathy.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     out = tmp_path / "flickr.json"
-    main(["--model", str(saved_models[0]), "--task", "retrieval", "--protocol", "fineclip", "--data", str(karpathy),
+    evaluate_command(["--model", str(saved_models[0]), "--task", "retrieval", "--protocol", "fineclip", "--data", str(karpathy),
           "--image-root", str(tmp_path), "--num-workers", "0", "--device", "cpu", "--out", str(out)])
     results = json.loads(out.read_text())["results"]
 
@@ -407,9 +407,9 @@ def test_protocol_options_are_checked_before_loading_anything(tmp_path, panoptic
     instances = tmp_path / "instances_val2017.json"
     instances.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     with pytest.raises(ValueError, match=r"--protocol fineclip classifies the boxes of a COCO panoptic json, got --data .*instances_val2017.json \(coco-instances\)"):
-        main(["--model", "unused", "--task", "boxcls", "--protocol", "fineclip", "--data", str(instances), "--out", str(tmp_path / "r.json")])
+        evaluate_command(["--model", "unused", "--task", "boxcls", "--protocol", "fineclip", "--data", str(instances), "--out", str(tmp_path / "r.json")])
     with pytest.raises(ValueError, match=r"--image-size applies to `--task boxcls --protocol ...` only, got --task boxcls --protocol None"):
-        main(["--model", "unused", "--task", "boxcls", "--image-size", "64", "--data", str(panoptic), "--out", str(tmp_path / "r.json")])
+        evaluate_command(["--model", "unused", "--task", "boxcls", "--image-size", "64", "--data", str(panoptic), "--out", str(tmp_path / "r.json")])
 
 
 def test_interpolated_position_embeddings_follow_clipselfs_rescaling():

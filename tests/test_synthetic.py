@@ -126,13 +126,14 @@ def test_existing_folder_kept_refused_or_replaced(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli"
-    main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+    assert main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"]) == 0
     assert "written" in capsys.readouterr().out
     assert json.loads((out / "settings.json").read_text())["image_size"] == 40
-    main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+    assert main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--seed", "4", "--image-size", "40"]) == 0
     assert "kept" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["--out", str(out), "--num-train", "3", "--num-val", "1", "--seed", "4", "--image-size", "40"])
+    assert main(["--out", str(out), "--num-train", "3", "--num-val", "1", "--seed", "4", "--image-size", "40"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(out) in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_settings():

@@ -28,7 +28,7 @@ BIN = Path(sys.executable).parent
 SMALL = [
     "--synthetic_num_train", "16", "--synthetic_num_val", "8", "--synthetic_image_size", "32", "--image_size", "32",
     "--batch_size", "4", "--log_every", "1", "--warmup_steps", "1", "--evaluate_at_end", "false",
-    "--report_to_tensorboard", "false",
+    "--report_to", "none",
 ]
 
 
@@ -87,7 +87,7 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
     out = tmp_path / "locked"
     run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gradient_accumulation_steps", "2",
                  "--lock_text", "true", "--lock_vision_layers", "2", "--learning_rate", "0.05", "--max_logit_scale", "10",
-                 "--report_to_tensorboard", "true")
+                 "--report_to", "tensorboard")
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {"image_size": 32})
     start = build_model_and_processor(config)[0].state_dict()  # the same seed: the starting weights
     trained = load_file(out / "model" / "model.safetensors")
@@ -220,7 +220,7 @@ def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
         "--train_data", str(captions), "--coco_instances", str(instances), "--image_root", str(images),
         "--val_data", "none", "--init_from", str(init), "--image_size", "32", "--patch_size", "8", "--batch_size", "2",
         "--num_workers", "0", "--max_steps", "3", "--warmup_steps", "1", "--log_every", "1", "--output_dir", str(out),
-        "--report_to_tensorboard", "false", "--min_box_size", "4",
+        "--report_to", "none", "--min_box_size", "4",
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -293,9 +293,9 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {
         "synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32, "batch_size": 4,
         "synthetic_dir": str(synthetic_dir), "output_dir": str(out), "max_steps": 10, "checkpoint_every": 1,
-        "max_nonfinite_steps": 3, "report_to_tensorboard": False, "evaluate_at_end": False, "log_every": 1,
+        "max_nonfinite_steps": 3, "report_to": "none", "evaluate_at_end": False, "log_every": 1,
     })
-    with pytest.raises(SystemExit, match="3 consecutive non-finite losses at step 3"):
+    with pytest.raises(train_module.TrainingStopped, match="3 consecutive non-finite losses at step 3"):
         train_module.train(config)
     log = (out / "train.log").read_text()
     assert "non-finite loss at step 2: step skipped (1 in a row)" in log

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conversion.cli import run_command, setup_logging  # noqa: E402
 from training.builders import (  # noqa: E402
     build_dataset_for_split,
     build_datasets,
@@ -89,16 +90,24 @@ def build_teacher_cache_folder(
     return Path(cache_dir)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = build_argument_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", required=True, help="folder to write")
-    parser.add_argument("--cache-batch-size", dest="cache_batch_size", type=int, default=32)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = config_from_args(args)
-    return build_teacher_cache_folder(config, args.cache_dir, batch_size=args.cache_batch_size, overwrite=args.overwrite)
+def main(argv: list[str] | None = None) -> int:
+    """The `harmoclip-cache-teacher` command; returns the exit code."""
+
+    def run() -> str:
+        parser = build_argument_parser(__doc__.split("\n\n")[0])
+        parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", required=True, help="folder to write")
+        parser.add_argument("--cache-batch-size", dest="cache_batch_size", type=int, default=32)
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing cache folder")
+        args = parser.parse_args(argv)
+        if args.cache_batch_size <= 0:
+            raise ValueError(f"`--cache-batch-size` must be > 0, got {args.cache_batch_size}")
+        setup_logging()
+        config = config_from_args(args)
+        folder = build_teacher_cache_folder(config, args.cache_dir, batch_size=args.cache_batch_size, overwrite=args.overwrite)
+        return f"wrote the teacher cache {folder}"
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,9 +17,23 @@ from typing import Any
 
 import yaml
 
+from conversion.cli import CommandParser
+from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
+
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MODEL_PRESETS = ("micro", "tiny", "vit-b-16")
+# The trackers Accelerate can log to (its `LoggerType`), plus "none"; "all" takes every installed one.
+TRACKERS = ("all", "aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
+# Options with a fixed set of values (also the `choices` of their command-line options).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data_format": DATA_FORMATS,
+    "mixed_precision": MIXED_PRECISION,
+    "model_preset": MODEL_PRESETS,
+    "dense_mode": DENSE_MODES,
+    "lexeme_mode": LEXEME_MODES,
+    "gr_teacher": TEACHER_MODES,
+}
 
 
 @dataclass
@@ -83,24 +97,20 @@ class TrainConfig:
     eval_boxcls_data: str | None = None  # COCO instances/panoptic json or JSONL with labels (default: likewise)
     eval_image_root: str | None = None
     eval_batch_size: int = 64
-    report_to_tensorboard: bool = True
+    report_to: str = "tensorboard"  # comma-separated trackers (TRACKERS: tensorboard, wandb, mlflow, ...), or "none"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the run's config.json
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        choices = {
-            "data_format": DATA_FORMATS,
-            "mixed_precision": MIXED_PRECISION,
-            "model_preset": MODEL_PRESETS,
-            "dense_mode": ("value", "full"),
-            "lexeme_mode": ("token", "separate"),
-            "gr_teacher": ("frozen", "self", "cached", "none"),
-        }
-        for name, allowed in choices.items():
+        hints = _field_types()
+        for item in dataclasses.fields(self):  # types first: a YAML file or a caller may pass anything
+            setattr(self, item.name, coerce_value(item.name, getattr(self, item.name), hints[item.name]))
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
+        tracker_names(self.report_to)
         positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every", "checkpoint_every",
                     "keep_checkpoints", "max_boxes", "image_size", "patch_size", "max_nonfinite_steps")
         for name in positive:
@@ -122,6 +132,11 @@ class TrainConfig:
             raise ValueError("config: all loss weights are 0; nothing to train")
 
     @property
+    def trackers(self) -> list[str]:
+        """The trackers of `report_to` (empty for "none")."""
+        return tracker_names(self.report_to)
+
+    @property
     def uses_regions(self) -> bool:
         return self.loss_lrc_weight > 0 or (self.loss_gr_weight > 0 and self.gr_teacher != "none")
 
@@ -133,24 +148,64 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _parse_value(name: str, text: str, annotation: Any) -> Any:
-    """Parses a command-line string into the field's type (bool: true/false/1/0/yes/no; 'none' for optional)."""
+def tracker_names(report_to: str) -> list[str]:
+    """The trackers named by `report_to` ("tensorboard,wandb"; "none": no tracker), each one Accelerate supports."""
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    if not names or any(name not in TRACKERS for name in names):
+        raise ValueError(f"config `report_to` must name trackers among {TRACKERS} or be 'none', got {report_to!r}")
+    return names
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def coerce_value(name: str, value: Any, annotation: Any, where: str | None = None) -> Any:
+    """`value` as the field's type, from a command-line string or a YAML value.
+
+    Strings are read as the type ("1e-5" -> 1e-05, which YAML leaves a string; "false" -> False; "none" -> None for
+    optional fields); an int is a float where a float is wanted. Anything else of the wrong type is a `ValueError`
+    naming the option (`where`, default "config `name`") and the value.
+    """
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
-    if type(None) in options and text.lower() in ("none", "null", ""):
+    if value is None and type(None) in options:
+        return None
+    if isinstance(value, str) and type(None) in options and value.strip().lower() in ("none", "null", ""):
         return None
     for kind in options:
         if kind is bool:
-            lowered = text.lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-        elif kind in (int, float, str):
-            try:
-                return kind(text)
-            except ValueError:
-                continue
-    raise ValueError(f"option `--{name}`: cannot read {text!r} as {annotation}")
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                try:
+                    return int(value.strip())
+                except ValueError:
+                    continue
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value.strip())
+                except ValueError:
+                    continue
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(kind) is dict or kind is dict:
+            if isinstance(value, dict):
+                return value
+    raise ValueError(f"{where or f'config `{name}`'}: expected {_type_name(annotation)}, got {value!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -161,7 +216,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(loaded).__name__}")
         unknown = sorted(set(loaded) - known)
@@ -175,24 +233,26 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return TrainConfig(**values)
 
 
-def build_argument_parser(description: str) -> argparse.ArgumentParser:
-    """`--config PATH` plus one option per config field (underscores or dashes)."""
-    parser = argparse.ArgumentParser(description=description)
+def build_argument_parser(description: str) -> CommandParser:
+    """`--config PATH` plus one option per config field (underscores or dashes); values stay strings until
+    `config_from_args` reads them as their field's type."""
+    parser = CommandParser(description=description)
     parser.add_argument("--config", help="YAML file of options (configs/*.yaml); command-line options override it")
     hints = _field_types()
     for item in dataclasses.fields(TrainConfig):
         if item.name == "extra":
             continue
         flags = [f"--{item.name}"] + ([f"--{item.name.replace('_', '-')}"] if "_" in item.name else [])
-        parser.add_argument(*flags, dest=item.name, default=None, metavar=str(hints[item.name]).replace("typing.", ""),
-                            help=f"default: {item.default!r}")
+        parser.add_argument(*flags, dest=item.name, default=None, choices=CHOICES.get(item.name),
+                            metavar=None if item.name in CHOICES else _type_name(hints[item.name]), help=f"default: {item.default!r}")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config of `--config` with the options given on the command line (typed and checked by `TrainConfig`)."""
     hints = _field_types()
     overrides = {
-        name: _parse_value(name, value, hints[name])
+        name: coerce_value(name, value, hints[name], where=f"option `--{name}`")
         for name, value in vars(args).items()
         if name in hints and value is not None
     }

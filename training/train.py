@@ -32,6 +32,7 @@ from transformers import get_cosine_schedule_with_warmup
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conversion.cli import log_to_file, run_command, setup_logging  # noqa: E402
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
@@ -158,28 +159,46 @@ def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
                 parameter.requires_grad_(False)
 
 
-def setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "train.log"))
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+class TrainingStopped(RuntimeError):
+    """The run stopped before `max_steps` (too many non-finite losses in a row)."""
+
+
+def check_trackers_installed(trackers: list[str]) -> None:
+    """Accelerate silently drops a tracker whose package is missing: a run asked to log somewhere must."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(tracker) for tracker in get_available_trackers()}
+    missing = [name for name in trackers if name != "all" and name not in available]
+    if missing:
+        raise ValueError(f"config `report_to`: tracker(s) {missing} not installed (installed: {sorted(available)})")
 
 
 def train(config: TrainConfig) -> Path:
-    """Runs the training job described by `config`; returns the folder of the saved Hub-ready model."""
+    """Runs the training job described by `config`; returns the folder of the saved Hub-ready model.
+
+    The main process copies the project's log records to `<output_dir>/train.log`; where else they go (console) is
+    the caller's logging set-up.
+    """
     output_dir = Path(config.output_dir)
+    check_trackers_installed(config.trackers)
     needs_unused = config.loss_gc_weight == 0 or config.loss_lrc_weight == 0 or not config.uses_regions
     accelerator = Accelerator(
         # Without CUDA, say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun.
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
-        log_with="tensorboard" if config.report_to_tensorboard else None,
+        log_with=config.trackers or None,
         project_dir=str(output_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)],
     )
-    setup_logging(accelerator, output_dir)
+    if not accelerator.is_main_process:
+        return run_training(config, accelerator)
+    with log_to_file(output_dir / "train.log"):
+        return run_training(config, accelerator)
+
+
+def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
+    """The body of `train` (after the Accelerator is made)."""
+    output_dir = Path(config.output_dir)
     set_seed(config.seed)
     logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device, config.mixed_precision)
 
@@ -212,7 +231,7 @@ def train(config: TrainConfig) -> Path:
 
     if accelerator.is_main_process:
         (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    if config.report_to_tensorboard:
+    if config.trackers:
         accelerator.init_trackers("harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -250,7 +269,7 @@ def train(config: TrainConfig) -> Path:
                            f"the last good checkpoint is {last or 'none (no checkpoint was written)'}")
                 logger.error(message)
                 accelerator.end_training()
-                raise SystemExit(message)
+                raise TrainingStopped(message)
             continue
         consecutive_nonfinite = 0
         if config.max_grad_norm:
@@ -276,7 +295,7 @@ def train(config: TrainConfig) -> Path:
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            if config.report_to_tensorboard:
+            if config.trackers:
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
 
         if step % config.checkpoint_every == 0 or step == config.max_steps:
@@ -338,12 +357,18 @@ def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.n
         return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_argument_parser(__doc__.split("\n\n")[0])
-    config = config_from_args(parser.parse_args(argv))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train(config)
+def main(argv: list[str] | None = None) -> int:
+    """The `harmoclip-train` command; returns the exit code (a user's mistake: one line `error: ...`, exit 1 or 2)."""
+
+    def run() -> str:
+        config = config_from_args(build_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv))
+        # Other processes of a distributed run (torchrun / accelerate launch set RANK) log warnings only.
+        setup_logging(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data loader forks after the tokenizer ran
+        return f"saved the Hub-ready model to {train(config)}"
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from conversion.cli import CommandParser, run_command
 from conversion.saving import atomic_directory
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -175,27 +177,28 @@ def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, ove
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="folder to create")
-    parser.add_argument("--num-train", type=int, default=SyntheticSettings.num_train)
-    parser.add_argument("--num-val", type=int, default=SyntheticSettings.num_val)
-    parser.add_argument("--seed", type=int, default=SyntheticSettings.seed)
-    parser.add_argument("--image-size", type=int, default=SyntheticSettings.image_size)
-    parser.add_argument("--max-shapes", type=int, default=SyntheticSettings.max_shapes)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing folder made with other settings")
-    args = parser.parse_args(argv)
-    settings = SyntheticSettings(args.num_train, args.num_val, args.seed, args.image_size, args.max_shapes)
-    existed = read_settings(args.out) == settings.to_json()
-    try:
+def main(argv: list[str] | None = None) -> int:
+    """The data set generator as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
+    def run() -> str:
+        parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--out", required=True, type=Path, help="folder to create")
+        parser.add_argument("--num-train", type=int, default=SyntheticSettings.num_train)
+        parser.add_argument("--num-val", type=int, default=SyntheticSettings.num_val)
+        parser.add_argument("--seed", type=int, default=SyntheticSettings.seed)
+        parser.add_argument("--image-size", type=int, default=SyntheticSettings.image_size)
+        parser.add_argument("--max-shapes", type=int, default=SyntheticSettings.max_shapes)
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing folder made with other settings")
+        args = parser.parse_args(argv)
+        settings = SyntheticSettings(args.num_train, args.num_val, args.seed, args.image_size, args.max_shapes)
+        existed = read_settings(args.out) == settings.to_json()
         out = generate_synthetic_dataset(args.out, settings, overwrite=args.overwrite)
-    except FileExistsError as error:
-        parser.error(str(error))
-    state = "already there with these settings, kept" if existed else "written"
-    print(f"synthetic data set {state}: {out} ({settings.num_train} train, {settings.num_val} val images, "
-          f"{len(class_names(settings))} classes in {out / 'classes.json'})")
-    return out
+        state = "already there with these settings, kept" if existed else "written"
+        return (f"synthetic data set {state}: {out} ({settings.num_train} train, {settings.num_val} val images, "
+                f"{len(class_names(settings))} classes in {out / 'classes.json'})")
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
