@@ -37,15 +37,18 @@ from typing import Any, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Before torch loads OpenMP: idle threads sleep instead of spinning. On a 2-core machine shared with other jobs,
-# spinning threads made these small models' training steps about 8 times slower. A user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if __name__ == "__main__":
+    # Run as a command, before torch loads OpenMP: idle threads sleep instead of spinning. On a 2-core machine shared
+    # with other jobs, spinning threads made these small models' training steps about 8 times slower. A user's own
+    # setting wins; importing this module changes nothing.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from training.config import TrainConfig  # noqa: E402
 from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from conversion.cli import CommandParser, log_to_file, run_command, setup_logging  # noqa: E402
 from conversion.saving import write_text_atomic  # noqa: E402
 
 logger = logging.getLogger("harmoclip.harmony")
@@ -391,8 +394,8 @@ def _environment(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.harmony", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="python -m benchmarks.harmony", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/harmony", help="results folder (default: outputs/harmony)")
     parser.add_argument("--config", default=None, help="YAML file of settings (the fields of HarmonySettings)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps: checks the pipeline in seconds")
@@ -411,6 +414,8 @@ def settings_from_args(args: argparse.Namespace) -> HarmonySettings:
     values: dict[str, Any] = dict(QUICK_SETTINGS) if args.quick else {}
     known = {item.name for item in dataclasses.fields(HarmonySettings)}
     if args.config:
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"`--config`: file not found: {args.config}")
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {args.config} must hold a mapping of setting: value")
@@ -422,31 +427,16 @@ def settings_from_args(args: argparse.Namespace) -> HarmonySettings:
     return HarmonySettings(**values)
 
 
-def setup_logging(out: Path) -> logging.Handler:
-    """Logs this module and the evaluation to `<out>/harmony.log` (and the console). The handlers sit on named loggers:
-    the training loop resets the root logger's handlers at every run."""
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / f"{RESULTS_NAME}.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("harmoclip.harmony", "harmoclip.train", "evaluation.evaluate"):
-        named = logging.getLogger(name)
-        named.addHandler(handler)
-        named.setLevel(logging.INFO)
-    return handler
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run_harmony(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the benchmark the command line `argv` describes; writes harmony.{json,md,png,log}; returns the report."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-    except (ValueError, TypeError, OSError) as error:
-        parser.error(str(error))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    except TypeError as error:  # a YAML value of the wrong type for a setting
+        raise ValueError(f"`--config` {args.config}: {error}") from None
     out = Path(args.out)
-    handler = setup_logging(out)
-    try:
+    with log_to_file(out / f"{RESULTS_NAME}.log"):
         command = shlex.join(["python", "-m", "benchmarks.harmony", *argv])
         logger.info("command: %s", command)
         logger.info("settings: %s", json.dumps(settings.to_dict()))
@@ -456,11 +446,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info("results:\n%s", table)
         logger.info("wrote %s, %s and %s", *(out / f"{RESULTS_NAME}.{suffix}" for suffix in ("json", "md", "png")))
         return report
-    finally:
-        for name in ("harmoclip.harmony", "harmoclip.train", "evaluation.evaluate"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The harmony benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
+    def run() -> None:
+        setup_logging()
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the data loader forks after the tokenizer ran
+        run_harmony(argv)
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

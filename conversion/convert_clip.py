@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
 
 from . import openai_forward
-from .cli import run_command, setup_logging
+from .cli import CommandParser, run_command, setup_logging
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict
@@ -92,6 +93,29 @@ def _unwrap_state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+def unreadable_checkpoint(path: Path, error: BaseException) -> ValueError:
+    """The one error for a file that is not a checkpoint of tensors. torch's own message advises loading with
+    `weights_only=False` (running whatever code the file holds), which this converter never does: it is left out."""
+    if "Unsupported global" in str(error):
+        reason = "it holds Python objects besides tensors, which are never unpickled"
+    else:
+        reason = "not a PyTorch or safetensors file of tensors, or a corrupt one"
+    return ValueError(f"`--checkpoint`: {path} is not a readable checkpoint ({reason})")
+
+
+def load_tensor_file(path: Path) -> Any:
+    """Reads a weights file (`.safetensors`, TorchScript archive, or `torch.load(weights_only=True)`) on the CPU;
+    anything unreadable raises `unreadable_checkpoint`."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_safetensors(str(path))
+        if is_torchscript_archive(path):
+            return torch.jit.load(str(path), map_location="cpu").state_dict()  # its weights only; its code is not run
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch and safetensors raise many types (UnpicklingError, EOFError, KeyError, ...)
+        raise unreadable_checkpoint(path, error) from None
+
+
 def is_torchscript_archive(path: Path) -> bool:
     """TorchScript archives are zip files with serialized code (`<name>/code/...`); plain state dicts are not."""
     if not zipfile.is_zipfile(path):
@@ -108,9 +132,7 @@ def read_openai_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"`checkpoint`: file not found: {path}")
-    if is_torchscript_archive(path):
-        return _unwrap_state_dict(torch.jit.load(str(path), map_location="cpu").state_dict(), path)
-    return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    return _unwrap_state_dict(load_tensor_file(path), path)
 
 
 def read_open_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -118,10 +140,8 @@ def read_open_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"`checkpoint`: file not found: {path}")
-    if path.suffix == ".safetensors":
-        return _unwrap_state_dict(load_safetensors(str(path)), path)
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    if path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        return _unwrap_state_dict(load_tensor_file(path), path)
     raise ValueError(f"`checkpoint`: expected a .safetensors, .bin, .pt or .pth file, got {path.name}")
 
 
@@ -244,7 +264,10 @@ def load_hf_source(folder: str | Path) -> ClipSource:
     """A transformers CLIP folder: weights (safetensors; `.bin` read with `weights_only=True`), tokenizer and image
     processor reused."""
     folder = require_model_type(folder, "clip", "checkpoint")
-    model = CLIPModel.from_pretrained(folder, dtype=torch.float32, weights_only=True).eval()
+    try:
+        model = CLIPModel.from_pretrained(folder, dtype=torch.float32, weights_only=True).eval()
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:  # unreadable weights, not a missing file
+        raise unreadable_checkpoint(folder, error) from None
     tokenizer, image_processor = load_tokenizer_and_image_processor(folder)
     return ClipSource(
         kind="hf",
@@ -354,8 +377,8 @@ def harmoclip_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--checkpoint", required=True, type=Path, help="CLIP folder (hf) or weights file (openai, open_clip)")
     parser.add_argument("--output", required=True, type=Path, help="HarmoCLIP folder to write")
@@ -372,10 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_file)
+    """The `harmoclip-convert` command; returns the exit code (a user's mistake: one line `error: ...`)."""
 
     def convert() -> str:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.log_file)
         report = convert_clip(
             args.source, args.checkpoint, args.output,
             bpe_path=args.bpe_path, open_clip_config=args.open_clip_config, hidden_act=args.hidden_act,

@@ -9,7 +9,6 @@ HarmoCLIP model (checked after writing); region embeddings need the HarmoCLIP mo
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 
-from .cli import run_command, setup_logging
+from .cli import CommandParser, run_command, setup_logging
 from .embedding_check import EmbeddingDiff, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from conversion.saving import atomic_directory, check_output_dir
@@ -90,19 +89,21 @@ def export_clip(model_dir: str | Path, output_dir: str | Path, overwrite: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="HarmoCLIP folder")
-    parser.add_argument("--output", required=True, type=Path, help="CLIPModel folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_file)
+    """The `harmoclip-export` command; returns the exit code (a user's mistake: one line `error: ...`)."""
 
     def export() -> str:
+        parser = CommandParser(description=__doc__.split("\n\n")[0])
+        parser.add_argument("--model", required=True, type=Path, help="HarmoCLIP folder")
+        parser.add_argument("--output", required=True, type=Path, help="CLIPModel folder to write")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+        parser.add_argument("--log-file", type=Path, help="also write the log to this file")
+        args = parser.parse_args(argv)
+        setup_logging(args.log_file)
         report = export_clip(args.model, args.output, overwrite=args.overwrite)
         return f"wrote {report.output_dir}; {report.diff}"
 
     return run_command(export)
+
 
 if __name__ == "__main__":
     sys.exit(main())

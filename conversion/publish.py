@@ -33,7 +33,7 @@ from huggingface_hub.utils import HFValidationError, filter_repo_objects, valida
 
 from modeling_harmoclip import HarmoCLIPConfig
 
-from .cli import run_command, setup_logging
+from .cli import CommandParser, run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
 from .model_folder import require_model_type
@@ -288,8 +288,8 @@ def publish(
 # ---------------------------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo-id", required=True, help="Hub model repo, namespace/name")
     parser.add_argument("--model", required=True, type=Path, help="HarmoCLIP folder (save_pretrained + processor)")
     parser.add_argument("--eval-json", type=Path, help="evaluation results (schema: conversion/model_card.py)")
@@ -314,13 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_file)
-    card_fields: dict[str, Any] = {"license": args.license, "base_model": args.base_model, "datasets": tuple(args.datasets)}
-    if args.tags:
-        card_fields["tags"] = tuple(args.tags)
+    """The `harmoclip-publish` command; returns the exit code (a user's mistake: one line `error: ...`)."""
 
     def run() -> str:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.log_file)
+        card_fields: dict[str, Any] = {"license": args.license, "base_model": args.base_model, "datasets": tuple(args.datasets)}
+        if args.tags:
+            card_fields["tags"] = tuple(args.tags)
         committed = publish(
             args.repo_id, args.model, eval_json=args.eval_json, dry_run=args.dry_run, output_dir=args.output_dir,
             revision=args.revision, private=args.private, commit_message=args.commit_message,
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
         return "\n".join(f"{repo}: {verb} {len(files)} files: {', '.join(files)}" for repo, files in committed.items())
 
     return run_command(run)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 
 from clip_reference import ReferenceCLIP
 from conftest import BPE_PATH, TINY_VOCAB_SIZE, tiny_clip_config
-from conversion.convert_clip import ConversionCheckError, convert_clip, main
+from conversion.convert_clip import ConversionCheckError, convert_clip, main, read_open_clip_checkpoint
 from conversion.processor_files import load_tokenizer_and_image_processor, make_image_processor, tokenizer_from_bpe
 from modeling_harmoclip import HarmoCLIPModel
 
@@ -232,6 +232,33 @@ def test_hf_bin_weights_are_never_unpickled_beyond_tensors(tmp_path, tiny_tokeni
     clip = save_tiny_hf_clip(tmp_path / "clip", tiny_tokenizer_dir)
     (tmp_path / "clip" / "model.safetensors").unlink()
     torch.save({**clip.state_dict(), "extra": argparse.Namespace(code="arbitrary object")}, tmp_path / "clip" / "pytorch_model.bin")
-    with pytest.raises(Exception, match="(?i)weights.only"):
+    with pytest.raises(ValueError, match="is not a readable checkpoint .it holds Python objects besides tensors") as caught:
         convert_clip("hf", tmp_path / "clip", tmp_path / "out")
+    assert "weights_only" not in str(caught.value)  # torch's advice to unpickle anyway is not passed on
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", bytes(range(256)) * 4])
+def test_unreadable_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys, content):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(content)
+    args = ["--source", "openai", "--checkpoint", str(checkpoint), "--bpe-path", str(BPE_PATH), "--output", str(tmp_path / "out")]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"error: `--checkpoint`: {checkpoint} is not a readable checkpoint "
+                                         "(not a PyTorch or safetensors file of tensors, or a corrupt one)"]
+    assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
+
+
+def test_truncated_checkpoints_are_not_readable(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    torch.save(reference_model(seed=1).state_dict(), checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="is not a readable checkpoint") as caught:
+        convert_clip("openai", checkpoint, tmp_path / "out", bpe_path=BPE_PATH)
+    assert "weights_only" not in str(caught.value)
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({"a": torch.zeros(64)}, weights)
+    weights.write_bytes(weights.read_bytes()[:-16])
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        read_open_clip_checkpoint(weights)

@@ -21,6 +21,7 @@ from benchmarks.harmony import (
     _train_config,
     fingerprint,
     main,
+    run_harmony,
 )
 
 FIGURES = ("i2t_R@1", "t2i_R@1", "mean_R@1", "box_top1_dense", "box_top1_crop")
@@ -33,7 +34,7 @@ def weights(row: dict) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("harmony")
-    return out, main(["--quick", "--out", str(out)])
+    return out, run_harmony(["--quick", "--out", str(out)])
 
 
 def test_every_row_is_trained_from_the_one_pretrained_model(first_run) -> None:
@@ -83,12 +84,12 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     out, report = first_run
     before = {row["key"]: (Path(row["model"]) / "model.safetensors").stat().st_mtime_ns for row in report["rows"]}
 
-    again = main(["--quick", "--out", str(out)])
+    again = run_harmony(["--quick", "--out", str(out)])
     assert all(row["reused"] for row in again["rows"])
     assert [row["figures"] for row in again["rows"]] == [row["figures"] for row in report["rows"]]
     assert {row["key"]: (Path(row["model"]) / "model.safetensors").stat().st_mtime_ns for row in again["rows"]} == before
 
-    changed = main(["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc"])
+    changed = run_harmony(["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc"])
     pretrained, tuned = changed["rows"]
     assert pretrained["reused"] and pretrained["model"] == report["rows"][0]["model"]
     assert not tuned["reused"] and tuned["train_config"]["max_steps"] == 1 and tuned["init_from"] == pretrained["model"]
@@ -107,12 +108,16 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     assert fingerprint(_train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path), "p") != fingerprint(here, "p")
 
 
-def test_bad_settings_are_named(tmp_path: Path) -> None:
+def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="configurations"):
         HarmonySettings(configurations=("gc", "lrc-only"))
     with pytest.raises(ValueError, match="finetune_batch_size"):
         HarmonySettings(synthetic_num_train=8, finetune_batch_size=16, pretrain_batch_size=8)
     config = tmp_path / "settings.yaml"
     config.write_text("finetune_steps: 5\nlearning_rate: 0.1\n")
-    with pytest.raises(SystemExit):
-        main(["--config", str(config), "--out", str(tmp_path / "out")])
+    assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "learning_rate" in err and len(err.strip().splitlines()) == 1
+    assert main(["--finetune-steps", "many"]) == 2
+    assert capsys.readouterr().err == "error: argument --finetune-steps/--finetune_steps: invalid int value: 'many'\n"
+    assert not (tmp_path / "out").exists()
