@@ -18,8 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -173,7 +174,7 @@ class RssSampler:
     def __init__(self, interval: float = 0.002):
         self.interval, self.peak, self._stop = interval, 0, None
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         import threading
 
         self._stop = threading.Event()

@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,13 +31,14 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
 )
 from benchmarks.train_step import StepRunner  # noqa: E402
+from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "data_loading"
 DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=5)
     parser.add_argument("--num-train", type=int, default=None, help="generated training images (default 512; --quick 32)")
     parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to measure, comma-separated")
@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

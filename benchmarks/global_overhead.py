@@ -33,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     target,
     time_side_by_side,
 )
+from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "global_overhead"
 TOLERANCE = 0.02  # HarmoCLIP's global path at most 2% slower than CLIPModel's
@@ -51,8 +52,8 @@ def plain_clip_with_same_weights(model) -> CLIPModel:
     return clip.eval()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=7, cuda_repeats=30)
     parser.add_argument("--images", type=int, default=None, help="images per call (default 2 on the CPU, 64 on CUDA)")
     parser.add_argument("--captions", type=int, default=None, help="captions per call (default 16 on the CPU, 256 on CUDA)")
@@ -119,9 +120,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

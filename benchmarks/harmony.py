@@ -31,9 +31,10 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,10 +47,10 @@ if __name__ == "__main__":
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from training.config import TrainConfig  # noqa: E402
-from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
 from conversion.cli import CommandParser, log_to_file, run_command, setup_logging  # noqa: E402
 from conversion.saving import write_text_atomic  # noqa: E402
+from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 logger = logging.getLogger("harmoclip.harmony")
 
@@ -168,8 +169,8 @@ def _train_config(settings: HarmonySettings, out: Path, configuration: LossConfi
     )
 
 
-# Fields that name places or control logging, not what the weights become.
-_NOT_FINGERPRINTED = ("synthetic_dir", "output_dir", "init_from", "resume", "log_every", "checkpoint_every",
+# Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
+_NOT_FINGERPRINTED = ("synthetic_dir", "output_dir", "init_from", "tokenizer_bpe", "resume", "log_every", "checkpoint_every",
                       "keep_checkpoints", "report_to", "evaluate_at_end", "num_workers", "extra")
 
 
@@ -214,9 +215,9 @@ def read_finished_row(folder: Path, expected_fingerprint: str) -> dict[str, Any]
 
 def run_row(configuration: LossConfiguration, config: TrainConfig, row_fingerprint: str, show_progress: bool = True) -> dict[str, Any]:
     """Trains (or resumes) and evaluates one row, or reuses it when finished. Returns the row's record."""
+    from modeling_harmoclip import HarmoCLIPModel
     from training.builders import evaluate_model, load_processor
     from training.train import train
-    from modeling_harmoclip import HarmoCLIPModel
 
     folder = Path(config.output_dir)
     record = read_finished_row(folder, row_fingerprint)

@@ -27,13 +27,14 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     time_side_by_side,
 )
+from conversion.cli import CommandParser, run_command  # noqa: E402
 from training.data.phrases import PhraseExtractor  # noqa: E402
 
 NAME = "phrase_extraction"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=3)
     parser.add_argument("--captions", type=int, default=None, help="captions per round (default 1000; --quick 50)")
     parser.add_argument("--batch-size", type=int, default=256, help="nlp.pipe batch size (PhraseExtractor's default)")
@@ -73,9 +74,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, [], notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

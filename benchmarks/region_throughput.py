@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
+from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image
@@ -69,8 +70,8 @@ def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chun
     return torch.cat(embeds).reshape(batch, num_boxes, -1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
     parser.add_argument("--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)")
     parser.add_argument("--images", type=int, default=None,
@@ -146,9 +147,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

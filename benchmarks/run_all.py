@@ -21,13 +21,14 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json  # noqa: E402
+from conversion.cli import CommandParser, run_command  # noqa: E402
 from conversion.saving import write_text_atomic  # noqa: E402
 
 BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto (bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--threads", default="auto", help="CPU threads for torch (see any benchmark's --help)")
@@ -50,16 +51,17 @@ def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
     result = subprocess.run(command, cwd=ROOT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"benchmark {name} failed (exit code {result.returncode})")
+        raise RuntimeError(f"benchmark {name} failed (exit code {result.returncode}; its output is above)")
     return json.loads(out.read_text()), seconds
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_all(argv: list[str] | None = None) -> dict:
+    """Runs the benchmarks the command line `argv` selects; writes results.md and results.json; returns the summary."""
     args = build_parser().parse_args(argv)
     names = BENCHMARKS if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
-        raise SystemExit(f"--only: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+        raise ValueError(f"`--only`: unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     results, durations = {}, {}
     for name in names:
         results[name], durations[name] = run_benchmark(name, args)
@@ -84,5 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """All benchmarks as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run_all(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

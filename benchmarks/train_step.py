@@ -47,6 +47,7 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
+from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "train_step"
 TIME_LIMIT = 1.3  # cached HarmoCLIP step time / GC-only step time
@@ -206,8 +207,8 @@ def measure_memory_in_fresh_process(args: argparse.Namespace, manifest: Path, ca
     return json.loads(out.read_text())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8 on CUDA; 2 on the CPU, where batch 8 "
                         "of ViT-B/16 takes minutes per round; --quick 2)")
@@ -251,7 +252,7 @@ def run(args: argparse.Namespace) -> dict:
                 write_profile(lambda name=name: runner.step(name), device, profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")))
         terms = dict(runner.last_terms)
         boxes_in_batch = runner.boxes_in_batch
-        del runner
+        runner = None  # frees the models before the memory is measured in fresh processes
         memory = {} if args.skip_memory else {
             name: measure_memory_in_fresh_process(args, manifest, cache_dir, name, folder) for name in variants}
 
@@ -283,9 +284,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

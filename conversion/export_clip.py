@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 
 from .cli import CommandParser, run_command, setup_logging
 from .embedding_check import EmbeddingDiff, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
-from conversion.saving import atomic_directory, check_output_dir
 from .processor_files import load_tokenizer_and_image_processor, save_processor
 
 logger = logging.getLogger(__name__)

@@ -29,15 +29,16 @@ from typing import Any
 import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
-from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id as hub_validate_repo_id
+from huggingface_hub.utils import HFValidationError, filter_repo_objects
+from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
+from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig
 
 from .cli import CommandParser, run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
 from .model_folder import require_model_type
-from conversion.saving import atomic_directory, check_output_dir
 
 logger = logging.getLogger(__name__)
 

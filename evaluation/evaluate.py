@@ -33,20 +33,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from conversion.cli import CommandParser, log_to_file, run_command, setup_logging
+from conversion.saving import write_text_atomic
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
 
 from .eval_data import (
     FORMATS,
-    detect_format,
     BoxClassificationData,
     RetrievalData,
+    detect_format,
     image_loader,
     read_box_data,
     read_retrieval_data,
 )
-from conversion.cli import CommandParser, log_to_file, run_command, setup_logging
-from conversion.saving import write_text_atomic
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
-from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
+from .metrics import (
+    DEFAULT_ACCURACY_KS,
+    DEFAULT_RECALL_KS,
+    classification_metrics,
+    retrieval_metrics,
+    top_k_predictions,
+)
 
 logger = logging.getLogger("evaluation.evaluate")
 

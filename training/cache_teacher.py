@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion.cli import run_command, setup_logging  # noqa: E402
+from conversion.saving import atomic_directory  # noqa: E402
 from training.builders import (  # noqa: E402
     build_dataset_for_split,
     build_datasets,
@@ -34,7 +35,7 @@ from training.builders import (  # noqa: E402
     teacher_cache_settings,
 )
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from conversion.saving import atomic_directory  # noqa: E402
+from training.data.collate import RegionCollator  # noqa: E402
 from training.teacher import INDEX_FILE  # noqa: E402
 
 logger = logging.getLogger("harmoclip.cache_teacher")

@@ -20,6 +20,7 @@ import yaml
 from conversion.cli import CommandParser
 from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MODEL_PRESETS = ("micro", "tiny", "vit-b-16")
@@ -58,7 +59,7 @@ class TrainConfig:
     model_preset: str = "tiny"  # from scratch: "tiny" (CPU minutes), "vit-b-16", or "micro" (smoke runs)
     image_size: int = 64
     patch_size: int = 8
-    tokenizer_bpe: str = "assets/bpe_simple_vocab_16e6.txt.gz"
+    tokenizer_bpe: str = str(PROJECT_ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz")  # shipped with the project
     tokenizer_num_merges: int | None = 2000  # from scratch: a small vocabulary from OpenAI's first merges
     region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
     dense_mode: str = "value"
@@ -126,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"config `image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
         if self.data_format != "synthetic" and not self.train_data:
             raise ValueError(f"config `train_data` is required with data_format={self.data_format!r}")
+        if self.data_format == "synthetic" and (self.train_data or self.val_data):
+            given = "train_data" if self.train_data else "val_data"
+            raise ValueError(f"config `{given}` ({getattr(self, given)!r}) is not read with data_format='synthetic': "
+                             f"set `data_format` to one of {DATA_FORMATS[1:]}")
         if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
             raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
         if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == 0:

@@ -19,8 +19,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -33,12 +34,12 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion.cli import log_to_file, run_command, setup_logging  # noqa: E402
+from conversion.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from training.objective import LossTerms, compute_objective  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
-from conversion.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
 
 logger = logging.getLogger("harmoclip.train")
