@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -295,8 +296,10 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
         "synthetic_dir": str(synthetic_dir), "output_dir": str(out), "max_steps": 10, "checkpoint_every": 1,
         "max_nonfinite_steps": 3, "report_to": "none", "evaluate_at_end": False, "log_every": 1,
     })
+    root_handlers = list(logging.getLogger().handlers)
     with pytest.raises(train_module.TrainingStopped, match="3 consecutive non-finite losses at step 3"):
         train_module.train(config)
+    assert logging.getLogger().handlers == root_handlers  # the run wrote train.log without reconfiguring logging
     log = (out / "train.log").read_text()
     assert "non-finite loss at step 2: step skipped (1 in a row)" in log
     assert "the last good checkpoint is" in log and "step_00000002" in log
