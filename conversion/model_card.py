@@ -34,6 +34,10 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# The card of the plain-CLIP export's own repository: the one that carries the widget metadata.
+EXPORT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_clip.md"
+# Tasks the plain-CLIP export can do (no region features): the rows its card shows.
+GLOBAL_TASKS = ("Image-text retrieval", "Zero-shot classification")
 TASK_NAMES = {
     "retrieval": "Image-text retrieval",
     "box_classification": "Box classification",
@@ -147,6 +151,7 @@ def evaluation_markdown(rows: list[dict[str, Any]] | None) -> str:
 
 
 def clip_export_markdown(repo_id: str, clip_export: str | None) -> str:
+    """The card's "Without remote code" section: where the plain-CLIP export of the global towers is."""
     if clip_export is None:
         return (
             "The hosted widget and the `zero-shot-image-classification` pipeline do not run remote code. The global "
@@ -154,11 +159,14 @@ def clip_export_markdown(repo_id: str, clip_export: str | None) -> str:
         )
     if clip_export == "subfolder":
         repo, subfolder = repo_id, ', subfolder="clip"'
+        where = ("in the `clip/` folder of this repository (the hosted widget serves a repository's root only, so it "
+                 "does not run it)")
     else:
         repo, subfolder = clip_export, ""
+        where = f"as its own repository, [{clip_export}](https://huggingface.co/{clip_export}), where the hosted widget runs it"
     return (
-        "The global towers are also published as a plain transformers `CLIPModel` (no remote code; same image and "
-        "text embeddings, no region features), which the `zero-shot-image-classification` pipeline serves:\n\n"
+        f"The global towers are also published as a plain transformers `CLIPModel` {where}: no remote code, the same "
+        "image and text embeddings, no region features. The `zero-shot-image-classification` pipeline serves it:\n\n"
         "```python\nfrom transformers import CLIPModel, CLIPProcessor\n\n"
         f'model = CLIPModel.from_pretrained("{repo}"{subfolder})\n'
         f'processor = CLIPProcessor.from_pretrained("{repo}"{subfolder})\n```'
@@ -173,16 +181,15 @@ def fill_template(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
-def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE) -> str:
-    """The README text for a HarmoCLIP model with `config` (a `HarmoCLIPConfig`), checked to parse as a ModelCard."""
+def _card_values(config: Any, info: CardInfo, repo_id: str) -> dict[str, str]:
+    """The placeholders both cards share: metadata lists and the towers' geometry."""
     vision, text = config.vision_config, config.text_config
-    values = {
+    return {
         "license": json.dumps(info.license),
         "tags": json.dumps(list(info.tags)),
-        "base_model": json.dumps(info.base_model) if info.base_model else "null",
         "datasets": json.dumps(list(info.datasets)),
-        "model_name": info.repo_id.split("/")[-1],
-        "repo_id": info.repo_id,
+        "model_name": repo_id.split("/")[-1],
+        "repo_id": repo_id,
         "image_size": str(vision.image_size),
         "patch_size": str(vision.patch_size),
         "vision_width": str(vision.hidden_size),
@@ -191,6 +198,14 @@ def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any
         "text_layers": str(text.num_hidden_layers),
         "context_length": str(text.max_position_embeddings),
         "projection_dim": str(config.projection_dim),
+    }
+
+
+def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE) -> str:
+    """The README text for a HarmoCLIP model with `config` (a `HarmoCLIPConfig`), checked to parse as a ModelCard."""
+    values = {
+        **_card_values(config, info, info.repo_id),
+        "base_model": json.dumps(info.base_model) if info.base_model else "null",
         "base_model_text": f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "not recorded",
         "clip_export_usage": clip_export_markdown(info.repo_id, info.clip_export),
         "dense_mode": f"`{config.dense_mode}`",
@@ -207,6 +222,25 @@ def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any
     return card_text
 
 
+def render_export_card(
+    config: Any, info: CardInfo, export_repo_id: str, eval_rows: list[dict[str, Any]] | None,
+    template_path: str | Path = EXPORT_TEMPLATE,
+) -> str:
+    """The README of the plain-CLIP export's own repository `export_repo_id`: the widget metadata, a link back to the
+    HarmoCLIP model `info.repo_id` (also its `base_model`), and the evaluation rows of the global tasks."""
+    global_rows = [row for row in eval_rows if row["task"] in GLOBAL_TASKS] if eval_rows else None
+    values = {
+        **_card_values(config, info, export_repo_id),
+        "tags": json.dumps([tag for tag in info.tags if tag != "region-classification"]),  # it has no region features
+        "harmoclip_repo_id": info.repo_id,
+        "harmoclip_repo_id_json": json.dumps(info.repo_id),
+        "evaluation": evaluation_markdown(global_rows),
+    }
+    card_text = fill_template(Path(template_path).read_text(encoding="utf-8"), values)
+    ModelCard(card_text)
+    return card_text
+
+
 __all__ = [
     "CardInfo",
     "DEFAULT_TEMPLATE",
@@ -216,4 +250,5 @@ __all__ = [
     "evaluation_markdown",
     "fill_template",
     "render_model_card",
+    "render_export_card",
 ]

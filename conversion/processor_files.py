@@ -54,9 +54,13 @@ def tokenizer_from_bpe(bpe_path: str | Path, vocab_size: int, context_length: in
 
 
 def load_tokenizer_and_image_processor(folder: str | Path):
-    """The tokenizer and image processor saved in a transformers model folder (plain classes, no remote code)."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    image_processor = AutoImageProcessor.from_pretrained(folder)
+    """The tokenizer and image processor saved in a transformers model folder (plain classes, no remote code).
+
+    `trust_remote_code=False`: the folder's `auto_map` names HarmoCLIP's code, which transformers would otherwise
+    offer to run with a "[y/N]" question on a terminal; the plain classes never need it.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
     return tokenizer, image_processor
 
 

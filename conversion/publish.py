@@ -1,9 +1,15 @@
 """Assembles a HarmoCLIP model's Hub folder (weights, config, processor, code, model card) and uploads it.
 
     python -m conversion.publish --repo-id org/harmoclip-vitb16 --model harmoclip-vitb16 \
-        [--eval-json eval.json] [--export-clip-subfolder | --clip-repo-id org/harmoclip-vitb16-clip] \
+        [--eval-json eval.json] [--export-repo-id org/harmoclip-vitb16-clip | --export-clip-subfolder] \
         [--revision main] [--private] [--commit-message "..."] [--space-id org/demo --space-dir space] \
         [--dry-run --output-dir hub-folder]
+
+The hosted Hub widget runs no remote code and serves a repository's root only: `--export-repo-id` publishes the
+plain-`CLIPModel` export of the global towers as its own repository, with its own card carrying the widget metadata;
+the HarmoCLIP card switches the widget off, and the two cards link each other (`--export-clip-subfolder` puts the
+export in `clip/` of the model's repository instead, which `from_pretrained(..., subfolder="clip")` loads but the
+widget never serves). Nothing here asks questions: no remote code is run, so transformers never prompts.
 
 `--dry-run` only writes the folder(s) (`--output-dir`; the plain-CLIP repo's folder goes to `<output-dir>-clip`, the
 Space's to `<output-dir>-space`, its README naming `--repo-id` as its model) and lists the files that would be
@@ -37,7 +43,7 @@ from modeling_harmoclip import HarmoCLIPConfig
 
 from .cli import CommandParser, run_command, setup_logging
 from .export_clip import export_clip
-from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_model_card
+from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_export_card, render_model_card
 from .model_folder import require_model_type
 
 logger = logging.getLogger(__name__)
@@ -56,7 +62,7 @@ class HubFolders:
     """The folder(s) assembled for upload."""
 
     model: Path
-    clip: Path | None = None  # the plain-CLIP export for its own repo (`--clip-repo-id`)
+    clip: Path | None = None  # the plain-CLIP export for its own repo (`--export-repo-id`)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -130,14 +136,18 @@ def assemble_hub_folder(
     eval_json: str | Path | None = None,
     export_clip_subfolder: bool = False,
     clip_output_dir: str | Path | None = None,
+    export_repo_id: str | None = None,
     template_path: str | Path = DEFAULT_TEMPLATE,
     overwrite: bool = False,
 ) -> HubFolders:
-    """Writes the Hub folder of `model_dir` to `output_dir` (and the plain-CLIP repo's folder to `clip_output_dir`).
+    """Writes the Hub folder of `model_dir` to `output_dir` (and the plain-CLIP repo's folder to `clip_output_dir`,
+    with the card of `export_repo_id`).
 
     The model card is rendered from `template_path` with the evaluation results of `eval_json` (if any). With
     `export_clip_subfolder`, the plain-CLIP export goes into `clip/` of the same folder.
     """
+    if (clip_output_dir is None) != (export_repo_id is None):
+        raise ValueError("`clip_output_dir` and `export_repo_id` go together")
     model_dir = check_model_folder(model_dir)
     eval_rows = load_eval_results(eval_json)
     check_output_dir(output_dir, overwrite)
@@ -152,7 +162,8 @@ def assemble_hub_folder(
             export_clip(model_dir, staging / CLIP_SUBFOLDER)
     clip_folder = None
     if clip_output_dir is not None:
-        export_clip(model_dir, clip_output_dir, overwrite=overwrite, readme_text=card_text)
+        export_card = render_export_card(config, card, export_repo_id, eval_rows)
+        export_clip(model_dir, clip_output_dir, overwrite=overwrite, readme_text=export_card)
         clip_folder = Path(clip_output_dir)
     return HubFolders(model=Path(output_dir), clip=clip_folder)
 
@@ -222,7 +233,7 @@ def publish(
     private: bool = False,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     export_clip_subfolder: bool = False,
-    clip_repo_id: str | None = None,
+    export_repo_id: str | None = None,
     space_id: str | None = None,
     space_dir: str | Path | None = None,
     card: CardInfo | None = None,
@@ -235,10 +246,12 @@ def publish(
     """
     validate_repo_id(repo_id, "--repo-id")
     validate_revision(revision)
-    if export_clip_subfolder and clip_repo_id is not None:
-        raise ValueError("`--export-clip-subfolder` and `--clip-repo-id` are alternatives: give one")
-    if clip_repo_id is not None:
-        validate_repo_id(clip_repo_id, "--clip-repo-id")
+    if export_clip_subfolder and export_repo_id is not None:
+        raise ValueError("`--export-clip-subfolder` and `--export-repo-id` are alternatives: give one")
+    if export_repo_id is not None:
+        validate_repo_id(export_repo_id, "--export-repo-id")
+        if export_repo_id == repo_id:
+            raise ValueError(f"`--export-repo-id` must differ from `--repo-id`, got {export_repo_id!r} for both")
     if (space_id is None) != (space_dir is None):
         raise ValueError("`--space-id` and `--space-dir` go together")
     if space_id is not None:
@@ -255,21 +268,21 @@ def publish(
     card = card or CardInfo(repo_id=repo_id)
     if card.repo_id != repo_id:
         raise ValueError(f"`card.repo_id` {card.repo_id!r} differs from `--repo-id` {repo_id!r}")
-    if card.clip_export is None and (export_clip_subfolder or clip_repo_id):
-        card = CardInfo(**{**card.__dict__, "clip_export": "subfolder" if export_clip_subfolder else clip_repo_id})
+    if card.clip_export is None and (export_clip_subfolder or export_repo_id):
+        card = CardInfo(**{**card.__dict__, "clip_export": "subfolder" if export_clip_subfolder else export_repo_id})
 
     with tempfile.TemporaryDirectory(prefix="harmoclip-publish-") as scratch:
         target = Path(output_dir) if output_dir is not None else Path(scratch) / "model"
         clip_target = None
-        if clip_repo_id is not None:
+        if export_repo_id is not None:
             clip_target = Path(f"{target}-clip") if output_dir is not None else Path(scratch) / "clip"
         folders = assemble_hub_folder(
             model_dir, target, card, eval_json=eval_json, export_clip_subfolder=export_clip_subfolder,
-            clip_output_dir=clip_target, overwrite=overwrite,
+            clip_output_dir=clip_target, export_repo_id=export_repo_id, overwrite=overwrite,
         )
         uploads: list[tuple[str, Path, str]] = [(repo_id, folders.model, "model")]
         if folders.clip is not None:
-            uploads.append((clip_repo_id, folders.clip, "model"))
+            uploads.append((export_repo_id, folders.clip, "model"))
         if space_id is not None:
             space_target = Path(f"{target}-space") if output_dir is not None else Path(scratch) / "space"
             uploads.append((space_id, prepare_space_folder(Path(space_dir), space_target, repo_id, overwrite), "space"))
@@ -302,8 +315,10 @@ def build_parser() -> CommandParser:
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
     parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     clip = parser.add_mutually_exclusive_group()
-    clip.add_argument("--export-clip-subfolder", action="store_true", help="add the plain-CLIP export in clip/")
-    clip.add_argument("--clip-repo-id", help="publish the plain-CLIP export to this repo as well")
+    clip.add_argument("--export-repo-id", "--clip-repo-id", dest="export_repo_id",
+                      help="also publish the plain-CLIP export as this repo, with the widget (e.g. org/harmoclip-vitb16-clip)")
+    clip.add_argument("--export-clip-subfolder", action="store_true",
+                      help="add the plain-CLIP export in clip/ (loadable with subfolder='clip'; the widget does not serve it)")
     parser.add_argument("--space-id", help="also upload --space-dir to this Space")
     parser.add_argument("--space-dir", type=Path, help="the Space's folder")
     card = parser.add_argument_group("model card")
@@ -326,7 +341,7 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
         committed = publish(
             args.repo_id, args.model, eval_json=args.eval_json, dry_run=args.dry_run, output_dir=args.output_dir,
             revision=args.revision, private=args.private, commit_message=args.commit_message,
-            export_clip_subfolder=args.export_clip_subfolder, clip_repo_id=args.clip_repo_id,
+            export_clip_subfolder=args.export_clip_subfolder, export_repo_id=args.export_repo_id,
             space_id=args.space_id, space_dir=args.space_dir, card=CardInfo(repo_id=args.repo_id, **card_fields),
             overwrite=args.overwrite, api=api,
         )

@@ -104,13 +104,14 @@ def test_dry_run_folder_loads_from_a_fresh_process(model_dir, eval_json, tmp_pat
 
 def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_path):
     card_info = CardInfo(repo_id="org/harmoclip-tiny", license="mit", base_model="openai/clip-vit-base-patch16", datasets=("detection-datasets/coco",))
-    publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=tmp_path / "hub", card=card_info, clip_repo_id="org/harmoclip-tiny-clip")
+    publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=tmp_path / "hub", card=card_info, export_repo_id="org/harmoclip-tiny-clip")
 
     card = ModelCard.load(tmp_path / "hub" / "README.md")
     data = card.data.to_dict()
     assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("transformers", "zero-shot-image-classification", "mit")
     assert data["base_model"] == "openai/clip-vit-base-patch16" and data["datasets"] == ["detection-datasets/coco"]
-    assert "harmoclip" in data["tags"] and data["widget"][0]["candidate_labels"] == "playing music, playing sports"
+    assert "harmoclip" in data["tags"]
+    assert "widget" not in data and data["inference"] is False  # the widget cannot run remote code: switched off here
     assert "{{" not in card.text and "}}" not in card.text
     assert "| Image-text retrieval | Flickr30k | test | i2t_R@1 | 81.25 |" in card.text
     assert "| Box classification | COCO | val2017 | top1 | 47.12 |" in card.text
@@ -119,10 +120,78 @@ def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_pa
     assert 'AutoModel.from_pretrained("org/harmoclip-tiny", trust_remote_code=True)' in card.text
     assert 'CLIPModel.from_pretrained("org/harmoclip-tiny-clip")' in card.text
     assert "| Dense features (`dense_mode`) | `value` |" in card.text
+    assert "[org/harmoclip-tiny-clip](https://huggingface.co/org/harmoclip-tiny-clip)" in card.text  # links the export
+
+    # The export's own repository: its own card, with the widget, linking back; only the global tasks' figures.
     clip_card = ModelCard.load(tmp_path / "hub-clip" / "README.md")
-    assert clip_card.data.pipeline_tag == "zero-shot-image-classification"
+    clip_data = clip_card.data.to_dict()
+    assert clip_data["pipeline_tag"] == "zero-shot-image-classification" and clip_data["library_name"] == "transformers"
+    assert clip_data["widget"][0]["candidate_labels"] == "playing music, playing sports" and "inference" not in clip_data
+    assert clip_data["base_model"] == "org/harmoclip-tiny" and clip_data["license"] == "mit"
+    assert "region-classification" not in clip_data["tags"]
+    assert "[org/harmoclip-tiny](https://huggingface.co/org/harmoclip-tiny)" in clip_card.text  # links back
+    assert 'pipeline("zero-shot-image-classification", model="org/harmoclip-tiny-clip")' in clip_card.text
+    assert "trust_remote_code" not in clip_card.text and "{{" not in clip_card.text
+    assert "| Image-text retrieval | Flickr30k | test | i2t_R@1 | 81.25 |" in clip_card.text
+    assert "Box classification" not in clip_card.text
     clip_config = json.loads((tmp_path / "hub-clip" / "config.json").read_text())
     assert clip_config["model_type"] == "clip" and "auto_map" not in clip_config
+
+
+def test_subfolder_export_says_the_widget_does_not_serve_it(model_dir, tmp_path):
+    publish("org/harmoclip-tiny", model_dir, dry_run=True, output_dir=tmp_path / "hub", export_clip_subfolder=True)
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    assert card.data.to_dict()["inference"] is False and "widget" not in card.data.to_dict()
+    assert 'CLIPModel.from_pretrained("org/harmoclip-tiny", subfolder="clip")' in card.text
+    assert "does not run it" in card.text
+    assert not (tmp_path / "hub-clip").exists()
+
+
+def test_export_repo_must_be_another_repo(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="`--export-repo-id` must differ from `--repo-id`"):
+        publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub", export_repo_id="org/x")
+    with pytest.raises(ValueError, match="`--export-repo-id` 'org/a b' is not a valid Hub repo id"):
+        publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub", export_repo_id="org/a b")
+    assert not (tmp_path / "hub").exists()
+
+
+def test_publishing_never_prompts_on_a_terminal(model_dir, tmp_path):
+    """On a terminal transformers asks "Do you wish to run the custom code? [y/N]" when code loads a folder with an
+    `auto_map` without saying whether to trust it; publishing must never stop there."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    command = [sys.executable, "-m", "conversion.publish", "--repo-id", "org/harmoclip-tiny", "--model", str(model_dir),
+               "--export-repo-id", "org/harmoclip-tiny-clip", "--dry-run", "--output-dir", str(tmp_path / "hub")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    parent, child = pty.openpty()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=child, stdout=child, stderr=child, close_fds=True)
+    os.close(child)
+    output, deadline = b"", time.monotonic() + 300
+    while process.poll() is None or select.select([parent], [], [], 0)[0]:
+        if select.select([parent], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            output += chunk
+        if b"[y/N]" in output or time.monotonic() > deadline:
+            process.kill()
+            break
+    process.wait()
+    os.close(parent)
+    text = output.decode(errors="replace")
+    assert "[y/N]" not in text, text
+    assert process.returncode == 0, text
+    assert "org/harmoclip-tiny-clip: would commit" in text
 
 
 def test_model_card_without_evaluation_says_not_evaluated(model_dir, tmp_path):
@@ -198,7 +267,7 @@ def test_upload_calls_hub_with_one_commit_per_repo(model_dir, tmp_path):
 
     committed = publish(
         "org/harmoclip-tiny", model_dir, revision="v1", private=True, commit_message="Release v1",
-        clip_repo_id="org/harmoclip-tiny-clip", space_id="org/harmoclip-demo", space_dir=space, api=api,
+        export_repo_id="org/harmoclip-tiny-clip", space_id="org/harmoclip-demo", space_dir=space, api=api,
     )
 
     names = [name for name, _ in api.calls]
@@ -245,7 +314,7 @@ def test_model_folder_and_option_checks(model_dir, tmp_path, tiny_tokenizer):
         publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub")
     (tmp_path / "elsewhere.safetensors").rename(model_dir / "model.safetensors")
     with pytest.raises(ValueError, match="alternatives"):
-        publish("org/x", model_dir, export_clip_subfolder=True, clip_repo_id="org/y")
+        publish("org/x", model_dir, export_clip_subfolder=True, export_repo_id="org/y")
     with pytest.raises(ValueError, match="go together"):
         publish("org/x", model_dir, space_id="org/space")
     with pytest.raises(ValueError, match="--output-dir` is required"):
