@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_harmoclip_model, tiny_processor
 from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
+from conftest import tiny_harmoclip_model, tiny_processor
 from evaluation.evaluate import compute_text_embeddings, evaluate_command
 from evaluation.metrics import classification_metrics
 from evaluation.panoptic import mask_box, read_panoptic_boxes
@@ -310,10 +310,10 @@ def test_fineclip_protocol_end_to_end(panoptic, saved_models, tmp_path, processo
 
     model = tiny_harmoclip_model(seed=3)
     predicted, labels = _reference_predictions(model, processor, panoptic, 32, "square", expected)
-    per_class = [np.mean([p == c for p, l in zip(predicted, labels) if l == c]) for c in sorted(set(labels))]
+    per_class = [np.mean([p == c for p, truth in zip(predicted, labels) if truth == c]) for c in sorted(set(labels))]
     dense = saved["results"]["dense"]
     assert dense["num_samples"] == len(labels) == 6
-    assert dense["top1"] == pytest.approx(100 * np.mean([p == l for p, l in zip(predicted, labels)]), abs=1e-4)
+    assert dense["top1"] == pytest.approx(100 * np.mean([p == truth for p, truth in zip(predicted, labels)]), abs=1e-4)
     assert dense["mean_class_top1"] == pytest.approx(100 * np.mean(per_class), abs=1e-4)
     assert saved["results"]["headline"] == {"method": "dense", "mean_class_top1": dense["mean_class_top1"]}
     assert "**Headline (dense)**: mean_class_top1" in out.with_suffix(".md").read_text()
@@ -334,7 +334,7 @@ def test_clipself_protocol_at_a_non_native_size(panoptic, saved_models, tmp_path
     ])
     results = json.loads(out.read_text())["results"]
     predicted, labels = _reference_predictions(model, processor, panoptic, 64, "longest-pad", class_embeds)
-    hits = {c: [p == c for p, l in zip(predicted, labels) if l == c] for c in set(labels)}
+    hits = {c: [p == c for p, truth in zip(predicted, labels) if truth == c] for c in set(labels)}
     thing = np.mean([np.mean(hits[c]) for c in (0, 1)])
     stuff = np.mean([np.mean(hits[c]) for c in (2, 3)])
     assert results["headline"]["thing_mean_class_top1"] == pytest.approx(100 * thing, abs=1e-4)
