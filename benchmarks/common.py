@@ -137,8 +137,9 @@ def time_side_by_side(
     return times
 
 
-def summarize(seconds: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and relative spread ((max - min) / median) of a list of times."""
+def summarize(seconds: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and relative spread ((max - min) / median) of a list of times, with the times themselves
+    (`seconds`, in round order: every figure of the results can be recomputed from them)."""
     median = statistics.median(seconds)
     return {
         "median_s": median,
@@ -146,6 +147,7 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
         "max_s": max(seconds),
         "spread": (max(seconds) - min(seconds)) / median if median > 0 else 0.0,
         "rounds": len(seconds),
+        "seconds": list(seconds),
     }
 
 

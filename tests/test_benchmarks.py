@@ -1,9 +1,12 @@
-"""The benchmark scripts run end to end with tiny sizes and write well-formed results (speed is never asserted)."""
+"""The benchmark scripts run end to end with tiny sizes and write results that hold together: every median, spread,
+ratio, rate and target is recomputed here from the raw per-round times the JSON records, and the printed table is
+checked against the JSON (speed itself is never asserted)."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,30 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false",
 TINY = ["--quick", "--device", "cpu", "--threads", "1", "--repeats", "1", "--warmup", "0"]
 
 
+def check_summary(summary: dict, rounds: int) -> list[float]:
+    """The summary's figures are those of its raw per-round times; returns the times."""
+    seconds = summary["seconds"]
+    assert len(seconds) == summary["rounds"] == rounds and all(isinstance(value, float) for value in seconds)
+    assert summary["median_s"] == statistics.median(seconds)
+    assert (summary["min_s"], summary["max_s"]) == (min(seconds), max(seconds))
+    assert summary["spread"] == pytest.approx((max(seconds) - min(seconds)) / statistics.median(seconds), rel=1e-12)
+    return seconds
+
+
+def check_ratio(ratio: dict, numerator: list[float], denominator: list[float]) -> None:
+    """A ratio is the median (min, max) of the per-round ratios of the two methods' raw times."""
+    per_round = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    assert ratio["median"] == pytest.approx(statistics.median(per_round), rel=1e-12)
+    assert (ratio["min"], ratio["max"]) == pytest.approx((min(per_round), max(per_round)), rel=1e-12)
+
+
+def cell(value: float, digits: int = 3) -> str:
+    """A number as the benchmark tables print it."""
+    from benchmarks.common import format_number
+
+    return format_number(value, digits)
+
+
 def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
     command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *TINY, "--json-out", str(out), *extra]
@@ -29,7 +56,9 @@ def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
     machine = payload["machine"]
     assert {"cpu", "cpu_cores", "torch", "transformers", "gpu", "device", "dtype", "torch_threads"} <= set(machine)
     assert machine["device"] == "cpu" and machine["dtype"] == "fp32" and machine["gpu"] is None and machine["torch_threads"] == 1
-    assert payload["settings"]["repeats"] == 1 and payload["settings"]["quick"] is True
+    repeats = int(extra[extra.index("--repeats") + 1]) if "--repeats" in extra else 1  # the last --repeats wins
+    assert payload["settings"]["repeats"] == repeats
+    assert payload["settings"]["quick"] is True
     for item in payload["targets"]:
         assert set(item) == {"name", "target", "value", "limit", "met"}
         assert item["met"] == (item["value"] >= item["limit"] if item["target"].startswith(">=") else item["value"] <= item["limit"])
@@ -50,17 +79,21 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
 
 
 def test_region_throughput(tmp_path: Path) -> None:
-    payload = run_script("region_throughput", tmp_path, "--boxes", "1,3", "--images", "2", "--profile")
+    payload = run_script("region_throughput", tmp_path, "--boxes", "1,3", "--images", "2", "--profile", "--repeats", "3")
     for method in ("harmoclip", "crop_and_encode"):  # --profile: operator tables of the largest box count
         assert "aten::" in (tmp_path / f"region_throughput.profile.{method}-3boxes.txt").read_text()
     assert [row["boxes_per_image"] for row in payload["results"]] == [1, 3]
-    for row in payload["results"]:
-        assert row["images"] == 2 and row["speedup"]["median"] > 0
-        assert row["harmoclip_boxes_per_s"] == pytest.approx(2 * row["boxes_per_image"] / row["harmoclip"]["median_s"])
-    assert [t["limit"] for t in payload["targets"]] == pytest.approx([0.9, 2.7])
-    assert [row[0] for row in table_rows(payload["markdown"], "boxes/image")] == ["1", "3"]
-
-
+    table = table_rows(payload["markdown"], "boxes/image")
+    for row, target_item, printed in zip(payload["results"], payload["targets"], table, strict=True):
+        ours, theirs = check_summary(row["harmoclip"], 3), check_summary(row["crop_and_encode"], 3)
+        check_ratio(row["speedup"], theirs, ours)  # speed-up = crop-and-encode time / HarmoCLIP time, round by round
+        boxes = 2 * row["boxes_per_image"]
+        assert row["images"] == 2
+        assert row["harmoclip_boxes_per_s"] == pytest.approx(boxes / statistics.median(ours), rel=1e-12)
+        assert row["crop_boxes_per_s"] == pytest.approx(boxes / statistics.median(theirs), rel=1e-12)
+        assert target_item["value"] == row["speedup"]["median"] and target_item["limit"] == pytest.approx(0.9 * row["boxes_per_image"])
+        assert printed[:3] == [str(row["boxes_per_image"]), cell(row["harmoclip_boxes_per_s"]), cell(row["crop_boxes_per_s"])]
+        assert printed[5].startswith(f"{row['speedup']['median']:.2f} (") and printed[7] == cell(target_item["met"])
 def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -> None:
     from benchmarks.region_throughput import crop_and_encode
 
@@ -75,11 +108,19 @@ def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -
 
 
 def test_global_overhead(tmp_path: Path) -> None:
-    payload = run_script("global_overhead", tmp_path, "--images", "2", "--captions", "4")
+    payload = run_script("global_overhead", tmp_path, "--images", "2", "--captions", "4", "--repeats", "2")
     assert [row["tower"] for row in payload["results"]] == ["image", "text"]
     assert all(row["max_abs_difference"] == 0 for row in payload["results"])
-    assert [t["limit"] for t in payload["targets"]] == [1.02, 1.02]
-    assert [row[0] for row in table_rows(payload["markdown"], "method")] == ["get_image_features", "get_text_features"]
+    table = table_rows(payload["markdown"], "method")
+    assert [row[0] for row in table] == ["get_image_features", "get_text_features"]
+    for row, target_item, printed in zip(payload["results"], payload["targets"], table, strict=True):
+        ours, theirs = check_summary(row["harmoclip"], 2), check_summary(row["clip"], 2)
+        check_ratio(row["time_ratio"], ours, theirs)
+        assert row["harmoclip_per_s"] == pytest.approx(row["batch"] / statistics.median(ours), rel=1e-12)
+        assert row["clip_per_s"] == pytest.approx(row["batch"] / statistics.median(theirs), rel=1e-12)
+        assert (target_item["value"], target_item["limit"]) == (row["time_ratio"]["median"], 1.02)
+        assert target_item["met"] == (row["time_ratio"]["median"] <= 1.02)
+        assert printed[2:4] == [cell(row["harmoclip_per_s"]), cell(row["clip_per_s"])]
 
 
 def test_train_step(tmp_path: Path) -> None:
@@ -90,10 +131,17 @@ def test_train_step(tmp_path: Path) -> None:
     assert terms == {"GC": {"loss_gc"}, "GC+LRC": {"loss_gc", "loss_lrc"}, "GC+LRC+GR frozen": {"loss_gc", "loss_lrc", "loss_gr"},
                      "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"}}
     assert payload["settings"]["boxes_in_batch"] == 6
+    gc_seconds = check_summary(results["GC"]["step"], 1)
+    assert payload["settings"]["gc_step_median_s"] == statistics.median(gc_seconds)
     for row in results.values():
-        assert row["memory"]["peak_bytes"] >= row["memory"]["static_bytes"] > 0
+        seconds = check_summary(row["step"], 1)
+        check_ratio(row["time_ratio_to_gc"], seconds, gc_seconds)
+        assert row["samples_per_s"] == pytest.approx(2 / statistics.median(seconds), rel=1e-12)
+        assert row["memory"]["peak_bytes"] >= row["memory"]["static_bytes"]
         assert row["memory_ratio_to_gc"] == pytest.approx(row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"])
-    assert results["GC"]["time_ratio_to_gc"]["median"] == 1.0
+    assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    cached = results["GC+LRC+GR cached"]
+    assert [t["value"] for t in payload["targets"]] == [cached["time_ratio_to_gc"]["median"], cached["memory_ratio_to_gc"]]
     assert [t["name"] for t in payload["targets"]] == ["cached HarmoCLIP step time / GC-only", "cached HarmoCLIP peak memory / GC-only"]
     assert len(table_rows(payload["markdown"], "variant")) == 4
 
@@ -120,10 +168,16 @@ def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) ->
 
 
 def test_phrase_extraction(tmp_path: Path) -> None:
-    payload = run_script("phrase_extraction", tmp_path, "--captions", "20")
-    assert [row["captions_per_s"] > 0 for row in payload["results"]] == [True, True]
+    payload = run_script("phrase_extraction", tmp_path, "--captions", "20", "--repeats", "2")
+    batched, single = payload["results"]
+    batched_seconds, single_seconds = check_summary(batched, 2), check_summary(single, 2)
+    assert batched["captions_per_s"] == pytest.approx(20 / statistics.median(batched_seconds), rel=1e-12)
+    assert single["captions_per_s"] == pytest.approx(20 / statistics.median(single_seconds), rel=1e-12)
+    check_ratio(payload["settings"]["speedup"], single_seconds, batched_seconds)
     assert payload["settings"]["captions"] == 20 and payload["settings"]["phrases_per_caption"] >= 2
-    assert len(table_rows(payload["markdown"], "method")) == 2
+    table = table_rows(payload["markdown"], "method")
+    assert [row[1] for row in table] == [cell(batched["captions_per_s"]), cell(single["captions_per_s"])]
+    assert table[0][3].startswith(f"{payload['settings']['speedup']['median']:.2f} (")
 
 
 def test_data_loading(tmp_path: Path) -> None:
@@ -132,8 +186,15 @@ def test_data_loading(tmp_path: Path) -> None:
     methods = [row["method"] for row in payload["results"]]
     assert methods == ["loader, 0 workers", "training step"]
     loader, step = payload["results"]
-    assert loader["ratio_to_step"] == pytest.approx(loader["samples_per_s"] / step["samples_per_s"])
-    assert 0 < loader["loading_share_of_loop"] < 1
+    loader_seconds, step_seconds = check_summary(loader, 1), check_summary(step, 1)
+    samples_per_epoch = 8  # 8 images in batches of 4, none dropped
+    assert loader["samples_per_s"] == pytest.approx(samples_per_epoch / statistics.median(loader_seconds), rel=1e-12)
+    assert step["samples_per_s"] == pytest.approx(1 * 4 / statistics.median(step_seconds), rel=1e-12)  # 1 step of 4
+    assert loader["ratio_to_step"] == pytest.approx(loader["samples_per_s"] / step["samples_per_s"], rel=1e-12)
+    # With 0 workers loading and stepping alternate: the share of a sample's time spent loading.
+    per_sample_loading, per_sample_step = 1 / loader["samples_per_s"], 1 / step["samples_per_s"]
+    assert loader["loading_share_of_loop"] == pytest.approx(per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12)
+    assert payload["targets"][0]["value"] == loader["ratio_to_step"]
     assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}  # the shipped config: all three terms
 
 
