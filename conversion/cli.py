@@ -70,7 +70,9 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
 
 
 @contextmanager
-def log_to_file(path: str | Path, mode: str = "a", loggers: Sequence[str] = PROJECT_LOGGERS) -> Iterator[logging.Handler]:
+def log_to_file(
+    path: str | Path, mode: str = "a", loggers: Sequence[str] = PROJECT_LOGGERS
+) -> Iterator[logging.Handler]:
     """Copies the project's INFO (and higher) records to `path` while the block runs: a run's own log file.
 
     The handler sits on the project's named loggers, not on the root logger, and is removed afterwards with the

@@ -17,7 +17,13 @@ import pytest
 from conftest import ROOT
 from conversion.cli import CommandParser, UsageError, log_to_file, run_command, setup_logging
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT),
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 LIBRARY_PACKAGES = ("modeling_harmoclip", "conversion", "evaluation", "training", "benchmarks", "scripts")
 
 
@@ -39,14 +45,22 @@ def assert_one_line_error(stderr: str, *fragments: str) -> None:
 
 def test_every_console_script_resolves_to_a_main_taking_argv() -> None:
     scripts = console_scripts()
-    assert {"harmoclip-train", "harmoclip-evaluate", "harmoclip-convert", "harmoclip-export", "harmoclip-publish",
-            "harmoclip-cache-teacher"} <= set(scripts)
+    assert {
+        "harmoclip-train",
+        "harmoclip-evaluate",
+        "harmoclip-convert",
+        "harmoclip-export",
+        "harmoclip-publish",
+        "harmoclip-cache-teacher",
+    } <= set(scripts)
     for name, target in scripts.items():
         module_name, _, function_name = target.partition(":")
         function = getattr(importlib.import_module(module_name), function_name)
         assert callable(function), name
         assert list(inspect.signature(function).parameters)[0] == "argv", name
-        assert inspect.signature(function).return_annotation in ("int", int), f"{name}: the exit code is what main returns"
+        assert inspect.signature(function).return_annotation in ("int", int), (
+            f"{name}: the exit code is what main returns"
+        )
 
 
 def test_an_entry_point_runs_as_the_installed_script_would(tmp_path: Path) -> None:
@@ -54,17 +68,32 @@ def test_an_entry_point_runs_as_the_installed_script_would(tmp_path: Path) -> No
     out = tmp_path / "shapes"
     wrapper = "import sys\nfrom training.data.synthetic import main\nsys.exit(main())\n"
     args = ["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "32"]
-    done = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "synthetic data set written" in done.stdout and len((out / "train.jsonl").read_text().splitlines()) == 2
-    failed = subprocess.run([sys.executable, "-c", wrapper, *args[:-1], "big"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        [sys.executable, "-c", wrapper, *args[:-1], "big"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert failed.returncode == 2
     assert_one_line_error(failed.stderr, "argument --image-size: invalid int value: 'big'")
 
 
 def test_train_script_answers_a_mistake_in_one_line(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "training" / "train.py"), "--train_data", "missing.jsonl"],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), "--train_data", "missing.jsonl"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert_one_line_error(done.stderr, "config `train_data` ('missing.jsonl') is not read with data_format='synthetic'")
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -88,8 +117,25 @@ def test_train_command_line_mistakes(tmp_path: Path, capsys) -> None:
 def test_train_names_a_missing_data_file(tmp_path: Path, capsys) -> None:
     from training.train import main
 
-    assert main(["--data_format", "jsonl", "--train_data", str(tmp_path / "missing.jsonl"), "--model_preset", "micro",
-                 "--image_size", "32", "--report_to", "none", "--output_dir", str(tmp_path / "run")]) == 1
+    assert (
+        main(
+            [
+                "--data_format",
+                "jsonl",
+                "--train_data",
+                str(tmp_path / "missing.jsonl"),
+                "--model_preset",
+                "micro",
+                "--image_size",
+                "32",
+                "--report_to",
+                "none",
+                "--output_dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.splitlines()  # progress lines logged before the error, then the error
     assert err[-1] == f"error: manifest not found: {tmp_path / 'missing.jsonl'}"
     assert not any(line.startswith(("Traceback", "error: ")) for line in err[:-1])
@@ -103,14 +149,49 @@ def test_every_command_answers_a_mistake_in_one_line(tmp_path: Path, capsys) -> 
 
     missing = str(tmp_path / "missing")
     cases = [
-        (cache_teacher.main, ["--cache-dir", missing, "--cache-batch-size", "0"], 1, "`--cache-batch-size` must be > 0, got 0"),
+        (
+            cache_teacher.main,
+            ["--cache-dir", missing, "--cache-batch-size", "0"],
+            1,
+            "`--cache-batch-size` must be > 0, got 0",
+        ),
         (cache_teacher.main, ["--max_steps", "x"], 2, "the following arguments are required: --cache-dir"),
-        (evaluate.main, ["--model", missing, "--task", "boxcls", "--data", missing], 1, f"`--data`: file not found: {missing}"),
-        (evaluate.main, ["--model", missing, "--task", "boxcls", "--data", missing, "--batch-size", "0"], 1, "`--batch-size` must be >= 1, got 0"),
-        (convert_clip.main, ["--source", "openai", "--checkpoint", missing, "--output", str(tmp_path / "o")], 1, f"file not found: {missing}"),
-        (convert_clip.main, ["--source", "tf", "--checkpoint", missing, "--output", missing], 2, "argument --source: invalid choice: 'tf'"),
-        (export_clip.main, ["--model", missing, "--output", str(tmp_path / "o")], 1, f"`model_dir`: {missing} is not a transformers model folder"),
-        (publish.main, ["--repo-id", "no-namespace", "--model", missing, "--dry-run"], 1, "`--repo-id` must be 'namespace/name', got 'no-namespace'"),
+        (
+            evaluate.main,
+            ["--model", missing, "--task", "boxcls", "--data", missing],
+            1,
+            f"`--data`: file not found: {missing}",
+        ),
+        (
+            evaluate.main,
+            ["--model", missing, "--task", "boxcls", "--data", missing, "--batch-size", "0"],
+            1,
+            "`--batch-size` must be >= 1, got 0",
+        ),
+        (
+            convert_clip.main,
+            ["--source", "openai", "--checkpoint", missing, "--output", str(tmp_path / "o")],
+            1,
+            f"file not found: {missing}",
+        ),
+        (
+            convert_clip.main,
+            ["--source", "tf", "--checkpoint", missing, "--output", missing],
+            2,
+            "argument --source: invalid choice: 'tf'",
+        ),
+        (
+            export_clip.main,
+            ["--model", missing, "--output", str(tmp_path / "o")],
+            1,
+            f"`model_dir`: {missing} is not a transformers model folder",
+        ),
+        (
+            publish.main,
+            ["--repo-id", "no-namespace", "--model", missing, "--dry-run"],
+            1,
+            "`--repo-id` must be 'namespace/name', got 'no-namespace'",
+        ),
         (harmony.main, ["--config", missing], 1, f"`--config`: file not found: {missing}"),
         (run_all.main, ["--only", "speed"], 1, "`--only`: unknown benchmark(s) ['speed']"),
         (region_throughput.main, ["--repeats", "0", "--device", "cpu", "--quick"], 1, "--repeats must be >= 1"),
@@ -163,10 +244,12 @@ def test_a_run_log_leaves_the_callers_logging_alone(tmp_path: Path) -> None:
 
 
 def test_setup_logging_writes_the_error_to_the_log_file_once_on_the_console(tmp_path: Path, capsys) -> None:
-    code = ("import sys\nfrom conversion.cli import run_command, setup_logging\n"
-            f"setup_logging({str(tmp_path / 'cmd.log')!r})\n"
-            "def fail():\n    raise ValueError('`--x`: bad value 3')\n"
-            "sys.exit(run_command(fail))\n")
+    code = (
+        "import sys\nfrom conversion.cli import run_command, setup_logging\n"
+        f"setup_logging({str(tmp_path / 'cmd.log')!r})\n"
+        "def fail():\n    raise ValueError('`--x`: bad value 3')\n"
+        "sys.exit(run_command(fail))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr == "error: `--x`: bad value 3\n"
     assert "ERROR harmoclip: `--x`: bad value 3" in (tmp_path / "cmd.log").read_text()
@@ -181,8 +264,12 @@ def _library_files() -> list[Path]:
 
 
 def _is_main_guard(node: ast.AST) -> bool:
-    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+    )
 
 
 def _process_wide_calls(tree: ast.Module) -> list[tuple[int, str, str | None]]:
@@ -196,8 +283,9 @@ def _process_wide_calls(tree: ast.Module) -> list[tuple[int, str, str | None]]:
         text = ast.unparse(node) if isinstance(node, (ast.Call, ast.Raise, ast.Assign)) else ""
         if isinstance(node, ast.Call) and text.startswith("logging.basicConfig("):
             found.append((node.lineno, "logging.basicConfig", top))
-        if isinstance(node, ast.Call) and text.startswith(("sys.exit(", "exit(", "os.environ.setdefault(", "os.environ.update(",
-                                                          "os.environ.pop(", "os.putenv(")):
+        if isinstance(node, ast.Call) and text.startswith(
+            ("sys.exit(", "exit(", "os.environ.setdefault(", "os.environ.update(", "os.environ.pop(", "os.putenv(")
+        ):
             found.append((node.lineno, text.split("(")[0], top))
         if isinstance(node, ast.Raise) and "SystemExit" in text:
             found.append((node.lineno, "SystemExit", top))
@@ -217,14 +305,22 @@ def test_only_entry_points_touch_the_process(path: Path) -> None:
     the one helper that configures logging is conversion.cli.setup_logging."""
     for line, what, top in _process_wide_calls(ast.parse(path.read_text())):
         allowed = top == "main" or (path == ROOT / "conversion" / "cli.py" and top == "setup_logging")
-        assert allowed and what != "SystemExit" and what != "sys.exit", f"{path.relative_to(ROOT)}:{line}: {what} in {top or 'module level'}"
+        assert allowed and what != "SystemExit" and what != "sys.exit", (
+            f"{path.relative_to(ROOT)}:{line}: {what} in {top or 'module level'}"
+        )
 
 
 def test_the_hygiene_check_finds_what_it_forbids() -> None:
-    source = ("import os, sys, logging\nos.environ.setdefault('A', '1')\n"
-              "def train():\n    logging.basicConfig(force=True)\n    raise SystemExit('stop')\n"
-              "def main():\n    os.environ['B'] = '1'\n"
-              "if __name__ == '__main__':\n    sys.exit(main())\n")
+    source = (
+        "import os, sys, logging\nos.environ.setdefault('A', '1')\n"
+        "def train():\n    logging.basicConfig(force=True)\n    raise SystemExit('stop')\n"
+        "def main():\n    os.environ['B'] = '1'\n"
+        "if __name__ == '__main__':\n    sys.exit(main())\n"
+    )
     found = {(what, top) for _, what, top in _process_wide_calls(ast.parse(source))}
-    assert found == {("os.environ.setdefault", None), ("logging.basicConfig", "train"), ("SystemExit", "train"),
-                     ("os.environ[...] =", "main")}
+    assert found == {
+        ("os.environ.setdefault", None),
+        ("logging.basicConfig", "train"),
+        ("SystemExit", "train"),
+        ("os.environ[...] =", "main"),
+    }

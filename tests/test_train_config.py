@@ -20,8 +20,13 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 def test_yaml_strings_become_the_field_types(tmp_path: Path) -> None:
     # YAML 1.1 reads 1e-5 (no dot) as a string and "false" in quotes as a string.
-    config = load_config(write_yaml(tmp_path, 'learning_rate: 1e-5\nlock_text: "false"\nresume: "yes"\n'
-                                              'max_grad_norm: none\nbatch_size: "8"\nweight_decay: 0\n'))
+    config = load_config(
+        write_yaml(
+            tmp_path,
+            'learning_rate: 1e-5\nlock_text: "false"\nresume: "yes"\n'
+            'max_grad_norm: none\nbatch_size: "8"\nweight_decay: 0\n',
+        )
+    )
     assert config.learning_rate == 1e-5 and type(config.learning_rate) is float
     assert config.lock_text is False and config.resume is True
     assert config.max_grad_norm is None
@@ -58,7 +63,9 @@ def test_unreadable_yaml_names_the_file(tmp_path: Path) -> None:
 
 def test_command_line_values_are_typed_and_named() -> None:
     parser = build_argument_parser("test")
-    config = config_from_args(parser.parse_args(["--learning_rate", "1e-5", "--lock-text", "off", "--report_to", "none"]))
+    config = config_from_args(
+        parser.parse_args(["--learning_rate", "1e-5", "--lock-text", "off", "--report_to", "none"])
+    )
     assert (config.learning_rate, config.lock_text, config.trackers) == (1e-5, False, [])
     with pytest.raises(ValueError, match=r"^option `--learning_rate`: expected float, got 'fast'$"):
         config_from_args(parser.parse_args(["--learning_rate", "fast"]))
@@ -67,7 +74,9 @@ def test_command_line_values_are_typed_and_named() -> None:
 
 
 def test_synthetic_data_ignores_no_data_file() -> None:
-    with pytest.raises(ValueError, match=r"config `train_data` \('missing.jsonl'\) is not read with data_format='synthetic'"):
+    with pytest.raises(
+        ValueError, match=r"config `train_data` \('missing.jsonl'\) is not read with data_format='synthetic'"
+    ):
         TrainConfig(train_data="missing.jsonl")
     assert TrainConfig(data_format="jsonl", train_data="missing.jsonl").train_data == "missing.jsonl"
 
