@@ -20,7 +20,6 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_harmoclip.roi_align import roi_align  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     add_common_arguments,
     autocast,
@@ -36,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     write_profile,
 )
 from conversion.cli import CommandParser, run_command  # noqa: E402
+from modeling_harmoclip.roi_align import roi_align  # noqa: E402
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image

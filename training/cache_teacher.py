@@ -35,7 +35,6 @@ from training.builders import (  # noqa: E402
     teacher_cache_settings,
 )
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from training.data.collate import RegionCollator  # noqa: E402
 from training.teacher import INDEX_FILE  # noqa: E402
 
 logger = logging.getLogger("harmoclip.cache_teacher")
