@@ -27,6 +27,16 @@ ENV = {
 LIBRARY_PACKAGES = ("modeling_harmoclip", "conversion", "evaluation", "training", "benchmarks", "scripts")
 
 
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """The commands run here in-process configure the root logger (as entry points do); put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def console_scripts() -> dict[str, str]:
     tomllib = pytest.importorskip("tomllib")
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
