@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import can_return_tuple
@@ -112,7 +113,13 @@ class HarmoCLIPModel(CLIPModel):
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map["AutoModelForZeroShotImageClassification"] = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # The region-classification pipeline ships with the model: its config entry, and its file beside the code.
+        from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
+
+        self.config.custom_pipelines = custom_pipelines_entry()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        custom_object_save(RegionClassificationPipeline, save_directory)
+        return result
 
     # ------------------------------------------------------------------ vision: trunk, dense map, regions
 

@@ -9,6 +9,7 @@ from transformers import CLIPModel
 
 from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+from region_reference import value_path_dense
 
 VOCAB = tiny_clip_config().text_config.vocab_size
 BOS, EOS = VOCAB - 2, VOCAB - 1
@@ -123,24 +124,10 @@ def test_forward_contract_equals_clip(with_boxes: bool) -> None:
         assert len(as_tuple) == len(clip_tuple)
 
 
-def _value_path_reference(model: HarmoCLIPModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Dense features written out from the definition: value path in the last layer, then CLIP's heads."""
-    vision = model.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixels))
-    for layer in vision.encoder.layers[:-1]:
-        hidden = layer(hidden, None)
-    last = vision.encoder.layers[-1]
-    hidden = hidden + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
-    hidden = hidden + last.mlp(last.layer_norm2(hidden))
-    patches = model.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, h*w, D)
-    grid = pixels.shape[-1] // model.config.vision_config.patch_size
-    return patches.reshape(pixels.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
-
-
 def test_dense_features_follow_the_value_path(tiny_model: HarmoCLIPModel) -> None:
     pixels = _images(2)
     dense = tiny_model.get_dense_features(pixels)
-    reference = F.normalize(_value_path_reference(tiny_model, pixels), dim=1)
+    reference = F.normalize(value_path_dense(tiny_model, pixels), dim=1)
     assert dense.shape == (2, 16, 4, 4)
     assert (dense - reference).abs().max() <= 1e-6
     assert torch.allclose(dense.norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
@@ -166,7 +153,7 @@ def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> Non
 
 def test_region_features_hand_computed_boxes(tiny_model: HarmoCLIPModel) -> None:
     pixels = _images(2)
-    unnormalised = _value_path_reference(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
+    unnormalised = value_path_dense(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
     boxes = torch.tensor(
         [
             [[0.25, 0.5, 0.5, 0.75], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
