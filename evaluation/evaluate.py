@@ -45,14 +45,13 @@ from .eval_data import (
     read_retrieval_data,
 )
 from conversion.saving import write_text_atomic
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, label_embeddings, prompt_ensemble_embeddings
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, TEXT_BATCH_SIZE, label_embeddings, prompt_ensemble_embeddings
 from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
 from .metrics import DEFAULT_ACCURACY_KS, DEFAULT_RECALL_KS, classification_metrics, retrieval_metrics, top_k_predictions
 
 logger = logging.getLogger("evaluation.evaluate")
 
 BOX_METHODS = ("dense", "crop")
-TEXT_BATCH_SIZE = 256
 
 
 # ---------------------------------------------------------------------------------------------------- embeddings

@@ -132,11 +132,6 @@ class HarmoCLIPModel(CLIPModel):
             hidden = layer(hidden, None)
         return hidden
 
-    def _global_from_trunk(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Trunk states (B, 1 + h*w, C) -> (B, D) projected, unnormalised image embedding (CLIP's CLS path)."""
-        hidden = self.vision_model.encoder.layers[-1](hidden, None)
-        return self.visual_projection(self.vision_model.post_layernorm(hidden[:, 0]))
-
     def _dense_from_trunk(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features."""
         layer = self.vision_model.encoder.layers[-1]
