@@ -71,14 +71,23 @@ def prompt_ensemble_embeddings(
     Returns:
         (C, D) float32 on the model's device, L2-normalised.
     """
-    if isinstance(prompts, str) or not prompts or len({len(class_prompts) for class_prompts in prompts}) != 1 or not prompts[0]:
-        raise ValueError(f"`prompts` must be a non-empty list of equally long, non-empty lists of strings, got {prompts!r}"[:300])
+    if (
+        isinstance(prompts, str)
+        or not prompts
+        or len({len(class_prompts) for class_prompts in prompts}) != 1
+        or not prompts[0]
+    ):
+        raise ValueError(
+            f"`prompts` must be a non-empty list of equally long, non-empty lists of strings, got {prompts!r}"[:300]
+        )
     flat = check_strings([prompt for class_prompts in prompts for prompt in class_prompts], "prompts")
     device = _model_device(model)
     embeds = []
     for first in range(0, len(flat), batch_size):
         tokens = tokenizer(flat[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
-        features = model.get_text_features(input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device))
+        features = model.get_text_features(
+            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+        )
         features = getattr(features, "pooler_output", features)
         embeds.append(F.normalize(features.float(), dim=-1))
     ensembled = torch.cat(embeds).reshape(len(prompts), len(prompts[0]), -1).mean(dim=1)
@@ -99,10 +108,14 @@ def label_embeddings(
     """
     labels = check_strings(labels, "labels")
     templates = check_templates(templates)
-    return prompt_ensemble_embeddings(model, tokenizer, [[template.format(label) for template in templates] for label in labels], batch_size)
+    return prompt_ensemble_embeddings(
+        model, tokenizer, [[template.format(label) for template in templates] for label in labels], batch_size
+    )
 
 
-def label_probabilities(embeds: torch.Tensor, label_embeds: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+def label_probabilities(
+    embeds: torch.Tensor, label_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
     """Region (or image) scoring: softmax over labels of ``logit_scale * cos(embedding, label)``.
 
     Args:
@@ -123,7 +136,11 @@ def label_probabilities(embeds: torch.Tensor, label_embeds: torch.Tensor, logit_
 
 @torch.no_grad()
 def dense_similarity(
-    model: torch.nn.Module, processor: Any, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> torch.Tensor:
     """Heatmaps: the cosine similarity of every patch of `image` with each label's prompt-ensembled embedding.
 
@@ -168,7 +185,9 @@ class RegionClassificationPipeline(Pipeline):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         if not callable(getattr(self.processor, "as_region_mode", None)):
-            raise TypeError(f"the {PIPELINE_TASK} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}")
+            raise TypeError(
+                f"the {PIPELINE_TASK} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
+            )
         # Boxes must never be cut by a centre crop: the square, crop-free preset.
         self.processor = self.processor.as_region_mode()
         self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
@@ -177,11 +196,15 @@ class RegionClassificationPipeline(Pipeline):
         """(L, D) prompt-ensembled label embeddings (`label_embeddings`) on the model's device."""
         return label_embeddings(self.model, self.tokenizer, labels, templates)
 
-    def dense_similarity(self, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+    def dense_similarity(
+        self, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> torch.Tensor:
         """(L, h, w) similarity maps of the image with each label (`dense_similarity`)."""
         return dense_similarity(self.model, self.processor, image, labels, templates)
 
-    def __call__(self, image: Any, boxes: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, image: Any, boxes: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any
+    ) -> Any:
         if candidate_labels is None:
             raise ValueError(f"the {PIPELINE_TASK} pipeline needs `candidate_labels`, a list of label names")
         candidate_labels = check_strings(candidate_labels, "candidate_labels")
@@ -203,21 +226,27 @@ class RegionClassificationPipeline(Pipeline):
         box_format: str | None = None,
         timeout: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        preprocess = {key: value for key, value in (("box_format", box_format), ("timeout", timeout)) if value is not None}
+        preprocess = {
+            key: value for key, value in (("box_format", box_format), ("timeout", timeout)) if value is not None
+        }
         forward = {"label_embeds": label_embeds} if label_embeds is not None else {}
         postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
         if top_k is not _UNSET:
             postprocess["top_k"] = top_k
         return preprocess, forward, postprocess
 
-    def preprocess(self, inputs: dict[str, Any], box_format: str = "xyxy", timeout: float | None = None) -> dict[str, Any]:
+    def preprocess(
+        self, inputs: dict[str, Any], box_format: str = "xyxy", timeout: float | None = None
+    ) -> dict[str, Any]:
         image, boxes = inputs.get("image"), inputs.get("boxes")
         if image is None:
             raise ValueError(f"the {PIPELINE_TASK} pipeline needs an image, got None")
         if isinstance(image, str):
             image = load_image(image, timeout=timeout)
         if boxes is None or len(boxes) == 0:
-            raise ValueError(f"`boxes` must hold at least one [x1, y1, x2, y2] box in the image's pixels, got {boxes!r}")
+            raise ValueError(
+                f"`boxes` must hold at least one [x1, y1, x2, y2] box in the image's pixels, got {boxes!r}"
+            )
         batch = self.processor(images=image, boxes=boxes, box_format=box_format, return_tensors="pt")
         return {
             "pixel_values": batch["pixel_values"].to(self.model.dtype),
@@ -227,14 +256,24 @@ class RegionClassificationPipeline(Pipeline):
         }
 
     def _forward(self, model_inputs: dict[str, Any], label_embeds: torch.Tensor) -> dict[str, Any]:
-        region_embeds = self.model.get_region_features(model_inputs["pixel_values"], model_inputs["boxes"], model_inputs["box_mask"])
+        region_embeds = self.model.get_region_features(
+            model_inputs["pixel_values"], model_inputs["boxes"], model_inputs["box_mask"]
+        )
         probabilities = label_probabilities(region_embeds, label_embeds, self.model.logit_scale.exp())
-        return {key: model_inputs[key] for key in ("boxes", "box_mask", "target_size")} | {"probabilities": probabilities}
+        return {key: model_inputs[key] for key in ("boxes", "box_mask", "target_size")} | {
+            "probabilities": probabilities
+        }
 
-    def postprocess(self, model_outputs: dict[str, Any], candidate_labels: list[str], top_k: int | None = 5) -> list[dict[str, Any]]:
+    def postprocess(
+        self, model_outputs: dict[str, Any], candidate_labels: list[str], top_k: int | None = 5
+    ) -> list[dict[str, Any]]:
         return self.processor.post_process_region_classification(
-            model_outputs["probabilities"], candidate_labels, model_outputs["boxes"], [model_outputs["target_size"]],
-            model_outputs["box_mask"], top_k,
+            model_outputs["probabilities"],
+            candidate_labels,
+            model_outputs["boxes"],
+            [model_outputs["target_size"]],
+            model_outputs["box_mask"],
+            top_k,
         )[0]
 
 
@@ -242,7 +281,13 @@ def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entry that makes `pipeline(PIPELINE_TASK, ..., trust_remote_code=True)` load
     `RegionClassificationPipeline` from a saved folder or Hub repository."""
     module = RegionClassificationPipeline.__module__.split(".")[-1]
-    return {PIPELINE_TASK: {"impl": f"{module}.{RegionClassificationPipeline.__name__}", "pt": ["AutoModel"], "type": "multimodal"}}
+    return {
+        PIPELINE_TASK: {
+            "impl": f"{module}.{RegionClassificationPipeline.__name__}",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
 
 
 # In-process use: `pipeline(PIPELINE_TASK, model=model, processor=processor)` with objects already loaded. Once per

@@ -36,19 +36,25 @@ def reference_regions(model: torch.nn.Module, pixels: torch.Tensor, boxes: torch
     if getattr(model.config, "region_pooling", "pool_then_normalize") == "normalize_then_pool":
         dense = F.normalize(dense, dim=1)
     height, width = dense.shape[-2:]
-    rois = torch.cat([torch.zeros(len(boxes), 1, dtype=torch.float64), boxes.double() * torch.tensor([width, height] * 2)], dim=1)
+    rois = torch.cat(
+        [torch.zeros(len(boxes), 1, dtype=torch.float64), boxes.double() * torch.tensor([width, height] * 2)], dim=1
+    )
     pooled = slow_roi_align(dense, rois, (1, 1), 1.0, -1, True)[:, :, 0, 0]
     return F.normalize(pooled, dim=-1)
 
 
 @torch.no_grad()
-def reference_label_embeds(model: torch.nn.Module, tokenizer, labels: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def reference_label_embeds(
+    model: torch.nn.Module, tokenizer, labels: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
     """(L, D) float64: each label's prompts through the CLIP forward's `text_embeds` (normalised), mean, renormalised."""
     rows = []
     for label in labels:
         tokens = tokenizer([template.format(label) for template in templates], padding=True, return_tensors="pt")
         dummy = torch.zeros(1, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
-        text = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=dummy).text_embeds
+        text = model(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=dummy
+        ).text_embeds
         rows.append(F.normalize(text.double().mean(dim=0), dim=0))
     return torch.stack(rows)
 

@@ -37,7 +37,9 @@ def _image() -> Image.Image:
     return image
 
 
-def _expected(model, tokenizer, image: Image.Image, boxes: list[list[float]], labels: list[str], templates=DEFAULT_TEMPLATES):
+def _expected(
+    model, tokenizer, image: Image.Image, boxes: list[list[float]], labels: list[str], templates=DEFAULT_TEMPLATES
+):
     """(N, L) reference probabilities: the region preset resizes the image to 32 x 32, so a box's normalised
     coordinates are its pixel coordinates over the image's size."""
     pixels = tiny_processor(tokenizer, region_mode=True)(images=image)["pixel_values"]
@@ -47,7 +49,9 @@ def _expected(model, tokenizer, image: Image.Image, boxes: list[list[float]], la
     return reference_probabilities(model, regions, reference_label_embeds(model, tokenizer, labels, templates))
 
 
-def _check(results: list[dict], expected: torch.Tensor, boxes: list[list[float]], labels: list[str], top_k: int) -> None:
+def _check(
+    results: list[dict], expected: torch.Tensor, boxes: list[list[float]], labels: list[str], top_k: int
+) -> None:
     assert len(results) == len(boxes)
     for row, (result, box) in enumerate(zip(results, boxes)):
         assert result["box"] == pytest.approx(dict(zip(("xmin", "ymin", "xmax", "ymax"), box)), abs=1e-3)
@@ -83,7 +87,8 @@ def test_pipeline_from_a_saved_folder_in_a_fresh_process(saved, tiny_tokenizer, 
     folder, model = saved
     _image().save(tmp_path / "image.png")
     result = run_isolated(
-        ISOLATED_CALL.format(model=str(folder), image=str(tmp_path / "image.png"), boxes=BOXES, labels=LABELS), cwd=tmp_path
+        ISOLATED_CALL.format(model=str(folder), image=str(tmp_path / "image.png"), boxes=BOXES, labels=LABELS),
+        cwd=tmp_path,
     )
     results = json.loads(result.stdout.strip().splitlines()[-1])
     _check(results, _expected(model, tiny_tokenizer, _image(), BOXES, LABELS), BOXES, LABELS, top_k=2)
@@ -94,7 +99,9 @@ def test_pipeline_from_an_offline_hub_cache_in_a_fresh_process(saved, tiny_token
     env = offline_hub_cache(folder, tmp_path)
     _image().save(tmp_path / "image.png")
     result = run_isolated(
-        ISOLATED_CALL.format(model="org/harmoclip-vitb16", image=str(tmp_path / "image.png"), boxes=BOXES[:1], labels=LABELS),
+        ISOLATED_CALL.format(
+            model="org/harmoclip-vitb16", image=str(tmp_path / "image.png"), boxes=BOXES[:1], labels=LABELS
+        ),
         cwd=tmp_path,
         env=env,
     )
@@ -108,10 +115,22 @@ def test_pipeline_in_process_batches_formats_and_options(tiny_tokenizer) -> None
     assert isinstance(classifier, RegionClassificationPipeline) and classifier.processor.region_mode
     other = Image.new("RGB", (40, 80), (200, 200, 30))
     templates = ("a photo of a {}.", "a sketch of the {}.")
-    both = classifier([{"image": _image(), "boxes": BOXES[:2]}, {"image": other, "boxes": [[0, 10, 40, 50]]}],
-                      candidate_labels=LABELS, templates=templates, top_k=None)
-    _check(both[0], _expected(model, tiny_tokenizer, _image(), BOXES[:2], LABELS, templates), BOXES[:2], LABELS, top_k=4)
-    _check(both[1], _expected(model, tiny_tokenizer, other, [[0, 10, 40, 50]], LABELS, templates), [[0, 10, 40, 50]], LABELS, 4)
+    both = classifier(
+        [{"image": _image(), "boxes": BOXES[:2]}, {"image": other, "boxes": [[0, 10, 40, 50]]}],
+        candidate_labels=LABELS,
+        templates=templates,
+        top_k=None,
+    )
+    _check(
+        both[0], _expected(model, tiny_tokenizer, _image(), BOXES[:2], LABELS, templates), BOXES[:2], LABELS, top_k=4
+    )
+    _check(
+        both[1],
+        _expected(model, tiny_tokenizer, other, [[0, 10, 40, 50]], LABELS, templates),
+        [[0, 10, 40, 50]],
+        LABELS,
+        4,
+    )
     # COCO boxes, the default top 5 of 4 labels, and a box outside the image dropped with a warning.
     xywh = [[5.0, 4.0, 35.0, 26.0]]
     with pytest.warns(UserWarning, match="boxes"):
@@ -124,14 +143,28 @@ def test_pipeline_in_process_batches_formats_and_options(tiny_tokenizer) -> None
     [
         (dict(boxes=BOXES), ValueError, "needs `candidate_labels`"),
         (dict(boxes=[], candidate_labels=LABELS), ValueError, r"`boxes` must hold at least one \[x1, y1, x2, y2\] box"),
-        (dict(boxes=BOXES, candidate_labels="dog"), TypeError, "`candidate_labels` must be a non-empty list of strings"),
-        (dict(boxes=BOXES, candidate_labels=LABELS, templates=["a photo"]), ValueError, r"`templates`\[0\] must contain"),
+        (
+            dict(boxes=BOXES, candidate_labels="dog"),
+            TypeError,
+            "`candidate_labels` must be a non-empty list of strings",
+        ),
+        (
+            dict(boxes=BOXES, candidate_labels=LABELS, templates=["a photo"]),
+            ValueError,
+            r"`templates`\[0\] must contain",
+        ),
         (dict(boxes=[[5, 4, 2, 30]], candidate_labels=LABELS), ValueError, r"boxes"),
-        (dict(boxes=BOXES, candidate_labels=LABELS, top_k=0), ValueError, "`top_k` must be a positive int or None, got 0"),
+        (
+            dict(boxes=BOXES, candidate_labels=LABELS, top_k=0),
+            ValueError,
+            "`top_k` must be a positive int or None, got 0",
+        ),
     ],
 )
 def test_pipeline_bad_input_names_the_argument(tiny_tokenizer, call, error, message) -> None:
-    classifier = RegionClassificationPipeline(model=tiny_harmoclip_model(), processor=tiny_processor(tiny_tokenizer), device=-1)
+    classifier = RegionClassificationPipeline(
+        model=tiny_harmoclip_model(), processor=tiny_processor(tiny_tokenizer), device=-1
+    )
     with warnings.catch_warnings(), pytest.raises(error, match=message):
         warnings.simplefilter("ignore")
         classifier(_image(), **call)
@@ -154,7 +187,9 @@ def test_label_embeddings_scoring_and_dense_similarity_follow_the_definitions(ti
 
     maps = dense_similarity(model, processor, _image(), ["dog", "tree"])
     with torch.no_grad():
-        dense = F.normalize(value_path_dense(model, processor.as_region_mode()(images=_image())["pixel_values"])[0], dim=0)
+        dense = F.normalize(
+            value_path_dense(model, processor.as_region_mode()(images=_image())["pixel_values"])[0], dim=0
+        )
     expected = torch.einsum("dhw,ld->lhw", dense.double(), reference[[0, 3]])
     assert maps.shape == (2, 4, 4)
     torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=0)
