@@ -10,7 +10,8 @@ also printed) and a log (`.log`). The functions below also take a model and proc
 can evaluate the model it holds.
 
 Retrieval uses `get_image_features` / `get_text_features` (the global towers). Box classification classifies each
-ground-truth box against class-name text embeddings (an ensemble of prompt templates) with
+ground-truth box against class-name text embeddings (`modeling_harmoclip.pipeline_harmoclip.label_embeddings`, the
+prompt ensemble the `region-classification` pipeline uses) with
 - ``dense``: `get_region_features` (RoIAlign on the dense map, one image pass for all boxes), and
 - ``crop``: the crop-and-encode baseline, `get_crop_features` of each box's crop of the original image (enlarged
   ``--crop-scale`` times about its centre, 1.5 as CLIPSelf's baseline, clipped to the image, resized to the model's
@@ -35,6 +36,12 @@ from tqdm.auto import tqdm
 
 from conversion.cli import CommandParser, log_to_file, run_command, setup_logging
 from conversion.saving import write_text_atomic
+from modeling_harmoclip.pipeline_harmoclip import (
+    DEFAULT_TEMPLATES,
+    TEXT_BATCH_SIZE,
+    label_embeddings,
+    prompt_ensemble_embeddings,
+)
 from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
 
 from .eval_data import (
@@ -56,19 +63,7 @@ from .metrics import (
 
 logger = logging.getLogger("evaluation.evaluate")
 
-# A small ensemble of CLIP's ImageNet prompt templates (Radford et al., 2021) plus the plain "a photo of a {}.".
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 BOX_METHODS = ("dense", "crop")
-TEXT_BATCH_SIZE = 256
 
 
 # ---------------------------------------------------------------------------------------------------- embeddings
@@ -148,32 +143,13 @@ def compute_image_embeddings(
     return torch.cat(chunks)
 
 
-def compute_class_embeddings(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    class_names: Sequence[str],
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    batch_size: int = TEXT_BATCH_SIZE,
-) -> torch.Tensor:
-    """Prompt ensemble: (C,) class names -> (C, D) L2-normalised class embeddings.
-
-    Each class's prompts (one per template) are encoded and normalised; their mean is normalised again.
-    """
-    if not templates or any("{}" not in template for template in templates):
-        raise ValueError(f"`templates` must be a non-empty list of strings holding '{{}}', got {list(templates)!r}")
-    if not class_names:
-        raise ValueError("`class_names` is empty")
-    return ensemble_text_embeddings(model, processor, [[template.format(name) for template in templates] for name in class_names], batch_size)
-
-
 def ensemble_text_embeddings(
     model: torch.nn.Module, processor: Callable[..., Any], prompts: Sequence[Sequence[str]], batch_size: int = TEXT_BATCH_SIZE
 ) -> torch.Tensor:
-    """(C,) lists of P prompts each -> (C, D): every prompt encoded and normalised, each class's mean normalised."""
-    if not prompts or len({len(class_prompts) for class_prompts in prompts}) != 1 or not prompts[0]:
-        raise ValueError(f"`prompts` must be a non-empty list of equally long, non-empty lists, got lengths {[len(p) for p in prompts]}")
-    embeds = compute_text_embeddings(model, processor, [prompt for class_prompts in prompts for prompt in class_prompts], batch_size)
-    return F.normalize(embeds.reshape(len(prompts), len(prompts[0]), -1).mean(dim=1), dim=-1)
+    """(C,) lists of P prompts each -> (C, D) float32 on the CPU: `pipeline_harmoclip.prompt_ensemble_embeddings`
+    (every prompt encoded and normalised, each class's mean normalised), the model in eval mode."""
+    with _EvalMode(model):
+        return prompt_ensemble_embeddings(model, processor.tokenizer, prompts, batch_size).cpu()
 
 
 def crop_features(model: torch.nn.Module, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor) -> torch.Tensor:
@@ -296,7 +272,8 @@ def evaluate_box_classification(
     embeds, labels, dropped = compute_box_embeddings(
         model, processor, data, methods, batch_size, num_workers, show_progress, crop_scale
     )
-    class_embeds = compute_class_embeddings(model, processor, prompt_names, templates)
+    with _EvalMode(model):
+        class_embeds = label_embeddings(model, processor.tokenizer, prompt_names, templates).cpu()
     top = min(max(ks), len(data.class_names))
     results: dict[str, Any] = {}
     for method, method_embeds in embeds.items():
@@ -306,37 +283,6 @@ def evaluate_box_classification(
     results["boxes_dropped"] = dropped
     results["prompt_names"] = prompt_names
     return results
-
-
-def classify_boxes(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
-    boxes: torch.Tensor,
-    class_embeds: torch.Tensor,
-    method: str = "dense",
-    crop_pixel_values: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best class and its softmax probability for each box of one processed image.
-
-    Args:
-        pixel_values: (1, 3, H, W); boxes: (1, N, 4) normalised xyxy in its frame; class_embeds: (C, D) normalised;
-        crop_pixel_values: (1, N, 3, S, S) the processor's crops of the boxes (`return_crops=True`), for ``crop``.
-    Returns:
-        labels (N,) long and scores (N,) float32 in [0, 1] (softmax over classes at the model's logit scale).
-    """
-    mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-    if method not in BOX_METHODS:
-        raise ValueError(f"`method` must be one of {BOX_METHODS}, got {method!r}")
-    if method == "crop" and crop_pixel_values is None:
-        raise ValueError("`crop_pixel_values` is required with method='crop' (the processor's `return_crops=True`)")
-    with _EvalMode(model):
-        if method == "dense":
-            regions = model.get_region_features(pixel_values=pixel_values, boxes=boxes, box_mask=mask)[0]
-        else:
-            regions = crop_features(model, crop_pixel_values, mask)[0]
-        logits = regions.float() @ class_embeds.to(regions.device).t() * model.logit_scale.exp().float()
-        scores, labels = logits.softmax(dim=-1).max(dim=-1)
-    return labels.cpu(), scores.cpu()
 
 
 # ---------------------------------------------------------------------------------------------------- reports
@@ -577,13 +523,11 @@ __all__ = [
     "BOX_METHODS",
     "compute_text_embeddings",
     "compute_image_embeddings",
-    "compute_class_embeddings",
     "ensemble_text_embeddings",
     "crop_features",
     "compute_box_embeddings",
     "evaluate_retrieval",
     "evaluate_box_classification",
-    "classify_boxes",
     "readable_class_name",
     "run_evaluation",
     "markdown_report",

@@ -6,7 +6,8 @@ FineCLIP's `tools/generate_text_embeddings.py` (`build_text_embedding_lvis`, the
 " or " and a trailing dot removed (`processed_name(..., rm_dot=True)`); `{article}` is "an" when the annotation's name
 starts with a lower-case vowel, else "a" (`article`); every prompt that starts with "a" or "the" gets "This is " in
 front. COCO's panoptic names are used as written ("wall-other-merged" stays so: the script removes no suffix).
-Each class embedding is the normalised mean of its normalised prompt embeddings (`evaluate.compute_class_embeddings`).
+Each class embedding is the normalised mean of its normalised prompt embeddings
+(`modeling_harmoclip.pipeline_harmoclip.prompt_ensemble_embeddings`, through `evaluate.ensemble_text_embeddings`).
 """
 
 from __future__ import annotations

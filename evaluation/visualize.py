@@ -2,13 +2,14 @@
 
 - `draw_boxes`: boxes with their predicted labels (and scores) drawn on an image;
 - `draw_heatmap`: a similarity map (h, w) upsampled to the image and overlaid as a colour map;
-- `dense_similarity` / `save_query_heatmap`: the map of an image against a text query from `get_dense_features`;
-- `save_box_predictions`: classify given boxes against class names (prompt ensemble) and draw them.
+- `save_query_heatmap`: the dense similarity map of an image with a label (`pipeline_harmoclip.dense_similarity`);
+- `save_box_predictions`: classify given boxes among class names with the `region-classification` pipeline and draw
+  them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,7 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from .eval_data import region_processor
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
-
-from .evaluate import DEFAULT_TEMPLATES, classify_boxes, compute_class_embeddings, compute_text_embeddings
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, RegionClassificationPipeline, dense_similarity
 
 # Distinct colours cycled over boxes (matplotlib's tab10).
 BOX_COLOURS = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
@@ -108,63 +106,34 @@ def draw_heatmap(
     return result
 
 
-def dense_similarity(model: torch.nn.Module, processor: Callable[..., Any], image: Image.Image, query: str) -> torch.Tensor:
-    """Cosine similarity of every patch of `image` with the text `query`: (h, w), from `get_dense_features`.
-
-    The image is resized to a square without cropping (region geometry), so the map covers the whole image.
-    """
-    device = next(model.parameters()).device
-    pixel_values = region_processor(processor)(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
-    text_embed = compute_text_embeddings(model, processor, [query])[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            dense = model.get_dense_features(pixel_values.to(device))[0].float().cpu()  # (D, h, w), normalised
-    finally:
-        model.train(was_training)
-    return torch.einsum("dhw,d->hw", dense, text_embed)
-
-
 def save_query_heatmap(
-    model: torch.nn.Module, processor: Callable[..., Any], image: Image.Image, query: str, out_path: str | Path, alpha: float = 0.6
+    model: torch.nn.Module, processor: Any, image: Image.Image, query: str, out_path: str | Path, alpha: float = 0.6
 ) -> torch.Tensor:
-    """Writes the heatmap of `image` against `query` as PNG; returns the (h, w) similarity map."""
-    similarity = dense_similarity(model, processor, image, query)
+    """Writes the heatmap of `image` against the label `query` as PNG; returns the (h, w) similarity map
+    (`pipeline_harmoclip.dense_similarity`: the whole image, the label's prompt ensemble)."""
+    similarity = dense_similarity(model, processor, image.convert("RGB"), [query])[0]
     draw_heatmap(image, similarity, out_path, alpha)
     return similarity
 
 
 def save_box_predictions(
     model: torch.nn.Module,
-    processor: Callable[..., Any],
+    processor: Any,
     image: Image.Image,
     boxes: Sequence[Sequence[float]],
     class_names: Sequence[str],
     out_path: str | Path,
-    method: str = "dense",
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    crop_scale: float = DEFAULT_CROP_SCALE,
 ) -> tuple[list[str], list[float]]:
-    """Classifies `boxes` (xyxy, image pixels) against `class_names` and writes them with labels and scores as PNG
-    (``crop``: each box's crop of `image`, enlarged `crop_scale` times).
-
-    Returns the predicted class names and their softmax scores.
-    """
+    """Classifies `boxes` (xyxy, image pixels) among `class_names` with the `region-classification` pipeline and
+    writes them with their best label and its probability as PNG. Returns the labels and the probabilities."""
     image = image.convert("RGB")
-    crops = {"return_crops": True, "crop_scale": crop_scale} if method == "crop" else {}
-    batch = region_processor(processor)(
-        images=[image], boxes=[[list(map(float, box)) for box in boxes]], return_tensors="pt", **crops
-    )
-    device = next(model.parameters()).device
-    class_embeds = compute_class_embeddings(model, processor, class_names, templates)
-    crop_pixel_values = batch["crop_pixel_values"].to(device) if crops else None
-    labels, scores = classify_boxes(
-        model, batch["pixel_values"].to(device), batch["boxes"].to(device), class_embeds, method, crop_pixel_values
-    )
-    names = [class_names[int(label)] for label in labels]
-    draw_boxes(image, boxes, names, scores.tolist(), out_path)
-    return names, scores.tolist()
+    classifier = RegionClassificationPipeline(model=model, processor=processor, device=next(model.parameters()).device)
+    regions = classifier(image, boxes=[list(map(float, box)) for box in boxes], candidate_labels=list(class_names),
+                         templates=templates, top_k=1)
+    names, scores = [region["label"] for region in regions], [region["score"] for region in regions]
+    draw_boxes(image, [[region["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for region in regions], names, scores, out_path)
+    return names, scores
 
 
-__all__ = ["draw_boxes", "upsample_map", "draw_heatmap", "dense_similarity", "save_query_heatmap", "save_box_predictions"]
+__all__ = ["draw_boxes", "upsample_map", "draw_heatmap", "save_query_heatmap", "save_box_predictions"]

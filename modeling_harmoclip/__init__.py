@@ -5,8 +5,15 @@ standard library and its siblings (relatively), so `trust_remote_code=True` load
 """
 
 from .configuration_harmoclip import HarmoCLIPConfig
-from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
+from .losses import (
+    HarmoCLIPLoss,
+    global_contrastive_loss,
+    global_region_alignment_loss,
+    harmoclip_loss,
+    lexeme_region_contrastive_loss,
+)
 from .modeling_harmoclip import HarmoCLIPModel, HarmoCLIPOutput
+from .pipeline_harmoclip import RegionClassificationPipeline
 from .processing_harmoclip import HarmoCLIPProcessor
 from .roi_align import roi_align
 
@@ -15,6 +22,9 @@ __all__ = [
     "HarmoCLIPModel",
     "HarmoCLIPOutput",
     "HarmoCLIPProcessor",
+    "RegionClassificationPipeline",
+    "harmoclip_loss",
+    "HarmoCLIPLoss",
     "roi_align",
     "global_contrastive_loss",
     "lexeme_region_contrastive_loss",

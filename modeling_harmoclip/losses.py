@@ -1,13 +1,18 @@
-"""HarmoCLIP's loss terms as plain functions on embeddings.
+"""HarmoCLIP's loss: the terms as plain functions on embeddings, and `harmoclip_loss`, the one place that selects the
+terms that apply and weights them (the model's `forward(return_loss=True)` and the training loop both call it).
 
-Nothing here talks to `torch.distributed`. For a multi-process run the training code gathers the embeddings of all
-processes (with gradients) and passes its own rows as ``*_embeds`` and the gathered rows as ``all_*``, together with
-the position of its first row in the gathered batch (`offset`): each process then computes only its rows of the
-logit matrix (open_clip's "local loss"). With a `normalizer` (the number of rows of the whole global batch divided by
-the number of processes) the per-process losses average, across processes, to exactly the single-process loss.
+Nothing here talks to `torch.distributed`. For a multi-process run the training code passes a `RowGatherer` that
+gathers the embeddings of all processes (with gradients): each process then computes only its own rows of each logit
+matrix against the gathered columns (open_clip's "local loss", `ClipLoss(local_loss=True, gather_with_grad=True)`),
+given the position of its first row in the gathered batch (`offset`). With a `normalizer` (the rows of the whole
+global batch divided by the number of processes) the per-process losses average, across processes, to exactly the
+single-process loss.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +140,146 @@ def global_region_alignment_loss(
     return _reduce(1.0 - cosine, normalizer)
 
 
+class RowGatherer(Protocol):
+    """How the loss sees the rows of every process. `LocalRows` (one process) is the default; the training code
+    supplies a `torch.distributed` one."""
+
+    world_size: int
+    rank: int
+
+    def counts(self, count: int, device: torch.device) -> list[int]:
+        """Every process's row count, in rank order (the same list on every process)."""
+        ...
+
+    def rows(self, rows: torch.Tensor, counts: list[int], with_grad: bool) -> torch.Tensor:
+        """(n_i, ...) rows of this process -> (sum(counts), ...) rows of all processes in rank order."""
+        ...
+
+
+class LocalRows:
+    """One process holds the whole batch: nothing to gather."""
+
+    world_size = 1
+    rank = 0
+
+    def counts(self, count: int, device: torch.device) -> list[int]:
+        return [count]
+
+    def rows(self, rows: torch.Tensor, counts: list[int], with_grad: bool) -> torch.Tensor:
+        return rows
+
+
+@dataclass
+class HarmoCLIPLoss:
+    """The weighted total and each unweighted term (None where it does not apply), all scalars."""
+
+    total: torch.Tensor
+    gc: torch.Tensor | None = None
+    lrc: torch.Tensor | None = None
+    gr: torch.Tensor | None = None
+
+    def as_floats(self) -> dict[str, float]:
+        """``{"loss": ..., "loss_gc": ..., ...}`` for the terms that were computed."""
+        values = {"loss": self.total, "loss_gc": self.gc, "loss_lrc": self.lrc, "loss_gr": self.gr}
+        return {name: float(value.detach()) for name, value in values.items() if value is not None}
+
+
+def harmoclip_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    weights: tuple[float, float, float],
+    region_embeds: torch.Tensor | None = None,
+    lexeme_embeds: torch.Tensor | None = None,
+    linked_mask: torch.Tensor | None = None,
+    region_mask: torch.Tensor | None = None,
+    phrase_ids: torch.Tensor | None = None,
+    region_logit_scale: torch.Tensor | None = None,
+    teacher_region_embeds: torch.Tensor | None = None,
+    gatherer: RowGatherer | None = None,
+) -> HarmoCLIPLoss:
+    """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that apply to this batch.
+
+    A term applies when its weight is > 0 and its inputs are given: GC always; LRC with `region_embeds`,
+    `lexeme_embeds` and `linked_mask` and at least one linked box in the (gathered) batch; GR with `region_embeds`,
+    `teacher_region_embeds` and `region_mask` and at least one valid box in the (gathered) batch. The decisions use
+    the gathered counts, so every process takes the same ones. When no term applies a `ValueError` says why: asking
+    for a loss that cannot be computed is a mistake of the caller, never a silent `None`.
+
+    Args:
+        image_embeds, text_embeds: (b, D) L2-normalised global embeddings of this process's images and captions.
+        logit_scale, region_logit_scale: the learnable log temperatures of GC and LRC (exponentiated here).
+        weights: (w_gc, w_lrc, w_gr); a term with weight 0 is not computed.
+        region_embeds, lexeme_embeds: (b, N, D) normalised; linked_mask (b, N): boxes with a phrase; region_mask
+            (b, N): valid boxes; phrase_ids (b, N): phrase-text ids (-1: none), same-phrase negatives are left out.
+        teacher_region_embeds: (b, N, D) the GR targets.
+        gatherer: how the rows of other processes are seen (default `LocalRows`: this batch alone).
+    Returns:
+        `HarmoCLIPLoss` with the weighted total and the unweighted terms.
+    """
+    gatherer = LocalRows() if gatherer is None else gatherer
+    w_gc, w_lrc, w_gr = weights
+    world, rank = gatherer.world_size, gatherer.rank
+    device = image_embeds.device
+    terms: dict[str, torch.Tensor] = {}
+
+    if w_gc > 0:
+        counts = gatherer.counts(image_embeds.shape[0], device)
+        terms["gc"] = global_contrastive_loss(
+            image_embeds,
+            text_embeds,
+            logit_scale.exp(),
+            all_image_embeds=gatherer.rows(image_embeds, counts, with_grad=True),
+            all_text_embeds=gatherer.rows(text_embeds, counts, with_grad=True),
+            offset=sum(counts[:rank]),
+            normalizer=None if world == 1 else sum(counts) / world,
+        )
+
+    if w_lrc > 0 and region_embeds is not None and lexeme_embeds is not None and linked_mask is not None:
+        regions, lexemes = region_embeds[linked_mask], lexeme_embeds[linked_mask]
+        ids = phrase_ids[linked_mask] if phrase_ids is not None else None
+        counts = gatherer.counts(regions.shape[0], device)
+        if sum(counts) > 0:
+            all_regions = gatherer.rows(regions, counts, with_grad=True)
+            all_lexemes = gatherer.rows(lexemes, counts, with_grad=True)
+            loss = lexeme_region_contrastive_loss(
+                regions,
+                lexemes,
+                region_logit_scale.exp(),
+                ids,
+                all_region_embeds=all_regions,
+                all_lexeme_embeds=all_lexemes,
+                all_phrase_ids=gatherer.rows(ids, counts, with_grad=False) if ids is not None else None,
+                offset=sum(counts[:rank]),
+                normalizer=None if world == 1 else sum(counts) / world,
+            )
+            if regions.shape[0] == 0:  # keep the gathered rows in the graph: every process must run their backward
+                loss = loss + 0.0 * (all_regions.sum() + all_lexemes.sum())
+            terms["lrc"] = loss
+
+    if w_gr > 0 and region_embeds is not None and teacher_region_embeds is not None and region_mask is not None:
+        counts = gatherer.counts(int(region_mask.sum()), device)
+        if sum(counts) > 0:
+            terms["gr"] = global_region_alignment_loss(
+                region_embeds[region_mask],
+                teacher_region_embeds[region_mask],
+                normalizer=None if world == 1 else sum(counts) / world,
+            )
+
+    weighted = [weight * terms[name] for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr")) if name in terms]
+    if not weighted:
+        raise ValueError(
+            f"no loss term applies to this batch with weights (gc, lrc, gr) = {tuple(weights)}: GC needs a weight > 0, "
+            "LRC boxes linked to phrases, GR boxes and `teacher_region_embeds`"
+        )
+    return HarmoCLIPLoss(total=torch.stack(weighted).sum(), gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"))
+
+
 __all__ = [
+    "harmoclip_loss",
+    "HarmoCLIPLoss",
+    "RowGatherer",
+    "LocalRows",
     "symmetric_infonce",
     "global_contrastive_loss",
     "lexeme_region_contrastive_loss",

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_harmoclip import HarmoCLIPConfig
-from .losses import global_contrastive_loss, global_region_alignment_loss, lexeme_region_contrastive_loss
+from .losses import harmoclip_loss
 from .roi_align import roi_align_per_image
 
 # Crops are encoded in chunks of this many to bound activation memory whatever the number of boxes.
@@ -111,7 +113,13 @@ class HarmoCLIPModel(CLIPModel):
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map["AutoModelForZeroShotImageClassification"] = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # The region-classification pipeline ships with the model: its config entry, and its file beside the code.
+        from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
+
+        self.config.custom_pipelines = custom_pipelines_entry()
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        custom_object_save(RegionClassificationPipeline, save_directory)
+        return result
 
     # ------------------------------------------------------------------ vision: trunk, dense map, regions
 
@@ -123,11 +131,6 @@ class HarmoCLIPModel(CLIPModel):
         for layer in vision.encoder.layers[:-1]:
             hidden = layer(hidden, None)
         return hidden
-
-    def _global_from_trunk(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Trunk states (B, 1 + h*w, C) -> (B, D) projected, unnormalised image embedding (CLIP's CLS path)."""
-        hidden = self.vision_model.encoder.layers[-1](hidden, None)
-        return self.visual_projection(self.vision_model.post_layernorm(hidden[:, 0]))
 
     def _dense_from_trunk(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features."""
@@ -277,6 +280,28 @@ class HarmoCLIPModel(CLIPModel):
 
     # ------------------------------------------------------------------ forward
 
+    def _image_features_and_trunk(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **kwargs: Any
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """`get_image_features` exactly as CLIP gives it (hidden states and attentions as asked) and, captured on the
+        way, the hidden states (B, 1 + h*w, C) entering the last vision layer: the one trunk pass that the global
+        embedding and the dense map share."""
+        captured: list[torch.Tensor] = []
+
+        def keep_first_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not captured:  # a gradient-checkpointing recomputation calls the layer again
+                captured.append(args[0])
+
+        hook = self.vision_model.encoder.layers[-1].register_forward_pre_hook(keep_first_input)
+        try:
+            outputs = self.get_image_features(
+                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+            )
+        finally:
+            hook.remove()
+        return outputs, captured[0]
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -291,9 +316,11 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids: torch.Tensor | None = None,
         teacher_region_embeds: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> HarmoCLIPOutput:
+    ) -> HarmoCLIPOutput | tuple:
         r"""
-        With only `input_ids` and `pixel_values` this is `CLIPModel.forward`. Additionally:
+        With only `input_ids` and `pixel_values` this is `CLIPModel.forward`, `return_dict=False` (a tuple),
+        `output_hidden_states` and `output_attentions` included; with boxes, CLIP's fields are unchanged and complete
+        too. Additionally:
 
         boxes (`(B, N, 4)`): normalised xyxy boxes in the frame of `pixel_values`; enables `region_embeds`.
         box_mask (`(B, N)` bool): valid boxes; default all.
@@ -303,7 +330,8 @@ class HarmoCLIPModel(CLIPModel):
             is linked when its phrase row has a token.
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
             processor's `crop_pixel_values`); enables GR.
-        return_loss (`bool`): compute `loss` = w_gc GC + w_lrc LRC + w_gr GR over the terms that apply.
+        return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_gr GR over the terms that apply to this batch alone
+            (`losses.harmoclip_loss`; a `ValueError` when none applies).
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
@@ -335,21 +363,20 @@ class HarmoCLIPModel(CLIPModel):
             if tuple(teacher_region_embeds.shape) != expected:
                 raise ValueError(f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}")
 
-        # Image tower: one trunk pass shared by the global embedding and the dense map when regions are needed.
+        # Image tower: with boxes, the dense map reuses the trunk of the global pass (only the last layer runs twice).
         region_embeds = None
         if boxes is None:
             vision_outputs = self.get_image_features(
-                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
             )
         else:
-            trunk = self._vision_trunk(pixel_values, interpolate_pos_encoding)
-            vision_outputs = BaseModelOutputWithPooling(pooler_output=self._global_from_trunk(trunk))
+            vision_outputs, trunk = self._image_features_and_trunk(pixel_values, interpolate_pos_encoding, **kwargs)
             dense = self._dense_from_trunk(trunk, self._patch_grid(pixel_values))
             region_embeds = self._pool_regions(dense, boxes, region_mask)
 
         # Text tower: the caption's pass also gives the token states of its phrases.
         text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         lexeme_embeds = None
         if phrase_token_mask is not None:
@@ -365,15 +392,25 @@ class HarmoCLIPModel(CLIPModel):
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device) * self.logit_scale.exp()
         logits_per_image = logits_per_text.t()
 
-        loss = loss_gc = loss_lrc = loss_gr = None
+        terms = None
         if return_loss:
-            loss_gc, loss_lrc, loss_gr = self.compute_loss_terms(
-                image_embeds, text_embeds, region_embeds, lexeme_embeds, linked_mask, region_mask, phrase_ids, teacher_region_embeds
+            config = self.config
+            terms = harmoclip_loss(
+                image_embeds,
+                text_embeds,
+                self.logit_scale,
+                (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight),
+                region_embeds=region_embeds,
+                lexeme_embeds=lexeme_embeds,
+                linked_mask=linked_mask,
+                region_mask=region_mask,
+                phrase_ids=phrase_ids,
+                region_logit_scale=self.region_logit_scale,
+                teacher_region_embeds=teacher_region_embeds,
             )
-            loss = self.combine_losses(loss_gc, loss_lrc, loss_gr)
 
         return HarmoCLIPOutput(
-            loss=loss,
+            loss=terms.total if terms is not None else None,
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
@@ -384,53 +421,10 @@ class HarmoCLIPModel(CLIPModel):
             lexeme_embeds=lexeme_embeds,
             region_mask=region_mask,
             linked_mask=linked_mask,
-            loss_gc=loss_gc,
-            loss_lrc=loss_lrc,
-            loss_gr=loss_gr,
+            loss_gc=terms.gc if terms is not None else None,
+            loss_lrc=terms.lrc if terms is not None else None,
+            loss_gr=terms.gr if terms is not None else None,
         )
-
-    def compute_loss_terms(
-        self,
-        image_embeds: torch.Tensor,
-        text_embeds: torch.Tensor,
-        region_embeds: torch.Tensor | None,
-        lexeme_embeds: torch.Tensor | None,
-        linked_mask: torch.Tensor | None,
-        region_mask: torch.Tensor | None,
-        phrase_ids: torch.Tensor | None,
-        teacher_region_embeds: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """The unweighted GC, LRC and GR terms on this batch alone (None where a term's weight is 0 or its inputs are
-        missing). Multi-process training gathers embeddings and calls the functions of `losses.py` instead."""
-        config = self.config
-        loss_gc = loss_lrc = loss_gr = None
-        if config.loss_gc_weight > 0:
-            loss_gc = global_contrastive_loss(image_embeds, text_embeds, self.logit_scale.exp())
-        if config.loss_lrc_weight > 0 and lexeme_embeds is not None and linked_mask is not None and linked_mask.any():
-            loss_lrc = lexeme_region_contrastive_loss(
-                region_embeds[linked_mask],
-                lexeme_embeds[linked_mask],
-                self.region_logit_scale.exp(),
-                phrase_ids[linked_mask] if phrase_ids is not None else None,
-            )
-        if config.loss_gr_weight > 0 and teacher_region_embeds is not None and region_mask is not None and region_mask.any():
-            loss_gr = global_region_alignment_loss(region_embeds[region_mask], teacher_region_embeds[region_mask])
-        return loss_gc, loss_lrc, loss_gr
-
-    def combine_losses(
-        self, loss_gc: torch.Tensor | None, loss_lrc: torch.Tensor | None, loss_gr: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that are not None (None if all are)."""
-        weighted = [
-            weight * term
-            for weight, term in (
-                (self.config.loss_gc_weight, loss_gc),
-                (self.config.loss_lrc_weight, loss_lrc),
-                (self.config.loss_gr_weight, loss_gr),
-            )
-            if term is not None
-        ]
-        return torch.stack(weighted).sum() if weighted else None
 
 
 def check_phrase_token_mask(

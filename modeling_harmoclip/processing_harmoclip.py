@@ -3,22 +3,14 @@
 `HarmoCLIPProcessor` wraps CLIP's image processor and CLIP's fast tokenizer. Besides `pixel_values`, `input_ids` and
 `attention_mask` it turns boxes given in the original image's pixels into normalised xyxy boxes in the frame of
 `pixel_values` (following the image processor's actual resize and crop), and character spans of caption phrases into
-token masks through the tokenizer's offset mapping. It also formats region classification results and builds
-prompt-ensembled label embeddings.
+token masks through the tokenizer's offset mapping. It also turns per-box label probabilities back into labelled boxes
+in the original image's pixels (`post_process_region_classification`); it never runs the model. Region
+classification in one call is the `region-classification` pipeline (`pipeline_harmoclip.py`)::
 
-Region classification in a few lines::
+    from transformers import pipeline
 
-    from PIL import Image
-    from transformers import AutoModel, AutoProcessor
-
-    model = AutoModel.from_pretrained("org/harmoclip-vitb16", trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained("org/harmoclip-vitb16", trust_remote_code=True)
-    image = Image.open("street.jpg")
-    results = processor.classify_regions(
-        model, image, boxes=[[10, 20, 200, 310], [220, 40, 400, 300]], labels=["dog", "bicycle", "person"], top_k=2
-    )
-    for region in results[0]:
-        print(region["box"], region["labels"], region["scores"])  # box in the image's pixels, best label first
+    classifier = pipeline("region-classification", model="org/harmoclip-vitb16", trust_remote_code=True)
+    classifier("street.jpg", boxes=[[10, 20, 200, 310], [220, 40, 400, 300]], candidate_labels=["dog", "bicycle"])
 
 Training inputs (one caption per image, each box linked to a phrase of its caption or to none)::
 
@@ -69,7 +61,6 @@ _UNSET_MAX_LENGTH = 10**6
 BOX_FORMATS = ("xyxy", "xywh")
 # Enlargement of a box about its centre before its crop is cut, as CLIPSelf and FineCLIP cut their teacher crops.
 DEFAULT_CROP_SCALE = 1.5
-DEFAULT_LABEL_TEMPLATES = ("a photo of a {}.",)
 
 
 def clip_image_processor(image_size: int = 224, **settings: Any):
@@ -521,135 +512,68 @@ class HarmoCLIPProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------ region classification
 
-    @torch.no_grad()
-    def encode_labels(
-        self,
-        model: Any,
-        labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_LABEL_TEMPLATES,
-        batch_size: int = 256,
-    ) -> torch.Tensor:
-        """Prompt-ensembled label embeddings: each label written into every template (e.g. "a photo of a {}."),
-        encoded by `model.get_text_features`, L2-normalised, averaged over templates and normalised again.
-
-        Returns:
-            (L, D) float32 on the model's device, L2-normalised.
-        """
-        labels = _check_strings(labels, "labels")
-        templates = _check_strings(templates, "templates")
-        for index, template in enumerate(templates):
-            if "{}" not in template:
-                raise ValueError(f"`templates`[{index}] must contain '{{}}' where the label goes, got {template!r}")
-        prompts = [template.format(label) for label in labels for template in templates]
-        device = next(model.parameters()).device
-        embeds = []
-        for first in range(0, len(prompts), batch_size):
-            tokens = self.tokenizer(prompts[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
-            features = model.get_text_features(**tokens.to(device))
-            features = getattr(features, "pooler_output", features)
-            embeds.append(torch.nn.functional.normalize(features.float(), dim=-1))
-        ensembled = torch.cat(embeds).reshape(len(labels), len(templates), -1).mean(dim=1)
-        return torch.nn.functional.normalize(ensembled, dim=-1)
-
     def post_process_region_classification(
         self,
-        region_embeds: torch.Tensor,
-        label_embeds: torch.Tensor,
+        probabilities: torch.Tensor,
         labels: Sequence[str],
         boxes: torch.Tensor,
         target_sizes: Sequence[Sequence[int]] | torch.Tensor,
         box_mask: torch.Tensor | None = None,
         top_k: int | None = 5,
-        logit_scale: float | torch.Tensor = 100.0,
     ) -> list[list[dict[str, Any]]]:
-        """Labelled boxes from region and label embeddings.
+        """Labelled boxes in the original images' pixels from per-box label probabilities.
 
         Args:
-            region_embeds: (B, N, D) L2-normalised region embeddings (`model.get_region_features` or the
-                `region_embeds` of the model's output).
-            label_embeds: (L, D) L2-normalised label embeddings (`encode_labels`).
+            probabilities: (B, N, L) probabilities of the L labels for each box (`pipeline_harmoclip.label_probabilities`
+                of the region embeddings).
             labels: the L label names.
             boxes: (B, N, 4) normalised xyxy boxes as returned by this processor.
             target_sizes: per image its original (height, width), to put boxes back in its pixels.
             box_mask: (B, N) valid boxes (default all); masked boxes are left out of the results.
             top_k: labels kept per box (all if None).
-            logit_scale: temperature of the softmax over labels (CLIP's learned value is about 100; pass
-                `model.logit_scale.exp()` to use the model's).
         Returns:
-            Per image a list with one dict per valid box, in box order: `{"box": [x1, y1, x2, y2]` in the original
-            image's pixels (the part the model saw: a box cut by the crop comes back clipped), `"labels"`: label
-            names best first, `"scores"`: their softmax probabilities}`.
+            Per image a list with one dict per valid box, in box order: `{"box": {"xmin", "ymin", "xmax", "ymax"}` in
+            the original image's pixels (the part the model saw: a box cut by a crop comes back clipped), `"label"`
+            and `"score"`: the best label and its probability, `"labels"` and `"scores"`: the `top_k` best, best
+            first}`.
         """
-        labels = _check_strings(labels, "labels")
-        if region_embeds.dim() != 3 or boxes.shape[:2] != region_embeds.shape[:2] or boxes.shape[-1] != 4:
+        labels = check_strings(labels, "labels")
+        if probabilities.dim() != 3 or tuple(boxes.shape[:2]) != tuple(probabilities.shape[:2]) or boxes.shape[-1] != 4:
             raise ValueError(
-                f"`region_embeds` (B, N, D) and `boxes` (B, N, 4) must agree, got {tuple(region_embeds.shape)} and "
+                f"`probabilities` (B, N, L) and `boxes` (B, N, 4) must agree, got {tuple(probabilities.shape)} and "
                 f"{tuple(boxes.shape)}"
             )
-        if label_embeds.dim() != 2 or label_embeds.shape != (len(labels), region_embeds.shape[-1]):
-            raise ValueError(
-                f"`label_embeds` must have shape (len(labels), D) = ({len(labels)}, {region_embeds.shape[-1]}), got "
-                f"{tuple(label_embeds.shape)}"
-            )
-        if len(target_sizes) != region_embeds.shape[0]:
-            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries but there are {region_embeds.shape[0]} images")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        if probabilities.shape[-1] != len(labels):
+            raise ValueError(f"`probabilities` holds {probabilities.shape[-1]} labels per box but `labels` has {len(labels)}")
+        if len(target_sizes) != probabilities.shape[0]:
+            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries but there are {probabilities.shape[0]} images")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
         if box_mask is None:
             box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
         keep = len(labels) if top_k is None else min(top_k, len(labels))
-        scale = float(logit_scale)
-        logits = scale * region_embeds.float() @ label_embeds.float().to(region_embeds.device).t()
-        scores, order = logits.softmax(dim=-1).detach().cpu().topk(keep, dim=-1)
+        scores, order = probabilities.detach().float().cpu().topk(keep, dim=-1)
         results = []
         for image_index, size in enumerate(target_sizes):
             height, width = (int(value) for value in size)
             geometry = self._inverse_geometry(height, width)
-            valid = box_mask[image_index].cpu().bool()
             pixel_boxes = geometry.to_original(boxes[image_index].detach().cpu().double())
-            results.append(
-                [
-                    {
-                        # Rounded to 1/1000 pixel: the float32 round trip through `boxes` leaves noise below that.
-                        "box": [round(value, 3) for value in pixel_boxes[box_index].tolist()],
-                        "labels": [labels[label] for label in order[image_index, box_index].tolist()],
-                        "scores": scores[image_index, box_index].tolist(),
-                    }
-                    for box_index in valid.nonzero().flatten().tolist()
-                ]
-            )
+            image_results = []
+            for box_index in box_mask[image_index].cpu().bool().nonzero().flatten().tolist():
+                # Rounded to 1/1000 pixel: the float32 round trip through `boxes` leaves noise below that.
+                x1, y1, x2, y2 = (round(value, 3) for value in pixel_boxes[box_index].tolist())
+                names = [labels[label] for label in order[image_index, box_index].tolist()]
+                values = scores[image_index, box_index].tolist()
+                image_results.append(
+                    {"box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2}, "label": names[0], "score": values[0],
+                     "labels": names, "scores": values}
+                )
+            results.append(image_results)
         return results
 
     def _inverse_geometry(self, height: int, width: int) -> BoxGeometry:
         """The geometry of an image of this size (only its size matters; a meta tensor stands in for it)."""
         return self.box_geometry(torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST})
-
-    @torch.no_grad()
-    @torch.no_grad()
-    def classify_regions(
-        self,
-        model: Any,
-        images: Any,
-        boxes: Any,
-        labels: Sequence[str],
-        templates: Sequence[str] = DEFAULT_LABEL_TEMPLATES,
-        top_k: int | None = 5,
-        box_format: str = "xyxy",
-    ) -> list[list[dict[str, Any]]]:
-        """One call: images + boxes (original pixels) + candidate labels -> per image a list of
-        `{"box", "labels", "scores"}` (see `post_process_region_classification`), scored with the model's own
-        temperature."""
-        single = is_valid_image(images)
-        image_list = [images] if single else list(images)
-        inputs = self(images=images, boxes=boxes, box_format=box_format, return_tensors="pt")
-        device = next(model.parameters()).device
-        pixel_values = inputs["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
-        region_embeds = model.get_region_features(pixel_values, inputs["boxes"].to(device), inputs["box_mask"].to(device))
-        label_embeds = self.encode_labels(model, labels, templates)
-        sizes = [original_image_size(image) for image in image_list]
-        return self.post_process_region_classification(
-            region_embeds, label_embeds, labels, inputs["boxes"], sizes, inputs["box_mask"], top_k, model.logit_scale.exp()
-        )
 
 
 def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int, int]:
@@ -728,7 +652,8 @@ def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, in
     raise ValueError(f"HarmoCLIPProcessor cannot place boxes for an image processor `size` of {dict(size)}")
 
 
-def _check_strings(values: Any, name: str) -> list[str]:
+def check_strings(values: Any, name: str) -> list[str]:
+    """`values` as a non-empty list of strings; a `TypeError` naming `name` and the item otherwise."""
     if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
         raise TypeError(f"`{name}` must be a non-empty list of strings, got {values!r}")
     for index, value in enumerate(values):
@@ -750,6 +675,6 @@ __all__ = [
     "original_image_size",
     "resized_image_size",
     "CLIP_CONTEXT_LENGTH",
-    "DEFAULT_LABEL_TEMPLATES",
     "DEFAULT_CROP_SCALE",
+    "check_strings",
 ]

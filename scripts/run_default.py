@@ -4,7 +4,7 @@
 2. train a tiny HarmoCLIP on it from scratch on the CPU (`configs/synthetic_tiny.yaml`);
 3. evaluate it on the held-out split (retrieval, box classification: dense regions vs crop-and-encode);
 4. save the Hub-ready folder (weights, config, processor, remote code);
-5. load it back through `AutoModel` / `AutoProcessor` with `trust_remote_code=True` (the code comes from the
+5. load it back as the `region-classification` pipeline with `trust_remote_code=True` (the code comes from the
    folder), classify the boxes of one held-out image, and draw them (PNG), with a dense heatmap of one label.
 
     python -m scripts.run_default                       # the embedded default
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import pipeline
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,25 +38,25 @@ logger = logging.getLogger("harmoclip.run_default")
 
 
 def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, index: int = 0) -> dict:
-    """Loads the saved folder through the Auto classes and labels the boxes of held-out image `index`."""
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    """Loads the saved folder as the `region-classification` pipeline (remote code) and labels the boxes of held-out
+    image `index`."""
+    classifier = pipeline("region-classification", model=str(model_dir), trust_remote_code=True, device=-1)
     record = json.loads((data_dir / "val.jsonl").read_text().splitlines()[index])
     image = Image.open(data_dir / record["image"]).convert("RGB")
     boxes = [region["box"] for region in record["regions"]]
     classes = read_classes(data_dir)
-    predictions = processor.classify_regions(model, image, boxes, classes, top_k=3)[0]
+    predictions = classifier(image, boxes=boxes, candidate_labels=classes, top_k=3)
     large = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.NEAREST)
     draw_boxes(
         large,
         [[value * DISPLAY_SCALE for value in box] for box in boxes],
-        [prediction["labels"][0] for prediction in predictions],
-        [prediction["scores"][0] for prediction in predictions],
+        [prediction["label"] for prediction in predictions],
+        [prediction["score"] for prediction in predictions],
         output_dir / "predictions.png",
     )
     query = record["regions"][0]["label"]
     with torch.no_grad():
-        save_query_heatmap(model, processor, large, query, output_dir / "heatmap.png")
+        save_query_heatmap(classifier.model, classifier.processor, large, query, output_dir / "heatmap.png")
     return {
         "image": str(data_dir / record["image"]),
         "caption": record["caption"],

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 from huggingface_hub import metadata_load
-from transformers import AutoModel, AutoProcessor
+from transformers import pipeline
 
 from region_demo import BOX_SOURCES, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
 
@@ -56,10 +56,9 @@ def default_model_source() -> str:
 
 
 def load_demo(source: str) -> RegionDemo:
-    """HarmoCLIP model and processor (region mode: square resize, no crop) from a Hub id or a local folder."""
-    model = AutoModel.from_pretrained(source, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=True, region_mode=True)
-    return RegionDemo(model, processor)
+    """The model's `region-classification` pipeline (its remote code; region preset: square resize, no crop) from a
+    Hub id or a local folder."""
+    return RegionDemo(pipeline("region-classification", model=source, trust_remote_code=True))
 
 
 def empty_outputs(message: str) -> tuple[Any, ...]:

@@ -1,9 +1,10 @@
 """What the demo computes, apart from the web page: input parsing, the model calls, and the pictures and tables.
 
-All model logic comes from the model repository's own code (loaded with `trust_remote_code=True`):
-`processor.classify_regions`, `processor.encode_labels`, `model.get_image_features` and `model.get_dense_features`.
-The processor is loaded in region mode (images resized to a square, never cropped), so every box, the global
-ranking and the heatmap see the whole image.
+All model logic comes from the model repository's own code, the `region-classification` pipeline loaded with
+`trust_remote_code=True`: the pipeline call classifies the boxes, its `encode_labels` gives the prompt-ensembled
+label embeddings and its `dense_similarity` the heatmaps; `model.get_image_features` and `model.get_dense_features`
+give the global ranking and the salient regions. The pipeline's processor resizes images to a square without
+cropping, so every box, the global ranking and the heatmap see the whole image.
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ class DemoResult:
 
 
 class RegionDemo:
-    """Region classification, global zero-shot ranking and dense heatmaps with one HarmoCLIP model and processor."""
+    """Region classification, global zero-shot ranking and dense heatmaps with one `region-classification` pipeline."""
 
-    def __init__(self, model: Any, processor: Any):
-        self.model = model.eval()
-        self.processor = processor
+    def __init__(self, classifier: Any):
+        self.classifier = classifier
+        self.model = classifier.model.eval()
+        self.processor = classifier.processor  # the region preset: square resize, no crop
 
     @property
     def device(self) -> torch.device:
@@ -116,18 +118,16 @@ class RegionDemo:
         pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
         image_embed = self.model.get_image_features(pixel_values=pixel_values)
         image_embed = torch.nn.functional.normalize(getattr(image_embed, "pooler_output", image_embed).float(), dim=-1)
-        label_embeds = self.processor.encode_labels(self.model, labels)
+        label_embeds = self.classifier.encode_labels(labels)
         probabilities = (self.model.logit_scale.exp() * image_embed @ label_embeds.t()).softmax(dim=-1)[0].cpu()
         order = probabilities.argsort(descending=True).tolist()
         return {labels[index]: float(probabilities[index]) for index in order}
 
-    @torch.no_grad()
-    def similarity_map(self, dense: np.ndarray, query: str) -> np.ndarray:
+    def similarity_map(self, image: Image.Image, query: str) -> np.ndarray:
         """(h, w) cosine similarity of each patch embedding with the prompt-ensembled embedding of `query`."""
-        text_embed = self.processor.encode_labels(self.model, [query])[0].cpu().numpy()
-        return np.einsum("dhw,d->hw", dense, text_embed)
+        return self.classifier.dense_similarity(image, [query])[0].numpy()
 
-    def propose_boxes(self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int, dense: np.ndarray) -> list[list[float]]:
+    def propose_boxes(self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int) -> list[list[float]]:
         width, height = image.size
         if source == TYPED_BOXES:
             boxes = parse_boxes(boxes_text, width, height)
@@ -137,7 +137,7 @@ class RegionDemo:
         if source == GRID_BOXES:
             return grid_boxes(width, height, int(grid_cells))
         if source == SALIENT_BOXES:
-            boxes = salient_region_boxes(saliency_map(dense), width, height)
+            boxes = salient_region_boxes(saliency_map(self.dense_features(image)), width, height)
             if not boxes:
                 raise DemoInputError("No salient region stands out in this image: type boxes or use the grid.")
             return boxes
@@ -164,16 +164,15 @@ class RegionDemo:
         labels = parse_labels(labels_text)
         if box_source == TYPED_BOXES:
             parse_boxes(boxes_text, *image.size)  # report malformed lines before any model call
-        dense = self.dense_features(image)
-        boxes = self.propose_boxes(image, box_source, boxes_text, grid_cells, dense)
-        regions = self.processor.classify_regions(self.model, image, boxes=boxes, labels=labels, top_k=min(int(top_k), len(labels)))[0]
-        boxes = [region["box"] for region in regions]  # as the model saw them, in image pixels
-        captions = [f"{region['labels'][0]} {region['scores'][0]:.2f}" for region in regions]
+        boxes = self.propose_boxes(image, box_source, boxes_text, grid_cells)
+        regions = self.classifier(image, boxes=boxes, candidate_labels=labels, top_k=min(int(top_k), len(labels)))
+        boxes = [[region["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for region in regions]  # image pixels
+        captions = [f"{region['label']} {region['score']:.2f}" for region in regions]
         table = [
-            [format_box(region["box"]), ", ".join(region["labels"]), ", ".join(f"{score:.3f}" for score in region["scores"])]
-            for region in regions
+            [format_box(box), ", ".join(region["labels"]), ", ".join(f"{score:.3f}" for score in region["scores"])]
+            for box, region in zip(boxes, regions)
         ]
         ranking = self.rank_labels(image, labels)
         query = (heatmap_label or "").strip() or next(iter(ranking))
-        heatmap = overlay_heatmap(image, self.similarity_map(dense, query))
+        heatmap = overlay_heatmap(image, self.similarity_map(image, query))
         return DemoResult(label_boxes(image, boxes, captions), table, ranking, heatmap, query, boxes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,21 @@ def run_isolated(code: str, cwd: Path, env: dict[str, str] | None = None, timeou
     if result.returncode != 0:
         raise AssertionError(f"isolated process failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def offline_hub_cache(folder: Path, root: Path, repo_id: str = "org/harmoclip-vitb16") -> dict[str, str]:
+    """Lays the files of `folder` out under `root` as huggingface_hub's cache of `repo_id` (content-addressed blobs,
+    linked from a snapshot named by a commit that `refs/main` points to); returns the environment that makes a fresh
+    process load `repo_id` from it, offline."""
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        blob = repo / "blobs" / f"blob-{file.name}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    return {"HF_HUB_CACHE": str(root / "hub"), "HF_HOME": str(root / "home")}

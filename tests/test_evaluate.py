@@ -26,7 +26,6 @@ from evaluation.eval_data import (
 )
 from evaluation.evaluate import (
     compute_box_embeddings,
-    compute_class_embeddings,
     compute_image_embeddings,
     compute_text_embeddings,
     crop_features,
@@ -288,14 +287,22 @@ def test_retrieval_matches_metrics_on_model_embeddings(karpathy_flickr, model, p
     assert (results["num_images"], results["num_captions"]) == (3, 12)
 
 
-def test_class_embeddings_are_a_renormalised_prompt_ensemble(model, processor):
+def test_box_classification_ranks_with_the_pipelines_label_embeddings(coco_instances, model, processor):
+    """The evaluation classifies with the same label embeddings and scores as the region-classification pipeline."""
+    from modeling_harmoclip.pipeline_harmoclip import label_embeddings, label_probabilities
+
+    data = read_coco_instances(coco_instances, coco_instances.parent.parent / "val2017")
     templates = ("a photo of a {}.", "a drawing of a {}.")
-    class_embeds = compute_class_embeddings(model, processor, ["dog", "traffic light"], templates)
-    prompts = compute_text_embeddings(model, processor, ["a photo of a dog.", "a drawing of a dog."])
-    assert torch.allclose(class_embeds[0], F.normalize(prompts.mean(0), dim=-1), atol=1e-6)
-    assert torch.allclose(class_embeds.norm(dim=-1), torch.ones(2))
-    with pytest.raises(ValueError, match="templates"):
-        compute_class_embeddings(model, processor, ["dog"], ("no placeholder",))
+    results = evaluate_box_classification(model, processor, data, methods=("dense",), templates=templates, batch_size=2)
+    embeds, labels, _ = compute_box_embeddings(model, processor, data, methods=("dense",))
+    names = [readable_class_name(name) for name in data.class_names]
+    with torch.no_grad():
+        probabilities = label_probabilities(embeds["dense"], label_embeddings(model, processor.tokenizer, names, templates),
+                                            model.logit_scale.exp())
+    ranked = probabilities.argsort(dim=-1, descending=True)
+    per_box_top1 = (ranked[:, 0] == labels).float()
+    assert results["dense"]["top1"] == pytest.approx(100 * per_box_top1.mean().item())
+    assert results["dense"]["top5"] == pytest.approx(100 * (ranked[:, :5] == labels[:, None]).any(-1).float().mean().item())
 
 
 def test_box_embeddings_match_region_features_and_crop_baseline(coco_instances, model, processor):

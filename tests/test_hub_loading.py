@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
-from conftest import run_isolated, tiny_clip_config, tiny_harmoclip_model
+from conftest import offline_hub_cache, run_isolated, tiny_clip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPModel
 
-CODE_FILES = {"modeling_harmoclip.py", "configuration_harmoclip.py", "losses.py", "roi_align.py"}
+CODE_FILES = {"modeling_harmoclip.py", "configuration_harmoclip.py", "losses.py", "roi_align.py", "pipeline_harmoclip.py",
+              "processing_harmoclip.py"}
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -60,6 +60,9 @@ def test_save_pretrained_writes_weights_config_and_code(tmp_path: Path) -> None:
         "AutoModel": "modeling_harmoclip.HarmoCLIPModel",
         "AutoModelForZeroShotImageClassification": "modeling_harmoclip.HarmoCLIPModel",
     }
+    assert config["custom_pipelines"] == {
+        "region-classification": {"impl": "pipeline_harmoclip.RegionClassificationPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+    }
     assert "region_logit_scale" in load_file(folder / "model.safetensors")
     for name in CODE_FILES:  # remote code imports only torch, transformers, the standard library and siblings
         source = (folder / name).read_text()
@@ -91,23 +94,12 @@ def test_hub_id_from_an_offline_cache(tmp_path: Path) -> None:
     folder, work = tmp_path / "model", tmp_path / "work"
     work.mkdir()
     _save_with_reference(tiny_harmoclip_model(seed=5), folder, work)
-    cache = tmp_path / "hub"
-    repo = cache / "models--org--harmoclip-vitb16"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "blobs").mkdir()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for file in folder.iterdir():  # content-addressed blobs, linked from the snapshot as the hub client does
-        blob = repo / "blobs" / f"blob-{file.name}"
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    env = offline_hub_cache(folder, tmp_path)
     code = """
 from transformers import AutoModel
 model = AutoModel.from_pretrained("org/harmoclip-vitb16", trust_remote_code=True).eval()
 """ + CHECK_OUTPUTS.format(reference=str(work / "reference.pt"))
-    result = run_isolated(code, cwd=work, env={"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")})
+    result = run_isolated(code, cwd=work, env=env)
     assert "CLASS HarmoCLIPModel" in result.stdout
 
 

@@ -7,9 +7,13 @@ import math
 import torch
 import torch.nn.functional as F
 
+import pytest
+
 from modeling_harmoclip.losses import (
+    LocalRows,
     global_contrastive_loss,
     global_region_alignment_loss,
+    harmoclip_loss,
     lexeme_region_contrastive_loss,
     same_phrase_negatives,
 )
@@ -98,3 +102,57 @@ def test_gradients_are_finite_and_teacher_gets_none() -> None:
     assert torch.isfinite(regions.grad).all() and regions.grad.abs().sum() > 0
     assert torch.isfinite(lexemes.grad).all() and lexemes.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+def _region_batch() -> dict[str, torch.Tensor]:
+    """2 images with 3 box slots: (0, 0), (0, 2), (1, 1) linked; (0, 1) valid without phrase; (1, 0), (1, 2) padding."""
+    regions = F.normalize(torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(9)), dim=-1)
+    return dict(
+        region_embeds=regions,
+        lexeme_embeds=F.normalize(torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(10)), dim=-1),
+        teacher_region_embeds=F.normalize(torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(11)), dim=-1),
+        region_mask=torch.tensor([[True, True, True], [False, True, False]]),
+        linked_mask=torch.tensor([[True, False, True], [False, True, False]]),
+        phrase_ids=torch.tensor([[4, -1, 4], [-1, 5, -1]]),
+    )
+
+
+def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
+    image, text = _unit(2, 8, 12), _unit(2, 8, 13)
+    scale, region_scale = torch.tensor(2.0), torch.tensor(3.0)
+    batch = _region_batch()
+    loss = harmoclip_loss(image, text, scale, (1.0, 0.5, 2.0), region_logit_scale=region_scale, **batch)
+    linked, valid = batch["linked_mask"], batch["region_mask"]
+    gc = global_contrastive_loss(image, text, scale.exp())
+    lrc = lexeme_region_contrastive_loss(batch["region_embeds"][linked], batch["lexeme_embeds"][linked], region_scale.exp(),
+                                         batch["phrase_ids"][linked])
+    gr = (1 - (batch["region_embeds"][valid] * batch["teacher_region_embeds"][valid]).sum(-1)).mean()  # 3 valid boxes
+    torch.testing.assert_close(loss.gc, gc)
+    torch.testing.assert_close(loss.lrc, lrc)
+    torch.testing.assert_close(loss.gr, gr)
+    torch.testing.assert_close(loss.total, gc + 0.5 * lrc + 2.0 * gr)
+    assert set(loss.as_floats()) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}
+
+    # Weight 0 or missing inputs: the term is not computed, and the total is the rest.
+    only_gr = harmoclip_loss(image, text, scale, (0.0, 1.0, 3.0), region_embeds=batch["region_embeds"],
+                             region_mask=valid, teacher_region_embeds=batch["teacher_region_embeds"])
+    assert only_gr.gc is None and only_gr.lrc is None
+    torch.testing.assert_close(only_gr.total, 3.0 * gr)
+    unlinked = dict(batch, linked_mask=torch.zeros_like(linked))
+    no_links = harmoclip_loss(image, text, scale, (1.0, 1.0, 0.0), region_logit_scale=region_scale, **unlinked)
+    assert no_links.lrc is None and no_links.gr is None
+    torch.testing.assert_close(no_links.total, gc)
+    torch.testing.assert_close(harmoclip_loss(image, text, scale, (1.0, 1.0, 1.0), gatherer=LocalRows()).total, gc)
+
+
+@pytest.mark.parametrize(
+    "weights, inputs",
+    [((0.0, 1.0, 1.0), {}), ((0.0, 1.0, 0.0), {"linked_mask": torch.zeros(2, 3, dtype=torch.bool)}),
+     ((0.0, 0.0, 1.0), {"region_mask": torch.zeros(2, 3, dtype=torch.bool)})],
+    ids=["no-boxes", "no-linked-box", "no-valid-box"],
+)
+def test_harmoclip_loss_without_an_applicable_term_says_why(weights, inputs) -> None:
+    batch = dict(_region_batch(), **inputs) if inputs else {}
+    with pytest.raises(ValueError, match=r"no loss term applies to this batch with weights \(gc, lrc, gr\) = \(0.0, "):
+        harmoclip_loss(_unit(2, 8, 12), _unit(2, 8, 13), torch.tensor(2.0), weights, region_logit_scale=torch.tensor(1.0),
+                       **batch)

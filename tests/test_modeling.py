@@ -9,6 +9,7 @@ from transformers import CLIPModel
 
 from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+from region_reference import value_path_dense
 
 VOCAB = tiny_clip_config().text_config.vocab_size
 BOS, EOS = VOCAB - 2, VOCAB - 1
@@ -67,24 +68,66 @@ def test_global_outputs_equal_clip(pair) -> None:
     assert (square.loss_gc - theirs.loss).abs() <= 1e-6 and (square.loss - theirs.loss).abs() <= 1e-6
 
 
-def _value_path_reference(model: HarmoCLIPModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Dense features written out from the definition: value path in the last layer, then CLIP's heads."""
-    vision = model.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixels))
-    for layer in vision.encoder.layers[:-1]:
-        hidden = layer(hidden, None)
-    last = vision.encoder.layers[-1]
-    hidden = hidden + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
-    hidden = hidden + last.mlp(last.layer_norm2(hidden))
-    patches = model.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, h*w, D)
-    grid = pixels.shape[-1] // model.config.vision_config.patch_size
-    return patches.reshape(pixels.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+def _assert_same_outputs(ours, theirs, where: str) -> None:
+    """Equal nested outputs (tensors, tuples of tensors, ModelOutputs as tuples) to 1e-6."""
+    if isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape, where
+        assert (ours - theirs).abs().max() <= 1e-6, where
+        return
+    assert type(ours) is tuple and len(ours) == len(theirs), f"{where}: {type(ours).__name__} of {len(ours)} vs {len(theirs)}"
+    for index, (mine, clips) in enumerate(zip(ours, theirs)):
+        _assert_same_outputs(mine, clips, f"{where}[{index}]")
+
+
+@pytest.mark.parametrize("with_boxes", [False, True], ids=["global", "boxes"])
+def test_forward_contract_equals_clip(with_boxes: bool) -> None:
+    """`return_dict=False` gives CLIP's tuple, and `output_hidden_states` / `output_attentions` reach both towers,
+    with boxes too (the region fields follow CLIP's)."""
+    torch.manual_seed(0)
+    clip = CLIPModel(tiny_clip_config()).eval()
+    clip.set_attn_implementation("eager")
+    model = HarmoCLIPModel(tiny_harmoclip_config()).eval()
+    model.load_state_dict(clip.state_dict(), strict=False)
+    model.set_attn_implementation("eager")
+    ids, attention = _captions(3)
+    pixels = _images(3)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]], [[0.2, 0.1, 0.9, 0.7]], [[0.5, 0.5, 1.0, 1.0]]]) if with_boxes else None
+    options = dict(output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        theirs = clip(input_ids=ids, pixel_values=pixels, attention_mask=attention, **options)
+        ours = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes, **options)
+        as_tuple = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes, return_dict=False, **options)
+        clip_tuple = clip(input_ids=ids, pixel_values=pixels, attention_mask=attention, return_dict=False, **options)
+        plain = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes)
+    for tower in ("vision_model_output", "text_model_output"):
+        mine, clips = getattr(ours, tower), getattr(theirs, tower)
+        assert len(clips.hidden_states) == 3 and len(clips.attentions) == 2  # embeddings + 2 layers; 2 layers
+        for field in ("last_hidden_state", "pooler_output", "hidden_states", "attentions"):
+            _assert_same_outputs(
+                tuple(getattr(mine, field)) if field in ("hidden_states", "attentions") else getattr(mine, field),
+                tuple(getattr(clips, field)) if field in ("hidden_states", "attentions") else getattr(clips, field),
+                f"{tower}.{field}",
+            )
+    assert plain.vision_model_output.hidden_states is None and plain.vision_model_output.attentions is None
+    assert plain.vision_model_output.last_hidden_state is not None  # complete without the options too
+
+    assert isinstance(as_tuple, tuple)
+    _assert_same_outputs(as_tuple[: len(clip_tuple)], clip_tuple, "tuple")  # CLIP's fields first, in CLIP's order
+    if with_boxes:
+        extra = as_tuple[len(clip_tuple) :]
+        assert len(extra) == 2  # region_embeds, region_mask: the fields that are not None, in field order
+        _assert_same_outputs(extra[0], ours.region_embeds, "region_embeds")
+        assert extra[1].tolist() == [[True]] * 3
+        # The regions of the shared trunk pass equal those of the region method's own pass.
+        _assert_same_outputs(ours.region_embeds, model.get_region_features(pixels, boxes), "regions")
+    else:
+        assert len(as_tuple) == len(clip_tuple)
 
 
 def test_dense_features_follow_the_value_path(tiny_model: HarmoCLIPModel) -> None:
     pixels = _images(2)
     dense = tiny_model.get_dense_features(pixels)
-    reference = F.normalize(_value_path_reference(tiny_model, pixels), dim=1)
+    reference = F.normalize(value_path_dense(tiny_model, pixels), dim=1)
     assert dense.shape == (2, 16, 4, 4)
     assert (dense - reference).abs().max() <= 1e-6
     assert torch.allclose(dense.norm(dim=1), torch.ones(2, 4, 4), atol=1e-5)
@@ -110,7 +153,7 @@ def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> Non
 
 def test_region_features_hand_computed_boxes(tiny_model: HarmoCLIPModel) -> None:
     pixels = _images(2)
-    unnormalised = _value_path_reference(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
+    unnormalised = value_path_dense(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
     boxes = torch.tensor(
         [
             [[0.25, 0.5, 0.5, 0.75], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
@@ -249,6 +292,27 @@ def test_losses_are_weighted_and_reported_per_term() -> None:
     assert torch.allclose(out.loss_gr, (1 - cosine).mean(), atol=1e-6)
     out.loss.backward()
     assert model.region_logit_scale.grad is not None and model.logit_scale.grad is not None
+
+
+def test_forward_loss_is_the_shared_loss_function() -> None:
+    """`forward(return_loss=True)` and the training loop compute the loss with the same function."""
+    from modeling_harmoclip.losses import harmoclip_loss
+
+    model = tiny_harmoclip_model(loss_gc_weight=0.7, loss_lrc_weight=0.5, loss_gr_weight=2.0)
+    batch = _training_batch(model)
+    out = model(**batch, return_loss=True)
+    shared = harmoclip_loss(
+        out.image_embeds, out.text_embeds, model.logit_scale, (0.7, 0.5, 2.0), region_embeds=out.region_embeds,
+        lexeme_embeds=out.lexeme_embeds, linked_mask=out.linked_mask, region_mask=out.region_mask,
+        phrase_ids=batch["phrase_ids"], region_logit_scale=model.region_logit_scale,
+        teacher_region_embeds=batch["teacher_region_embeds"],
+    )
+    for name in ("loss", "loss_gc", "loss_lrc", "loss_gr"):
+        torch.testing.assert_close(getattr(out, name), getattr(shared, "total" if name == "loss" else name[5:]))
+    # No applicable term is an error, as in training: GC is off and there are no boxes.
+    gr_only = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=0.0)
+    with pytest.raises(ValueError, match="no loss term applies to this batch"):
+        gr_only(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], return_loss=True)
 
 
 def test_zero_weight_terms_are_not_computed() -> None:

@@ -114,61 +114,40 @@ print(json.dumps(classifier({str(image_path)!r}, candidate_labels={LABELS!r})))
         assert entry["score"] == pytest.approx(probabilities[LABELS.index(entry["label"])].item(), abs=1e-5)
 
 
-def test_encode_labels_ensembles_templates(tiny_tokenizer):
-    model = tiny_harmoclip_model(seed=4)
-    processor = HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer)
-    templates = ["a photo of a {}.", "a blurry photo of the {}.", "{}"]
-    embeds = processor.encode_labels(model, LABELS, templates)
-    assert embeds.shape == (len(LABELS), 16) and embeds.dtype == torch.float32
-    torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(len(LABELS)))
-    with torch.no_grad():
-        for index, label in enumerate(LABELS):
-            tokens = tiny_tokenizer([template.format(label) for template in templates], padding=True, return_tensors="pt")
-            per_template = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
-            expected = torch.nn.functional.normalize(per_template.mean(0), dim=-1)
-            torch.testing.assert_close(embeds[index], expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"`templates`\[0\] must contain '\{\}'"):
-        processor.encode_labels(model, LABELS, ["a photo"])
-    with pytest.raises(TypeError, match=r"`labels` must be a non-empty list of strings"):
-        processor.encode_labels(model, "dog")
-
-
 @pytest.mark.parametrize("region_mode", [False, True], ids=["crop", "region"])
-def test_classify_regions_on_tiny_model(tiny_tokenizer, region_mode):
-    """Boxes come back in the original pixels, labels sorted by score, scores from the model's embeddings."""
-    model = tiny_harmoclip_model(seed=5)
+def test_post_process_puts_labelled_boxes_back_in_pixels(tiny_tokenizer, region_mode):
+    """Boxes come back in the original pixels (clipped where the crop cut them), labels sorted by probability, masked
+    boxes left out: the processor only formats, the probabilities are given."""
     processor = HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer, region_mode=region_mode)
     images = _images()
-    # Boxes inside the centre crop of each image, so both geometries keep them whole.
-    boxes = [[[14, 6, 40, 30], [24.5, 20, 48, 44.25]], [[3, 12, 30, 36]]]
-    results = processor.classify_regions(model, images, boxes, LABELS, top_k=3)
-    assert [len(image_results) for image_results in results] == [2, 1]
-    inputs = processor(images=images, boxes=boxes)
-    with torch.no_grad():
-        region_embeds = model.get_region_features(inputs["pixel_values"], inputs["boxes"], inputs["box_mask"])
-    label_embeds = processor.encode_labels(model, LABELS)
-    probabilities = (model.logit_scale.exp() * region_embeds @ label_embeds.t()).softmax(-1)
-    for image_index, image_results in enumerate(results):
-        for box_index, region in enumerate(image_results):
-            assert region["box"] == pytest.approx(boxes[image_index][box_index], abs=1e-3)
-            assert len(region["labels"]) == len(region["scores"]) == 3
-            assert region["scores"] == sorted(region["scores"], reverse=True)
-            best = probabilities[image_index, box_index].argsort(descending=True)[:3].tolist()
-            assert region["labels"] == [LABELS[index] for index in best]
-            assert region["scores"] == pytest.approx(probabilities[image_index, box_index, best].tolist(), abs=1e-5)
+    boxes = [[[14, 6, 40, 30], [0, 0, 4, 48]], [[3, 12, 30, 36]]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the crop empties box (0, 1)
+        inputs = processor(images=images, boxes=boxes)
+    # (2 images, 2 box slots, 4 labels); slot (1, 1) is padding.
+    probabilities = torch.tensor([[[0.1, 0.6, 0.2, 0.1], [0.25] * 4], [[0.4, 0.05, 0.05, 0.5], [0.25] * 4]])
+    results = processor.post_process_region_classification(
+        probabilities, LABELS, inputs["boxes"], [(48, 64), (52, 37)], inputs["box_mask"], top_k=3
+    )
+    if region_mode:
+        assert [len(image_results) for image_results in results] == [2, 1]
+        assert results[0][1]["box"] == pytest.approx({"xmin": 0, "ymin": 0, "xmax": 4, "ymax": 48}, abs=1e-3)
+    else:  # 64x48 -> 42x32, crop x from 5 to 37: the thin box at x < 4 is empty, left out with the mask
+        assert [len(image_results) for image_results in results] == [1, 1]
+    first = results[0][0]
+    assert first["box"] == pytest.approx({"xmin": 14, "ymin": 6, "xmax": 40, "ymax": 30}, abs=1e-3)
+    assert (first["label"], first["labels"]) == ("cat", ["cat", "red car", "dog"])
+    assert first["score"] == first["scores"][0] and first["scores"] == pytest.approx([0.6, 0.2, 0.1])
+    assert results[1][0]["labels"][:2] == ["bicycle", "dog"]
+    assert results[1][0]["box"] == pytest.approx({"xmin": 3, "ymin": 12, "xmax": 30, "ymax": 36}, abs=1e-3)
 
-    # Post-processing alone, with the model's forward output: a box cut by the crop comes back clipped, masked
-    # boxes are left out.
-    if not region_mode:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            inputs = processor(images=images[:1], text=["a dog"], boxes=[[[0, 0, 30, 30], [0, 0, 4, 48]]])
-        outputs = model(**inputs)
-        (results,) = processor.post_process_region_classification(
-            outputs.region_embeds, label_embeds, LABELS, inputs["boxes"], [(48, 64)], outputs.region_mask, top_k=None
-        )
-        # 64x48 -> 42x32, crop x from 5 to 37: the first box starts at x = 5 / (42 / 64) in original pixels.
-        assert len(results) == 1
-        assert results[0]["box"] == pytest.approx([5 * 64 / 42, 0, 30, 30], abs=1e-3)
-        assert sorted(results[0]["labels"]) == sorted(LABELS)
-        assert sum(results[0]["scores"]) == pytest.approx(1.0, abs=1e-5)
+    if not region_mode:  # a box cut by the crop comes back clipped to the part the model saw
+        inputs = processor(images=images[:1], boxes=[[[0, 0, 30, 30]]])
+        (clipped,) = processor.post_process_region_classification(torch.full((1, 1, 4), 0.25), LABELS, inputs["boxes"],
+                                                                  [(48, 64)], top_k=None)
+        assert clipped[0]["box"] == pytest.approx({"xmin": 5 * 64 / 42, "ymin": 0, "xmax": 30, "ymax": 30}, abs=1e-3)
+        assert sorted(clipped[0]["labels"]) == sorted(LABELS)
+    with pytest.raises(ValueError, match="`probabilities` holds 4 labels per box but `labels` has 3"):
+        processor.post_process_region_classification(probabilities, LABELS[:3], inputs["boxes"][:, :1].expand(2, 2, 4), [(1, 1)] * 2)
+    with pytest.raises(ValueError, match="`top_k` must be a positive int or None, got 0"):
+        processor.post_process_region_classification(probabilities, LABELS, torch.rand(2, 2, 4), [(48, 64), (52, 37)], top_k=0)

@@ -20,7 +20,7 @@ EVAL_RESULTS = {
 }
 MODEL_FILES = {
     "README.md", "config.json", "model.safetensors", "configuration_harmoclip.py", "modeling_harmoclip.py",
-    "losses.py", "roi_align.py", "processing_harmoclip.py", "tokenizer.json", "tokenizer_config.json",
+    "losses.py", "roi_align.py", "processing_harmoclip.py", "pipeline_harmoclip.py", "tokenizer.json", "tokenizer_config.json",
     "processor_config.json",
 }
 

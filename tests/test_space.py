@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from matplotlib import colormaps
 from PIL import Image
 
 from conftest import run_isolated
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
+from region_reference import reference_label_embeds, reference_probabilities, reference_regions, value_path_dense
 from space_support import BOXES, BOXES_TEXT, IMAGE_SIZE, LABELS, LABELS_TEXT, SPACE_DIR, save_tiny_model_folder, scene_image, space_module
 
 region_demo = space_module("region_demo")
@@ -31,11 +34,14 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def demo(model_dir):
-    from transformers import AutoModel, AutoProcessor
+    from transformers import pipeline
 
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    return region_demo.RegionDemo(model, processor)
+    return region_demo.RegionDemo(pipeline("region-classification", model=str(model_dir), trust_remote_code=True))
+
+
+def _reference_labels(demo, labels: list[str]) -> torch.Tensor:
+    """(L, D) label embeddings from the CLIP forward's `text_embeds`, ensembled by hand over the default templates."""
+    return reference_label_embeds(demo.model, demo.processor.tokenizer, labels, DEFAULT_TEMPLATES)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -160,14 +166,18 @@ def test_overlay_heatmap_maps_extremes_to_the_colour_map_ends():
 # ---------------------------------------------------------------------------------------------- the model calls
 
 
-def test_typed_boxes_are_classified_as_the_processor_does(demo):
+def test_typed_boxes_are_classified_as_the_definition_says(demo):
+    """Against region classification computed by hand: the dense map layer by layer, the loop-based RoIAlign, and
+    label embeddings from the CLIP forward."""
     result = demo.run(scene_image(), LABELS_TEXT, BOXES_TEXT, region_demo.TYPED_BOXES, top_k=2)
-    expected = demo.processor.classify_regions(demo.model, scene_image(), boxes=BOXES, labels=LABELS, top_k=2)[0]
-    assert result.boxes == BOXES == [region["box"] for region in expected]
-    assert result.table == [
-        [region_demo.format_box(region["box"]), ", ".join(region["labels"]), ", ".join(f"{s:.3f}" for s in region["scores"])]
-        for region in expected
-    ]
+    assert result.boxes == BOXES
+    pixels = demo.processor(images=scene_image(), return_tensors="pt")["pixel_values"]  # the 32 x 32 square
+    normalised = torch.tensor(BOXES, dtype=torch.float64) / torch.tensor([WIDTH, HEIGHT, WIDTH, HEIGHT])
+    expected = reference_probabilities(demo.model, reference_regions(demo.model, pixels, normalised), _reference_labels(demo, LABELS))
+    for box, row in enumerate(result.table):
+        best = expected[box].argsort(descending=True)[:2].tolist()
+        assert row[1] == ", ".join(LABELS[index] for index in best)
+        np.testing.assert_allclose([float(score) for score in row[2].split(", ")], expected[box, best].numpy(), atol=1e-3)
     assert result.table[0][0] == "8, 8, 40, 40" and result.table[1][0] == "50, 20, 90, 60"
     assert result.labelled_image.size == result.heatmap.size == IMAGE_SIZE
     # Each box is outlined in its colour: the left edge of box 1 (x = 50) takes the palette's second colour.
@@ -176,11 +186,11 @@ def test_typed_boxes_are_classified_as_the_processor_does(demo):
 
 def test_global_ranking_matches_the_clip_forward(demo):
     result = demo.run(scene_image(), LABELS_TEXT, BOXES_TEXT)
-    prompts = [f"a photo of a {label}." for label in LABELS]
-    inputs = demo.processor(images=scene_image(), text=prompts, return_tensors="pt")
+    pixels = demo.processor(images=scene_image(), return_tensors="pt")["pixel_values"]
+    tokens = demo.processor.tokenizer([template.format(LABELS[0]) for template in DEFAULT_TEMPLATES], padding=True, return_tensors="pt")
     with torch.no_grad():
-        probabilities = demo.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                   pixel_values=inputs["pixel_values"]).logits_per_image.softmax(dim=-1)[0]
+        image_embed = demo.model(input_ids=tokens["input_ids"], pixel_values=pixels).image_embeds[0].double()
+    probabilities = (float(demo.model.logit_scale.detach().exp()) * _reference_labels(demo, LABELS) @ image_embed).softmax(dim=-1)
     assert list(result.ranking) == [LABELS[i] for i in probabilities.argsort(descending=True).tolist()]
     np.testing.assert_allclose([result.ranking[label] for label in LABELS], probabilities.numpy(), atol=1e-5)
 
@@ -193,14 +203,14 @@ def test_heatmap_is_the_dense_similarity_with_the_chosen_label(demo):
     assert chosen.heatmap_label == "green grass"
 
     pixel_values = demo.processor(images=image, return_tensors="pt")["pixel_values"]
-    tokens = demo.processor.tokenizer(["a photo of a green grass."], return_tensors="pt")
     with torch.no_grad():
-        dense = demo.model.get_dense_features(pixel_values)[0]
-        text = torch.nn.functional.normalize(demo.model.get_text_features(**tokens).pooler_output[0], dim=-1)
-    expected = torch.einsum("dhw,d->hw", dense, text).numpy()
+        dense = torch.nn.functional.normalize(value_path_dense(demo.model, pixel_values)[0], dim=0).double()
+    expected = torch.einsum("dhw,d->hw", dense, _reference_labels(demo, ["green grass"])[0]).numpy()
     assert expected.shape == (4, 4)
-    np.testing.assert_allclose(demo.similarity_map(demo.dense_features(image), "green grass"), expected, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(chosen.heatmap), np.asarray(demo_drawing.overlay_heatmap(image, expected)))
+    np.testing.assert_allclose(demo.similarity_map(image, "green grass"), expected, atol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(chosen.heatmap), np.asarray(demo_drawing.overlay_heatmap(image, demo.similarity_map(image, "green grass")))
+    )
 
 
 def test_automatic_boxes_come_from_the_grid_and_the_saliency_map(demo):
@@ -260,7 +270,7 @@ def test_page_handler_shows_results_and_messages_instead_of_errors(app, demo):
 
 
 def test_page_handler_turns_unexpected_failures_into_one_line(app, demo, caplog):
-    broken = region_demo.RegionDemo(demo.model, processor=None)  # every model call fails
+    broken = region_demo.RegionDemo(SimpleNamespace(model=demo.model, processor=None))  # every model call fails
     outputs = app.page_outputs(broken, scene_image(), LABELS_TEXT, BOXES_TEXT, "Typed boxes", 3, "", 3)
     assert outputs[4].startswith("**Something went wrong:** TypeError:") and "\n" not in outputs[4]
     assert "Traceback" in caplog.text  # the details go to the server log

@@ -279,7 +279,7 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
     import training.train as train_module
     from training.config import load_config
 
-    real = train_module.compute_objective
+    real = train_module.harmoclip_loss
     calls = {"count": 0}
 
     def poisoned(*args, **kwargs):
@@ -289,7 +289,7 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "compute_objective", poisoned)
+    monkeypatch.setattr(train_module, "harmoclip_loss", poisoned)
     out = tmp_path / "nan"
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {
         "synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32, "batch_size": 4,

@@ -38,7 +38,8 @@ from conversion.saving import save_model_atomically, write_text_atomic  # noqa: 
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from training.objective import LossTerms, compute_objective  # noqa: E402
+from modeling_harmoclip.losses import HarmoCLIPLoss, harmoclip_loss  # noqa: E402
+from training.objective import DistributedRows  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
 
@@ -325,7 +326,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
 
 
 def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
-                      accelerator: Accelerator, teacher: torch.nn.Module | None = None, teacher_cache: Any = None) -> LossTerms:
+                      accelerator: Accelerator, teacher: torch.nn.Module | None = None, teacher_cache: Any = None) -> HarmoCLIPLoss:
     """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
     weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
     teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
@@ -337,11 +338,11 @@ def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch:
             phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
             phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
         )
-    return compute_objective(
+    return harmoclip_loss(
         outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
         region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
         region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
-        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds,
+        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
     )
 
 

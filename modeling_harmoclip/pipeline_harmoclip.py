@@ -1,0 +1,310 @@
+"""Region classification with HarmoCLIP: the one implementation of prompt-ensembled label embeddings, region scoring
+and dense similarity maps, and the `region-classification` pipeline that ships with every saved model.
+
+    from transformers import pipeline
+
+    classifier = pipeline("region-classification", model="org/harmoclip-vitb16", trust_remote_code=True)
+    classifier("street.jpg", boxes=[[10, 20, 200, 310], [220, 40, 400, 300]], candidate_labels=["dog", "bicycle"])
+    # [{"box": {"xmin": 10.0, "ymin": 20.0, "xmax": 200.0, "ymax": 310.0}, "label": "dog", "score": 0.93,
+    #   "labels": ["dog", "bicycle"], "scores": [0.93, 0.07]}, ...]
+
+`HarmoCLIPModel.save_pretrained` copies this file beside the model and writes the config's `custom_pipelines` entry,
+so `pipeline("region-classification", model=folder_or_hub_id, trust_remote_code=True)` finds it. The evaluation's box
+classification, its pictures and the demo Space call the functions below, so they all score a box the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, Pipeline
+from transformers.image_utils import load_image
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .processing_harmoclip import check_strings, original_image_size
+
+PIPELINE_TASK = "region-classification"
+# A small ensemble of CLIP's ImageNet prompt templates (Radford et al., 2021) plus the plain "a photo of a {}.".
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+# Prompts encoded per text-tower call: bounds activation memory whatever the number of labels and templates.
+TEXT_BATCH_SIZE = 256
+# "Not given" for `top_k`, whose None means "every label".
+_UNSET: Any = object()
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_templates(templates: Any) -> list[str]:
+    """A non-empty list of strings, each holding '{}' where the label goes."""
+    templates = check_strings(templates, "templates")
+    for index, template in enumerate(templates):
+        if "{}" not in template:
+            raise ValueError(f"`templates`[{index}] must contain '{{}}' where the label goes, got {template!r}")
+    return templates
+
+
+@torch.no_grad()
+def prompt_ensemble_embeddings(
+    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[str]], batch_size: int = TEXT_BATCH_SIZE
+) -> torch.Tensor:
+    """CLIP's zero-shot classifier: each class's prompts encoded by `model.get_text_features` (any CLIP or HarmoCLIP
+    model) and L2-normalised, averaged, and normalised again.
+
+    Args:
+        model: a model with `get_text_features`; tokenizer: CLIP's tokenizer (`processor.tokenizer`).
+        prompts: C lists of P prompts each (the same P for every class).
+        batch_size: prompts per text-tower call.
+    Returns:
+        (C, D) float32 on the model's device, L2-normalised.
+    """
+    if (
+        isinstance(prompts, str)
+        or not prompts
+        or len({len(class_prompts) for class_prompts in prompts}) != 1
+        or not prompts[0]
+    ):
+        raise ValueError(
+            f"`prompts` must be a non-empty list of equally long, non-empty lists of strings, got {prompts!r}"[:300]
+        )
+    flat = check_strings([prompt for class_prompts in prompts for prompt in class_prompts], "prompts")
+    device = _model_device(model)
+    embeds = []
+    for first in range(0, len(flat), batch_size):
+        tokens = tokenizer(flat[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
+        features = model.get_text_features(
+            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+        )
+        features = getattr(features, "pooler_output", features)
+        embeds.append(F.normalize(features.float(), dim=-1))
+    ensembled = torch.cat(embeds).reshape(len(prompts), len(prompts[0]), -1).mean(dim=1)
+    return F.normalize(ensembled, dim=-1)
+
+
+def label_embeddings(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    batch_size: int = TEXT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Prompt-ensembled label embeddings: each label written into every template, then `prompt_ensemble_embeddings`.
+
+    Returns:
+        (L, D) float32 on the model's device, L2-normalised.
+    """
+    labels = check_strings(labels, "labels")
+    templates = check_templates(templates)
+    return prompt_ensemble_embeddings(
+        model, tokenizer, [[template.format(label) for template in templates] for label in labels], batch_size
+    )
+
+
+def label_probabilities(
+    embeds: torch.Tensor, label_embeds: torch.Tensor, logit_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Region (or image) scoring: softmax over labels of ``logit_scale * cos(embedding, label)``.
+
+    Args:
+        embeds: (..., D) L2-normalised region or image embeddings; label_embeds: (L, D) from `label_embeddings`.
+        logit_scale: the temperature multiplier, e.g. `model.logit_scale.exp()` (CLIP's learned value is about 100).
+    Returns:
+        (..., L) float32 probabilities.
+    """
+    if embeds.shape[-1] != label_embeds.shape[-1] or label_embeds.dim() != 2:
+        raise ValueError(
+            f"`label_embeds` must have shape (L, {embeds.shape[-1]}) to match `embeds` {tuple(embeds.shape)}, got "
+            f"{tuple(label_embeds.shape)}"
+        )
+    scale = float(logit_scale.detach()) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
+    logits = scale * embeds.float() @ label_embeds.float().to(embeds.device).t()
+    return logits.softmax(dim=-1)
+
+
+@torch.no_grad()
+def dense_similarity(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> torch.Tensor:
+    """Heatmaps: the cosine similarity of every patch of `image` with each label's prompt-ensembled embedding.
+
+    The image is resized to a square without cropping (the processor's region preset), so the maps cover all of it.
+
+    Args:
+        model: a HarmoCLIP model; processor: its `HarmoCLIPProcessor`; image: a PIL image, array or tensor.
+    Returns:
+        (L, h, w) float32 on the CPU, h x w the patch grid.
+    """
+    pixel_values = processor.as_region_mode()(images=image, return_tensors="pt")["pixel_values"]
+    parameter = next(model.parameters())
+    dense = model.get_dense_features(pixel_values.to(device=parameter.device, dtype=parameter.dtype))[0]  # (D, h, w)
+    text = label_embeddings(model, processor.tokenizer, labels, templates)
+    return torch.einsum("dhw,ld->lhw", dense.float(), text).cpu()
+
+
+class RegionClassificationPipeline(Pipeline):
+    """Labels given boxes of an image among free-text candidate labels, from HarmoCLIP's region embeddings (one pass
+    of the image encoder for all boxes).
+
+    Call: `classifier(image, boxes=[[x1, y1, x2, y2], ...], candidate_labels=[...])`, or a list of
+    `{"image": ..., "boxes": [...]}` for several images (the labels are encoded once per call).
+
+    Args (call):
+        image: a path, URL, PIL image, array or tensor.
+        boxes: the boxes in the image's pixels, `[x1, y1, x2, y2]` (or COCO `[x, y, w, h]` with `box_format="xywh"`).
+        candidate_labels: the label names.
+        templates: prompt templates with '{}' (default `DEFAULT_TEMPLATES`, a prompt ensemble).
+        top_k: labels kept per box (default 5; all if None).
+    Returns:
+        Per image a list, one dict per box in box order: `{"box": {"xmin", "ymin", "xmax", "ymax"}` in the image's
+        pixels, `"label"` / `"score"`: the best label and its probability, `"labels"` / `"scores"`: the `top_k` best,
+        best first}`. Boxes left empty inside the image are dropped with a warning.
+    """
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not callable(getattr(self.processor, "as_region_mode", None)):
+            raise TypeError(
+                f"the {PIPELINE_TASK} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
+            )
+        # Boxes must never be cut by a centre crop: the square, crop-free preset.
+        self.processor = self.processor.as_region_mode()
+        self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
+
+    def encode_labels(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        """(L, D) prompt-ensembled label embeddings (`label_embeddings`) on the model's device."""
+        return label_embeddings(self.model, self.tokenizer, labels, templates)
+
+    def dense_similarity(
+        self, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> torch.Tensor:
+        """(L, h, w) similarity maps of the image with each label (`dense_similarity`)."""
+        return dense_similarity(self.model, self.processor, image, labels, templates)
+
+    def __call__(
+        self, image: Any, boxes: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any
+    ) -> Any:
+        if candidate_labels is None:
+            raise ValueError(f"the {PIPELINE_TASK} pipeline needs `candidate_labels`, a list of label names")
+        candidate_labels = check_strings(candidate_labels, "candidate_labels")
+        if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
+            if boxes is not None:
+                raise ValueError("give `boxes` inside each {'image': ..., 'boxes': ...} item, not as an argument")
+            inputs: Any = [dict(item) for item in image]
+        else:
+            inputs = {"image": image, "boxes": boxes}
+        templates = kwargs.pop("templates", DEFAULT_TEMPLATES)
+        kwargs["label_embeds"] = self.encode_labels(candidate_labels, templates)
+        return super().__call__(inputs, candidate_labels=candidate_labels, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        candidate_labels: list[str] | None = None,
+        label_embeds: torch.Tensor | None = None,
+        top_k: int | None = _UNSET,
+        box_format: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        preprocess = {
+            key: value for key, value in (("box_format", box_format), ("timeout", timeout)) if value is not None
+        }
+        forward = {"label_embeds": label_embeds} if label_embeds is not None else {}
+        postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
+        if top_k is not _UNSET:
+            postprocess["top_k"] = top_k
+        return preprocess, forward, postprocess
+
+    def preprocess(
+        self, inputs: dict[str, Any], box_format: str = "xyxy", timeout: float | None = None
+    ) -> dict[str, Any]:
+        image, boxes = inputs.get("image"), inputs.get("boxes")
+        if image is None:
+            raise ValueError(f"the {PIPELINE_TASK} pipeline needs an image, got None")
+        if isinstance(image, str):
+            image = load_image(image, timeout=timeout)
+        if boxes is None or len(boxes) == 0:
+            raise ValueError(
+                f"`boxes` must hold at least one [x1, y1, x2, y2] box in the image's pixels, got {boxes!r}"
+            )
+        batch = self.processor(images=image, boxes=boxes, box_format=box_format, return_tensors="pt")
+        return {
+            "pixel_values": batch["pixel_values"].to(self.model.dtype),
+            "boxes": batch["boxes"],
+            "box_mask": batch["box_mask"],
+            "target_size": original_image_size(image),
+        }
+
+    def _forward(self, model_inputs: dict[str, Any], label_embeds: torch.Tensor) -> dict[str, Any]:
+        region_embeds = self.model.get_region_features(
+            model_inputs["pixel_values"], model_inputs["boxes"], model_inputs["box_mask"]
+        )
+        probabilities = label_probabilities(region_embeds, label_embeds, self.model.logit_scale.exp())
+        return {key: model_inputs[key] for key in ("boxes", "box_mask", "target_size")} | {
+            "probabilities": probabilities
+        }
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], candidate_labels: list[str], top_k: int | None = 5
+    ) -> list[dict[str, Any]]:
+        return self.processor.post_process_region_classification(
+            model_outputs["probabilities"],
+            candidate_labels,
+            model_outputs["boxes"],
+            [model_outputs["target_size"]],
+            model_outputs["box_mask"],
+            top_k,
+        )[0]
+
+
+def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
+    """The config's `custom_pipelines` entry that makes `pipeline(PIPELINE_TASK, ..., trust_remote_code=True)` load
+    `RegionClassificationPipeline` from a saved folder or Hub repository."""
+    module = RegionClassificationPipeline.__module__.split(".")[-1]
+    return {
+        PIPELINE_TASK: {
+            "impl": f"{module}.{RegionClassificationPipeline.__name__}",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
+
+
+# In-process use: `pipeline(PIPELINE_TASK, model=model, processor=processor)` with objects already loaded. Once per
+# process: a folder's copy of this file, imported later, is found through the config's `custom_pipelines` instead.
+if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=RegionClassificationPipeline, pt_model=AutoModel, type="multimodal"
+    )
+
+__all__ = [
+    "PIPELINE_TASK",
+    "DEFAULT_TEMPLATES",
+    "RegionClassificationPipeline",
+    "label_embeddings",
+    "prompt_ensemble_embeddings",
+    "label_probabilities",
+    "dense_similarity",
+    "check_templates",
+    "custom_pipelines_entry",
+]
