@@ -16,7 +16,9 @@ from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
 from training.data.collate import RegionCollator
 from training.config import TrainConfig
+from training.data.data_hf import HFRegionDataset
 from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
+from training.data.streaming import RegionStream
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 from training.teacher import TeacherCache
 
@@ -105,8 +107,9 @@ def synthetic_settings(config: TrainConfig) -> SyntheticSettings:
                              image_size=config.synthetic_image_size)
 
 
-def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | None:
-    """The training ("train") or held-out ("val") data set of the configured source (None: no such split)."""
+def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | RegionStream | None:
+    """The training ("train") or held-out ("val") data set of the configured source (None: no such split); a streamed
+    training source is a `RegionStream`."""
     common = dict(seed=config.seed, max_boxes=config.max_boxes, min_box_size=config.min_box_size, strict=config.strict)
     if config.data_format == "synthetic":
         return JsonlRegionDataset(Path(config.synthetic_dir) / f"{split}.jsonl", **common)
@@ -115,6 +118,10 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
         return None
     if config.data_format == "jsonl":
         return JsonlRegionDataset(source, image_root=config.image_root, **common)
+    if config.data_format == "hf":
+        if config.streaming and split == "train":
+            return RegionStream.open(source, columns=config.hf_columns, image_root=config.image_root, **common)
+        return HFRegionDataset(source, columns=config.hf_columns, image_root=config.image_root, **common)
     if config.data_format == "coco":
         captions = Path(source)
         instances = Path(config.coco_instances) if config.coco_instances and split == "train" else captions.with_name(
@@ -129,12 +136,14 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
 
 def build_datasets(
     config: TrainConfig, processor: HarmoCLIPProcessor, main_process_first: Callable[[], ContextManager] | None = None
-) -> tuple[RegionDataset, RegionDataset | None, RegionCollator]:
-    """Train and held-out sets plus the collator; the synthetic set is generated first (by the main process)."""
-    if config.data_format == "synthetic":
-        with (main_process_first() if main_process_first else contextlib.nullcontext()):
+) -> tuple[RegionDataset | RegionStream, RegionDataset | None, RegionCollator]:
+    """Train and held-out sets plus the collator. The main process goes first: it alone generates the synthetic set
+    or converts Parquet / tar files into `datasets`' Arrow cache; the others then find them."""
+    with (main_process_first() if main_process_first else contextlib.nullcontext()):
+        if config.data_format == "synthetic":
             generate_synthetic_dataset(config.synthetic_dir, synthetic_settings(config))
-    return build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val"), region_collator(config, processor)
+        train_set, val_set = build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val")
+    return train_set, val_set, region_collator(config, processor)
 
 
 def teacher_needs_crops(config: TrainConfig) -> bool:

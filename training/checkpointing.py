@@ -16,7 +16,10 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from conversion.saving import write_text_atomic
+
 STATE_FILE = "trainer_state.json"
+PROCESS_FILE = "process_{:05d}.json"
 _PATTERN = re.compile(r"^step_(\d{8})$")
 
 
@@ -38,8 +41,12 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Saves the training state of every process; returns the final folder. Call on all processes."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
+                    process_state: dict[str, Any] | None = None) -> Path:
+    """Saves the training state of every process; returns the final folder. Call on all processes.
+
+    `state` (JSON) is the main process's; `process_state` (JSON), where given, each process's own (e.g. its position
+    in its data stream), written as `process_<index>.json` before the checkpoint counts as complete."""
     root = checkpoint_dir(output_dir)
     final = root / f"step_{step:08d}"
     temporary = root / f".tmp-step_{step:08d}"
@@ -50,6 +57,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int,
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
+    if process_state is not None:
+        payload = {"num_processes": accelerator.num_processes, **process_state}
+        write_text_atomic(temporary / PROCESS_FILE.format(accelerator.process_index), json.dumps(payload, indent=2))
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(temporary / STATE_FILE, "w") as handle:
             json.dump({"step": step, **state}, handle, indent=2)
@@ -68,3 +79,17 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
     """Restores model, optimiser, scheduler and RNG states; returns the trainer state."""
     accelerator.load_state(str(folder))
     return json.loads((folder / STATE_FILE).read_text())
+
+
+def load_process_state(folder: Path, process_index: int, num_processes: int) -> dict[str, Any]:
+    """The `process_state` process `process_index` saved in checkpoint `folder`; the run must have as many processes
+    as the one that saved it (each process's state belongs to its own part of the data)."""
+    path = Path(folder) / PROCESS_FILE.format(process_index)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} has no {path.name}: it was saved by a run with another data "
+                                f"source or fewer processes than this one ({num_processes})")
+    state = json.loads(path.read_text())
+    if state["num_processes"] != num_processes:
+        raise ValueError(f"checkpoint {folder} was saved by {state['num_processes']} processes, this run has "
+                         f"{num_processes}: a streamed run resumes with the same number of processes")
+    return state

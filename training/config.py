@@ -21,7 +21,7 @@ from conversion.cli import CommandParser
 from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k")
+DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 MODEL_PRESETS = ("micro", "tiny", "vit-b-16")
 # The trackers Accelerate can log to (its `LoggerType`), plus "none"; "all" takes every installed one.
@@ -41,7 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class TrainConfig:
     # ---- data
     data_format: str = "synthetic"
-    train_data: str | None = None  # jsonl: manifest; coco: folder or captions json; flickr30k: dataset root
+    train_data: str | None = None  # jsonl: manifest; coco: folder or captions json; flickr30k: dataset root; hf: see below
     val_data: str | None = None
     coco_instances: str | None = None  # coco: instances_*.json (default: beside the captions file)
     image_root: str | None = None  # coco / flickr30k: folder of the images
@@ -50,6 +50,10 @@ class TrainConfig:
     synthetic_num_train: int = 512
     synthetic_num_val: int = 128
     synthetic_image_size: int = 64
+    # hf: a `save_to_disk` folder, or a folder / glob of Parquet files or WebDataset tars (training/data/data_hf.py)
+    streaming: bool = False  # hf: read as a stream, each process its own shards (training/data/streaming.py)
+    shuffle_buffer: int = 0  # hf streaming: rows in the shuffle buffer (0: shard order only; resumes exactly)
+    hf_columns: dict[str, str] | None = None  # hf: schema field -> column, e.g. {image: jpg, caption: text} (YAML only)
     max_boxes: int = 20
     min_box_size: float = 4.0
     strict: bool = False
@@ -118,7 +122,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config `{name}` must be > 0, got {getattr(self, name)!r}")
         for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "weight_decay", "warmup_steps",
-                     "lock_vision_layers", "num_workers", "min_box_size"):
+                     "lock_vision_layers", "num_workers", "min_box_size", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config `{name}` must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
@@ -131,6 +135,11 @@ class TrainConfig:
             given = "train_data" if self.train_data else "val_data"
             raise ValueError(f"config `{given}` ({getattr(self, given)!r}) is not read with data_format='synthetic': "
                              f"set `data_format` to one of {DATA_FORMATS[1:]}")
+        if self.hf_columns is not None and not (isinstance(self.hf_columns, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.hf_columns.items())):
+            raise ValueError(f"config `hf_columns` must map field names to column names, got {self.hf_columns!r}")
+        if self.streaming and self.data_format != "hf":
+            raise ValueError(f"config `streaming` needs data_format='hf', got data_format={self.data_format!r}")
         if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
             raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
         if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == 0:

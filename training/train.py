@@ -36,9 +36,10 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
 from conversion.cli import log_to_file, run_command, setup_logging  # noqa: E402
 from conversion.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
-from training.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from training.checkpointing import latest_checkpoint, load_checkpoint, load_process_state, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from modeling_harmoclip.losses import HarmoCLIPLoss, harmoclip_loss  # noqa: E402
+from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows  # noqa: E402
 from training.objective import DistributedRows  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
@@ -80,38 +81,51 @@ class ShardedShuffleSampler(Sampler[int]):
 
 
 class TrainingBatches:
-    """The training batches from a resumable data position (`epoch`, `batch_in_epoch`), on the device.
+    """The training batches from a resumable data position, on the device.
 
-    Records what the data sets skipped (unreadable files) or dropped (boxes under `min_box_size`, over `max_boxes`)
-    and reports it once per epoch. A batch that lost every sample is passed over by all processes together.
+    The position is where this process is within `epoch`: the number of batches used (`ShardedShuffleSampler`) or the
+    stream position after the last batch used (`StreamBatchSampler`, one per process). Every step all processes
+    agree on what to do: the epoch ends for all when one of them has run out of data (streams need not split evenly),
+    and a batch that lost every sample on some process is passed over by all. Records what the data sets skipped
+    (unreadable files) or dropped (boxes under `min_box_size`, over `max_boxes`) and reports it once per epoch.
     """
 
-    def __init__(self, loader: DataLoader, sampler: ShardedShuffleSampler, dataset: Any, accelerator: Accelerator,
-                 config: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0):
+    def __init__(self, loader: DataLoader, sampler: ShardedShuffleSampler | StreamBatchSampler, dataset: Any,
+                 accelerator: Accelerator, config: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0,
+                 stream_position: dict[str, Any] | None = None):
         self.loader, self.sampler, self.dataset = loader, sampler, dataset
         self.accelerator, self.config = accelerator, config
-        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+        self.epoch, self.batch_in_epoch, self.stream_position = epoch, batch_in_epoch, stream_position
         self.skipped: dict[str, str] = {}
         self.small_boxes = self.boxes_over_limit = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        streamed = isinstance(self.sampler, StreamBatchSampler)
         while True:
-            self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+            self.sampler.set_epoch(self.epoch, self.stream_position if streamed else self.batch_in_epoch)
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
-            for batch in self.loader:
+            batches = iter(self.loader)
+            while True:
+                batch = next(batches, None)
+                # 2: samples to train on; 1: every sample of the batch was skipped; 0: this process has no more data
+                status = 0.0 if batch is None else 1.0 + ("input_ids" in batch)
+                status = float(self.accelerator.reduce(torch.tensor(status, device=self.accelerator.device), "min"))
+                if status == 0:
+                    break
                 self.batch_in_epoch += 1
+                if streamed:
+                    self.stream_position = self.sampler.position_after(batch.pop("stream_batch"))
                 self.small_boxes += batch.pop("num_small_boxes_dropped", 0)
                 self.boxes_over_limit += batch.pop("num_boxes_over_limit", 0)
                 for path, reason in batch.pop("skipped", []):
                     self.skipped.setdefault(path, reason)
-                has_samples = torch.tensor(float("input_ids" in batch), device=self.accelerator.device)
-                if self.accelerator.reduce(has_samples, "min") < 1:
+                if status < 2:
                     logger.warning("a batch without readable samples was passed over")
                     continue
                 yield move_batch(batch, self.accelerator.device)
             self.report()
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.epoch, self.batch_in_epoch, self.stream_position = self.epoch + 1, 0, None
 
     def report(self) -> None:
         """Logs (once) what this epoch skipped and dropped so far."""
@@ -123,6 +137,22 @@ class TrainingBatches:
                         self.small_boxes, self.config.min_box_size, self.boxes_over_limit, self.config.max_boxes)
         self.skipped.clear()
         self.small_boxes = self.boxes_over_limit = 0
+
+
+def build_loader(config: TrainConfig, train_set: Any, collator: Any, num_processes: int,
+                 process_index: int) -> tuple[DataLoader, ShardedShuffleSampler | StreamBatchSampler]:
+    """The training DataLoader and its sampler: a streamed source's batches of this process's rows, decoded in the
+    workers, or a map-style data set's share of each shuffled global batch."""
+    if isinstance(train_set, RegionStream):
+        sampler = StreamBatchSampler(train_set.rows, config.batch_size, num_processes, process_index, config.seed,
+                                     config.shuffle_buffer)
+        loader = DataLoader(StreamRows(train_set.decoder), batch_sampler=sampler, collate_fn=StreamCollate(collator),
+                            num_workers=config.num_workers)
+        return loader, sampler
+    sampler = ShardedShuffleSampler(len(train_set), config.batch_size, num_processes, process_index, config.seed)
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
+                        num_workers=config.num_workers, drop_last=True)
+    return loader, sampler
 
 
 def keep_metrics_up_to(path: Path, step: int) -> None:
@@ -210,9 +240,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     teacher = frozen_copy(model).to(accelerator.device) if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0 else None
     teacher_cache = build_teacher_cache(config, processor) if config.gr_teacher == "cached" and config.loss_gr_weight > 0 else None
 
-    sampler = ShardedShuffleSampler(len(train_set), config.batch_size, accelerator.num_processes, accelerator.process_index, config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=config.num_workers, drop_last=True)
+    loader, sampler = build_loader(config, train_set, collator, accelerator.num_processes, accelerator.process_index)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
                                   betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
@@ -220,7 +248,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimiser step
     unwrapped = accelerator.unwrap_model(model)
 
-    step, epoch, batch_in_epoch, consecutive_nonfinite = 0, 0, 0, 0
+    step, epoch, batch_in_epoch, consecutive_nonfinite, stream_position = 0, 0, 0, 0, None
     if config.resume:
         found = latest_checkpoint(output_dir)
         if found is None:
@@ -228,6 +256,8 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
         else:
             state = load_checkpoint(accelerator, found)
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            if isinstance(sampler, StreamBatchSampler):  # each process continues from its own place in its stream
+                stream_position = load_process_state(found, accelerator.process_index, accelerator.num_processes)["stream_position"]
             consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
             logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, step, epoch, batch_in_epoch)
 
@@ -242,7 +272,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     progress = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
     model.train()
-    stream = TrainingBatches(loader, sampler, train_set, accelerator, config, epoch, batch_in_epoch)
+    stream = TrainingBatches(loader, sampler, train_set, accelerator, config, epoch, batch_in_epoch, stream_position)
     batches = iter(stream)
     while step < config.max_steps:
         micro_terms, finite = [], True
@@ -302,7 +332,8 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
 
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             state = {"epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch, "consecutive_nonfinite": consecutive_nonfinite}
-            save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints)
+            process_state = {"stream_position": stream.stream_position} if isinstance(sampler, StreamBatchSampler) else None
+            save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints, process_state)
 
     progress.close()
     stream.report()

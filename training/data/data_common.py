@@ -11,6 +11,7 @@ process can count it (counts kept in the data set object would be lost in the Da
 
 from __future__ import annotations
 
+import io
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -74,8 +75,8 @@ class SkippedSample:
     reason: str
 
 
-def open_rgb_image(path: str | Path) -> Image.Image:
-    """The image at `path`, fully decoded and converted to RGB (a truncated file fails here, not later)."""
+def open_rgb_image(path: str | Path | io.BytesIO) -> Image.Image:
+    """The image at `path` (or in a file object), fully decoded and converted to RGB (a truncated file fails here, not later)."""
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
@@ -179,10 +180,14 @@ class RegionDataset(Dataset, ABC):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)} records")
         index = index % len(self)
+        return self.load_or_skip(index, self.rng(index))
+
+    def load_or_skip(self, key, rng: np.random.Generator) -> RegionSample | SkippedSample:
+        """`load(key, rng)`, or the `SkippedSample` (with `strict`: the `SampleError`) of a record that cannot be used."""
         try:
-            return self.load(index, self.rng(index))
+            return self.load(key, rng)
         except (SampleError, OSError) as error:  # OSError: an annotation file missing or unreadable
-            record = self.describe(index)
+            record = self.describe(key)
             path = getattr(error, "path", None) or record
             reason = str(error) if isinstance(error, SampleError) else f"{type(error).__name__}: {error}"
             if path != record:
@@ -191,10 +196,12 @@ class RegionDataset(Dataset, ABC):
                 raise SampleError(f"{path}: {reason}", path=path) from error
             return SkippedSample(path=path, reason=reason)
 
-    def make_sample(self, image_path: Path, image_id: str, caption: str, regions: Sequence[Region]) -> RegionSample:
-        """Opens the image and applies the box selection: the common last step of `load`."""
+    def make_sample(self, image_path: Path | str, image_id: str, caption: str, regions: Sequence[Region],
+                    image_bytes: bytes | None = None) -> RegionSample:
+        """Opens the image (from `image_bytes` where given, `image_path` then only names it) and applies the box
+        selection: the common last step of `load`."""
         try:
-            image = open_rgb_image(image_path)
+            image = open_rgb_image(io.BytesIO(image_bytes) if image_bytes is not None else image_path)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             # PIL raises OSError (missing, unidentified or truncated file) and SyntaxError/ValueError for some corrupt ones
             raise SampleError(f"cannot read image: {type(error).__name__}: {error}", path=str(image_path)) from error

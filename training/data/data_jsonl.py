@@ -6,7 +6,9 @@
 Image paths may be relative to the manifest's folder. Boxes are in the original image's pixels. A region's `span`
 (character offsets into the caption) is used when the record has one caption; otherwise, or when only `phrase` is
 given, the phrase is looked up in the sampled caption (case-insensitive, whole words preferred); a phrase not found
-leaves the box unlinked. Optional keys: `"id"` (image id; default: the image path) and a region's `"label"`.
+leaves the box unlinked. Optional keys: `"id"` (image id; default: the image path), a region's `"label"`, and a
+region's `"spans"`: one `[start, end]` or null per caption (what `training.data.prepare` writes), which takes
+precedence over `span` and `phrase`.
 
 The file is indexed by the byte offset of each line once; `__getitem__` seeks to its line and parses only it.
 """
@@ -88,45 +90,60 @@ class JsonlRegionDataset(RegionDataset):
         image = record.get("image")
         if not isinstance(image, str) or not image:
             raise SampleError(f"'image' must be a non-empty path string, got {image!r}")
-        captions = record.get("caption")
-        if isinstance(captions, str):
-            captions = [captions]
-        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
-            raise SampleError(f"'caption' must be a non-empty string or list of strings, got {record.get('caption')!r}")
-        caption = captions[choose_caption(captions, rng)]
-        regions_data = record.get("regions", [])
-        if not isinstance(regions_data, list):
-            raise SampleError(f"'regions' must be a list, got {type(regions_data).__name__}")
-
-        regions = []
-        taken: set[int] = set()
-        for item_index, item in enumerate(regions_data):
-            where = f"regions[{item_index}]"
-            if not isinstance(item, dict):
-                raise SampleError(f"{where} must be an object, got {item!r}")
-            box = validate_box(item.get("box"), where)
-            span = self._span(item, caption, len(captions), taken, where)
-            if span is not None:
-                taken.add(span[0])
-            label = item.get("label")
-            regions.append(Region(box, span, item_index, label if isinstance(label, str) else None))
-
+        caption, regions = parse_annotation(record, rng)
         image_path = Path(image) if Path(image).is_absolute() else self.image_root / image
         image_id = str(record.get("id", image))
         return self.make_sample(image_path, image_id, caption, regions)
 
-    @staticmethod
-    def _span(item: dict, caption: str, num_captions: int, taken: set[int], where: str) -> tuple[int, int] | None:
-        phrase, span = item.get("phrase"), item.get("span")
-        if phrase is not None and not isinstance(phrase, str):
-            raise SampleError(f"{where}: 'phrase' must be a string or null, got {phrase!r}")
-        if span is not None and num_captions == 1:
-            start, end = validate_span(span, caption, where)
-            if phrase is not None and fold(caption[start:end]) != fold(phrase):
-                raise SampleError(f"{where}: span {[start, end]} is {caption[start:end]!r} in the caption, not {phrase!r}")
-            return start, end
-        if phrase is not None:
-            return find_phrase(caption, phrase, taken)
+
+def parse_annotation(record: dict, rng: np.random.Generator) -> tuple[str, list[Region]]:
+    """The caption drawn by `rng` and its regions from a manifest record (the module docstring's schema; also the
+    records of `data_format: hf` data sets). Raises `SampleError` naming the field at fault."""
+    captions = record.get("caption")
+    if isinstance(captions, str):
+        captions = [captions]
+    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
+        raise SampleError(f"'caption' must be a non-empty string or list of strings, got {record.get('caption')!r}")
+    number = choose_caption(captions, rng)
+    caption = captions[number]
+    regions_data = record.get("regions")
+    regions_data = [] if regions_data is None else regions_data
+    if not isinstance(regions_data, list):
+        raise SampleError(f"'regions' must be a list, got {type(regions_data).__name__}")
+
+    regions = []
+    taken: set[int] = set()
+    for item_index, item in enumerate(regions_data):
+        where = f"regions[{item_index}]"
+        if not isinstance(item, dict):
+            raise SampleError(f"{where} must be an object, got {item!r}")
+        box = validate_box(item.get("box"), where)
+        span = region_span(item, caption, number, len(captions), taken, where)
         if span is not None:
-            raise SampleError(f"{where}: a 'span' without 'phrase' needs a single caption (the record has {num_captions})")
-        return None
+            taken.add(span[0])
+        label = item.get("label")
+        regions.append(Region(box, span, item_index, label if isinstance(label, str) else None))
+    return caption, regions
+
+
+def region_span(item: dict, caption: str, number: int, num_captions: int, taken: set[int], where: str) -> tuple[int, int] | None:
+    """The span of region `item` in caption `number` (of `num_captions`): its `spans[number]` when it has one span per
+    caption (what `training.data.prepare` writes), else its `span` (single caption) or its `phrase` looked up."""
+    per_caption = item.get("spans")
+    if per_caption is not None:
+        if not isinstance(per_caption, list) or len(per_caption) != num_captions:
+            raise SampleError(f"{where}: 'spans' must be a list with one entry per caption ({num_captions}), got {per_caption!r}")
+        return None if per_caption[number] is None else validate_span(per_caption[number], caption, f"{where}.spans[{number}]")
+    phrase, span = item.get("phrase"), item.get("span")
+    if phrase is not None and not isinstance(phrase, str):
+        raise SampleError(f"{where}: 'phrase' must be a string or null, got {phrase!r}")
+    if span is not None and num_captions == 1:
+        start, end = validate_span(span, caption, where)
+        if phrase is not None and fold(caption[start:end]) != fold(phrase):
+            raise SampleError(f"{where}: span {[start, end]} is {caption[start:end]!r} in the caption, not {phrase!r}")
+        return start, end
+    if phrase is not None:
+        return find_phrase(caption, phrase, taken)
+    if span is not None:
+        raise SampleError(f"{where}: a 'span' without 'phrase' needs a single caption (the record has {num_captions})")
+    return None

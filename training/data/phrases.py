@@ -52,11 +52,13 @@ class PhraseExtractor:
     NounPhrase(13, 20, "a horse", "horse", False)]]`.
     """
 
-    def __init__(self, nlp=None, batch_size: int = 256):
+    def __init__(self, nlp=None, batch_size: int = 256, n_process: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n_process < 1:
+            raise ValueError(f"n_process must be >= 1, got {n_process}")
         self.nlp = nlp if nlp is not None else load_spacy_pipeline()
-        self.batch_size = batch_size
+        self.batch_size, self.n_process = batch_size, n_process
 
     def __call__(self, captions: Sequence[str]) -> list[list[NounPhrase]]:
         for index, caption in enumerate(captions):
@@ -65,8 +67,9 @@ class PhraseExtractor:
         return [self._phrases(doc) for doc in self.nlp.pipe(captions, batch_size=self.batch_size)]
 
     def iter(self, captions: Iterable[str]) -> Iterable[list[NounPhrase]]:
-        """Like `__call__` but lazily, for very many captions (the caller shows progress)."""
-        for doc in self.nlp.pipe(captions, batch_size=self.batch_size):
+        """Like `__call__` but lazily, for very many captions (the caller shows progress); with `n_process` > 1 spaCy
+        parses in that many processes (results in input order)."""
+        for doc in self.nlp.pipe(captions, batch_size=self.batch_size, n_process=self.n_process):
             yield self._phrases(doc)
 
     @staticmethod
