@@ -110,7 +110,7 @@ class TrainingBatches:
                 batch = next(batches, None)
                 # 2: samples to train on; 1: every sample of the batch was skipped; 0: this process has no more data
                 status = 0.0 if batch is None else 1.0 + ("input_ids" in batch)
-                status = float(self.accelerator.reduce(torch.tensor(status, device=self.accelerator.device), "min"))
+                status = minimum_over_processes(self.accelerator, status)
                 if status == 0:
                     break
                 self.batch_in_epoch += 1
@@ -137,6 +137,11 @@ class TrainingBatches:
                         self.small_boxes, self.config.min_box_size, self.boxes_over_limit, self.config.max_boxes)
         self.skipped.clear()
         self.small_boxes = self.boxes_over_limit = 0
+
+
+def minimum_over_processes(accelerator: Accelerator, value: float) -> float:
+    """The smallest `value` among all processes (Accelerate's `reduce` sums or takes the maximum, nothing else)."""
+    return -float(accelerator.reduce(torch.tensor(-float(value), device=accelerator.device), "max"))
 
 
 def build_loader(config: TrainConfig, train_set: Any, collator: Any, num_processes: int,
@@ -280,7 +285,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             batch = next(batches)
             terms = forward_objective(model, unwrapped, batch, config, accelerator, teacher, teacher_cache)
             # Every process must take the same branch: decide on the loss of all processes.
-            finite = finite and bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
+            finite = finite and minimum_over_processes(accelerator, float(torch.isfinite(terms.total.detach()))) > 0
             if not finite:
                 break
             if micro + 1 < config.gradient_accumulation_steps:
