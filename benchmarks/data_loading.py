@@ -1,13 +1,21 @@
-"""Data loading: samples per second of the training DataLoader on the synthetic shapes set, against what the
-training step consumes, both with the shipped default config (configs/synthetic_tiny.yaml: tiny model, 64 px,
-batch 64, GC+LRC+GR with the frozen teacher).
+"""Data loading, two measurements.
 
-    python benchmarks/data_loading.py                     # loader with 0 (the config's default) and 2 workers
-    python benchmarks/data_loading.py --device cuda --dtype bf16
+`--pipeline synthetic` (default): samples per second of the training DataLoader on the synthetic shapes set, against
+what the training step consumes, both with the shipped default config (configs/synthetic_tiny.yaml: tiny model,
+64 px, batch 64, GC+LRC+GR with the frozen teacher). The loader is the one training/train.py builds (JSONL data set of
+the generated set, `ShardedShuffleSampler`, `RegionCollator` with the processor, which also cuts the frozen teacher's
+crops, `drop_last`); a round reads one whole epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
 
-The loader is the one training/train.py builds (JSONL data set of the generated set, `ShardedShuffleSampler`,
-`RegionCollator` with the processor, which also cuts the frozen teacher's crops, `drop_last`); a round reads one whole
-epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
+`--pipeline jpeg224`: samples per second of the full input pipeline at the ViT-B/16 recipe's 224 px (JPEG decode,
+resize, boxes, tokenising and phrase token masks with CLIP's full vocabulary, the frozen teacher's crops) per
+DataLoader worker, from
+  - JPEG files named by a JSONL manifest (the file-based sources),
+  - COCO annotation files with spaCy run on each caption in the loader (what runs without preparation),
+  - the same data prepared by `python -m training.data.prepare` as Parquet shards, read map-style and streamed;
+so that one can tell how many workers a GPU that trains at a given rate needs. It also times the preparation.
+
+    python benchmarks/data_loading.py                                   # loader with 0 and 2 workers vs the step
+    python benchmarks/data_loading.py --pipeline jpeg224 --workers 0,1,2
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to measure, comma-separated")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's (64; --quick 8)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="training steps timed per round")
+    parser.add_argument("--pipeline", default="synthetic", choices=["synthetic", "jpeg224"])
+    parser.add_argument("--source-size", type=int, default=None, help="jpeg224: side of the JPEG images (default 480; --quick 64)")
     return parser
 
 
@@ -113,9 +123,131 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
+def write_jpeg_sources(folder: Path, num_train: int, size: int, seed: int) -> tuple[Path, Path, Path]:
+    """The synthetic shapes at `size` px as JPEG files (quality 90) with a JSONL manifest, and the same images as COCO
+    annotation files (one category per shape class). Returns (manifest, captions json, instances json)."""
+    import json
+
+    from PIL import Image
+
+    from training.data.synthetic import SyntheticSettings, class_names, generate_synthetic_dataset
+
+    settings = SyntheticSettings(num_train=num_train, num_val=0, seed=seed, image_size=size)
+    shapes = generate_synthetic_dataset(folder / "shapes", settings)
+    records = [json.loads(line) for line in (shapes / "train.jsonl").read_text().splitlines()]
+    (folder / "jpeg").mkdir()
+    images, captions, boxes = [], [], []
+    categories = {name: number + 1 for number, name in enumerate(class_names(settings))}
+    for number, record in enumerate(records):
+        name = f"{number:06d}.jpg"
+        Image.open(shapes / record["image"]).convert("RGB").save(folder / "jpeg" / name, quality=90)
+        record["image"] = f"jpeg/{name}"
+        images.append({"id": number, "file_name": name, "width": size, "height": size})
+        captions.append({"id": number, "image_id": number, "caption": record["caption"]})
+        for region in record["regions"]:
+            x1, y1, x2, y2 = region["box"]
+            boxes.append({"id": len(boxes), "image_id": number, "category_id": categories[region["label"]],
+                          "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+    manifest = folder / "train.jsonl"
+    manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
+    coco_categories = [{"id": i, "name": name} for name, i in categories.items()]
+    (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": boxes, "categories": coco_categories}))
+    return manifest, folder / "captions.json", folder / "instances.json"
+
+
+def run_jpeg224(args: argparse.Namespace) -> dict:
+    """The `--pipeline jpeg224` measurement (see the module docstring)."""
+    import time
+
+    from torch.utils.data import DataLoader
+    from transformers import CLIPTokenizer
+
+    from conversion.clip_vocab import write_clip_tokenizer_files
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+    from training.data.collate import RegionCollator
+    from training.data.data_coco import CocoRegionDataset
+    from training.data.data_hf import HFRegionDataset
+    from training.data.data_jsonl import JsonlRegionDataset
+    from training.data.prepare import jsonl_records, write_shards
+    from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows
+    from training.train import ShardedShuffleSampler
+
+    args = resolve_common(args)
+    workers = [int(w) for w in args.workers.split(",")]
+    num_train = args.num_train or (16 if args.quick else 256)
+    size = args.source_size or (64 if args.quick else 480)
+    batch_size = args.batch_size or (4 if args.quick else 64)
+    with temporary_folder("harmoclip-bench-jpeg-") as folder:
+        manifest, captions, instances = write_jpeg_sources(folder, num_train, size, args.seed)
+        start = time.perf_counter()
+        report = write_shards(jsonl_records(manifest, None), folder / "parquet", samples_per_shard=max(1, num_train // 8),
+                              show_progress=False)
+        prepare_rate = report.written / (time.perf_counter() - start)
+        write_clip_tokenizer_files(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz", folder / "tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
+        processor = HarmoCLIPProcessor(clip_image_processor(224), tokenizer, region_mode=True)
+        collator = RegionCollator(processor)
+        options = dict(seed=args.seed, max_boxes=20, min_box_size=4.0)
+        batches = num_train // batch_size
+
+        def map_style(make_dataset, num_workers: int):
+            def call():
+                dataset = make_dataset()
+                sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, args.seed)
+                loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
+                                    num_workers=num_workers, drop_last=True)
+                return sum(len(batch["image_ids"]) for batch in loader)
+            return call
+
+        def streamed(num_workers: int):
+            def call():
+                stream = RegionStream.open(str(folder / "parquet"), **options)
+                loader = DataLoader(StreamRows(stream.decoder), batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
+                                    collate_fn=StreamCollate(collator), num_workers=num_workers)
+                return sum(len(batch["image_ids"]) for batch in loader)
+            return call
+
+        jsonl = lambda: JsonlRegionDataset(manifest, **options)  # noqa: E731
+        # A fresh COCO data set each round: its per-process memo of spaCy's phrases starts empty, as in every epoch
+        # of a run whose loader workers are not persistent.
+        coco = lambda: CocoRegionDataset(captions, instances, folder / "jpeg", **options)  # noqa: E731
+        parquet = HFRegionDataset(folder / "parquet", cache_dir=str(folder / "cache"), **options)
+        methods = {}
+        for w in workers:
+            methods[f"JPEG files (JSONL), {w} workers"] = map_style(jsonl, w)
+            methods[f"COCO files, spaCy in the loader, {w} workers"] = map_style(coco, w)
+            methods[f"Parquet shards, map-style, {w} workers"] = map_style(lambda: parquet, w)
+            methods[f"Parquet shards, streamed, {w} workers"] = streamed(w)
+        times = time_side_by_side(methods, args.device, args.repeats, args.warmup, progress=NAME)
+
+    samples = batches * batch_size
+    results, rows = [], []
+    for method, seconds in times.items():
+        summary = summarize(seconds)
+        w = int(method.rsplit(", ", 1)[1].split()[0])
+        rate = samples / summary["median_s"]
+        per_worker = rate / max(w, 1)
+        results.append({"method": method, "num_workers": w, **summary, "samples_per_s": rate, "samples_per_s_per_worker": per_worker})
+        rows.append([method.rsplit(", ", 1)[0], w, rate, per_worker, f"{summary['spread']:.0%}"])
+    table = markdown_table(["source", "workers", "samples/s", "samples/s per worker (0: the main process)", "spread"], rows)
+    settings = {"pipeline": "jpeg224", "num_train": num_train, "source_size": size, "input_size": 224,
+                "batch_size": batch_size, "workers": workers, "prepare_samples_per_s": prepare_rate}
+    notes = [f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
+             f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
+             f"worker start-up included); median of {args.repeats} alternating rounds. Teacher crops are not made by "
+             "this collator. A GPU step that consumes R samples/s needs about R / (samples/s per worker) workers.",
+             f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s."]
+    return finish(NAME, args, settings, results, table, [], notes)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    def measure() -> dict:
+        args = build_parser().parse_args(argv)
+        return run_jpeg224(args) if args.pipeline == "jpeg224" else run(args)
+
+    return run_command(measure)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,17 @@ def test_data_loading(tmp_path: Path) -> None:
     assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}  # the shipped config: all three terms
 
 
+def test_data_loading_full_pipeline(tmp_path: Path) -> None:
+    payload = run_script("data_loading", tmp_path, "--pipeline", "jpeg224", "--num-train", "8", "--batch-size", "4",
+                         "--workers", "0", "--source-size", "48")
+    assert [row["method"] for row in payload["results"]] == [
+        "JPEG files (JSONL), 0 workers", "COCO files, spaCy in the loader, 0 workers",
+        "Parquet shards, map-style, 0 workers", "Parquet shards, streamed, 0 workers"]
+    for row in payload["results"]:  # 2 batches of 4 per round
+        assert row["samples_per_s"] == pytest.approx(8 / row["median_s"]) and row["samples_per_s_per_worker"] == row["samples_per_s"]
+    assert payload["settings"]["input_size"] == 224 and payload["settings"]["prepare_samples_per_s"] > 0
+
+
 def test_run_all_writes_one_report(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--device", "cpu", "--threads", "1",
                "--only", "phrase_extraction,global_overhead", "--output-dir", str(tmp_path)]
