@@ -11,6 +11,7 @@ during training. The folder is written whole or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -48,7 +49,8 @@ def build_teacher_cache_folder(
     model.eval()
     if config.data_format == "synthetic":
         build_datasets(config, processor)  # generates the data set if needed
-    dataset = build_dataset_for_split(config, "train")
+    # A streamed source is read here as a whole (map-style): the cache is keyed by image id, not by stream position.
+    dataset = build_dataset_for_split(dataclasses.replace(config, streaming=False), "train")
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=region_collator(config, processor, with_crops=True),
                         num_workers=config.num_workers)
     images: dict[str, str] = {}

@@ -100,9 +100,10 @@ def load_records(source: str | Path, streaming: bool = False, columns: Mapping[s
     else:
         features = None
         if layout == "webdataset":
+            typed = not {"caption", "regions"} & set(columns)  # the prepared layout: typed, not inferred from a few rows
             columns.setdefault("image", webdataset_image_column(files))
             columns["meta"] = WEBDATASET_META
-            if set(columns) <= set(FIELDS) | {"meta"}:  # the prepared layout: typed, not inferred from a few rows
+            if typed:
                 prepared = record_features(columns["image"])
                 features = datasets.Features({columns["image"]: prepared[columns["image"]],
                                               WEBDATASET_META: {k: v for k, v in prepared.items() if k != columns["image"]},
@@ -113,6 +114,13 @@ def load_records(source: str | Path, streaming: bool = False, columns: Mapping[s
     if isinstance((data.features or {}).get(image_column), datasets.Image):
         data = data.cast_column(image_column, datasets.Image(decode=False))
     return data, columns
+
+
+def image_root_of(source: str | Path, image_root: str | Path | None) -> Path:
+    """Where relative image paths of `source` point: `image_root`, else the data's folder."""
+    if image_root is not None:
+        return Path(image_root)
+    return Path(source) if Path(source).is_dir() else Path(source).parent
 
 
 def normalise_row(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
@@ -173,8 +181,7 @@ class HFRegionDataset(RegionDataset):
         super().__init__(**options)
         self.source = str(source)
         self.rows, resolved = load_records(source, streaming=False, columns=columns, cache_dir=cache_dir)
-        root = image_root if image_root is not None else (source if Path(source).is_dir() else Path(source).parent)
-        self.decoder = HFRecordDecoder(resolved, root, self.source, **options)
+        self.decoder = HFRecordDecoder(resolved, image_root_of(source, image_root), self.source, **options)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -99,17 +99,10 @@ class JsonlRegionDataset(RegionDataset):
 def parse_annotation(record: dict, rng: np.random.Generator) -> tuple[str, list[Region]]:
     """The caption drawn by `rng` and its regions from a manifest record (the module docstring's schema; also the
     records of `data_format: hf` data sets). Raises `SampleError` naming the field at fault."""
-    captions = record.get("caption")
-    if isinstance(captions, str):
-        captions = [captions]
-    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
-        raise SampleError(f"'caption' must be a non-empty string or list of strings, got {record.get('caption')!r}")
+    captions = record_captions(record)
     number = choose_caption(captions, rng)
     caption = captions[number]
-    regions_data = record.get("regions")
-    regions_data = [] if regions_data is None else regions_data
-    if not isinstance(regions_data, list):
-        raise SampleError(f"'regions' must be a list, got {type(regions_data).__name__}")
+    regions_data = record_regions(record)
 
     regions = []
     taken: set[int] = set()
@@ -124,6 +117,25 @@ def parse_annotation(record: dict, rng: np.random.Generator) -> tuple[str, list[
         label = item.get("label")
         regions.append(Region(box, span, item_index, label if isinstance(label, str) else None))
     return caption, regions
+
+
+def record_captions(record: dict) -> list[str]:
+    """The record's captions as a list (`SampleError` unless a non-empty string or list of them)."""
+    captions = record.get("caption")
+    if isinstance(captions, str):
+        captions = [captions]
+    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
+        raise SampleError(f"'caption' must be a non-empty string or list of strings, got {record.get('caption')!r}")
+    return captions
+
+
+def record_regions(record: dict) -> list:
+    """The record's region items (none when absent or null; `SampleError` unless a list)."""
+    regions = record.get("regions")
+    regions = [] if regions is None else regions
+    if not isinstance(regions, list):
+        raise SampleError(f"'regions' must be a list, got {type(regions).__name__}")
+    return regions
 
 
 def region_span(item: dict, caption: str, number: int, num_captions: int, taken: set[int], where: str) -> tuple[int, int] | None:

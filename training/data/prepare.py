@@ -39,7 +39,7 @@ from .data_coco import CocoRegionDataset, link_boxes_to_phrases
 from .data_common import DEFAULT_MIN_BOX_SIZE, SampleError, validate_box
 from .data_flickr30k import Flickr30kEntitiesDataset, parse_entity_annotation, parse_entity_sentence
 from .data_hf import IMAGE_EXTENSIONS, record_features
-from .data_jsonl import index_lines, region_span
+from .data_jsonl import index_lines, record_captions, record_regions, region_span
 from .phrases import PhraseExtractor
 
 SOURCES = ("jsonl", "coco", "flickr30k")
@@ -94,14 +94,7 @@ def jsonl_records(manifest: Path, image_root: Path | None) -> Iterator[Record | 
                 image = record.get("image")
                 if not isinstance(image, str) or not image:
                     raise SampleError(f"'image' must be a non-empty path string, got {image!r}")
-                captions = record.get("caption")
-                captions = [captions] if isinstance(captions, str) else captions
-                if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c for c in captions):
-                    raise SampleError(f"'caption' must be a non-empty string or list of strings, got {record.get('caption')!r}")
-                items = record.get("regions") or []
-                if not isinstance(items, list):
-                    raise SampleError(f"'regions' must be a list, got {type(items).__name__}")
-                regions = []
+                captions, items, regions = record_captions(record), record_regions(record), []
                 taken: list[set[int]] = [set() for _ in captions]
                 for k, item in enumerate(items):
                     if not isinstance(item, dict):

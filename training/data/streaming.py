@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import Dataset
 
 from .data_common import RegionSample, SkippedSample
-from .data_hf import HFRecordDecoder, load_records
+from .data_hf import HFRecordDecoder, image_root_of, load_records
 
 # One row handed to a worker: (epoch, batch number, row number in this process's stream for the epoch, row).
 StreamItem = tuple[int, int, int, dict[str, Any]]
@@ -48,11 +48,8 @@ class RegionStream:
     def open(cls, source: str, columns: dict[str, str] | None = None, image_root: str | None = None,
              cache_dir: str | None = None, **options: Any) -> "RegionStream":
         """`source` as in `data_hf.load_records`; `options` are the data sets' (`seed`, `max_boxes`, `strict`, ...)."""
-        from pathlib import Path
-
         rows, resolved = load_records(source, streaming=True, columns=columns, cache_dir=cache_dir)
-        root = image_root if image_root is not None else (source if Path(source).is_dir() else Path(source).parent)
-        return cls(rows, HFRecordDecoder(resolved, root, str(source), **options))
+        return cls(rows, HFRecordDecoder(resolved, image_root_of(source, image_root), str(source), **options))
 
 
 class StreamBatchSampler:
