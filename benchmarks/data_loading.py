@@ -158,6 +158,7 @@ def write_jpeg_sources(folder: Path, num_train: int, size: int, seed: int) -> tu
 
 def run_jpeg224(args: argparse.Namespace) -> dict:
     """The `--pipeline jpeg224` measurement (see the module docstring)."""
+    import statistics
     import time
 
     from torch.utils.data import DataLoader
@@ -191,52 +192,65 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         options = dict(seed=args.seed, max_boxes=20, min_box_size=4.0)
         batches = num_train // batch_size
 
-        def map_style(make_dataset, num_workers: int):
+        # CPU seconds of the main process per round, where it does all the work (0 workers): the pipeline's cost per
+        # sample on one core, whatever else the machine runs meanwhile.
+        cpu_seconds: dict[str, list[float]] = {}
+
+        def epoch(name: str, make_loader, num_workers: int):
             def call():
-                dataset = make_dataset()
-                sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, args.seed)
-                loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
-                                    num_workers=num_workers, drop_last=True)
-                return sum(len(batch["image_ids"]) for batch in loader)
+                start_cpu = time.process_time()
+                count = sum(len(batch["image_ids"]) for batch in make_loader(num_workers))
+                if num_workers == 0:
+                    cpu_seconds.setdefault(name, []).append(time.process_time() - start_cpu)
+                return count
             return call
 
+        def map_style(make_dataset):
+            def make_loader(num_workers: int):
+                dataset = make_dataset()
+                sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, args.seed)
+                return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
+                                  num_workers=num_workers, drop_last=True)
+            return make_loader
+
         def streamed(num_workers: int):
-            def call():
-                stream = RegionStream.open(str(folder / "parquet"), **options)
-                loader = DataLoader(StreamRows(stream.decoder), batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
-                                    collate_fn=StreamCollate(collator), num_workers=num_workers)
-                return sum(len(batch["image_ids"]) for batch in loader)
-            return call
+            stream = RegionStream.open(str(folder / "parquet"), **options)
+            return DataLoader(StreamRows(stream.decoder), batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
+                              collate_fn=StreamCollate(collator), num_workers=num_workers)
 
         jsonl = lambda: JsonlRegionDataset(manifest, **options)  # noqa: E731
         # A fresh COCO data set each round: its per-process memo of spaCy's phrases starts empty, as in every epoch
         # of a run whose loader workers are not persistent.
         coco = lambda: CocoRegionDataset(captions, instances, folder / "jpeg", **options)  # noqa: E731
         parquet = HFRegionDataset(folder / "parquet", cache_dir=str(folder / "cache"), **options)
-        methods = {}
-        for w in workers:
-            methods[f"JPEG files (JSONL), {w} workers"] = map_style(jsonl, w)
-            methods[f"COCO files, spaCy in the loader, {w} workers"] = map_style(coco, w)
-            methods[f"Parquet shards, map-style, {w} workers"] = map_style(lambda: parquet, w)
-            methods[f"Parquet shards, streamed, {w} workers"] = streamed(w)
+        sources = {"JPEG files (JSONL)": map_style(jsonl), "COCO files, spaCy in the loader": map_style(coco),
+                   "Parquet shards, map-style": map_style(lambda: parquet), "Parquet shards, streamed": streamed}
+        methods = {f"{source}, {w} workers": epoch(source, make_loader, w)
+                   for w in workers for source, make_loader in sources.items()}
         times = time_side_by_side(methods, args.device, args.repeats, args.warmup, progress=NAME)
 
     samples = batches * batch_size
     results, rows = [], []
     for method, seconds in times.items():
         summary = summarize(seconds)
-        w = int(method.rsplit(", ", 1)[1].split()[0])
+        source, w = method.rsplit(", ", 1)[0], int(method.rsplit(", ", 1)[1].split()[0])
         rate = samples / summary["median_s"]
         per_worker = rate / max(w, 1)
-        results.append({"method": method, "num_workers": w, **summary, "samples_per_s": rate, "samples_per_s_per_worker": per_worker})
-        rows.append([method.rsplit(", ", 1)[0], w, rate, per_worker, f"{summary['spread']:.0%}"])
-    table = markdown_table(["source", "workers", "samples/s", "samples/s per worker (0: the main process)", "spread"], rows)
+        per_cpu_second = samples / statistics.median(cpu_seconds[source]) if w == 0 and source in cpu_seconds else None
+        results.append({"method": method, "num_workers": w, **summary, "samples_per_s": rate,
+                        "samples_per_s_per_worker": per_worker, "samples_per_cpu_second": per_cpu_second})
+        rows.append([source, w, rate, per_worker, per_cpu_second if per_cpu_second is not None else "-",
+                     f"{summary['spread']:.0%}"])
+    table = markdown_table(["source", "workers", "samples/s", "samples/s per worker (0: the main process)",
+                            "samples per CPU second (one core)", "spread"], rows)
     settings = {"pipeline": "jpeg224", "num_train": num_train, "source_size": size, "input_size": 224,
                 "batch_size": batch_size, "workers": workers, "prepare_samples_per_s": prepare_rate}
     notes = [f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
              f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
              f"worker start-up included); median of {args.repeats} alternating rounds. Teacher crops are not made by "
-             "this collator. A GPU step that consumes R samples/s needs about R / (samples/s per worker) workers.",
+             "this collator. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
+             "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
+             "many workers (and as many free cores).",
              f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s."]
     return finish(NAME, args, settings, results, table, [], notes)
 

@@ -206,6 +206,7 @@ def test_data_loading_full_pipeline(tmp_path: Path) -> None:
         "Parquet shards, map-style, 0 workers", "Parquet shards, streamed, 0 workers"]
     for row in payload["results"]:  # 2 batches of 4 per round
         assert row["samples_per_s"] == pytest.approx(8 / row["median_s"]) and row["samples_per_s_per_worker"] == row["samples_per_s"]
+        assert row["samples_per_cpu_second"] > 0
     assert payload["settings"]["input_size"] == 224 and payload["settings"]["prepare_samples_per_s"] > 0
 
 

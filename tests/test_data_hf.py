@@ -235,3 +235,17 @@ def test_record_features_match_what_prepare_writes(prepared):
     assert loaded.features == record_features()
     with Image.open(io.BytesIO(next(iter(loaded.cast_column("image", datasets.Image(decode=False))))["image"]["bytes"])) as image:
         assert image.size == (32, 32)
+
+
+def test_config_options_of_the_hf_format():
+    from training.config import load_config
+
+    config = load_config(None, {"data_format": "hf", "train_data": "shards/", "streaming": True, "shuffle_buffer": 100,
+                                "hf_columns": {"image": "jpg"}})
+    assert config.streaming and config.hf_columns == {"image": "jpg"}
+    with pytest.raises(ValueError, match="`streaming` needs data_format='hf'"):
+        load_config(None, {"streaming": True})
+    with pytest.raises(ValueError, match="hf_columns"):
+        load_config(None, {"data_format": "hf", "train_data": "x", "hf_columns": ["jpg"]})
+    with pytest.raises(ValueError, match="shuffle_buffer"):
+        load_config(None, {"data_format": "hf", "train_data": "x", "shuffle_buffer": -1})
