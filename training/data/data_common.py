@@ -2,7 +2,9 @@
 
 Every source is a map-style `torch.utils.data.Dataset` whose `__getitem__` does the reading (the image file is
 opened only there), so the data set is never held in memory; sharding across processes is the job of the
-(Accelerate-prepared) DataLoader's sampler and across workers the DataLoader's, never of the data set.
+(Accelerate-prepared) DataLoader's sampler and across workers the DataLoader's, never of the data set. The one
+exception, a streamed `data_format: hf` source (`streaming.py`), is split by its own batch sampler and decodes its
+rows through a `RegionDataset` too (`load_or_skip` with the row as key).
 
 A missing or corrupt image or a malformed record gives a `SkippedSample` instead of an exception (or, with
 `strict=True`, a `SampleError`): the collator drops it and reports it in the batch, so the training loop in the main

@@ -138,7 +138,8 @@ def coco_records(captions_file: Path, instances_file: Path, image_root: Path, n_
 
 
 def flickr30k_records(root: Path, split_file: Path | None, image_root: Path | None) -> Iterator[Record | Skipped]:
-    """Flickr30k Entities images with all their captions; a box's span in a caption is its entity's first mention."""
+    """Flickr30k Entities images with all their captions; a box's span in a caption is its entity's first mention
+    there, its label the type of its first mention in any caption."""
     flickr = Flickr30kEntitiesDataset(root, split_file=split_file, image_dir=image_root)
     for index in range(len(flickr)):
         image_id = str(flickr.image_ids[index])
