@@ -188,7 +188,7 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         write_clip_tokenizer_files(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz", folder / "tokenizer")
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
         processor = HarmoCLIPProcessor(clip_image_processor(224), tokenizer, region_mode=True)
-        collator = RegionCollator(processor)
+        collator = RegionCollator(processor, return_crops=True, crop_scale=1.5)  # the frozen teacher's crops
         options = dict(seed=args.seed, max_boxes=20, min_box_size=4.0)
         batches = num_train // batch_size
 
@@ -244,11 +244,11 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
     table = markdown_table(["source", "workers", "samples/s", "samples/s per worker (0: the main process)",
                             "samples per CPU second (one core)", "spread"], rows)
     settings = {"pipeline": "jpeg224", "num_train": num_train, "source_size": size, "input_size": 224,
-                "batch_size": batch_size, "workers": workers, "prepare_samples_per_s": prepare_rate}
+                "teacher_crops": True, "batch_size": batch_size, "workers": workers, "prepare_samples_per_s": prepare_rate}
     notes = [f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
              f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
-             f"worker start-up included); median of {args.repeats} alternating rounds. Teacher crops are not made by "
-             "this collator. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
+             f"worker start-up included); median of {args.repeats} alternating rounds. The collator also cuts each box's "
+             "crop (enlarged 1.5 x) of the original image at 224 px for the frozen GR teacher. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
              "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
              "many workers (and as many free cores).",
              f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s."]
