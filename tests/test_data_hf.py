@@ -21,9 +21,15 @@ from training.data.data_common import RegionSample, SampleError, SkippedSample
 from training.data.data_flickr30k import Flickr30kEntitiesDataset
 from training.data.data_hf import HFRegionDataset, load_records, record_features
 from training.data.data_jsonl import JsonlRegionDataset
-from training.data.prepare import ParquetShards, Record, main as prepare_main
+from training.data.prepare import ParquetShards, Record, build_parser, prepare
+from training.data.prepare import main as prepare_command
 from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
+
+
+def prepare_main(argv: list[str]):
+    """The preparation as its command runs it, returning its report (errors raised)."""
+    return prepare(build_parser().parse_args(argv))
 
 
 class FixedChoice:
@@ -219,14 +225,27 @@ def test_prepare_skips_or_stops_and_never_leaves_a_partial_folder(tmp_path, shap
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join([lines[0], json.dumps(broken), lines[2], "not json"]) + "\n")
     args = ["--source", "jsonl", "--input", str(manifest), "--image-root", str(shapes), "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match="record 1"):
+    with pytest.raises(SampleError, match="record 1"):
         prepare_main(args + ["--strict"])
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     report = prepare_main(args)
     assert report.written == 2 and len(report.skipped) == 2
     assert "regions[0]" in report.skipped[0].reason and "record 3" in report.skipped[1].where
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         prepare_main(args)
+
+
+def test_prepare_command_reports_in_one_line(tmp_path, shapes, capsys):
+    out = tmp_path / "out"
+    assert prepare_command(["--source", "jsonl", "--input", str(shapes / "train.jsonl"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith(f"wrote 16 samples in 1 parquet shard(s) to {out}") and "samples/s" in printed
+    assert prepare_command(["--source", "jsonl", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: `--input`: not found: {tmp_path / 'missing.jsonl'}"
+    assert prepare_command(["--source", "coco", "--input", str(shapes / "train.jsonl"), "--out", str(tmp_path / "x")]) == 1
+    assert "`--image-root`" in capsys.readouterr().err
+    assert prepare_command(["--source", "csv", "--input", "x", "--out", "y"]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_record_features_match_what_prepare_writes(prepared):

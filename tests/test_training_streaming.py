@@ -16,8 +16,13 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 from test_training import BIN, ENV, PYTHON, SMALL, free_port, read_metrics
-from training.data.prepare import main as prepare_main
+from training.data.prepare import build_parser, prepare
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
+
+
+def prepare_main(argv: list[str]):
+    return prepare(build_parser().parse_args(argv))
+
 
 STREAM_ENV = {**ENV, "HF_DATASETS_OFFLINE": "1"}
 

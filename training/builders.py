@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, ContextManager
 
 import torch
 from transformers import CLIPConfig, CLIPTokenizer
@@ -14,8 +15,8 @@ from transformers import CLIPConfig, CLIPTokenizer
 from conversion.clip_vocab import write_clip_tokenizer_files
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
-from training.data.collate import RegionCollator
 from training.config import TrainConfig
+from training.data.collate import RegionCollator
 from training.data.data_hf import HFRegionDataset
 from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
 from training.data.streaming import RegionStream
@@ -201,8 +202,8 @@ def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config:
     """
     import json
 
-    from evaluation.evaluate import markdown_report, run_evaluation
     from conversion.saving import write_text_atomic
+    from evaluation.evaluate import markdown_report, run_evaluation
 
     reports = {}
     for task, path in evaluation_sources(config).items():

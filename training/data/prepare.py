@@ -22,19 +22,23 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tarfile
 import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
+from conversion.cli import CommandParser, run_command
 from conversion.saving import atomic_directory
+
 from .data_coco import CocoRegionDataset, link_boxes_to_phrases
 from .data_common import DEFAULT_MIN_BOX_SIZE, SampleError, validate_box
 from .data_flickr30k import Flickr30kEntitiesDataset, parse_entity_annotation, parse_entity_sentence
@@ -304,8 +308,8 @@ def write_shards(records: Iterator[Record | Skipped], out: Path, format: str = "
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--input", required=True, type=Path,
                         help="jsonl: the manifest; coco: captions_*.json; flickr30k: the dataset root (Sentences/, Annotations/)")
@@ -324,30 +328,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    """The `harmoclip-prepare-data` command."""
-    args = build_parser().parse_args(argv)
+def prepare(args: argparse.Namespace) -> PrepareReport:
+    """Runs the preparation the parsed command line describes; a bad option or input raises `ValueError` (or
+    `FileNotFoundError` / `FileExistsError`) naming it."""
     if args.n_process < 1:
-        raise SystemExit(f"--n-process must be >= 1, got {args.n_process}")
+        raise ValueError(f"`--n-process` must be >= 1, got {args.n_process}")
+    if not args.input.exists():
+        raise FileNotFoundError(f"`--input`: not found: {args.input}")
     if args.source == "jsonl":
         records = jsonl_records(args.input, args.image_root)
     elif args.source == "coco":
         if args.image_root is None:
-            raise SystemExit("--image-root (the COCO image folder) is required with --source coco")
+            raise ValueError("`--image-root` (the COCO image folder) is required with --source coco")
         instances = args.instances or args.input.with_name(args.input.name.replace("captions_", "instances_"))
         records = coco_records(args.input, instances, args.image_root, args.n_process, args.min_box_size)
     else:
         records = flickr30k_records(args.input, args.split_file, args.image_root)
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    try:
-        report = write_shards(records, args.out, args.format, args.samples_per_shard, args.strict, args.overwrite, settings)
-    except (FileExistsError, SampleError, ValueError) as error:
-        raise SystemExit(f"prepare: {error}") from None
-    print(f"wrote {report.written} samples in {len(report.shards)} {args.format} shard(s) to {args.out} in "
-          f"{report.seconds:.1f} s ({report.samples_per_second:.1f} samples/s); skipped {len(report.skipped)}"
-          + (f" (listed in {args.out / 'prepare.json'})" if report.skipped else ""))
-    return report
+    return write_shards(records, args.out, args.format, args.samples_per_shard, args.strict, args.overwrite, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `harmoclip-prepare-data` command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
+    def run() -> str:
+        args = build_parser().parse_args(argv)
+        report = prepare(args)
+        listed = f" (listed in {args.out / 'prepare.json'})" if report.skipped else ""
+        return (f"wrote {report.written} samples in {len(report.shards)} {args.format} shard(s) to {args.out} in "
+                f"{report.seconds:.1f} s ({report.samples_per_second:.1f} samples/s); skipped {len(report.skipped)}{listed}")
+
+    return run_command(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

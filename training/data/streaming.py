@@ -22,8 +22,9 @@ resumed run then continues with a refilled buffer (the same rows, in another ord
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
@@ -46,7 +47,7 @@ class RegionStream:
 
     @classmethod
     def open(cls, source: str, columns: dict[str, str] | None = None, image_root: str | None = None,
-             cache_dir: str | None = None, **options: Any) -> "RegionStream":
+             cache_dir: str | None = None, **options: Any) -> RegionStream:
         """`source` as in `data_hf.load_records`; `options` are the data sets' (`seed`, `max_boxes`, `strict`, ...)."""
         rows, resolved = load_records(source, streaming=True, columns=columns, cache_dir=cache_dir)
         return cls(rows, HFRecordDecoder(resolved, image_root_of(source, image_root), str(source), **options))
