@@ -14,6 +14,7 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -56,6 +57,14 @@ class HarmoCLIPOutput(CLIPOutput):
     loss_gc: torch.Tensor | None = None
     loss_lrc: torch.Tensor | None = None
     loss_gr: torch.Tensor | None = None
+
+
+def value_path_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """A CLIP encoder layer with attention replaced by its value path (CLIPSelf / FineCLIP's dense features):
+    (B, L, C) -> (B, L, C), ``x + out_proj(v_proj(ln1(x)))`` then the MLP with its residual."""
+    attention = layer.self_attn
+    hidden = hidden + attention.out_proj(attention.v_proj(layer.layer_norm1(hidden)))
+    return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
 def _normalize(embeds: torch.Tensor) -> torch.Tensor:
@@ -136,9 +145,11 @@ class HarmoCLIPModel(CLIPModel):
         """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features."""
         layer = self.vision_model.encoder.layers[-1]
         if self.config.dense_mode == "value":
-            attention = layer.self_attn
-            hidden = hidden + attention.out_proj(attention.v_proj(layer.layer_norm1(hidden)))
-            hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+            if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+                # Gradient checkpointing is on: the value path is recomputed in the backward pass like the layers.
+                hidden = layer._gradient_checkpointing_func(partial(value_path_layer, layer), hidden)
+            else:
+                hidden = value_path_layer(layer, hidden)
         else:
             hidden = layer(hidden, None)
         patches = self.visual_projection(self.vision_model.post_layernorm(hidden[:, 1:]))

@@ -69,8 +69,27 @@ def scratch_model_config(config: TrainConfig, vocab_size: int) -> HarmoCLIPConfi
     return HarmoCLIPConfig.from_clip_config(clip_config, **harmoclip_settings(config))
 
 
+def enable_gradient_checkpointing(model: HarmoCLIPModel) -> None:
+    """Gradient checkpointing on every layer of both towers (and the dense value path, see `_dense_from_trunk`):
+    only each layer's input is kept in the forward pass, the rest is recomputed in the backward pass.
+
+    Non-reentrant checkpointing: it gives gradients whether or not a layer's input requires them (locked layers,
+    `lock_text`), and the same gradients as without checkpointing."""
+    # transformers >= 5.x renamed gradient_checkpointing_enable (kept as a deprecated alias); both take the kwargs.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
-    """From `init_from` (a HarmoCLIP or plain CLIP folder) or from scratch (a preset and OpenAI's BPE vocabulary)."""
+    """From `init_from` (a HarmoCLIP or plain CLIP folder) or from scratch (a preset and OpenAI's BPE vocabulary);
+    gradient checkpointing enabled when the config asks for it."""
+    model, processor = _build_model_and_processor(config)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, processor
+
+
+def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
     if config.init_from:
         model = HarmoCLIPModel.from_pretrained(config.init_from)
         for name, value in harmoclip_settings(config).items():
