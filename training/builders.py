@@ -92,6 +92,12 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
 def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
     if config.init_from:
         model = HarmoCLIPModel.from_pretrained(config.init_from)
+        vision = model.config.vision_config
+        if (vision.image_size, vision.patch_size) != (config.image_size, config.patch_size):
+            raise ValueError(
+                f"config `image_size`/`patch_size` ({config.image_size}/{config.patch_size}) differ from the model in "
+                f"`init_from` {config.init_from!r} ({vision.image_size}/{vision.patch_size}): set them to the model's"
+            )
         for name, value in harmoclip_settings(config).items():
             setattr(model.config, name, value)
         model.config._check_harmoclip_settings()
