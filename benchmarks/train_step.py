@@ -152,12 +152,14 @@ class StepRunner:
         self.cache = build_teacher_cache(cached[0], processor) if cached else None
         self.last_terms: dict[str, dict[str, float]] = {}
 
-    def step(self, variant: str) -> None:
-        """One optimiser step of `variant`, as the body of training/train.py's loop (without the LR scheduler)."""
+    def step(self, variant: str, batch: dict[str, Any] | None = None) -> None:
+        """One optimiser step of `variant` on `batch` (default: the runner's), as the body of training/train.py's loop
+        (without the LR scheduler)."""
         from training.train import forward_objective
 
         config, accelerator = self.configs[variant], self.accelerator
-        terms = forward_objective(self.model, self.unwrapped, self.batch, config, accelerator, self.teacher, self.cache)
+        batch = self.batch if batch is None else batch
+        terms = forward_objective(self.model, self.unwrapped, batch, config, accelerator, self.teacher, self.cache)
         finite = bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
         if not finite:
             raise RuntimeError(f"{variant}: non-finite loss in the benchmark step")
