@@ -36,17 +36,22 @@ from benchmarks.common import (  # noqa: E402
     autocast,
     finish,
     markdown_table,
-    model_config_for,
     profile_path,
     ratio_summary,
-    resolve_common,
     summarize,
     target,
     temporary_folder,
     time_side_by_side,
     write_profile,
 )
-from benchmarks.train_step import StepRunner, variant_config, write_region_manifest  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402
+    StepRunner,
+    add_step_arguments,
+    resolve_step_arguments,
+    variant_config,
+    write_step_inputs,
+)
+from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "peer_open_clip"
 PEER = "open_clip"
@@ -59,7 +64,7 @@ def require_open_clip() -> Any:
     try:
         import open_clip
     except ImportError as error:
-        raise SystemExit(f"{NAME}: open_clip is not installed in {sys.executable} ({error}); {SETUP_HINT}") from None
+        raise RuntimeError(f"{NAME}: open_clip is not installed in {sys.executable} ({error}); {SETUP_HINT}") from None
     return open_clip
 
 
@@ -136,33 +141,19 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=7, cuda_repeats=20)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per step (default 8 on CUDA; 2 on the CPU, where each ViT-B/16 step takes seconds; --quick 2)")
-    parser.add_argument("--boxes", type=int, default=8, help="boxes (each with a phrase) per image")
-    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    add_step_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> dict:
     open_clip = require_open_clip()
-    args = resolve_common(args)
-    args.preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
-    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" and not args.quick else 2)
-    if args.batch_size < 1 or args.boxes < 1:
-        raise ValueError(f"--batch-size and --boxes must be >= 1, got {args.batch_size} and {args.boxes}")
-
-    from training.cache_teacher import build_teacher_cache_folder
-
+    args = resolve_step_arguments(args)
     ours = ["GC", "GC+LRC+GR cached"]
     with temporary_folder("harmoclip-peer-") as folder:
-        image_size = model_config_for(args.preset).image_size
-        manifest = write_region_manifest(folder / "data", args.batch_size, args.boxes, image_size, args.seed)
-        cache_dir = folder / "teacher_cache"
-        build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir,
-                                   batch_size=args.batch_size)
+        manifest, cache_dir = write_step_inputs(args, folder)
         runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in ours}, args.device)
         model_config = runner.unwrapped.config
         context = model_config.text_config.max_position_embeddings
@@ -215,9 +206,10 @@ def run(args: argparse.Namespace) -> dict:
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run(build_parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -209,13 +209,41 @@ def measure_memory_in_fresh_process(args: argparse.Namespace, manifest: Path, ca
     return json.loads(out.read_text())
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a training-step benchmark's batch and model (this one and peer_open_clip.py)."""
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8 on CUDA; 2 on the CPU, where batch 8 "
                         "of ViT-B/16 takes minutes per round; --quick 2)")
     parser.add_argument("--boxes", type=int, default=8, help="boxes (each with a phrase) per image")
     parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+
+
+def resolve_step_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """`resolve_common`, then `preset` and `batch_size` from the options of `add_step_arguments`."""
+    args = resolve_common(args)
+    args.preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" and not args.quick else 2)
+    if args.batch_size < 1 or args.boxes < 1:
+        raise ValueError(f"--batch-size and --boxes must be >= 1, got {args.batch_size} and {args.boxes}")
+    return args
+
+
+def write_step_inputs(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
+    """The benchmark batch's manifest and its teacher cache, written under `folder`; returns (manifest, cache folder)."""
+    from training.cache_teacher import build_teacher_cache_folder
+
+    image_size = model_config_for(args.preset).image_size
+    manifest = write_region_manifest(folder / "data", args.batch_size, args.boxes, image_size, args.seed)
+    cache_dir = folder / "teacher_cache"
+    # The cache holds the starting weights' crop embeddings of the manifest's boxes (the same seed builds them).
+    build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir,
+                               batch_size=args.batch_size)
+    return manifest, cache_dir
+
+
+def build_parser() -> CommandParser:
+    parser = CommandParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+    add_step_arguments(parser)
     parser.add_argument("--skip-memory", action="store_true", help="time only (no fresh process per variant)")
     # internal: the fresh process that measures one variant's memory
     parser.add_argument("--memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)
@@ -226,25 +254,14 @@ def build_parser() -> CommandParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
-    args.preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
-    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" and not args.quick else 2)
-    if args.batch_size < 1 or args.boxes < 1:
-        raise ValueError("--batch-size and --boxes must be >= 1")
+    args = resolve_step_arguments(args)
     if args.memory_of:
         args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
         return {}
 
-    from training.cache_teacher import build_teacher_cache_folder
-
     variants = list(VARIANTS)
     with temporary_folder("harmoclip-bench-") as folder:
-        image_size = model_config_for(args.preset).image_size
-        manifest = write_region_manifest(folder / "data", args.batch_size, args.boxes, image_size, args.seed)
-        cache_dir = folder / "teacher_cache"
-        # The cache holds the starting weights' crop embeddings of the manifest's boxes (the same seed builds them).
-        build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir,
-                                   batch_size=args.batch_size)
+        manifest, cache_dir = write_step_inputs(args, folder)
         runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in variants}, args.device)
         device = runner.accelerator.device
         times = time_side_by_side({name: (lambda name=name: runner.step(name)) for name in variants}, device,
