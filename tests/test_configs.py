@@ -36,7 +36,6 @@ def test_finetune_config_matches_fineclips_schedule_for_any_number_of_gpus():
         assert contrastive == gpus * batch_size
 
 
-
 ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 
