@@ -74,17 +74,29 @@ def open_clip_geometry(config: Any) -> dict[str, Any]:
     vision, text = config.vision_config, config.text_config
     for name, tower in (("vision", vision), ("text", text)):
         if tower.hidden_act != "quick_gelu" or tower.hidden_size % tower.num_attention_heads:
-            raise ValueError(f"{name} tower: open_clip's CLIP needs quick_gelu and whole heads, got "
-                             f"{tower.hidden_act!r}, width {tower.hidden_size}, {tower.num_attention_heads} heads")
+            raise ValueError(
+                f"{name} tower: open_clip's CLIP needs quick_gelu and whole heads, got "
+                f"{tower.hidden_act!r}, width {tower.hidden_size}, {tower.num_attention_heads} heads"
+            )
     return {
         "embed_dim": config.projection_dim,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": vision.image_size, "layers": vision.num_hidden_layers, "width": vision.hidden_size,
-                       "patch_size": vision.patch_size, "head_width": vision.hidden_size // vision.num_attention_heads,
-                       "mlp_ratio": vision.intermediate_size / vision.hidden_size},
-        "text_cfg": {"context_length": text.max_position_embeddings, "vocab_size": text.vocab_size, "width": text.hidden_size,
-                     "heads": text.num_attention_heads, "layers": text.num_hidden_layers,
-                     "mlp_ratio": text.intermediate_size / text.hidden_size},
+        "vision_cfg": {
+            "image_size": vision.image_size,
+            "layers": vision.num_hidden_layers,
+            "width": vision.hidden_size,
+            "patch_size": vision.patch_size,
+            "head_width": vision.hidden_size // vision.num_attention_heads,
+            "mlp_ratio": vision.intermediate_size / vision.hidden_size,
+        },
+        "text_cfg": {
+            "context_length": text.max_position_embeddings,
+            "vocab_size": text.vocab_size,
+            "width": text.hidden_size,
+            "heads": text.num_attention_heads,
+            "layers": text.num_hidden_layers,
+            "mlp_ratio": text.intermediate_size / text.hidden_size,
+        },
     }
 
 
@@ -106,19 +118,40 @@ class PeerStep:
     """open_clip's CLIP, its loss and an AdamW like ours, on fixed images and 77-token captions; `step()` is one
     iteration of open_clip's training loop (open_clip_train/train.py) without data loading and logging."""
 
-    def __init__(self, open_clip: Any, geometry: dict[str, Any], images: torch.Tensor, input_ids: torch.Tensor,
-                 config: Any, device: torch.device, dtype: torch.dtype, seed: int):
+    def __init__(
+        self,
+        open_clip: Any,
+        geometry: dict[str, Any],
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        config: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int,
+    ):
         from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
         from training.train import parameter_groups
 
         torch.manual_seed(seed)
-        self.model = CLIP(embed_dim=geometry["embed_dim"], vision_cfg=CLIPVisionCfg(**geometry["vision_cfg"]),
-                          text_cfg=CLIPTextCfg(**geometry["text_cfg"]), quick_gelu=geometry["quick_gelu"]).to(device).train()
+        self.model = (
+            CLIP(
+                embed_dim=geometry["embed_dim"],
+                vision_cfg=CLIPVisionCfg(**geometry["vision_cfg"]),
+                text_cfg=CLIPTextCfg(**geometry["text_cfg"]),
+                quick_gelu=geometry["quick_gelu"],
+            )
+            .to(device)
+            .train()
+        )
         self.loss = open_clip.ClipLoss()
         # open_clip's loop exempts norms, biases, embeddings' scalars and the logit scale from weight decay, as ours.
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay), lr=config.learning_rate,
-                                           betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.weight_decay),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps,
+        )
         self.images, self.input_ids = images, input_ids
         self.config, self.device, self.dtype = config, device, dtype
         self.last_loss: float | None = None
@@ -157,14 +190,27 @@ def run(args: argparse.Namespace) -> dict:
         runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in ours}, args.device)
         model_config = runner.unwrapped.config
         context = model_config.text_config.max_position_embeddings
-        batches = {"77": pad_captions(runner.batch, context, model_config.text_config.pad_token_id), "longest": runner.batch}
+        batches = {
+            "77": pad_captions(runner.batch, context, model_config.text_config.pad_token_id),
+            "longest": runner.batch,
+        }
         geometry = open_clip_geometry(model_config)
-        peer = PeerStep(open_clip, geometry, runner.batch["pixel_values"], batches["77"]["input_ids"],
-                        runner.configs["GC"], runner.accelerator.device, args.dtype, args.seed)
+        peer = PeerStep(
+            open_clip,
+            geometry,
+            runner.batch["pixel_values"],
+            batches["77"]["input_ids"],
+            runner.configs["GC"],
+            runner.accelerator.device,
+            args.dtype,
+            args.seed,
+        )
         ours_parameters = count_parameters(runner.unwrapped) - runner.unwrapped.region_logit_scale.numel()
         if count_parameters(peer.model) != ours_parameters:
-            raise RuntimeError(f"open_clip's model has {count_parameters(peer.model)} parameters, HarmoCLIP's CLIP part "
-                               f"{ours_parameters}: the geometries differ")
+            raise RuntimeError(
+                f"open_clip's model has {count_parameters(peer.model)} parameters, HarmoCLIP's CLIP part "
+                f"{ours_parameters}: the geometries differ"
+            )
 
         methods: dict[str, Any] = {PEER: peer.step}
         for name in ours:
@@ -176,33 +222,69 @@ def run(args: argparse.Namespace) -> dict:
                 slug = method.replace("+", "_").replace(", ", "_").replace(" ", "_")
                 write_profile(function, runner.accelerator.device, profile_path(args, NAME, slug))
         caption_tokens = {layout: int(batch["input_ids"].shape[1]) for layout, batch in batches.items()}
-        attention = {"harmoclip": model_config._attn_implementation,
-                     "open_clip": "nn.MultiheadAttention (F.multi_head_attention_forward, SDPA kernel when need_weights=False)"}
+        attention = {
+            "harmoclip": model_config._attn_implementation,
+            "open_clip": "nn.MultiheadAttention (F.multi_head_attention_forward, SDPA kernel when need_weights=False)",
+        }
         losses = {PEER: peer.last_loss, **{name: runner.last_terms.get(name) for name in ours}}
-        del runner, peer
+        runner = peer = None  # frees the models
 
     results, rows = [], []
     for method, seconds in times.items():
         summary = summarize(seconds)
         ratio = ratio_summary(seconds, times[PEER])
         layout = method.rsplit(", ", 1)[1] if ", " in method else "77"
-        results.append({"method": method, "step": summary, "time_ratio_to_open_clip": ratio,
-                        "samples_per_s": args.batch_size / summary["median_s"], "caption_tokens": caption_tokens[layout]})
-        rows.append([method, caption_tokens[layout], summary["median_s"] * 1e3, f"{summary['spread']:.0%}",
-                     args.batch_size / summary["median_s"], f"{ratio['median']:.3f} ({ratio['min']:.2f}-{ratio['max']:.2f})"])
+        results.append(
+            {
+                "method": method,
+                "step": summary,
+                "time_ratio_to_open_clip": ratio,
+                "samples_per_s": args.batch_size / summary["median_s"],
+                "caption_tokens": caption_tokens[layout],
+            }
+        )
+        rows.append(
+            [
+                method,
+                caption_tokens[layout],
+                summary["median_s"] * 1e3,
+                f"{summary['spread']:.0%}",
+                args.batch_size / summary["median_s"],
+                f"{ratio['median']:.3f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+            ]
+        )
     by_method = {result["method"]: result for result in results}
-    targets = [target(f"{name} step / open_clip step (77 tokens)", f"<= {limit}",
-                      by_method[f"{name}, 77"]["time_ratio_to_open_clip"]["median"], limit, False)
-               for name, limit in LIMITS.items()]
-    table = markdown_table(["method", "caption tokens", "ms/step", "spread", "samples/s", "time / open_clip (min-max)"], rows)
-    settings = {"model_preset": args.preset, "batch_size": args.batch_size, "boxes_per_image": args.boxes,
-                "open_clip": open_clip.__version__, "open_clip_geometry": geometry, "parameters": ours_parameters,
-                "attention": attention, "caption_tokens": caption_tokens, "last_losses": losses,
-                "optimizer": "torch.optim.AdamW, same groups and hyper-parameters"}
-    notes = [f"{args.preset} geometry ({ours_parameters:,} parameters in both CLIPs), random weights, batch {args.batch_size} "
-             f"with {args.boxes} linked boxes per image, {args.dtype_name}; median of {args.repeats} alternating rounds after "
-             f"{max(args.warmup, 1)} warm-up step(s) each; ratios are medians of per-round ratios to open_clip's step. "
-             f"Attention: HarmoCLIP {attention['harmoclip']}, open_clip {attention['open_clip']}."]
+    targets = [
+        target(
+            f"{name} step / open_clip step (77 tokens)",
+            f"<= {limit}",
+            by_method[f"{name}, 77"]["time_ratio_to_open_clip"]["median"],
+            limit,
+            False,
+        )
+        for name, limit in LIMITS.items()
+    ]
+    table = markdown_table(
+        ["method", "caption tokens", "ms/step", "spread", "samples/s", "time / open_clip (min-max)"], rows
+    )
+    settings = {
+        "model_preset": args.preset,
+        "batch_size": args.batch_size,
+        "boxes_per_image": args.boxes,
+        "open_clip": open_clip.__version__,
+        "open_clip_geometry": geometry,
+        "parameters": ours_parameters,
+        "attention": attention,
+        "caption_tokens": caption_tokens,
+        "last_losses": losses,
+        "optimizer": "torch.optim.AdamW, same groups and hyper-parameters",
+    }
+    notes = [
+        f"{args.preset} geometry ({ours_parameters:,} parameters in both CLIPs), random weights, batch {args.batch_size} "
+        f"with {args.boxes} linked boxes per image, {args.dtype_name}; median of {args.repeats} alternating rounds after "
+        f"{max(args.warmup, 1)} warm-up step(s) each; ratios are medians of per-round ratios to open_clip's step. "
+        f"Attention: HarmoCLIP {attention['harmoclip']}, open_clip {attention['open_clip']}."
+    ]
     return finish(NAME, args, settings, results, table, targets, notes)
 
 

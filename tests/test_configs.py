@@ -29,7 +29,9 @@ def test_finetune_config_matches_fineclips_schedule_for_any_number_of_gpus():
     assert config.warmup_steps == 1000 and config.learning_rate == 1e-5 and config.weight_decay == 0.1
     # The shipped values are the 8-process row.
     assert config.batch_size * 8 * config.gradient_accumulation_steps == GLOBAL_BATCH
-    rows = re.findall(r"^#\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)", path.read_text(), flags=re.MULTILINE)
+    rows = re.findall(
+        r"^#\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)\s+\|\s+(\d+)", path.read_text(), flags=re.MULTILINE
+    )
     assert {int(row[0]) for row in rows} == {1, 2, 8}
     for gpus, batch_size, accumulation, global_batch, contrastive in (tuple(map(int, row)) for row in rows):
         assert gpus * batch_size * accumulation == global_batch == GLOBAL_BATCH
@@ -70,7 +72,9 @@ def test_multi_gpu_config_launches_one_process_per_gpu() -> None:
     args, env = _launch_arguments(ROOT / "configs" / "accelerate" / "multi_gpu.yaml", "--main_process_port", "0")
     assert args.multi_gpu and args.num_machines == 1 and args.nproc_per_node == "8"
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
-    args, _ = _launch_arguments(ROOT / "configs" / "accelerate" / "multi_gpu.yaml", "--num_processes", "4", "--main_process_port", "0")
+    args, _ = _launch_arguments(
+        ROOT / "configs" / "accelerate" / "multi_gpu.yaml", "--num_processes", "4", "--main_process_port", "0"
+    )
     assert args.nproc_per_node == "4"  # the command line overrides the file
 
 
@@ -97,8 +101,18 @@ def test_vitl14_336_preset_is_fineclips_vitl_recipe() -> None:
 def test_vitl14_336_preset_refuses_a_model_of_another_geometry(tmp_path: Path) -> None:
     """The preset's 336 px / patch 14 against a converted 32 px / patch 8 model: one clear error, before any data."""
     init = _tiny_model_folder(tmp_path / "init")
-    command = [PYTHON, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "vitl14_336_finetune.yaml"),
-               "--init_from", str(init), "--output_dir", str(tmp_path / "out"), "--report_to_tensorboard", "false"]
+    command = [
+        PYTHON,
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "vitl14_336_finetune.yaml"),
+        "--init_from",
+        str(init),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "`image_size`/`patch_size` (336/14) differ from the model in `init_from`" in result.stderr

@@ -40,11 +40,18 @@ def _loss_and_gradients(model: torch.nn.Module, batch: dict) -> tuple[torch.Tens
     return out.loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("dense_mode", "lexeme_mode", "lock_embeddings"), [
-    ("value", "token", False),
-    ("full", "separate", False),
-    ("value", "token", True),  # the first layer's input needs no gradient (locked patch embedding, lock_vision_layers)
-])
+@pytest.mark.parametrize(
+    ("dense_mode", "lexeme_mode", "lock_embeddings"),
+    [
+        ("value", "token", False),
+        ("full", "separate", False),
+        (
+            "value",
+            "token",
+            True,
+        ),  # the first layer's input needs no gradient (locked patch embedding, lock_vision_layers)
+    ],
+)
 def test_checkpointed_gradients_equal_plain_ones(dense_mode: str, lexeme_mode: str, lock_embeddings: bool) -> None:
     plain = tiny_harmoclip_model(dense_mode=dense_mode, lexeme_mode=lexeme_mode)
     if lock_embeddings:
@@ -80,12 +87,16 @@ def test_no_recomputation_without_gradients_or_in_eval_mode() -> None:
         model.train()(**batch, return_loss=True)
     model.eval()(**batch, return_loss=True).loss.backward()  # eval mode: checkpointing is off, like dropout
     # Two forwards, no recomputation: once per layer each, twice for the last vision layer (CLS and dense paths).
-    assert calls == {"text_model.encoder.layers.0.mlp": 2, "text_model.encoder.layers.1.mlp": 2,
-                     "vision_model.encoder.layers.0.mlp": 2, "vision_model.encoder.layers.1.mlp": 4}
+    assert calls == {
+        "text_model.encoder.layers.0.mlp": 2,
+        "text_model.encoder.layers.1.mlp": 2,
+        "vision_model.encoder.layers.0.mlp": 2,
+        "vision_model.encoder.layers.1.mlp": 4,
+    }
 
 
 def test_config_switch_turns_it_on_for_every_tower_layer() -> None:
-    common = dict(model_preset="micro", image_size=32, patch_size=8, evaluate_at_end=False, report_to_tensorboard=False)
+    common = dict(model_preset="micro", image_size=32, patch_size=8, evaluate_at_end=False, report_to="none")
     for enabled in (False, True):
         model, _ = build_model_and_processor(TrainConfig(gradient_checkpointing=enabled, **common))
         layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
