@@ -89,7 +89,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     lock_text: bool = False
     lock_vision_layers: int = 0  # freeze the patch embedding and the first k vision layers
-    gradient_checkpointing: bool = False  # recompute each tower layer in the backward pass: less memory, ~30% more time
+    gradient_checkpointing: bool = False  # recompute each tower layer in the backward pass: less memory, more time
     max_logit_scale: float = 100.0
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before the run stops
     # ---- outputs
