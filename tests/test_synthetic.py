@@ -10,11 +10,15 @@ from training.data.data_jsonl import JsonlRegionDataset
 from training.data.synthetic import (
     COLOURS,
     SyntheticSettings,
+    SIZE_WORDS,
     class_names,
     generate_synthetic_dataset,
+    held_out_classes,
     main,
     read_classes,
+    read_held_out,
     render_sample,
+    size_word,
 )
 
 # Expected share of its box a shape fills: square 1, disc pi/4, triangle 1/2, cross 5/9 (pixelised).
@@ -38,6 +42,7 @@ def test_boxes_match_the_drawn_pixels():
         for region in record["regions"]:
             x1, y1, x2, y2 = region["box"]
             colour, shape = region["label"].split()
+            assert region["phrase"] == f"{size_word(x2 - x1, 64)} {colour} {shape}"
             shapes_seen.add(shape)
             # a one-pixel margin around the box holds background only (shapes never touch)
             window = pixels[max(y1 - 1, 0) : y2 + 1, max(x1 - 1, 0) : x2 + 1]
@@ -62,12 +67,14 @@ def test_caption_spans_name_each_box():
     for index in range(20):
         _, record = render_sample(settings, "val", index)
         caption, regions = record["caption"], record["regions"]
-        names = [region["label"] for region in regions]
-        assert len(set(names)) == len(names)  # distinct classes in one image
+        labels = [region["label"] for region in regions]
+        assert len(set(labels)) == len(labels)  # distinct classes in one image
         for region in regions:
             start, end = region["span"]
-            assert caption[start:end] == region["phrase"] == region["label"]
-            assert region["label"] in class_names(settings)
+            assert caption[start:end] == region["phrase"]
+            size, colour, shape = region["phrase"].split()  # described by its attributes; the label is the class
+            assert size in SIZE_WORDS and region["label"] == f"{colour} {shape}" in class_names(settings)
+        names = [region["phrase"] for region in regions]
         assert caption == "a " + ", a ".join(names[:-1]) + (" and a " if len(names) > 1 else "") + names[-1]
         assert [r["box"][0] for r in regions] == sorted(r["box"][0] for r in regions)  # named left to right
 
@@ -98,13 +105,61 @@ def test_written_layout_and_manifest_reads_back(small_set):
         dataset = JsonlRegionDataset(out / f"{split}.jsonl", max_boxes=None, min_box_size=0)
         assert len(dataset) == count
         sample = dataset[count - 1]
-        _, record = render_sample(settings, split, count - 1)
+        record = json.loads((out / f"{split}.jsonl").read_text().splitlines()[-1])
+        _, drawn = render_sample(settings, split, count - 1, record["attempt"])
+        assert drawn == {key: value for key, value in record.items() if key not in ("image", "attempt")}
         assert sample.caption == record["caption"]
         assert sample.boxes == [[float(v) for v in r["box"]] for r in record["regions"]]
-        assert sample.phrases == sample.labels == [r["label"] for r in record["regions"]]
+        assert sample.phrases == [r["phrase"] for r in record["regions"]]
+        assert sample.labels == [r["label"] for r in record["regions"]]
         assert sample.image.size == (48, 48) and sample.image_id == f"{split}/{count - 1:06d}"
         stored = np.asarray(Image.open(out / "images" / split / f"{count - 1:06d}.png").convert("RGB"))
-        assert np.array_equal(stored, np.asarray(render_sample(settings, split, count - 1)[0]))
+        assert np.array_equal(stored, np.asarray(render_sample(settings, split, count - 1, record["attempt"])[0]))
+
+
+@pytest.fixture(scope="module")
+def held_out_set(tmp_path_factory):
+    settings = SyntheticSettings(num_train=300, num_val=60, seed=4, image_size=48, min_shapes=2, held_out=4)
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "open", settings), settings
+
+
+def _records(folder, split):
+    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_held_out_combinations_never_in_training(held_out_set):
+    out, settings = held_out_set
+    held = read_held_out(out)
+    assert held == held_out_classes(settings) and len(held) == 4
+    colours, shapes = zip(*(name.split() for name in held))
+    assert len(set(colours)) == 4 and len(set(shapes)) == 4  # each colour and shape loses at most one combination
+    train = _records(out, "train")
+    for record in train:
+        for colour, shape in zip(colours, shapes):  # not as a box, nor in the caption's words in any order of sizes
+            assert not any(region["label"] == f"{colour} {shape}" for region in record["regions"])
+            for size in SIZE_WORDS:
+                assert f"{size} {colour} {shape}" not in record["caption"], record["caption"]
+    seen_words = {word for record in train for word in record["caption"].replace(",", "").split()}
+    assert set(colours) | set(shapes) <= seen_words  # every word of a held-out combination is seen elsewhere
+    val_labels = [region["label"] for record in _records(out, "val") for region in record["regions"]]
+    share = sum(label in held for label in val_labels) / len(val_labels)
+    assert 0.3 < share < 0.7  # the held-out split draws about half of its shapes from the held-out combinations
+    assert held_out_classes(SyntheticSettings(seed=4, held_out=4)) == held  # a function of the seed
+    assert held_out_classes(SyntheticSettings(seed=5, held_out=4)) != held
+    assert read_held_out(out.parent / "missing") == [] and held_out_classes(SyntheticSettings()) == []
+
+
+def test_captions_unique_within_each_split(held_out_set):
+    out, _ = held_out_set
+    for split in ("train", "val"):
+        records = _records(out, split)
+        captions = [record["caption"] for record in records]
+        assert len(set(captions)) == len(captions)
+        assert all(2 <= len(record["regions"]) for record in records)
+    # Without the rule, the same draws repeat captions (two shapes among 16 classes and 2 sizes repeat often).
+    plain = SyntheticSettings(num_train=300, seed=4, image_size=48, min_shapes=2, max_shapes=2, held_out=4)
+    captions = [render_sample(plain, "train", index)[1]["caption"] for index in range(300)]
+    assert len(set(captions)) < len(captions)
 
 
 def test_existing_folder_kept_refused_or_replaced(tmp_path):
@@ -141,5 +196,9 @@ def test_bad_settings():
         SyntheticSettings(num_train=-1)
     with pytest.raises(ValueError, match="unknown"):
         SyntheticSettings(colours=("red", "mauve"))
+    with pytest.raises(ValueError, match="min_shapes"):
+        SyntheticSettings(min_shapes=5)
+    with pytest.raises(ValueError, match="held_out"):
+        SyntheticSettings(held_out=5)
     with pytest.raises(ValueError, match="split"):
         render_sample(SyntheticSettings(), "test", 0)

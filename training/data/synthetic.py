@@ -1,19 +1,26 @@
-"""A synthetic region data set: coloured shapes on a grey background, captions naming them, boxes and phrase spans
-known exactly. Small enough to learn with a tiny CLIP in minutes on a CPU; the project's default training data.
+"""A synthetic region data set: coloured shapes on a grey background, captions describing them by their attributes,
+boxes and phrase spans known exactly. Small enough to learn with a tiny CLIP in minutes on a CPU; the project's default
+training data.
 
-    python -m training.data.synthetic --out data/shapes --num-train 2000 --num-val 200 --seed 0 --image-size 64
+    python -m training.data.synthetic --out data/shapes --num-train 2000 --num-val 200 --seed 0 --image-size 64 --held-out 4
 
 writes, atomically (a temporary folder renamed into place):
 
     DIR/settings.json          the settings it was made with (an existing DIR with the same settings is kept as is)
     DIR/classes.json           the box classes, "red circle", ... (colour x shape)
-    DIR/train.jsonl, val.jsonl manifests in `data_jsonl`'s format; each region also has its "label"
+    DIR/held_out.json          the classes held out of the training split (never drawn there, so never in a caption)
+    DIR/train.jsonl, val.jsonl manifests in `data_jsonl`'s format; each region also has its "label" (its class)
     DIR/images/<split>/<n>.png
 
-Every image shows 1 to `max_shapes` shapes of distinct classes that do not touch; its caption names them from left
-to right ("a red circle and a blue square"), and each box's phrase ("red circle") is its class name. Everything is
-a function of (seed, split, index): the validation split is drawn from its own stream, held out from training.
-The words were chosen to be single tokens or a few in CLIP's vocabulary, even one cut to its first 2,000 merges.
+Every image shows `min_shapes` to `max_shapes` shapes of distinct classes that do not touch; its caption describes
+them from left to right by size, colour and shape ("a small red circle and a big blue square"); each box's phrase is
+its description ("small red circle"), its label the class ("red circle"), so the phrases are never the class names
+box classification is asked for. Open vocabulary: `held_out` colour-shape combinations (each colour and each shape in
+at most one of them, so every word stays seen in training) never appear in the training split; the validation split
+draws half of its shapes from them, half from the seen ones. Captions are unique within a split (a sample whose
+caption is taken is drawn again), so retrieval R@1 can reach 100. Sample `index` is a function of (seed, split, index,
+attempt), `attempt` being the number of redraws. The words were chosen to be single tokens or a few in CLIP's
+vocabulary, even one cut to its first 2,000 merges.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,7 +51,9 @@ SPLITS = ("train", "val")
 BACKGROUND_GREY = (70, 170)  # plain grey level range; noise stays within NOISE_LIMIT of it, far from every colour
 NOISE_LIMIT = 20
 SHAPE_SIZE = (0.2, 0.45)  # box side as a fraction of the image side
+SIZE_WORDS = ("small", "big")  # below / above the middle of SHAPE_SIZE (single tokens in the cut vocabulary)
 PLACEMENT_TRIES = 50
+CAPTION_ATTEMPTS = 200  # redraws of a sample whose caption another sample of its split already has
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,9 @@ class SyntheticSettings:
     max_shapes: int = 4
     colours: tuple[str, ...] = field(default_factory=lambda: tuple(COLOURS))
     shapes: tuple[str, ...] = SHAPES
+    min_shapes: int = 1
+    held_out: int = 0  # colour-shape combinations never in the training split
+    unique_captions: bool = True
 
     def __post_init__(self):
         for name in ("num_train", "num_val"):
@@ -64,6 +77,11 @@ class SyntheticSettings:
             raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if not 1 <= self.max_shapes <= len(self.colours) * len(self.shapes):
             raise ValueError(f"max_shapes must be between 1 and the number of classes, got {self.max_shapes}")
+        if not 1 <= self.min_shapes <= self.max_shapes:
+            raise ValueError(f"min_shapes must be between 1 and max_shapes ({self.max_shapes}), got {self.min_shapes}")
+        if not 0 <= self.held_out <= min(len(self.colours), len(self.shapes)) or (self.held_out and min(len(self.colours), len(self.shapes)) < 2):
+            raise ValueError(f"held_out must be between 0 and min(#colours, #shapes) = {min(len(self.colours), len(self.shapes))} "
+                             f"(and every colour and shape needs a seen combination), got {self.held_out}")
         unknown = [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; known: {list(COLOURS)} and {list(SHAPES)}")
@@ -75,6 +93,35 @@ class SyntheticSettings:
 def class_names(settings: SyntheticSettings) -> list[str]:
     """The box classes, "<colour> <shape>", in a fixed order."""
     return [f"{colour} {shape}" for colour in settings.colours for shape in settings.shapes]
+
+
+def held_out_classes(settings: SyntheticSettings) -> list[str]:
+    """The `held_out` classes kept out of the training split: colour i of a seeded permutation with shape i of another,
+    so each colour and each shape loses at most one combination and stays seen in the others."""
+    rng = np.random.default_rng([settings.seed, 7919])  # a stream of its own: the samples' streams are untouched
+    colours = [settings.colours[i] for i in rng.permutation(len(settings.colours))]
+    shapes = [settings.shapes[i] for i in rng.permutation(len(settings.shapes))]
+    return sorted(f"{colour} {shape}" for colour, shape in zip(colours[: settings.held_out], shapes[: settings.held_out]))
+
+
+def _class_weights(settings: SyntheticSettings, split: str) -> np.ndarray:
+    """Sampling weight of each class of `class_names` in `split`: held-out classes 0 in training; in validation the
+    held-out and the seen classes each get half of the mass (uniform within each group)."""
+    names = class_names(settings)
+    held = np.array([name in set(held_out_classes(settings)) for name in names])
+    if not held.any():
+        return np.full(len(names), 1.0 / len(names))
+    if split == "train":
+        weights = (~held).astype(float)
+    else:
+        weights = np.where(held, 0.5 / held.sum(), 0.5 / (~held).sum())
+    return weights / weights.sum()
+
+
+def size_word(side: int, image_size: int) -> str:
+    """"small" below the middle of the drawn side range, "big" from it."""
+    middle = (SHAPE_SIZE[0] + SHAPE_SIZE[1]) / 2 * image_size
+    return SIZE_WORDS[0] if side < middle else SIZE_WORDS[1]
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
@@ -95,11 +142,11 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, 
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_sample(settings: SyntheticSettings, split: str, index: int) -> tuple[Image.Image, dict]:
-    """Image `index` of `split` and its manifest record (image path left to the caller)."""
+def render_sample(settings: SyntheticSettings, split: str, index: int, attempt: int = 0) -> tuple[Image.Image, dict]:
+    """Image `index` of `split` (its `attempt`-th draw) and its manifest record (image path left to the caller)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rng = np.random.default_rng([settings.seed, SPLITS.index(split), index])
+    rng = np.random.default_rng([settings.seed, SPLITS.index(split), index, attempt])
     size = settings.image_size
     grey = int(rng.integers(*BACKGROUND_GREY))
     pixels = np.full((size, size, 3), grey, dtype=np.int16)
@@ -109,8 +156,9 @@ def render_sample(settings: SyntheticSettings, split: str, index: int) -> tuple[
     draw = ImageDraw.Draw(image)
 
     classes = [(colour, shape) for colour in settings.colours for shape in settings.shapes]
-    count = int(rng.integers(1, settings.max_shapes + 1))
-    chosen = [classes[i] for i in rng.choice(len(classes), size=count, replace=False)]
+    weights = _class_weights(settings, split)
+    count = min(int(rng.integers(settings.min_shapes, settings.max_shapes + 1)), int((weights > 0).sum()))
+    chosen = [classes[i] for i in rng.choice(len(classes), size=count, replace=False, p=weights)]
     placed: list[tuple[tuple[int, int, int, int], str, str]] = []
     low, high = (max(4, int(round(fraction * size))) for fraction in SHAPE_SIZE)
     for colour, shape in chosen:
@@ -124,16 +172,16 @@ def render_sample(settings: SyntheticSettings, split: str, index: int) -> tuple[
                 break
     placed.sort(key=lambda item: (item[0][0], item[0][1]))
 
-    names = [f"{colour} {shape}" for _, colour, shape in placed]
+    phrases = [f"{size_word(box[2] - box[0], size)} {colour} {shape}" for box, colour, shape in placed]
     caption, spans = "", []
-    for number, name in enumerate(names):
-        caption += "a " if number == 0 else (" and a " if number == len(names) - 1 else ", a ")
-        spans.append((len(caption), len(caption) + len(name)))
-        caption += name
+    for number, phrase in enumerate(phrases):
+        caption += "a " if number == 0 else (" and a " if number == len(phrases) - 1 else ", a ")
+        spans.append((len(caption), len(caption) + len(phrase)))
+        caption += phrase
     regions = []
-    for (box, colour, shape), name, span in zip(placed, names, spans):
+    for (box, colour, shape), phrase, span in zip(placed, phrases, spans):
         draw_shape(draw, shape, box, COLOURS[colour])
-        regions.append({"box": list(box), "phrase": name, "span": list(span), "label": name})
+        regions.append({"box": list(box), "phrase": phrase, "span": list(span), "label": f"{colour} {shape}"})
     return image, {"id": f"{split}/{index:06d}", "caption": caption, "regions": regions}
 
 
@@ -145,6 +193,28 @@ def read_settings(folder: str | Path) -> dict | None:
 def read_classes(folder: str | Path) -> list[str]:
     """The class names of a generated data set."""
     return json.loads((Path(folder) / "classes.json").read_text())
+
+
+def read_held_out(folder: str | Path) -> list[str]:
+    """The classes a generated data set held out of its training split (empty for a set made without)."""
+    path = Path(folder) / "held_out.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def render_split(settings: SyntheticSettings, split: str, count: int) -> Iterator[tuple[Image.Image, dict]]:
+    """The `count` samples of `split` in order; with `unique_captions` a sample whose caption an earlier one has is
+    drawn again (its record's "attempt" says how often)."""
+    captions: set[str] = set()
+    for index in range(count):
+        for attempt in range(CAPTION_ATTEMPTS):
+            image, record = render_sample(settings, split, index, attempt)
+            if not settings.unique_captions or record["caption"] not in captions:
+                break
+        else:
+            raise ValueError(f"{split} sample {index}: no unique caption in {CAPTION_ATTEMPTS} draws; lower num_{split} "
+                             f"or raise min_shapes (now {settings.min_shapes})")
+        captions.add(record["caption"])
+        yield image, {**record, "attempt": attempt}
 
 
 def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, overwrite: bool = False) -> Path:
@@ -167,12 +237,13 @@ def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, ove
         for split, count in (("train", settings.num_train), ("val", settings.num_val)):
             (staging / "images" / split).mkdir(parents=True)
             with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as manifest:
-                for index in tqdm(range(count), desc=f"synthetic {split}", unit="image"):
-                    image, record = render_sample(settings, split, index)
+                samples = render_split(settings, split, count)
+                for index, (image, record) in enumerate(tqdm(samples, total=count, desc=f"synthetic {split}", unit="image")):
                     relative = f"images/{split}/{index:06d}.png"
                     image.save(staging / relative)
                     manifest.write(json.dumps({"image": relative, **record}) + "\n")
         (staging / "classes.json").write_text(json.dumps(class_names(settings), indent=1))
+        (staging / "held_out.json").write_text(json.dumps(held_out_classes(settings), indent=1))
         (staging / "settings.json").write_text(json.dumps(settings.to_json(), indent=1))
     return out
 
@@ -188,9 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--seed", type=int, default=SyntheticSettings.seed)
         parser.add_argument("--image-size", type=int, default=SyntheticSettings.image_size)
         parser.add_argument("--max-shapes", type=int, default=SyntheticSettings.max_shapes)
+        parser.add_argument("--min-shapes", type=int, default=SyntheticSettings.min_shapes)
+        parser.add_argument("--held-out", type=int, default=SyntheticSettings.held_out,
+                            help="colour-shape combinations kept out of the training split")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing folder made with other settings")
         args = parser.parse_args(argv)
-        settings = SyntheticSettings(args.num_train, args.num_val, args.seed, args.image_size, args.max_shapes)
+        settings = SyntheticSettings(args.num_train, args.num_val, args.seed, args.image_size, args.max_shapes,
+                                     min_shapes=args.min_shapes, held_out=args.held_out)
         existed = read_settings(args.out) == settings.to_json()
         out = generate_synthetic_dataset(args.out, settings, overwrite=args.overwrite)
         state = "already there with these settings, kept" if existed else "written"
