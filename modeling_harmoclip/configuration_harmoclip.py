@@ -21,6 +21,8 @@ class HarmoCLIPConfig(CLIPConfig):
         path, `out_proj(v_proj(layer_norm1(x)))` (as CLIPSelf / FineCLIP); `"full"`: the ordinary last layer.
     loss_gc_weight, loss_lrc_weight, loss_gr_weight (`float`, defaults to 1.0 each):
         Weights of the global contrastive, lexeme-region contrastive and global-region alignment losses.
+    loss_rla_weight (`float`, defaults to 0.0):
+        Weight of the region-language alignment loss: regions against their phrases encoded alone (sentence level).
     gr_crop_scale (`float`, defaults to 1.5):
         Factor by which a box is enlarged (about its centre) before its crop is cut from the original image for the GR
         teacher: the `crop_scale` training passes to the processor (as CLIPSelf and FineCLIP, 1.5).
@@ -40,6 +42,7 @@ class HarmoCLIPConfig(CLIPConfig):
     loss_gc_weight: float = 1.0
     loss_lrc_weight: float = 1.0
     loss_gr_weight: float = 1.0
+    loss_rla_weight: float = 0.0
     gr_crop_scale: float = 1.5
     gr_teacher: str = "frozen"
     lexeme_mode: str = "token"
@@ -54,7 +57,7 @@ class HarmoCLIPConfig(CLIPConfig):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"HarmoCLIPConfig: `{name}` must be one of {allowed}, got {value!r}")
-        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight"):
+        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "loss_rla_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"HarmoCLIPConfig: `{name}` must be a non-negative number, got {value!r}")

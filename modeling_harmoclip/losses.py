@@ -132,6 +132,42 @@ def lexeme_region_contrastive_loss(
     )
 
 
+def region_language_alignment_loss(
+    region_embeds: torch.Tensor,
+    phrase_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    phrase_ids: torch.Tensor | None = None,
+    *,
+    all_region_embeds: torch.Tensor | None = None,
+    all_phrase_embeds: torch.Tensor | None = None,
+    all_phrase_ids: torch.Tensor | None = None,
+    offset: int = 0,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """RLA: symmetric InfoNCE between linked regions and the sentence-level embeddings of their phrases (each phrase
+    encoded as its own text through the whole text tower, end-of-text pooled, as FineCLIP's region captions).
+
+    The same contrast as LRC on other text embeddings, with the same false-negative masking: negatives whose phrase
+    text equals the positive's are left out.
+
+    Args:
+        region_embeds, phrase_embeds: (R, D) normalised, row ``i`` of each forming a pair.
+        phrase_ids: (R,) int64 phrase-text ids; None disables the masking.
+        all_*: the gathered rows of every process, (M, D) and (M,); `offset`, `normalizer`: see `symmetric_infonce`.
+    """
+    return lexeme_region_contrastive_loss(
+        region_embeds,
+        phrase_embeds,
+        logit_scale,
+        phrase_ids,
+        all_region_embeds=all_region_embeds,
+        all_lexeme_embeds=all_phrase_embeds,
+        all_phrase_ids=all_phrase_ids,
+        offset=offset,
+        normalizer=normalizer,
+    )
+
+
 def global_region_alignment_loss(
     region_embeds: torch.Tensor, teacher_embeds: torch.Tensor, normalizer: float | None = None
 ) -> torch.Tensor:
@@ -177,10 +213,11 @@ class HarmoCLIPLoss:
     gc: torch.Tensor | None = None
     lrc: torch.Tensor | None = None
     gr: torch.Tensor | None = None
+    rla: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         """``{"loss": ..., "loss_gc": ..., ...}`` for the terms that were computed."""
-        values = {"loss": self.total, "loss_gc": self.gc, "loss_lrc": self.lrc, "loss_gr": self.gr}
+        values = {"loss": self.total, "loss_gc": self.gc, "loss_lrc": self.lrc, "loss_gr": self.gr, "loss_rla": self.rla}
         return {name: float(value.detach()) for name, value in values.items() if value is not None}
 
 
@@ -197,6 +234,8 @@ def harmoclip_loss(
     region_logit_scale: torch.Tensor | None = None,
     teacher_region_embeds: torch.Tensor | None = None,
     gatherer: RowGatherer | None = None,
+    phrase_embeds: torch.Tensor | None = None,
+    rla_weight: float = 0.0,
 ) -> HarmoCLIPLoss:
     """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that apply to this batch.
 
@@ -214,6 +253,8 @@ def harmoclip_loss(
             (b, N): valid boxes; phrase_ids (b, N): phrase-text ids (-1: none), same-phrase negatives are left out.
         teacher_region_embeds: (b, N, D) the GR targets.
         gatherer: how the rows of other processes are seen (default `LocalRows`: this batch alone).
+        phrase_embeds: (b, N, D) normalised phrases encoded alone, the texts of RLA (weight `rla_weight`, on the
+            linked boxes, like LRC).
     Returns:
         `HarmoCLIPLoss` with the weighted total and the unweighted terms.
     """
@@ -235,27 +276,28 @@ def harmoclip_loss(
             normalizer=None if world == 1 else sum(counts) / world,
         )
 
-    if w_lrc > 0 and region_embeds is not None and lexeme_embeds is not None and linked_mask is not None:
-        regions, lexemes = region_embeds[linked_mask], lexeme_embeds[linked_mask]
+    for name, weight, texts in (("lrc", w_lrc, lexeme_embeds), ("rla", rla_weight, phrase_embeds)):
+        if weight == 0 or region_embeds is None or texts is None or linked_mask is None:
+            continue
+        regions, texts = region_embeds[linked_mask], texts[linked_mask]
         ids = phrase_ids[linked_mask] if phrase_ids is not None else None
         counts = gatherer.counts(regions.shape[0], device)
         if sum(counts) > 0:
             all_regions = gatherer.rows(regions, counts, with_grad=True)
-            all_lexemes = gatherer.rows(lexemes, counts, with_grad=True)
-            loss = lexeme_region_contrastive_loss(
-                regions,
-                lexemes,
-                region_logit_scale.exp(),
-                ids,
+            all_texts = gatherer.rows(texts, counts, with_grad=True)
+            common = dict(
                 all_region_embeds=all_regions,
-                all_lexeme_embeds=all_lexemes,
                 all_phrase_ids=gatherer.rows(ids, counts, with_grad=False) if ids is not None else None,
                 offset=sum(counts[:rank]),
                 normalizer=None if world == 1 else sum(counts) / world,
             )
+            if name == "lrc":
+                loss = lexeme_region_contrastive_loss(regions, texts, region_logit_scale.exp(), ids, all_lexeme_embeds=all_texts, **common)
+            else:
+                loss = region_language_alignment_loss(regions, texts, region_logit_scale.exp(), ids, all_phrase_embeds=all_texts, **common)
             if regions.shape[0] == 0:  # keep the gathered rows in the graph: every process must run their backward
-                loss = loss + 0.0 * (all_regions.sum() + all_lexemes.sum())
-            terms["lrc"] = loss
+                loss = loss + 0.0 * (all_regions.sum() + all_texts.sum())
+            terms[name] = loss
 
     if w_gr > 0 and region_embeds is not None and teacher_region_embeds is not None and region_mask is not None:
         counts = gatherer.counts(int(region_mask.sum()), device)
@@ -266,13 +308,15 @@ def harmoclip_loss(
                 normalizer=None if world == 1 else sum(counts) / world,
             )
 
-    weighted = [weight * terms[name] for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr")) if name in terms]
+    weighted = [weight * terms[name] for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr"), (rla_weight, "rla"))
+                if name in terms]
     if not weighted:
         raise ValueError(
             f"no loss term applies to this batch with weights (gc, lrc, gr) = {tuple(weights)}: GC needs a weight > 0, "
             "LRC boxes linked to phrases, GR boxes and `teacher_region_embeds`"
         )
-    return HarmoCLIPLoss(total=torch.stack(weighted).sum(), gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"))
+    return HarmoCLIPLoss(total=torch.stack(weighted).sum(), gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"),
+                         rla=terms.get("rla"))
 
 
 __all__ = [
@@ -283,6 +327,7 @@ __all__ = [
     "symmetric_infonce",
     "global_contrastive_loss",
     "lexeme_region_contrastive_loss",
+    "region_language_alignment_loss",
     "global_region_alignment_loss",
     "same_phrase_negatives",
 ]

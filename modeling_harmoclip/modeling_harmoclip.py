@@ -8,7 +8,8 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
   path (CLIPSelf / FineCLIP), `post_layernorm` and `visual_projection` on every patch;
 - region embeddings: RoIAlign (1x1, aligned, adaptive sampling) of the dense map at each box, L2-normalised;
 - lexeme embeddings: mean of the caption's final token states over a phrase's tokens, projected, L2-normalised;
-- the losses GC, LRC and GR (see `losses.py`), weighted by the config.
+- phrase embeddings: each phrase encoded alone through the whole text tower, end-of-text pooled (sentence level);
+- the losses GC, LRC, RLA and GR (see `losses.py`), weighted by the config.
 """
 
 from __future__ import annotations
@@ -44,18 +45,23 @@ class HarmoCLIPOutput(CLIPOutput):
         L2-normalised region embeddings of the boxes, float32; rows of masked boxes are zeros.
     lexeme_embeds (`torch.FloatTensor` of shape `(B, N, D)`, *optional*):
         L2-normalised phrase embeddings aligned with the boxes; rows of boxes without a phrase are zeros.
+    phrase_embeds (`torch.FloatTensor` of shape `(B, N, D)`, *optional*):
+        L2-normalised sentence-level embeddings of each box's phrase encoded alone (computed when RLA is on); rows of
+        boxes without a phrase are zeros.
     region_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which boxes were valid.
     linked_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which valid boxes have a phrase.
-    loss_gc, loss_lrc, loss_gr (`torch.FloatTensor` scalars, *optional*):
+    loss_gc, loss_lrc, loss_rla, loss_gr (`torch.FloatTensor` scalars, *optional*):
         The unweighted loss terms, `None` where a term does not apply; `loss` is their weighted sum.
     """
 
     region_embeds: torch.Tensor | None = None
     lexeme_embeds: torch.Tensor | None = None
+    phrase_embeds: torch.Tensor | None = None
     region_mask: torch.Tensor | None = None
     linked_mask: torch.Tensor | None = None
     loss_gc: torch.Tensor | None = None
     loss_lrc: torch.Tensor | None = None
+    loss_rla: torch.Tensor | None = None
     loss_gr: torch.Tensor | None = None
 
 
@@ -289,6 +295,18 @@ class HarmoCLIPModel(CLIPModel):
         states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self._lexemes_from_states(states, phrase_token_mask)
 
+    def get_phrase_features(self, input_ids: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence-level phrase embeddings: each phrase encoded as its own text (BOS + its caption tokens + EOS)
+        through the whole text tower, end-of-text pooled, projected; whatever `lexeme_mode` is.
+
+        Args:
+            input_ids: (B, T) captions, one per image; phrase_token_mask: (B, N, T) bool, each box's phrase tokens.
+        Returns:
+            (B, N, D) float32, L2-normalised; rows without tokens are zeros.
+        """
+        check_phrase_token_mask(phrase_token_mask, input_ids)
+        return self._lexemes_separate(input_ids, phrase_token_mask.to(device=input_ids.device, dtype=torch.bool))
+
     # ------------------------------------------------------------------ forward
 
     def _image_features_and_trunk(
@@ -341,8 +359,10 @@ class HarmoCLIPModel(CLIPModel):
             is linked when its phrase row has a token.
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
             processor's `crop_pixel_values`); enables GR.
-        return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_gr GR over the terms that apply to this batch alone
-            (`losses.harmoclip_loss`; a `ValueError` when none applies).
+        return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
+            alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
+
+        `phrase_embeds` (each phrase encoded alone) are computed with `phrase_token_mask` when `loss_rla_weight` > 0.
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
@@ -389,14 +409,17 @@ class HarmoCLIPModel(CLIPModel):
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
-        lexeme_embeds = None
+        lexeme_embeds = phrase_embeds = None
         if phrase_token_mask is not None:
+            linked_tokens = phrase_token_mask & linked_mask[..., None]
+            if self.config.lexeme_mode == "separate" or self.config.loss_rla_weight > 0:
+                phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
             if self.config.lexeme_mode == "separate":
-                lexeme_embeds = self._lexemes_separate(input_ids, phrase_token_mask & linked_mask[..., None])
+                lexeme_embeds = phrase_embeds
             else:
-                lexeme_embeds = self._lexemes_from_states(
-                    text_outputs.last_hidden_state, phrase_token_mask & linked_mask[..., None]
-                )
+                lexeme_embeds = self._lexemes_from_states(text_outputs.last_hidden_state, linked_tokens)
+            if self.config.loss_rla_weight == 0:
+                phrase_embeds = None
 
         image_embeds = _normalize(vision_outputs.pooler_output)
         text_embeds = _normalize(text_outputs.pooler_output)
@@ -418,6 +441,8 @@ class HarmoCLIPModel(CLIPModel):
                 phrase_ids=phrase_ids,
                 region_logit_scale=self.region_logit_scale,
                 teacher_region_embeds=teacher_region_embeds,
+                phrase_embeds=phrase_embeds,
+                rla_weight=config.loss_rla_weight,
             )
 
         return HarmoCLIPOutput(
@@ -430,10 +455,12 @@ class HarmoCLIPModel(CLIPModel):
             vision_model_output=vision_outputs,
             region_embeds=region_embeds,
             lexeme_embeds=lexeme_embeds,
+            phrase_embeds=phrase_embeds,
             region_mask=region_mask,
             linked_mask=linked_mask,
             loss_gc=terms.gc if terms is not None else None,
             loss_lrc=terms.lrc if terms is not None else None,
+            loss_rla=terms.rla if terms is not None else None,
             loss_gr=terms.gr if terms is not None else None,
         )
 

@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--gr-teacher", default="frozen")
     args = parser.parse_args()
     accelerator = Accelerator(cpu=True)
-    config = TrainConfig(batch_size=GLOBAL_BATCH // accelerator.num_processes, gr_teacher=args.gr_teacher)
-    model = tiny_harmoclip_model(seed=0)
+    # Every term on, the token-level LRC and the sentence-level RLA together.
+    config = TrainConfig(batch_size=GLOBAL_BATCH // accelerator.num_processes, gr_teacher=args.gr_teacher, loss_rla_weight=0.5)
+    model = tiny_harmoclip_model(seed=0, loss_rla_weight=0.5)
     model.train()
     lock_parameters(model, config)
     teacher = frozen_copy(model)

@@ -15,6 +15,7 @@ from modeling_harmoclip.losses import (
     global_region_alignment_loss,
     harmoclip_loss,
     lexeme_region_contrastive_loss,
+    region_language_alignment_loss,
     same_phrase_negatives,
 )
 
@@ -156,3 +157,30 @@ def test_harmoclip_loss_without_an_applicable_term_says_why(weights, inputs) -> 
     with pytest.raises(ValueError, match=r"no loss term applies to this batch with weights \(gc, lrc, gr\) = \(0.0, "):
         harmoclip_loss(_unit(2, 8, 12), _unit(2, 8, 13), torch.tensor(2.0), weights, region_logit_scale=torch.tensor(1.0),
                        **batch)
+
+
+def test_region_language_alignment_by_hand() -> None:
+    """RLA on 3 pairs in 2-d, the softmaxes written out; the two "dog" phrases (same id) do not compete."""
+    regions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    phrases = torch.tensor([[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])
+    ids = torch.tensor([4, 5, 4])  # pairs 0 and 2 are the same phrase text
+    scale = 2.0
+    sim = [[sum(a * b for a, b in zip(r, p)) for p in phrases.tolist()] for r in regions.tolist()]
+
+    def cross_entropy(row: list[float], target: int, left_out: set[int]) -> float:
+        kept = [j for j in range(len(row)) if j not in left_out]
+        return -scale * row[target] + math.log(sum(math.exp(scale * row[j]) for j in kept))
+
+    same = {0: {2}, 1: set(), 2: {0}}
+    columns = [list(column) for column in zip(*sim)]  # phrase i against every region
+    expected = (sum(cross_entropy(sim[i], i, same[i]) for i in range(3)) / 3
+                + sum(cross_entropy(columns[i], i, same[i]) for i in range(3)) / 3) / 2
+    assert abs(region_language_alignment_loss(regions, phrases, scale, ids).item() - expected) < 1e-5
+    unmasked = (sum(cross_entropy(sim[i], i, set()) for i in range(3)) / 3
+                + sum(cross_entropy(columns[i], i, set()) for i in range(3)) / 3) / 2
+    assert abs(region_language_alignment_loss(regions, phrases, scale).item() - unmasked) < 1e-5
+    # Local rows against gathered columns average to the full loss, as LRC's do.
+    parts = [region_language_alignment_loss(regions[rows], phrases[rows], scale, ids[rows], all_region_embeds=regions,
+                                            all_phrase_embeds=phrases, all_phrase_ids=ids, offset=rows.start, normalizer=1.5)
+             for rows in (slice(0, 1), slice(1, 3))]
+    assert abs(torch.stack(parts).mean().item() - expected) < 1e-5

@@ -315,6 +315,31 @@ def test_forward_loss_is_the_shared_loss_function() -> None:
         gr_only(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], return_loss=True)
 
 
+def test_region_language_alignment_encodes_each_phrase_alone() -> None:
+    """RLA's texts are the phrases encoded alone (end-of-text pooled) while LRC keeps the caption's token states; the
+    term is weighted into the loss and is the contrast of `region_language_alignment_loss` on the linked boxes."""
+    from modeling_harmoclip.losses import region_language_alignment_loss
+
+    model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_gr_weight=0.0, loss_rla_weight=3.0)
+    batch = _training_batch(model)
+    out = model(**batch, return_loss=True)
+    ids = batch["input_ids"]
+    for (b, n), (start, end) in (((0, 0), (1, 3)), ((1, 0), (4, 6))):
+        phrase = torch.cat([torch.tensor([BOS]), ids[b, start:end], torch.tensor([EOS])])[None]
+        expected = F.normalize(model.get_text_features(input_ids=phrase).pooler_output[0], dim=0)
+        assert torch.allclose(out.phrase_embeds[b, n], expected, atol=1e-6)
+    assert out.phrase_embeds[0, 1].abs().sum() == 0  # unlinked box
+    assert not torch.allclose(out.phrase_embeds[0, 0], out.lexeme_embeds[0, 0])  # token-level lexemes are other texts
+    assert torch.allclose(model.get_phrase_features(ids, batch["phrase_token_mask"]), out.phrase_embeds, atol=1e-6)
+    linked = out.linked_mask
+    expected_rla = region_language_alignment_loss(out.region_embeds[linked], out.phrase_embeds[linked],
+                                                  model.region_logit_scale.exp(), batch["phrase_ids"][linked])
+    assert torch.allclose(out.loss_rla, expected_rla)
+    assert torch.allclose(out.loss, out.loss_gc + 0.5 * out.loss_lrc + 3.0 * out.loss_rla)
+    off = tiny_harmoclip_model(loss_rla_weight=0.0)(**batch, return_loss=True)
+    assert off.phrase_embeds is None and off.loss_rla is None
+
+
 def test_zero_weight_terms_are_not_computed() -> None:
     model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
     out = model(**_training_batch(model), return_loss=True)
@@ -362,7 +387,7 @@ def test_config_validation_and_from_clip_config() -> None:
     assert config.text_config.vocab_size == clip_config.text_config.vocab_size
     restored = HarmoCLIPConfig.from_dict(config.to_dict())
     assert restored.gr_teacher == "self" and restored.loss_lrc_weight == 0.0
-    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1),
+    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1), dict(loss_rla_weight=-1.0),
                 dict(loss_gr_weight="1"), dict(gr_crop_scale=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             HarmoCLIPConfig(**bad)

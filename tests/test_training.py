@@ -127,7 +127,7 @@ def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
                     str(tmp_path / "two.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert set(one["losses"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}
+    assert set(one["losses"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr", "loss_rla"}
     for name, value in one["losses"].items():
         assert abs(value - two["losses"][name]) <= 1e-5 * max(1.0, abs(value)), name
     assert set(one["grads"]) == set(two["grads"])

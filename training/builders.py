@@ -44,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         projection_dim=512,
     ),
 }
-HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight")
+HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight",
+                      "loss_rla_weight")
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
@@ -130,7 +131,8 @@ def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
 
 def synthetic_settings(config: TrainConfig) -> SyntheticSettings:
     return SyntheticSettings(num_train=config.synthetic_num_train, num_val=config.synthetic_num_val, seed=config.seed,
-                             image_size=config.synthetic_image_size)
+                             image_size=config.synthetic_image_size, min_shapes=config.synthetic_min_shapes,
+                             held_out=config.synthetic_held_out)
 
 
 def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | RegionStream | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class TrainConfig:
     synthetic_num_train: int = 512
     synthetic_num_val: int = 128
     synthetic_image_size: int = 64
+    synthetic_min_shapes: int = 1
+    synthetic_held_out: int = 0  # colour-shape combinations kept out of the training split (open-vocabulary test)
     # hf: a `save_to_disk` folder, or a folder / glob of Parquet files or WebDataset tars (training/data/data_hf.py)
     streaming: bool = False  # hf: read as a stream, each process its own shards (training/data/streaming.py)
     shuffle_buffer: int = 0  # hf streaming: rows in the shuffle buffer (0: shard order only; resumes exactly)
@@ -74,6 +77,8 @@ class TrainConfig:
     loss_gc_weight: float = 1.0
     loss_lrc_weight: float = 1.0
     loss_gr_weight: float = 1.0
+    loss_rla_weight: float = 0.0  # region-language alignment: regions against their phrases encoded alone
+    region_logit_scale_init: float | None = None  # set the region log temperature at the start (None: keep the model's)
     # ---- optimisation
     seed: int = 0
     batch_size: int = 32  # per process
@@ -122,7 +127,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config `{name}` must be > 0, got {getattr(self, name)!r}")
-        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "weight_decay", "warmup_steps",
+        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "loss_rla_weight", "weight_decay", "warmup_steps",
                      "lock_vision_layers", "num_workers", "min_box_size", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config `{name}` must be >= 0, got {getattr(self, name)!r}")
@@ -143,7 +148,9 @@ class TrainConfig:
             raise ValueError(f"config `streaming` needs data_format='hf', got data_format={self.data_format!r}")
         if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
             raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
-        if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == 0:
+        if self.region_logit_scale_init is not None and not 0 <= self.region_logit_scale_init <= math.log(self.max_logit_scale):
+            raise ValueError(f"config `region_logit_scale_init` must be in [0, log(max_logit_scale)], got {self.region_logit_scale_init!r}")
+        if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == self.loss_rla_weight == 0:
             raise ValueError("config: all loss weights are 0; nothing to train")
 
     @property
@@ -152,8 +159,12 @@ class TrainConfig:
         return tracker_names(self.report_to)
 
     @property
+    def uses_phrases(self) -> bool:
+        return self.loss_lrc_weight > 0 or self.loss_rla_weight > 0
+
+    @property
     def uses_regions(self) -> bool:
-        return self.loss_lrc_weight > 0 or (self.loss_gr_weight > 0 and self.gr_teacher != "none")
+        return self.uses_phrases or (self.loss_gr_weight > 0 and self.gr_teacher != "none")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,6 +232,14 @@ def coerce_value(name: str, value: Any, annotation: Any, where: str | None = Non
             if isinstance(value, dict):
                 return value
     raise ValueError(f"{where or f'config `{name}`'}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def config_field_value(name: str, text: str) -> Any:
+    """A command-line string read as the type of `TrainConfig` field `name` (an unknown name is an error)."""
+    hints = _field_types()
+    if name not in hints or name == "extra":
+        raise ValueError(f"unknown option {name!r}")
+    return coerce_value(name, text, hints[name], where=f"option `{name}`")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

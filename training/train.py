@@ -6,7 +6,7 @@ Runs unchanged as any of
     torchrun --nproc_per_node 2 training/train.py --config ...
 
 One loop: sample a global batch (each process its share), encode images, captions, boxes and phrases, gather the
-embeddings of all processes, compute w_gc GC + w_lrc LRC + w_gr GR, step. Checkpoints every `checkpoint_every`
+embeddings of all processes, compute w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR, step. Checkpoints every `checkpoint_every`
 steps (atomic), `--resume` continues from the latest; at the end the model and processor are saved Hub-ready in
 `<output_dir>/model`, the loss curves drawn in `<output_dir>/loss_curves.png`, and (optionally) evaluated.
 """
@@ -181,12 +181,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
 def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
     """Freezes what the config locks, and the parameters no enabled loss term uses (data parallelism needs every
     trainable parameter to receive a gradient)."""
-    if config.lock_text or (config.loss_gc_weight == 0 and config.loss_lrc_weight == 0):
+    if config.lock_text or (config.loss_gc_weight == 0 and not config.uses_phrases):
         for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
             parameter.requires_grad_(False)
     if config.loss_gc_weight == 0:
         model.logit_scale.requires_grad_(False)
-    if config.loss_lrc_weight == 0:
+    if not config.uses_phrases:
         model.region_logit_scale.requires_grad_(False)
     if config.lock_vision_layers > 0:
         vision = model.vision_model
@@ -217,8 +217,8 @@ def train(config: TrainConfig) -> Path:
     the caller's logging set-up.
     """
     output_dir = Path(config.output_dir)
-    check_trackers_installed(config.trackers)
-    needs_unused = config.loss_gc_weight == 0 or config.loss_lrc_weight == 0 or not config.uses_regions
+        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
+        phrase_embeds=outputs.phrase_embeds, rla_weight=config.loss_rla_weight,
     accelerator = Accelerator(
         # Without CUDA, say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun.
         cpu=not torch.cuda.is_available(),
@@ -240,6 +240,9 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device, config.mixed_precision)
 
     model, processor = build_model_and_processor(config)
+    if config.region_logit_scale_init is not None:
+        with torch.no_grad():
+            model.region_logit_scale.fill_(config.region_logit_scale_init)
     lock_parameters(model, config)
     train_set, val_set, collator = build_datasets(config, processor, main_process_first=accelerator.main_process_first)
     teacher = frozen_copy(model).to(accelerator.device) if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0 else None
@@ -371,14 +374,15 @@ def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch:
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
             boxes=batch["boxes"] if config.uses_regions else None,
             box_mask=batch["box_mask"] if config.uses_regions else None,
-            phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
-            phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
+            phrase_token_mask=batch["phrase_token_mask"] if config.uses_phrases else None,
+            phrase_ids=batch["phrase_ids"] if config.uses_phrases else None,
         )
     return harmoclip_loss(
         outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
         region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
         region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
         region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
+        phrase_embeds=outputs.phrase_embeds, rla_weight=config.loss_rla_weight,
     )
 
 
