@@ -1,5 +1,6 @@
-"""The harmony benchmark, end to end at its --quick size: every row trained from one pre-trained model, evaluated,
-reported (JSON, markdown, PNG), and reused when the command runs again. Which configuration wins is not tested."""
+"""The harmony benchmark, end to end at its --quick size: every row of every seed trained from that seed's one
+pre-trained model, evaluated, aggregated over seeds, reported (JSON, markdown, PNG), and reused when the command runs
+again; the aggregation and the seen / held-out split on hand numbers. Which configuration wins is not tested."""
 
 from __future__ import annotations
 
@@ -19,12 +20,17 @@ from benchmarks.harmony import (
     QUICK_SETTINGS,
     HarmonySettings,
     _train_config,
+    aggregate_rows,
     fingerprint,
+    group_top1,
     main,
     run_harmony,
+    mean_sd,
+    parse_row,
 )
 
-FIGURES = ("i2t_R@1", "t2i_R@1", "mean_R@1", "box_top1_dense", "box_top1_crop")
+FIGURES = ("i2t_R@1", "t2i_R@1", "mean_R@1", "box_top1_dense", "box_top1_crop", "box_top1_dense_seen", "box_top1_dense_held_out")
+SEEDS = list(QUICK_SETTINGS["seeds"])
 
 
 def weights(row: dict) -> dict[str, torch.Tensor]:
@@ -37,20 +43,31 @@ def first_run(tmp_path_factory) -> tuple[Path, dict]:
     return out, run_harmony(["--quick", "--out", str(out)])
 
 
-def test_every_row_is_trained_from_the_one_pretrained_model(first_run) -> None:
+def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None:
     out, report = first_run
     rows = {row["key"]: row for row in report["rows"]}
     assert list(rows) == [PRETRAINED.key, *CONFIGURATION_KEYS]
-    assert sorted(path.name.split("-")[0] for path in (out / "runs").iterdir()).count("pretrained") == 1
-    pretrained = rows[PRETRAINED.key]
-    assert pretrained["init_from"] is None and pretrained["train_config"]["loss_lrc_weight"] == 0
-    for configuration in FINETUNE_CONFIGURATIONS:
-        row = rows[configuration.key]
-        assert row["init_from"] == pretrained["model"], configuration.key
-        assert row["loss_weights"] == {"gc": configuration.gc, "lrc": configuration.lrc, "gr": configuration.gr}
-        assert row["train_config"]["max_steps"] == QUICK_SETTINGS["finetune_steps"]
+    assert sorted(path.name.split("-")[0] for path in (out / "runs").iterdir()).count("pretrained") == len(SEEDS)
+    for position, seed in enumerate(SEEDS):
+        pretrained = rows[PRETRAINED.key]["per_seed"][position]
+        assert pretrained["seed"] == seed and pretrained["train_config"]["seed"] == seed
+        assert pretrained["init_from"] is None and pretrained["train_config"]["loss_lrc_weight"] == 0
+        assert f"seed{seed}" in pretrained["train_config"]["synthetic_dir"]
+        for configuration in FINETUNE_CONFIGURATIONS:
+            row = rows[configuration.key]["per_seed"][position]
+            assert row["seed"] == seed and row["init_from"] == pretrained["model"], configuration.key
+            assert row["loss_weights"] == configuration.loss_weights
+            assert row["train_config"]["max_steps"] == QUICK_SETTINGS["finetune_steps"]
+            assert row["train_config"]["synthetic_dir"] == pretrained["train_config"]["synthetic_dir"]
+    # Seeds give other data and other models.
+    first, second = (record["model"] for record in rows[PRETRAINED.key]["per_seed"])
+    assert first != second
+    # The default configuration is TrainConfig's: its weights are the defaults'.
+    from training.config import TrainConfig
+
+    assert rows["harmoclip"]["loss_weights"] == {name: getattr(TrainConfig, f"loss_{name}_weight") for name in ("gc", "lrc", "rla", "gr")}
     # GR alone trains the vision tower only: the text tower is the pre-trained one, bit for bit, and vision moved.
-    start, tuned = weights(pretrained), weights(rows["gr"])
+    start, tuned = weights(rows[PRETRAINED.key]["per_seed"][0]), weights(rows["gr"]["per_seed"][0])
     text = [name for name in start if name.startswith("text_model.")]
     vision = [name for name in start if name.startswith("vision_model.encoder.")]
     assert text and vision
@@ -62,18 +79,24 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     out, report = first_run
     saved = json.loads((out / "harmony.json").read_text())
     assert saved["command"] == f"python -m benchmarks.harmony --quick --out {out}"
-    assert saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"]
+    assert saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"] and saved["settings"]["seeds"] == SEEDS
     assert [row["key"] for row in saved["rows"]] == [PRETRAINED.key, *CONFIGURATION_KEYS]
     for row in saved["rows"]:
+        assert row["seeds"] == SEEDS
         for name in FIGURES:
-            assert 0.0 <= row["figures"][name] <= 100.0, (row["key"], name)
-        assert (Path(row["folder"]) / "eval.json").is_file() and (Path(row["folder"]) / "row.json").is_file()
-        assert not (Path(row["folder"]) / "checkpoints").exists()
+            per_seed = [record["figures"][name] for record in row["per_seed"]]
+            assert row["figures"][name]["per_seed"] == per_seed
+            assert all(0.0 <= value <= 100.0 for value in per_seed), (row["key"], name)
+            assert row["figures"][name]["mean"] == pytest.approx(sum(per_seed) / len(per_seed))
+        for record in row["per_seed"]:
+            assert (Path(record["folder"]) / "eval.json").is_file() and (Path(record["folder"]) / "row.json").is_file()
+            assert not (Path(record["folder"]) / "checkpoints").exists()
     assert 0 < saved["chance"]["R@1"] <= 100 and 0 < saved["chance"]["box_top1"] <= 100
     assert saved["environment"]["torch_threads"] >= 1 and len(saved["environment"]["load_average_at_end"]) == 3
     table = (out / "harmony.md").read_text()
     for row in saved["rows"]:
-        assert f"| {row['label']} | {row['losses']} | {row['figures']['i2t_R@1']:.1f} |" in table
+        i2t = row["figures"]["i2t_R@1"]
+        assert f"| {row['label']} | {row['losses']} | {i2t['mean']:.1f} ± {i2t['sd']:.1f} |" in table
     assert saved["command"] in table
     with Image.open(out / "harmony.png") as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 300
@@ -82,35 +105,53 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
 
 def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) -> None:
     out, report = first_run
-    before = {row["key"]: (Path(row["model"]) / "model.safetensors").stat().st_mtime_ns for row in report["rows"]}
+    def stamps(rows):
+        return {(row["key"], record["seed"]): (Path(record["model"]) / "model.safetensors").stat().st_mtime_ns
+                for row in rows for record in row["per_seed"]}
 
+    before = stamps(report["rows"])
     again = run_harmony(["--quick", "--out", str(out)])
-    assert all(row["reused"] for row in again["rows"])
+    assert all(record["reused"] for row in again["rows"] for record in row["per_seed"])
     assert [row["figures"] for row in again["rows"]] == [row["figures"] for row in report["rows"]]
-    assert {row["key"]: (Path(row["model"]) / "model.safetensors").stat().st_mtime_ns for row in again["rows"]} == before
+    assert stamps(again["rows"]) == before
 
-    changed = run_harmony(["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc"])
-    pretrained, tuned = changed["rows"]
-    assert pretrained["reused"] and pretrained["model"] == report["rows"][0]["model"]
+    changed = run_harmony(["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc", "--seeds", str(SEEDS[0])])
+    pretrained, tuned = (row["per_seed"][0] for row in changed["rows"])
+    assert pretrained["reused"] and pretrained["model"] == report["rows"][0]["per_seed"][0]["model"]
     assert not tuned["reused"] and tuned["train_config"]["max_steps"] == 1 and tuned["init_from"] == pretrained["model"]
-    assert tuned["folder"] != report["rows"][1]["folder"] and Path(report["rows"][1]["folder"]).is_dir()
+    old = report["rows"][1]["per_seed"][0]["folder"]
+    assert tuned["folder"] != old and Path(old).is_dir()
+
+    # An extra row (an ablation) is one more row from the same pre-trained model; a row equal to another is shared.
+    extra = run_harmony(["--quick", "--out", str(out), "--configurations", "gc-lrc-gr", "--seeds", str(SEEDS[0]),
+                  "--row", "rla:loss_gc_weight=1,loss_lrc_weight=0,loss_rla_weight=1,loss_gr_weight=1",
+                  "--row", "same:loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none"])
+    rows = {row["key"]: row["per_seed"][0] for row in extra["rows"]}
+    assert rows["gc-lrc-gr"]["reused"] and rows["rla"]["init_from"] == pretrained["model"] and not rows["rla"]["reused"]
+    assert rows["rla"]["loss_weights"] == {"gc": 1.0, "lrc": 0.0, "rla": 1.0, "gr": 1.0}
+    assert rows["same"]["same_as"] == "gc-lrc-gr" and rows["same"]["figures"] == rows["gc-lrc-gr"]["figures"]
 
 
 def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     settings = HarmonySettings(**QUICK_SETTINGS)
     gc = FINETUNE_CONFIGURATIONS[0]
-    here = _train_config(settings, tmp_path / "a", gc, "finetune", tmp_path / "a" / "model", tmp_path / "a" / "run")
-    there = _train_config(settings, tmp_path / "b", gc, "finetune", tmp_path / "b" / "model", tmp_path / "b" / "run")
+    here = _train_config(settings, tmp_path / "a", gc, "finetune", tmp_path / "a" / "model", tmp_path / "a" / "run", 0)
+    there = _train_config(settings, tmp_path / "b", gc, "finetune", tmp_path / "b" / "model", tmp_path / "b" / "run", 0)
     assert fingerprint(here, "p") == fingerprint(there, "p")
     assert fingerprint(here, "p") != fingerprint(here, "other pre-trained model")
-    longer = _train_config(dataclasses.replace(settings, finetune_steps=3), tmp_path, gc, "finetune", None, tmp_path)
+    longer = _train_config(dataclasses.replace(settings, finetune_steps=3), tmp_path, gc, "finetune", None, tmp_path, 0)
     assert fingerprint(longer, "p") != fingerprint(here, "p")
-    assert fingerprint(_train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path), "p") != fingerprint(here, "p")
+    assert fingerprint(_train_config(settings, tmp_path, gc, "finetune", None, tmp_path, 1), "p") != fingerprint(here, "p")
+    assert fingerprint(_train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path, 0), "p") != fingerprint(here, "p")
 
 
 def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="configurations"):
         HarmonySettings(configurations=("gc", "lrc-only"))
+    with pytest.raises(ValueError, match="seeds"):
+        HarmonySettings(seeds=(1, 1))
+    with pytest.raises(ValueError, match="rows"):
+        HarmonySettings(rows=("a:loss_lrc_weight=1", "a:loss_gr_weight=0"))
     with pytest.raises(ValueError, match="finetune_batch_size"):
         HarmonySettings(synthetic_num_train=8, finetune_batch_size=16, pretrain_batch_size=8)
     config = tmp_path / "settings.yaml"
@@ -121,3 +162,35 @@ def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
     assert main(["--finetune-steps", "many"]) == 2
     assert capsys.readouterr().err == "error: argument --finetune-steps/--finetune_steps: invalid int value: 'many'\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_mean_and_sample_sd_by_hand() -> None:
+    assert mean_sd([30.0, 32.0, 37.0]) == {"mean": 33.0, "sd": pytest.approx(((9 + 1 + 16) / 2) ** 0.5), "n": 3}
+    assert mean_sd([12.5]) == {"mean": 12.5, "sd": 0.0, "n": 1}
+    assert mean_sd([None, 4.0, 6.0]) == {"mean": 5.0, "sd": pytest.approx(2 ** 0.5), "n": 2}
+    assert mean_sd([None]) == {"mean": None, "sd": None, "n": 0}
+    per_seed = [{"key": "gc", "label": "GC only", "losses": "GC", "loss_weights": {}, "fields": {}, "seed": seed,
+                 "figures": {"mean_R@1": value, "box_top1_dense_held_out": None if seed == 2 else 10.0 * seed}}
+                for seed, value in ((0, 30.0), (1, 32.0), (2, 37.0))]
+    row = aggregate_rows(per_seed)
+    assert row["seeds"] == [0, 1, 2] and row["figures"]["mean_R@1"]["mean"] == 33.0
+    assert row["figures"]["mean_R@1"]["per_seed"] == [30.0, 32.0, 37.0]
+    assert row["figures"]["box_top1_dense_held_out"] == {"mean": 5.0, "sd": pytest.approx(50 ** 0.5), "n": 2, "per_seed": [0.0, 10.0, None]}
+
+
+def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:
+    # Three classes: 4 boxes at 50 %, 1 box at 100 %, 5 boxes at 20 %; the last two held out.
+    per_class, counts, held = [50.0, 100.0, 20.0], [4, 1, 5], [False, True, True]
+    assert group_top1(per_class, counts, held) == pytest.approx((1 * 100 + 5 * 20) / 6)  # 2 of 6 boxes right
+    assert group_top1(per_class, counts, [not h for h in held]) == pytest.approx(50.0)
+    assert group_top1([None, 100.0], [0, 2], [True, False]) is None  # a group without boxes
+
+
+def test_extra_rows_are_parsed_with_the_fields_types() -> None:
+    row = parse_row("t100:region_logit_scale_init=4.6,loss_rla_weight=1,gr_teacher=self")
+    assert row.key == "t100" and row.fields == {"region_logit_scale_init": 4.6, "loss_rla_weight": 1.0, "gr_teacher": "self"}
+    assert row.losses == "GC+LRC+RLA+GR" and row.loss_weights["rla"] == 1.0
+    for bad, match in (("gc:loss_lrc_weight=1", "new name"), ("x:seed=3", "field other than"), ("x", "at least one"),
+                       ("x:loss_rla_weight", "field=value"), ("x:no_such_field=1", "unknown option")):
+        with pytest.raises(ValueError, match=match):
+            parse_row(bad)

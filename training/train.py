@@ -217,8 +217,8 @@ def train(config: TrainConfig) -> Path:
     the caller's logging set-up.
     """
     output_dir = Path(config.output_dir)
-        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
-        phrase_embeds=outputs.phrase_embeds, rla_weight=config.loss_rla_weight,
+    check_trackers_installed(config.trackers)
+    needs_unused = config.loss_gc_weight == 0 or not config.uses_phrases or not config.uses_regions
     accelerator = Accelerator(
         # Without CUDA, say so: Accelerate then sets up multi-process CPU training (gloo) under torchrun.
         cpu=not torch.cuda.is_available(),
