@@ -73,14 +73,15 @@ RESULTS_NAME = "harmony"
 @dataclass(frozen=True)
 class Configuration:
     """One row of the benchmark: a key for folders, a label for the table, and the `TrainConfig` fields it sets (loss
-    weights first; anything else, e.g. the teacher, is an ablation). Fields not set keep the benchmark's values."""
+    weights first; anything else, e.g. the teacher, is an ablation). Fields not set keep the benchmark's values
+    (`BASE_FIELDS`, then `HarmonySettings`), never `TrainConfig`'s defaults: only the HarmoCLIP row follows those."""
 
     key: str
     label: str
     fields: dict[str, Any] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:
-        return self.fields.get(name, getattr(TrainConfig, name))
+        return self.fields.get(name, BASE_FIELDS.get(name, getattr(TrainConfig, name)))
 
     @property
     def losses(self) -> str:
@@ -99,6 +100,9 @@ def _weights(gc: float, lrc: float, gr: float, rla: float = 0.0) -> dict[str, fl
 # The settings of TrainConfig's defaults that make "HarmoCLIP": the loss weights and the region-side switches.
 HARMOCLIP_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight", "gr_teacher",
                     "region_logit_scale_init")
+# What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
+# defaults become: rows keep their meaning, and their finished runs stay reusable, when the defaults change.
+BASE_FIELDS: dict[str, Any] = {**_weights(1.0, 1.0, 1.0, 0.0), "gr_teacher": "frozen", "region_logit_scale_init": None}
 PRETRAINED = Configuration("pretrained", "pre-trained CLIP (reference)", _weights(1.0, 0.0, 0.0))
 FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0)),
@@ -224,7 +228,7 @@ def _train_config(settings: HarmonySettings, out: Path, configuration: Configura
         synthetic_image_size=settings.synthetic_image_size, synthetic_min_shapes=settings.synthetic_min_shapes,
         synthetic_held_out=settings.synthetic_held_out,
         init_from=str(init_from) if init_from else None, model_preset=settings.model_preset,
-        image_size=settings.image_size, patch_size=settings.patch_size, gr_teacher="frozen", gr_crop_scale=settings.gr_crop_scale,
+        image_size=settings.image_size, patch_size=settings.patch_size, gr_crop_scale=settings.gr_crop_scale, **BASE_FIELDS,
         seed=seed, batch_size=getattr(settings, f"{stage}_batch_size"), max_steps=steps,
         learning_rate=getattr(settings, f"{stage}_learning_rate"), warmup_steps=getattr(settings, f"{stage}_warmup_steps"),
         weight_decay=settings.weight_decay, output_dir=str(output_dir), log_every=max(1, min(10, steps // 10)),
@@ -233,7 +237,7 @@ def _train_config(settings: HarmonySettings, out: Path, configuration: Configura
         extra={"harmony_row": configuration.key, "harmony_stage": stage},
     )
     values.update(configuration.fields)
-    if teacher_cache is not None and values["gr_teacher"] == "frozen" and values.get("loss_gr_weight", TrainConfig.loss_gr_weight) > 0:
+    if teacher_cache is not None and values["gr_teacher"] == "frozen" and values["loss_gr_weight"] > 0:
         values.update(gr_teacher="cached", teacher_cache=str(teacher_cache))
     return TrainConfig(**values)
 
