@@ -44,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         projection_dim=512,
     ),
 }
-HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight")
+HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight",
+                      "region_pooling", "region_logit_scale_mode")
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
@@ -72,9 +73,9 @@ def scratch_model_config(config: TrainConfig, vocab_size: int) -> HarmoCLIPConfi
 def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
     """From `init_from` (a HarmoCLIP or plain CLIP folder) or from scratch (a preset and OpenAI's BPE vocabulary)."""
     if config.init_from:
-        model = HarmoCLIPModel.from_pretrained(config.init_from)
-        for name, value in harmoclip_settings(config).items():
-            setattr(model.config, name, value)
+        # The settings go in before the weights load: a CLIP folder's missing `region_logit_scale` is then initialised
+        # as this run's `region_logit_scale_mode` says (from the CLIP's trained `logit_scale`, or the config value).
+        model = HarmoCLIPModel.from_pretrained(config.init_from, **harmoclip_settings(config))
         model.config._check_harmoclip_settings()
         processor = load_processor(config.init_from, region_mode=config.region_mode)
         return model, processor

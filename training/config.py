@@ -18,7 +18,14 @@ from typing import Any
 import yaml
 
 from conversion.cli import CommandParser
-from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
+from modeling_harmoclip.configuration_harmoclip import (
+    DENSE_MODES,
+    LEXEME_MODES,
+    REGION_LOGIT_SCALE_MODES,
+    REGION_POOLING_MODES,
+    TEACHER_ALIASES,
+    TEACHER_MODES,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -33,7 +40,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model_preset": MODEL_PRESETS,
     "dense_mode": DENSE_MODES,
     "lexeme_mode": LEXEME_MODES,
-    "gr_teacher": TEACHER_MODES,
+    "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
+    "region_pooling": REGION_POOLING_MODES,
+    "region_logit_scale_mode": REGION_LOGIT_SCALE_MODES,
+    "flickr_category": ("type", "chain"),
 }
 
 
@@ -68,7 +78,9 @@ class TrainConfig:
     region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
     dense_mode: str = "value"
     lexeme_mode: str = "token"
-    gr_teacher: str = "frozen"
+    region_pooling: str = "normalize_then_pool"  # or "pool_then_normalize"
+    region_logit_scale_mode: str = "shared"  # LRC temperature: "shared" with GC, "from_global" or "separate"
+    gr_teacher: str = "frozen"  # "frozen", "self_with_grad", "self_stop_grad" ("self"), "cached", "none"
     gr_crop_scale: float = 1.5
     teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
     loss_gc_weight: float = 1.0
@@ -112,6 +124,7 @@ class TrainConfig:
         hints = _field_types()
         for item in dataclasses.fields(self):  # types first: a YAML file or a caller may pass anything
             setattr(self, item.name, coerce_value(item.name, getattr(self, item.name), hints[item.name]))
+        self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
