@@ -133,7 +133,7 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
             raise ValueError("config `image_root` (the COCO image folder) is required with data_format='coco'")
         return CocoRegionDataset(captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
     return Flickr30kEntitiesDataset(source, split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
-                                    image_dir=config.image_root, **common)
+                                    image_dir=config.image_root, category=config.flickr_category, **common)
 
 
 def build_datasets(

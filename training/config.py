@@ -64,6 +64,7 @@ class TrainConfig:
     streaming: bool = False  # hf: read as a stream, each process its own shards (training/data/streaming.py)
     shuffle_buffer: int = 0  # hf streaming: rows in the shuffle buffer (0: shard order only; resumes exactly)
     hf_columns: dict[str, str] | None = None  # hf: schema field -> column, e.g. {image: jpg, caption: text} (YAML only)
+    flickr_category: str = "type"  # flickr30k: a box's category for LRC's false negatives, entity "type" or "chain"
     max_boxes: int = 20
     min_box_size: float = 4.0
     strict: bool = False
@@ -86,6 +87,7 @@ class TrainConfig:
     loss_gc_weight: float = 1.0
     loss_lrc_weight: float = 1.0
     loss_gr_weight: float = 1.0
+    lrc_mask_categories: bool = True  # LRC leaves out negatives of the same category (else: of the same phrase text)
     # ---- optimisation
     seed: int = 0
     batch_size: int = 32  # per process

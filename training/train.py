@@ -374,14 +374,15 @@ def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch:
             box_mask=batch["box_mask"] if config.uses_regions else None,
             phrase_token_mask=batch["phrase_token_mask"] if config.loss_lrc_weight > 0 else None,
             phrase_ids=batch["phrase_ids"] if config.loss_lrc_weight > 0 else None,
-            category_ids=batch.get("category_ids") if config.loss_lrc_weight > 0 else None,
+            category_ids=batch.get("category_ids") if config.loss_lrc_weight > 0 and config.lrc_mask_categories else None,
         )
     return harmoclip_loss(
         outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
         region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
         region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
         region_logit_scale=unwrapped.lrc_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
-        category_ids=batch.get("category_ids"), teacher_grad=config.gr_teacher == "self_with_grad",
+        category_ids=batch.get("category_ids") if config.lrc_mask_categories else None,
+        teacher_grad=config.gr_teacher == "self_with_grad",
     )
 
 
