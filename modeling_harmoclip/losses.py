@@ -103,7 +103,7 @@ def false_negatives(
     """(n, M) bool: the negatives LRC leaves out, never a row's own pair (column offset + i).
 
     A pair j is a false negative of row i when both carry the same category (ids >= 0: a COCO category, a Flickr30k
-    Entities coreference chain, a region's label) or, whatever their categories, the same phrase text. Ids are (n,)
+    Entities type or chain, a region's label) or, whatever their categories, the same phrase text. Ids are (n,)
     for this process's rows and (M,) for the gathered ones; None when the batch has none. Returns None when neither
     kind of id is given.
     """
@@ -113,7 +113,7 @@ def false_negatives(
     if category_ids is not None:
         all_category_ids = category_ids if all_category_ids is None else all_category_ids
         known = (category_ids[:, None] >= 0) & (all_category_ids[None, :] >= 0)
-        same = same_phrase_negatives(category_ids, all_category_ids, offset) & known
+        same = same_phrase_negatives(category_ids, all_category_ids, offset) & known  # equal ids, own pair excluded
         ignore = same if ignore is None else ignore | same
     return ignore
 
