@@ -296,7 +296,7 @@ def test_self_teacher_with_and_without_gradient() -> None:
         model.zero_grad(set_to_none=True)
         mask = batch["box_mask"]
         regions = model.get_region_features(batch["pixel_values"], batch["boxes"], mask)[mask]
-        crops = model.get_crop_features(batch["pixel_values"], batch["boxes"], mask)[mask]
+        crops = model.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & mask)[mask]
         crops = crops if mode == "self_with_grad" else crops.detach()
         (1 - F.cosine_similarity(regions, crops, dim=-1)).mean().backward()
         expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
