@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
-from roi_reference import slow_roi_align
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from region_reference import value_path_dense
+from roi_reference import slow_roi_align
 
 VOCAB = tiny_clip_config().text_config.vocab_size
 BOS, EOS = VOCAB - 2, VOCAB - 1
