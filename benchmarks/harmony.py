@@ -99,7 +99,7 @@ def _weights(gc: float, lrc: float, gr: float, rla: float = 0.0) -> dict[str, fl
 
 # The settings of TrainConfig's defaults that make "HarmoCLIP": the loss weights and the region-side switches.
 HARMOCLIP_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight", "gr_teacher",
-                    "region_logit_scale_init")
+                    "region_logit_scale_mode", "region_logit_scale_init", "region_pooling", "lrc_mask_categories")
 # What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
 # defaults become: rows keep their meaning, and their finished runs stay reusable, when the defaults change.
 BASE_FIELDS: dict[str, Any] = {**_weights(1.0, 1.0, 1.0, 0.0), "gr_teacher": "frozen", "region_logit_scale_init": None}

@@ -30,7 +30,14 @@ from transformers import CLIPConfig, CLIPModel
 
 from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
-from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
+from modeling_harmoclip.configuration_harmoclip import (
+    DENSE_MODES,
+    LEXEME_MODES,
+    REGION_LOGIT_SCALE_MODES,
+    REGION_POOLING_MODES,
+    TEACHER_ALIASES,
+    TEACHER_MODES,
+)
 
 from . import openai_forward
 from .cli import CommandParser, run_command, setup_logging
@@ -305,6 +312,8 @@ def build_harmoclip_model(source: ClipSource, **harmoclip_settings: Any) -> Harm
     config = HarmoCLIPConfig.from_clip_config(source.clip_config, **harmoclip_settings)
     model = HarmoCLIPModel(config).eval()
     missing, unexpected = model.load_state_dict(source.state_dict, strict=False)
+    if "region_logit_scale" in missing:  # from the source's trained `logit_scale` unless the mode says otherwise
+        model.reset_region_logit_scale()
     missing = set(missing) - HARMOCLIP_ONLY_PARAMETERS
     if missing or unexpected:
         raise ValueError(f"source weights do not fit the model: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
@@ -366,14 +375,17 @@ def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """Options for the HarmoCLIP settings written into the config (left out: the config's defaults)."""
     group = parser.add_argument_group("HarmoCLIP settings (written into config.json)")
     group.add_argument("--dense-mode", choices=DENSE_MODES)
-    group.add_argument("--gr-teacher", choices=TEACHER_MODES)
+    group.add_argument("--gr-teacher", choices=TEACHER_MODES + tuple(TEACHER_ALIASES))
     group.add_argument("--lexeme-mode", choices=LEXEME_MODES)
+    group.add_argument("--region-pooling", choices=REGION_POOLING_MODES)
+    group.add_argument("--region-logit-scale-mode", choices=REGION_LOGIT_SCALE_MODES)
     for name in ("loss-gc-weight", "loss-lrc-weight", "loss-gr-weight", "gr-crop-scale", "region-logit-scale-init-value"):
         group.add_argument(f"--{name}", type=float)
 
 
 def harmoclip_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("dense_mode", "gr_teacher", "lexeme_mode", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "gr_crop_scale", "region_logit_scale_init_value")
+    names = ("dense_mode", "gr_teacher", "lexeme_mode", "region_pooling", "region_logit_scale_mode", "loss_gc_weight",
+             "loss_lrc_weight", "loss_gr_weight", "gr_crop_scale", "region_logit_scale_init_value")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -213,6 +213,8 @@ def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any
         "gr_teacher": f"`{config.gr_teacher}`",
         "gr_crop_scale": f"{config.gr_crop_scale:g}",
         "lexeme_mode": f"`{config.lexeme_mode}`",
+        "region_pooling": f"`{config.region_pooling}`",
+        "region_logit_scale_mode": f"`{config.region_logit_scale_mode}`",
         "datasets_text": ", ".join(info.datasets) if info.datasets else "not recorded",
         "evaluation": evaluation_markdown(eval_rows),
         **info.extra,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Parameters a HarmoCLIP model has beyond CLIPModel's: initialised from the config on conversion, dropped on export.
+# Parameters a HarmoCLIP model has beyond CLIPModel's: set on conversion (as the config says), dropped on export.
 HARMOCLIP_ONLY_PARAMETERS = frozenset({"region_logit_scale"})
 
 

@@ -7,8 +7,12 @@ from typing import Any
 from transformers import CLIPConfig
 
 DENSE_MODES = ("value", "full")
-TEACHER_MODES = ("frozen", "self", "cached", "none")
+TEACHER_MODES = ("frozen", "self_stop_grad", "self_with_grad", "cached", "none")
+# Older names of teacher modes, still read (saved configs) and mapped to what they meant.
+TEACHER_ALIASES = {"self": "self_stop_grad"}
 LEXEME_MODES = ("token", "separate")
+REGION_POOLING_MODES = ("normalize_then_pool", "pool_then_normalize")
+REGION_LOGIT_SCALE_MODES = ("shared", "from_global", "separate")
 
 
 class HarmoCLIPConfig(CLIPConfig):
@@ -27,13 +31,24 @@ class HarmoCLIPConfig(CLIPConfig):
         Factor by which a box is enlarged (about its centre) before its crop is cut from the original image for the GR
         teacher: the `crop_scale` training passes to the processor (as CLIPSelf and FineCLIP, 1.5).
     gr_teacher (`str`, defaults to `"frozen"`):
-        Which model embeds the crops for GR: `"frozen"` copy of the starting weights, the live model (`"self"`),
-        embeddings `"cached"` ahead of training, or `"none"` (GR disabled).
+        Which model embeds the crops for GR: `"frozen"` copy of the starting weights (CLIPSelf), the live model with
+        gradients through its crop branch (`"self_with_grad"`, FineCLIP) or without (`"self_stop_grad"`; the older
+        name `"self"` means this), embeddings `"cached"` ahead of training, or `"none"` (GR disabled).
     lexeme_mode (`str`, defaults to `"token"`):
         `"token"`: phrases are mean-pooled token states of the whole caption; `"separate"`: each phrase is encoded
         as its own text.
+    region_pooling (`str`, defaults to `"normalize_then_pool"`):
+        `"normalize_then_pool"`: every projected patch token is L2-normalised, then RoIAlign pools the box, then the
+        result is normalised again (CLIPSelf's and FineCLIP's `extract_roi_features` "v2"); `"pool_then_normalize"`:
+        RoIAlign of the unnormalised map, normalised after (high-norm patch tokens then weigh more).
+    region_logit_scale_mode (`str`, defaults to `"shared"`):
+        The log temperature of the LRC loss. `"shared"`: the global `logit_scale` (FineCLIP's region contrast uses
+        the model's own logit scale); `"from_global"`: its own parameter `region_logit_scale`, initialised from the
+        global one where the weights come from a CLIP; `"separate"`: its own parameter initialised to
+        `region_logit_scale_init_value`.
     region_logit_scale_init_value (`float`, defaults to 2.6592 = log(1/0.07)):
-        Initial value of the learnable log temperature of the LRC loss.
+        Initial value of `region_logit_scale` in `"separate"` mode (and in `"from_global"` mode for a model built
+        from scratch, where the global scale starts at `logit_scale_init_value`).
     """
 
     model_type = "harmoclip"
@@ -46,14 +61,24 @@ class HarmoCLIPConfig(CLIPConfig):
     gr_crop_scale: float = 1.5
     gr_teacher: str = "frozen"
     lexeme_mode: str = "token"
+    region_pooling: str = "normalize_then_pool"
+    region_logit_scale_mode: str = "shared"
     region_logit_scale_init_value: float = 2.6592
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
+        self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
         self._check_harmoclip_settings()
 
     def _check_harmoclip_settings(self) -> None:
-        for name, allowed in (("dense_mode", DENSE_MODES), ("gr_teacher", TEACHER_MODES), ("lexeme_mode", LEXEME_MODES)):
+        choices = (
+            ("dense_mode", DENSE_MODES),
+            ("gr_teacher", TEACHER_MODES),
+            ("lexeme_mode", LEXEME_MODES),
+            ("region_pooling", REGION_POOLING_MODES),
+            ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES),
+        )
+        for name, allowed in choices:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"HarmoCLIPConfig: `{name}` must be one of {allowed}, got {value!r}")
@@ -76,4 +101,12 @@ class HarmoCLIPConfig(CLIPConfig):
         return cls(**values)
 
 
-__all__ = ["HarmoCLIPConfig", "DENSE_MODES", "TEACHER_MODES", "LEXEME_MODES"]
+__all__ = [
+    "HarmoCLIPConfig",
+    "DENSE_MODES",
+    "TEACHER_MODES",
+    "TEACHER_ALIASES",
+    "LEXEME_MODES",
+    "REGION_POOLING_MODES",
+    "REGION_LOGIT_SCALE_MODES",
+]

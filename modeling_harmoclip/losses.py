@@ -93,32 +93,58 @@ def same_phrase_negatives(phrase_ids: torch.Tensor, all_phrase_ids: torch.Tensor
     return same & (columns != own)
 
 
+def false_negatives(
+    phrase_ids: torch.Tensor | None,
+    all_phrase_ids: torch.Tensor | None,
+    category_ids: torch.Tensor | None = None,
+    all_category_ids: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor | None:
+    """(n, M) bool: the negatives LRC leaves out, never a row's own pair (column offset + i).
+
+    A pair j is a false negative of row i when both carry the same category (ids >= 0: a COCO category, a Flickr30k
+    Entities type or chain, a region's label) or, whatever their categories, the same phrase text. Ids are (n,)
+    for this process's rows and (M,) for the gathered ones; None when the batch has none. Returns None when neither
+    kind of id is given.
+    """
+    ignore = None
+    if phrase_ids is not None:
+        ignore = same_phrase_negatives(phrase_ids, phrase_ids if all_phrase_ids is None else all_phrase_ids, offset)
+    if category_ids is not None:
+        all_category_ids = category_ids if all_category_ids is None else all_category_ids
+        known = (category_ids[:, None] >= 0) & (all_category_ids[None, :] >= 0)
+        same = same_phrase_negatives(category_ids, all_category_ids, offset) & known  # equal ids, own pair excluded
+        ignore = same if ignore is None else ignore | same
+    return ignore
+
+
 def lexeme_region_contrastive_loss(
     region_embeds: torch.Tensor,
     lexeme_embeds: torch.Tensor,
     logit_scale: torch.Tensor | float,
     phrase_ids: torch.Tensor | None = None,
     *,
+    category_ids: torch.Tensor | None = None,
     all_region_embeds: torch.Tensor | None = None,
     all_lexeme_embeds: torch.Tensor | None = None,
     all_phrase_ids: torch.Tensor | None = None,
+    all_category_ids: torch.Tensor | None = None,
     offset: int = 0,
     normalizer: float | None = None,
 ) -> torch.Tensor:
     """LRC: symmetric InfoNCE between linked regions and lexemes (phrases), row ``i`` of each forming a pair.
 
-    Negatives whose phrase is the same text as the positive's (equal `phrase_ids`, e.g. two "a dog" in the batch)
-    are left out of the softmax rather than pushed apart.
+    Negatives that name the same thing as the positive are left out of the softmax rather than pushed apart: those
+    of the same category (equal `category_ids` >= 0, e.g. "a man" and "a person" on two COCO person boxes) and those
+    of the same phrase text (equal `phrase_ids`, e.g. two "a dog"), the fallback where the data has no category.
 
     Args:
         region_embeds, lexeme_embeds: (R, D) normalised embeddings of this process's linked regions and phrases.
-        phrase_ids: (R,) int64 phrase-text ids; None disables the masking.
+        phrase_ids: (R,) int64 phrase-text ids; None: no masking by text.
+        category_ids: (R,) int64 category ids, -1 for a region without category; None: no masking by category.
         all_*: the gathered rows of every process, (M, D) and (M,); `offset`, `normalizer`: see `symmetric_infonce`.
     """
-    ignore = None
-    if phrase_ids is not None:
-        all_phrase_ids = phrase_ids if all_phrase_ids is None else all_phrase_ids
-        ignore = same_phrase_negatives(phrase_ids, all_phrase_ids, offset)
+    ignore = false_negatives(phrase_ids, all_phrase_ids, category_ids, all_category_ids, offset)
     return symmetric_infonce(
         region_embeds,
         lexeme_embeds,
@@ -138,9 +164,11 @@ def region_language_alignment_loss(
     logit_scale: torch.Tensor | float,
     phrase_ids: torch.Tensor | None = None,
     *,
+    category_ids: torch.Tensor | None = None,
     all_region_embeds: torch.Tensor | None = None,
     all_phrase_embeds: torch.Tensor | None = None,
     all_phrase_ids: torch.Tensor | None = None,
+    all_category_ids: torch.Tensor | None = None,
     offset: int = 0,
     normalizer: float | None = None,
 ) -> torch.Tensor:
@@ -148,7 +176,7 @@ def region_language_alignment_loss(
     encoded as its own text through the whole text tower, end-of-text pooled, as FineCLIP's region captions).
 
     The same contrast as LRC on other text embeddings, with the same false-negative masking: negatives whose phrase
-    text equals the positive's are left out.
+    text or category equals the positive's are left out.
 
     Args:
         region_embeds, phrase_embeds: (R, D) normalised, row ``i`` of each forming a pair.
@@ -160,19 +188,29 @@ def region_language_alignment_loss(
         phrase_embeds,
         logit_scale,
         phrase_ids,
+        category_ids=category_ids,
         all_region_embeds=all_region_embeds,
         all_lexeme_embeds=all_phrase_embeds,
         all_phrase_ids=all_phrase_ids,
+        all_category_ids=all_category_ids,
         offset=offset,
         normalizer=normalizer,
     )
 
 
 def global_region_alignment_loss(
-    region_embeds: torch.Tensor, teacher_embeds: torch.Tensor, normalizer: float | None = None
+    region_embeds: torch.Tensor,
+    teacher_embeds: torch.Tensor,
+    normalizer: float | None = None,
+    *,
+    teacher_grad: bool = False,
 ) -> torch.Tensor:
-    """GR: mean of ``1 - cos(region, teacher crop embedding)`` over rows. Both (R, D); the teacher gets no gradient."""
-    cosine = F.cosine_similarity(region_embeds.float(), teacher_embeds.detach().float(), dim=-1)
+    """GR: mean of ``1 - cos(region, teacher crop embedding)`` over rows. Both (R, D).
+
+    The teacher gets no gradient unless `teacher_grad` (the live model as its own teacher, as FineCLIP trains).
+    """
+    teacher_embeds = teacher_embeds if teacher_grad else teacher_embeds.detach()
+    cosine = F.cosine_similarity(region_embeds.float(), teacher_embeds.float(), dim=-1)
     return _reduce(1.0 - cosine, normalizer)
 
 
@@ -236,6 +274,8 @@ def harmoclip_loss(
     gatherer: RowGatherer | None = None,
     phrase_embeds: torch.Tensor | None = None,
     rla_weight: float = 0.0,
+    category_ids: torch.Tensor | None = None,
+    teacher_grad: bool = False,
 ) -> HarmoCLIPLoss:
     """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that apply to this batch.
 
@@ -251,7 +291,9 @@ def harmoclip_loss(
         weights: (w_gc, w_lrc, w_gr); a term with weight 0 is not computed.
         region_embeds, lexeme_embeds: (b, N, D) normalised; linked_mask (b, N): boxes with a phrase; region_mask
             (b, N): valid boxes; phrase_ids (b, N): phrase-text ids (-1: none), same-phrase negatives are left out.
-        teacher_region_embeds: (b, N, D) the GR targets.
+        teacher_region_embeds: (b, N, D) the GR targets; `teacher_grad`: GR back-propagates into them (the live model
+            as its own teacher, FineCLIP's self-distillation).
+        category_ids: (b, N) category ids (-1: none); same-category negatives are left out of LRC too.
         gatherer: how the rows of other processes are seen (default `LocalRows`: this batch alone).
         phrase_embeds: (b, N, D) normalised phrases encoded alone, the texts of RLA (weight `rla_weight`, on the
             linked boxes, like LRC).
@@ -281,13 +323,16 @@ def harmoclip_loss(
             continue
         regions, texts = region_embeds[linked_mask], texts[linked_mask]
         ids = phrase_ids[linked_mask] if phrase_ids is not None else None
+        categories = category_ids[linked_mask] if category_ids is not None else None
         counts = gatherer.counts(regions.shape[0], device)
         if sum(counts) > 0:
             all_regions = gatherer.rows(regions, counts, with_grad=True)
             all_texts = gatherer.rows(texts, counts, with_grad=True)
             common = dict(
+                category_ids=categories,
                 all_region_embeds=all_regions,
                 all_phrase_ids=gatherer.rows(ids, counts, with_grad=False) if ids is not None else None,
+                all_category_ids=gatherer.rows(categories, counts, with_grad=False) if categories is not None else None,
                 offset=sum(counts[:rank]),
                 normalizer=None if world == 1 else sum(counts) / world,
             )
@@ -306,6 +351,7 @@ def harmoclip_loss(
                 region_embeds[region_mask],
                 teacher_region_embeds[region_mask],
                 normalizer=None if world == 1 else sum(counts) / world,
+                teacher_grad=teacher_grad,
             )
 
     weighted = [weight * terms[name] for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr"), (rla_weight, "rla"))
@@ -330,4 +376,5 @@ __all__ = [
     "region_language_alignment_loss",
     "global_region_alignment_loss",
     "same_phrase_negatives",
+    "false_negatives",
 ]

@@ -6,7 +6,8 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 
 - dense features: the vision trunk up to the last layer, then the last layer with attention replaced by its value
   path (CLIPSelf / FineCLIP), `post_layernorm` and `visual_projection` on every patch;
-- region embeddings: RoIAlign (1x1, aligned, adaptive sampling) of the dense map at each box, L2-normalised;
+- region embeddings: RoIAlign (1x1, aligned, adaptive sampling) at each box of the dense map, its patch vectors
+  L2-normalised first by default (CLIPSelf / FineCLIP), then L2-normalised;
 - lexeme embeddings: mean of the caption's final token states over a phrase's tokens, projected, L2-normalised;
 - phrase embeddings: each phrase encoded alone through the whole text tower, end-of-text pooled (sentence level);
 - the losses GC, LRC, RLA and GR (see `losses.py`), weighted by the config.
@@ -112,16 +113,37 @@ class HarmoCLIPModel(CLIPModel):
 
     def __init__(self, config: HarmoCLIPConfig):
         super().__init__(config)
-        # Learnable log temperature of the lexeme-region contrast, separate from the global one.
-        self.region_logit_scale = nn.Parameter(torch.tensor(float(config.region_logit_scale_init_value)))
+        # Log temperature of the lexeme-region contrast in "from_global" / "separate" mode. It exists in every mode
+        # (unused when "shared") so that a checkpoint's parameters do not depend on the mode.
+        self.region_logit_scale = nn.Parameter(self.region_logit_scale_start())
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         # CLIPModel.__init__ already runs post_init once, before `region_logit_scale` exists.
         if isinstance(module, HarmoCLIPModel) and hasattr(module, "region_logit_scale"):
-            # `init.*` skips tensors loaded from a checkpoint, so this only fills what a CLIP checkpoint lacks.
-            init.constant_(module.region_logit_scale, float(self.config.region_logit_scale_init_value))
+            # `init.*` skips tensors loaded from a checkpoint, so this only fills what a CLIP checkpoint lacks; it runs
+            # after the checkpoint's `logit_scale` is loaded, so "from_global" starts from the CLIP's trained value.
+            init.copy_(module.region_logit_scale, module.region_logit_scale_start())
+
+    def region_logit_scale_start(self) -> torch.Tensor:
+        """The starting value of `region_logit_scale` (scalar): the global `logit_scale` unless the mode is
+        "separate", where it is `config.region_logit_scale_init_value`."""
+        if self.config.region_logit_scale_mode == "separate":
+            return torch.full_like(self.logit_scale, float(self.config.region_logit_scale_init_value)).detach()
+        return self.logit_scale.detach().clone()
+
+    def reset_region_logit_scale(self) -> None:
+        """Sets `region_logit_scale` to its starting value; for weights loaded by hand (`load_state_dict`) from a
+        CLIP, which `from_pretrained` would have initialised already."""
+        with torch.no_grad():
+            self.region_logit_scale.copy_(self.region_logit_scale_start())
+
+    @property
+    def lrc_logit_scale(self) -> nn.Parameter:
+        """The learnable log temperature the LRC loss uses: `logit_scale` when `region_logit_scale_mode` is "shared"
+        (as FineCLIP's region contrast), `region_logit_scale` otherwise."""
+        return self.logit_scale if self.config.region_logit_scale_mode == "shared" else self.region_logit_scale
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         # `register_for_auto_class` keeps one auto class per Python class: add the zero-shot head by hand.
@@ -172,15 +194,19 @@ class HarmoCLIPModel(CLIPModel):
         return F.normalize(dense, dim=1, eps=1e-12)
 
     def _pool_regions(self, dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-        """RoIAlign (1x1) of the unnormalised dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D).
+        """RoIAlign (1x1) of the dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D), normalised.
 
-        Every box of every image in two batched matrix products; masked boxes (which may hold anything) are pooled
-        at a placeholder box and their rows zeroed."""
+        With `region_pooling="normalize_then_pool"` every patch vector is L2-normalised before pooling, so that a few
+        high-norm patch tokens do not dominate a box. Every box of every image in two batched matrix products; masked
+        boxes (which may hold anything) are pooled at a placeholder box and their rows zeroed."""
         height, width = dense.shape[-2:]
         scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
         placeholder = boxes.new_tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
         boxes = torch.where(box_mask[..., None], boxes.float(), placeholder) * scale
-        pooled = roi_align_per_image(dense.float(), boxes, output_size=1, sampling_ratio=-1, aligned=True)
+        dense = dense.float()
+        if self.config.region_pooling == "normalize_then_pool":
+            dense = F.normalize(dense, dim=1, eps=1e-12)
+        pooled = roi_align_per_image(dense, boxes, output_size=1, sampling_ratio=-1, aligned=True)
         regions = _normalize(pooled.flatten(2))  # (B, N, D)
         return regions * box_mask[..., None].to(regions.dtype)
 
@@ -344,6 +370,7 @@ class HarmoCLIPModel(CLIPModel):
         phrase_token_mask: torch.Tensor | None = None,
         phrase_ids: torch.Tensor | None = None,
         teacher_region_embeds: torch.Tensor | None = None,
+        category_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> HarmoCLIPOutput | tuple:
         r"""
@@ -357,8 +384,11 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
             >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
             is linked when its phrase row has a token.
+        category_ids (`(B, N)` int64): what each box shows (a category id, -1: unknown); LRC also leaves out
+            negatives of the same category.
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
-            processor's `crop_pixel_values`); enables GR.
+            processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
+            them too.
         return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
             alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
 
@@ -387,6 +417,11 @@ class HarmoCLIPModel(CLIPModel):
                         f"{int(phrase_ids[b, n])}"
                     )
                 linked_mask = needs_tokens
+        if category_ids is not None:
+            if boxes is None or not isinstance(category_ids, torch.Tensor) or tuple(category_ids.shape) != tuple(boxes.shape[:2]):
+                expected = tuple(boxes.shape[:2]) if boxes is not None else "(B, N) with `boxes`"
+                shape = tuple(category_ids.shape) if isinstance(category_ids, torch.Tensor) else type(category_ids).__name__
+                raise ValueError(f"`category_ids` must have shape {expected}, got {shape}")
         if teacher_region_embeds is not None:
             if boxes is None:
                 raise ValueError("`teacher_region_embeds` was given without `boxes`")
@@ -439,10 +474,12 @@ class HarmoCLIPModel(CLIPModel):
                 linked_mask=linked_mask,
                 region_mask=region_mask,
                 phrase_ids=phrase_ids,
-                region_logit_scale=self.region_logit_scale,
+                region_logit_scale=self.lrc_logit_scale,
                 teacher_region_embeds=teacher_region_embeds,
                 phrase_embeds=phrase_embeds,
                 rla_weight=config.loss_rla_weight,
+                category_ids=category_ids,
+                teacher_grad=config.gr_teacher == "self_with_grad",
             )
 
         return HarmoCLIPOutput(

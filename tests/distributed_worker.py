@@ -23,7 +23,8 @@ GLOBAL_BATCH = 6
 
 
 def global_batch() -> dict[str, torch.Tensor]:
-    """6 captions/images, 3 boxes each with its teacher crop; repeated phrase ids across the halves; one image with no
+    """6 captions/images, 3 boxes each with its teacher crop; repeated phrase and category ids across the halves; one
+    image with no
     linked box."""
     generator = torch.Generator().manual_seed(11)
     vocab = tiny_clip_config().text_config.vocab_size
@@ -35,6 +36,8 @@ def global_batch() -> dict[str, torch.Tensor]:
     box_mask = torch.ones(GLOBAL_BATCH, 3, dtype=torch.bool)
     box_mask[1, 2] = box_mask[4, 1:] = False
     phrase_ids = torch.tensor([[5, 6, -1], [7, -1, -1], [-1, -1, -1], [5, 8, 9], [6, -1, -1], [10, 5, -1]])
+    # Categories shared across the two halves (phrases 7 and 10, 8 and 6 name the same things), some unknown.
+    category_ids = torch.tensor([[1, 2, -1], [3, -1, -1], [-1, -1, -1], [1, 2, -1], [2, -1, -1], [3, -1, -1]])
     phrase_mask = torch.zeros(GLOBAL_BATCH, 3, length, dtype=torch.bool)
     for b in range(GLOBAL_BATCH):
         for n in range(3):
@@ -46,6 +49,7 @@ def global_batch() -> dict[str, torch.Tensor]:
         boxes=boxes, box_mask=box_mask, phrase_token_mask=phrase_mask, phrase_ids=torch.where(box_mask, phrase_ids, -1),
         # The GR teacher's crops, as the collator cuts them (`return_crops=True`): one per kept box.
         crop_pixel_values=torch.randn(GLOBAL_BATCH, 3, 3, 32, 32, generator=generator), crop_mask=box_mask.clone(),
+        category_ids=torch.where(box_mask, category_ids, -1),
     )
 
 

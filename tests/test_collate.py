@@ -1,12 +1,16 @@
 """RegionCollator: samples -> model inputs through the real processor, skipped records reported, cache keys kept."""
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import tiny_processor
+from modeling_harmoclip.processing_harmoclip import phrase_id
 from training.data.collate import METADATA_KEYS, RegionCollator, collect_samples, model_inputs, padded_box_indices
-from training.data.data_common import SkippedSample
+from training.data.data_common import RegionSample, SkippedSample
 from training.data.data_jsonl import JsonlRegionDataset
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 
@@ -65,6 +69,9 @@ def test_batch_from_the_processor(shapes, processor, tiny_tokenizer, tiny_model)
             else:
                 assert tiny_tokenizer.decode(tokens).strip() == sample.caption[span[0] : span[1]]
                 assert batch["phrase_ids"][row, column] >= 0
+        # the synthetic shapes' category is their label; padding has none
+        expected = [phrase_id(name) for name in sample.categories] + [-1] * (num_boxes - count)
+        assert sample.categories == sample.labels and batch["category_ids"][row].tolist() == expected
     inputs = model_inputs(batch)
     assert not set(METADATA_KEYS) & set(inputs)
     with torch.no_grad():
@@ -83,3 +90,47 @@ def test_dataloader_with_workers(shapes, processor):
     batches = list(loader)
     assert [len(b["image_ids"]) for b in batches] == [4, 4, 2]
     assert [i for b in batches for i in b["image_ids"]] == [f"train/{i:06d}" for i in range(10)]
+
+
+def _sample(caption: str, phrases: list[str], categories: list[str | None], seed: int) -> RegionSample:
+    """An image with one box per phrase of `caption` (boxes side by side)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    spans = [(caption.index(phrase), caption.index(phrase) + len(phrase)) for phrase in phrases]
+    boxes = [[4.0 + 8 * k, 4.0, 12.0 + 8 * k, 28.0] for k in range(len(phrases))]
+    return RegionSample(Image.fromarray(pixels), caption, boxes, spans, phrases, f"img{seed}", f"img{seed}.png",
+                        box_indices=list(range(len(phrases))), labels=list(categories), categories=list(categories))
+
+
+def test_same_category_negatives_reach_the_loss(processor, tiny_model):
+    """"a man" and "a person" are both COCO persons: LRC leaves each out of the other's softmax; the two "a red
+    kite" without category fall back to the phrase text."""
+    samples = [
+        _sample("a man on a bench", ["a man"], ["person"], 0),
+        _sample("a person with a dog", ["a person", "a dog"], ["person", "dog"], 1),
+        _sample("a red kite in the sky", ["a red kite"], [None], 2),
+        _sample("a red kite and a kite", ["a red kite", "a kite"], [None, None], 3),
+    ]
+    batch = RegionCollator(processor)(samples)
+    person, dog = phrase_id("person"), phrase_id("dog")
+    assert batch["category_ids"].tolist() == [[person, -1], [person, dog], [-1, -1], [-1, -1]]
+    with torch.no_grad():
+        output = tiny_model(**model_inputs(batch), return_loss=True)
+        without = tiny_model(**{**model_inputs(batch), "category_ids": None}, return_loss=True)
+    # Reference: the 6 linked pairs in order (man, person, dog, red kite, red kite, kite), masks written by hand.
+    linked = output.linked_mask
+    regions, lexemes = output.region_embeds[linked], output.lexeme_embeds[linked]
+    left_out = torch.zeros(6, 6, dtype=torch.bool)
+    left_out[0, 1] = left_out[1, 0] = True  # same category
+    left_out[3, 4] = left_out[4, 3] = True  # same phrase text, no category
+    scale = tiny_model.logit_scale.exp()
+
+    def lrc(mask: torch.Tensor) -> torch.Tensor:
+        logits = (scale * regions @ lexemes.t()).masked_fill(mask, float("-inf"))
+        targets = torch.arange(6)
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+    text_only = torch.zeros(6, 6, dtype=torch.bool)
+    text_only[3, 4] = text_only[4, 3] = True
+    assert torch.allclose(output.loss_lrc, lrc(left_out), atol=1e-5)
+    assert torch.allclose(without.loss_lrc, lrc(text_only), atol=1e-5)
+    assert not torch.allclose(output.loss_lrc, without.loss_lrc, atol=1e-4)

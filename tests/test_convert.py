@@ -62,13 +62,17 @@ def test_openai_state_dict_fp16_converts_with_settings(tmp_path):
     torch.save({key: value.half() for key, value in reference.state_dict().items()}, checkpoint)  # as OpenAI ships
     reference = reference.half().float()  # the same rounded weights, run in float32
 
-    report = convert_clip("openai", checkpoint, tmp_path / "out", bpe_path=BPE_PATH, dense_mode="full", gr_teacher="self", loss_gr_weight=0.5)
+    report = convert_clip("openai", checkpoint, tmp_path / "out", bpe_path=BPE_PATH, dense_mode="full", gr_teacher="self",
+                          loss_gr_weight=0.5, region_logit_scale_mode="from_global")
 
     assert report.diff.max <= 1e-4
     assert_matches_reference(tmp_path / "out", reference)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model_type"] == "harmoclip"
-    assert (config["dense_mode"], config["gr_teacher"], config["loss_gr_weight"]) == ("full", "self", 0.5)
+    assert (config["dense_mode"], config["gr_teacher"], config["loss_gr_weight"]) == ("full", "self_stop_grad", 0.5)
+    # The region temperature starts from the source's trained global one, not from log(1/0.07).
+    model = HarmoCLIPModel.from_pretrained(tmp_path / "out")
+    assert model.region_logit_scale.item() == pytest.approx(reference.logit_scale.item()) and reference.logit_scale.item() != pytest.approx(2.6592)
     assert config["text_config"]["hidden_act"] == config["vision_config"]["hidden_act"] == "quick_gelu"
     assert (config["vision_config"]["num_attention_heads"], config["text_config"]["num_attention_heads"]) == (2, 1)
     assert config["text_config"]["eos_token_id"] == TINY_VOCAB_SIZE - 1
@@ -222,7 +226,13 @@ def test_command_line(tmp_path, capsys):
     assert "conversion check (openai -> HarmoCLIP): max abs diff" in (tmp_path / "logs" / "convert.log").read_text()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["dense_mode"], config["loss_lrc_weight"]) == ("full", 2.0)
+    assert (config["region_pooling"], config["region_logit_scale_mode"]) == ("normalize_then_pool", "shared")  # defaults
     assert_matches_reference(tmp_path / "out", reference)
+    separate = tmp_path / "separate"
+    assert main(args[:-1] + [str(separate), "--region-pooling", "pool_then_normalize", "--region-logit-scale-mode", "separate"]) == 0
+    config = json.loads((separate / "config.json").read_text())
+    assert (config["region_pooling"], config["region_logit_scale_mode"]) == ("pool_then_normalize", "separate")
+    assert HarmoCLIPModel.from_pretrained(separate).region_logit_scale.item() == pytest.approx(2.6592)
 
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err

@@ -86,6 +86,7 @@ def test_boxes_categories_and_links(coco):
     assert street.box_indices == [0, 1, 2, 3, 5]
     assert street.num_small_boxes_dropped == 1
     assert street.labels == ["person", "person", "dog", "dog", "car"]
+    assert street.categories == street.labels  # "a woman" and "A man" share a category: LRC does not push them apart
     # the larger person is "A man", the other "a woman"; the plural "two dogs" takes both dogs
     assert street.phrases == ["a woman", "A man", "two dogs", "two dogs", "a red car"]
 

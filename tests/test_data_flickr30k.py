@@ -88,6 +88,27 @@ def test_phrases_linked_exactly_to_their_boxes(tmp_path):
     assert len(seen) == 2
 
 
+def test_categories_are_entity_types_or_chains(tmp_path):
+    root = write_flickr(tmp_path)
+    by_type = Flickr30kEntitiesDataset(root, min_box_size=0)
+    by_chain = Flickr30kEntitiesDataset(root, min_box_size=0, category="chain")
+    for epoch in range(30):
+        by_type.set_epoch(epoch)
+        by_chain.set_epoch(epoch)
+        typed, chained = by_type[0], by_chain[0]
+        if typed.caption.startswith("A bearded"):  # "A bearded man" and "a girl" are both people
+            assert typed.categories == ["type:people", "type:people", "type:clothing", None]
+            assert chained.categories == ["chain:65567/255542", "chain:65567/255543", "chain:65567/255550", None]
+        else:  # both boxes of "The couple" belong to its chain
+            assert typed.categories == ["type:people", "type:people", None, None]
+            assert chained.categories == ["chain:65567/255544", "chain:65567/255544", None, None]
+    # The catch-all type names no kind of thing: no category, so LRC falls back to the phrase text.
+    assert by_type._category("1", EntityMention(0, 5, "7", ("other",))) is None
+    assert by_type._category("1", EntityMention(0, 5, "7", ("other", "animals"))) == "type:animals"
+    with pytest.raises(ValueError, match="`category` must be one of"):
+        Flickr30kEntitiesDataset(root, category="kind")
+
+
 def test_split_file_folders_and_skips(tmp_path):
     root = write_flickr(tmp_path)
     write_flickr(root, image_id="111", image=False)  # image missing

@@ -57,6 +57,7 @@ def test_reads_records_lazily_by_byte_offset(manifest):
     assert sample.phrase_spans == [(0, 5), (15, 23), None, None]
     assert sample.phrases == ["A dog", "Red Ball", None, None]
     assert sample.labels == [None, None, None, "thing"]
+    assert sample.categories == [None, None, None, "thing"]  # a region's label is its category
     assert sample.box_indices == [0, 1, 2, 3]
     assert sample.image_id == "images/a.png" and sample.path == str(manifest.parent / "images" / "a.png")
     jpeg = dataset[1]

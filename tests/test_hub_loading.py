@@ -72,7 +72,7 @@ def test_save_pretrained_writes_weights_config_and_code(tmp_path: Path) -> None:
 def test_auto_classes_load_from_the_folder_alone(tmp_path: Path) -> None:
     folder, work = tmp_path / "model", tmp_path / "work"
     work.mkdir()
-    _save_with_reference(tiny_harmoclip_model(dense_mode="value", gr_teacher="self"), folder, work)
+    _save_with_reference(tiny_harmoclip_model(dense_mode="value", gr_teacher="self_with_grad"), folder, work)
     code = f"""
 try:
     import modeling_harmoclip
@@ -81,7 +81,7 @@ except ImportError:
     pass
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
 config = AutoConfig.from_pretrained({str(folder)!r}, trust_remote_code=True)
-assert type(config).__name__ == "HarmoCLIPConfig" and config.gr_teacher == "self", config
+assert type(config).__name__ == "HarmoCLIPConfig" and config.gr_teacher == "self_with_grad", config
 for auto in (AutoModel, AutoModelForZeroShotImageClassification):
     model = auto.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
 """ + "\n".join("    " + line for line in CHECK_OUTPUTS.format(reference=str(work / "reference.pt")).splitlines())

@@ -13,6 +13,7 @@ from modeling_harmoclip.losses import (
     LocalRows,
     global_contrastive_loss,
     global_region_alignment_loss,
+    false_negatives,
     harmoclip_loss,
     lexeme_region_contrastive_loss,
     region_language_alignment_loss,
@@ -64,6 +65,49 @@ def test_same_phrase_mask_shape_and_offset() -> None:
     assert mask.tolist() == [[True, False, False, False, False], [False, True, False, False, False]]
 
 
+# A hand-built batch: "a man" and "a person" on two COCO person boxes (category 1), "a dog" (category 18), and two
+# JSONL regions without category, both "a red kite" (the phrase-text fallback), plus "a kite" without category.
+PHRASES = ["a man", "a person", "a dog", "a red kite", "a red kite", "a kite"]
+PHRASE_IDS = torch.tensor([101, 102, 103, 104, 104, 105])
+CATEGORY_IDS = torch.tensor([1, 1, 18, -1, -1, -1])
+
+
+def _loop_lrc(regions: torch.Tensor, lexemes: torch.Tensor, scale: float, phrase_ids, category_ids) -> float:
+    """LRC written pair by pair: column j is left out of row i when it names the same thing (and j != i)."""
+
+    def left_out(i: int, j: int) -> bool:
+        same_category = category_ids[i] >= 0 and category_ids[i] == category_ids[j]
+        return j != i and (same_category or phrase_ids[i] == phrase_ids[j])
+
+    n, total = regions.shape[0], 0.0
+    for a, b in ((regions, lexemes), (lexemes, regions)):
+        for i in range(n):
+            logits = [scale * float(a[i] @ b[j]) for j in range(n) if not left_out(i, j)]
+            total += -scale * float(a[i] @ b[i]) + math.log(sum(math.exp(value) for value in logits))
+    return total / (2 * n)
+
+
+def test_same_category_negatives_are_left_out() -> None:
+    ignore = false_negatives(PHRASE_IDS, None, CATEGORY_IDS, None)
+    assert ignore[0].tolist() == [False, True, False, False, False, False]  # "a man" vs "a person": same category
+    assert ignore[1].tolist() == [True, False, False, False, False, False]
+    assert ignore[3].tolist() == [False, False, False, False, True, False]  # no category: same phrase text only
+    assert not ignore[5].any() and not ignore[2].any()  # unknown categories (-1) are not a shared category
+    regions, lexemes = _unit(6, 16, 9), _unit(6, 16, 10)
+    loss = lexeme_region_contrastive_loss(regions, lexemes, 20.0, PHRASE_IDS, category_ids=CATEGORY_IDS)
+    assert abs(loss.item() - _loop_lrc(regions, lexemes, 20.0, PHRASE_IDS.tolist(), CATEGORY_IDS.tolist())) < 1e-4
+    by_text = lexeme_region_contrastive_loss(regions, lexemes, 20.0, PHRASE_IDS)
+    assert abs(by_text.item() - _loop_lrc(regions, lexemes, 20.0, PHRASE_IDS.tolist(), [-1] * 6)) < 1e-4
+    assert abs(loss.item() - by_text.item()) > 1e-3
+    # A man's region that looks like a person is no longer pushed away from "a person".
+    person = F.normalize(torch.tensor([1.0, 0.0, 0.0]), dim=0)
+    dog = F.normalize(torch.tensor([0.0, 1.0, 0.0]), dim=0)
+    same = torch.stack([person, person, dog])
+    masked = lexeme_region_contrastive_loss(same, same, 50.0, PHRASE_IDS[:3], category_ids=CATEGORY_IDS[:3])
+    assert masked.item() < 1e-6
+    assert lexeme_region_contrastive_loss(same, same, 50.0, PHRASE_IDS[:3]).item() > 0.4
+
+
 def test_local_rows_average_to_the_full_loss() -> None:
     """Two processes' local losses (own rows against gathered columns) average to the single-batch loss."""
     image, text = _unit(10, 16, 4), _unit(10, 16, 5)
@@ -88,6 +132,18 @@ def test_local_rows_average_to_the_full_loss() -> None:
         gr_parts.append(global_region_alignment_loss(image[rows], text[rows], normalizer=total / world))
         start += size
     assert torch.allclose(torch.stack(gc_parts).mean(), full_gc, atol=1e-6)
+    categories = torch.tensor([5, -1, 5, 2, -1, 2, 9, -1, 5, 9])
+    full_lrc_categories = lexeme_region_contrastive_loss(image, text, 10.0, ids, category_ids=categories)
+    parts, start = [], 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        parts.append(
+            lexeme_region_contrastive_loss(image[rows], text[rows], 10.0, ids[rows], category_ids=categories[rows],
+                                           all_region_embeds=image, all_lexeme_embeds=text, all_phrase_ids=ids,
+                                           all_category_ids=categories, offset=start, normalizer=total / world)
+        )
+        start += size
+    assert torch.allclose(torch.stack(parts).mean(), full_lrc_categories, atol=1e-6)
     assert torch.allclose(torch.stack(lrc_parts).mean(), full_lrc, atol=1e-6)
     assert torch.allclose(torch.stack(gr_parts).mean(), full_gr, atol=1e-6)
 
@@ -184,3 +240,31 @@ def test_region_language_alignment_by_hand() -> None:
                                             all_phrase_embeds=phrases, all_phrase_ids=ids, offset=rows.start, normalizer=1.5)
              for rows in (slice(0, 1), slice(1, 3))]
     assert abs(torch.stack(parts).mean().item() - expected) < 1e-5
+
+
+def test_teacher_gets_gradient_only_when_asked() -> None:
+    regions = _unit(4, 8, 11).requires_grad_()
+    teacher = _unit(4, 8, 12).requires_grad_()
+    global_region_alignment_loss(regions, teacher, teacher_grad=True).backward()
+    # d/dt (1 - r.t) for unit rows, through the normalisation: -(r - (r.t) t) / |t| / n, here |t| = 1.
+    with torch.no_grad():
+        expected = -(regions - (regions * teacher).sum(-1, keepdim=True) * teacher) / 4
+    assert torch.allclose(teacher.grad, expected, atol=1e-6)
+
+
+def test_harmoclip_loss_passes_categories_and_teacher_gradient() -> None:
+    image, text = _unit(2, 8, 12), _unit(2, 8, 13)
+    batch = _region_batch()
+    batch["teacher_region_embeds"] = batch["teacher_region_embeds"].clone().requires_grad_()
+    categories = torch.tensor([[7, -1, 8], [-1, 7, -1]])  # (0, 0) and (1, 1) share a category
+    loss = harmoclip_loss(image, text, torch.tensor(2.0), (0.0, 1.0, 1.0), region_logit_scale=torch.tensor(3.0),
+                          category_ids=categories, teacher_grad=True, **batch)
+    linked = batch["linked_mask"]
+    expected = lexeme_region_contrastive_loss(batch["region_embeds"][linked], batch["lexeme_embeds"][linked],
+                                              torch.tensor(3.0).exp(), batch["phrase_ids"][linked],
+                                              category_ids=categories[linked])
+    torch.testing.assert_close(loss.lrc, expected)
+    assert not torch.allclose(loss.lrc, lexeme_region_contrastive_loss(
+        batch["region_embeds"][linked], batch["lexeme_embeds"][linked], torch.tensor(3.0).exp(), batch["phrase_ids"][linked]))
+    loss.total.backward()
+    assert batch["teacher_region_embeds"].grad is not None and batch["teacher_region_embeds"].grad.abs().sum() > 0

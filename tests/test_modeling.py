@@ -10,6 +10,7 @@ from transformers import CLIPModel
 from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from region_reference import value_path_dense
+from roi_reference import slow_roi_align
 
 VOCAB = tiny_clip_config().text_config.vocab_size
 BOS, EOS = VOCAB - 2, VOCAB - 1
@@ -151,9 +152,9 @@ def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> Non
     assert last.q_proj.weight.grad is None  # the value path does not use queries or keys
 
 
-def test_region_features_hand_computed_boxes(tiny_model: HarmoCLIPModel) -> None:
+def test_region_features_hand_computed_boxes() -> None:
+    """Box-aligned boxes pool whole patches: a plain mean of the (normalised, by default) patch vectors."""
     pixels = _images(2)
-    unnormalised = value_path_dense(tiny_model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
     boxes = torch.tensor(
         [
             [[0.25, 0.5, 0.5, 0.75], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
@@ -161,14 +162,39 @@ def test_region_features_hand_computed_boxes(tiny_model: HarmoCLIPModel) -> None
         ]
     )
     box_mask = torch.tensor([[True, True, False], [True, True, True]])
-    regions = tiny_model.get_region_features(pixels, boxes, box_mask)
-    assert regions.shape == (2, 3, 16) and regions.dtype == torch.float32
-    assert torch.allclose(regions[0, 0], F.normalize(unnormalised[0, :, 2, 1], dim=0), atol=1e-6)  # one patch
-    assert torch.allclose(regions[0, 1], F.normalize(unnormalised[0, :, :2, :2].mean((-1, -2)), dim=0), atol=1e-6)
-    assert torch.allclose(regions[1, 0], F.normalize(unnormalised[1, :, 0, 3], dim=0), atol=1e-6)
-    assert torch.allclose(regions[1, 1], F.normalize(unnormalised[1, :, 1:3, 1:3].mean((-1, -2)), dim=0), atol=1e-6)
-    assert regions[0, 2].abs().sum() == 0  # masked box
-    assert torch.allclose(regions[1, 2].norm(), torch.tensor(1.0), atol=1e-5)
+    for pooling in ("normalize_then_pool", "pool_then_normalize"):
+        model = tiny_harmoclip_model(region_pooling=pooling)
+        unnormalised = value_path_dense(model, pixels)  # (2, D, 4, 4); a patch is 0.25 of the image side
+        patches = F.normalize(unnormalised, dim=1) if pooling == "normalize_then_pool" else unnormalised
+        regions = model.get_region_features(pixels, boxes, box_mask)
+        assert regions.shape == (2, 3, 16) and regions.dtype == torch.float32
+        assert torch.allclose(regions[0, 0], F.normalize(unnormalised[0, :, 2, 1], dim=0), atol=1e-6)  # one patch
+        assert torch.allclose(regions[0, 1], F.normalize(patches[0, :, :2, :2].mean((-1, -2)), dim=0), atol=1e-6)
+        assert torch.allclose(regions[1, 0], F.normalize(unnormalised[1, :, 0, 3], dim=0), atol=1e-6)
+        assert torch.allclose(regions[1, 1], F.normalize(patches[1, :, 1:3, 1:3].mean((-1, -2)), dim=0), atol=1e-6)
+        assert regions[0, 2].abs().sum() == 0  # masked box
+        assert torch.allclose(regions[1, 2].norm(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_region_pooling_order_against_the_loop_reference() -> None:
+    """Default: normalise every patch, RoIAlign (aligned, 1x1, adaptive), normalise (CLIPSelf / FineCLIP "v2")."""
+    model = tiny_harmoclip_model()
+    assert model.config.region_pooling == "normalize_then_pool"
+    pixels = _images(2, seed=3)
+    boxes = torch.tensor([[[0.1, 0.2, 0.7, 0.9], [0.33, 0.05, 0.52, 0.4]], [[0.0, 0.0, 1.0, 1.0], [0.6, 0.55, 0.97, 0.8]]])
+    dense = value_path_dense(model, pixels).double()  # (2, D, 4, 4)
+    rois = torch.cat([torch.tensor([[0.0], [0.0], [1.0], [1.0]]), boxes.reshape(-1, 4).double() * 4], dim=1)
+    for pooling, feature_map in (("normalize_then_pool", dense / dense.norm(dim=1, keepdim=True)), ("pool_then_normalize", dense)):
+        model.config.region_pooling = pooling
+        pooled = slow_roi_align(feature_map, rois, (1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        expected = (pooled[:, :, 0, 0] / pooled[:, :, 0, 0].norm(dim=1, keepdim=True)).reshape(2, 2, -1)
+        regions = model.get_region_features(pixels, boxes)
+        assert (regions.double() - expected).abs().max() < 1e-5, pooling
+    # The two orders differ on these boxes (else the test above could not tell them apart).
+    model.config.region_pooling = "normalize_then_pool"
+    first = model.get_region_features(pixels, boxes)
+    model.config.region_pooling = "pool_then_normalize"
+    assert (first - model.get_region_features(pixels, boxes)).abs().max() > 1e-3
 
 
 def test_one_image_encoder_pass_whatever_the_number_of_boxes(tiny_model: HarmoCLIPModel) -> None:
@@ -291,7 +317,56 @@ def test_losses_are_weighted_and_reported_per_term() -> None:
     cosine = F.cosine_similarity(out.region_embeds[batch["box_mask"]], batch["teacher_region_embeds"][batch["box_mask"]], dim=-1)
     assert torch.allclose(out.loss_gr, (1 - cosine).mean(), atol=1e-6)
     out.loss.backward()
-    assert model.region_logit_scale.grad is not None and model.logit_scale.grad is not None
+    assert model.logit_scale.grad is not None
+    assert model.region_logit_scale.grad is None  # the default shares the global temperature
+
+
+def _lrc_by_hand(out, batch, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of the linked (region, lexeme) pairs at temperature multiplier `scale`, written out."""
+    linked = out.linked_mask
+    regions, lexemes = out.region_embeds[linked], out.lexeme_embeds[linked]
+    logits = scale * regions @ lexemes.t()
+    targets = torch.arange(regions.shape[0])
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+@pytest.mark.parametrize("mode", ["shared", "from_global", "separate"])
+def test_region_temperature_modes(mode: str) -> None:
+    model = tiny_harmoclip_model(seed=2, region_logit_scale_mode=mode, loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
+    with torch.no_grad():  # tell the two parameters apart
+        model.logit_scale.fill_(4.0)
+        model.region_logit_scale.fill_(1.5)
+    batch = _training_batch(model)
+    out = model(**batch, return_loss=True)
+    used = model.logit_scale if mode == "shared" else model.region_logit_scale
+    assert model.lrc_logit_scale is used
+    assert torch.allclose(out.loss_lrc, _lrc_by_hand(out, batch, used.exp()), atol=1e-5)
+    out.loss.backward()
+    unused = model.region_logit_scale if mode == "shared" else model.logit_scale
+    assert used.grad is not None and used.grad.abs() > 0 and unused.grad is None
+
+
+def test_region_temperature_starts_from_a_clips_logit_scale(tmp_path) -> None:
+    """Loaded from a CLIP folder (as fine-tuning `init_from` a CLIP does), the region scale starts at the CLIP's
+    trained global scale, except in "separate" mode; a HarmoCLIP checkpoint's own value is kept."""
+    torch.manual_seed(0)
+    clip = CLIPModel(tiny_clip_config()).eval()
+    with torch.no_grad():
+        clip.logit_scale.fill_(4.6052)
+    clip.save_pretrained(tmp_path / "clip")
+    for mode, expected in (("shared", 4.6052), ("from_global", 4.6052), ("separate", 2.6592)):
+        model = HarmoCLIPModel.from_pretrained(tmp_path / "clip", region_logit_scale_mode=mode)
+        assert model.config.region_logit_scale_mode == mode
+        assert float(model.logit_scale.detach()) == pytest.approx(4.6052)
+        assert float(model.region_logit_scale.detach()) == pytest.approx(expected), mode
+    model = HarmoCLIPModel.from_pretrained(tmp_path / "clip", region_logit_scale_mode="from_global")
+    with torch.no_grad():
+        model.region_logit_scale.fill_(3.25)
+    model.save_pretrained(tmp_path / "harmoclip")
+    assert float(HarmoCLIPModel.from_pretrained(tmp_path / "harmoclip").region_logit_scale.detach()) == pytest.approx(3.25)
+    # From scratch: the global scale's initial value (CLIP's log(1/0.07) unless configured).
+    scratch = tiny_harmoclip_model(region_logit_scale_mode="from_global", logit_scale_init_value=3.0)
+    assert float(scratch.region_logit_scale.detach()) == pytest.approx(3.0)
 
 
 def test_forward_loss_is_the_shared_loss_function() -> None:
@@ -381,14 +456,16 @@ def test_masked_boxes_may_hold_anything(tiny_model: HarmoCLIPModel) -> None:
 
 def test_config_validation_and_from_clip_config() -> None:
     clip_config = tiny_clip_config()
-    config = HarmoCLIPConfig.from_clip_config(clip_config, gr_teacher="self", loss_lrc_weight=0.0)
-    assert config.model_type == "harmoclip" and config.gr_teacher == "self" and config.loss_lrc_weight == 0.0
+    config = HarmoCLIPConfig.from_clip_config(clip_config, gr_teacher="self_with_grad", loss_lrc_weight=0.0)
+    assert config.model_type == "harmoclip" and config.gr_teacher == "self_with_grad" and config.loss_lrc_weight == 0.0
     assert config.vision_config.patch_size == clip_config.vision_config.patch_size
     assert config.text_config.vocab_size == clip_config.text_config.vocab_size
     restored = HarmoCLIPConfig.from_dict(config.to_dict())
-    assert restored.gr_teacher == "self" and restored.loss_lrc_weight == 0.0
-    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1), dict(loss_rla_weight=-1.0),
-                dict(loss_gr_weight="1"), dict(gr_crop_scale=0)):
+    assert restored.gr_teacher == "self_with_grad" and restored.loss_lrc_weight == 0.0
+    assert HarmoCLIPConfig(gr_teacher="self").gr_teacher == "self_stop_grad"  # the older name of the stop-gradient mode
+    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1),
+                dict(loss_rla_weight=-1.0), dict(loss_gr_weight="1"), dict(gr_crop_scale=0), dict(region_pooling="mean"),
+                dict(region_logit_scale_mode="global")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             HarmoCLIPConfig(**bad)
     with pytest.raises(TypeError, match="clip_config"):

@@ -120,6 +120,8 @@ def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_pa
     assert 'AutoModel.from_pretrained("org/harmoclip-tiny", trust_remote_code=True)' in card.text
     assert 'CLIPModel.from_pretrained("org/harmoclip-tiny-clip")' in card.text
     assert "| Dense features (`dense_mode`) | `value` |" in card.text
+    assert "| Region pooling (`region_pooling`) | `normalize_then_pool` |" in card.text
+    assert "| Region temperature (`region_logit_scale_mode`) | `shared` |" in card.text
     assert "[org/harmoclip-tiny-clip](https://huggingface.co/org/harmoclip-tiny-clip)" in card.text  # links the export
 
     # The export's own repository: its own card, with the widget, linking back; only the global tasks' figures.

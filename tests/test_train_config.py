@@ -8,7 +8,15 @@ import pytest
 
 from conversion.cli import UsageError
 from conversion.convert_clip import build_parser as convert_parser
-from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES, HarmoCLIPConfig
+from modeling_harmoclip.configuration_harmoclip import (
+    DENSE_MODES,
+    LEXEME_MODES,
+    REGION_LOGIT_SCALE_MODES,
+    REGION_POOLING_MODES,
+    TEACHER_ALIASES,
+    TEACHER_MODES,
+    HarmoCLIPConfig,
+)
 from training.config import TRACKERS, TrainConfig, build_argument_parser, config_from_args, load_config
 
 
@@ -111,11 +119,14 @@ def test_mode_choices_come_from_the_modeling_config() -> None:
 
     assert training_config.CHOICES["dense_mode"] is DENSE_MODES
     assert training_config.CHOICES["lexeme_mode"] is LEXEME_MODES
-    assert training_config.CHOICES["gr_teacher"] is TEACHER_MODES
+    assert training_config.CHOICES["gr_teacher"] == TEACHER_MODES + tuple(TEACHER_ALIASES)  # older names still read
     train_actions = {action.dest: action.choices for action in build_argument_parser("t")._actions}
     convert_actions = {action.dest: action.choices for action in convert_parser()._actions}
-    for name, modes in (("dense_mode", DENSE_MODES), ("lexeme_mode", LEXEME_MODES), ("gr_teacher", TEACHER_MODES)):
-        assert tuple(train_actions[name]) == tuple(convert_actions[name]) == modes
-        for mode in modes:  # every mode the parsers offer is one the model's config accepts, and the other way
-            assert getattr(TrainConfig(**{name: mode, "teacher_cache": "cache"}), name) == mode
-            assert getattr(HarmoCLIPConfig(**{name: mode}), name) == mode
+    for name, modes in (("dense_mode", DENSE_MODES), ("lexeme_mode", LEXEME_MODES), ("gr_teacher", TEACHER_MODES),
+                        ("region_pooling", REGION_POOLING_MODES), ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES)):
+        offered = modes + tuple(TEACHER_ALIASES) if name == "gr_teacher" else modes
+        assert tuple(train_actions[name]) == tuple(convert_actions[name]) == offered
+        for mode in offered:  # every mode the parsers offer is one the model's config accepts, and the other way
+            meant = TEACHER_ALIASES.get(mode, mode) if name == "gr_teacher" else mode
+            assert getattr(TrainConfig(**{name: mode, "teacher_cache": "cache"}), name) == meant
+            assert getattr(HarmoCLIPConfig(**{name: mode}), name) == meant

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
@@ -269,9 +270,43 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
     run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gr_teacher", "cached", "--teacher_cache", str(cache_dir))
     assert all("loss_gr" in record for record in read_metrics(out))
     self_run = tmp_path / "self_run"
-    run_training([PYTHON], self_run, synthetic_dir, "--max_steps", "1", "--gr_teacher", "self", "--loss_lrc_weight", "0")
+    run_training([PYTHON], self_run, synthetic_dir, "--max_steps", "1", "--gr_teacher", "self_with_grad", "--loss_lrc_weight", "0")
     record = read_metrics(self_run)[0]
     assert "loss_gr" in record and "loss_lrc" not in record
+
+
+def test_self_teacher_with_and_without_gradient() -> None:
+    """`self_with_grad` back-propagates GR into the crop branch (FineCLIP), `self_stop_grad` does not. Reference: the
+    gradients of ``1 - cos(region, crop)`` written out with the crop embedding kept or detached."""
+    from accelerate import Accelerator
+
+    from conftest import tiny_harmoclip_model
+    from distributed_worker import global_batch
+    from training.config import TrainConfig
+    from training.train import forward_objective
+
+    batch = global_batch()
+    accelerator = Accelerator(cpu=True)
+    for mode in ("self_with_grad", "self_stop_grad"):
+        config = TrainConfig(gr_teacher=mode, loss_gc_weight=0.0, loss_lrc_weight=0.0, loss_gr_weight=1.0)
+        model = tiny_harmoclip_model(seed=0).train()
+        forward_objective(model, model, batch, config, accelerator).total.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+        model.zero_grad(set_to_none=True)
+        mask = batch["box_mask"]
+        regions = model.get_region_features(batch["pixel_values"], batch["boxes"], mask)[mask]
+        crops = model.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & mask)[mask]
+        crops = crops if mode == "self_with_grad" else crops.detach()
+        (1 - F.cosine_similarity(regions, crops, dim=-1)).mean().backward()
+        expected = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+        assert set(grads) == set(expected), mode
+        for name, grad in grads.items():
+            assert (grad - expected[name]).abs().max() <= 1e-5 * max(1.0, grad.abs().max().item()), (mode, name)
+        # The dense (value-path) regions never use the last layer's queries: only the crop branch reaches them.
+        query = "vision_model.encoder.layers.1.self_attn.q_proj.weight"
+        assert (query in grads and grads[query].abs().sum() > 0) == (mode == "self_with_grad"), mode
 
 
 def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_path: Path, synthetic_dir: Path, monkeypatch) -> None:

@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight",
-                      "loss_rla_weight")
+                      "loss_rla_weight", "region_pooling", "region_logit_scale_mode")
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
@@ -92,15 +92,15 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
 
 def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
     if config.init_from:
-        model = HarmoCLIPModel.from_pretrained(config.init_from)
+        # The settings go in before the weights load: a CLIP folder's missing `region_logit_scale` is then initialised
+        # as this run's `region_logit_scale_mode` says (from the CLIP's trained `logit_scale`, or the config value).
+        model = HarmoCLIPModel.from_pretrained(config.init_from, **harmoclip_settings(config))
         vision = model.config.vision_config
         if (vision.image_size, vision.patch_size) != (config.image_size, config.patch_size):
             raise ValueError(
                 f"config `image_size`/`patch_size` ({config.image_size}/{config.patch_size}) differ from the model in "
                 f"`init_from` {config.init_from!r} ({vision.image_size}/{vision.patch_size}): set them to the model's"
             )
-        for name, value in harmoclip_settings(config).items():
-            setattr(model.config, name, value)
         model.config._check_harmoclip_settings()
         processor = load_processor(config.init_from, region_mode=config.region_mode)
         return model, processor
@@ -159,7 +159,7 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
             raise ValueError("config `image_root` (the COCO image folder) is required with data_format='coco'")
         return CocoRegionDataset(captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
     return Flickr30kEntitiesDataset(source, split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
-                                    image_dir=config.image_root, **common)
+                                    image_dir=config.image_root, category=config.flickr_category, **common)
 
 
 def build_datasets(

@@ -19,7 +19,14 @@ from typing import Any
 import yaml
 
 from conversion.cli import CommandParser
-from modeling_harmoclip.configuration_harmoclip import DENSE_MODES, LEXEME_MODES, TEACHER_MODES
+from modeling_harmoclip.configuration_harmoclip import (
+    DENSE_MODES,
+    LEXEME_MODES,
+    REGION_LOGIT_SCALE_MODES,
+    REGION_POOLING_MODES,
+    TEACHER_ALIASES,
+    TEACHER_MODES,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -34,7 +41,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model_preset": MODEL_PRESETS,
     "dense_mode": DENSE_MODES,
     "lexeme_mode": LEXEME_MODES,
-    "gr_teacher": TEACHER_MODES,
+    "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
+    "region_pooling": REGION_POOLING_MODES,
+    "region_logit_scale_mode": REGION_LOGIT_SCALE_MODES,
+    "flickr_category": ("type", "chain"),
 }
 
 
@@ -57,6 +67,7 @@ class TrainConfig:
     streaming: bool = False  # hf: read as a stream, each process its own shards (training/data/streaming.py)
     shuffle_buffer: int = 0  # hf streaming: rows in the shuffle buffer (0: shard order only; resumes exactly)
     hf_columns: dict[str, str] | None = None  # hf: schema field -> column, e.g. {image: jpg, caption: text} (YAML only)
+    flickr_category: str = "type"  # flickr30k: a box's category for LRC's false negatives, entity "type" or "chain"
     max_boxes: int = 20
     min_box_size: float = 4.0
     strict: bool = False
@@ -71,7 +82,9 @@ class TrainConfig:
     region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
     dense_mode: str = "value"
     lexeme_mode: str = "token"
-    gr_teacher: str = "frozen"
+    region_pooling: str = "normalize_then_pool"  # or "pool_then_normalize"
+    region_logit_scale_mode: str = "shared"  # LRC temperature: "shared" with GC, "from_global" or "separate"
+    gr_teacher: str = "frozen"  # "frozen", "self_with_grad", "self_stop_grad" ("self"), "cached", "none"
     gr_crop_scale: float = 1.5
     teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
     loss_gc_weight: float = 1.0
@@ -79,6 +92,7 @@ class TrainConfig:
     loss_gr_weight: float = 1.0
     loss_rla_weight: float = 0.0  # region-language alignment: regions against their phrases encoded alone
     region_logit_scale_init: float | None = None  # set the region log temperature at the start (None: keep the model's)
+    lrc_mask_categories: bool = True  # LRC/RLA leave out negatives of the same category (else: of the same phrase text)
     # ---- optimisation
     seed: int = 0
     batch_size: int = 32  # per process
@@ -118,6 +132,7 @@ class TrainConfig:
         hints = _field_types()
         for item in dataclasses.fields(self):  # types first: a YAML file or a caller may pass anything
             setattr(self, item.name, coerce_value(item.name, getattr(self, item.name), hints[item.name]))
+        self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
@@ -150,6 +165,11 @@ class TrainConfig:
             raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
         if self.region_logit_scale_init is not None and not 0 <= self.region_logit_scale_init <= math.log(self.max_logit_scale):
             raise ValueError(f"config `region_logit_scale_init` must be in [0, log(max_logit_scale)], got {self.region_logit_scale_init!r}")
+        if self.region_logit_scale_init is not None and self.region_logit_scale_mode == "shared":
+            raise ValueError(
+                f"config `region_logit_scale_init` ({self.region_logit_scale_init!r}) has no effect with "
+                "region_logit_scale_mode='shared' (the region contrast uses `logit_scale`): set 'separate' or 'from_global'"
+            )
         if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == self.loss_rla_weight == 0:
             raise ValueError("config: all loss weights are 0; nothing to train")
 

@@ -184,9 +184,10 @@ def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
     if config.lock_text or (config.loss_gc_weight == 0 and not config.uses_phrases):
         for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
             parameter.requires_grad_(False)
-    if config.loss_gc_weight == 0:
+    phrases_share_scale = config.uses_phrases and config.region_logit_scale_mode == "shared"
+    if config.loss_gc_weight == 0 and not phrases_share_scale:
         model.logit_scale.requires_grad_(False)
-    if not config.uses_phrases:
+    if not config.uses_phrases or config.region_logit_scale_mode == "shared":  # shared: LRC/RLA use `logit_scale`
         model.region_logit_scale.requires_grad_(False)
     if config.lock_vision_layers > 0:
         vision = model.vision_model
@@ -329,7 +330,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
             record = {name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean")) for name, value in record.items()}
             record.update(step=step, epoch=stream.epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
-                          region_logit_scale=float(unwrapped.region_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
+                          region_logit_scale=float(unwrapped.lrc_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
             window_start, window_samples = time.perf_counter(), 0
             if accelerator.is_main_process:
                 with open(metrics_path, "a") as handle:
@@ -376,26 +377,30 @@ def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch:
             box_mask=batch["box_mask"] if config.uses_regions else None,
             phrase_token_mask=batch["phrase_token_mask"] if config.uses_phrases else None,
             phrase_ids=batch["phrase_ids"] if config.uses_phrases else None,
+            category_ids=batch.get("category_ids") if config.uses_phrases and config.lrc_mask_categories else None,
         )
     return harmoclip_loss(
         outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
         region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
         region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
-        region_logit_scale=unwrapped.region_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
+        region_logit_scale=unwrapped.lrc_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
         phrase_embeds=outputs.phrase_embeds, rla_weight=config.loss_rla_weight,
+        category_ids=batch.get("category_ids") if config.lrc_mask_categories else None,
+        teacher_grad=config.gr_teacher == "self_with_grad",
     )
 
 
 def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.nn.Module | None, model: torch.nn.Module,
                     cache: Any, accelerator: Accelerator) -> torch.Tensor | None:
-    """(B, N, D) GR targets for the batch's boxes, or None when GR is off."""
+    """(B, N, D) GR targets for the batch's boxes, or None when GR is off. With `gr_teacher="self_with_grad"` they
+    keep their graph: GR trains the model through its crop branch too (FineCLIP)."""
     if config.loss_gr_weight == 0 or config.gr_teacher == "none":
         return None
     if config.gr_teacher == "cached":
         return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
     source = teacher if config.gr_teacher == "frozen" else model
     # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
-    with torch.no_grad(), accelerator.autocast():
+    with torch.set_grad_enabled(config.gr_teacher == "self_with_grad"), accelerator.autocast():
         return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])
 
 

@@ -8,7 +8,9 @@ the teacher-embedding cache needs to key its entries. The batch holds the proces
 
 and, with `RegionCollator(processor, return_crops=True, crop_scale=...)` (what a frozen or live GR teacher needs),
 the teacher's inputs `TEACHER_KEYS`: crop_pixel_values (B, N, 3, S, S), each box's crop of the original image, and
-crop_mask (B, N). Cutting them here puts the work in the DataLoader's workers.
+crop_mask (B, N). Cutting them here puts the work in the DataLoader's workers. The batch also holds
+`category_ids` (B, N) int64: a stable id of each box's category (`RegionSample.categories`; -1 where the source has
+none, and for padding), which LRC uses to leave out same-category negatives;
 
 plus the metadata `METADATA_KEYS`:
 
@@ -29,6 +31,8 @@ from typing import Any, Sequence
 import torch
 from transformers import BatchFeature
 
+from modeling_harmoclip.processing_harmoclip import phrase_id
+
 from .data_common import RegionSample, SkippedSample
 
 METADATA_KEYS = ("image_ids", "box_indices", "skipped", "num_small_boxes_dropped", "num_boxes_over_limit")
@@ -45,6 +49,7 @@ class CollectedSamples:
     phrase_spans: list[list[tuple[int, int] | None]] = field(default_factory=list)
     image_ids: list[str] = field(default_factory=list)
     box_indices: list[list[int]] = field(default_factory=list)
+    categories: list[list[str | None]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     num_small_boxes_dropped: int = 0
     num_boxes_over_limit: int = 0
@@ -64,6 +69,7 @@ def collect_samples(samples: Sequence[RegionSample | SkippedSample]) -> Collecte
         collected.phrase_spans.append(list(sample.phrase_spans))
         collected.image_ids.append(sample.image_id)
         collected.box_indices.append(list(sample.box_indices) or list(range(len(sample.boxes))))
+        collected.categories.append(list(sample.categories) or [None] * len(sample.boxes))
         collected.num_small_boxes_dropped += sample.num_small_boxes_dropped
         collected.num_boxes_over_limit += sample.num_boxes_over_limit
     return collected
@@ -74,6 +80,17 @@ def padded_box_indices(box_indices: list[list[int]], num_boxes: int) -> torch.Te
     table = torch.full((len(box_indices), num_boxes), -1, dtype=torch.long)
     for row, indices in enumerate(box_indices):
         table[row, : len(indices)] = torch.tensor(indices[:num_boxes], dtype=torch.long)
+    return table
+
+
+def padded_category_ids(categories: list[list[str | None]], num_boxes: int) -> torch.Tensor:
+    """(B, num_boxes) int64: `phrase_id` of each box's category text (a stable hash, equal in every process), -1 for
+    a box without category and for padding (boxes padded at the end, as the processor does)."""
+    table = torch.full((len(categories), num_boxes), -1, dtype=torch.long)
+    for row, names in enumerate(categories):
+        for column, name in enumerate(names[:num_boxes]):
+            if name is not None:
+                table[row, column] = phrase_id(name)
     return table
 
 
@@ -107,6 +124,7 @@ class RegionCollator:
             **self.processor_kwargs,
         )
         batch["box_indices"] = padded_box_indices(collected.box_indices, batch["boxes"].shape[1])
+        batch["category_ids"] = padded_category_ids(collected.categories, batch["boxes"].shape[1])
         batch.update(metadata)
         return batch
 

@@ -212,5 +212,5 @@ class CocoRegionDataset(RegionDataset):
         # Boxes too small to be kept must not take a phrase a kept box could have.
         linkable = [c if min(x2 - x1, y2 - y1) >= self.min_box_size else None for c, (x1, y1, x2, y2) in zip(categories, boxes)]
         links = link_boxes_to_phrases(self.phrases_of(j), linkable, areas, self.matcher)
-        regions = [Region(tuple(box), span, k, category) for k, (box, span, category) in enumerate(zip(boxes, links, categories))]
+        regions = [Region(tuple(box), span, k, category, category) for k, (box, span, category) in enumerate(zip(boxes, links, categories))]
         return self.make_sample(self.image_dir / self.file_names[index], str(int(self.image_ids[index])), caption, regions)

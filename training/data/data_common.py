@@ -43,13 +43,16 @@ class Region:
 
     `box` is [x1, y1, x2, y2] in the original image's pixels; `span` the (start, end) characters of its phrase in the
     caption (None: unlinked, still used by GR); `index` the box's position in the image's annotation, independent of
-    the caption (with the image id it keys cached teacher embeddings); `label` an optional class name.
+    the caption (with the image id it keys cached teacher embeddings); `label` an optional class name; `category`
+    what the box shows where the source knows it (a COCO category, a Flickr30k Entities type or chain, a label):
+    LRC does not push apart regions and phrases of the same category.
     """
 
     box: tuple[float, float, float, float]
     span: tuple[int, int] | None
     index: int
     label: str | None = None
+    category: str | None = None
 
 
 @dataclass
@@ -65,6 +68,7 @@ class RegionSample:
     path: str
     box_indices: list[int] = field(default_factory=list)  # Region.index of each box
     labels: list[str | None] = field(default_factory=list)  # class name of each box where the source has one
+    categories: list[str | None] = field(default_factory=list)  # Region.category of each box
     num_small_boxes_dropped: int = 0
     num_boxes_over_limit: int = 0
 
@@ -120,7 +124,7 @@ def select_regions(
     for region in regions:
         x1, y1, x2, y2 = region.box
         box = (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
-        clipped.append(Region(box, region.span, region.index, region.label))
+        clipped.append(Region(box, region.span, region.index, region.label, region.category))
     big = [r for r in clipped if min(r.box[2] - r.box[0], r.box[3] - r.box[1]) >= min_box_size]
     num_small = len(clipped) - len(big)
     if max_boxes is None or len(big) <= max_boxes:
@@ -218,6 +222,7 @@ class RegionDataset(Dataset, ABC):
             path=str(image_path),
             box_indices=[region.index for region in kept],
             labels=[region.label for region in kept],
+            categories=[region.category for region in kept],
             num_small_boxes_dropped=num_small,
             num_boxes_over_limit=num_over,
         )

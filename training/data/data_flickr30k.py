@@ -10,6 +10,11 @@ coordinates `<xmin>`...`<ymax>`, or, for entities without a box, `<nobndbox>`/`<
 
 A box is linked to the first phrase of the sampled caption that mentions one of its entities; boxes of entities the
 caption does not mention stay unlinked (GR still uses them). Files are read per image in `__getitem__`.
+
+A linked box's category (the negatives LRC leaves out) is its mention's entity type (`category="type"`, the default:
+"a man" and "a person" are both `people`; the catch-all type `other` is no category), or its coreference chain
+(`category="chain"`: the entity id within the image, finer than the phrase text only where a box belongs to
+several entities).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .data_common import Region, RegionDataset, RegionSample, SampleError, choose_caption
+
+FLICKR_CATEGORIES = ("type", "chain")
+# Entity types that name no particular kind of thing, so never make two regions "the same category".
+CATCH_ALL_TYPES = frozenset({"other", "notvisual"})
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,13 @@ class Flickr30kEntitiesDataset(RegionDataset):
         image_dir: str | Path | None = None,
         split_file: str | Path | None = None,
         image_extension: str = ".jpg",
+        category: str = "type",
         **options,
     ):
         super().__init__(**options)
+        if category not in FLICKR_CATEGORIES:
+            raise ValueError(f"Flickr30kEntitiesDataset: `category` must be one of {FLICKR_CATEGORIES}, got {category!r}")
+        self.category = category
         if root is None and None in (sentences_dir, annotations_dir, image_dir):
             raise ValueError("give root, or all of sentences_dir, annotations_dir and image_dir")
         root = Path(root) if root is not None else None
@@ -162,5 +175,14 @@ class Flickr30kEntitiesDataset(RegionDataset):
             mention = next((m for m in mentions if m.entity_id in entity_box.entity_ids), None)
             span = (mention.start, mention.end) if mention is not None else None
             label = mention.types[0] if mention is not None else None
-            regions.append(Region(entity_box.box, span, box_index, label))
+            regions.append(Region(entity_box.box, span, box_index, label, self._category(image_id, mention)))
         return self.make_sample(self.image_dir / f"{image_id}{self.image_extension}", image_id, caption, regions)
+
+    def _category(self, image_id: str, mention: EntityMention | None) -> str | None:
+        """The category key of a box linked to `mention` (None: unlinked, or only a catch-all type)."""
+        if mention is None:
+            return None
+        if self.category == "chain":
+            return f"chain:{image_id}/{mention.entity_id}"
+        types = [kind for kind in mention.types if kind not in CATCH_ALL_TYPES]
+        return f"type:{types[0]}" if types else None

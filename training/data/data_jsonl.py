@@ -115,7 +115,8 @@ def parse_annotation(record: dict, rng: np.random.Generator) -> tuple[str, list[
         if span is not None:
             taken.add(span[0])
         label = item.get("label")
-        regions.append(Region(box, span, item_index, label if isinstance(label, str) else None))
+        label = label if isinstance(label, str) else None
+        regions.append(Region(box, span, item_index, label, label))  # a region's label is its category
     return caption, regions
 
 
