@@ -41,19 +41,38 @@ def add_common_arguments(parser: argparse.ArgumentParser, cpu_repeats: int, cuda
     """Options every benchmark takes; the default number of rounds depends on the device (a GPU is quicker and less
     disturbed by other processes, so it gets more rounds)."""
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when present; default)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="autocast precision: auto = bf16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default {cpu_repeats} on the CPU, {cuda_repeats} on CUDA; fewer with --quick)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", *DTYPES],
+        help="autocast precision: auto = bf16 on CUDA, fp32 on the CPU",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed rounds (default {cpu_repeats} on the CPU, {cuda_repeats} on CUDA; fewer with --quick)",
+    )
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls of each method first")
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds: checks that everything runs")
-    parser.add_argument("--threads", default="auto",
-                        help="CPU threads for torch: a number, or auto = 1 when the machine's load average already "
-                             "fills its cores (OpenMP threads then stall each other), else torch's default")
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads for torch: a number, or auto = 1 when the machine's load average already "
+        "fills its cores (OpenMP threads then stall each other), else torch's default",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", action="store_true",
-                        help="also run each method once under torch.profiler; tables written beside the JSON")
-    parser.add_argument("--json-out", type=Path, default=None, help="where to write the JSON result "
-                        f"(default {DEFAULT_OUTPUT_DIR.relative_to(ROOT)}/<benchmark>.json)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run each method once under torch.profiler; tables written beside the JSON",
+    )
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=None,
+        help=f"where to write the JSON result (default {DEFAULT_OUTPUT_DIR.relative_to(ROOT)}/<benchmark>.json)",
+    )
     parser.set_defaults(cpu_repeats=cpu_repeats, cuda_repeats=cuda_repeats)
 
 
@@ -115,7 +134,11 @@ def time_call(function: Callable[[], Any], device: torch.device) -> float:
 
 
 def time_side_by_side(
-    methods: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1, progress: str | None = None
+    methods: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    progress: str | None = None,
 ) -> dict[str, list[float]]:
     """Times several methods in alternating rounds; returns {method: [seconds of each round]}.
 
@@ -128,12 +151,16 @@ def time_side_by_side(
             time_call(methods[name], device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
             times[name].append(time_call(methods[name], device))
         if progress:
-            print(f"[{progress}] round {round_index + 1}/{repeats}: "
-                  + ", ".join(f"{name} {times[name][-1]:.3f}s" for name in names), file=sys.stderr, flush=True)
+            print(
+                f"[{progress}] round {round_index + 1}/{repeats}: "
+                + ", ".join(f"{name} {times[name][-1]:.3f}s" for name in names),
+                file=sys.stderr,
+                flush=True,
+            )
     return times
 
 
@@ -236,8 +263,11 @@ def machine_info(device: torch.device, dtype_name: str) -> dict[str, Any]:
     }
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        info.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gib=round(properties.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda)
+        info.update(
+            gpu=torch.cuda.get_device_name(device),
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
     return info
 
 
@@ -245,9 +275,11 @@ def describe_machine(info: dict[str, Any]) -> str:
     """One line: CPU, cores, GPU, versions, device and precision."""
     gpu = f", GPU {info['gpu']} ({info.get('gpu_memory_gib')} GiB, CUDA {info.get('cuda')})" if info.get("gpu") else ""
     load = f", load average {info['load_average_1min']} at start" if info.get("load_average_1min") is not None else ""
-    return (f"{info['cpu']} ({info['cpu_cores']} cores, torch threads {info['torch_threads']}){gpu}; "
-            f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}; "
-            f"device {info['device']}, {info['dtype']}{load}")
+    return (
+        f"{info['cpu']} ({info['cpu_cores']} cores, torch threads {info['torch_threads']}){gpu}; "
+        f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}; "
+        f"device {info['device']}, {info['dtype']}{load}"
+    )
 
 
 # ---------------------------------------------------------------- tables and results
@@ -284,12 +316,20 @@ def target(name: str, description: str, value: float, limit: float, higher_is_be
 
 
 def targets_table(targets: Sequence[dict[str, Any]]) -> str:
-    return markdown_table(["target", "wanted", "measured", "met"],
-                          [[t["name"], t["target"], t["value"], t["met"]] for t in targets])
+    return markdown_table(
+        ["target", "wanted", "measured", "met"], [[t["name"], t["target"], t["value"], t["met"]] for t in targets]
+    )
 
 
-def finish(name: str, args: argparse.Namespace, settings: dict[str, Any], results: list[dict[str, Any]],
-           table: str, targets: list[dict[str, Any]], notes: list[str] | None = None) -> dict[str, Any]:
+def finish(
+    name: str,
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    results: list[dict[str, Any]],
+    table: str,
+    targets: list[dict[str, Any]],
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     """Assembles the result, prints its markdown, writes its JSON; returns the result."""
     info = machine_info(args.device, args.dtype_name)
     markdown = f"### {name}\n\n{table}\n"
@@ -302,7 +342,13 @@ def finish(name: str, args: argparse.Namespace, settings: dict[str, Any], result
         "benchmark": name,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
         "machine": info,
-        "settings": {**settings, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick, "seed": args.seed},
+        "settings": {
+            **settings,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "seed": args.seed,
+        },
         "results": results,
         "targets": targets,
         "notes": notes or [],
@@ -331,9 +377,15 @@ def vitb16_config(**overrides: Any):
     """A `TrainConfig` for a from-scratch ViT-B/16 HarmoCLIP at 224 px with OpenAI's full BPE vocabulary."""
     from training.config import TrainConfig
 
-    settings = dict(model_preset="vit-b-16", image_size=224, patch_size=16, tokenizer_num_merges=None,
-                    tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"), evaluate_at_end=False,
-                    report_to="none")
+    settings = dict(
+        model_preset="vit-b-16",
+        image_size=224,
+        patch_size=16,
+        tokenizer_num_merges=None,
+        tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
+        evaluate_at_end=False,
+        report_to="none",
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -343,8 +395,9 @@ def model_config_for(preset: str, **overrides: Any):
     if preset == "vit-b-16":
         return vitb16_config(**overrides)
     if preset == "tiny":
-        return vitb16_config(**{"model_preset": "tiny", "image_size": 64, "patch_size": 8, "tokenizer_num_merges": 2000,
-                                **overrides})
+        return vitb16_config(
+            **{"model_preset": "tiny", "image_size": 64, "patch_size": 8, "tokenizer_num_merges": 2000, **overrides}
+        )
     raise ValueError(f"model preset must be 'vit-b-16' or 'tiny', got {preset!r}")
 
 
@@ -359,13 +412,56 @@ def build_model(preset: str, seed: int, **overrides: Any):
 
 # ---------------------------------------------------------------- captions
 
-_SUBJECTS = ("a man", "a woman", "two children", "a small dog", "an old man", "a group of people", "a brown horse",
-             "a young girl", "a cat", "three surfers", "a chef", "a black and white bird")
-_ACTIONS = ("riding", "holding", "standing next to", "looking at", "sitting on", "walking past", "carrying", "playing with")
-_OBJECTS = ("a red bicycle", "a wooden bench", "a large umbrella", "a frisbee", "a pizza with mushrooms", "a blue car",
-            "a kite", "the kitchen counter", "a laptop computer", "a wave", "a tennis racket", "a plate of food")
-_PLACES = ("in a park", "on a busy street", "near the beach", "in a kitchen", "under a tree", "at the train station",
-           "in a snowy field", "beside a river", "", "")
+_SUBJECTS = (
+    "a man",
+    "a woman",
+    "two children",
+    "a small dog",
+    "an old man",
+    "a group of people",
+    "a brown horse",
+    "a young girl",
+    "a cat",
+    "three surfers",
+    "a chef",
+    "a black and white bird",
+)
+_ACTIONS = (
+    "riding",
+    "holding",
+    "standing next to",
+    "looking at",
+    "sitting on",
+    "walking past",
+    "carrying",
+    "playing with",
+)
+_OBJECTS = (
+    "a red bicycle",
+    "a wooden bench",
+    "a large umbrella",
+    "a frisbee",
+    "a pizza with mushrooms",
+    "a blue car",
+    "a kite",
+    "the kitchen counter",
+    "a laptop computer",
+    "a wave",
+    "a tennis racket",
+    "a plate of food",
+)
+_PLACES = (
+    "in a park",
+    "on a busy street",
+    "near the beach",
+    "in a kitchen",
+    "under a tree",
+    "at the train station",
+    "in a snowy field",
+    "beside a river",
+    "",
+    "",
+)
 
 
 def sample_captions(count: int, seed: int) -> list[str]:

@@ -48,12 +48,16 @@ DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 def build_parser() -> CommandParser:
     parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=5)
-    parser.add_argument("--num-train", type=int, default=None, help="generated training images (default 512; --quick 32)")
+    parser.add_argument(
+        "--num-train", type=int, default=None, help="generated training images (default 512; --quick 32)"
+    )
     parser.add_argument("--workers", default="0,2", help="DataLoader worker counts to measure, comma-separated")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's (64; --quick 8)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="training steps timed per round")
     parser.add_argument("--pipeline", default="synthetic", choices=["synthetic", "jpeg224"])
-    parser.add_argument("--source-size", type=int, default=None, help="jpeg224: side of the JPEG images (default 480; --quick 64)")
+    parser.add_argument(
+        "--source-size", type=int, default=None, help="jpeg224: side of the JPEG images (default 480; --quick 64)"
+    )
     return parser
 
 
@@ -68,10 +72,16 @@ def run(args: argparse.Namespace) -> dict:
     workers = [int(w) for w in args.workers.split(",")]
     num_train = args.num_train or (32 if args.quick else 512)
     with temporary_folder("harmoclip-bench-data-") as folder:
-        overrides = dict(synthetic_dir=str(folder / "synthetic"), synthetic_num_train=num_train, synthetic_num_val=0,
-                         seed=args.seed, evaluate_at_end=False, report_to="none",
-                         tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
-                         mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name)
+        overrides = dict(
+            synthetic_dir=str(folder / "synthetic"),
+            synthetic_num_train=num_train,
+            synthetic_num_val=0,
+            seed=args.seed,
+            evaluate_at_end=False,
+            report_to="none",
+            tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
+            mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
+        )
         if args.batch_size or args.quick:
             overrides["batch_size"] = args.batch_size or 8
         config = load_config(DEFAULT_CONFIG, overrides)
@@ -82,9 +92,16 @@ def run(args: argparse.Namespace) -> dict:
 
         def read_epoch(num_workers: int):
             def call():
-                loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
-                                    num_workers=num_workers, drop_last=True)
+                loader = DataLoader(
+                    train_set,
+                    batch_size=config.batch_size,
+                    sampler=sampler,
+                    collate_fn=collator,
+                    num_workers=num_workers,
+                    drop_last=True,
+                )
                 return sum(len(batch["image_ids"]) for batch in loader)
+
             return call
 
         runner = StepRunner({"default": config}, args.device)
@@ -105,21 +122,56 @@ def run(args: argparse.Namespace) -> dict:
         rate = samples_per_epoch / summary["median_s"]
         # With 0 workers the loop loads then steps, one after the other; with workers loading overlaps the step.
         loading_share = (1 / rate) / (1 / rate + 1 / step_rate) if w == 0 else None
-        results.append({"method": f"loader, {w} workers", "num_workers": w, **summary, "samples_per_s": rate,
-                        "ratio_to_step": rate / step_rate, "loading_share_of_loop": loading_share})
-        rows.append([f"DataLoader, {w} workers", rate, f"{summary['spread']:.0%}", rate / step_rate,
-                     f"{loading_share:.0%}" if loading_share is not None else "overlapped"])
-        targets.append(target(f"loader ({w} workers) samples/s / step samples/s", ">= 1 (keeps up)", rate / step_rate, 1.0, True))
-    results.append({"method": "training step", **step, "samples_per_s": step_rate, "loss_terms": runner.last_terms.get("default")})
-    rows.append([f"training step ({config.model_preset}, batch {config.batch_size})", step_rate, f"{step['spread']:.0%}", 1.0, "-"])
+        results.append(
+            {
+                "method": f"loader, {w} workers",
+                "num_workers": w,
+                **summary,
+                "samples_per_s": rate,
+                "ratio_to_step": rate / step_rate,
+                "loading_share_of_loop": loading_share,
+            }
+        )
+        rows.append(
+            [
+                f"DataLoader, {w} workers",
+                rate,
+                f"{summary['spread']:.0%}",
+                rate / step_rate,
+                f"{loading_share:.0%}" if loading_share is not None else "overlapped",
+            ]
+        )
+        targets.append(
+            target(f"loader ({w} workers) samples/s / step samples/s", ">= 1 (keeps up)", rate / step_rate, 1.0, True)
+        )
+    results.append(
+        {"method": "training step", **step, "samples_per_s": step_rate, "loss_terms": runner.last_terms.get("default")}
+    )
+    rows.append(
+        [
+            f"training step ({config.model_preset}, batch {config.batch_size})",
+            step_rate,
+            f"{step['spread']:.0%}",
+            1.0,
+            "-",
+        ]
+    )
     table = markdown_table(["what", "samples/s", "spread", "/ step rate", "loading share of the loop"], rows)
-    settings = {"config": str(DEFAULT_CONFIG.relative_to(ROOT)), "num_train": num_train, "image_size": config.synthetic_image_size,
-                "batch_size": config.batch_size, "workers": workers, "steps_per_round": args.steps_per_round,
-                "gr_teacher": config.gr_teacher}
-    notes = [f"{config.synthetic_image_size} px generated shapes, {num_train} images, batch {config.batch_size}; a loader "
-             f"round reads one epoch ({samples_per_epoch} samples, worker start-up included, as every epoch of training "
-             f"pays it), a step round runs {args.steps_per_round} steps; median of {args.repeats} alternating rounds. "
-             "With 0 workers loading and stepping alternate, so the loop's rate is 1 / (1/loader + 1/step)."]
+    settings = {
+        "config": str(DEFAULT_CONFIG.relative_to(ROOT)),
+        "num_train": num_train,
+        "image_size": config.synthetic_image_size,
+        "batch_size": config.batch_size,
+        "workers": workers,
+        "steps_per_round": args.steps_per_round,
+        "gr_teacher": config.gr_teacher,
+    }
+    notes = [
+        f"{config.synthetic_image_size} px generated shapes, {num_train} images, batch {config.batch_size}; a loader "
+        f"round reads one epoch ({samples_per_epoch} samples, worker start-up included, as every epoch of training "
+        f"pays it), a step round runs {args.steps_per_round} steps; median of {args.repeats} alternating rounds. "
+        "With 0 workers loading and stepping alternate, so the loop's rate is 1 / (1/loader + 1/step)."
+    ]
     return finish(NAME, args, settings, results, table, targets, notes)
 
 
@@ -146,13 +198,23 @@ def write_jpeg_sources(folder: Path, num_train: int, size: int, seed: int) -> tu
         captions.append({"id": number, "image_id": number, "caption": record["caption"]})
         for region in record["regions"]:
             x1, y1, x2, y2 = region["box"]
-            boxes.append({"id": len(boxes), "image_id": number, "category_id": categories[region["label"]],
-                          "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+            boxes.append(
+                {
+                    "id": len(boxes),
+                    "image_id": number,
+                    "category_id": categories[region["label"]],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": 0,
+                    "area": (x2 - x1) * (y2 - y1),
+                }
+            )
     manifest = folder / "train.jsonl"
     manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
     coco_categories = [{"id": i, "name": name} for name, i in categories.items()]
     (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": captions}))
-    (folder / "instances.json").write_text(json.dumps({"images": images, "annotations": boxes, "categories": coco_categories}))
+    (folder / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": boxes, "categories": coco_categories})
+    )
     return manifest, folder / "captions.json", folder / "instances.json"
 
 
@@ -182,8 +244,12 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
     with temporary_folder("harmoclip-bench-jpeg-") as folder:
         manifest, captions, instances = write_jpeg_sources(folder, num_train, size, args.seed)
         start = time.perf_counter()
-        report = write_shards(jsonl_records(manifest, None), folder / "parquet", samples_per_shard=max(1, num_train // 8),
-                              show_progress=False)
+        report = write_shards(
+            jsonl_records(manifest, None),
+            folder / "parquet",
+            samples_per_shard=max(1, num_train // 8),
+            show_progress=False,
+        )
         prepare_rate = report.written / (time.perf_counter() - start)
         write_clip_tokenizer_files(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz", folder / "tokenizer")
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
@@ -203,30 +269,49 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
                 if num_workers == 0:
                     cpu_seconds.setdefault(name, []).append(time.process_time() - start_cpu)
                 return count
+
             return call
 
         def map_style(make_dataset):
             def make_loader(num_workers: int):
                 dataset = make_dataset()
                 sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, args.seed)
-                return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
-                                  num_workers=num_workers, drop_last=True)
+                return DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    sampler=sampler,
+                    collate_fn=collator,
+                    num_workers=num_workers,
+                    drop_last=True,
+                )
+
             return make_loader
 
         def streamed(num_workers: int):
             stream = RegionStream.open(str(folder / "parquet"), **options)
-            return DataLoader(StreamRows(stream.decoder), batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
-                              collate_fn=StreamCollate(collator), num_workers=num_workers)
+            return DataLoader(
+                StreamRows(stream.decoder),
+                batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
+                collate_fn=StreamCollate(collator),
+                num_workers=num_workers,
+            )
 
         jsonl = lambda: JsonlRegionDataset(manifest, **options)  # noqa: E731
         # A fresh COCO data set each round: its per-process memo of spaCy's phrases starts empty, as in every epoch
         # of a run whose loader workers are not persistent.
         coco = lambda: CocoRegionDataset(captions, instances, folder / "jpeg", **options)  # noqa: E731
         parquet = HFRegionDataset(folder / "parquet", cache_dir=str(folder / "cache"), **options)
-        sources = {"JPEG files (JSONL)": map_style(jsonl), "COCO files, spaCy in the loader": map_style(coco),
-                   "Parquet shards, map-style": map_style(lambda: parquet), "Parquet shards, streamed": streamed}
-        methods = {f"{source}, {w} workers": epoch(source, make_loader, w)
-                   for w in workers for source, make_loader in sources.items()}
+        sources = {
+            "JPEG files (JSONL)": map_style(jsonl),
+            "COCO files, spaCy in the loader": map_style(coco),
+            "Parquet shards, map-style": map_style(lambda: parquet),
+            "Parquet shards, streamed": streamed,
+        }
+        methods = {
+            f"{source}, {w} workers": epoch(source, make_loader, w)
+            for w in workers
+            for source, make_loader in sources.items()
+        }
         times = time_side_by_side(methods, args.device, args.repeats, args.warmup, progress=NAME)
 
     samples = batches * batch_size
@@ -237,26 +322,62 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         rate = samples / summary["median_s"]
         per_worker = rate / max(w, 1)
         per_cpu_second = samples / statistics.median(cpu_seconds[source]) if w == 0 and source in cpu_seconds else None
-        results.append({"method": method, "num_workers": w, **summary, "samples_per_s": rate,
-                        "samples_per_s_per_worker": per_worker, "samples_per_cpu_second": per_cpu_second})
-        rows.append([source, w, rate, per_worker, per_cpu_second if per_cpu_second is not None else "-",
-                     f"{summary['spread']:.0%}"])
-    table = markdown_table(["source", "workers", "samples/s", "samples/s per worker (0: the main process)",
-                            "samples per CPU second (one core)", "spread"], rows)
-    settings = {"pipeline": "jpeg224", "num_train": num_train, "source_size": size, "input_size": 224,
-                "teacher_crops": True, "batch_size": batch_size, "workers": workers, "prepare_samples_per_s": prepare_rate}
-    notes = [f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
-             f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
-             f"worker start-up included); median of {args.repeats} alternating rounds. The collator also cuts each box's "
-             "crop (enlarged 1.5 x) of the original image at 224 px for the frozen GR teacher. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
-             "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
-             "many workers (and as many free cores).",
-             f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s."]
+        results.append(
+            {
+                "method": method,
+                "num_workers": w,
+                **summary,
+                "samples_per_s": rate,
+                "samples_per_s_per_worker": per_worker,
+                "samples_per_cpu_second": per_cpu_second,
+            }
+        )
+        rows.append(
+            [
+                source,
+                w,
+                rate,
+                per_worker,
+                per_cpu_second if per_cpu_second is not None else "-",
+                f"{summary['spread']:.0%}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "source",
+            "workers",
+            "samples/s",
+            "samples/s per worker (0: the main process)",
+            "samples per CPU second (one core)",
+            "spread",
+        ],
+        rows,
+    )
+    settings = {
+        "pipeline": "jpeg224",
+        "num_train": num_train,
+        "source_size": size,
+        "input_size": 224,
+        "teacher_crops": True,
+        "batch_size": batch_size,
+        "workers": workers,
+        "prepare_samples_per_s": prepare_rate,
+    }
+    notes = [
+        f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
+        f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
+        f"worker start-up included); median of {args.repeats} alternating rounds. The collator also cuts each box's "
+        "crop (enlarged 1.5 x) of the original image at 224 px for the frozen GR teacher. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
+        "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
+        "many workers (and as many free cores).",
+        f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s.",
+    ]
     return finish(NAME, args, settings, results, table, [], notes)
 
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+
     def measure() -> dict:
         args = build_parser().parse_args(argv)
         return run_jpeg224(args) if args.pipeline == "jpeg224" else run(args)

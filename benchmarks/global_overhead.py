@@ -42,13 +42,19 @@ TOLERANCE = 0.02  # HarmoCLIP's global path at most 2% slower than CLIPModel's
 def plain_clip_with_same_weights(model) -> CLIPModel:
     """A transformers `CLIPModel` with `model`'s towers and weights (HarmoCLIP's extra parameter left out)."""
     config = model.config
-    clip_config = CLIPConfig(text_config=config.text_config.to_dict(), vision_config=config.vision_config.to_dict(),
-                             projection_dim=config.projection_dim, logit_scale_init_value=config.logit_scale_init_value)
+    clip_config = CLIPConfig(
+        text_config=config.text_config.to_dict(),
+        vision_config=config.vision_config.to_dict(),
+        projection_dim=config.projection_dim,
+        logit_scale_init_value=config.logit_scale_init_value,
+    )
     clip_config._attn_implementation = config._attn_implementation
     clip = CLIPModel(clip_config)
     missing, unexpected = clip.load_state_dict(model.state_dict(), strict=False)
     if missing or unexpected != ["region_logit_scale"]:
-        raise RuntimeError(f"CLIPModel does not match HarmoCLIP's parameters: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"CLIPModel does not match HarmoCLIP's parameters: missing {missing}, unexpected {unexpected}"
+        )
     return clip.eval()
 
 
@@ -56,8 +62,12 @@ def build_parser() -> CommandParser:
     parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=7, cuda_repeats=30)
     parser.add_argument("--images", type=int, default=None, help="images per call (default 2 on the CPU, 64 on CUDA)")
-    parser.add_argument("--captions", type=int, default=None, help="captions per call (default 16 on the CPU, 256 on CUDA)")
-    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    parser.add_argument(
+        "--captions", type=int, default=None, help="captions per call (default 16 on the CPU, 256 on CUDA)"
+    )
+    parser.add_argument(
+        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
+    )
     return parser
 
 
@@ -73,18 +83,24 @@ def run(args: argparse.Namespace) -> dict:
     clip.to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
     pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator).to(args.device)
-    text = processor.tokenizer(sample_captions(num_captions, args.seed), padding=True, return_tensors="pt").to(args.device)
+    text = processor.tokenizer(sample_captions(num_captions, args.seed), padding=True, return_tensors="pt").to(
+        args.device
+    )
 
     def image_features(which):
         def call():
             with torch.no_grad(), autocast(args.device, args.dtype):
                 return which.get_image_features(pixel_values=pixel_values).pooler_output
+
         return call
 
     def text_features(which):
         def call():
             with torch.no_grad(), autocast(args.device, args.dtype):
-                return which.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"]).pooler_output
+                return which.get_text_features(
+                    input_ids=text["input_ids"], attention_mask=text["attention_mask"]
+                ).pooler_output
+
         return call
 
     differences = {
@@ -98,25 +114,67 @@ def run(args: argparse.Namespace) -> dict:
         raise RuntimeError(f"HarmoCLIP and CLIPModel disagree with the same weights: max |difference| {differences}")
 
     results, targets, rows = [], [], []
-    for tower, make, count, unit in (("image", image_features, num_images, "images"), ("text", text_features, num_captions, "captions")):
-        times = time_side_by_side({"harmoclip": make(model), "clip": make(clip)}, args.device, args.repeats, args.warmup,
-                                  progress=f"{NAME} {tower}")
+    for tower, make, count, unit in (
+        ("image", image_features, num_images, "images"),
+        ("text", text_features, num_captions, "captions"),
+    ):
+        times = time_side_by_side(
+            {"harmoclip": make(model), "clip": make(clip)},
+            args.device,
+            args.repeats,
+            args.warmup,
+            progress=f"{NAME} {tower}",
+        )
         ours, theirs = summarize(times["harmoclip"]), summarize(times["clip"])
         ratio = ratio_summary(times["harmoclip"], times["clip"])
-        results.append({"tower": tower, "batch": count, "harmoclip": ours, "clip": theirs, "time_ratio": ratio,
-                        "harmoclip_per_s": count / ours["median_s"], "clip_per_s": count / theirs["median_s"],
-                        "max_abs_difference": differences[tower]})
-        targets.append(target(f"get_{tower}_features time / CLIPModel's", f"<= {1 + TOLERANCE:g}", ratio["median"], 1 + TOLERANCE, False))
-        rows.append([f"get_{tower}_features", f"{count} {unit}", count / ours["median_s"], count / theirs["median_s"],
-                     f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})", ratio["median"] <= 1 + TOLERANCE,
-                     f"{max(ours['spread'], theirs['spread']):.0%}"])
-    table = markdown_table(["method", "batch", "HarmoCLIP /s", "CLIPModel /s", "time ratio (min-max)", "within 2%", "spread"], rows)
-    settings = {"model_preset": preset, "image_size": config.image_size, "images_per_call": num_images,
-                "captions_per_call": num_captions, "caption_tokens": int(text["input_ids"].shape[1]),
-                "attn_implementation": model.config._attn_implementation}
-    notes = [f"{preset} geometry, random weights; the two models give the same outputs (max |difference| {max(differences.values()):.1e}); time ratio = HarmoCLIP / CLIPModel "
-             f"per round, median of {args.repeats} alternating rounds (min-max in brackets). Both call the same inherited "
-             "`CLIPModel` code, so any difference is measurement noise; the spread column shows how large it is."]
+        results.append(
+            {
+                "tower": tower,
+                "batch": count,
+                "harmoclip": ours,
+                "clip": theirs,
+                "time_ratio": ratio,
+                "harmoclip_per_s": count / ours["median_s"],
+                "clip_per_s": count / theirs["median_s"],
+                "max_abs_difference": differences[tower],
+            }
+        )
+        targets.append(
+            target(
+                f"get_{tower}_features time / CLIPModel's",
+                f"<= {1 + TOLERANCE:g}",
+                ratio["median"],
+                1 + TOLERANCE,
+                False,
+            )
+        )
+        rows.append(
+            [
+                f"get_{tower}_features",
+                f"{count} {unit}",
+                count / ours["median_s"],
+                count / theirs["median_s"],
+                f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})",
+                ratio["median"] <= 1 + TOLERANCE,
+                f"{max(ours['spread'], theirs['spread']):.0%}",
+            ]
+        )
+    table = markdown_table(
+        ["method", "batch", "HarmoCLIP /s", "CLIPModel /s", "time ratio (min-max)", "within 2%", "spread"], rows
+    )
+    settings = {
+        "model_preset": preset,
+        "image_size": config.image_size,
+        "images_per_call": num_images,
+        "captions_per_call": num_captions,
+        "caption_tokens": int(text["input_ids"].shape[1]),
+        "attn_implementation": model.config._attn_implementation,
+    }
+    notes = [
+        f"{preset} geometry, random weights; the two models give the same outputs (max |difference| {max(differences.values()):.1e}); time ratio = HarmoCLIP / CLIPModel "
+        f"per round, median of {args.repeats} alternating rounds (min-max in brackets). Both call the same inherited "
+        "`CLIPModel` code, so any difference is measurement noise; the spread column shows how large it is."
+    ]
     return finish(NAME, args, settings, results, table, targets, notes)
 
 

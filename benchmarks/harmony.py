@@ -59,10 +59,10 @@ import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from conversion.cli import CommandParser, log_to_file, run_command, setup_logging  # noqa: E402
-from training.config import TrainConfig, config_field_value  # noqa: E402
-from training.data.synthetic import read_held_out  # noqa: E402
 from conversion.saving import write_text_atomic  # noqa: E402
 from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from training.config import TrainConfig, config_field_value  # noqa: E402
+from training.data.synthetic import read_held_out  # noqa: E402
 
 logger = logging.getLogger("harmoclip.harmony")
 
@@ -85,7 +85,12 @@ class Configuration:
 
     @property
     def losses(self) -> str:
-        weights = (("GC", "loss_gc_weight"), ("LRC", "loss_lrc_weight"), ("RLA", "loss_rla_weight"), ("GR", "loss_gr_weight"))
+        weights = (
+            ("GC", "loss_gc_weight"),
+            ("LRC", "loss_lrc_weight"),
+            ("RLA", "loss_rla_weight"),
+            ("GR", "loss_gr_weight"),
+        )
         return "+".join(name for name, weight in weights if self.value(weight) > 0)
 
     @property
@@ -98,8 +103,17 @@ def _weights(gc: float, lrc: float, gr: float, rla: float = 0.0) -> dict[str, fl
 
 
 # The settings of TrainConfig's defaults that make "HarmoCLIP": the loss weights and the region-side switches.
-HARMOCLIP_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight", "gr_teacher",
-                    "region_logit_scale_mode", "region_logit_scale_init", "region_pooling", "lrc_mask_categories")
+HARMOCLIP_FIELDS = (
+    "loss_gc_weight",
+    "loss_lrc_weight",
+    "loss_rla_weight",
+    "loss_gr_weight",
+    "gr_teacher",
+    "region_logit_scale_mode",
+    "region_logit_scale_init",
+    "region_pooling",
+    "lrc_mask_categories",
+)
 # What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
 # defaults become: rows keep their meaning, and their finished runs stay reusable, when the defaults change.
 BASE_FIELDS: dict[str, Any] = {**_weights(1.0, 1.0, 1.0, 0.0), "gr_teacher": "frozen", "region_logit_scale_init": None}
@@ -107,16 +121,36 @@ PRETRAINED = Configuration("pretrained", "pre-trained CLIP (reference)", _weight
 FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0)),
     Configuration("gr", "GR only (CLIPSelf-like)", {**_weights(0.0, 0.0, 1.0), "gr_teacher": "frozen"}),
-    Configuration("gc-gr", "GC+GR (FineCLIP-like, no region captions)", {**_weights(1.0, 0.0, 1.0), "gr_teacher": "frozen"}),
+    Configuration(
+        "gc-gr", "GC+GR (FineCLIP-like, no region captions)", {**_weights(1.0, 0.0, 1.0), "gr_teacher": "frozen"}
+    ),
     Configuration("gc-lrc", "GC+LRC", _weights(1.0, 1.0, 0.0)),
     Configuration("gc-lrc-gr", "GC+LRC+GR", {**_weights(1.0, 1.0, 1.0), "gr_teacher": "frozen"}),
-    Configuration("harmoclip", "HarmoCLIP (TrainConfig defaults)", {name: getattr(TrainConfig, name) for name in HARMOCLIP_FIELDS}),
+    Configuration(
+        "harmoclip", "HarmoCLIP (TrainConfig defaults)", {name: getattr(TrainConfig, name) for name in HARMOCLIP_FIELDS}
+    ),
 )
 CONFIGURATION_KEYS = tuple(configuration.key for configuration in FINETUNE_CONFIGURATIONS)
 # Fields a row may not set: they are the benchmark's (same data, same pre-trained model, same budget for every row).
-_BENCHMARK_FIELDS = ("data_format", "synthetic_dir", "synthetic_num_train", "synthetic_num_val", "synthetic_image_size",
-                     "synthetic_min_shapes", "synthetic_held_out", "init_from", "model_preset", "image_size", "patch_size",
-                     "seed", "batch_size", "max_steps", "learning_rate", "warmup_steps", "output_dir")
+_BENCHMARK_FIELDS = (
+    "data_format",
+    "synthetic_dir",
+    "synthetic_num_train",
+    "synthetic_num_val",
+    "synthetic_image_size",
+    "synthetic_min_shapes",
+    "synthetic_held_out",
+    "init_from",
+    "model_preset",
+    "image_size",
+    "patch_size",
+    "seed",
+    "batch_size",
+    "max_steps",
+    "learning_rate",
+    "warmup_steps",
+    "output_dir",
+)
 
 
 def parse_row(text: str) -> Configuration:
@@ -129,7 +163,9 @@ def parse_row(text: str) -> Configuration:
         name, equals, value = assignment.partition("=")
         name = name.strip()
         if not equals or name in _BENCHMARK_FIELDS:
-            raise ValueError(f"--row {text!r}: {assignment!r} must be field=value with a field other than {list(_BENCHMARK_FIELDS)}")
+            raise ValueError(
+                f"--row {text!r}: {assignment!r} must be field=value with a field other than {list(_BENCHMARK_FIELDS)}"
+            )
         fields[name] = config_field_value(name, value.strip())
     if not fields:
         raise ValueError(f"--row {text!r}: give at least one field=value after the key")
@@ -177,7 +213,9 @@ class HarmonySettings:
         self.seeds = tuple(int(seed) for seed in self.seeds)
         unknown = [key for key in self.configurations if key not in CONFIGURATION_KEYS]
         if unknown or not (self.configurations or self.rows):
-            raise ValueError(f"`configurations` must be a subset of {list(CONFIGURATION_KEYS)} (or give `rows`), got {list(self.configurations)}")
+            raise ValueError(
+                f"`configurations` must be a subset of {list(CONFIGURATION_KEYS)} (or give `rows`), got {list(self.configurations)}"
+            )
         if len(set(self.configurations)) != len(self.configurations):
             raise ValueError(f"`configurations` lists a configuration twice: {list(self.configurations)}")
         extra = [parse_row(row).key for row in self.rows]
@@ -185,16 +223,27 @@ class HarmonySettings:
             raise ValueError(f"`rows` uses a key twice: {extra}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct and at least one, got {list(self.seeds)}")
-        for name in ("synthetic_num_train", "synthetic_num_val", "pretrain_steps", "pretrain_batch_size", "finetune_steps",
-                     "finetune_batch_size", "eval_batch_size"):
+        for name in (
+            "synthetic_num_train",
+            "synthetic_num_val",
+            "pretrain_steps",
+            "pretrain_batch_size",
+            "finetune_steps",
+            "finetune_batch_size",
+            "eval_batch_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
         for name in ("pretrain_batch_size", "finetune_batch_size"):
             if getattr(self, name) > self.synthetic_num_train:
-                raise ValueError(f"`{name}` ({getattr(self, name)}) exceeds `synthetic_num_train` ({self.synthetic_num_train})")
+                raise ValueError(
+                    f"`{name}` ({getattr(self, name)}) exceeds `synthetic_num_train` ({self.synthetic_num_train})"
+                )
 
     def finetune_configurations(self) -> list[Configuration]:
-        return [c for c in FINETUNE_CONFIGURATIONS if c.key in self.configurations] + [parse_row(row) for row in self.rows]
+        return [c for c in FINETUNE_CONFIGURATIONS if c.key in self.configurations] + [
+            parse_row(row) for row in self.rows
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -204,9 +253,19 @@ class HarmonySettings:
 
 # Small enough for a test: the whole pipeline in seconds (figures are meaningless at this size).
 QUICK_SETTINGS: dict[str, Any] = dict(
-    seeds=(0, 1), synthetic_num_train=8, synthetic_num_val=8, synthetic_image_size=32, model_preset="micro", image_size=32,
-    pretrain_steps=2, pretrain_batch_size=4, pretrain_warmup_steps=1,
-    finetune_steps=2, finetune_batch_size=4, finetune_warmup_steps=1, eval_batch_size=8,
+    seeds=(0, 1),
+    synthetic_num_train=8,
+    synthetic_num_val=8,
+    synthetic_image_size=32,
+    model_preset="micro",
+    image_size=32,
+    pretrain_steps=2,
+    pretrain_batch_size=4,
+    pretrain_warmup_steps=1,
+    finetune_steps=2,
+    finetune_batch_size=4,
+    finetune_warmup_steps=1,
+    eval_batch_size=8,
 )
 
 
@@ -215,25 +274,51 @@ QUICK_SETTINGS: dict[str, Any] = dict(
 
 def synthetic_folder(settings: HarmonySettings, out: Path, seed: int) -> Path:
     """The data set's folder, named by its settings (one folder per distinct data set)."""
-    return out / (f"synthetic-{settings.synthetic_num_train}-{settings.synthetic_num_val}-{settings.synthetic_image_size}px-"
-                  f"min{settings.synthetic_min_shapes}-heldout{settings.synthetic_held_out}-seed{seed}")
+    return out / (
+        f"synthetic-{settings.synthetic_num_train}-{settings.synthetic_num_val}-{settings.synthetic_image_size}px-"
+        f"min{settings.synthetic_min_shapes}-heldout{settings.synthetic_held_out}-seed{seed}"
+    )
 
 
-def _train_config(settings: HarmonySettings, out: Path, configuration: Configuration, stage: str,
-                  init_from: Path | None, output_dir: Path, seed: int, teacher_cache: Path | None = None) -> TrainConfig:
+def _train_config(
+    settings: HarmonySettings,
+    out: Path,
+    configuration: Configuration,
+    stage: str,
+    init_from: Path | None,
+    output_dir: Path,
+    seed: int,
+    teacher_cache: Path | None = None,
+) -> TrainConfig:
     steps = getattr(settings, f"{stage}_steps")
     values: dict[str, Any] = dict(
-        data_format="synthetic", synthetic_dir=str(synthetic_folder(settings, out, seed)),
-        synthetic_num_train=settings.synthetic_num_train, synthetic_num_val=settings.synthetic_num_val,
-        synthetic_image_size=settings.synthetic_image_size, synthetic_min_shapes=settings.synthetic_min_shapes,
+        data_format="synthetic",
+        synthetic_dir=str(synthetic_folder(settings, out, seed)),
+        synthetic_num_train=settings.synthetic_num_train,
+        synthetic_num_val=settings.synthetic_num_val,
+        synthetic_image_size=settings.synthetic_image_size,
+        synthetic_min_shapes=settings.synthetic_min_shapes,
         synthetic_held_out=settings.synthetic_held_out,
-        init_from=str(init_from) if init_from else None, model_preset=settings.model_preset,
-        image_size=settings.image_size, patch_size=settings.patch_size, gr_crop_scale=settings.gr_crop_scale, **BASE_FIELDS,
-        seed=seed, batch_size=getattr(settings, f"{stage}_batch_size"), max_steps=steps,
-        learning_rate=getattr(settings, f"{stage}_learning_rate"), warmup_steps=getattr(settings, f"{stage}_warmup_steps"),
-        weight_decay=settings.weight_decay, output_dir=str(output_dir), log_every=max(1, min(10, steps // 10)),
-        checkpoint_every=max(1, steps // 2), keep_checkpoints=1, resume=True, evaluate_at_end=False,
-        eval_batch_size=settings.eval_batch_size, report_to="none",
+        init_from=str(init_from) if init_from else None,
+        model_preset=settings.model_preset,
+        image_size=settings.image_size,
+        patch_size=settings.patch_size,
+        gr_crop_scale=settings.gr_crop_scale,
+        **BASE_FIELDS,
+        seed=seed,
+        batch_size=getattr(settings, f"{stage}_batch_size"),
+        max_steps=steps,
+        learning_rate=getattr(settings, f"{stage}_learning_rate"),
+        warmup_steps=getattr(settings, f"{stage}_warmup_steps"),
+        weight_decay=settings.weight_decay,
+        output_dir=str(output_dir),
+        log_every=max(1, min(10, steps // 10)),
+        checkpoint_every=max(1, steps // 2),
+        keep_checkpoints=1,
+        resume=True,
+        evaluate_at_end=False,
+        eval_batch_size=settings.eval_batch_size,
+        report_to="none",
         extra={"harmony_row": configuration.key, "harmony_stage": stage},
     )
     values.update(configuration.fields)
@@ -242,21 +327,38 @@ def _train_config(settings: HarmonySettings, out: Path, configuration: Configura
     return TrainConfig(**values)
 
 
-def teacher_cache_for(settings: HarmonySettings, out: Path, pretrained_model: Path, pretrain_fingerprint: str, seed: int) -> Path:
+def teacher_cache_for(
+    settings: HarmonySettings, out: Path, pretrained_model: Path, pretrain_fingerprint: str, seed: int
+) -> Path:
     """The frozen teacher's crop embeddings of the seed's training boxes under its pre-trained model (built once)."""
     from training.cache_teacher import build_teacher_cache_folder
     from training.teacher import INDEX_FILE
 
     folder = out / "runs" / f"teacher-cache-{pretrain_fingerprint}"
     if not (folder / INDEX_FILE).is_file():
-        config = _train_config(settings, out, FINETUNE_CONFIGURATIONS[0], "finetune", pretrained_model, out / "runs" / "pending", seed)
+        config = _train_config(
+            settings, out, FINETUNE_CONFIGURATIONS[0], "finetune", pretrained_model, out / "runs" / "pending", seed
+        )
         build_teacher_cache_folder(config, folder, batch_size=settings.eval_batch_size, overwrite=True)
     return folder
 
 
 # Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
-_NOT_FINGERPRINTED = ("synthetic_dir", "output_dir", "init_from", "teacher_cache", "tokenizer_bpe", "resume", "log_every",
-                      "checkpoint_every", "keep_checkpoints", "report_to", "evaluate_at_end", "num_workers", "extra")
+_NOT_FINGERPRINTED = (
+    "synthetic_dir",
+    "output_dir",
+    "init_from",
+    "teacher_cache",
+    "tokenizer_bpe",
+    "resume",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "report_to",
+    "evaluate_at_end",
+    "num_workers",
+    "extra",
+)
 
 
 def fingerprint(config: TrainConfig, parent: str | None = None) -> str:
@@ -269,8 +371,17 @@ def fingerprint(config: TrainConfig, parent: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------------- figures
 
-FIGURE_NAMES = ("i2t_R@1", "t2i_R@1", "mean_R@1", "box_top1_dense", "box_top1_dense_seen", "box_top1_dense_held_out",
-                "box_top1_crop", "box_top1_crop_seen", "box_top1_crop_held_out")
+FIGURE_NAMES = (
+    "i2t_R@1",
+    "t2i_R@1",
+    "mean_R@1",
+    "box_top1_dense",
+    "box_top1_dense_seen",
+    "box_top1_dense_held_out",
+    "box_top1_crop",
+    "box_top1_crop_seen",
+    "box_top1_crop_held_out",
+)
 
 
 def group_top1(per_class_top1: Sequence[float | None], counts: Sequence[int], members: Sequence[bool]) -> float | None:
@@ -283,8 +394,9 @@ def group_top1(per_class_top1: Sequence[float | None], counts: Sequence[int], me
     return hits / total
 
 
-def summarize(evaluation: dict[str, Any], class_counts: Sequence[int] | None = None,
-              held_out: Sequence[bool] | None = None) -> dict[str, float | None]:
+def summarize(
+    evaluation: dict[str, Any], class_counts: Sequence[int] | None = None, held_out: Sequence[bool] | None = None
+) -> dict[str, float | None]:
     """The benchmark's figures (percent) from `evaluate_model`'s {task: results}; with the held-out split's box count
     per class and which classes were held out of training, box Top-1 on seen and on held-out combinations too."""
     retrieval, boxcls = evaluation["retrieval"], evaluation["boxcls"]
@@ -299,10 +411,15 @@ def summarize(evaluation: dict[str, Any], class_counts: Sequence[int] | None = N
     }
     figures["mean_R@1"] = (figures["i2t_R@1"] + figures["t2i_R@1"]) / 2
     for method in ("dense", "crop"):
-        for group, members in (("seen", None if held_out is None else [not h for h in held_out]), ("held_out", held_out)):
+        for group, members in (
+            ("seen", None if held_out is None else [not h for h in held_out]),
+            ("held_out", held_out),
+        ):
             figures[f"box_top1_{method}_{group}"] = (
-                None if members is None or class_counts is None
-                else group_top1(boxcls[method]["per_class_top1"], class_counts, members))
+                None
+                if members is None or class_counts is None
+                else group_top1(boxcls[method]["per_class_top1"], class_counts, members)
+            )
     return figures
 
 
@@ -324,8 +441,13 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [record["figures"].get(name) for record in per_seed]
         figures[name] = {**mean_sd(values), "per_seed": values}
     return {
-        "key": first["key"], "label": first["label"], "losses": first["losses"], "loss_weights": first["loss_weights"],
-        "fields": first["fields"], "seeds": [record["seed"] for record in per_seed], "figures": figures,
+        "key": first["key"],
+        "label": first["label"],
+        "losses": first["losses"],
+        "loss_weights": first["loss_weights"],
+        "fields": first["fields"],
+        "seeds": [record["seed"] for record in per_seed],
+        "figures": figures,
         "per_seed": list(per_seed),
     }
 
@@ -361,7 +483,9 @@ def read_finished_row(folder: Path, expected_fingerprint: str) -> dict[str, Any]
     return record if record.get("fingerprint") == expected_fingerprint else None
 
 
-def run_row(configuration: Configuration, config: TrainConfig, row_fingerprint: str, show_progress: bool = True) -> dict[str, Any]:
+def run_row(
+    configuration: Configuration, config: TrainConfig, row_fingerprint: str, show_progress: bool = True
+) -> dict[str, Any]:
     """Trains (or resumes) and evaluates one row of one seed, or reuses it when finished. Returns the row's record."""
     from modeling_harmoclip import HarmoCLIPModel
     from training.builders import evaluate_model, load_processor
@@ -372,8 +496,14 @@ def run_row(configuration: Configuration, config: TrainConfig, row_fingerprint: 
     if record is not None:
         logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
         return {**record, "reused": True}
-    logger.info("%s, seed %d: training in %s (losses %s, %d steps)", configuration.label, config.seed, folder,
-                configuration.losses, config.max_steps)
+    logger.info(
+        "%s, seed %d: training in %s (losses %s, %d steps)",
+        configuration.label,
+        config.seed,
+        folder,
+        configuration.losses,
+        config.max_steps,
+    )
     started, cpu_started = time.perf_counter(), time.process_time()
     model_dir = train(config)
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -386,16 +516,31 @@ def run_row(configuration: Configuration, config: TrainConfig, row_fingerprint: 
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model is saved; optimiser states are not needed
     counts, held_out = class_counts_and_held_out(Path(config.synthetic_dir), evaluated_class_names(folder))
     record = {
-        "key": configuration.key, "label": configuration.label, "losses": configuration.losses,
-        "loss_weights": configuration.loss_weights, "fields": configuration.fields, "seed": config.seed,
-        "fingerprint": row_fingerprint, "folder": str(folder), "model": str(model_dir), "init_from": config.init_from,
-        "figures": summarize(evaluation, counts, held_out), "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu_seconds, "eval_seconds": eval_seconds,
+        "key": configuration.key,
+        "label": configuration.label,
+        "losses": configuration.losses,
+        "loss_weights": configuration.loss_weights,
+        "fields": configuration.fields,
+        "seed": config.seed,
+        "fingerprint": row_fingerprint,
+        "folder": str(folder),
+        "model": str(model_dir),
+        "init_from": config.init_from,
+        "figures": summarize(evaluation, counts, held_out),
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "eval_seconds": eval_seconds,
         "train_config": config.to_dict(),
     }
     write_text_atomic(folder / ROW_FILE, json.dumps(record, indent=2) + "\n")
-    logger.info("%s, seed %d: %s (train %.0f s, eval %.0f s)", configuration.label, config.seed,
-                json.dumps(record["figures"]), train_seconds, eval_seconds)
+    logger.info(
+        "%s, seed %d: %s (train %.0f s, eval %.0f s)",
+        configuration.label,
+        config.seed,
+        json.dumps(record["figures"]),
+        train_seconds,
+        eval_seconds,
+    )
     return {**record, "reused": False}
 
 
@@ -408,18 +553,30 @@ def _format(figure: dict[str, Any]) -> str:
     return f"{figure['mean']:.1f} ± {figure['sd']:.1f}" if figure["n"] > 1 else f"{figure['mean']:.1f}"
 
 
-TABLE_COLUMNS = (("I2T R@1", "i2t_R@1"), ("T2I R@1", "t2i_R@1"), ("mean R@1 (global)", "mean_R@1"),
-                 ("box Top-1 dense, seen", "box_top1_dense_seen"), ("box Top-1 dense, held-out (region)", "box_top1_dense_held_out"),
-                 ("box Top-1 dense, all", "box_top1_dense"), ("box Top-1 crop, all", "box_top1_crop"))
+TABLE_COLUMNS = (
+    ("I2T R@1", "i2t_R@1"),
+    ("T2I R@1", "t2i_R@1"),
+    ("mean R@1 (global)", "mean_R@1"),
+    ("box Top-1 dense, seen", "box_top1_dense_seen"),
+    ("box Top-1 dense, held-out (region)", "box_top1_dense_held_out"),
+    ("box Top-1 dense, all", "box_top1_dense"),
+    ("box Top-1 crop, all", "box_top1_crop"),
+)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The table of every row (mean ± sd over seeds), chance levels, the protocol and the command."""
     settings = report["settings"]
-    lines = ["| configuration | losses | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
-             "|---|---|" + "---|" * len(TABLE_COLUMNS)]
+    lines = [
+        "| configuration | losses | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
     for row in report["rows"]:
-        lines.append("| " + " | ".join([row["label"], row["losses"]] + [_format(row["figures"][key]) for _, key in TABLE_COLUMNS]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([row["label"], row["losses"]] + [_format(row["figures"][key]) for _, key in TABLE_COLUMNS])
+            + " |"
+        )
     chance, environment = report["chance"], report["environment"]
     seeds = settings["seeds"]
     lines += [
@@ -459,21 +616,45 @@ def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, f
 
     figure, axis = plt.subplots(figsize=(8.5, 5.5), dpi=110)
     markers = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
-    region_key = "box_top1_dense_held_out" if all(row["figures"]["box_top1_dense_held_out"]["mean"] is not None for row in rows) else "box_top1_dense"
+    region_key = (
+        "box_top1_dense_held_out"
+        if all(row["figures"]["box_top1_dense_held_out"]["mean"] is not None for row in rows)
+        else "box_top1_dense"
+    )
     for index, row in enumerate(rows):
         x, y = row["figures"][region_key], row["figures"]["mean_R@1"]
         reference = row["key"] == PRETRAINED.key
-        axis.errorbar([x["mean"]], [y["mean"]], xerr=[x["sd"]], yerr=[y["sd"]], fmt="*" if reference else markers[index % len(markers)],
-                      markersize=14 if reference else 8, color="black" if reference else f"C{index}", ecolor="grey",
-                      elinewidth=1, capsize=3, zorder=3, label=row["label"], alpha=0.85)
+        axis.errorbar(
+            [x["mean"]],
+            [y["mean"]],
+            xerr=[x["sd"]],
+            yerr=[y["sd"]],
+            fmt="*" if reference else markers[index % len(markers)],
+            markersize=14 if reference else 8,
+            color="black" if reference else f"C{index}",
+            ecolor="grey",
+            elinewidth=1,
+            capsize=3,
+            zorder=3,
+            label=row["label"],
+            alpha=0.85,
+        )
         # Alternate above / below: neighbouring rows often land close together.
-        axis.annotate("pre-trained" if reference else row["key"], (x["mean"], y["mean"]), textcoords="offset points",
-                      xytext=(7, 5 if index % 2 == 0 else -12), fontsize=8)
+        axis.annotate(
+            "pre-trained" if reference else row["key"],
+            (x["mean"], y["mean"]),
+            textcoords="offset points",
+            xytext=(7, 5 if index % 2 == 0 else -12),
+            fontsize=8,
+        )
     if chance:
         axis.axhline(chance["R@1"], color="grey", linestyle=":", linewidth=1, label="chance")
         axis.axvline(chance["box_top1"], color="grey", linestyle=":", linewidth=1)
     axis.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
-    axis.set_xlabel("region: box Top-1, dense features, " + ("held-out combinations (%)" if region_key.endswith("held_out") else "all boxes (%)"))
+    axis.set_xlabel(
+        "region: box Top-1, dense features, "
+        + ("held-out combinations (%)" if region_key.endswith("held_out") else "all boxes (%)")
+    )
     axis.set_ylabel("global: mean retrieval R@1, I2T and T2I (%)")
     axis.set_title("Harmony benchmark (synthetic shapes, held-out split; mean ± sd over seeds)")
     axis.grid(alpha=0.3)
@@ -493,25 +674,38 @@ def chance_levels(pretrained_folders: Sequence[Path], data_dirs: Sequence[Path])
     tasks = [json.loads((folder / "eval.json").read_text())["tasks"] for folder in pretrained_folders]
     num_images = tasks[0]["retrieval"]["results"]["num_images"]
     num_classes = len(tasks[0]["boxcls"]["settings"]["class_names"])
-    held_out_boxes = [sum(count for count, held in zip(*class_counts_and_held_out(data_dir, evaluated_class_names(folder))) if held)
-                      for folder, data_dir in zip(pretrained_folders, data_dirs)]
-    return {"R@1": 100.0 / num_images, "box_top1": 100.0 / num_classes, "num_classes": num_classes,
-            "num_boxes": round(sum(task["boxcls"]["results"]["num_boxes"] for task in tasks) / len(tasks)),
-            "num_held_out_boxes": round(sum(held_out_boxes) / len(held_out_boxes))}
+    held_out_boxes = [
+        sum(count for count, held in zip(*class_counts_and_held_out(data_dir, evaluated_class_names(folder))) if held)
+        for folder, data_dir in zip(pretrained_folders, data_dirs)
+    ]
+    return {
+        "R@1": 100.0 / num_images,
+        "box_top1": 100.0 / num_classes,
+        "num_classes": num_classes,
+        "num_boxes": round(sum(task["boxcls"]["results"]["num_boxes"] for task in tasks) / len(tasks)),
+        "num_held_out_boxes": round(sum(held_out_boxes) / len(held_out_boxes)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- the benchmark
 
 
-def run_benchmark(settings: HarmonySettings, out: str | Path = "outputs/harmony", command: str = "", show_progress: bool = True) -> dict[str, Any]:
+def run_benchmark(
+    settings: HarmonySettings, out: str | Path = "outputs/harmony", command: str = "", show_progress: bool = True
+) -> dict[str, Any]:
     """For each seed: pre-trains, fine-tunes every configuration, evaluates; aggregates over seeds; writes
     harmony.{json,md,png}; returns the report."""
     out = Path(out)
     started, load_at_start = time.perf_counter(), os.getloadavg()
     runs = out / "runs"
     configurations = settings.finetune_configurations()
-    progress = tqdm(total=len(settings.seeds) * (1 + len(configurations)), desc="harmony rows", unit="row",
-                    disable=not show_progress, dynamic_ncols=True)
+    progress = tqdm(
+        total=len(settings.seeds) * (1 + len(configurations)),
+        desc="harmony rows",
+        unit="row",
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
     records: dict[str, list[dict[str, Any]]] = {PRETRAINED.key: [], **{c.key: [] for c in configurations}}
     for seed in settings.seeds:
         pretrain = _train_config(settings, out, PRETRAINED, "pretrain", None, runs / "pending", seed)
@@ -521,15 +715,31 @@ def run_benchmark(settings: HarmonySettings, out: str | Path = "outputs/harmony"
         records[PRETRAINED.key].append(pretrained)
         progress.update(1)
         cache = None
-        if settings.cache_teacher and any(c.value("loss_gr_weight") > 0 and c.value("gr_teacher") == "frozen" for c in configurations):
+        if settings.cache_teacher and any(
+            c.value("loss_gr_weight") > 0 and c.value("gr_teacher") == "frozen" for c in configurations
+        ):
             cache = teacher_cache_for(settings, out, Path(pretrained["model"]), pretrain_fingerprint, seed)
-        done: dict[str, dict[str, Any]] = {}  # fingerprint -> record: a row equal to an earlier one is not trained twice
+        done: dict[
+            str, dict[str, Any]
+        ] = {}  # fingerprint -> record: a row equal to an earlier one is not trained twice
         for configuration in configurations:
-            config = _train_config(settings, out, configuration, "finetune", Path(pretrained["model"]), runs / "pending", seed, cache)
+            config = _train_config(
+                settings, out, configuration, "finetune", Path(pretrained["model"]), runs / "pending", seed, cache
+            )
             row_fingerprint = fingerprint(config, parent=pretrain_fingerprint)
             if row_fingerprint in done:
-                logger.info("%s, seed %d: the same training as %s, figures shared", configuration.label, seed, done[row_fingerprint]["label"])
-                record = {**done[row_fingerprint], "key": configuration.key, "label": configuration.label, "same_as": done[row_fingerprint]["key"]}
+                logger.info(
+                    "%s, seed %d: the same training as %s, figures shared",
+                    configuration.label,
+                    seed,
+                    done[row_fingerprint]["label"],
+                )
+                record = {
+                    **done[row_fingerprint],
+                    "key": configuration.key,
+                    "label": configuration.label,
+                    "same_as": done[row_fingerprint]["key"],
+                }
             else:
                 config = dataclasses.replace(config, output_dir=str(runs / f"{configuration.key}-{row_fingerprint}"))
                 record = done[row_fingerprint] = run_row(configuration, config, row_fingerprint, show_progress)
@@ -538,11 +748,17 @@ def run_benchmark(settings: HarmonySettings, out: str | Path = "outputs/harmony"
     progress.close()
     every = [record for per_seed in records.values() for record in per_seed]
     report = {
-        "benchmark": "harmony", "settings": settings.to_dict(), "command": command, "working_directory": os.getcwd(),
+        "benchmark": "harmony",
+        "settings": settings.to_dict(),
+        "command": command,
+        "working_directory": os.getcwd(),
         "rows": [aggregate_rows(per_seed) for per_seed in records.values()],
-        "chance": chance_levels([Path(record["folder"]) for record in records[PRETRAINED.key]],
-                                [synthetic_folder(settings, out, seed) for seed in settings.seeds]),
-        "wall_seconds": time.perf_counter() - started, "rows_run": len(every),
+        "chance": chance_levels(
+            [Path(record["folder"]) for record in records[PRETRAINED.key]],
+            [synthetic_folder(settings, out, seed) for seed in settings.seeds],
+        ),
+        "wall_seconds": time.perf_counter() - started,
+        "rows_run": len(every),
         "rows_reused": sum(record["reused"] for record in every),
         "train_and_eval_seconds_of_rows": sum(record["train_seconds"] + record["eval_seconds"] for record in every),
         "environment": _environment(load_at_start),
@@ -563,8 +779,10 @@ def _environment(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
     import torch
 
     return {
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_at_start": [round(value, 2) for value in load_at_start],
         "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
     }
@@ -577,20 +795,38 @@ def build_parser() -> CommandParser:
     parser = CommandParser(prog="python -m benchmarks.harmony", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/harmony", help="results folder (default: outputs/harmony)")
     parser.add_argument("--config", default=None, help="YAML file of settings (the fields of HarmonySettings)")
-    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps: checks the pipeline in seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data and a few steps: checks the pipeline in seconds"
+    )
     for item in dataclasses.fields(HarmonySettings):
         flags = [f"--{item.name.replace('_', '-')}", f"--{item.name}"]
         if item.name == "configurations":
-            parser.add_argument(*flags, dest=item.name, nargs="*", choices=CONFIGURATION_KEYS, default=None,
-                                help=f"fine-tuning rows (default: all of {' '.join(CONFIGURATION_KEYS)})")
+            parser.add_argument(
+                *flags,
+                dest=item.name,
+                nargs="*",
+                choices=CONFIGURATION_KEYS,
+                default=None,
+                help=f"fine-tuning rows (default: all of {' '.join(CONFIGURATION_KEYS)})",
+            )
         elif item.name == "seeds":
-            parser.add_argument(*flags, dest=item.name, nargs="+", type=int, default=None, help=f"default: {list(item.default)}")
+            parser.add_argument(
+                *flags, dest=item.name, nargs="+", type=int, default=None, help=f"default: {list(item.default)}"
+            )
         elif item.name == "rows":
-            parser.add_argument("--row", dest="rows", action="append", default=None, metavar="KEY:FIELD=VALUE,...",
-                                help="an extra row (ablation): a new key and TrainConfig fields, e.g. "
-                                     "'lrc-half:loss_lrc_weight=0.5'; repeatable")
+            parser.add_argument(
+                "--row",
+                dest="rows",
+                action="append",
+                default=None,
+                metavar="KEY:FIELD=VALUE,...",
+                help="an extra row (ablation): a new key and TrainConfig fields, e.g. "
+                "'lrc-half:loss_lrc_weight=0.5'; repeatable",
+            )
         else:
-            parser.add_argument(*flags, dest=item.name, type=type(item.default), default=None, help=f"default: {item.default!r}")
+            parser.add_argument(
+                *flags, dest=item.name, type=type(item.default), default=None, help=f"default: {item.default!r}"
+            )
     return parser
 
 

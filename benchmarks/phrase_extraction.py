@@ -57,20 +57,38 @@ def run(args: argparse.Namespace) -> dict:
     if batched() != one_by_one():
         raise RuntimeError("batched and one-call-per-caption phrase extraction disagree")
     cpu = torch.device("cpu")
-    times = time_side_by_side({"batched": batched, "one_by_one": one_by_one}, cpu, args.repeats, args.warmup, progress=NAME)
+    times = time_side_by_side(
+        {"batched": batched, "one_by_one": one_by_one}, cpu, args.repeats, args.warmup, progress=NAME
+    )
     ours, theirs = summarize(times["batched"]), summarize(times["one_by_one"])
     speedup = ratio_summary(times["one_by_one"], times["batched"])
-    results = [{"method": "nlp.pipe (PhraseExtractor)", **ours, "captions_per_s": count / ours["median_s"]},
-               {"method": "nlp(caption) per caption", **theirs, "captions_per_s": count / theirs["median_s"]}]
-    rows = [["nlp.pipe, batch " + str(args.batch_size), count / ours["median_s"], f"{ours['spread']:.0%}",
-             f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})"],
-            ["nlp(caption) one by one", count / theirs["median_s"], f"{theirs['spread']:.0%}", 1.0]]
+    results = [
+        {"method": "nlp.pipe (PhraseExtractor)", **ours, "captions_per_s": count / ours["median_s"]},
+        {"method": "nlp(caption) per caption", **theirs, "captions_per_s": count / theirs["median_s"]},
+    ]
+    rows = [
+        [
+            "nlp.pipe, batch " + str(args.batch_size),
+            count / ours["median_s"],
+            f"{ours['spread']:.0%}",
+            f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+        ],
+        ["nlp(caption) one by one", count / theirs["median_s"], f"{theirs['spread']:.0%}", 1.0],
+    ]
     table = markdown_table(["method", "captions/s", "spread", "speed-up (min-max)"], rows)
     pipeline = f"{nlp.meta.get('lang', '?')}_{nlp.meta.get('name', '?')} {nlp.meta.get('version', '')}".strip()
-    settings = {"captions": count, "pipe_batch_size": args.batch_size, "pipeline": pipeline, "components": list(nlp.pipe_names),
-                "phrases_per_caption": sum(len(p) for p in batched()) / count, "speedup": speedup}
-    notes = [f"spaCy pipeline {pipeline} ({', '.join(nlp.pipe_names)}), {count} generated COCO-like captions, CPU; "
-             f"median of {args.repeats} alternating rounds; both methods give the same phrases."]
+    settings = {
+        "captions": count,
+        "pipe_batch_size": args.batch_size,
+        "pipeline": pipeline,
+        "components": list(nlp.pipe_names),
+        "phrases_per_caption": sum(len(p) for p in batched()) / count,
+        "speedup": speedup,
+    }
+    notes = [
+        f"spaCy pipeline {pipeline} ({', '.join(nlp.pipe_names)}), {count} generated COCO-like captions, CPU; "
+        f"median of {args.repeats} alternating rounds; both methods give the same phrases."
+    ]
     return finish(NAME, args, settings, results, table, [], notes)
 
 

@@ -73,13 +73,25 @@ def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chun
 def build_parser() -> CommandParser:
     parser = CommandParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
-    parser.add_argument("--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images per call (default 1 on the CPU; 256 on CUDA, where smaller calls are bound by "
-                             "kernel-launch overhead rather than by the GPU)")
-    parser.add_argument("--crop-chunk", type=int, default=None,
-                        help="crops encoded per call by crop-and-encode (default 64 on the CPU, 256 on CUDA)")
-    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    parser.add_argument(
+        "--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)"
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="images per call (default 1 on the CPU; 256 on CUDA, where smaller calls are bound by "
+        "kernel-launch overhead rather than by the GPU)",
+    )
+    parser.add_argument(
+        "--crop-chunk",
+        type=int,
+        default=None,
+        help="crops encoded per call by crop-and-encode (default 64 on the CPU, 256 on CUDA)",
+    )
+    parser.add_argument(
+        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
+    )
     return parser
 
 
@@ -114,36 +126,76 @@ def run(args: argparse.Namespace) -> dict:
     for count in box_counts:
         boxes = random_boxes(num_images, count, generator).to(args.device)
         methods = methods_for(boxes)
-        times = time_side_by_side(methods, args.device, args.repeats, warmup=args.warmup if args.device.type == "cuda" else 0,
-                                  progress=f"{NAME} {count} boxes")
+        times = time_side_by_side(
+            methods,
+            args.device,
+            args.repeats,
+            warmup=args.warmup if args.device.type == "cuda" else 0,
+            progress=f"{NAME} {count} boxes",
+        )
         ours, theirs = summarize(times["harmoclip"]), summarize(times["crop_and_encode"])
         speedup = ratio_summary(times["crop_and_encode"], times["harmoclip"])
         total_boxes = num_images * count
-        results.append({
-            "boxes_per_image": count, "images": num_images,
-            "harmoclip": ours, "crop_and_encode": theirs,
-            "harmoclip_boxes_per_s": total_boxes / ours["median_s"],
-            "crop_boxes_per_s": total_boxes / theirs["median_s"],
-            "speedup": speedup,
-        })
+        results.append(
+            {
+                "boxes_per_image": count,
+                "images": num_images,
+                "harmoclip": ours,
+                "crop_and_encode": theirs,
+                "harmoclip_boxes_per_s": total_boxes / ours["median_s"],
+                "crop_boxes_per_s": total_boxes / theirs["median_s"],
+                "speedup": speedup,
+            }
+        )
         wanted = TARGET_FACTOR * count
-        targets.append(target(f"region speed-up at {count} boxes/image", f">= {wanted:g} (0.9 x N)", speedup["median"], wanted, True))
-        rows.append([count, total_boxes / ours["median_s"], total_boxes / theirs["median_s"], ours["median_s"] * 1e3,
-                     theirs["median_s"] * 1e3, f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                     wanted, speedup["median"] >= wanted, f"{max(ours['spread'], theirs['spread']):.0%}"])
+        targets.append(
+            target(
+                f"region speed-up at {count} boxes/image", f">= {wanted:g} (0.9 x N)", speedup["median"], wanted, True
+            )
+        )
+        rows.append(
+            [
+                count,
+                total_boxes / ours["median_s"],
+                total_boxes / theirs["median_s"],
+                ours["median_s"] * 1e3,
+                theirs["median_s"] * 1e3,
+                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                wanted,
+                speedup["median"] >= wanted,
+                f"{max(ours['spread'], theirs['spread']):.0%}",
+            ]
+        )
     if args.profile:  # one call of each method at the largest box count
         for name, method in methods.items():
             write_profile(method, args.device, profile_path(args, NAME, f"{name}-{box_counts[-1]}boxes"))
     table = markdown_table(
-        ["boxes/image", "HarmoCLIP boxes/s", "crop+encode boxes/s", "HarmoCLIP ms/call", "crop+encode ms/call",
-         "speed-up (min-max)", "target", "met", "spread"],
+        [
+            "boxes/image",
+            "HarmoCLIP boxes/s",
+            "crop+encode boxes/s",
+            "HarmoCLIP ms/call",
+            "crop+encode ms/call",
+            "speed-up (min-max)",
+            "target",
+            "met",
+            "spread",
+        ],
         rows,
     )
-    settings = {"model_preset": preset, "image_size": config.image_size, "patch_size": config.patch_size,
-                "images_per_call": num_images, "boxes_per_image": box_counts, "crop_chunk": args.crop_chunk}
-    notes = [f"{preset} geometry ({config.image_size} px, patch {config.patch_size}), random weights, {num_images} image(s) "
-             f"per call; median of {args.repeats} alternating rounds; speed-up = crop-and-encode time / HarmoCLIP time "
-             "(median of the rounds' ratios, min-max in brackets); spread = (max - min) / median of the noisier method."]
+    settings = {
+        "model_preset": preset,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "images_per_call": num_images,
+        "boxes_per_image": box_counts,
+        "crop_chunk": args.crop_chunk,
+    }
+    notes = [
+        f"{preset} geometry ({config.image_size} px, patch {config.patch_size}), random weights, {num_images} image(s) "
+        f"per call; median of {args.repeats} alternating rounds; speed-up = crop-and-encode time / HarmoCLIP time "
+        "(median of the rounds' ratios, min-max in brackets); spread = (max - min) / median of the noisier method."
+    ]
     return finish(NAME, args, settings, results, table, targets, notes)
 
 

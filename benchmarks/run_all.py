@@ -42,8 +42,18 @@ def build_parser() -> CommandParser:
 def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
     """Runs benchmarks/<name>.py in a fresh process; returns its JSON result and the seconds it took."""
     out = args.output_dir / f"{name}.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--device", args.device, "--dtype", args.dtype,
-               "--threads", str(args.threads), "--json-out", str(out)] + (["--quick"] if args.quick else [])
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / f"{name}.py"),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--threads",
+        str(args.threads),
+        "--json-out",
+        str(out),
+    ] + (["--quick"] if args.quick else [])
     if args.profile and name in ("region_throughput", "train_step"):
         command.append("--profile")
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
@@ -78,7 +88,13 @@ def run_all(argv: list[str] | None = None) -> dict:
     if all_targets:
         report += ["### Targets\n", targets_table(all_targets) + "\n"]
     markdown = "\n".join(report)
-    summary = {"command": command, "machine": first["machine"], "seconds": durations, "results": results, "targets": all_targets}
+    summary = {
+        "command": command,
+        "machine": first["machine"],
+        "seconds": durations,
+        "results": results,
+        "targets": all_targets,
+    }
     write_text_atomic(args.output_dir / "results.md", markdown)
     write_json(args.output_dir / "results.json", summary)
     print(markdown)

@@ -91,10 +91,16 @@ def write_region_manifest(folder: Path, num_images: int, boxes_per_image: int, i
             draw_shape(draw, shape, box, COLOURS[colour])
             name = f"{colour} {shape}"
             caption += "a " if number == 0 else (" and a " if number == boxes_per_image - 1 else ", a ")
-            regions.append({"box": list(box), "phrase": name, "span": [len(caption), len(caption) + len(name)], "label": name})
+            regions.append(
+                {"box": list(box), "phrase": name, "span": [len(caption), len(caption) + len(name)], "label": name}
+            )
             caption += name
         image.save(folder / "images" / f"{index:04d}.png")
-        lines.append(json.dumps({"id": f"bench/{index:04d}", "image": f"images/{index:04d}.png", "caption": caption, "regions": regions}))
+        lines.append(
+            json.dumps(
+                {"id": f"bench/{index:04d}", "image": f"images/{index:04d}.png", "caption": caption, "regions": regions}
+            )
+        )
     manifest = folder / "train.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
@@ -103,10 +109,20 @@ def write_region_manifest(folder: Path, num_images: int, boxes_per_image: int, i
 def variant_config(args: argparse.Namespace, variant: str, manifest: Path, cache_dir: Path):
     """The `TrainConfig` of one variant: the preset's geometry, the manifest, batch and boxes, the variant's losses."""
     return model_config_for(
-        args.preset, seed=args.seed, data_format="jsonl", train_data=str(manifest), batch_size=args.batch_size,
-        max_boxes=args.boxes, min_box_size=1.0, learning_rate=1e-5, weight_decay=0.1, max_grad_norm=1.0,
-        mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name, num_workers=0,
-        teacher_cache=str(cache_dir), **VARIANTS[variant],
+        args.preset,
+        seed=args.seed,
+        data_format="jsonl",
+        train_data=str(manifest),
+        batch_size=args.batch_size,
+        max_boxes=args.boxes,
+        min_box_size=1.0,
+        learning_rate=1e-5,
+        weight_decay=0.1,
+        max_grad_norm=1.0,
+        mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
+        num_workers=0,
+        teacher_cache=str(cache_dir),
+        **VARIANTS[variant],
     )
 
 
@@ -134,14 +150,20 @@ class StepRunner:
         model, processor = build_model_and_processor(base)
         dataset = build_dataset_for_split(base, "train")
         # One batch for every variant: with the teacher's crops (cut by the collator, as in training) if one needs them.
-        collator = region_collator(base, processor, with_crops=any(teacher_needs_crops(config) for config in configs.values()))
+        collator = region_collator(
+            base, processor, with_crops=any(teacher_needs_crops(config) for config in configs.values())
+        )
         batch = collator([dataset[index] for index in range(base.batch_size)])
         for key in ("skipped", "num_small_boxes_dropped", "num_boxes_over_limit"):  # what the loop pops before the step
             batch.pop(key, None)
         self.batch = move_batch(batch, self.accelerator.device)
         self.boxes_in_batch = int(self.batch["box_mask"].sum())
-        optimizer = torch.optim.AdamW(parameter_groups(model, base.weight_decay), lr=base.learning_rate,
-                                      betas=(base.adam_beta1, base.adam_beta2), eps=base.adam_eps)
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, base.weight_decay),
+            lr=base.learning_rate,
+            betas=(base.adam_beta1, base.adam_beta2),
+            eps=base.adam_eps,
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.model.train()
         self.unwrapped = self.accelerator.unwrap_model(self.model)
@@ -188,21 +210,56 @@ def measure_memory_here(args: argparse.Namespace, manifest: Path, cache_dir: Pat
         torch.cuda.reset_peak_memory_stats(device)
         runner.step(variant)
         torch.cuda.synchronize(device)
-        return {"variant": variant, "peak_bytes": torch.cuda.max_memory_allocated(device), "static_bytes": static,
-                "kind": "torch.cuda.max_memory_allocated"}
+        return {
+            "variant": variant,
+            "peak_bytes": torch.cuda.max_memory_allocated(device),
+            "static_bytes": static,
+            "kind": "torch.cuda.max_memory_allocated",
+        }
     static = current_rss_bytes()
     with RssSampler() as sampler:
         runner.step(variant)
-    return {"variant": variant, "peak_bytes": sampler.peak, "static_bytes": static, "process_peak_bytes": peak_rss_bytes(),
-            "kind": "peak RSS during the step"}
+    return {
+        "variant": variant,
+        "peak_bytes": sampler.peak,
+        "static_bytes": static,
+        "process_peak_bytes": peak_rss_bytes(),
+        "kind": "peak RSS during the step",
+    }
 
 
-def measure_memory_in_fresh_process(args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str, folder: Path) -> dict:
+def measure_memory_in_fresh_process(
+    args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str, folder: Path
+) -> dict:
     out = folder / f"memory-{list(VARIANTS).index(variant)}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-of", variant, "--manifest", str(manifest),
-               "--cache-dir", str(cache_dir), "--memory-out", str(out), "--device", str(args.device), "--dtype", args.dtype_name,
-               "--batch-size", str(args.batch_size), "--boxes", str(args.boxes), "--model-preset", args.preset,
-               "--warmup", str(args.warmup), "--seed", str(args.seed), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-of",
+        variant,
+        "--manifest",
+        str(manifest),
+        "--cache-dir",
+        str(cache_dir),
+        "--memory-out",
+        str(out),
+        "--device",
+        str(args.device),
+        "--dtype",
+        args.dtype_name,
+        "--batch-size",
+        str(args.batch_size),
+        "--boxes",
+        str(args.boxes),
+        "--model-preset",
+        args.preset,
+        "--warmup",
+        str(args.warmup),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
@@ -211,10 +268,17 @@ def measure_memory_in_fresh_process(args: argparse.Namespace, manifest: Path, ca
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a training-step benchmark's batch and model (this one and peer_open_clip.py)."""
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8 on CUDA; 2 on the CPU, where batch 8 "
-                        "of ViT-B/16 takes minutes per round; --quick 2)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (default 8 on CUDA; 2 on the CPU, where batch 8 "
+        "of ViT-B/16 takes minutes per round; --quick 2)",
+    )
     parser.add_argument("--boxes", type=int, default=8, help="boxes (each with a phrase) per image")
-    parser.add_argument("--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)")
+    parser.add_argument(
+        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
+    )
 
 
 def resolve_step_arguments(args: argparse.Namespace) -> argparse.Namespace:
@@ -235,8 +299,9 @@ def write_step_inputs(args: argparse.Namespace, folder: Path) -> tuple[Path, Pat
     manifest = write_region_manifest(folder / "data", args.batch_size, args.boxes, image_size, args.seed)
     cache_dir = folder / "teacher_cache"
     # The cache holds the starting weights' crop embeddings of the manifest's boxes (the same seed builds them).
-    build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir,
-                               batch_size=args.batch_size)
+    build_teacher_cache_folder(
+        variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir, batch_size=args.batch_size
+    )
     return manifest, cache_dir
 
 
@@ -264,16 +329,28 @@ def run(args: argparse.Namespace) -> dict:
         manifest, cache_dir = write_step_inputs(args, folder)
         runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in variants}, args.device)
         device = runner.accelerator.device
-        times = time_side_by_side({name: (lambda name=name: runner.step(name)) for name in variants}, device,
-                                  args.repeats, max(args.warmup, 1), progress=NAME)
+        times = time_side_by_side(
+            {name: (lambda name=name: runner.step(name)) for name in variants},
+            device,
+            args.repeats,
+            max(args.warmup, 1),
+            progress=NAME,
+        )
         if args.profile:
             for name in variants:
-                write_profile(lambda name=name: runner.step(name), device, profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")))
+                write_profile(
+                    lambda name=name: runner.step(name),
+                    device,
+                    profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")),
+                )
         terms = dict(runner.last_terms)
         boxes_in_batch = runner.boxes_in_batch
         runner = None  # frees the models before the memory is measured in fresh processes
-        memory = {} if args.skip_memory else {
-            name: measure_memory_in_fresh_process(args, manifest, cache_dir, name, folder) for name in variants}
+        memory = (
+            {}
+            if args.skip_memory
+            else {name: measure_memory_in_fresh_process(args, manifest, cache_dir, name, folder) for name in variants}
+        )
 
     baseline = summarize(times["GC"])
     results, rows = [], []
@@ -282,24 +359,68 @@ def run(args: argparse.Namespace) -> dict:
         ratio = ratio_summary(times[name], times["GC"])
         peak = memory.get(name, {}).get("peak_bytes")
         memory_ratio = peak / memory["GC"]["peak_bytes"] if peak else None
-        results.append({"variant": name, "step": summary, "time_ratio_to_gc": ratio, "samples_per_s": args.batch_size / summary["median_s"],
-                        "memory": memory.get(name), "memory_ratio_to_gc": memory_ratio, "loss_terms": terms.get(name)})
-        rows.append([name, summary["median_s"] * 1e3, f"{summary['spread']:.0%}", args.batch_size / summary["median_s"],
-                     f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
-                     peak / 2**20 if peak else None, f"{memory_ratio:.2f}" if memory_ratio else None,
-                     ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss"))])
+        results.append(
+            {
+                "variant": name,
+                "step": summary,
+                "time_ratio_to_gc": ratio,
+                "samples_per_s": args.batch_size / summary["median_s"],
+                "memory": memory.get(name),
+                "memory_ratio_to_gc": memory_ratio,
+                "loss_terms": terms.get(name),
+            }
+        )
+        rows.append(
+            [
+                name,
+                summary["median_s"] * 1e3,
+                f"{summary['spread']:.0%}",
+                args.batch_size / summary["median_s"],
+                f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                peak / 2**20 if peak else None,
+                f"{memory_ratio:.2f}" if memory_ratio else None,
+                ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss")),
+            ]
+        )
     cached = next(r for r in results if r["variant"] == "GC+LRC+GR cached")
-    targets = [target("cached HarmoCLIP step time / GC-only", f"<= {TIME_LIMIT}", cached["time_ratio_to_gc"]["median"], TIME_LIMIT, False)]
+    targets = [
+        target(
+            "cached HarmoCLIP step time / GC-only",
+            f"<= {TIME_LIMIT}",
+            cached["time_ratio_to_gc"]["median"],
+            TIME_LIMIT,
+            False,
+        )
+    ]
     if memory:
-        targets.append(target("cached HarmoCLIP peak memory / GC-only", f"<= {MEMORY_LIMIT}", cached["memory_ratio_to_gc"], MEMORY_LIMIT, False))
+        targets.append(
+            target(
+                "cached HarmoCLIP peak memory / GC-only",
+                f"<= {MEMORY_LIMIT}",
+                cached["memory_ratio_to_gc"],
+                MEMORY_LIMIT,
+                False,
+            )
+        )
     memory_kind = next(iter(memory.values()))["kind"] if memory else "not measured"
-    table = markdown_table(["variant", "ms/step", "spread", "samples/s", "time / GC (min-max)", "peak MiB", "memory / GC", "loss terms"], rows)
-    settings = {"model_preset": args.preset, "batch_size": args.batch_size, "boxes_per_image": args.boxes,
-                "boxes_in_batch": boxes_in_batch, "memory": memory_kind, "gc_step_median_s": baseline["median_s"]}
-    notes = [f"{args.preset} geometry, random weights, batch {args.batch_size} with {args.boxes} linked boxes per image; "
-             f"the training loop's step (forward_objective + backward + clipping + AdamW); median of {args.repeats} "
-             f"alternating rounds after {max(args.warmup, 1)} warm-up step(s) each; peak memory: {memory_kind}, each variant "
-             "in a fresh process after its warm-up step(s)."]
+    table = markdown_table(
+        ["variant", "ms/step", "spread", "samples/s", "time / GC (min-max)", "peak MiB", "memory / GC", "loss terms"],
+        rows,
+    )
+    settings = {
+        "model_preset": args.preset,
+        "batch_size": args.batch_size,
+        "boxes_per_image": args.boxes,
+        "boxes_in_batch": boxes_in_batch,
+        "memory": memory_kind,
+        "gc_step_median_s": baseline["median_s"],
+    }
+    notes = [
+        f"{args.preset} geometry, random weights, batch {args.batch_size} with {args.boxes} linked boxes per image; "
+        f"the training loop's step (forward_objective + backward + clipping + AdamW); median of {args.repeats} "
+        f"alternating rounds after {max(args.warmup, 1)} warm-up step(s) each; peak memory: {memory_kind}, each variant "
+        "in a fresh process after its warm-up step(s)."
+    ]
     return finish(NAME, args, settings, results, table, targets, notes)
 
 

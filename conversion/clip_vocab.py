@@ -20,7 +20,9 @@ EOS_TOKEN = "<|endoftext|>"
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP's reversible map from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -56,7 +58,9 @@ def clip_vocabulary(merges: list[tuple[str, str]]) -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def write_clip_tokenizer_files(bpe_path: str | Path, output_dir: str | Path, num_merges: int | None = None) -> dict[str, int]:
+def write_clip_tokenizer_files(
+    bpe_path: str | Path, output_dir: str | Path, num_merges: int | None = None
+) -> dict[str, int]:
     """Writes `vocab.json` and `merges.txt` (the format `CLIPTokenizer.from_pretrained` reads) into `output_dir`.
 
     Returns the vocabulary (token -> id).

@@ -96,7 +96,7 @@ def _unwrap_state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
             continue  # e.g. integer attributes of old archives
-        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+        state_dict[key[len("module.") :] if key.startswith("module.") else key] = value
     return state_dict
 
 
@@ -155,13 +155,25 @@ def read_open_clip_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 # open_clip options that change the architecture away from OpenAI's (and CLIPModel's), with their neutral values
 # (training-only options such as patch_dropout do not matter).
 _OPEN_CLIP_NEUTRAL_VISION = {
-    "timm_model_name": None, "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
-    "final_ln_after_pool": False, "output_tokens": False, "act_kwargs": None,
-    "norm_kwargs": None, "pos_embed_type": "learnable",
+    "timm_model_name": None,
+    "ls_init_value": None,
+    "attentional_pool": False,
+    "no_ln_pre": False,
+    "final_ln_after_pool": False,
+    "output_tokens": False,
+    "act_kwargs": None,
+    "norm_kwargs": None,
+    "pos_embed_type": "learnable",
 }
 _OPEN_CLIP_NEUTRAL_TEXT = {
-    "hf_model_name": None, "ls_init_value": None, "proj_bias": False, "embed_cls": False,
-    "no_causal_mask": False, "final_ln_after_pool": False, "ln_post_emb": False, "act_kwargs": None,
+    "hf_model_name": None,
+    "ls_init_value": None,
+    "proj_bias": False,
+    "embed_cls": False,
+    "no_causal_mask": False,
+    "final_ln_after_pool": False,
+    "ln_post_emb": False,
+    "act_kwargs": None,
     "norm_kwargs": None,
 }
 
@@ -173,20 +185,26 @@ def read_open_clip_config(path: str | Path) -> tuple[dict[str, Any], dict[str, A
     if not path.is_file():
         raise FileNotFoundError(f"`open_clip_config`: file not found: {path}")
     config = json.loads(path.read_text(encoding="utf-8"))
-    model_cfg, preprocess_cfg = (config["model_cfg"], config.get("preprocess_cfg", {})) if "model_cfg" in config else (config, {})
+    model_cfg, preprocess_cfg = (
+        (config["model_cfg"], config.get("preprocess_cfg", {})) if "model_cfg" in config else (config, {})
+    )
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in model_cfg:
             raise ValueError(f"`open_clip_config` {path}: missing {key!r}")
     for section, neutral in (("vision_cfg", _OPEN_CLIP_NEUTRAL_VISION), ("text_cfg", _OPEN_CLIP_NEUTRAL_TEXT)):
         for key, value in model_cfg[section].items():
             if key in neutral and value and value != neutral[key]:  # unset / empty / zero means "off"
-                raise ValueError(f"`open_clip_config`: {section}.{key}={value!r} is not supported (no CLIPModel equivalent)")
+                raise ValueError(
+                    f"`open_clip_config`: {section}.{key}={value!r} is not supported (no CLIPModel equivalent)"
+                )
     if isinstance(model_cfg["vision_cfg"].get("layers"), (list, tuple)):
         raise ValueError("`open_clip_config`: ResNet image towers (vision_cfg.layers is a list) are not supported")
     for section, key, allowed in (("vision_cfg", "pool_type", ("tok",)), ("text_cfg", "pool_type", ("argmax",))):
         value = model_cfg[section].get(key)
         if value is not None and value not in allowed:
-            raise ValueError(f"`open_clip_config`: {section}.{key}={value!r} is not supported (CLIPModel pools {allowed[0]!r})")
+            raise ValueError(
+                f"`open_clip_config`: {section}.{key}={value!r} is not supported (CLIPModel pools {allowed[0]!r})"
+            )
     return model_cfg, preprocess_cfg
 
 
@@ -217,7 +235,9 @@ def _openai_layout_source(
     kind: str, weights: dict[str, torch.Tensor], arch: ClipArchitecture, bpe_path: str | Path | None, mean, std
 ) -> ClipSource:
     if bpe_path is None:
-        raise ValueError(f"`bpe_path` is required for --source {kind}: the tokenizer is built from bpe_simple_vocab_16e6.txt.gz")
+        raise ValueError(
+            f"`bpe_path` is required for --source {kind}: the tokenizer is built from bpe_simple_vocab_16e6.txt.gz"
+        )
     reference = {key: value.detach().float() for key, value in weights.items()}  # OpenAI ships fp16 weights
     logit_scale = float(reference["logit_scale"]) if "logit_scale" in reference else None
     if logit_scale is None:
@@ -236,7 +256,9 @@ def _openai_layout_source(
     )
 
 
-def load_openai_source(checkpoint: str | Path, bpe_path: str | Path | None, hidden_act: str | None = None) -> ClipSource:
+def load_openai_source(
+    checkpoint: str | Path, bpe_path: str | Path | None, hidden_act: str | None = None
+) -> ClipSource:
     """OpenAI CLIP `.pt`; hyper-parameters inferred from the weights as OpenAI's `build_model` does (QuickGELU)."""
     weights = read_openai_checkpoint(checkpoint)
     arch = infer_architecture(weights, hidden_act=hidden_act or "quick_gelu")
@@ -244,7 +266,10 @@ def load_openai_source(checkpoint: str | Path, bpe_path: str | Path | None, hidd
 
 
 def load_open_clip_source(
-    checkpoint: str | Path, open_clip_config: str | Path | None, bpe_path: str | Path | None, hidden_act: str | None = None
+    checkpoint: str | Path,
+    open_clip_config: str | Path | None,
+    bpe_path: str | Path | None,
+    hidden_act: str | None = None,
 ) -> ClipSource:
     """open_clip weights + model config: heads and activation (GELU or QuickGELU) as the config says."""
     if open_clip_config is None:
@@ -252,9 +277,13 @@ def load_open_clip_source(
     model_cfg, preprocess_cfg = read_open_clip_config(open_clip_config)
     weights = read_open_clip_checkpoint(checkpoint)
     if any(key.startswith("text.") for key in weights):
-        raise ValueError("state dict: custom text towers (keys 'text.*', e.g. Hugging Face text encoders) are not supported")
+        raise ValueError(
+            "state dict: custom text towers (keys 'text.*', e.g. Hugging Face text encoders) are not supported"
+        )
     vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    vision_width = weights["visual.conv1.weight"].shape[0] if "visual.conv1.weight" in weights else vision.get("width", 768)
+    vision_width = (
+        weights["visual.conv1.weight"].shape[0] if "visual.conv1.weight" in weights else vision.get("width", 768)
+    )
     arch = infer_architecture(
         weights,
         hidden_act=hidden_act or ("quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"),
@@ -316,7 +345,9 @@ def build_harmoclip_model(source: ClipSource, **harmoclip_settings: Any) -> Harm
         model.reset_region_logit_scale()
     missing = set(missing) - HARMOCLIP_ONLY_PARAMETERS
     if missing or unexpected:
-        raise ValueError(f"source weights do not fit the model: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+        raise ValueError(
+            f"source weights do not fit the model: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
     return model
 
 
@@ -326,7 +357,9 @@ def verify_folder(folder: Path, source: ClipSource) -> EmbeddingDiff:
     tokenizer, _ = load_tokenizer_and_image_processor(folder)
     vision = model.config.vision_config
     inputs = check_inputs(tokenizer, vision.image_size, model.config.text_config.max_position_embeddings)
-    return embedding_diff(source.encoders, model_encoders(model), inputs, (source.logit_scale, float(model.logit_scale.detach())))
+    return embedding_diff(
+        source.encoders, model_encoders(model), inputs, (source.logit_scale, float(model.logit_scale.detach()))
+    )
 
 
 def convert_clip(
@@ -379,29 +412,54 @@ def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lexeme-mode", choices=LEXEME_MODES)
     group.add_argument("--region-pooling", choices=REGION_POOLING_MODES)
     group.add_argument("--region-logit-scale-mode", choices=REGION_LOGIT_SCALE_MODES)
-    for name in ("loss-gc-weight", "loss-lrc-weight", "loss-gr-weight", "gr-crop-scale", "region-logit-scale-init-value"):
+    for name in (
+        "loss-gc-weight",
+        "loss-lrc-weight",
+        "loss-gr-weight",
+        "gr-crop-scale",
+        "region-logit-scale-init-value",
+    ):
         group.add_argument(f"--{name}", type=float)
 
 
 def harmoclip_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("dense_mode", "gr_teacher", "lexeme_mode", "region_pooling", "region_logit_scale_mode", "loss_gc_weight",
-             "loss_lrc_weight", "loss_gr_weight", "gr_crop_scale", "region_logit_scale_init_value")
+    names = (
+        "dense_mode",
+        "gr_teacher",
+        "lexeme_mode",
+        "region_pooling",
+        "region_logit_scale_mode",
+        "loss_gc_weight",
+        "loss_lrc_weight",
+        "loss_gr_weight",
+        "gr_crop_scale",
+        "region_logit_scale_init_value",
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def build_parser() -> CommandParser:
     parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="CLIP folder (hf) or weights file (openai, open_clip)")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="CLIP folder (hf) or weights file (openai, open_clip)"
+    )
     parser.add_argument("--output", required=True, type=Path, help="HarmoCLIP folder to write")
     parser.add_argument("--bpe-path", type=Path, help="bpe_simple_vocab_16e6.txt.gz (openai, open_clip)")
     parser.add_argument("--open-clip-config", type=Path, help="open_clip model config JSON (open_clip)")
-    parser.add_argument("--hidden-act", choices=("quick_gelu", "gelu"), help="override the activation (openai, open_clip)")
+    parser.add_argument(
+        "--hidden-act", choices=("quick_gelu", "gelu"), help="override the activation (openai, open_clip)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--log-file", type=Path, help="also write the log to this file")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff of normalised embeddings")
-    parser.add_argument("--region-mode", action="store_true",
-                        help="processor preset: square resize without crop (region tasks) instead of CLIP's resize + centre crop")
+    parser.add_argument(
+        "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max abs diff of normalised embeddings"
+    )
+    parser.add_argument(
+        "--region-mode",
+        action="store_true",
+        help="processor preset: square resize without crop (region tasks) instead of CLIP's resize + centre crop",
+    )
     add_harmoclip_setting_arguments(parser)
     return parser
 
@@ -413,9 +471,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         setup_logging(args.log_file)
         report = convert_clip(
-            args.source, args.checkpoint, args.output,
-            bpe_path=args.bpe_path, open_clip_config=args.open_clip_config, hidden_act=args.hidden_act,
-            overwrite=args.overwrite, tolerance=args.tolerance, region_mode=args.region_mode, **harmoclip_settings_from_args(args),
+            args.source,
+            args.checkpoint,
+            args.output,
+            bpe_path=args.bpe_path,
+            open_clip_config=args.open_clip_config,
+            hidden_act=args.hidden_act,
+            overwrite=args.overwrite,
+            tolerance=args.tolerance,
+            region_mode=args.region_mode,
+            **harmoclip_settings_from_args(args),
         )
         return f"wrote {report.output_dir} ({report.source}); {report.diff}"
 

@@ -42,7 +42,9 @@ def check_inputs(tokenizer, image_size: int, context_length: int, num_images: in
     """Deterministic random images and the `CHECK_TEXTS` tokenized (padded to `context_length`)."""
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(num_images, 3, image_size, image_size, generator=generator)
-    tokens = tokenizer(list(CHECK_TEXTS), padding="max_length", max_length=context_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        list(CHECK_TEXTS), padding="max_length", max_length=context_length, truncation=True, return_tensors="pt"
+    )
     return CheckInputs(pixel_values, tokens["input_ids"], tokens["attention_mask"])
 
 

@@ -59,7 +59,9 @@ def to_clip_model(model: HarmoCLIPModel) -> CLIPModel:
     return clip
 
 
-def export_clip(model_dir: str | Path, output_dir: str | Path, overwrite: bool = False, readme_text: str | None = None) -> ExportReport:
+def export_clip(
+    model_dir: str | Path, output_dir: str | Path, overwrite: bool = False, readme_text: str | None = None
+) -> ExportReport:
     """Writes the plain-CLIP export of the HarmoCLIP folder `model_dir` to `output_dir` (atomically), with
     `readme_text` as its README.md if given.
 
@@ -79,7 +81,9 @@ def export_clip(model_dir: str | Path, output_dir: str | Path, overwrite: bool =
         if readme_text is not None:
             (staging / "README.md").write_text(readme_text, encoding="utf-8")
         exported = CLIPModel.from_pretrained(staging, dtype=torch.float32).eval()
-        inputs = check_inputs(tokenizer, model.config.vision_config.image_size, model.config.text_config.max_position_embeddings)
+        inputs = check_inputs(
+            tokenizer, model.config.vision_config.image_size, model.config.text_config.max_position_embeddings
+        )
         scales = (float(model.logit_scale.detach()), float(exported.logit_scale.detach()))
         diff = embedding_diff(model_encoders(model), model_encoders(exported), inputs, scales)
         logger.info("export check (HarmoCLIP -> CLIP): %s", diff)

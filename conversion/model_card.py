@@ -84,12 +84,22 @@ def parse_eval_results(data: Any) -> list[dict[str, Any]]:
                     raise ValueError(f"evaluation JSON: {where}[{name!r}] must be a string, got {entry[name]!r}")
             if not entry.get("dataset"):
                 raise ValueError(f"evaluation JSON: {where} needs a 'dataset' name")
-            metrics = {key: _number(value, f"{where}[{key!r}]") for key, value in entry.items() if key not in TEXT_FIELDS}
+            metrics = {
+                key: _number(value, f"{where}[{key!r}]") for key, value in entry.items() if key not in TEXT_FIELDS
+            }
             if not metrics:
                 raise ValueError(f"evaluation JSON: {where} has no metric")
             for metric, value in metrics.items():
-                rows.append({"task": TASK_NAMES.get(task, task), "dataset": entry["dataset"], "split": entry.get("split", ""),
-                             "metric": metric, "value": value, "notes": entry.get("notes", "")})
+                rows.append(
+                    {
+                        "task": TASK_NAMES.get(task, task),
+                        "dataset": entry["dataset"],
+                        "split": entry.get("split", ""),
+                        "metric": metric,
+                        "value": value,
+                        "notes": entry.get("notes", ""),
+                    }
+                )
     return rows
 
 
@@ -116,12 +126,18 @@ def results_from_reports(data: Any) -> Any:
         settings, results = report["settings"], report["results"]
         common = {"dataset": Path(str(settings.get("data", "unknown"))).name, "split": str(settings.get("split") or "")}
         if report["task"] == "retrieval":
-            card.setdefault("retrieval", []).append({**common, **{k: results[k] for k in RETRIEVAL_METRICS if k in results}})
+            card.setdefault("retrieval", []).append(
+                {**common, **{k: results[k] for k in RETRIEVAL_METRICS if k in results}}
+            )
         elif report["task"] == "boxcls":
             for method in settings.get("methods", ["dense"]):
                 figures = results[method]
                 card.setdefault("box_classification", []).append(
-                    {**common, "notes": BOX_METHOD_NOTES.get(method, method), **{k: figures[k] for k in BOX_METRICS if k in figures}}
+                    {
+                        **common,
+                        "notes": BOX_METHOD_NOTES.get(method, method),
+                        **{k: figures[k] for k in BOX_METRICS if k in figures},
+                    }
                 )
     return card
 
@@ -159,8 +175,10 @@ def clip_export_markdown(repo_id: str, clip_export: str | None) -> str:
         )
     if clip_export == "subfolder":
         repo, subfolder = repo_id, ', subfolder="clip"'
-        where = ("in the `clip/` folder of this repository (the hosted widget serves a repository's root only, so it "
-                 "does not run it)")
+        where = (
+            "in the `clip/` folder of this repository (the hosted widget serves a repository's root only, so it "
+            "does not run it)"
+        )
     else:
         repo, subfolder = clip_export, ""
         where = f"as its own repository, [{clip_export}](https://huggingface.co/{clip_export}), where the hosted widget runs it"
@@ -201,12 +219,16 @@ def _card_values(config: Any, info: CardInfo, repo_id: str) -> dict[str, str]:
     }
 
 
-def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE) -> str:
+def render_model_card(
+    config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE
+) -> str:
     """The README text for a HarmoCLIP model with `config` (a `HarmoCLIPConfig`), checked to parse as a ModelCard."""
     values = {
         **_card_values(config, info, info.repo_id),
         "base_model": json.dumps(info.base_model) if info.base_model else "null",
-        "base_model_text": f"[{info.base_model}](https://huggingface.co/{info.base_model})" if info.base_model else "not recorded",
+        "base_model_text": f"[{info.base_model}](https://huggingface.co/{info.base_model})"
+        if info.base_model
+        else "not recorded",
         "clip_export_usage": clip_export_markdown(info.repo_id, info.clip_export),
         "dense_mode": f"`{config.dense_mode}`",
         "loss_weights": f"{config.loss_gc_weight:g} / {config.loss_lrc_weight:g} / {config.loss_gr_weight:g}",
@@ -225,7 +247,10 @@ def render_model_card(config: Any, info: CardInfo, eval_rows: list[dict[str, Any
 
 
 def render_export_card(
-    config: Any, info: CardInfo, export_repo_id: str, eval_rows: list[dict[str, Any]] | None,
+    config: Any,
+    info: CardInfo,
+    export_repo_id: str,
+    eval_rows: list[dict[str, Any]] | None,
     template_path: str | Path = EXPORT_TEMPLATE,
 ) -> str:
     """The README of the plain-CLIP export's own repository `export_repo_id`: the widget metadata, a link back to the

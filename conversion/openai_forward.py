@@ -30,7 +30,13 @@ def _layer_norm(x: torch.Tensor, weights: dict[str, torch.Tensor], prefix: str) 
 
 
 def _transformer(
-    x: torch.Tensor, weights: dict[str, torch.Tensor], prefix: str, layers: int, heads: int, act: str, attn_mask: torch.Tensor | None
+    x: torch.Tensor,
+    weights: dict[str, torch.Tensor],
+    prefix: str,
+    layers: int,
+    heads: int,
+    act: str,
+    attn_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """(L, B, C) sequence-first, as OpenAI's `Transformer`."""
     width = x.shape[-1]
@@ -38,11 +44,22 @@ def _transformer(
         block = f"{prefix}resblocks.{index}."
         h = _layer_norm(x, weights, block + "ln_1")
         h = F.multi_head_attention_forward(
-            h, h, h, width, heads,
-            weights[block + "attn.in_proj_weight"], weights[block + "attn.in_proj_bias"],
-            None, None, False, 0.0,
-            weights[block + "attn.out_proj.weight"], weights[block + "attn.out_proj.bias"],
-            training=False, need_weights=False, attn_mask=attn_mask,
+            h,
+            h,
+            h,
+            width,
+            heads,
+            weights[block + "attn.in_proj_weight"],
+            weights[block + "attn.in_proj_bias"],
+            None,
+            None,
+            False,
+            0.0,
+            weights[block + "attn.out_proj.weight"],
+            weights[block + "attn.out_proj.bias"],
+            training=False,
+            need_weights=False,
+            attn_mask=attn_mask,
         )[0]
         x = x + h
         h = _layer_norm(x, weights, block + "ln_2")
@@ -70,7 +87,9 @@ def encode_text(weights: dict[str, torch.Tensor], arch: ClipArchitecture, input_
     length = input_ids.shape[1]
     x = weights["token_embedding.weight"][input_ids] + weights["positional_embedding"][:length]
     causal = torch.full((length, length), float("-inf")).triu(1)
-    x = _transformer(x.transpose(0, 1), weights, "transformer.", arch.text_layers, arch.text_heads, arch.hidden_act, causal)
+    x = _transformer(
+        x.transpose(0, 1), weights, "transformer.", arch.text_layers, arch.text_heads, arch.hidden_act, causal
+    )
     x = _layer_norm(x.transpose(0, 1), weights, "ln_final")
     end = input_ids.argmax(dim=-1)
     return x[torch.arange(x.shape[0]), end] @ weights["text_projection"]

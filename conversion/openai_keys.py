@@ -167,7 +167,11 @@ def openai_to_hf_key_map(vision_layers: int, text_layers: int) -> dict[str, str]
         "positional_embedding": "text_model.embeddings.position_embedding.weight",
         "logit_scale": "logit_scale",
     }
-    for source, target in (("visual.ln_pre", "vision_model.pre_layrnorm"), ("visual.ln_post", "vision_model.post_layernorm"), ("ln_final", "text_model.final_layer_norm")):
+    for source, target in (
+        ("visual.ln_pre", "vision_model.pre_layrnorm"),
+        ("visual.ln_post", "vision_model.post_layernorm"),
+        ("ln_final", "text_model.final_layer_norm"),
+    ):
         for tensor in ("weight", "bias"):
             mapping[f"{source}.{tensor}"] = f"{target}.{tensor}"
     mapping.update(_map_blocks("visual.transformer.", "vision_model.encoder.", vision_layers))
@@ -193,7 +197,10 @@ def openai_to_hf_state_dict(state_dict: dict[str, torch.Tensor], arch: ClipArchi
         converted[target] = take(source).clone()
     converted["visual_projection.weight"] = take("visual.proj").t().contiguous()
     converted["text_projection.weight"] = take("text_projection").t().contiguous()
-    for source, target, layers in (("visual.transformer.", "vision_model.encoder.", arch.vision_layers), ("transformer.", "text_model.encoder.", arch.text_layers)):
+    for source, target, layers in (
+        ("visual.transformer.", "vision_model.encoder.", arch.vision_layers),
+        ("transformer.", "text_model.encoder.", arch.text_layers),
+    ):
         for index in range(layers):
             fused = f"{source}resblocks.{index}.attn.in_proj_"
             attention = f"{target}layers.{index}.self_attn."

@@ -74,7 +74,9 @@ def save_harmoclip_processor(folder: str | Path, tokenizer, image_processor, reg
     `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` loads."""
     from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
-    HarmoCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer, region_mode=region_mode).save_pretrained(folder)
+    HarmoCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer, region_mode=region_mode).save_pretrained(
+        folder
+    )
 
 
 __all__ = [

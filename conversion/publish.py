@@ -96,7 +96,9 @@ def check_model_folder(model_dir: str | Path) -> Path:
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     auto_map = config.get("auto_map") or {}
     if "AutoModel" not in auto_map:
-        raise ValueError(f"`model`: {model_dir}/config.json has no auto_map.AutoModel (save it with HarmoCLIPModel.save_pretrained)")
+        raise ValueError(
+            f"`model`: {model_dir}/config.json has no auto_map.AutoModel (save it with HarmoCLIPModel.save_pretrained)"
+        )
     for reference in auto_map.values():
         code_file = model_dir / (reference.split(".")[0] + ".py")
         if not code_file.is_file():
@@ -186,10 +188,14 @@ def prepare_space_folder(space_dir: Path, target: Path, model_repo_id: str, over
     from huggingface_hub import metadata_load, metadata_save
 
     with atomic_directory(target, overwrite) as staging:
-        shutil.copytree(space_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio"))
+        shutil.copytree(
+            space_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio")
+        )
         readme = staging / "README.md"
         metadata = (metadata_load(readme) or {}) if readme.is_file() else {}
-        metadata["models"] = [model_repo_id] + [model for model in metadata.get("models") or [] if model != model_repo_id]
+        metadata["models"] = [model_repo_id] + [
+            model for model in metadata.get("models") or [] if model != model_repo_id
+        ]
         if not readme.is_file():
             readme.write_text("# HarmoCLIP demo\n", encoding="utf-8")
         metadata_save(readme, metadata)
@@ -219,7 +225,9 @@ def upload_folder_to_hub(
     api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True, **extra)
     if revision is not None and revision != "main":
         api.create_branch(repo_id=repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision, commit_message=commit_message)
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision, commit_message=commit_message
+    )
 
 
 def publish(
@@ -277,8 +285,14 @@ def publish(
         if export_repo_id is not None:
             clip_target = Path(f"{target}-clip") if output_dir is not None else Path(scratch) / "clip"
         folders = assemble_hub_folder(
-            model_dir, target, card, eval_json=eval_json, export_clip_subfolder=export_clip_subfolder,
-            clip_output_dir=clip_target, export_repo_id=export_repo_id, overwrite=overwrite,
+            model_dir,
+            target,
+            card,
+            eval_json=eval_json,
+            export_clip_subfolder=export_clip_subfolder,
+            clip_output_dir=clip_target,
+            export_repo_id=export_repo_id,
+            overwrite=overwrite,
         )
         uploads: list[tuple[str, Path, str]] = [(repo_id, folders.model, "model")]
         if folders.clip is not None:
@@ -292,8 +306,14 @@ def publish(
         for repo, folder, repo_type in uploads:
             sdk = space_sdk(folder) if repo_type == "space" else None
             info = upload_folder_to_hub(
-                folder, repo, repo_type=repo_type, revision=revision, private=private,
-                commit_message=commit_message, sdk=sdk, api=api,
+                folder,
+                repo,
+                repo_type=repo_type,
+                revision=revision,
+                private=private,
+                commit_message=commit_message,
+                sdk=sdk,
+                api=api,
             )
             logger.info("uploaded %s (%s): %s", repo, repo_type, getattr(info, "commit_url", info))
         return committed
@@ -315,10 +335,17 @@ def build_parser() -> CommandParser:
     parser.add_argument("--commit-message", default=DEFAULT_COMMIT_MESSAGE)
     parser.add_argument("--log-file", type=Path, help="also write the log to this file")
     clip = parser.add_mutually_exclusive_group()
-    clip.add_argument("--export-repo-id", "--clip-repo-id", dest="export_repo_id",
-                      help="also publish the plain-CLIP export as this repo, with the widget (e.g. org/harmoclip-vitb16-clip)")
-    clip.add_argument("--export-clip-subfolder", action="store_true",
-                      help="add the plain-CLIP export in clip/ (loadable with subfolder='clip'; the widget does not serve it)")
+    clip.add_argument(
+        "--export-repo-id",
+        "--clip-repo-id",
+        dest="export_repo_id",
+        help="also publish the plain-CLIP export as this repo, with the widget (e.g. org/harmoclip-vitb16-clip)",
+    )
+    clip.add_argument(
+        "--export-clip-subfolder",
+        action="store_true",
+        help="add the plain-CLIP export in clip/ (loadable with subfolder='clip'; the widget does not serve it)",
+    )
     parser.add_argument("--space-id", help="also upload --space-dir to this Space")
     parser.add_argument("--space-dir", type=Path, help="the Space's folder")
     card = parser.add_argument_group("model card")
@@ -335,15 +362,29 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
     def run() -> str:
         args = build_parser().parse_args(argv)
         setup_logging(args.log_file)
-        card_fields: dict[str, Any] = {"license": args.license, "base_model": args.base_model, "datasets": tuple(args.datasets)}
+        card_fields: dict[str, Any] = {
+            "license": args.license,
+            "base_model": args.base_model,
+            "datasets": tuple(args.datasets),
+        }
         if args.tags:
             card_fields["tags"] = tuple(args.tags)
         committed = publish(
-            args.repo_id, args.model, eval_json=args.eval_json, dry_run=args.dry_run, output_dir=args.output_dir,
-            revision=args.revision, private=args.private, commit_message=args.commit_message,
-            export_clip_subfolder=args.export_clip_subfolder, export_repo_id=args.export_repo_id,
-            space_id=args.space_id, space_dir=args.space_dir, card=CardInfo(repo_id=args.repo_id, **card_fields),
-            overwrite=args.overwrite, api=api,
+            args.repo_id,
+            args.model,
+            eval_json=args.eval_json,
+            dry_run=args.dry_run,
+            output_dir=args.output_dir,
+            revision=args.revision,
+            private=args.private,
+            commit_message=args.commit_message,
+            export_clip_subfolder=args.export_clip_subfolder,
+            export_repo_id=args.export_repo_id,
+            space_id=args.space_id,
+            space_dir=args.space_dir,
+            card=CardInfo(repo_id=args.repo_id, **card_fields),
+            overwrite=args.overwrite,
+            api=api,
         )
         verb = "would commit" if args.dry_run else "committed"
         return "\n".join(f"{repo}: {verb} {len(files)} files: {', '.join(files)}" for repo, files in committed.items())

@@ -111,7 +111,9 @@ def detect_format(path: str | Path) -> str:
             if annotations and "segments_info" in annotations[0]:
                 return "coco-panoptic"
             return "coco-instances"
-    raise ValueError(f"cannot tell the format of {path}: expected a .jsonl manifest, a Karpathy split file or COCO json")
+    raise ValueError(
+        f"cannot tell the format of {path}: expected a .jsonl manifest, a Karpathy split file or COCO json"
+    )
 
 
 def _resolve(root: Path, *parts: str) -> Path:
@@ -144,13 +146,17 @@ def read_karpathy(path: str | Path, image_root: str | Path | None = None, split:
     return RetrievalData(image_paths, captions, caption_image, source=str(path), split=split)
 
 
-def read_retrieval_manifest(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> RetrievalData:
+def read_retrieval_manifest(
+    path: str | Path, image_root: str | Path | None = None, split: str | None = None
+) -> RetrievalData:
     """Reads a JSONL manifest's images and captions (``caption`` a string or a list); with `split`, only the lines
     whose ``split`` equals it (lines without a ``split`` are kept)."""
     return _retrieval_records(Path(path), _read_jsonl(Path(path)), image_root, split)
 
 
-def read_caption_list(path: str | Path, image_root: str | Path | None = None, split: str | None = None) -> RetrievalData:
+def read_caption_list(
+    path: str | Path, image_root: str | Path | None = None, split: str | None = None
+) -> RetrievalData:
     """Reads a JSON list of ``{"image": path, "caption": str or [str]}`` (FineCLIP's and BLIP's retrieval test files)."""
     path = Path(path)
     data = _read_json(path)
@@ -160,7 +166,9 @@ def read_caption_list(path: str | Path, image_root: str | Path | None = None, sp
     return _retrieval_records(path, records, image_root, split)
 
 
-def _retrieval_records(path: Path, records: list[dict[str, Any]], image_root: str | Path | None, split: str | None) -> RetrievalData:
+def _retrieval_records(
+    path: Path, records: list[dict[str, Any]], image_root: str | Path | None, split: str | None
+) -> RetrievalData:
     """Images and captions of manifest records (``_line`` names each record in errors)."""
     root = Path(image_root) if image_root is not None else path.parent
     image_paths, captions, caption_image = [], [], []
@@ -171,7 +179,9 @@ def _retrieval_records(path: Path, records: list[dict[str, Any]], image_root: st
         texts = [caption] if isinstance(caption, str) else caption
         if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
             where = f"line {record['_line']}" if isinstance(record["_line"], int) else record["_line"]
-            raise ValueError(f"{path}, {where}: 'caption' must be a string or a non-empty list of strings, got {caption!r}")
+            raise ValueError(
+                f"{path}, {where}: 'caption' must be a string or a non-empty list of strings, got {caption!r}"
+            )
         image_paths.append(root / record["image"])
         for text in texts:
             captions.append(text)
@@ -221,12 +231,16 @@ def _read_coco_boxes(
             skipped["empty"] += 1
             continue
         if item["category_id"] not in class_index:
-            raise ValueError(f"{path}: object {item.get('id')} of image {image_id} has unknown category_id {item['category_id']}")
+            raise ValueError(
+                f"{path}: object {item.get('id')} of image {image_id} has unknown category_id {item['category_id']}"
+            )
         entry = per_image.setdefault(image_id, BoxImage(root / files[image_id], [], []))
         entry.boxes.append(box)
         entry.labels.append(class_index[item["category_id"]])
     images = [per_image[image_id] for image_id in sorted(per_image)]
-    return BoxClassificationData(images, [category["name"] for category in categories], source=str(path), skipped=skipped)
+    return BoxClassificationData(
+        images, [category["name"] for category in categories], source=str(path), skipped=skipped
+    )
 
 
 def _instances(data: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -252,7 +266,10 @@ def read_coco_panoptic(path: str | Path, image_root: str | Path | None = None) -
 
 
 def read_box_manifest(
-    path: str | Path, image_root: str | Path | None = None, class_names: Sequence[str] | None = None, split: str | None = None
+    path: str | Path,
+    image_root: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    split: str | None = None,
 ) -> BoxClassificationData:
     """Labelled regions of a JSONL manifest. Classes: `class_names` if given (a label outside it is an error), else
     the sorted set of labels. Regions without a ``label`` are skipped."""
@@ -260,7 +277,12 @@ def read_box_manifest(
     root = Path(image_root) if image_root is not None else path.parent
     records = [record for record in _read_jsonl(path) if split is None or record.get("split", split) == split]
     if class_names is None:
-        labels = {region["label"] for record in records for region in record.get("regions", []) if region.get("label") is not None}
+        labels = {
+            region["label"]
+            for record in records
+            for region in record.get("regions", [])
+            if region.get("label") is not None
+        }
         class_names = sorted(labels)
     class_index = {name: index for index, name in enumerate(class_names)}
     skipped = {"unlabelled": 0, "empty": 0}
@@ -274,13 +296,17 @@ def read_box_manifest(
                 continue
             box = region.get("box")
             if not isinstance(box, (list, tuple)) or len(box) != 4:
-                raise ValueError(f"{path}, line {record['_line']}: regions[{number}].box must be [x1, y1, x2, y2], got {box!r}")
+                raise ValueError(
+                    f"{path}, line {record['_line']}: regions[{number}].box must be [x1, y1, x2, y2], got {box!r}"
+                )
             box = [float(value) for value in box]
             if not _valid_box(box):
                 skipped["empty"] += 1
                 continue
             if label not in class_index:
-                raise ValueError(f"{path}, line {record['_line']}: regions[{number}].label {label!r} is not among the classes")
+                raise ValueError(
+                    f"{path}, line {record['_line']}: regions[{number}].label {label!r} is not among the classes"
+                )
             entry.boxes.append(box)
             entry.labels.append(class_index[label])
         if entry.boxes:
@@ -288,7 +314,9 @@ def read_box_manifest(
     return BoxClassificationData(images, list(class_names), source=str(path), skipped=skipped)
 
 
-def read_retrieval_data(path: str | Path, data_format: str = "auto", image_root: str | Path | None = None, split: str | None = "test") -> RetrievalData:
+def read_retrieval_data(
+    path: str | Path, data_format: str = "auto", image_root: str | Path | None = None, split: str | None = "test"
+) -> RetrievalData:
     """Karpathy split file or JSONL manifest, by `data_format` or detected."""
     data_format = detect_format(path) if data_format == "auto" else data_format
     if data_format == "karpathy":
@@ -297,7 +325,9 @@ def read_retrieval_data(path: str | Path, data_format: str = "auto", image_root:
         return read_retrieval_manifest(path, image_root, split)
     if data_format == "caption-list":
         return read_caption_list(path, image_root, split)
-    raise ValueError(f"`data_format` {data_format!r} holds no captions for retrieval: use 'karpathy', 'jsonl' or 'caption-list'")
+    raise ValueError(
+        f"`data_format` {data_format!r} holds no captions for retrieval: use 'karpathy', 'jsonl' or 'caption-list'"
+    )
 
 
 def read_box_data(
@@ -311,7 +341,9 @@ def read_box_data(
         return read_coco_panoptic(path, image_root)
     if data_format == "jsonl":
         return read_box_manifest(path, image_root, split=split)
-    raise ValueError(f"`data_format` {data_format!r} holds no labelled boxes: use 'coco-instances', 'coco-panoptic' or 'jsonl'")
+    raise ValueError(
+        f"`data_format` {data_format!r} holds no labelled boxes: use 'coco-instances', 'coco-panoptic' or 'jsonl'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- lazy loading

@@ -114,8 +114,12 @@ def compute_text_embeddings(
     with _EvalMode(model):
         starts = range(0, len(texts), batch_size)
         for start in _progress(starts, "texts", len(starts), show_progress):
-            batch = processor(text=list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt")
-            output = model.get_text_features(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+            batch = processor(
+                text=list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            )
+            output = model.get_text_features(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            )
             chunks.append(F.normalize(_pooled(output).float(), dim=-1).cpu())
     if not chunks:
         raise ValueError("`texts` is empty")
@@ -144,7 +148,10 @@ def compute_image_embeddings(
 
 
 def ensemble_text_embeddings(
-    model: torch.nn.Module, processor: Callable[..., Any], prompts: Sequence[Sequence[str]], batch_size: int = TEXT_BATCH_SIZE
+    model: torch.nn.Module,
+    processor: Callable[..., Any],
+    prompts: Sequence[Sequence[str]],
+    batch_size: int = TEXT_BATCH_SIZE,
 ) -> torch.Tensor:
     """(C,) lists of P prompts each -> (C, D) float32 on the CPU: `pipeline_harmoclip.prompt_ensemble_embeddings`
     (every prompt encoded and normalised, each class's mean normalised), the model in eval mode."""
@@ -192,8 +199,14 @@ def compute_box_embeddings(
         raise ValueError(f"{data.source or 'the data'} holds no labelled box")
     check_crop_options(True, crop_scale)
     device = _model_device(model)
-    loader = image_loader([image.path for image in data.images], processor, batch_size, num_workers,
-                          boxes=[image.boxes for image in data.images], crop_scale=crop_scale if "crop" in methods else None)
+    loader = image_loader(
+        [image.path for image in data.images],
+        processor,
+        batch_size,
+        num_workers,
+        boxes=[image.boxes for image in data.images],
+        crop_scale=crop_scale if "crop" in methods else None,
+    )
     embeds: dict[str, list[torch.Tensor]] = {method: [] for method in methods}
     labels: list[int] = []
     dropped = 0
@@ -214,7 +227,10 @@ def compute_box_embeddings(
             next_image += pixel_values.shape[0]
             if "dense" in embeds:
                 regions = model.get_region_features(
-                    pixel_values=pixel_values, boxes=boxes, box_mask=keep, interpolate_pos_encoding=interpolate_pos_encoding
+                    pixel_values=pixel_values,
+                    boxes=boxes,
+                    box_mask=keep,
+                    interpolate_pos_encoding=interpolate_pos_encoding,
                 )
                 embeds["dense"].append(regions[keep].float().cpu())
             if "crop" in embeds:
@@ -222,7 +238,11 @@ def compute_box_embeddings(
                 embeds["crop"].append(crop_features(model, crops, keep & batch["crop_mask"].to(device))[keep].cpu())
     if not labels:
         raise ValueError(f"every box of {data.source or 'the data'} was dropped by the processor")
-    return {method: torch.cat(chunks) for method, chunks in embeds.items()}, torch.tensor(labels, dtype=torch.long), dropped
+    return (
+        {method: torch.cat(chunks) for method, chunks in embeds.items()},
+        torch.tensor(labels, dtype=torch.long),
+        dropped,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- evaluations
@@ -297,7 +317,10 @@ def markdown_report(report: dict[str, Any]) -> str:
     settings, results = report["settings"], report["results"]
     lines = [f"## {report['task']}: {Path(settings['model']).name} on {Path(settings['data']).name}", ""]
     if settings.get("protocol"):
-        lines += [f"Protocol `{settings['protocol']['name']}` at {settings['protocol']['image_size']} px ({settings['protocol']['reference']}).", ""]
+        lines += [
+            f"Protocol `{settings['protocol']['name']}` at {settings['protocol']['image_size']} px ({settings['protocol']['reference']}).",
+            "",
+        ]
     if "headline" in results:
         headline = ", ".join(f"{key} {_figure(value)}" for key, value in results["headline"].items() if key != "method")
         lines += [f"**Headline ({results['headline']['method']})**: {headline}.", ""]
@@ -306,7 +329,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         header = ["images", "captions"] + [f"I2T R@{k}" for k in ks] + [f"T2I R@{k}" for k in ks] + ["rsum"]
         row = [results["num_images"], results["num_captions"]] + [results[f"i2t_R@{k}"] for k in ks]
         row += [results[f"t2i_R@{k}"] for k in ks] + [results["rsum"]]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(map(_figure, row)) + " |"]
+        lines += [
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+            "| " + " | ".join(map(_figure, row)) + " |",
+        ]
     else:
         ks = settings["ks"]
         groups = ["", "thing_", "stuff_"] if f"thing_mean_class_top{ks[0]}" in results[settings["methods"][0]] else [""]
@@ -317,7 +344,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         for method in settings["methods"]:
             figures = results[method]
             row = [method, figures["num_samples"], f"{figures['num_classes_evaluated']}/{figures['num_classes']}"]
-            row += [figures[f"top{k}"] for k in ks] + [figures[f"{group}mean_class_top{k}"] for group in groups for k in ks]
+            row += [figures[f"top{k}"] for k in ks] + [
+                figures[f"{group}mean_class_top{k}"] for group in groups for k in ks
+            ]
             lines.append("| " + " | ".join(map(_figure, row)) + " |")
         missing = results[settings["methods"][0]]["classes_without_samples"]
         if missing:
@@ -375,18 +404,43 @@ def run_evaluation(
         results = evaluate_retrieval(model, processor, data, batch_size, num_workers, DEFAULT_RECALL_KS, show_progress)
     elif task == "boxcls":
         data = read_box_data(data_path, data_format, image_root, split)
-        logger.info("box classification: %d images, %d boxes, %d classes from %s", len(data.images), data.num_boxes, len(data.class_names), data_path)
+        logger.info(
+            "box classification: %d images, %d boxes, %d classes from %s",
+            len(data.images),
+            data.num_boxes,
+            len(data.class_names),
+            data_path,
+        )
         settings.update(
-            split=split, ks=list(DEFAULT_ACCURACY_KS), methods=list(methods), templates=list(templates),
-            class_names=data.class_names, boxes_skipped_in_annotations=data.skipped,
+            split=split,
+            ks=list(DEFAULT_ACCURACY_KS),
+            methods=list(methods),
+            templates=list(templates),
+            class_names=data.class_names,
+            boxes_skipped_in_annotations=data.skipped,
             crop_scale=crop_scale if "crop" in methods else None,
         )
         results = evaluate_box_classification(
-            model, processor, data, methods, templates, batch_size, num_workers, DEFAULT_ACCURACY_KS, show_progress, crop_scale
+            model,
+            processor,
+            data,
+            methods,
+            templates,
+            batch_size,
+            num_workers,
+            DEFAULT_ACCURACY_KS,
+            show_progress,
+            crop_scale,
         )
     else:
         raise ValueError(f"`task` must be 'retrieval' or 'boxcls', got {task!r}")
-    return {"task": task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
+    return {
+        "task": task,
+        "settings": settings,
+        "results": results,
+        "command": command,
+        "working_directory": os.getcwd(),
+    }
 
 
 def load_model_and_processor(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
@@ -402,55 +456,107 @@ def build_parser() -> CommandParser:
     parser = CommandParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
     parser.add_argument("--task", required=True, choices=("retrieval", "boxcls"))
-    parser.add_argument("--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json")
+    parser.add_argument(
+        "--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json"
+    )
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="data format (default: detected)")
     parser.add_argument("--image-root", default=None, help="folder of the images (default: the data file's folder)")
-    parser.add_argument("--split", default=None, help="split to evaluate (Karpathy: default 'test'; manifests: lines with this 'split')")
+    parser.add_argument(
+        "--split", default=None, help="split to evaluate (Karpathy: default 'test'; manifests: lines with this 'split')"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="image loading processes")
-    parser.add_argument("--methods", nargs="+", default=list(BOX_METHODS), choices=BOX_METHODS, help="boxcls: region embeddings to compare")
-    parser.add_argument("--crop-scale", type=float, default=DEFAULT_CROP_SCALE,
-                        help="boxcls: enlargement of each box's crop for the crop-and-encode baseline (CLIPSelf: 1.5)")
-    parser.add_argument("--template", action="append", default=None, help="boxcls: a prompt template with '{}' (repeat; default: an ensemble)")
     parser.add_argument(
-        "--protocol", default=None, choices=("fineclip", "clipself"),
+        "--methods",
+        nargs="+",
+        default=list(BOX_METHODS),
+        choices=BOX_METHODS,
+        help="boxcls: region embeddings to compare",
+    )
+    parser.add_argument(
+        "--crop-scale",
+        type=float,
+        default=DEFAULT_CROP_SCALE,
+        help="boxcls: enlargement of each box's crop for the crop-and-encode baseline (CLIPSelf: 1.5)",
+    )
+    parser.add_argument(
+        "--template",
+        action="append",
+        default=None,
+        help="boxcls: a prompt template with '{}' (repeat; default: an ensemble)",
+    )
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        choices=("fineclip", "clipself"),
         help="a reference protocol (boxcls: COCO panoptic json with its PNGs, ViLD prompts; retrieval: square 224 px)",
     )
-    parser.add_argument("--image-size", type=int, default=None, help="with --protocol boxcls: input size (default: the protocol's)")
-    parser.add_argument("--segm-root", default=None, help="with --protocol boxcls: folder of the panoptic PNGs (default: beside the json)")
     parser.add_argument(
-        "--class-embeddings-from", default=None,
+        "--image-size", type=int, default=None, help="with --protocol boxcls: input size (default: the protocol's)"
+    )
+    parser.add_argument(
+        "--segm-root",
+        default=None,
+        help="with --protocol boxcls: folder of the panoptic PNGs (default: beside the json)",
+    )
+    parser.add_argument(
+        "--class-embeddings-from",
+        default=None,
         help="with --protocol boxcls: a model folder / Hub id whose text tower embeds the classes, or a .npy/.pt file (default: --model)",
     )
-    parser.add_argument("--save-class-embeddings", default=None, help="with --protocol boxcls: write the class embeddings here (.npy)")
+    parser.add_argument(
+        "--save-class-embeddings", default=None, help="with --protocol boxcls: write the class embeddings here (.npy)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="results JSON (default: <task>_results.json); .md and .log beside it")
+    parser.add_argument(
+        "--out", default=None, help="results JSON (default: <task>_results.json); .md and .log beside it"
+    )
     return parser
 
 
 def check_protocol_arguments(args: argparse.Namespace) -> None:
     """The protocol options need `--protocol` (and box options `--task boxcls` on a COCO panoptic json)."""
-    box_options = {"--image-size": args.image_size, "--segm-root": args.segm_root, "--class-embeddings-from": args.class_embeddings_from,
-                   "--save-class-embeddings": args.save_class_embeddings}
+    box_options = {
+        "--image-size": args.image_size,
+        "--segm-root": args.segm_root,
+        "--class-embeddings-from": args.class_embeddings_from,
+        "--save-class-embeddings": args.save_class_embeddings,
+    }
     given = [name for name, value in box_options.items() if value is not None]
     if given and not (args.protocol and args.task == "boxcls"):
-        raise ValueError(f"{given[0]} applies to `--task boxcls --protocol ...` only, got --task {args.task} --protocol {args.protocol}")
+        raise ValueError(
+            f"{given[0]} applies to `--task boxcls --protocol ...` only, got --task {args.task} --protocol {args.protocol}"
+        )
     if args.protocol and args.task == "boxcls" and detect_format(args.data) != "coco-panoptic":
-        raise ValueError(f"--protocol {args.protocol} classifies the boxes of a COCO panoptic json, got --data {args.data} ({detect_format(args.data)})")
+        raise ValueError(
+            f"--protocol {args.protocol} classifies the boxes of a COCO panoptic json, got --data {args.data} ({detect_format(args.data)})"
+        )
 
 
-def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argparse.Namespace, split: str | None, command: str) -> dict[str, Any]:
+def run_protocol_evaluation(
+    model: torch.nn.Module, processor: Any, args: argparse.Namespace, split: str | None, command: str
+) -> dict[str, Any]:
     """`--protocol`: the report of `protocols.run_box_protocol` or `protocols.run_retrieval_protocol`."""
     from dataclasses import asdict
 
     from . import protocols
     from .panoptic import read_panoptic_categories
 
-    protocol = protocols.get_protocol(args.protocol, args.image_size) if args.task == "boxcls" else protocols.RETRIEVAL_PROTOCOL
+    protocol = (
+        protocols.get_protocol(args.protocol, args.image_size)
+        if args.task == "boxcls"
+        else protocols.RETRIEVAL_PROTOCOL
+    )
     settings: dict[str, Any] = {
-        "model": str(args.model), "data": str(args.data), "image_root": args.image_root, "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "device": str(_model_device(model)), "model_class": type(model).__name__,
-        "dense_mode": getattr(model.config, "dense_mode", None), "protocol": asdict(protocol),
+        "model": str(args.model),
+        "data": str(args.data),
+        "image_root": args.image_root,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": str(_model_device(model)),
+        "model_class": type(model).__name__,
+        "dense_mode": getattr(model.config, "dense_mode", None),
+        "protocol": asdict(protocol),
     }
     if args.task == "boxcls":
         class_names, _ = read_panoptic_categories(args.data)
@@ -460,22 +566,48 @@ def run_protocol_evaluation(model: torch.nn.Module, processor: Any, args: argpar
         if args.save_class_embeddings:
             protocols.save_class_embeddings(class_embeds, args.save_class_embeddings)
         settings.update(
-            segm_root=args.segm_root, methods=list(args.methods), ks=list(DEFAULT_ACCURACY_KS), class_names=class_names,
+            segm_root=args.segm_root,
+            methods=list(args.methods),
+            ks=list(DEFAULT_ACCURACY_KS),
+            class_names=class_names,
             crop_scale=args.crop_scale if "crop" in args.methods else None,
-            class_embeddings_from=str(args.class_embeddings_from or args.model), templates="ViLD ensemble (evaluation/prompts.py)",
+            class_embeddings_from=str(args.class_embeddings_from or args.model),
+            templates="ViLD ensemble (evaluation/prompts.py)",
         )
         results = protocols.run_box_protocol(
-            model, processor, protocol, args.data, args.image_root, args.segm_root, class_embeds=class_embeds,
-            methods=args.methods, batch_size=args.batch_size, num_workers=args.num_workers, show_progress=True,
+            model,
+            processor,
+            protocol,
+            args.data,
+            args.image_root,
+            args.segm_root,
+            class_embeds=class_embeds,
+            methods=args.methods,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            show_progress=True,
             crop_scale=args.crop_scale,
         )
     else:
         settings.update(split=split, ks=list(DEFAULT_RECALL_KS), image_size=model.config.vision_config.image_size)
         results = protocols.run_retrieval_protocol(
-            model, processor, args.data, args.image_root, args.format, split, batch_size=args.batch_size,
-            num_workers=args.num_workers, show_progress=True,
+            model,
+            processor,
+            args.data,
+            args.image_root,
+            args.format,
+            split,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            show_progress=True,
         )
-    return {"task": args.task, "settings": settings, "results": results, "command": command, "working_directory": os.getcwd()}
+    return {
+        "task": args.task,
+        "settings": settings,
+        "results": results,
+        "command": command,
+        "working_directory": os.getcwd(),
+    }
 
 
 def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -499,8 +631,20 @@ def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
             report = run_protocol_evaluation(model, processor, args, split, command)
         else:
             report = run_evaluation(
-                model, processor, args.task, args.data, args.format, args.image_root, split, args.batch_size, args.num_workers,
-                args.methods, tuple(args.template) if args.template else DEFAULT_TEMPLATES, args.model, command, show_progress=True,
+                model,
+                processor,
+                args.task,
+                args.data,
+                args.format,
+                args.image_root,
+                split,
+                args.batch_size,
+                args.num_workers,
+                args.methods,
+                tuple(args.template) if args.template else DEFAULT_TEMPLATES,
+                args.model,
+                command,
+                show_progress=True,
                 crop_scale=args.crop_scale,
             )
         print(write_report(report, out))

@@ -37,7 +37,10 @@ def _check_ks(ks: Sequence[int], name: str = "ks") -> tuple[int, ...]:
 
 
 def retrieval_ranks(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_to_image: torch.Tensor,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based rank of the best correct match for every image and every caption.
 
@@ -145,7 +148,9 @@ def top_k_predictions(
     _check_embeddings(class_embeds, "class_embeds")
     _check_block_size(block_size)
     if embeds.shape[1] != class_embeds.shape[1]:
-        raise ValueError(f"`embeds` and `class_embeds` must have the same width, got {embeds.shape[1]} and {class_embeds.shape[1]}")
+        raise ValueError(
+            f"`embeds` and `class_embeds` must have the same width, got {embeds.shape[1]} and {class_embeds.shape[1]}"
+        )
     if not isinstance(k, int) or not 1 <= k <= class_embeds.shape[0]:
         raise ValueError(f"`k` must be an int in [1, {class_embeds.shape[0]}], got {k!r}")
     class_embeds = class_embeds.to(embeds.device, torch.float32)
@@ -181,7 +186,9 @@ def classification_metrics(
     """
     ks = _check_ks(ks)
     if not isinstance(predictions, torch.Tensor) or predictions.dim() != 2:
-        raise ValueError(f"`predictions` must be a (M, P) tensor, got {getattr(predictions, 'shape', type(predictions).__name__)}")
+        raise ValueError(
+            f"`predictions` must be a (M, P) tensor, got {getattr(predictions, 'shape', type(predictions).__name__)}"
+        )
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     predictions = predictions.long().cpu()
     if tuple(labels.shape) != (predictions.shape[0],):
@@ -195,7 +202,9 @@ def classification_metrics(
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"`class_names` must have {num_classes} entries, got {len(class_names)}")
     if predictions.shape[1] < min(max(ks), num_classes):
-        raise ValueError(f"`predictions` holds {predictions.shape[1]} classes per sample, need {min(max(ks), num_classes)}")
+        raise ValueError(
+            f"`predictions` holds {predictions.shape[1]} classes per sample, need {min(max(ks), num_classes)}"
+        )
 
     counts = torch.bincount(labels, minlength=num_classes)
     evaluated = counts > 0

@@ -112,13 +112,17 @@ def read_panoptic_boxes(
         for segment in segments[:max_segments]:
             category = segment["category_id"]
             if category not in class_index:
-                raise ValueError(f"{path}: segment {segment.get('id')} of image {image['id']} has unknown category_id {category}")
+                raise ValueError(
+                    f"{path}: segment {segment.get('id')} of image {image['id']} has unknown category_id {category}"
+                )
             if is_thing[category]:
                 x, y, w, h = (float(value) for value in segment["bbox"])
                 box = [x, y, x + w, y + h]
             else:
                 if ids is None:
-                    ids = segment_ids(segm / annotation.get("file_name", Path(image["file_name"]).with_suffix(".png").name))
+                    ids = segment_ids(
+                        segm / annotation.get("file_name", Path(image["file_name"]).with_suffix(".png").name)
+                    )
                 box = mask_box(ids == segment["id"])
                 if box is None:
                     skipped["empty"] += 1
@@ -136,8 +140,18 @@ def read_panoptic_boxes(
             result.append(entry)
     names = [category["name"] for category in categories]
     return PanopticBoxes(
-        BoxClassificationData(result, names, source=str(path), skipped=skipped), [is_thing[category["id"]] for category in categories]
+        BoxClassificationData(result, names, source=str(path), skipped=skipped),
+        [is_thing[category["id"]] for category in categories],
     )
 
 
-__all__ = ["PanopticBoxes", "MIN_SIZE", "MAX_SIZE", "MAX_SEGMENTS", "segment_ids", "mask_box", "read_panoptic_categories", "read_panoptic_boxes"]
+__all__ = [
+    "PanopticBoxes",
+    "MIN_SIZE",
+    "MAX_SIZE",
+    "MAX_SEGMENTS",
+    "segment_ids",
+    "mask_box",
+    "read_panoptic_categories",
+    "read_panoptic_boxes",
+]

@@ -84,7 +84,7 @@ PREFIX = "This is "
 
 
 def article(name: str) -> str:
-    """"an" if the class name starts with a lower-case vowel, else "a" (the reference looks at the raw name)."""
+    """ "an" if the class name starts with a lower-case vowel, else "a" (the reference looks at the raw name)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string, got {name!r}")
     return "an" if name[0] in "aeiou" else "a"

@@ -64,12 +64,21 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "fineclip": Protocol("fineclip", 224, "square", "bilinear", "all", "FineCLIP scripts/test_vitb16_box.sh, training/zero_shot.py"),
+    "fineclip": Protocol(
+        "fineclip", 224, "square", "bilinear", "all", "FineCLIP scripts/test_vitb16_box.sh, training/zero_shot.py"
+    ),
     "clipself": Protocol(
-        "clipself", 1024, "longest-pad", "bicubic", "thing-stuff", "CLIPSelf scripts/test_eva_vitb16_macc_boxes_masks.sh, training/zero_shot.py"
+        "clipself",
+        1024,
+        "longest-pad",
+        "bicubic",
+        "thing-stuff",
+        "CLIPSelf scripts/test_eva_vitb16_macc_boxes_masks.sh, training/zero_shot.py",
     ),
 }
-RETRIEVAL_PROTOCOL = Protocol("fineclip", 224, "square", "bilinear", "", "FineCLIP training/test_flickr.py, training/test_mscoco.py")
+RETRIEVAL_PROTOCOL = Protocol(
+    "fineclip", 224, "square", "bilinear", "", "FineCLIP training/test_flickr.py, training/test_mscoco.py"
+)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -162,13 +171,19 @@ class ProtocolProcessor:
             for row, (image_boxes, (scale_x, scale_y)) in enumerate(zip(boxes, scales)):
                 if not image_boxes:
                     continue
-                mapped = torch.tensor(image_boxes, dtype=torch.float32) * torch.tensor([scale_x, scale_y, scale_x, scale_y])
+                mapped = torch.tensor(image_boxes, dtype=torch.float32) * torch.tensor(
+                    [scale_x, scale_y, scale_x, scale_y]
+                )
                 box_tensor[row, : len(image_boxes)] = mapped / self.image_size
                 box_mask[row, : len(image_boxes)] = True
             out["boxes"], out["box_mask"] = box_tensor, box_mask
             if return_crops:
-                crops = region_processor(self.processor)(images=images, boxes=boxes, return_crops=True, crop_scale=crop_scale)
-                missing = most - crops["crop_mask"].shape[1]  # this frame keeps one padding row where no image has a box
+                crops = region_processor(self.processor)(
+                    images=images, boxes=boxes, return_crops=True, crop_scale=crop_scale
+                )
+                missing = (
+                    most - crops["crop_mask"].shape[1]
+                )  # this frame keeps one padding row where no image has a box
                 out["crop_pixel_values"] = F.pad(crops["crop_pixel_values"], (0, 0, 0, 0, 0, 0, 0, missing))
                 out["crop_mask"] = F.pad(crops["crop_mask"], (0, missing))
         return out
@@ -259,12 +274,21 @@ def run_box_protocol(
     interpolate = protocol.image_size != model.config.vision_config.image_size
     # Images first: the loader's worker processes fork before the tokenizer has started its own threads.
     embeds, labels, dropped = compute_box_embeddings(
-        model, pre, data, methods, batch_size, num_workers, show_progress, interpolate_pos_encoding=interpolate,
+        model,
+        pre,
+        data,
+        methods,
+        batch_size,
+        num_workers,
+        show_progress,
+        interpolate_pos_encoding=interpolate,
         crop_scale=crop_scale,
     )
     if class_embeds is None:
         device = next(model.parameters()).device
-        class_embeds = protocol_class_embeddings(data.class_names, model, processor, class_embeddings_from, device=device)
+        class_embeds = protocol_class_embeddings(
+            data.class_names, model, processor, class_embeddings_from, device=device
+        )
     num_classes = len(data.class_names)
     top = min(max(DEFAULT_ACCURACY_KS), num_classes)
     stuff = [not thing for thing in panoptic.class_is_thing]

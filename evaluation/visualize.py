@@ -76,7 +76,9 @@ def draw_boxes(
 def upsample_map(similarity: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(h, w) map -> (H, W) by bilinear interpolation; `size` is (H, W)."""
     if not isinstance(similarity, torch.Tensor) or similarity.dim() != 2:
-        raise ValueError(f"`similarity` must be a (h, w) tensor, got {getattr(similarity, 'shape', type(similarity).__name__)}")
+        raise ValueError(
+            f"`similarity` must be a (h, w) tensor, got {getattr(similarity, 'shape', type(similarity).__name__)}"
+        )
     return F.interpolate(similarity[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
 
 
@@ -129,10 +131,21 @@ def save_box_predictions(
     writes them with their best label and its probability as PNG. Returns the labels and the probabilities."""
     image = image.convert("RGB")
     classifier = RegionClassificationPipeline(model=model, processor=processor, device=next(model.parameters()).device)
-    regions = classifier(image, boxes=[list(map(float, box)) for box in boxes], candidate_labels=list(class_names),
-                         templates=templates, top_k=1)
+    regions = classifier(
+        image,
+        boxes=[list(map(float, box)) for box in boxes],
+        candidate_labels=list(class_names),
+        templates=templates,
+        top_k=1,
+    )
     names, scores = [region["label"] for region in regions], [region["score"] for region in regions]
-    draw_boxes(image, [[region["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for region in regions], names, scores, out_path)
+    draw_boxes(
+        image,
+        [[region["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for region in regions],
+        names,
+        scores,
+        out_path,
+    )
     return names, scores
 
 

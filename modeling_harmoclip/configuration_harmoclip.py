@@ -90,7 +90,7 @@ class HarmoCLIPConfig(CLIPConfig):
             raise ValueError(f"HarmoCLIPConfig: `gr_crop_scale` must be a positive number, got {self.gr_crop_scale!r}")
 
     @classmethod
-    def from_clip_config(cls, clip_config: CLIPConfig, **harmoclip_settings: Any) -> "HarmoCLIPConfig":
+    def from_clip_config(cls, clip_config: CLIPConfig, **harmoclip_settings: Any) -> HarmoCLIPConfig:
         """Builds a HarmoCLIP config with the same towers as `clip_config` and the given HarmoCLIP settings."""
         if not isinstance(clip_config, CLIPConfig):
             raise TypeError(f"from_clip_config: `clip_config` must be a CLIPConfig, got {type(clip_config).__name__}")

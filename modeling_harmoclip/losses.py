@@ -255,7 +255,13 @@ class HarmoCLIPLoss:
 
     def as_floats(self) -> dict[str, float]:
         """``{"loss": ..., "loss_gc": ..., ...}`` for the terms that were computed."""
-        values = {"loss": self.total, "loss_gc": self.gc, "loss_lrc": self.lrc, "loss_gr": self.gr, "loss_rla": self.rla}
+        values = {
+            "loss": self.total,
+            "loss_gc": self.gc,
+            "loss_lrc": self.lrc,
+            "loss_gr": self.gr,
+            "loss_rla": self.rla,
+        }
         return {name: float(value.detach()) for name, value in values.items() if value is not None}
 
 
@@ -337,9 +343,13 @@ def harmoclip_loss(
                 normalizer=None if world == 1 else sum(counts) / world,
             )
             if name == "lrc":
-                loss = lexeme_region_contrastive_loss(regions, texts, region_logit_scale.exp(), ids, all_lexeme_embeds=all_texts, **common)
+                loss = lexeme_region_contrastive_loss(
+                    regions, texts, region_logit_scale.exp(), ids, all_lexeme_embeds=all_texts, **common
+                )
             else:
-                loss = region_language_alignment_loss(regions, texts, region_logit_scale.exp(), ids, all_phrase_embeds=all_texts, **common)
+                loss = region_language_alignment_loss(
+                    regions, texts, region_logit_scale.exp(), ids, all_phrase_embeds=all_texts, **common
+                )
             if regions.shape[0] == 0:  # keep the gathered rows in the graph: every process must run their backward
                 loss = loss + 0.0 * (all_regions.sum() + all_texts.sum())
             terms[name] = loss
@@ -354,15 +364,23 @@ def harmoclip_loss(
                 teacher_grad=teacher_grad,
             )
 
-    weighted = [weight * terms[name] for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr"), (rla_weight, "rla"))
-                if name in terms]
+    weighted = [
+        weight * terms[name]
+        for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr"), (rla_weight, "rla"))
+        if name in terms
+    ]
     if not weighted:
         raise ValueError(
             f"no loss term applies to this batch with weights (gc, lrc, gr) = {tuple(weights)}: GC needs a weight > 0, "
             "LRC boxes linked to phrases, GR boxes and `teacher_region_embeds`"
         )
-    return HarmoCLIPLoss(total=torch.stack(weighted).sum(), gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"),
-                         rla=terms.get("rla"))
+    return HarmoCLIPLoss(
+        total=torch.stack(weighted).sum(),
+        gc=terms.get("gc"),
+        lrc=terms.get("lrc"),
+        gr=terms.get("gr"),
+        rla=terms.get("rla"),
+    )
 
 
 __all__ = [

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, initialization as init
+from transformers import CLIPModel
+from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
@@ -148,7 +149,9 @@ class HarmoCLIPModel(CLIPModel):
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         # `register_for_auto_class` keeps one auto class per Python class: add the zero-shot head by hand.
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map["AutoModelForZeroShotImageClassification"] = f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
+        auto_map["AutoModelForZeroShotImageClassification"] = (
+            f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
+        )
         self.config.auto_map = auto_map
         # The region-classification pipeline ships with the model: its config entry, and its file beside the code.
         from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
@@ -190,7 +193,9 @@ class HarmoCLIPModel(CLIPModel):
 
     def get_dense_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D, H/patch, W/patch) patch embeddings in the joint space, L2-normalised per location."""
-        dense = self._dense_from_trunk(self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values))
+        dense = self._dense_from_trunk(
+            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
+        )
         return F.normalize(dense, dim=1, eps=1e-12)
 
     def _pool_regions(self, dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
@@ -227,7 +232,9 @@ class HarmoCLIPModel(CLIPModel):
             (B, N, D) float32, L2-normalised; rows of masked boxes are zeros.
         """
         box_mask = check_boxes(boxes, box_mask)
-        dense = self._dense_from_trunk(self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values))
+        dense = self._dense_from_trunk(
+            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
+        )
         return self._pool_regions(dense, boxes, box_mask)
 
     def get_crop_features(
@@ -251,7 +258,11 @@ class HarmoCLIPModel(CLIPModel):
             (B, N, D) float32, L2-normalised; rows of masked crops are zeros.
         """
         if not isinstance(crop_pixel_values, torch.Tensor) or crop_pixel_values.dim() != 5:
-            shape = tuple(crop_pixel_values.shape) if isinstance(crop_pixel_values, torch.Tensor) else type(crop_pixel_values).__name__
+            shape = (
+                tuple(crop_pixel_values.shape)
+                if isinstance(crop_pixel_values, torch.Tensor)
+                else type(crop_pixel_values).__name__
+            )
             raise ValueError(f"`crop_pixel_values` must have shape (B, N, 3, S, S), got {shape}")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}")
@@ -260,7 +271,9 @@ class HarmoCLIPModel(CLIPModel):
             crop_mask = torch.ones(batch, num_boxes, dtype=torch.bool, device=crop_pixel_values.device)
         elif not isinstance(crop_mask, torch.Tensor) or tuple(crop_mask.shape) != (batch, num_boxes):
             shape = tuple(crop_mask.shape) if isinstance(crop_mask, torch.Tensor) else type(crop_mask).__name__
-            raise ValueError(f"`crop_mask` must have shape {(batch, num_boxes)} to match `crop_pixel_values`, got {shape}")
+            raise ValueError(
+                f"`crop_mask` must have shape {(batch, num_boxes)} to match `crop_pixel_values`, got {shape}"
+            )
         crops = crop_pixel_values.flatten(0, 1)
         valid_index = crop_mask.to(device=crops.device, dtype=torch.bool).reshape(-1).nonzero(as_tuple=True)[0]
         embeds = crops.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
@@ -290,7 +303,9 @@ class HarmoCLIPModel(CLIPModel):
         eos = eos[0] if isinstance(eos, (list, tuple)) else eos
         masks = phrase_token_mask.reshape(-1, phrase_token_mask.shape[-1])[linked]
         captions = input_ids.repeat_interleave(num_phrases, dim=0)[linked]
-        sequences = [torch.cat([caption[:1], caption[mask], caption.new_tensor([eos])]) for caption, mask in zip(captions, masks)]
+        sequences = [
+            torch.cat([caption[:1], caption[mask], caption.new_tensor([eos])]) for caption, mask in zip(captions, masks)
+        ]
         longest = max(len(sequence) for sequence in sequences)
         ids = input_ids.new_zeros(len(sequences), longest)
         attention = torch.zeros_like(ids)
@@ -406,7 +421,9 @@ class HarmoCLIPModel(CLIPModel):
             linked_mask = region_mask & phrase_token_mask.any(-1)
             if phrase_ids is not None:
                 if not isinstance(phrase_ids, torch.Tensor) or tuple(phrase_ids.shape) != tuple(boxes.shape[:2]):
-                    shape = tuple(phrase_ids.shape) if isinstance(phrase_ids, torch.Tensor) else type(phrase_ids).__name__
+                    shape = (
+                        tuple(phrase_ids.shape) if isinstance(phrase_ids, torch.Tensor) else type(phrase_ids).__name__
+                    )
                     raise ValueError(f"`phrase_ids` must have shape {tuple(boxes.shape[:2])}, got {shape}")
                 needs_tokens = region_mask & (phrase_ids >= 0)
                 empty = needs_tokens & ~phrase_token_mask.any(-1)
@@ -418,16 +435,24 @@ class HarmoCLIPModel(CLIPModel):
                     )
                 linked_mask = needs_tokens
         if category_ids is not None:
-            if boxes is None or not isinstance(category_ids, torch.Tensor) or tuple(category_ids.shape) != tuple(boxes.shape[:2]):
+            if (
+                boxes is None
+                or not isinstance(category_ids, torch.Tensor)
+                or tuple(category_ids.shape) != tuple(boxes.shape[:2])
+            ):
                 expected = tuple(boxes.shape[:2]) if boxes is not None else "(B, N) with `boxes`"
-                shape = tuple(category_ids.shape) if isinstance(category_ids, torch.Tensor) else type(category_ids).__name__
+                shape = (
+                    tuple(category_ids.shape) if isinstance(category_ids, torch.Tensor) else type(category_ids).__name__
+                )
                 raise ValueError(f"`category_ids` must have shape {expected}, got {shape}")
         if teacher_region_embeds is not None:
             if boxes is None:
                 raise ValueError("`teacher_region_embeds` was given without `boxes`")
             expected = (*boxes.shape[:2], self.config.projection_dim)
             if tuple(teacher_region_embeds.shape) != expected:
-                raise ValueError(f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}")
+                raise ValueError(
+                    f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}"
+                )
 
         # Image tower: with boxes, the dense map reuses the trunk of the global pass (only the last layer runs twice).
         region_embeds = None
@@ -507,9 +532,17 @@ def check_phrase_token_mask(
 ) -> None:
     """Validates a (B, N, T) phrase token mask against (B, T) `input_ids` and, if given, the boxes' (B, N)."""
     if not isinstance(phrase_token_mask, torch.Tensor):
-        raise TypeError(f"`phrase_token_mask` must be a torch.Tensor of shape (B, N, T), got {type(phrase_token_mask).__name__}")
+        raise TypeError(
+            f"`phrase_token_mask` must be a torch.Tensor of shape (B, N, T), got {type(phrase_token_mask).__name__}"
+        )
     batch, length = input_ids.shape
-    expected_n = boxes_shape[1] if boxes_shape is not None else phrase_token_mask.shape[1] if phrase_token_mask.dim() == 3 else None
+    expected_n = (
+        boxes_shape[1]
+        if boxes_shape is not None
+        else phrase_token_mask.shape[1]
+        if phrase_token_mask.dim() == 3
+        else None
+    )
     if phrase_token_mask.dim() != 3 or tuple(phrase_token_mask.shape) != (batch, expected_n, length):
         raise ValueError(
             f"`phrase_token_mask` must have shape (B, N, T) = ({batch}, {expected_n}, {length}), got {tuple(phrase_token_mask.shape)}"

@@ -118,7 +118,9 @@ class BoxGeometry:
         shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
         size = boxes.new_tensor([self.width, self.height, self.width, self.height])
         original = (boxes * size - shift) / scale
-        limits = boxes.new_tensor([self.original_width, self.original_height, self.original_width, self.original_height])
+        limits = boxes.new_tensor(
+            [self.original_width, self.original_height, self.original_width, self.original_height]
+        )
         return torch.minimum(original.clamp(min=0), limits)
 
 
@@ -168,7 +170,6 @@ class HarmoCLIPProcessor(ProcessorMixin):
           (the kept boxes: equal to `box_mask`), zeros elsewhere.
     """
 
-
     def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
         if image_processor is None:
             image_processor = clip_image_processor()
@@ -187,7 +188,7 @@ class HarmoCLIPProcessor(ProcessorMixin):
         self.region_mode = region_mode
         super().__init__(image_processor, tokenizer, **kwargs)
 
-    def as_region_mode(self) -> "HarmoCLIPProcessor":
+    def as_region_mode(self) -> HarmoCLIPProcessor:
         """This processor if it already resizes to a square without cropping, else such a copy (same tokenizer and
         image settings): what box tasks want, so that no box is cut by a crop."""
         if self.region_mode:
@@ -239,7 +240,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
         if return_crops and boxes is None:
             raise ValueError("`return_crops=True` needs `boxes`: a crop is cut for every box")
         images, text, boxes, phrase_spans = self._batch_inputs(images, text, boxes, phrase_spans)
-        merged = self._merge_kwargs(HarmoCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        merged = self._merge_kwargs(
+            HarmoCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
         for options in (text_kwargs, images_kwargs):
             options.pop("return_tensors", None)
@@ -261,7 +264,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
             geometries = [self.box_geometry(image, images_kwargs) for image in images]
             data.update(self._format_boxes(box_tensor, geometries, spans, offsets, data.get("input_ids"), text))
             if return_crops:
-                data.update(self._cut_crops(images, box_tensor, geometries, data["box_mask"], crop_scale, images_kwargs))
+                data.update(
+                    self._cut_crops(images, box_tensor, geometries, data["box_mask"], crop_scale, images_kwargs)
+                )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _batch_inputs(self, images: Any, text: Any, boxes: Any, phrase_spans: Any) -> tuple[Any, Any, Any, Any]:
@@ -339,15 +344,21 @@ class HarmoCLIPProcessor(ProcessorMixin):
     def _check_spans(phrase_spans: Any, text: list[str], boxes: list[Any]) -> list[list[tuple[int, int] | None]]:
         """Per image, per box `(start, end)` or None; raises on malformed input."""
         if not isinstance(phrase_spans, (list, tuple)):
-            raise TypeError(f"`phrase_spans` must be a list with one list of spans per image, got {type(phrase_spans).__name__}")
+            raise TypeError(
+                f"`phrase_spans` must be a list with one list of spans per image, got {type(phrase_spans).__name__}"
+            )
         if len(phrase_spans) != len(boxes):
             raise ValueError(f"`phrase_spans` has {len(phrase_spans)} entries but there are {len(boxes)} images")
         if len(text) != len(boxes):
-            raise ValueError(f"`text` has {len(text)} captions but there are {len(boxes)} images (one caption per image)")
+            raise ValueError(
+                f"`text` has {len(text)} captions but there are {len(boxes)} images (one caption per image)"
+            )
         checked = []
         for image_index, (image_spans, caption, image_boxes) in enumerate(zip(phrase_spans, text, boxes)):
             if not isinstance(image_spans, (list, tuple)):
-                raise TypeError(f"`phrase_spans`[{image_index}] must be a list of spans, got {type(image_spans).__name__}")
+                raise TypeError(
+                    f"`phrase_spans`[{image_index}] must be a list of spans, got {type(image_spans).__name__}"
+                )
             if len(image_spans) != len(image_boxes):
                 raise ValueError(
                     f"`phrase_spans`[{image_index}] has {len(image_spans)} spans but image {image_index} has "
@@ -383,7 +394,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
         """The map from `image`'s pixels to the frame of its `pixel_values`, from the image processor's settings
         (overridden by `images_kwargs`, as in a call)."""
         options = dict(images_kwargs or {})
-        setting = lambda name: options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)  # noqa: E731
+        setting = lambda name: (
+            options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)
+        )  # noqa: E731
         height, width = original_image_size(image, setting("input_data_format"))
         if setting("do_pad"):
             raise ValueError("HarmoCLIPProcessor cannot place boxes in padded images: set `do_pad=False`")
@@ -447,7 +460,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
         The crops go through the image processor with its own settings (and the call's), except that they are resized
         straight to the model's input size (the image processor's `crop_size`), as FineCLIP's crop transform does.
         """
-        setting = lambda name: images_kwargs[name] if images_kwargs.get(name) is not None else getattr(self.image_processor, name, None)  # noqa: E731
+        setting = lambda name: (
+            images_kwargs[name] if images_kwargs.get(name) is not None else getattr(self.image_processor, name, None)
+        )  # noqa: E731
         size = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
         layout = setting("input_data_format")
         pieces, rows, columns = [], [], []
@@ -466,8 +481,13 @@ class HarmoCLIPProcessor(ProcessorMixin):
         options = {key: value for key, value in images_kwargs.items() if key not in fixed}
         # PIL pieces become channels-last arrays inside the image processor; the others are cut channels-last.
         processed = self.image_processor(
-            pieces, size={"height": size.height, "width": size.width}, do_resize=True, do_center_crop=False,
-            input_data_format=ChannelDimension.LAST, return_tensors="pt", **options,
+            pieces,
+            size={"height": size.height, "width": size.width},
+            do_resize=True,
+            do_center_crop=False,
+            input_data_format=ChannelDimension.LAST,
+            return_tensors="pt",
+            **options,
         )["pixel_values"]
         crop_pixel_values = torch.zeros(batch, most, *processed.shape[1:], dtype=torch.float32)
         crop_pixel_values[rows, columns] = processed.float()
@@ -501,7 +521,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
                         stacklevel=4,
                     )
                     continue
-                tokens = [token for token, token_start, token_end in token_offsets if token_start < end and token_end > start]
+                tokens = [
+                    token for token, token_start, token_end in token_offsets if token_start < end and token_end > start
+                ]
                 if not tokens:
                     raise ValueError(
                         f"`phrase_spans`[{image_index}][{box_index}] = {span} ({caption[start:end]!r}) matches no token"
@@ -544,9 +566,13 @@ class HarmoCLIPProcessor(ProcessorMixin):
                 f"{tuple(boxes.shape)}"
             )
         if probabilities.shape[-1] != len(labels):
-            raise ValueError(f"`probabilities` holds {probabilities.shape[-1]} labels per box but `labels` has {len(labels)}")
+            raise ValueError(
+                f"`probabilities` holds {probabilities.shape[-1]} labels per box but `labels` has {len(labels)}"
+            )
         if len(target_sizes) != probabilities.shape[0]:
-            raise ValueError(f"`target_sizes` has {len(target_sizes)} entries but there are {probabilities.shape[0]} images")
+            raise ValueError(
+                f"`target_sizes` has {len(target_sizes)} entries but there are {probabilities.shape[0]} images"
+            )
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
             raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
         if box_mask is None:
@@ -565,15 +591,22 @@ class HarmoCLIPProcessor(ProcessorMixin):
                 names = [labels[label] for label in order[image_index, box_index].tolist()]
                 values = scores[image_index, box_index].tolist()
                 image_results.append(
-                    {"box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2}, "label": names[0], "score": values[0],
-                     "labels": names, "scores": values}
+                    {
+                        "box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2},
+                        "label": names[0],
+                        "score": values[0],
+                        "labels": names,
+                        "scores": values,
+                    }
                 )
             results.append(image_results)
         return results
 
     def _inverse_geometry(self, height: int, width: int) -> BoxGeometry:
         """The geometry of an image of this size (only its size matters; a meta tensor stands in for it)."""
-        return self.box_geometry(torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST})
+        return self.box_geometry(
+            torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST}
+        )
 
 
 def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int, int]:

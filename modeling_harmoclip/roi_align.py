@@ -71,8 +71,13 @@ def _axis_weights(
 
 
 def _bin_weights(
-    boxes: torch.Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool,
-    height: int, width: int,
+    boxes: torch.Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    height: int,
+    width: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-axis weights of RoIs (K, 4) xyxy: (K, out_h, H) (already divided by the sample count) and (K, out_w, W).
 
@@ -147,7 +152,9 @@ def roi_align(
     outside = (batch_index < 0) | (batch_index >= batch)
     if outside.any():
         raise ValueError(f"roi_align: batch index {int(batch_index[outside][0])} in `boxes` is outside [0, {batch})")
-    weights_y, weights_x = _bin_weights(rois[:, 1:], (out_h, out_w), spatial_scale, sampling_ratio, aligned, height, width)
+    weights_y, weights_x = _bin_weights(
+        rois[:, 1:], (out_h, out_w), spatial_scale, sampling_ratio, aligned, height, width
+    )
     # The interpolation runs in float32 (float64 for float64 input) even under autocast.
     with torch.autocast(device_type=input.device.type, enabled=False):
         features = input.to(compute_dtype)
@@ -185,7 +192,9 @@ def roi_align_per_image(
     flat = boxes.detach().to(device=input.device, dtype=compute_dtype).reshape(-1, 4)
     weights_y, weights_x = _bin_weights(flat, (out_h, out_w), spatial_scale, sampling_ratio, aligned, height, width)
     with torch.autocast(device_type=input.device.type, enabled=False):
-        rows = torch.einsum("bnph,bchw->bncpw", weights_y.reshape(batch, num_boxes, out_h, height), input.to(compute_dtype))
+        rows = torch.einsum(
+            "bnph,bchw->bncpw", weights_y.reshape(batch, num_boxes, out_h, height), input.to(compute_dtype)
+        )
         output = torch.einsum("bncpw,bnqw->bncpq", rows, weights_x.reshape(batch, num_boxes, out_w, width))
     return output.to(input.dtype)
 

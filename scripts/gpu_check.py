@@ -22,8 +22,11 @@ def parity(report: dict) -> None:
     """The same random ViT-B/16-shaped model on CPU and GPU (fp32 and bf16): region and global embeddings."""
     torch.manual_seed(0)
     preset = PRESETS["vit-b-16"]
-    config = HarmoCLIPConfig(text_config=preset["text"], vision_config=dict(image_size=224, patch_size=16, **preset["vision"]),
-                             projection_dim=preset["projection_dim"])
+    config = HarmoCLIPConfig(
+        text_config=preset["text"],
+        vision_config=dict(image_size=224, patch_size=16, **preset["vision"]),
+        projection_dim=preset["projection_dim"],
+    )
     model = HarmoCLIPModel(config).eval()
     pixels = torch.randn(2, 3, 224, 224)
     boxes = torch.rand(2, 16, 2) * 0.6
@@ -39,7 +42,9 @@ def parity(report: dict) -> None:
     report["parity"] = {
         "fp32_region_max_abs_diff": float((cpu_regions - gpu_regions).abs().max()),
         "fp32_global_max_abs_diff": float((cpu_global - gpu_global).abs().max()),
-        "bf16_region_min_cosine_to_fp32": float(torch.nn.functional.cosine_similarity(bf16_regions, cpu_regions, dim=-1).min()),
+        "bf16_region_min_cosine_to_fp32": float(
+            torch.nn.functional.cosine_similarity(bf16_regions, cpu_regions, dim=-1).min()
+        ),
     }
 
 
@@ -51,14 +56,23 @@ def main() -> None:
 
     report["transformers"] = transformers.__version__
     parity(report)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml", {
-        "mixed_precision": "bf16", "output_dir": str(out / "run"), "synthetic_dir": str(out / "synthetic"),
-        "max_steps": 150, "num_workers": 4, "report_to": "none",
-    })
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml",
+        {
+            "mixed_precision": "bf16",
+            "output_dir": str(out / "run"),
+            "synthetic_dir": str(out / "synthetic"),
+            "max_steps": 150,
+            "num_workers": 4,
+            "report_to": "none",
+        },
+    )
     start = time.perf_counter()
     model_dir = train(config)
     report["train_seconds"] = time.perf_counter() - start
-    report["eval"] = json.loads((Path(config.output_dir) / "eval.json").read_text())["tasks"]["boxcls"]["results"]["dense"]["top1"]
+    report["eval"] = json.loads((Path(config.output_dir) / "eval.json").read_text())["tasks"]["boxcls"]["results"][
+        "dense"
+    ]["top1"]
     from transformers import AutoModel
 
     loaded = AutoModel.from_pretrained(model_dir, trust_remote_code=True)

@@ -63,16 +63,28 @@ class Download:
 DOWNLOADS = (
     Download(CLIP_URL, "ViT-B-16.pt", "downloads/ViT-B-16.pt", sha256=CLIP_SHA256),
     Download(f"{COCO}/zips/val2017.zip", "val2017.zip", "data/coco/val2017", "data/coco"),
-    Download(f"{COCO}/annotations/panoptic_annotations_trainval2017.zip", "panoptic_annotations_trainval2017.zip",
-             "data/coco/annotations/panoptic_val2017.json", "data/coco"),
+    Download(
+        f"{COCO}/annotations/panoptic_annotations_trainval2017.zip",
+        "panoptic_annotations_trainval2017.zip",
+        "data/coco/annotations/panoptic_val2017.json",
+        "data/coco",
+    ),
     Download(f"{COCO}/zips/val2014.zip", "val2014.zip", "data/coco/val2014", "data/coco"),
-    Download("https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip", "caption_datasets.zip",
-             "data/karpathy/dataset_coco.json", "data/karpathy"),
+    Download(
+        "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
+        "caption_datasets.zip",
+        "data/karpathy/dataset_coco.json",
+        "data/karpathy",
+    ),
 )
 TRAIN_DOWNLOADS = (
     Download(f"{COCO}/zips/train2017.zip", "train2017.zip", "data/coco/train2017", "data/coco"),
-    Download(f"{COCO}/annotations/annotations_trainval2017.zip", "annotations_trainval2017.zip",
-             "data/coco/annotations/captions_train2017.json", "data/coco"),
+    Download(
+        f"{COCO}/annotations/annotations_trainval2017.zip",
+        "annotations_trainval2017.zip",
+        "data/coco/annotations/captions_train2017.json",
+        "data/coco",
+    ),
 )
 
 
@@ -92,7 +104,9 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     except (urllib.error.URLError, OSError, ValueError) as error:
         partial.unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or error
-        raise DownloadError(f"cannot download {url}: {reason} (this step needs internet; or place the file at {dest})") from None
+        raise DownloadError(
+            f"cannot download {url}: {reason} (this step needs internet; or place the file at {dest})"
+        ) from None
     if sha256 is not None and digest.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
         raise DownloadError(f"{url}: sha256 {digest.hexdigest()} differs from the expected {sha256}")
@@ -140,38 +154,99 @@ def convert(workdir: Path, checkpoint: Path) -> Path:
     """The OpenAI checkpoint as a HarmoCLIP folder (square region preset), converted once."""
     output = workdir / "models" / "clip-vitb16"
     if not (output / "config.json").exists():
-        command = [sys.executable, "-m", "conversion.convert_clip", "--source", "openai", "--checkpoint", str(checkpoint),
-                   "--bpe-path", str(BPE_PATH), "--output", str(output), "--region-mode"]
+        command = [
+            sys.executable,
+            "-m",
+            "conversion.convert_clip",
+            "--source",
+            "openai",
+            "--checkpoint",
+            str(checkpoint),
+            "--bpe-path",
+            str(BPE_PATH),
+            "--output",
+            str(output),
+            "--region-mode",
+        ]
         subprocess.run(command, cwd=ROOT, check=True)
     return output
 
 
 def evaluate_model(
-    workdir: Path, name: str, model: Path, class_embeddings: Path, flickr_images: Path | None, device: str,
-    sizes: dict[str, int | None], batch_size: int, num_workers: int,
+    workdir: Path,
+    name: str,
+    model: Path,
+    class_embeddings: Path,
+    flickr_images: Path | None,
+    device: str,
+    sizes: dict[str, int | None],
+    batch_size: int,
+    num_workers: int,
 ) -> Path:
     """Every protocol on one model; results in `results/<name>/<protocol>.json`. The class embeddings are written by
     the first box run when `class_embeddings` does not exist yet, and read by every later one."""
     out = workdir / "results" / name
     coco = workdir / "data" / "coco"
-    common = ["--model", str(model), "--device", device, "--batch-size", str(batch_size), "--num-workers", str(num_workers)]
+    common = [
+        "--model",
+        str(model),
+        "--device",
+        device,
+        "--batch-size",
+        str(batch_size),
+        "--num-workers",
+        str(num_workers),
+    ]
     for protocol in ("fineclip", "clipself"):
         target = out / f"boxcls_{protocol}.json"
         if target.exists():
             continue
-        embeddings = (["--class-embeddings-from", str(class_embeddings)] if class_embeddings.exists()
-                      else ["--save-class-embeddings", str(class_embeddings)])
+        embeddings = (
+            ["--class-embeddings-from", str(class_embeddings)]
+            if class_embeddings.exists()
+            else ["--save-class-embeddings", str(class_embeddings)]
+        )
         size = ["--image-size", str(sizes[protocol])] if sizes.get(protocol) else []
-        evaluate_command(common + ["--task", "boxcls", "--protocol", protocol, "--data", str(coco / "annotations" / "panoptic_val2017.json"),
-                                "--image-root", str(coco / "val2017"), "--out", str(target)] + embeddings + size)
+        evaluate_command(
+            common
+            + [
+                "--task",
+                "boxcls",
+                "--protocol",
+                protocol,
+                "--data",
+                str(coco / "annotations" / "panoptic_val2017.json"),
+                "--image-root",
+                str(coco / "val2017"),
+                "--out",
+                str(target),
+            ]
+            + embeddings
+            + size
+        )
     runs = {"retrieval_coco": (workdir / "data" / "karpathy" / "dataset_coco.json", coco)}
     if flickr_images is not None:
         runs["retrieval_flickr30k"] = (workdir / "data" / "karpathy" / "dataset_flickr30k.json", flickr_images)
     for result, (data, images) in runs.items():
         target = out / f"{result}.json"
         if not target.exists():
-            evaluate_command(common + ["--task", "retrieval", "--protocol", "fineclip", "--data", str(data), "--image-root", str(images),
-                                    "--split", "test", "--out", str(target)])
+            evaluate_command(
+                common
+                + [
+                    "--task",
+                    "retrieval",
+                    "--protocol",
+                    "fineclip",
+                    "--data",
+                    str(data),
+                    "--image-root",
+                    str(images),
+                    "--split",
+                    "test",
+                    "--out",
+                    str(target),
+                ]
+            )
     return out
 
 
@@ -207,9 +282,16 @@ def compare(results_dirs: dict[str, Path], published: dict, tolerance: float | N
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    lines = [f"Tolerance: {tolerance:g} points.", "", "| model | figure | ours | published | difference | status | source |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['label']} | {cell(r['ours'])} | {cell(r.get('published'))} | {cell(r['difference'])} | {r['status']} | {r['source']} |"
-              for r in rows]
+    lines = [
+        f"Tolerance: {tolerance:g} points.",
+        "",
+        "| model | figure | ours | published | difference | status | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['label']} | {cell(r['ours'])} | {cell(r.get('published'))} | {cell(r['difference'])} | {r['status']} | {r['source']} |"
+        for r in rows
+    ]
     return rows, "\n".join(lines) + "\n"
 
 
@@ -220,11 +302,28 @@ def train(workdir: Path, init_from: Path, extra: list[str]) -> Path:
     if (model / "config.json").exists():
         return model
     coco = workdir / "data" / "coco"
-    command = ["accelerate", "launch", str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "vitb16_finetune.yaml"),
-               "--init_from", str(init_from), "--train_data", str(coco / "annotations" / "captions_train2017.json"),
-               "--coco_instances", str(coco / "annotations" / "instances_train2017.json"),
-               "--val_data", str(coco / "annotations" / "captions_val2017.json"), "--image_root", str(coco / "train2017"),
-               "--val_image_root", str(coco / "val2017"), "--output_dir", str(output_dir), *extra]
+    command = [
+        "accelerate",
+        "launch",
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "vitb16_finetune.yaml"),
+        "--init_from",
+        str(init_from),
+        "--train_data",
+        str(coco / "annotations" / "captions_train2017.json"),
+        "--coco_instances",
+        str(coco / "annotations" / "instances_train2017.json"),
+        "--val_data",
+        str(coco / "annotations" / "captions_val2017.json"),
+        "--image_root",
+        str(coco / "train2017"),
+        "--val_image_root",
+        str(coco / "val2017"),
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
     print(" ".join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
     return model
@@ -232,17 +331,29 @@ def train(workdir: Path, init_from: Path, extra: list[str]) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python scripts/reproduce.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("repro"), help="downloads, data, models and results go here")
-    parser.add_argument("--flickr30k-images", type=Path, default=None, help="folder of Flickr30k's images (not downloadable)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("repro"), help="downloads, data, models and results go here"
+    )
+    parser.add_argument(
+        "--flickr30k-images", type=Path, default=None, help="folder of Flickr30k's images (not downloadable)"
+    )
     parser.add_argument("--finetuned", type=Path, default=None, help="also evaluate this trained HarmoCLIP folder")
-    parser.add_argument("--train", action="store_true", help="train with configs/vitb16_finetune.yaml first, then evaluate it")
-    parser.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="options appended to the training command")
+    parser.add_argument(
+        "--train", action="store_true", help="train with configs/vitb16_finetune.yaml first, then evaluate it"
+    )
+    parser.add_argument(
+        "--train-args", nargs=argparse.REMAINDER, default=[], help="options appended to the training command"
+    )
     parser.add_argument("--skip-download", action="store_true", help="use the files already in --workdir")
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=8)
-    parser.add_argument("--fineclip-size", type=int, default=None, help="input size of the fineclip protocol (default 224)")
-    parser.add_argument("--clipself-size", type=int, default=None, help="input size of the clipself protocol (default 1024)")
+    parser.add_argument(
+        "--fineclip-size", type=int, default=None, help="input size of the fineclip protocol (default 224)"
+    )
+    parser.add_argument(
+        "--clipself-size", type=int, default=None, help="input size of the clipself protocol (default 1024)"
+    )
     parser.add_argument("--tolerance", type=float, default=None, help="points (default: published_figures.json's)")
     parser.add_argument("--published", type=Path, default=PUBLISHED)
     return parser
@@ -270,7 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     class_embeddings = workdir / "results" / "class_embeddings_clip_vitb16_vild.npy"
     sizes = {"fineclip": args.fineclip_size, "clipself": args.clipself_size}
     results = {
-        name: evaluate_model(workdir, name, model, class_embeddings, args.flickr30k_images, args.device, sizes, args.batch_size, args.num_workers)
+        name: evaluate_model(
+            workdir,
+            name,
+            model,
+            class_embeddings,
+            args.flickr30k_images,
+            args.device,
+            sizes,
+            args.batch_size,
+            args.num_workers,
+        )
         for name, model in models.items()
     }
     rows, table = compare(results, json.loads(args.published.read_text()), args.tolerance)

@@ -78,18 +78,26 @@ def run_main_job(argv: list[str] | None = None) -> dict:
     demo = classify_held_out_image(model_dir, Path(config.synthetic_dir), output_dir)
     (output_dir / "predictions.json").write_text(json.dumps(demo, indent=2))
 
-    evaluation = json.loads((output_dir / "eval.json").read_text())["tasks"] if (output_dir / "eval.json").is_file() else {}
+    evaluation = (
+        json.loads((output_dir / "eval.json").read_text())["tasks"] if (output_dir / "eval.json").is_file() else {}
+    )
     lines = ["", "HarmoCLIP main job finished.", ""]
     if "retrieval" in evaluation:
         figures = evaluation["retrieval"]["results"]
-        lines.append(f"held-out retrieval: image->text R@1 {figures['i2t_R@1']:.1f}, text->image R@1 {figures['t2i_R@1']:.1f} "
-                     f"({figures['num_images']} images)")
+        lines.append(
+            f"held-out retrieval: image->text R@1 {figures['i2t_R@1']:.1f}, text->image R@1 {figures['t2i_R@1']:.1f} "
+            f"({figures['num_images']} images)"
+        )
     if "boxcls" in evaluation:
         figures = evaluation["boxcls"]["results"]
-        lines.append(f"held-out box classification Top-1: dense regions {figures['dense']['top1']:.1f}, "
-                     f"crop-and-encode {figures['crop']['top1']:.1f} ({figures['num_boxes']} boxes)")
+        lines.append(
+            f"held-out box classification Top-1: dense regions {figures['dense']['top1']:.1f}, "
+            f"crop-and-encode {figures['crop']['top1']:.1f} ({figures['num_boxes']} boxes)"
+        )
     for item in demo["boxes"]:
-        lines.append(f"  box {item['box']}: truth '{item['truth']}', predicted '{item['predicted'][0]}' ({item['scores'][0]:.2f})")
+        lines.append(
+            f"  box {item['box']}: truth '{item['truth']}', predicted '{item['predicted'][0]}' ({item['scores'][0]:.2f})"
+        )
     places = [
         ("synthetic data set", config.synthetic_dir),
         ("Hub-ready model (AutoModel/AutoProcessor, trust_remote_code=True)", model_dir),

@@ -17,9 +17,8 @@ from typing import Any
 
 import gradio as gr
 from huggingface_hub import metadata_load
-from transformers import pipeline
-
 from region_demo import BOX_SOURCES, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
+from transformers import pipeline
 
 logger = logging.getLogger("harmoclip.space")
 
@@ -89,7 +88,13 @@ def page_outputs(
         f"Classified {len(result.boxes)} box(es) ({box_source.lower()}) among {len(result.ranking)} label(s). "
         f"Heatmap: similarity with “{result.heatmap_label}”."
     )
-    return result.labelled_image, {"headers": TABLE_HEADERS, "data": result.table}, result.ranking, result.heatmap, status
+    return (
+        result.labelled_image,
+        {"headers": TABLE_HEADERS, "data": result.table},
+        result.ranking,
+        result.heatmap,
+        status,
+    )
 
 
 def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
@@ -100,7 +105,9 @@ def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="pil", label="Image", elem_id="image-input")
-                labels = gr.Textbox(label="Candidate labels (one per line or comma-separated)", lines=3, elem_id="labels")
+                labels = gr.Textbox(
+                    label="Candidate labels (one per line or comma-separated)", lines=3, elem_id="labels"
+                )
                 box_source = gr.Radio(list(BOX_SOURCES), value=TYPED_BOXES, label="Boxes", elem_id="box-source")
                 boxes = gr.Textbox(
                     label="Typed boxes: x1, y1, x2, y2 per line (image pixels)",
@@ -109,18 +116,28 @@ def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
                     elem_id="boxes",
                 )
                 grid_cells = gr.Slider(1, 6, value=3, step=1, label=f"{GRID_BOXES}: cells per side")
-                heatmap_label = gr.Textbox(label="Heatmap label (blank: the best label for the whole image)", elem_id="heatmap-label")
+                heatmap_label = gr.Textbox(
+                    label="Heatmap label (blank: the best label for the whole image)", elem_id="heatmap-label"
+                )
                 top_k = gr.Slider(1, 5, value=3, step=1, label="Labels per box")
                 run = gr.Button("Classify", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
-                labelled = gr.Image(type="pil", label="Boxes with their best label", elem_id="labelled-image", format="png")
+                labelled = gr.Image(
+                    type="pil", label="Boxes with their best label", elem_id="labelled-image", format="png"
+                )
                 table = gr.Dataframe(
-                    headers=TABLE_HEADERS, label="Top labels per box", elem_id="results-table", interactive=False, wrap=True,
+                    headers=TABLE_HEADERS,
+                    label="Top labels per box",
+                    elem_id="results-table",
+                    interactive=False,
+                    wrap=True,
                     column_widths=["28%", "44%", "28%"],
                 )
                 ranking = gr.Label(label="Labels for the whole image", elem_id="ranking")
-                heatmap = gr.Image(type="pil", label="Dense similarity heatmap (bright: similar)", elem_id="heatmap", format="png")
+                heatmap = gr.Image(
+                    type="pil", label="Dense similarity heatmap (bright: similar)", elem_id="heatmap", format="png"
+                )
         run.click(
             lambda *values: page_outputs(demo, *values),
             inputs=[image, labels, boxes, box_source, grid_cells, heatmap_label, top_k],

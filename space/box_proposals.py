@@ -16,7 +16,11 @@ def grid_boxes(width: int, height: int, cells: int) -> list[list[float]]:
         raise ValueError(f"`cells` must be a positive int, got {cells!r}")
     xs = np.linspace(0, width, cells + 1)
     ys = np.linspace(0, height, cells + 1)
-    return [[float(xs[col]), float(ys[row]), float(xs[col + 1]), float(ys[row + 1])] for row in range(cells) for col in range(cells)]
+    return [
+        [float(xs[col]), float(ys[row]), float(xs[col + 1]), float(ys[row + 1])]
+        for row in range(cells)
+        for col in range(cells)
+    ]
 
 
 def saliency_map(dense: np.ndarray) -> np.ndarray:
@@ -59,6 +63,11 @@ def salient_region_boxes(saliency: np.ndarray, width: int, height: int, max_regi
         region_rows = [row for row, _ in region]
         region_cols = [col for _, col in region]
         boxes.append(
-            [min(region_cols) * cell_w, min(region_rows) * cell_h, (max(region_cols) + 1) * cell_w, (max(region_rows) + 1) * cell_h]
+            [
+                min(region_cols) * cell_w,
+                min(region_rows) * cell_h,
+                (max(region_cols) + 1) * cell_w,
+                (max(region_rows) + 1) * cell_h,
+            ]
         )
     return boxes

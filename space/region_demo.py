@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-
-from box_proposals import grid_boxes, salient_region_boxes, saliency_map
+from box_proposals import grid_boxes, saliency_map, salient_region_boxes
 from demo_drawing import label_boxes, overlay_heatmap
+from PIL import Image
 
 TYPED_BOXES = "Typed boxes"
 GRID_BOXES = "Grid"
@@ -59,7 +58,9 @@ def parse_boxes(text: str | None, width: int, height: int) -> list[list[float]]:
         try:
             values = [float(part) for part in parts]
         except ValueError:
-            raise DemoInputError(f"Box line {number} ({line.strip()!r}): expected four numbers `x1, y1, x2, y2`.") from None
+            raise DemoInputError(
+                f"Box line {number} ({line.strip()!r}): expected four numbers `x1, y1, x2, y2`."
+            ) from None
         if len(values) != 4 or not all(math.isfinite(value) for value in values):
             raise DemoInputError(
                 f"Box line {number} ({line.strip()!r}): expected four numbers `x1, y1, x2, y2`, got {len(values)}."
@@ -127,12 +128,16 @@ class RegionDemo:
         """(h, w) cosine similarity of each patch embedding with the prompt-ensembled embedding of `query`."""
         return self.classifier.dense_similarity(image, [query])[0].numpy()
 
-    def propose_boxes(self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int) -> list[list[float]]:
+    def propose_boxes(
+        self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int
+    ) -> list[list[float]]:
         width, height = image.size
         if source == TYPED_BOXES:
             boxes = parse_boxes(boxes_text, width, height)
             if not boxes:
-                raise DemoInputError("Type at least one box as `x1, y1, x2, y2` (one per line), or pick automatic boxes.")
+                raise DemoInputError(
+                    "Type at least one box as `x1, y1, x2, y2` (one per line), or pick automatic boxes."
+                )
             return boxes
         if source == GRID_BOXES:
             return grid_boxes(width, height, int(grid_cells))

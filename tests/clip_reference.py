@@ -25,7 +25,11 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
         activation = QuickGELU() if quick_gelu else nn.GELU()
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, mlp_width)), ("gelu", activation), ("c_proj", nn.Linear(mlp_width, width))]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [("c_fc", nn.Linear(width, mlp_width)), ("gelu", activation), ("c_proj", nn.Linear(mlp_width, width))]
+            )
+        )
         self.ln_2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,7 +41,9 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_width: int, quick_gelu: bool):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers)])
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_width, quick_gelu) for _ in range(layers)]
+        )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
@@ -46,7 +52,9 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int, quick_gelu: bool):
+    def __init__(
+        self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int, quick_gelu: bool
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width**-0.5
@@ -86,7 +94,9 @@ class ReferenceCLIP(nn.Module):
     ):
         super().__init__()
         self.context_length = context_length
-        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_layers, vision_heads, embed_dim, quick_gelu)
+        self.visual = VisionTransformer(
+            image_size, patch_size, vision_width, vision_layers, vision_heads, embed_dim, quick_gelu
+        )
         self.transformer = Transformer(text_width, text_layers, text_heads, 4 * text_width, quick_gelu)
         self.token_embedding = nn.Embedding(vocab_size, text_width)
         self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, text_width))

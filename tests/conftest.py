@@ -22,7 +22,9 @@ TINY_MERGES = 2000  # vocabulary of 256 * 2 + 2000 + 2 = 2514 tokens
 TINY_VOCAB_SIZE = 512 + TINY_MERGES + 2
 
 
-def tiny_clip_config(vocab_size: int = TINY_VOCAB_SIZE, image_size: int = 32, patch_size: int = 8, **kwargs) -> CLIPConfig:
+def tiny_clip_config(
+    vocab_size: int = TINY_VOCAB_SIZE, image_size: int = 32, patch_size: int = 8, **kwargs
+) -> CLIPConfig:
     """A CLIP config small enough for unit tests (2 layers of width 32 per tower, 16-d joint space)."""
     return CLIPConfig(
         text_config=dict(
@@ -102,7 +104,9 @@ for _name in {packages!r}:
 """
 
 
-def run_isolated(code: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_isolated(
+    code: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh Python process, in `cwd` (outside the checkout), unable to import the project."""
     full_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})

@@ -45,10 +45,16 @@ def global_batch() -> dict[str, torch.Tensor]:
                 start = 1 + (2 * n + b) % 6
                 phrase_mask[b, n, start : start + 2] = True
     return dict(
-        input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=generator),
-        boxes=boxes, box_mask=box_mask, phrase_token_mask=phrase_mask, phrase_ids=torch.where(box_mask, phrase_ids, -1),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=generator),
+        boxes=boxes,
+        box_mask=box_mask,
+        phrase_token_mask=phrase_mask,
+        phrase_ids=torch.where(box_mask, phrase_ids, -1),
         # The GR teacher's crops, as the collator cuts them (`return_crops=True`): one per kept box.
-        crop_pixel_values=torch.randn(GLOBAL_BATCH, 3, 3, 32, 32, generator=generator), crop_mask=box_mask.clone(),
+        crop_pixel_values=torch.randn(GLOBAL_BATCH, 3, 3, 32, 32, generator=generator),
+        crop_mask=box_mask.clone(),
         category_ids=torch.where(box_mask, category_ids, -1),
     )
 
@@ -60,7 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     accelerator = Accelerator(cpu=True)
     # Every term on, the token-level LRC and the sentence-level RLA together.
-    config = TrainConfig(batch_size=GLOBAL_BATCH // accelerator.num_processes, gr_teacher=args.gr_teacher, loss_rla_weight=0.5)
+    config = TrainConfig(
+        batch_size=GLOBAL_BATCH // accelerator.num_processes, gr_teacher=args.gr_teacher, loss_rla_weight=0.5
+    )
     model = tiny_harmoclip_model(seed=0, loss_rla_weight=0.5)
     model.train()
     lock_parameters(model, config)
@@ -73,7 +81,9 @@ def main() -> None:
     terms = forward_objective(model, unwrapped, batch, config, accelerator, teacher)
     accelerator.backward(terms.total)
     losses = {name: float(accelerator.reduce(torch.tensor(value), "mean")) for name, value in terms.as_floats().items()}
-    grads = {name: parameter.grad.clone() for name, parameter in unwrapped.named_parameters() if parameter.grad is not None}
+    grads = {
+        name: parameter.grad.clone() for name, parameter in unwrapped.named_parameters() if parameter.grad is not None
+    }
     if accelerator.is_main_process:
         torch.save({"losses": losses, "grads": grads, "processes": accelerator.num_processes}, args.out)
 

@@ -36,7 +36,12 @@ def _bilinear(feature: torch.Tensor, y: float, x: float) -> torch.Tensor:
 
 
 def slow_roi_align(
-    input: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
 ) -> torch.Tensor:
     """input (B, C, H, W) float64, rois (K, 5). Returns (K, C, out_h, out_w)."""
     out_h, out_w = output_size

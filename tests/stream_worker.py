@@ -37,11 +37,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         write_clip_tokenizer_files(BPE_PATH, Path(folder), num_merges=TINY_MERGES)
         processor = tiny_processor(CLIPTokenizer.from_pretrained(folder, model_max_length=77), region_mode=True)
-    config = TrainConfig(data_format="hf", train_data=args.data, streaming=True, batch_size=args.batch_size,
-                         num_workers=args.workers, image_size=32)
+    config = TrainConfig(
+        data_format="hf",
+        train_data=args.data,
+        streaming=True,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        image_size=32,
+    )
     train_set, _, _ = build_datasets(config, processor, accelerator.main_process_first)
-    loader, sampler = build_loader(config, train_set, RegionCollator(processor), accelerator.num_processes,
-                                   accelerator.process_index)
+    loader, sampler = build_loader(
+        config, train_set, RegionCollator(processor), accelerator.num_processes, accelerator.process_index
+    )
     stream = TrainingBatches(loader, sampler, train_set, accelerator, config)
     epoch0, epoch1 = [], 0
     for batch in stream:
@@ -52,8 +59,11 @@ def main() -> None:
             break
     gathered = gather_object([{"epoch0": epoch0, "epoch1_batches": epoch1}])
     if accelerator.is_main_process:
-        result = {"processes": accelerator.num_processes, "epoch0": [g["epoch0"] for g in gathered],
-                  "epoch1_batches": [g["epoch1_batches"] for g in gathered]}
+        result = {
+            "processes": accelerator.num_processes,
+            "epoch0": [g["epoch0"] for g in gathered],
+            "epoch1_batches": [g["epoch1_batches"] for g in gathered],
+        }
         Path(args.out).write_text(json.dumps(result))
 
 

@@ -55,13 +55,20 @@ def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
     assert payload["markdown"].strip() in result.stdout  # the table printed is the one saved
     machine = payload["machine"]
     assert {"cpu", "cpu_cores", "torch", "transformers", "gpu", "device", "dtype", "torch_threads"} <= set(machine)
-    assert machine["device"] == "cpu" and machine["dtype"] == "fp32" and machine["gpu"] is None and machine["torch_threads"] == 1
+    assert (
+        machine["device"] == "cpu"
+        and machine["dtype"] == "fp32"
+        and machine["gpu"] is None
+        and machine["torch_threads"] == 1
+    )
     repeats = int(extra[extra.index("--repeats") + 1]) if "--repeats" in extra else 1  # the last --repeats wins
     assert payload["settings"]["repeats"] == repeats
     assert payload["settings"]["quick"] is True
     for item in payload["targets"]:
         assert set(item) == {"name", "target", "value", "limit", "met"}
-        assert item["met"] == (item["value"] >= item["limit"] if item["target"].startswith(">=") else item["value"] <= item["limit"])
+        assert item["met"] == (
+            item["value"] >= item["limit"] if item["target"].startswith(">=") else item["value"] <= item["limit"]
+        )
     return payload
 
 
@@ -71,7 +78,7 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header_start}"))
     assert set(lines[start + 1].replace("|", "")) == {"-"}
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -79,7 +86,9 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
 
 
 def test_region_throughput(tmp_path: Path) -> None:
-    payload = run_script("region_throughput", tmp_path, "--boxes", "1,3", "--images", "2", "--profile", "--repeats", "3")
+    payload = run_script(
+        "region_throughput", tmp_path, "--boxes", "1,3", "--images", "2", "--profile", "--repeats", "3"
+    )
     for method in ("harmoclip", "crop_and_encode"):  # --profile: operator tables of the largest box count
         assert "aten::" in (tmp_path / f"region_throughput.profile.{method}-3boxes.txt").read_text()
     assert [row["boxes_per_image"] for row in payload["results"]] == [1, 3]
@@ -91,9 +100,17 @@ def test_region_throughput(tmp_path: Path) -> None:
         assert row["images"] == 2
         assert row["harmoclip_boxes_per_s"] == pytest.approx(boxes / statistics.median(ours), rel=1e-12)
         assert row["crop_boxes_per_s"] == pytest.approx(boxes / statistics.median(theirs), rel=1e-12)
-        assert target_item["value"] == row["speedup"]["median"] and target_item["limit"] == pytest.approx(0.9 * row["boxes_per_image"])
-        assert printed[:3] == [str(row["boxes_per_image"]), cell(row["harmoclip_boxes_per_s"]), cell(row["crop_boxes_per_s"])]
+        assert target_item["value"] == row["speedup"]["median"] and target_item["limit"] == pytest.approx(
+            0.9 * row["boxes_per_image"]
+        )
+        assert printed[:3] == [
+            str(row["boxes_per_image"]),
+            cell(row["harmoclip_boxes_per_s"]),
+            cell(row["crop_boxes_per_s"]),
+        ]
         assert printed[5].startswith(f"{row['speedup']['median']:.2f} (") and printed[7] == cell(target_item["met"])
+
+
 def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -> None:
     from benchmarks.region_throughput import crop_and_encode
 
@@ -103,7 +120,9 @@ def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -
         embeds = crop_and_encode(tiny_model, pixel_values, boxes, chunk_size=3)
         whole = F.normalize(tiny_model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
     assert embeds.shape == (2, 2, tiny_model.config.projection_dim)
-    torch.testing.assert_close(embeds[:, 0], whole, atol=1e-5, rtol=1e-5)  # aligned RoIAlign of the full frame is the identity
+    torch.testing.assert_close(
+        embeds[:, 0], whole, atol=1e-5, rtol=1e-5
+    )  # aligned RoIAlign of the full frame is the identity
     assert not torch.allclose(embeds[:, 1], whole, atol=1e-3)
 
 
@@ -128,8 +147,12 @@ def test_train_step(tmp_path: Path) -> None:
     results = {row["variant"]: row for row in payload["results"]}
     assert list(results) == ["GC", "GC+LRC", "GC+LRC+GR frozen", "GC+LRC+GR cached"]
     terms = {name: set(row["loss_terms"]) - {"loss"} for name, row in results.items()}
-    assert terms == {"GC": {"loss_gc"}, "GC+LRC": {"loss_gc", "loss_lrc"}, "GC+LRC+GR frozen": {"loss_gc", "loss_lrc", "loss_gr"},
-                     "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"}}
+    assert terms == {
+        "GC": {"loss_gc"},
+        "GC+LRC": {"loss_gc", "loss_lrc"},
+        "GC+LRC+GR frozen": {"loss_gc", "loss_lrc", "loss_gr"},
+        "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"},
+    }
     assert payload["settings"]["boxes_in_batch"] == 6
     gc_seconds = check_summary(results["GC"]["step"], 1)
     assert payload["settings"]["gc_step_median_s"] == statistics.median(gc_seconds)
@@ -138,11 +161,19 @@ def test_train_step(tmp_path: Path) -> None:
         check_ratio(row["time_ratio_to_gc"], seconds, gc_seconds)
         assert row["samples_per_s"] == pytest.approx(2 / statistics.median(seconds), rel=1e-12)
         assert row["memory"]["peak_bytes"] >= row["memory"]["static_bytes"]
-        assert row["memory_ratio_to_gc"] == pytest.approx(row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"])
+        assert row["memory_ratio_to_gc"] == pytest.approx(
+            row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
+        )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
     cached = results["GC+LRC+GR cached"]
-    assert [t["value"] for t in payload["targets"]] == [cached["time_ratio_to_gc"]["median"], cached["memory_ratio_to_gc"]]
-    assert [t["name"] for t in payload["targets"]] == ["cached HarmoCLIP step time / GC-only", "cached HarmoCLIP peak memory / GC-only"]
+    assert [t["value"] for t in payload["targets"]] == [
+        cached["time_ratio_to_gc"]["median"],
+        cached["memory_ratio_to_gc"],
+    ]
+    assert [t["name"] for t in payload["targets"]] == [
+        "cached HarmoCLIP step time / GC-only",
+        "cached HarmoCLIP peak memory / GC-only",
+    ]
     assert len(table_rows(payload["markdown"], "variant")) == 4
 
 
@@ -161,8 +192,12 @@ def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) ->
     build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
     names = ["GC+LRC+GR frozen", "GC+LRC+GR cached"]
     runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in names}, torch.device("cpu"))
-    frozen, cached = (teacher_targets(runner.configs[name], runner.batch, runner.teacher, runner.unwrapped, runner.cache,
-                                      runner.accelerator) for name in names)
+    frozen, cached = (
+        teacher_targets(
+            runner.configs[name], runner.batch, runner.teacher, runner.unwrapped, runner.cache, runner.accelerator
+        )
+        for name in names
+    )
     assert frozen.shape == cached.shape == (2, 3, runner.unwrapped.config.projection_dim)
     torch.testing.assert_close(cached, frozen, atol=1e-5, rtol=1e-4)
 
@@ -181,8 +216,9 @@ def test_phrase_extraction(tmp_path: Path) -> None:
 
 
 def test_data_loading(tmp_path: Path) -> None:
-    payload = run_script("data_loading", tmp_path, "--num-train", "8", "--batch-size", "4", "--workers", "0",
-                         "--steps-per-round", "1")
+    payload = run_script(
+        "data_loading", tmp_path, "--num-train", "8", "--batch-size", "4", "--workers", "0", "--steps-per-round", "1"
+    )
     methods = [row["method"] for row in payload["results"]]
     assert methods == ["loader, 0 workers", "training step"]
     loader, step = payload["results"]
@@ -193,26 +229,57 @@ def test_data_loading(tmp_path: Path) -> None:
     assert loader["ratio_to_step"] == pytest.approx(loader["samples_per_s"] / step["samples_per_s"], rel=1e-12)
     # With 0 workers loading and stepping alternate: the share of a sample's time spent loading.
     per_sample_loading, per_sample_step = 1 / loader["samples_per_s"], 1 / step["samples_per_s"]
-    assert loader["loading_share_of_loop"] == pytest.approx(per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12)
+    assert loader["loading_share_of_loop"] == pytest.approx(
+        per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
+    )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
     assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}  # the shipped config: all three terms
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:
-    payload = run_script("data_loading", tmp_path, "--pipeline", "jpeg224", "--num-train", "8", "--batch-size", "4",
-                         "--workers", "0", "--source-size", "48")
+    payload = run_script(
+        "data_loading",
+        tmp_path,
+        "--pipeline",
+        "jpeg224",
+        "--num-train",
+        "8",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--source-size",
+        "48",
+    )
     assert [row["method"] for row in payload["results"]] == [
-        "JPEG files (JSONL), 0 workers", "COCO files, spaCy in the loader, 0 workers",
-        "Parquet shards, map-style, 0 workers", "Parquet shards, streamed, 0 workers"]
+        "JPEG files (JSONL), 0 workers",
+        "COCO files, spaCy in the loader, 0 workers",
+        "Parquet shards, map-style, 0 workers",
+        "Parquet shards, streamed, 0 workers",
+    ]
     for row in payload["results"]:  # 2 batches of 4 per round
-        assert row["samples_per_s"] == pytest.approx(8 / row["median_s"]) and row["samples_per_s_per_worker"] == row["samples_per_s"]
+        assert (
+            row["samples_per_s"] == pytest.approx(8 / row["median_s"])
+            and row["samples_per_s_per_worker"] == row["samples_per_s"]
+        )
         assert row["samples_per_cpu_second"] > 0
     assert payload["settings"]["input_size"] == 224 and payload["settings"]["prepare_samples_per_s"] > 0
 
 
 def test_run_all_writes_one_report(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--device", "cpu", "--threads", "1",
-               "--only", "phrase_extraction,global_overhead", "--output-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run_all.py"),
+        "--quick",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--only",
+        "phrase_extraction,global_overhead",
+        "--output-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     summary = json.loads((tmp_path / "results.json").read_text())
@@ -224,6 +291,13 @@ def test_run_all_writes_one_report(tmp_path: Path) -> None:
 
 
 def test_run_all_refuses_unknown_benchmarks(tmp_path: Path) -> None:
-    command = [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", "nonsense", "--output-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run_all.py"),
+        "--only",
+        "nonsense",
+        "--output-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "nonsense" in result.stderr

@@ -30,7 +30,10 @@ def test_collect_samples_drops_and_reports_skipped(shapes):
     collected = collect_samples([first, SkippedSample("bad.png", "cannot read image"), second])
     assert collected.skipped == [("bad.png", "cannot read image")]
     assert collected.captions == [first.caption, second.caption]
-    assert collected.boxes == [first.boxes, second.boxes] and collected.phrase_spans == [first.phrase_spans, second.phrase_spans]
+    assert collected.boxes == [first.boxes, second.boxes] and collected.phrase_spans == [
+        first.phrase_spans,
+        second.phrase_spans,
+    ]
     assert collected.image_ids == ["train/000000", "train/000001"]
     assert collected.num_small_boxes_dropped == 2 and collected.num_boxes_over_limit == 3
     with pytest.raises(TypeError, match=r"samples\[1\]"):
@@ -97,12 +100,22 @@ def _sample(caption: str, phrases: list[str], categories: list[str | None], seed
     pixels = np.random.default_rng(seed).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     spans = [(caption.index(phrase), caption.index(phrase) + len(phrase)) for phrase in phrases]
     boxes = [[4.0 + 8 * k, 4.0, 12.0 + 8 * k, 28.0] for k in range(len(phrases))]
-    return RegionSample(Image.fromarray(pixels), caption, boxes, spans, phrases, f"img{seed}", f"img{seed}.png",
-                        box_indices=list(range(len(phrases))), labels=list(categories), categories=list(categories))
+    return RegionSample(
+        Image.fromarray(pixels),
+        caption,
+        boxes,
+        spans,
+        phrases,
+        f"img{seed}",
+        f"img{seed}.png",
+        box_indices=list(range(len(phrases))),
+        labels=list(categories),
+        categories=list(categories),
+    )
 
 
 def test_same_category_negatives_reach_the_loss(processor, tiny_model):
-    """"a man" and "a person" are both COCO persons: LRC leaves each out of the other's softmax; the two "a red
+    """ "a man" and "a person" are both COCO persons: LRC leaves each out of the other's softmax; the two "a red
     kite" without category fall back to the phrase text."""
     samples = [
         _sample("a man on a bench", ["a man"], ["person"], 0),

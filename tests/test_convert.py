@@ -62,8 +62,16 @@ def test_openai_state_dict_fp16_converts_with_settings(tmp_path):
     torch.save({key: value.half() for key, value in reference.state_dict().items()}, checkpoint)  # as OpenAI ships
     reference = reference.half().float()  # the same rounded weights, run in float32
 
-    report = convert_clip("openai", checkpoint, tmp_path / "out", bpe_path=BPE_PATH, dense_mode="full", gr_teacher="self",
-                          loss_gr_weight=0.5, region_logit_scale_mode="from_global")
+    report = convert_clip(
+        "openai",
+        checkpoint,
+        tmp_path / "out",
+        bpe_path=BPE_PATH,
+        dense_mode="full",
+        gr_teacher="self",
+        loss_gr_weight=0.5,
+        region_logit_scale_mode="from_global",
+    )
 
     assert report.diff.max <= 1e-4
     assert_matches_reference(tmp_path / "out", reference)
@@ -72,12 +80,20 @@ def test_openai_state_dict_fp16_converts_with_settings(tmp_path):
     assert (config["dense_mode"], config["gr_teacher"], config["loss_gr_weight"]) == ("full", "self_stop_grad", 0.5)
     # The region temperature starts from the source's trained global one, not from log(1/0.07).
     model = HarmoCLIPModel.from_pretrained(tmp_path / "out")
-    assert model.region_logit_scale.item() == pytest.approx(reference.logit_scale.item()) and reference.logit_scale.item() != pytest.approx(2.6592)
+    assert model.region_logit_scale.item() == pytest.approx(
+        reference.logit_scale.item()
+    ) and reference.logit_scale.item() != pytest.approx(2.6592)
     assert config["text_config"]["hidden_act"] == config["vision_config"]["hidden_act"] == "quick_gelu"
     assert (config["vision_config"]["num_attention_heads"], config["text_config"]["num_attention_heads"]) == (2, 1)
     assert config["text_config"]["eos_token_id"] == TINY_VOCAB_SIZE - 1
     files = {path.name for path in (tmp_path / "out").iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_harmoclip.py", "configuration_harmoclip.py", "tokenizer.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling_harmoclip.py",
+        "configuration_harmoclip.py",
+        "tokenizer.json",
+    } <= files
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".out.")]  # no staging folder left
 
 
@@ -102,7 +118,11 @@ def open_clip_config(quick_gelu: bool) -> dict:
 
 @pytest.mark.parametrize(
     ("file_name", "quick_gelu", "hub_config"),
-    [("open_clip_pytorch_model.bin", False, True), ("epoch_3.pt", True, False), ("open_clip_model.safetensors", False, False)],
+    [
+        ("open_clip_pytorch_model.bin", False, True),
+        ("epoch_3.pt", True, False),
+        ("open_clip_model.safetensors", False, False),
+    ],
 )
 def test_open_clip_checkpoints_convert(tmp_path, file_name, quick_gelu, hub_config):
     # Heads from the config (4 vision heads of width 32, 4 text heads of width 16), not OpenAI's width // 64 rule.
@@ -112,7 +132,9 @@ def test_open_clip_checkpoints_convert(tmp_path, file_name, quick_gelu, hub_conf
     if file_name.endswith(".safetensors"):
         save_file({key: value.contiguous() for key, value in state_dict.items()}, str(checkpoint))
     elif file_name.startswith("epoch"):  # a training checkpoint: wrapped, with DDP's `module.` prefix
-        torch.save({"epoch": 3, "state_dict": {f"module.{key}": value for key, value in state_dict.items()}}, checkpoint)
+        torch.save(
+            {"epoch": 3, "state_dict": {f"module.{key}": value for key, value in state_dict.items()}}, checkpoint
+        )
     else:
         torch.save(state_dict, checkpoint)
     config = open_clip_config(quick_gelu)
@@ -127,7 +149,9 @@ def test_open_clip_checkpoints_convert(tmp_path, file_name, quick_gelu, hub_conf
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["text_config"]["hidden_act"] == ("quick_gelu" if quick_gelu else "gelu")
     _, image_processor = load_tokenizer_and_image_processor(tmp_path / "out")
-    assert list(image_processor.image_mean) == ([0.5] * 3 if hub_config else pytest.approx([0.48145466, 0.4578275, 0.40821073]))
+    assert list(image_processor.image_mean) == (
+        [0.5] * 3 if hub_config else pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    )
 
 
 def test_open_clip_unsupported_architecture_is_refused(tmp_path):
@@ -193,7 +217,9 @@ def test_hf_clip_folder_converts_with_its_processor(tmp_path, tiny_tokenizer_dir
     for name, value in clip.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, atol=0, rtol=0)
     tokenizer, image_processor = load_tokenizer_and_image_processor(tmp_path / "out")
-    assert tokenizer("a red shirt").input_ids == CLIPTokenizer.from_pretrained(tiny_tokenizer_dir)("a red shirt").input_ids
+    assert (
+        tokenizer("a red shirt").input_ids == CLIPTokenizer.from_pretrained(tiny_tokenizer_dir)("a red shirt").input_ids
+    )
     assert image_processor.crop_size["height"] == 32
 
 
@@ -219,17 +245,41 @@ def test_command_line(tmp_path, capsys):
     reference = reference_model(seed=4)
     checkpoint = tmp_path / "model.pt"
     torch.save(reference.state_dict(), checkpoint)
-    args = ["--source", "openai", "--checkpoint", str(checkpoint), "--bpe-path", str(BPE_PATH), "--output", str(tmp_path / "out")]
+    args = [
+        "--source",
+        "openai",
+        "--checkpoint",
+        str(checkpoint),
+        "--bpe-path",
+        str(BPE_PATH),
+        "--output",
+        str(tmp_path / "out"),
+    ]
 
-    assert main(args + ["--dense-mode", "full", "--loss-lrc-weight", "2", "--log-file", str(tmp_path / "logs" / "convert.log")]) == 0
+    assert (
+        main(
+            args
+            + ["--dense-mode", "full", "--loss-lrc-weight", "2", "--log-file", str(tmp_path / "logs" / "convert.log")]
+        )
+        == 0
+    )
     assert "max abs diff" in capsys.readouterr().out
     assert "conversion check (openai -> HarmoCLIP): max abs diff" in (tmp_path / "logs" / "convert.log").read_text()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["dense_mode"], config["loss_lrc_weight"]) == ("full", 2.0)
-    assert (config["region_pooling"], config["region_logit_scale_mode"]) == ("normalize_then_pool", "shared")  # defaults
+    assert (config["region_pooling"], config["region_logit_scale_mode"]) == (
+        "normalize_then_pool",
+        "shared",
+    )  # defaults
     assert_matches_reference(tmp_path / "out", reference)
     separate = tmp_path / "separate"
-    assert main(args[:-1] + [str(separate), "--region-pooling", "pool_then_normalize", "--region-logit-scale-mode", "separate"]) == 0
+    assert (
+        main(
+            args[:-1]
+            + [str(separate), "--region-pooling", "pool_then_normalize", "--region-logit-scale-mode", "separate"]
+        )
+        == 0
+    )
     config = json.loads((separate / "config.json").read_text())
     assert (config["region_pooling"], config["region_logit_scale_mode"]) == ("pool_then_normalize", "separate")
     assert HarmoCLIPModel.from_pretrained(separate).region_logit_scale.item() == pytest.approx(2.6592)
@@ -241,8 +291,13 @@ def test_command_line(tmp_path, capsys):
 def test_hf_bin_weights_are_never_unpickled_beyond_tensors(tmp_path, tiny_tokenizer_dir):
     clip = save_tiny_hf_clip(tmp_path / "clip", tiny_tokenizer_dir)
     (tmp_path / "clip" / "model.safetensors").unlink()
-    torch.save({**clip.state_dict(), "extra": argparse.Namespace(code="arbitrary object")}, tmp_path / "clip" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="is not a readable checkpoint .it holds Python objects besides tensors") as caught:
+    torch.save(
+        {**clip.state_dict(), "extra": argparse.Namespace(code="arbitrary object")},
+        tmp_path / "clip" / "pytorch_model.bin",
+    )
+    with pytest.raises(
+        ValueError, match="is not a readable checkpoint .it holds Python objects besides tensors"
+    ) as caught:
         convert_clip("hf", tmp_path / "clip", tmp_path / "out")
     assert "weights_only" not in str(caught.value)  # torch's advice to unpickle anyway is not passed on
     assert not (tmp_path / "out").exists()
@@ -252,11 +307,22 @@ def test_hf_bin_weights_are_never_unpickled_beyond_tensors(tmp_path, tiny_tokeni
 def test_unreadable_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys, content):
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(content)
-    args = ["--source", "openai", "--checkpoint", str(checkpoint), "--bpe-path", str(BPE_PATH), "--output", str(tmp_path / "out")]
+    args = [
+        "--source",
+        "openai",
+        "--checkpoint",
+        str(checkpoint),
+        "--bpe-path",
+        str(BPE_PATH),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert main(args) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"error: `--checkpoint`: {checkpoint} is not a readable checkpoint "
-                                         "(not a PyTorch or safetensors file of tensors, or a corrupt one)"]
+    assert captured.err.splitlines() == [
+        f"error: `--checkpoint`: {checkpoint} is not a readable checkpoint "
+        "(not a PyTorch or safetensors file of tensors, or a corrupt one)"
+    ]
     assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
 
 

@@ -91,7 +91,9 @@ def test_a_box_cut_away_by_the_centre_crop_has_no_crop_and_a_sub_pixel_box_keeps
     processor = tiny_processor(tiny_tokenizer, region_mode=False)  # 64x32 -> 64x32 resized, centre 32x32 kept
     image = _random_image(64, 32, seed=4)
     with pytest.warns(UserWarning, match="masked out"):
-        inputs = processor(images=[image], boxes=[[[0.0, 0.0, 10.0, 10.0], [30.2, 10.2, 30.6, 10.5]]], return_crops=True)
+        inputs = processor(
+            images=[image], boxes=[[[0.0, 0.0, 10.0, 10.0], [30.2, 10.2, 30.6, 10.5]]], return_crops=True
+        )
     assert inputs["box_mask"].tolist() == [[False, True]] and inputs["crop_mask"].tolist() == [[False, True]]
     assert inputs["crop_pixel_values"][0, 0].abs().sum() == 0
     # The sub-pixel box rounds to one whole pixel of the original: a uniform crop of that pixel's colour.
@@ -126,8 +128,15 @@ def synthetic_config(tmp_path_factory):
     from training.config import load_config
 
     folder = tmp_path_factory.mktemp("crops")
-    overrides = {"synthetic_num_train": 8, "synthetic_num_val": 4, "synthetic_image_size": 48, "image_size": 32,
-                 "synthetic_dir": str(folder / "synthetic"), "output_dir": str(folder / "run"), "batch_size": 4}
+    overrides = {
+        "synthetic_num_train": 8,
+        "synthetic_num_val": 4,
+        "synthetic_image_size": 48,
+        "image_size": 32,
+        "synthetic_dir": str(folder / "synthetic"),
+        "output_dir": str(folder / "run"),
+        "batch_size": 4,
+    }
     return load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
 
 
@@ -145,7 +154,9 @@ class SpyTeacher(torch.nn.Module):
 
 
 def _processor_crops(processor, samples, scale: float):
-    return processor(images=[s.image for s in samples], boxes=[s.boxes for s in samples], return_crops=True, crop_scale=scale)
+    return processor(
+        images=[s.image for s in samples], boxes=[s.boxes for s in samples], return_crops=True, crop_scale=scale
+    )
 
 
 def test_training_gives_the_teacher_the_processors_crops(synthetic_config) -> None:
@@ -170,7 +181,7 @@ def test_training_gives_the_teacher_the_processors_crops(synthetic_config) -> No
     teacher = SpyTeacher(frozen_copy(model))
     accelerator = types.SimpleNamespace(autocast=contextlib.nullcontext, device=torch.device("cpu"))
     terms = forward_objective(model, model, dict(batch), config, accelerator, teacher=teacher)
-    (crops, mask), = teacher.calls
+    ((crops, mask),) = teacher.calls
     assert torch.equal(crops, expected["crop_pixel_values"]) and torch.equal(mask, expected["crop_mask"])
     # GR = 1 - cos(region, teacher's crop embedding) over the boxes, from the processor's crops.
     with torch.no_grad():
@@ -184,8 +195,13 @@ def test_crops_are_cut_only_when_a_teacher_encodes_them(synthetic_config) -> Non
     from training.builders import build_model_and_processor, region_collator, teacher_needs_crops
 
     _, processor = build_model_and_processor(synthetic_config)
-    for changes, wanted in [({}, True), ({"gr_teacher": "self"}, True), ({"gr_teacher": "none"}, False),
-                            ({"loss_gr_weight": 0.0}, False), ({"gr_teacher": "cached", "teacher_cache": "x"}, False)]:
+    for changes, wanted in [
+        ({}, True),
+        ({"gr_teacher": "self"}, True),
+        ({"gr_teacher": "none"}, False),
+        ({"loss_gr_weight": 0.0}, False),
+        ({"gr_teacher": "cached", "teacher_cache": "x"}, False),
+    ]:
         config = type(synthetic_config)(**{**synthetic_config.to_dict(), **changes})
         assert teacher_needs_crops(config) is wanted
         assert region_collator(config, processor).processor_kwargs.get("return_crops", False) is wanted
@@ -219,7 +235,9 @@ def test_protocol_preprocessing_returns_the_processors_crops_of_the_original(tin
     processor = tiny_processor(tiny_tokenizer, region_mode=False)
     images = [_random_image(90, 50, seed=6), _random_image(40, 70, seed=7)]
     boxes = [[[10.0, 5.0, 60.0, 45.0], [70.0, 30.0, 90.0, 50.0]], [[3.0, 3.0, 30.0, 60.0]]]
-    out = ProtocolProcessor(processor, 64, "longest-pad", "bicubic")(images=images, boxes=boxes, return_crops=True, crop_scale=1.5)
+    out = ProtocolProcessor(processor, 64, "longest-pad", "bicubic")(
+        images=images, boxes=boxes, return_crops=True, crop_scale=1.5
+    )
     assert out["pixel_values"].shape == (2, 3, 64, 64) and out["crop_pixel_values"].shape == (2, 2, 3, 32, 32)
     assert out["crop_mask"].tolist() == [[True, True], [True, False]] == out["box_mask"].tolist()
     for image_index, (image, image_boxes) in enumerate(zip(images, boxes)):

@@ -36,8 +36,12 @@ def write_coco(folder, captions_42=("A man and a woman walk two dogs past a red 
         (13, "A cat."),
     ]
     captions_json = {
-        "info": {}, "licenses": [], "images": images,
-        "annotations": [{"id": 100 + i, "image_id": image_id, "caption": text} for i, (image_id, text) in enumerate(captions)],
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": [
+            {"id": 100 + i, "image_id": image_id, "caption": text} for i, (image_id, text) in enumerate(captions)
+        ],
     }
     boxes = [
         (42, 1, [60, 0, 20, 40], 0),  # smaller person
@@ -53,10 +57,20 @@ def write_coco(folder, captions_42=("A man and a woman walk two dogs past a red 
         (7, 88, [50, 0, 30, 40], 0),
     ]
     instances_json = {
-        "info": {}, "licenses": [], "images": images, "categories": CATEGORIES,
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "categories": CATEGORIES,
         "annotations": [
-            {"id": 500 + i, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd,
-             "area": bbox[2] * bbox[3], "segmentation": []}
+            {
+                "id": 500 + i,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": bbox,
+                "iscrowd": crowd,
+                "area": bbox[2] * bbox[3],
+                "segmentation": [],
+            }
             for i, (image_id, category, bbox, crowd) in enumerate(boxes)
         ],
     }
@@ -71,7 +85,10 @@ def coco(tmp_path):
 
 
 def by_id(dataset):
-    return {dataset[i].image_id if not isinstance(dataset[i], SkippedSample) else "skipped": dataset[i] for i in range(len(dataset))}
+    return {
+        dataset[i].image_id if not isinstance(dataset[i], SkippedSample) else "skipped": dataset[i]
+        for i in range(len(dataset))
+    }
 
 
 def test_boxes_categories_and_links(coco):

@@ -48,10 +48,14 @@ def test_sentence_markup_to_clean_caption_and_spans():
     assert caption == "A bearded man , and a girl in a red dress are getting married ."
     assert [caption[m.start : m.end] for m in mentions] == ["A bearded man", "a girl", "a red dress"]
     assert mentions[0] == EntityMention(0, 13, "255542", ("people",))
-    caption, mentions = parse_entity_sentence("[/EN#1/bodyparts/people a man 's arm]  [/EN#0/notvisual  it]  [/EN#5/other x]")
+    caption, mentions = parse_entity_sentence(
+        "[/EN#1/bodyparts/people a man 's arm]  [/EN#0/notvisual  it]  [/EN#5/other x]"
+    )
     assert caption == "a man 's arm it x"
     assert [(m.entity_id, m.types, caption[m.start : m.end]) for m in mentions] == [
-        ("1", ("bodyparts", "people"), "a man 's arm"), ("0", ("notvisual",), "it"), ("5", ("other",), "x"),
+        ("1", ("bodyparts", "people"), "a man 's arm"),
+        ("0", ("notvisual",), "it"),
+        ("5", ("other",), "x"),
     ]
     for broken in ("[/EN#3/people a man walks", "[/EN#/people a man]", "[/EN#3/people ] walks"):
         with pytest.raises(ValueError):
@@ -117,7 +121,9 @@ def test_split_file_folders_and_skips(tmp_path):
     split = tmp_path / "train.txt"
     split.write_text("65567\n111\n222\n333\n444\n")
     dataset = Flickr30kEntitiesDataset(
-        sentences_dir=root / "Sentences", annotations_dir=root / "Annotations", image_dir=root / "flickr30k-images",
+        sentences_dir=root / "Sentences",
+        annotations_dir=root / "Annotations",
+        image_dir=root / "flickr30k-images",
         split_file=split,
     )
     samples = [dataset[i] for i in range(len(dataset))]

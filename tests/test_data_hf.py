@@ -45,8 +45,14 @@ class FixedChoice:
 
 def same_sample(a: RegionSample, b: RegionSample, labels: bool = True) -> None:
     assert isinstance(a, RegionSample) and isinstance(b, RegionSample), (a, b)
-    assert (a.caption, a.image_id, a.boxes, a.phrase_spans, a.phrases, a.box_indices) == \
-        (b.caption, b.image_id, b.boxes, b.phrase_spans, b.phrases, b.box_indices)
+    assert (a.caption, a.image_id, a.boxes, a.phrase_spans, a.phrases, a.box_indices) == (
+        b.caption,
+        b.image_id,
+        b.boxes,
+        b.phrase_spans,
+        b.phrases,
+        b.box_indices,
+    )
     assert (a.num_small_boxes_dropped, a.num_boxes_over_limit) == (b.num_small_boxes_dropped, b.num_boxes_over_limit)
     if labels:
         assert a.labels == b.labels
@@ -65,10 +71,26 @@ def prepared(shapes, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("prepared")
     manifest = str(shapes / "train.jsonl")
     prepare_main(["--source", "jsonl", "--input", manifest, "--out", str(root / "parquet"), "--samples-per-shard", "4"])
-    prepare_main(["--source", "jsonl", "--input", manifest, "--out", str(root / "wds"), "--format", "webdataset",
-                  "--samples-per-shard", "4"])
-    table = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (root / "parquet").glob("*.parquet")),
-                                  split="train", cache_dir=str(root / "cache"))
+    prepare_main(
+        [
+            "--source",
+            "jsonl",
+            "--input",
+            manifest,
+            "--out",
+            str(root / "wds"),
+            "--format",
+            "webdataset",
+            "--samples-per-shard",
+            "4",
+        ]
+    )
+    table = datasets.load_dataset(
+        "parquet",
+        data_files=sorted(str(p) for p in (root / "parquet").glob("*.parquet")),
+        split="train",
+        cache_dir=str(root / "cache"),
+    )
     table.save_to_disk(str(root / "disk"), num_shards=2)
     return {"parquet": root / "parquet", "webdataset": root / "wds", "disk": root / "disk", "cache": root / "cache"}
 
@@ -90,8 +112,12 @@ def test_every_layout_reads_back_the_manifest_samples(layout, prepared, shapes):
 def test_glob_and_column_mapping(tmp_path, shapes):
     """A user's own Parquet file with other column names, images as paths relative to the data's folder."""
     records = [json.loads(line) for line in (shapes / "train.jsonl").read_text().splitlines()][:3]
-    table = datasets.Dataset.from_list([{"file": str(shapes / r["image"]), "text": r["caption"], "name": r["id"],
-                                         "boxes": json.dumps(r["regions"])} for r in records])
+    table = datasets.Dataset.from_list(
+        [
+            {"file": str(shapes / r["image"]), "text": r["caption"], "name": r["id"], "boxes": json.dumps(r["regions"])}
+            for r in records
+        ]
+    )
     table = table.map(lambda row: {"boxes": json.loads(row["boxes"])})
     table.to_parquet(str(tmp_path / "mine-0.parquet"))
     columns = {"image": "file", "caption": "text", "regions": "boxes", "id": "name"}
@@ -107,11 +133,19 @@ def test_glob_and_column_mapping(tmp_path, shapes):
 
 def test_bad_records_are_skipped_and_counted_or_raise_when_strict(tmp_path, shapes):
     image = (shapes / "images" / "train" / "000000.png").read_bytes()
-    good = Record("good", Path("a.png"), ["a red circle"], [{"box": [1, 1, 9, 9], "phrase": None, "span": None,
-                                                              "spans": [[2, 12]], "label": None}])
+    good = Record(
+        "good",
+        Path("a.png"),
+        ["a red circle"],
+        [{"box": [1, 1, 9, 9], "phrase": None, "span": None, "spans": [[2, 12]], "label": None}],
+    )
     corrupt = Record("corrupt", Path("b.png"), ["a cat"], [])
-    malformed = Record("malformed", Path("c.png"), ["a cat"], [{"box": [9, 9, 1, 1], "phrase": None, "span": None,
-                                                                "spans": None, "label": None}])
+    malformed = Record(
+        "malformed",
+        Path("c.png"),
+        ["a cat"],
+        [{"box": [9, 9, 1, 1], "phrase": None, "span": None, "spans": None, "label": None}],
+    )
     (tmp_path / "bad").mkdir()
     writer = ParquetShards(tmp_path / "bad", per_shard=10)
     writer.add(good, image)
@@ -177,18 +211,41 @@ def test_stream_batches_do_not_depend_on_workers(prepared, tiny_tokenizer):
         stream = RegionStream.open(str(prepared["webdataset"]), seed=1)
         sampler = StreamBatchSampler(stream.rows, 4, 1, 0)
         loader = DataLoader(StreamRows(stream.decoder), batch_sampler=sampler, collate_fn=collate, num_workers=workers)
-        batches = [(batch["stream_batch"], batch["image_ids"], batch["input_ids"].tolist(), sampler.position_after(batch["stream_batch"]))
-                   for batch in loader]
+        batches = [
+            (
+                batch["stream_batch"],
+                batch["image_ids"],
+                batch["input_ids"].tolist(),
+                sampler.position_after(batch["stream_batch"]),
+            )
+            for batch in loader
+        ]
         results[workers] = batches
     assert [b[0] for b in results[0]] == [0, 1, 2, 3]
     assert results[0] == results[2]
 
 
 def test_prepare_coco_links_every_caption_as_training_does(tmp_path):
-    captions, instances, images = write_coco(tmp_path, captions_42=("A man and a woman walk two dogs past a red car.",
-                                                                     "A dog sits in a car.", "People on a street."))
-    report = prepare_main(["--source", "coco", "--input", str(captions), "--instances", str(instances), "--image-root",
-                           str(images), "--out", str(tmp_path / "coco"), "--n-process", "2"])
+    captions, instances, images = write_coco(
+        tmp_path,
+        captions_42=("A man and a woman walk two dogs past a red car.", "A dog sits in a car.", "People on a street."),
+    )
+    report = prepare_main(
+        [
+            "--source",
+            "coco",
+            "--input",
+            str(captions),
+            "--instances",
+            str(instances),
+            "--image-root",
+            str(images),
+            "--out",
+            str(tmp_path / "coco"),
+            "--n-process",
+            "2",
+        ]
+    )
     assert report.written == 3 and [s.where for s in report.skipped] == ["record 13"]  # image 13's file is missing
     summary = json.loads((tmp_path / "coco" / "prepare.json").read_text())
     assert summary["samples"] == 3 and summary["samples_per_second"] > 0 and summary["skipped"] == 1
@@ -209,8 +266,9 @@ def test_prepare_coco_links_every_caption_as_training_does(tmp_path):
 
 def test_prepare_flickr30k_links_every_caption_as_training_does(tmp_path):
     root = write_flickr(tmp_path)
-    report = prepare_main(["--source", "flickr30k", "--input", str(root), "--out", str(tmp_path / "wds"),
-                           "--format", "webdataset"])
+    report = prepare_main(
+        ["--source", "flickr30k", "--input", str(root), "--out", str(tmp_path / "wds"), "--format", "webdataset"]
+    )
     assert report.written == 1
     reference = Flickr30kEntitiesDataset(root, min_box_size=0)
     hf = HFRegionDataset(tmp_path / "wds", cache_dir=str(tmp_path / "cache"), min_box_size=0)
@@ -240,9 +298,16 @@ def test_prepare_command_reports_in_one_line(tmp_path, shapes, capsys):
     assert prepare_command(["--source", "jsonl", "--input", str(shapes / "train.jsonl"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert printed.startswith(f"wrote 16 samples in 1 parquet shard(s) to {out}") and "samples/s" in printed
-    assert prepare_command(["--source", "jsonl", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: `--input`: not found: {tmp_path / 'missing.jsonl'}"
-    assert prepare_command(["--source", "coco", "--input", str(shapes / "train.jsonl"), "--out", str(tmp_path / "x")]) == 1
+    assert (
+        prepare_command(["--source", "jsonl", "--input", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")])
+        == 1
+    )
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1] == f"error: `--input`: not found: {tmp_path / 'missing.jsonl'}"
+    )
+    assert (
+        prepare_command(["--source", "coco", "--input", str(shapes / "train.jsonl"), "--out", str(tmp_path / "x")]) == 1
+    )
     assert "`--image-root`" in capsys.readouterr().err
     assert prepare_command(["--source", "csv", "--input", "x", "--out", "y"]) == 2
     assert not (tmp_path / "x").exists()
@@ -252,15 +317,25 @@ def test_record_features_match_what_prepare_writes(prepared):
     files = sorted(str(p) for p in prepared["parquet"].glob("*.parquet"))
     loaded = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
     assert loaded.features == record_features()
-    with Image.open(io.BytesIO(next(iter(loaded.cast_column("image", datasets.Image(decode=False))))["image"]["bytes"])) as image:
+    with Image.open(
+        io.BytesIO(next(iter(loaded.cast_column("image", datasets.Image(decode=False))))["image"]["bytes"])
+    ) as image:
         assert image.size == (32, 32)
 
 
 def test_config_options_of_the_hf_format():
     from training.config import load_config
 
-    config = load_config(None, {"data_format": "hf", "train_data": "shards/", "streaming": True, "shuffle_buffer": 100,
-                                "hf_columns": {"image": "jpg"}})
+    config = load_config(
+        None,
+        {
+            "data_format": "hf",
+            "train_data": "shards/",
+            "streaming": True,
+            "shuffle_buffer": 100,
+            "hf_columns": {"image": "jpg"},
+        },
+    )
     assert config.streaming and config.hf_columns == {"image": "jpg"}
     with pytest.raises(ValueError, match="`streaming` needs data_format='hf'"):
         load_config(None, {"streaming": True})

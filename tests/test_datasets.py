@@ -34,14 +34,22 @@ def manifest(tmp_path):
     write_image(tmp_path / "images" / "a.png")
     write_image(tmp_path / "images" / "b.jpg", size=(50, 40), format="JPEG")
     records = [
-        {"image": "images/a.png", "caption": "A dog chases a Red Ball.", "regions": [
-            {"box": [10, 10, 40, 50], "phrase": "A dog", "span": [0, 5]},
-            {"box": [50, 20, 70, 40], "phrase": "red ball"},  # located case-insensitively
-            {"box": [0, 0, 80, 60], "phrase": "a cat"},  # not in the caption: unlinked
-            {"box": [5, 5, 15, 15], "phrase": None, "label": "thing"},
-        ]},
-        {"image": str(tmp_path / "images" / "b.jpg"), "id": "bee", "caption": CAPTIONS,
-         "regions": [{"box": [1, 1, 30, 30], "phrase": "dog"}]},
+        {
+            "image": "images/a.png",
+            "caption": "A dog chases a Red Ball.",
+            "regions": [
+                {"box": [10, 10, 40, 50], "phrase": "A dog", "span": [0, 5]},
+                {"box": [50, 20, 70, 40], "phrase": "red ball"},  # located case-insensitively
+                {"box": [0, 0, 80, 60], "phrase": "a cat"},  # not in the caption: unlinked
+                {"box": [5, 5, 15, 15], "phrase": None, "label": "thing"},
+            ],
+        },
+        {
+            "image": str(tmp_path / "images" / "b.jpg"),
+            "id": "bee",
+            "caption": CAPTIONS,
+            "regions": [{"box": [1, 1, 30, 30], "phrase": "dog"}],
+        },
     ]
     return write_manifest(tmp_path / "train.jsonl", records)
 
@@ -137,8 +145,18 @@ def test_select_regions_directly():
         ({"image": "ok.png", "caption": "a dog", "regions": [{"box": [1, 2, 3]}]}, r"regions\[0\]"),
         ({"image": "ok.png", "caption": "a dog", "regions": [{"box": [0, 0, 5, float("nan")]}]}, "non-finite"),
         ({"image": "ok.png", "caption": "a dog", "regions": [{"box": [0, 0, 5, 5], "span": [2, 9]}]}, "outside"),
-        ({"image": "ok.png", "caption": "a dog", "regions": [{"box": [0, 0, 5, 5], "span": [0, 1], "phrase": "dog"}]}, "not 'dog'"),
-        ({"image": "ok.png", "caption": ["a", "b"], "regions": [{"box": [0, 0, 5, 5], "span": [0, 1]}]}, "single caption"),
+        (
+            {
+                "image": "ok.png",
+                "caption": "a dog",
+                "regions": [{"box": [0, 0, 5, 5], "span": [0, 1], "phrase": "dog"}],
+            },
+            "not 'dog'",
+        ),
+        (
+            {"image": "ok.png", "caption": ["a", "b"], "regions": [{"box": [0, 0, 5, 5], "span": [0, 1]}]},
+            "single caption",
+        ),
     ],
 )
 def test_malformed_records_are_skipped_or_raise_when_strict(tmp_path, record, reason):
@@ -185,7 +203,9 @@ def test_index_range_and_bad_options(manifest, tmp_path):
 def test_build_dataset(manifest):
     single = build_dataset({"type": "jsonl", "manifest": str(manifest)}, seed=4, max_boxes=2)
     assert isinstance(single, JsonlRegionDataset) and single.seed == 4 and single.max_boxes == 2
-    both = build_dataset([{"type": "jsonl", "manifest": manifest}, {"type": "jsonl", "manifest": manifest, "seed": 9}], seed=4)
+    both = build_dataset(
+        [{"type": "jsonl", "manifest": manifest}, {"type": "jsonl", "manifest": manifest, "seed": 9}], seed=4
+    )
     assert isinstance(both, RegionConcatDataset) and len(both) == 4
     assert [d.seed for d in both.datasets] == [4, 9]
     both.set_epoch(3)

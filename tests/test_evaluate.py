@@ -77,12 +77,20 @@ def karpathy_coco(tmp_path) -> Path:
         folder = "val2014" if index % 2 == 0 else "train2014"
         filename = f"COCO_{folder}_{index:012d}.png"
         _write_image(tmp_path / "coco" / folder / filename, index)
-        entries.append({
-            "filepath": folder, "filename": filename, "imgid": index, "split": split, "cocoid": 1000 + index,
-            "sentids": list(range(5 * index, 5 * index + 5)),
-            "sentences": [{"tokens": caption.split(), "raw": caption + " ", "imgid": index, "sentid": 5 * index + number}
-                          for number, caption in enumerate(CAPTIONS[index % 4])],
-        })
+        entries.append(
+            {
+                "filepath": folder,
+                "filename": filename,
+                "imgid": index,
+                "split": split,
+                "cocoid": 1000 + index,
+                "sentids": list(range(5 * index, 5 * index + 5)),
+                "sentences": [
+                    {"tokens": caption.split(), "raw": caption + " ", "imgid": index, "sentid": 5 * index + number}
+                    for number, caption in enumerate(CAPTIONS[index % 4])
+                ],
+            }
+        )
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps({"images": entries, "dataset": "coco"}))
     return path
@@ -94,8 +102,14 @@ def karpathy_flickr(tmp_path) -> Path:
     for index in range(4):
         filename = f"{1000092795 + index}.png"
         _write_image(tmp_path / "flickr30k-images" / filename, index)
-        entries.append({"filename": filename, "imgid": index, "split": "test" if index < 3 else "train",
-                        "sentences": [{"raw": caption, "tokens": caption.split()} for caption in CAPTIONS[index][:4]]})
+        entries.append(
+            {
+                "filename": filename,
+                "imgid": index,
+                "split": "test" if index < 3 else "train",
+                "sentences": [{"raw": caption, "tokens": caption.split()} for caption in CAPTIONS[index][:4]],
+            }
+        )
     path = tmp_path / "dataset_flickr30k.json"
     path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     return path
@@ -108,10 +122,22 @@ def manifest(tmp_path) -> Path:
     for index in range(4):
         _write_image(tmp_path / "images" / f"{index}.png", index)
         width, height = SIZES[index]
-        regions = [{"box": [width / 4, height / 4, 3 * width / 4, 3 * height / 4], "phrase": "a shape", "label": ["square", "circle"][index % 2]},
-                   {"box": [0, 0, width, height / 4], "phrase": "the background"}]
-        lines.append({"image": f"images/{index}.png", "caption": CAPTIONS[index][0] if index == 0 else CAPTIONS[index][:2],
-                      "regions": regions, "split": "val" if index == 3 else "test"})
+        regions = [
+            {
+                "box": [width / 4, height / 4, 3 * width / 4, 3 * height / 4],
+                "phrase": "a shape",
+                "label": ["square", "circle"][index % 2],
+            },
+            {"box": [0, 0, width, height / 4], "phrase": "the background"},
+        ]
+        lines.append(
+            {
+                "image": f"images/{index}.png",
+                "caption": CAPTIONS[index][0] if index == 0 else CAPTIONS[index][:2],
+                "regions": regions,
+                "split": "val" if index == 3 else "test",
+            }
+        )
     path = tmp_path / "manifest.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
@@ -135,16 +161,33 @@ def coco_instances(tmp_path) -> Path:
         width, height = SIZES[index]
         images.append({"id": 139 + index, "file_name": file_name, "width": width, "height": height})
     boxes = [  # (image_id, category_id, xywh, iscrowd)
-        (139, 1, [4, 5, 20, 18], 0), (139, 18, [10, 2, 30, 30], 0), (139, 1, [0, 0, 48, 40], 1),
-        (140, 3, [16, 16, 32, 32], 0), (140, 1, [2, 2, 10.5, 20.25], 0), (140, 3, [5, 5, 0, 10], 0),
+        (139, 1, [4, 5, 20, 18], 0),
+        (139, 18, [10, 2, 30, 30], 0),
+        (139, 1, [0, 0, 48, 40], 1),
+        (140, 3, [16, 16, 32, 32], 0),
+        (140, 1, [2, 2, 10.5, 20.25], 0),
+        (140, 3, [5, 5, 0, 10], 0),
         (141, 18, [0, 0, 40, 56], 0),
     ]
     for number, (image_id, category, bbox, crowd) in enumerate(boxes):
-        annotations.append({"id": number + 1, "image_id": image_id, "category_id": category, "bbox": bbox, "iscrowd": crowd,
-                            "area": bbox[2] * bbox[3], "segmentation": [[0, 0, 1, 0, 1, 1]]})
+        annotations.append(
+            {
+                "id": number + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": bbox,
+                "iscrowd": crowd,
+                "area": bbox[2] * bbox[3],
+                "segmentation": [[0, 0, 1, 0, 1, 1]],
+            }
+        )
     path = tmp_path / "annotations" / "instances_val2017.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": COCO_CATEGORIES}))
+    path.write_text(
+        json.dumps(
+            {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+        )
+    )
     return path
 
 
@@ -168,12 +211,27 @@ def coco_panoptic(tmp_path) -> Path:
         287: [(199, [0, 0, 40, 56], 0)],
     }
     for image_id, image_segments in segments.items():
-        annotations.append({"image_id": image_id, "file_name": f"{image_id:012d}.png", "segments_info": [
-            {"id": 1000 * image_id + n, "category_id": c, "iscrowd": crowd, "bbox": bbox, "area": bbox[2] * bbox[3]}
-            for n, (c, bbox, crowd) in enumerate(image_segments)]})
+        annotations.append(
+            {
+                "image_id": image_id,
+                "file_name": f"{image_id:012d}.png",
+                "segments_info": [
+                    {
+                        "id": 1000 * image_id + n,
+                        "category_id": c,
+                        "iscrowd": crowd,
+                        "bbox": bbox,
+                        "area": bbox[2] * bbox[3],
+                    }
+                    for n, (c, bbox, crowd) in enumerate(image_segments)
+                ],
+            }
+        )
     path = tmp_path / "annotations" / "panoptic_val2017.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories})
+    )
     return path
 
 
@@ -182,7 +240,9 @@ def coco_panoptic(tmp_path) -> Path:
 
 def test_reads_karpathy_coco_test_split(karpathy_coco):
     data = read_karpathy(karpathy_coco, image_root=karpathy_coco.parent / "coco", split="test")
-    assert [path.name for path in data.image_paths] == [f"COCO_val2014_{i:012d}.png" for i in (0, 2, 4)] + ["COCO_train2014_000000000005.png"]
+    assert [path.name for path in data.image_paths] == [f"COCO_val2014_{i:012d}.png" for i in (0, 2, 4)] + [
+        "COCO_train2014_000000000005.png"
+    ]
     assert data.image_paths[0] == karpathy_coco.parent / "coco" / "val2014" / "COCO_val2014_000000000000.png"
     assert len(data.captions) == 20 and data.caption_image == [i for i in range(4) for _ in range(5)]
     assert data.captions[5] == CAPTIONS[2][0]  # stripped of the trailing space
@@ -238,7 +298,9 @@ def test_reads_coco_panoptic_with_stuff(coco_panoptic):
 
 def test_readers_reject_bad_files(tmp_path, coco_instances):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"image": "a.png", "caption": "ok"}) + "\n" + json.dumps({"image": "b.png", "caption": 3}) + "\n")
+    bad.write_text(
+        json.dumps({"image": "a.png", "caption": "ok"}) + "\n" + json.dumps({"image": "b.png", "caption": 3}) + "\n"
+    )
     with pytest.raises(ValueError, match="line 2"):
         read_retrieval_manifest(bad)
     data = json.loads(coco_instances.read_text())
@@ -266,10 +328,17 @@ def test_image_embeddings_match_the_model_image_by_image(karpathy_coco, model, p
     data = read_karpathy(karpathy_coco, karpathy_coco.parent / "coco", split=None)
     batched = compute_image_embeddings(model, processor, data.image_paths, batch_size=4, num_workers=2)
     with torch.no_grad():
-        reference = torch.cat([
-            F.normalize(model.get_image_features(pixel_values=processor(images=[Image.open(path).convert("RGB")])["pixel_values"]).pooler_output, dim=-1)
-            for path in data.image_paths
-        ])
+        reference = torch.cat(
+            [
+                F.normalize(
+                    model.get_image_features(
+                        pixel_values=processor(images=[Image.open(path).convert("RGB")])["pixel_values"]
+                    ).pooler_output,
+                    dim=-1,
+                )
+                for path in data.image_paths
+            ]
+        )
     assert batched.shape == (6, 16)
     assert torch.allclose(batched, reference, atol=1e-5)
 
@@ -297,12 +366,15 @@ def test_box_classification_ranks_with_the_pipelines_label_embeddings(coco_insta
     embeds, labels, _ = compute_box_embeddings(model, processor, data, methods=("dense",))
     names = [readable_class_name(name) for name in data.class_names]
     with torch.no_grad():
-        probabilities = label_probabilities(embeds["dense"], label_embeddings(model, processor.tokenizer, names, templates),
-                                            model.logit_scale.exp())
+        probabilities = label_probabilities(
+            embeds["dense"], label_embeddings(model, processor.tokenizer, names, templates), model.logit_scale.exp()
+        )
     ranked = probabilities.argsort(dim=-1, descending=True)
     per_box_top1 = (ranked[:, 0] == labels).float()
     assert results["dense"]["top1"] == pytest.approx(100 * per_box_top1.mean().item())
-    assert results["dense"]["top5"] == pytest.approx(100 * (ranked[:, :5] == labels[:, None]).any(-1).float().mean().item())
+    assert results["dense"]["top5"] == pytest.approx(
+        100 * (ranked[:, :5] == labels[:, None]).any(-1).float().mean().item()
+    )
 
 
 def test_box_embeddings_match_region_features_and_crop_baseline(coco_instances, model, processor):
@@ -321,8 +393,12 @@ def test_box_embeddings_match_region_features_and_crop_baseline(coco_instances, 
     with torch.no_grad():
         crops = torch.stack([hand_crop(Image.open(image.path), box, 1.5, 32) for image, box in boxes])
         expected = F.normalize(model.get_image_features(pixel_values=crops).pooler_output, dim=-1)
-        batch = processor.as_region_mode()(images=[Image.open(data.images[0].path).convert("RGB")], boxes=[data.images[0].boxes],
-                                           return_crops=True, crop_scale=1.5)
+        batch = processor.as_region_mode()(
+            images=[Image.open(data.images[0].path).convert("RGB")],
+            boxes=[data.images[0].boxes],
+            return_crops=True,
+            crop_scale=1.5,
+        )
         crop = crop_features(model, batch["crop_pixel_values"], batch["crop_mask"])[0]
     assert torch.allclose(embeds["crop"], expected, atol=1e-4)
     assert torch.allclose(crop, expected[: len(data.images[0].boxes)], atol=1e-4)
@@ -353,8 +429,16 @@ def test_box_classification_on_panoptic(coco_panoptic, model, processor):
 
 def test_boxcls_report_names_missing_classes(coco_instances, model, processor, tmp_path):
     report = run_evaluation(
-        model, processor, "boxcls", coco_instances, image_root=coco_instances.parent.parent / "val2017", split=None,
-        batch_size=3, templates=("a photo of a {}.",), model_name="tiny", command="python -m evaluation.evaluate ...",
+        model,
+        processor,
+        "boxcls",
+        coco_instances,
+        image_root=coco_instances.parent.parent / "val2017",
+        split=None,
+        batch_size=3,
+        templates=("a photo of a {}.",),
+        model_name="tiny",
+        command="python -m evaluation.evaluate ...",
     )
     assert report["results"]["dense"]["classes_without_samples"] == ["bottle"]
     assert report["settings"]["boxes_skipped_in_annotations"] == {"crowd": 1, "empty": 1}
@@ -380,9 +464,25 @@ def saved_model_dir(tmp_path, processor) -> Path:
 def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_model_dir, model, processor, tmp_path):
     out = tmp_path / "results" / "flickr.json"
     command = [
-        sys.executable, "-m", "evaluation.evaluate", "--model", str(saved_model_dir), "--task", "retrieval",
-        "--data", str(karpathy_coco), "--image-root", str(karpathy_coco.parent / "coco"), "--batch-size", "3",
-        "--num-workers", "0", "--device", "cpu", "--out", str(out),
+        sys.executable,
+        "-m",
+        "evaluation.evaluate",
+        "--model",
+        str(saved_model_dir),
+        "--task",
+        "retrieval",
+        "--data",
+        str(karpathy_coco),
+        "--image-root",
+        str(karpathy_coco.parent / "coco"),
+        "--batch-size",
+        "3",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -406,7 +506,9 @@ def test_command_rejects_mistakes_in_one_line(tmp_path, capsys):
 
     assert main(["--model", "m", "--task", "segmentation", "--data", "d"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: argument --task: invalid choice: 'segmentation'") and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("error: argument --task: invalid choice: 'segmentation'") and len(err.strip().splitlines()) == 1
+    )
     assert main(["--model", "m", "--task", "retrieval", "--data", str(tmp_path / "missing.json")]) == 1
     err = capsys.readouterr().err
     assert err == f"error: `--data`: file not found: {tmp_path / 'missing.json'}\n"
@@ -418,11 +520,30 @@ def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, 
 
     folder = saved_model_dir
     out = tmp_path / "panoptic.json"
-    report = evaluate_command([
-        "--model", str(folder), "--task", "boxcls", "--data", str(coco_panoptic),
-        "--image-root", str(coco_panoptic.parent.parent / "val2017"), "--batch-size", "2", "--num-workers", "0",
-        "--device", "cpu", "--template", "a photo of a {}.", "--crop-scale", "1.25", "--out", str(out),
-    ])
+    report = evaluate_command(
+        [
+            "--model",
+            str(folder),
+            "--task",
+            "boxcls",
+            "--data",
+            str(coco_panoptic),
+            "--image-root",
+            str(coco_panoptic.parent.parent / "val2017"),
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--template",
+            "a photo of a {}.",
+            "--crop-scale",
+            "1.25",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["results"]["dense"]["num_samples"] == 5 and saved["results"]["crop"]["num_samples"] == 5
     assert saved["settings"]["templates"] == ["a photo of a {}."] and saved["settings"]["crop_scale"] == 1.25

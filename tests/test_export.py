@@ -39,11 +39,16 @@ def test_export_is_a_plain_clip_with_identical_global_embeddings(harmoclip_dir, 
     tokens = tiny_tokenizer(["a photo of a cat", "a dog"], padding=True, return_tensors="pt")
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for method, inputs in (("get_image_features", {"pixel_values": pixel_values}), ("get_text_features", dict(tokens))):
+        for method, inputs in (
+            ("get_image_features", {"pixel_values": pixel_values}),
+            ("get_text_features", dict(tokens)),
+        ):
             expected = getattr(tiny_model, method)(**inputs).pooler_output
             torch.testing.assert_close(getattr(clip, method)(**inputs).pooler_output, expected, atol=1e-6, rtol=0)
         expected_logits = tiny_model(pixel_values=pixel_values, **tokens).logits_per_image
-        torch.testing.assert_close(clip(pixel_values=pixel_values, **tokens).logits_per_image, expected_logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            clip(pixel_values=pixel_values, **tokens).logits_per_image, expected_logits, atol=1e-5, rtol=0
+        )
 
 
 def test_export_serves_the_zero_shot_pipeline_without_remote_code(harmoclip_dir, tmp_path):

@@ -24,12 +24,20 @@ from benchmarks.harmony import (
     fingerprint,
     group_top1,
     main,
-    run_harmony,
     mean_sd,
     parse_row,
+    run_harmony,
 )
 
-FIGURES = ("i2t_R@1", "t2i_R@1", "mean_R@1", "box_top1_dense", "box_top1_crop", "box_top1_dense_seen", "box_top1_dense_held_out")
+FIGURES = (
+    "i2t_R@1",
+    "t2i_R@1",
+    "mean_R@1",
+    "box_top1_dense",
+    "box_top1_crop",
+    "box_top1_dense_seen",
+    "box_top1_dense_held_out",
+)
 SEEDS = list(QUICK_SETTINGS["seeds"])
 
 
@@ -65,7 +73,9 @@ def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None
     # The default configuration is TrainConfig's: its weights are the defaults'.
     from training.config import TrainConfig
 
-    assert rows["harmoclip"]["loss_weights"] == {name: getattr(TrainConfig, f"loss_{name}_weight") for name in ("gc", "lrc", "rla", "gr")}
+    assert rows["harmoclip"]["loss_weights"] == {
+        name: getattr(TrainConfig, f"loss_{name}_weight") for name in ("gc", "lrc", "rla", "gr")
+    }
     # GR alone trains the vision tower only: the text tower is the pre-trained one, bit for bit, and vision moved.
     start, tuned = weights(rows[PRETRAINED.key]["per_seed"][0]), weights(rows["gr"]["per_seed"][0])
     text = [name for name in start if name.startswith("text_model.")]
@@ -79,7 +89,9 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     out, report = first_run
     saved = json.loads((out / "harmony.json").read_text())
     assert saved["command"] == f"python -m benchmarks.harmony --quick --out {out}"
-    assert saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"] and saved["settings"]["seeds"] == SEEDS
+    assert (
+        saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"] and saved["settings"]["seeds"] == SEEDS
+    )
     assert [row["key"] for row in saved["rows"]] == [PRETRAINED.key, *CONFIGURATION_KEYS]
     for row in saved["rows"]:
         assert row["seeds"] == SEEDS
@@ -105,9 +117,13 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
 
 def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) -> None:
     out, report = first_run
+
     def stamps(rows):
-        return {(row["key"], record["seed"]): (Path(record["model"]) / "model.safetensors").stat().st_mtime_ns
-                for row in rows for record in row["per_seed"]}
+        return {
+            (row["key"], record["seed"]): (Path(record["model"]) / "model.safetensors").stat().st_mtime_ns
+            for row in rows
+            for record in row["per_seed"]
+        }
 
     before = stamps(report["rows"])
     again = run_harmony(["--quick", "--out", str(out)])
@@ -115,7 +131,9 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert [row["figures"] for row in again["rows"]] == [row["figures"] for row in report["rows"]]
     assert stamps(again["rows"]) == before
 
-    changed = run_harmony(["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc", "--seeds", str(SEEDS[0])])
+    changed = run_harmony(
+        ["--quick", "--out", str(out), "--finetune-steps", "1", "--configurations", "gc", "--seeds", str(SEEDS[0])]
+    )
     pretrained, tuned = (row["per_seed"][0] for row in changed["rows"])
     assert pretrained["reused"] and pretrained["model"] == report["rows"][0]["per_seed"][0]["model"]
     assert not tuned["reused"] and tuned["train_config"]["max_steps"] == 1 and tuned["init_from"] == pretrained["model"]
@@ -123,9 +141,21 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert tuned["folder"] != old and Path(old).is_dir()
 
     # An extra row (an ablation) is one more row from the same pre-trained model; a row equal to another is shared.
-    extra = run_harmony(["--quick", "--out", str(out), "--configurations", "gc-lrc-gr", "--seeds", str(SEEDS[0]),
-                  "--row", "rla:loss_gc_weight=1,loss_lrc_weight=0,loss_rla_weight=1,loss_gr_weight=1",
-                  "--row", "same:loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none"])
+    extra = run_harmony(
+        [
+            "--quick",
+            "--out",
+            str(out),
+            "--configurations",
+            "gc-lrc-gr",
+            "--seeds",
+            str(SEEDS[0]),
+            "--row",
+            "rla:loss_gc_weight=1,loss_lrc_weight=0,loss_rla_weight=1,loss_gr_weight=1",
+            "--row",
+            "same:loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none",
+        ]
+    )
     rows = {row["key"]: row["per_seed"][0] for row in extra["rows"]}
     assert rows["gc-lrc-gr"]["reused"] and rows["rla"]["init_from"] == pretrained["model"] and not rows["rla"]["reused"]
     assert rows["rla"]["loss_weights"] == {"gc": 1.0, "lrc": 0.0, "rla": 1.0, "gr": 1.0}
@@ -141,8 +171,12 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     assert fingerprint(here, "p") != fingerprint(here, "other pre-trained model")
     longer = _train_config(dataclasses.replace(settings, finetune_steps=3), tmp_path, gc, "finetune", None, tmp_path, 0)
     assert fingerprint(longer, "p") != fingerprint(here, "p")
-    assert fingerprint(_train_config(settings, tmp_path, gc, "finetune", None, tmp_path, 1), "p") != fingerprint(here, "p")
-    assert fingerprint(_train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path, 0), "p") != fingerprint(here, "p")
+    assert fingerprint(_train_config(settings, tmp_path, gc, "finetune", None, tmp_path, 1), "p") != fingerprint(
+        here, "p"
+    )
+    assert fingerprint(
+        _train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path, 0), "p"
+    ) != fingerprint(here, "p")
 
 
 def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
@@ -167,15 +201,29 @@ def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
 def test_mean_and_sample_sd_by_hand() -> None:
     assert mean_sd([30.0, 32.0, 37.0]) == {"mean": 33.0, "sd": pytest.approx(((9 + 1 + 16) / 2) ** 0.5), "n": 3}
     assert mean_sd([12.5]) == {"mean": 12.5, "sd": 0.0, "n": 1}
-    assert mean_sd([None, 4.0, 6.0]) == {"mean": 5.0, "sd": pytest.approx(2 ** 0.5), "n": 2}
+    assert mean_sd([None, 4.0, 6.0]) == {"mean": 5.0, "sd": pytest.approx(2**0.5), "n": 2}
     assert mean_sd([None]) == {"mean": None, "sd": None, "n": 0}
-    per_seed = [{"key": "gc", "label": "GC only", "losses": "GC", "loss_weights": {}, "fields": {}, "seed": seed,
-                 "figures": {"mean_R@1": value, "box_top1_dense_held_out": None if seed == 2 else 10.0 * seed}}
-                for seed, value in ((0, 30.0), (1, 32.0), (2, 37.0))]
+    per_seed = [
+        {
+            "key": "gc",
+            "label": "GC only",
+            "losses": "GC",
+            "loss_weights": {},
+            "fields": {},
+            "seed": seed,
+            "figures": {"mean_R@1": value, "box_top1_dense_held_out": None if seed == 2 else 10.0 * seed},
+        }
+        for seed, value in ((0, 30.0), (1, 32.0), (2, 37.0))
+    ]
     row = aggregate_rows(per_seed)
     assert row["seeds"] == [0, 1, 2] and row["figures"]["mean_R@1"]["mean"] == 33.0
     assert row["figures"]["mean_R@1"]["per_seed"] == [30.0, 32.0, 37.0]
-    assert row["figures"]["box_top1_dense_held_out"] == {"mean": 5.0, "sd": pytest.approx(50 ** 0.5), "n": 2, "per_seed": [0.0, 10.0, None]}
+    assert row["figures"]["box_top1_dense_held_out"] == {
+        "mean": 5.0,
+        "sd": pytest.approx(50**0.5),
+        "n": 2,
+        "per_seed": [0.0, 10.0, None],
+    }
 
 
 def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:
@@ -188,9 +236,18 @@ def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:
 
 def test_extra_rows_are_parsed_with_the_fields_types() -> None:
     row = parse_row("t100:region_logit_scale_init=4.6,loss_rla_weight=1,gr_teacher=self")
-    assert row.key == "t100" and row.fields == {"region_logit_scale_init": 4.6, "loss_rla_weight": 1.0, "gr_teacher": "self"}
+    assert row.key == "t100" and row.fields == {
+        "region_logit_scale_init": 4.6,
+        "loss_rla_weight": 1.0,
+        "gr_teacher": "self",
+    }
     assert row.losses == "GC+LRC+RLA+GR" and row.loss_weights["rla"] == 1.0
-    for bad, match in (("gc:loss_lrc_weight=1", "new name"), ("x:seed=3", "field other than"), ("x", "at least one"),
-                       ("x:loss_rla_weight", "field=value"), ("x:no_such_field=1", "unknown option")):
+    for bad, match in (
+        ("gc:loss_lrc_weight=1", "new name"),
+        ("x:seed=3", "field other than"),
+        ("x", "at least one"),
+        ("x:loss_rla_weight", "field=value"),
+        ("x:no_such_field=1", "unknown option"),
+    ):
         with pytest.raises(ValueError, match=match):
             parse_row(bad)

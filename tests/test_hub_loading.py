@@ -12,8 +12,14 @@ from transformers import CLIPModel
 from conftest import offline_hub_cache, run_isolated, tiny_clip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPModel
 
-CODE_FILES = {"modeling_harmoclip.py", "configuration_harmoclip.py", "losses.py", "roi_align.py", "pipeline_harmoclip.py",
-              "processing_harmoclip.py"}
+CODE_FILES = {
+    "modeling_harmoclip.py",
+    "configuration_harmoclip.py",
+    "losses.py",
+    "roi_align.py",
+    "pipeline_harmoclip.py",
+    "processing_harmoclip.py",
+}
 
 
 def _inputs() -> dict[str, torch.Tensor]:
@@ -61,7 +67,11 @@ def test_save_pretrained_writes_weights_config_and_code(tmp_path: Path) -> None:
         "AutoModelForZeroShotImageClassification": "modeling_harmoclip.HarmoCLIPModel",
     }
     assert config["custom_pipelines"] == {
-        "region-classification": {"impl": "pipeline_harmoclip.RegionClassificationPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+        "region-classification": {
+            "impl": "pipeline_harmoclip.RegionClassificationPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
     }
     assert "region_logit_scale" in load_file(folder / "model.safetensors")
     for name in CODE_FILES:  # remote code imports only torch, transformers, the standard library and siblings

@@ -66,9 +66,7 @@ def test_imports_follow_the_layers(path: Path) -> None:
     assert not bad, "imports against the layering: " + "; ".join(bad)
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name)
 def test_remote_code_imports_only_torch_transformers_stdlib(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"modeling_harmoclip", "__future__"}
     bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-import pytest
-
 from modeling_harmoclip.losses import (
     LocalRows,
+    false_negatives,
     global_contrastive_loss,
     global_region_alignment_loss,
-    false_negatives,
     harmoclip_loss,
     lexeme_region_contrastive_loss,
     region_language_alignment_loss,
@@ -121,13 +120,28 @@ def test_local_rows_average_to_the_full_loss() -> None:
     for size in sizes:
         rows = slice(start, start + size)
         gc_parts.append(
-            global_contrastive_loss(image[rows], text[rows], 10.0, all_image_embeds=image, all_text_embeds=text,
-                                    offset=start, normalizer=total / world)
+            global_contrastive_loss(
+                image[rows],
+                text[rows],
+                10.0,
+                all_image_embeds=image,
+                all_text_embeds=text,
+                offset=start,
+                normalizer=total / world,
+            )
         )
         lrc_parts.append(
-            lexeme_region_contrastive_loss(image[rows], text[rows], 10.0, ids[rows], all_region_embeds=image,
-                                           all_lexeme_embeds=text, all_phrase_ids=ids, offset=start,
-                                           normalizer=total / world)
+            lexeme_region_contrastive_loss(
+                image[rows],
+                text[rows],
+                10.0,
+                ids[rows],
+                all_region_embeds=image,
+                all_lexeme_embeds=text,
+                all_phrase_ids=ids,
+                offset=start,
+                normalizer=total / world,
+            )
         )
         gr_parts.append(global_region_alignment_loss(image[rows], text[rows], normalizer=total / world))
         start += size
@@ -138,9 +152,19 @@ def test_local_rows_average_to_the_full_loss() -> None:
     for size in sizes:
         rows = slice(start, start + size)
         parts.append(
-            lexeme_region_contrastive_loss(image[rows], text[rows], 10.0, ids[rows], category_ids=categories[rows],
-                                           all_region_embeds=image, all_lexeme_embeds=text, all_phrase_ids=ids,
-                                           all_category_ids=categories, offset=start, normalizer=total / world)
+            lexeme_region_contrastive_loss(
+                image[rows],
+                text[rows],
+                10.0,
+                ids[rows],
+                category_ids=categories[rows],
+                all_region_embeds=image,
+                all_lexeme_embeds=text,
+                all_phrase_ids=ids,
+                all_category_ids=categories,
+                offset=start,
+                normalizer=total / world,
+            )
         )
         start += size
     assert torch.allclose(torch.stack(parts).mean(), full_lrc_categories, atol=1e-6)
@@ -181,8 +205,9 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
     loss = harmoclip_loss(image, text, scale, (1.0, 0.5, 2.0), region_logit_scale=region_scale, **batch)
     linked, valid = batch["linked_mask"], batch["region_mask"]
     gc = global_contrastive_loss(image, text, scale.exp())
-    lrc = lexeme_region_contrastive_loss(batch["region_embeds"][linked], batch["lexeme_embeds"][linked], region_scale.exp(),
-                                         batch["phrase_ids"][linked])
+    lrc = lexeme_region_contrastive_loss(
+        batch["region_embeds"][linked], batch["lexeme_embeds"][linked], region_scale.exp(), batch["phrase_ids"][linked]
+    )
     gr = (1 - (batch["region_embeds"][valid] * batch["teacher_region_embeds"][valid]).sum(-1)).mean()  # 3 valid boxes
     torch.testing.assert_close(loss.gc, gc)
     torch.testing.assert_close(loss.lrc, lrc)
@@ -191,8 +216,15 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
     assert set(loss.as_floats()) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}
 
     # Weight 0 or missing inputs: the term is not computed, and the total is the rest.
-    only_gr = harmoclip_loss(image, text, scale, (0.0, 1.0, 3.0), region_embeds=batch["region_embeds"],
-                             region_mask=valid, teacher_region_embeds=batch["teacher_region_embeds"])
+    only_gr = harmoclip_loss(
+        image,
+        text,
+        scale,
+        (0.0, 1.0, 3.0),
+        region_embeds=batch["region_embeds"],
+        region_mask=valid,
+        teacher_region_embeds=batch["teacher_region_embeds"],
+    )
     assert only_gr.gc is None and only_gr.lrc is None
     torch.testing.assert_close(only_gr.total, 3.0 * gr)
     unlinked = dict(batch, linked_mask=torch.zeros_like(linked))
@@ -204,15 +236,19 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
 
 @pytest.mark.parametrize(
     "weights, inputs",
-    [((0.0, 1.0, 1.0), {}), ((0.0, 1.0, 0.0), {"linked_mask": torch.zeros(2, 3, dtype=torch.bool)}),
-     ((0.0, 0.0, 1.0), {"region_mask": torch.zeros(2, 3, dtype=torch.bool)})],
+    [
+        ((0.0, 1.0, 1.0), {}),
+        ((0.0, 1.0, 0.0), {"linked_mask": torch.zeros(2, 3, dtype=torch.bool)}),
+        ((0.0, 0.0, 1.0), {"region_mask": torch.zeros(2, 3, dtype=torch.bool)}),
+    ],
     ids=["no-boxes", "no-linked-box", "no-valid-box"],
 )
 def test_harmoclip_loss_without_an_applicable_term_says_why(weights, inputs) -> None:
     batch = dict(_region_batch(), **inputs) if inputs else {}
     with pytest.raises(ValueError, match=r"no loss term applies to this batch with weights \(gc, lrc, gr\) = \(0.0, "):
-        harmoclip_loss(_unit(2, 8, 12), _unit(2, 8, 13), torch.tensor(2.0), weights, region_logit_scale=torch.tensor(1.0),
-                       **batch)
+        harmoclip_loss(
+            _unit(2, 8, 12), _unit(2, 8, 13), torch.tensor(2.0), weights, region_logit_scale=torch.tensor(1.0), **batch
+        )
 
 
 def test_region_language_alignment_by_hand() -> None:
@@ -229,16 +265,31 @@ def test_region_language_alignment_by_hand() -> None:
 
     same = {0: {2}, 1: set(), 2: {0}}
     columns = [list(column) for column in zip(*sim)]  # phrase i against every region
-    expected = (sum(cross_entropy(sim[i], i, same[i]) for i in range(3)) / 3
-                + sum(cross_entropy(columns[i], i, same[i]) for i in range(3)) / 3) / 2
+    expected = (
+        sum(cross_entropy(sim[i], i, same[i]) for i in range(3)) / 3
+        + sum(cross_entropy(columns[i], i, same[i]) for i in range(3)) / 3
+    ) / 2
     assert abs(region_language_alignment_loss(regions, phrases, scale, ids).item() - expected) < 1e-5
-    unmasked = (sum(cross_entropy(sim[i], i, set()) for i in range(3)) / 3
-                + sum(cross_entropy(columns[i], i, set()) for i in range(3)) / 3) / 2
+    unmasked = (
+        sum(cross_entropy(sim[i], i, set()) for i in range(3)) / 3
+        + sum(cross_entropy(columns[i], i, set()) for i in range(3)) / 3
+    ) / 2
     assert abs(region_language_alignment_loss(regions, phrases, scale).item() - unmasked) < 1e-5
     # Local rows against gathered columns average to the full loss, as LRC's do.
-    parts = [region_language_alignment_loss(regions[rows], phrases[rows], scale, ids[rows], all_region_embeds=regions,
-                                            all_phrase_embeds=phrases, all_phrase_ids=ids, offset=rows.start, normalizer=1.5)
-             for rows in (slice(0, 1), slice(1, 3))]
+    parts = [
+        region_language_alignment_loss(
+            regions[rows],
+            phrases[rows],
+            scale,
+            ids[rows],
+            all_region_embeds=regions,
+            all_phrase_embeds=phrases,
+            all_phrase_ids=ids,
+            offset=rows.start,
+            normalizer=1.5,
+        )
+        for rows in (slice(0, 1), slice(1, 3))
+    ]
     assert abs(torch.stack(parts).mean().item() - expected) < 1e-5
 
 
@@ -257,14 +308,33 @@ def test_harmoclip_loss_passes_categories_and_teacher_gradient() -> None:
     batch = _region_batch()
     batch["teacher_region_embeds"] = batch["teacher_region_embeds"].clone().requires_grad_()
     categories = torch.tensor([[7, -1, 8], [-1, 7, -1]])  # (0, 0) and (1, 1) share a category
-    loss = harmoclip_loss(image, text, torch.tensor(2.0), (0.0, 1.0, 1.0), region_logit_scale=torch.tensor(3.0),
-                          category_ids=categories, teacher_grad=True, **batch)
+    loss = harmoclip_loss(
+        image,
+        text,
+        torch.tensor(2.0),
+        (0.0, 1.0, 1.0),
+        region_logit_scale=torch.tensor(3.0),
+        category_ids=categories,
+        teacher_grad=True,
+        **batch,
+    )
     linked = batch["linked_mask"]
-    expected = lexeme_region_contrastive_loss(batch["region_embeds"][linked], batch["lexeme_embeds"][linked],
-                                              torch.tensor(3.0).exp(), batch["phrase_ids"][linked],
-                                              category_ids=categories[linked])
+    expected = lexeme_region_contrastive_loss(
+        batch["region_embeds"][linked],
+        batch["lexeme_embeds"][linked],
+        torch.tensor(3.0).exp(),
+        batch["phrase_ids"][linked],
+        category_ids=categories[linked],
+    )
     torch.testing.assert_close(loss.lrc, expected)
-    assert not torch.allclose(loss.lrc, lexeme_region_contrastive_loss(
-        batch["region_embeds"][linked], batch["lexeme_embeds"][linked], torch.tensor(3.0).exp(), batch["phrase_ids"][linked]))
+    assert not torch.allclose(
+        loss.lrc,
+        lexeme_region_contrastive_loss(
+            batch["region_embeds"][linked],
+            batch["lexeme_embeds"][linked],
+            torch.tensor(3.0).exp(),
+            batch["phrase_ids"][linked],
+        ),
+    )
     loss.total.backward()
     assert batch["teacher_region_embeds"].grad is not None and batch["teacher_region_embeds"].grad.abs().sum() > 0

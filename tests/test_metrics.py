@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.metrics import classification_metrics, recall_at_k, retrieval_metrics, retrieval_ranks, top_k_predictions
+from evaluation.metrics import (
+    classification_metrics,
+    recall_at_k,
+    retrieval_metrics,
+    retrieval_ranks,
+    top_k_predictions,
+)
 
 
 def _one_hot(indices: list[int], width: int) -> torch.Tensor:

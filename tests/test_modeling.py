@@ -54,7 +54,10 @@ def test_global_outputs_equal_clip(pair) -> None:
     pixels = _images(3)
     with torch.no_grad():
         for ours, theirs in (
-            (model.get_text_features(input_ids=ids, attention_mask=attention), clip.get_text_features(input_ids=ids, attention_mask=attention)),
+            (
+                model.get_text_features(input_ids=ids, attention_mask=attention),
+                clip.get_text_features(input_ids=ids, attention_mask=attention),
+            ),
             (model.get_image_features(pixel_values=pixels), clip.get_image_features(pixel_values=pixels)),
         ):
             assert (ours.pooler_output - theirs.pooler_output).abs().max() <= 1e-6
@@ -75,7 +78,9 @@ def _assert_same_outputs(ours, theirs, where: str) -> None:
         assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape, where
         assert (ours - theirs).abs().max() <= 1e-6, where
         return
-    assert type(ours) is tuple and len(ours) == len(theirs), f"{where}: {type(ours).__name__} of {len(ours)} vs {len(theirs)}"
+    assert type(ours) is tuple and len(ours) == len(theirs), (
+        f"{where}: {type(ours).__name__} of {len(ours)} vs {len(theirs)}"
+    )
     for index, (mine, clips) in enumerate(zip(ours, theirs)):
         _assert_same_outputs(mine, clips, f"{where}[{index}]")
 
@@ -92,12 +97,16 @@ def test_forward_contract_equals_clip(with_boxes: bool) -> None:
     model.set_attn_implementation("eager")
     ids, attention = _captions(3)
     pixels = _images(3)
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]], [[0.2, 0.1, 0.9, 0.7]], [[0.5, 0.5, 1.0, 1.0]]]) if with_boxes else None
+    boxes = (
+        torch.tensor([[[0.0, 0.0, 0.5, 0.5]], [[0.2, 0.1, 0.9, 0.7]], [[0.5, 0.5, 1.0, 1.0]]]) if with_boxes else None
+    )
     options = dict(output_hidden_states=True, output_attentions=True)
     with torch.no_grad():
         theirs = clip(input_ids=ids, pixel_values=pixels, attention_mask=attention, **options)
         ours = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes, **options)
-        as_tuple = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes, return_dict=False, **options)
+        as_tuple = model(
+            input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes, return_dict=False, **options
+        )
         clip_tuple = clip(input_ids=ids, pixel_values=pixels, attention_mask=attention, return_dict=False, **options)
         plain = model(input_ids=ids, pixel_values=pixels, attention_mask=attention, boxes=boxes)
     for tower in ("vision_model_output", "text_model_output"):
@@ -181,10 +190,15 @@ def test_region_pooling_order_against_the_loop_reference() -> None:
     model = tiny_harmoclip_model()
     assert model.config.region_pooling == "normalize_then_pool"
     pixels = _images(2, seed=3)
-    boxes = torch.tensor([[[0.1, 0.2, 0.7, 0.9], [0.33, 0.05, 0.52, 0.4]], [[0.0, 0.0, 1.0, 1.0], [0.6, 0.55, 0.97, 0.8]]])
+    boxes = torch.tensor(
+        [[[0.1, 0.2, 0.7, 0.9], [0.33, 0.05, 0.52, 0.4]], [[0.0, 0.0, 1.0, 1.0], [0.6, 0.55, 0.97, 0.8]]]
+    )
     dense = value_path_dense(model, pixels).double()  # (2, D, 4, 4)
     rois = torch.cat([torch.tensor([[0.0], [0.0], [1.0], [1.0]]), boxes.reshape(-1, 4).double() * 4], dim=1)
-    for pooling, feature_map in (("normalize_then_pool", dense / dense.norm(dim=1, keepdim=True)), ("pool_then_normalize", dense)):
+    for pooling, feature_map in (
+        ("normalize_then_pool", dense / dense.norm(dim=1, keepdim=True)),
+        ("pool_then_normalize", dense),
+    ):
         model.config.region_pooling = pooling
         pooled = slow_roi_align(feature_map, rois, (1, 1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         expected = (pooled[:, :, 0, 0] / pooled[:, :, 0, 0].norm(dim=1, keepdim=True)).reshape(2, 2, -1)
@@ -209,7 +223,9 @@ def test_one_image_encoder_pass_whatever_the_number_of_boxes(tiny_model: HarmoCL
             assert len(calls) == 1
         ids, attention = _captions(2)
         calls.clear()
-        tiny_model(input_ids=ids, attention_mask=attention, pixel_values=_images(2), boxes=torch.tensor([[[0, 0, 1, 1.0]]] * 2))
+        tiny_model(
+            input_ids=ids, attention_mask=attention, pixel_values=_images(2), boxes=torch.tensor([[[0, 0, 1, 1.0]]] * 2)
+        )
         assert len(calls) == 1  # the global embedding and the regions share the trunk
     finally:
         handle.remove()
@@ -299,8 +315,14 @@ def _training_batch(model: HarmoCLIPModel):
     phrase_ids = torch.tensor([[11, -1], [12, -1]])  # box (0, 1) has no phrase, box (1, 1) is padding
     teacher = model.get_crop_features(_images(4, seed=2).reshape(2, 2, 3, 32, 32), box_mask)
     return dict(
-        input_ids=ids, attention_mask=attention, pixel_values=pixels, boxes=boxes, box_mask=box_mask,
-        phrase_token_mask=phrase_mask, phrase_ids=phrase_ids, teacher_region_embeds=teacher,
+        input_ids=ids,
+        attention_mask=attention,
+        pixel_values=pixels,
+        boxes=boxes,
+        box_mask=box_mask,
+        phrase_token_mask=phrase_mask,
+        phrase_ids=phrase_ids,
+        teacher_region_embeds=teacher,
     )
 
 
@@ -314,7 +336,9 @@ def test_losses_are_weighted_and_reported_per_term() -> None:
     assert torch.allclose(out.loss, expected)
     assert out.lexeme_embeds[0, 1].abs().sum() == 0  # unlinked box: no lexeme
     # GR alone, from the definition: 1 - cos over the valid boxes.
-    cosine = F.cosine_similarity(out.region_embeds[batch["box_mask"]], batch["teacher_region_embeds"][batch["box_mask"]], dim=-1)
+    cosine = F.cosine_similarity(
+        out.region_embeds[batch["box_mask"]], batch["teacher_region_embeds"][batch["box_mask"]], dim=-1
+    )
     assert torch.allclose(out.loss_gr, (1 - cosine).mean(), atol=1e-6)
     out.loss.backward()
     assert model.logit_scale.grad is not None
@@ -332,7 +356,9 @@ def _lrc_by_hand(out, batch, scale: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["shared", "from_global", "separate"])
 def test_region_temperature_modes(mode: str) -> None:
-    model = tiny_harmoclip_model(seed=2, region_logit_scale_mode=mode, loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
+    model = tiny_harmoclip_model(
+        seed=2, region_logit_scale_mode=mode, loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0
+    )
     with torch.no_grad():  # tell the two parameters apart
         model.logit_scale.fill_(4.0)
         model.region_logit_scale.fill_(1.5)
@@ -363,7 +389,9 @@ def test_region_temperature_starts_from_a_clips_logit_scale(tmp_path) -> None:
     with torch.no_grad():
         model.region_logit_scale.fill_(3.25)
     model.save_pretrained(tmp_path / "harmoclip")
-    assert float(HarmoCLIPModel.from_pretrained(tmp_path / "harmoclip").region_logit_scale.detach()) == pytest.approx(3.25)
+    assert float(HarmoCLIPModel.from_pretrained(tmp_path / "harmoclip").region_logit_scale.detach()) == pytest.approx(
+        3.25
+    )
     # From scratch: the global scale's initial value (CLIP's log(1/0.07) unless configured).
     scratch = tiny_harmoclip_model(region_logit_scale_mode="from_global", logit_scale_init_value=3.0)
     assert float(scratch.region_logit_scale.detach()) == pytest.approx(3.0)
@@ -377,9 +405,16 @@ def test_forward_loss_is_the_shared_loss_function() -> None:
     batch = _training_batch(model)
     out = model(**batch, return_loss=True)
     shared = harmoclip_loss(
-        out.image_embeds, out.text_embeds, model.logit_scale, (0.7, 0.5, 2.0), region_embeds=out.region_embeds,
-        lexeme_embeds=out.lexeme_embeds, linked_mask=out.linked_mask, region_mask=out.region_mask,
-        phrase_ids=batch["phrase_ids"], region_logit_scale=model.region_logit_scale,
+        out.image_embeds,
+        out.text_embeds,
+        model.logit_scale,
+        (0.7, 0.5, 2.0),
+        region_embeds=out.region_embeds,
+        lexeme_embeds=out.lexeme_embeds,
+        linked_mask=out.linked_mask,
+        region_mask=out.region_mask,
+        phrase_ids=batch["phrase_ids"],
+        region_logit_scale=model.region_logit_scale,
         teacher_region_embeds=batch["teacher_region_embeds"],
     )
     for name in ("loss", "loss_gc", "loss_lrc", "loss_gr"):
@@ -407,8 +442,12 @@ def test_region_language_alignment_encodes_each_phrase_alone() -> None:
     assert not torch.allclose(out.phrase_embeds[0, 0], out.lexeme_embeds[0, 0])  # token-level lexemes are other texts
     assert torch.allclose(model.get_phrase_features(ids, batch["phrase_token_mask"]), out.phrase_embeds, atol=1e-6)
     linked = out.linked_mask
-    expected_rla = region_language_alignment_loss(out.region_embeds[linked], out.phrase_embeds[linked],
-                                                  model.region_logit_scale.exp(), batch["phrase_ids"][linked])
+    expected_rla = region_language_alignment_loss(
+        out.region_embeds[linked],
+        out.phrase_embeds[linked],
+        model.region_logit_scale.exp(),
+        batch["phrase_ids"][linked],
+    )
     assert torch.allclose(out.loss_rla, expected_rla)
     assert torch.allclose(out.loss, out.loss_gc + 0.5 * out.loss_lrc + 3.0 * out.loss_rla)
     off = tiny_harmoclip_model(loss_rla_weight=0.0)(**batch, return_loss=True)
@@ -434,10 +473,16 @@ def test_no_loss_without_return_loss(tiny_model: HarmoCLIPModel) -> None:
         (lambda b: b["boxes"].__setitem__((1, 0, 2), float("nan")), r"`boxes`\[1, 0\] is not finite"),
         (lambda b: b["boxes"].__setitem__((0, 1, 0), 1.5), r"`boxes`\[0, 1\] is empty or inverted"),
         (lambda b: b.update(box_mask=b["box_mask"][:, :1]), r"`box_mask` must have shape \(2, 2\)"),
-        (lambda b: b.update(phrase_token_mask=b["phrase_token_mask"][:, :, :5]), r"`phrase_token_mask` must have shape"),
+        (
+            lambda b: b.update(phrase_token_mask=b["phrase_token_mask"][:, :, :5]),
+            r"`phrase_token_mask` must have shape",
+        ),
         (lambda b: b["phrase_token_mask"].__setitem__((1, 0), False), r"`phrase_token_mask`\[1, 0\] has no token set"),
         (lambda b: b.update(phrase_ids=b["phrase_ids"][:1]), r"`phrase_ids` must have shape"),
-        (lambda b: b.update(teacher_region_embeds=b["teacher_region_embeds"][..., :3]), r"`teacher_region_embeds` must have shape"),
+        (
+            lambda b: b.update(teacher_region_embeds=b["teacher_region_embeds"][..., :3]),
+            r"`teacher_region_embeds` must have shape",
+        ),
     ],
 )
 def test_bad_input_names_the_argument_and_index(change, message) -> None:
@@ -463,9 +508,17 @@ def test_config_validation_and_from_clip_config() -> None:
     restored = HarmoCLIPConfig.from_dict(config.to_dict())
     assert restored.gr_teacher == "self_with_grad" and restored.loss_lrc_weight == 0.0
     assert HarmoCLIPConfig(gr_teacher="self").gr_teacher == "self_stop_grad"  # the older name of the stop-gradient mode
-    for bad in (dict(dense_mode="mean"), dict(gr_teacher="teacher"), dict(lexeme_mode="word"), dict(loss_gc_weight=-0.1),
-                dict(loss_rla_weight=-1.0), dict(loss_gr_weight="1"), dict(gr_crop_scale=0), dict(region_pooling="mean"),
-                dict(region_logit_scale_mode="global")):
+    for bad in (
+        dict(dense_mode="mean"),
+        dict(gr_teacher="teacher"),
+        dict(lexeme_mode="word"),
+        dict(loss_gc_weight=-0.1),
+        dict(loss_rla_weight=-1.0),
+        dict(loss_gr_weight="1"),
+        dict(gr_crop_scale=0),
+        dict(region_pooling="mean"),
+        dict(region_logit_scale_mode="global"),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             HarmoCLIPConfig(**bad)
     with pytest.raises(TypeError, match="clip_config"):

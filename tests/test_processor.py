@@ -190,7 +190,7 @@ def test_decoded_phrase_tokens_equal_the_phrase(vocabulary, tiny_tokenizer, real
     mask = inputs["phrase_token_mask"]
     assert mask.shape == (4, 3, inputs["input_ids"].shape[1]) and mask.dtype == torch.bool
     assert inputs["phrase_ids"].dtype == torch.int64
-    for image_index, (caption, phrases) in enumerate(CAPTIONS_AND_PHRASES):
+    for image_index, (_caption, phrases) in enumerate(CAPTIONS_AND_PHRASES):
         for box_index, phrase in enumerate(phrases):
             tokens = inputs["input_ids"][image_index][mask[image_index, box_index]]
             decoded = tokenizer.decode(tokens)
@@ -268,22 +268,50 @@ LINKED = dict(text=["a dog", "a cat"], boxes=[[], [[0, 0, 5, 5]]])
     [
         (dict(boxes=[[[0, 0, 10, 10]]]), ValueError, r"`boxes` has 1 entries but there are 2 images"),
         (dict(boxes=[[[0, 0, 10]], []]), ValueError, r"`boxes`\[0\]\[0\] must have 4 values .*\[0, 0, 10\]"),
-        (dict(boxes=[[], [[0, 0, 9, 9], [0, math.nan, 5, 5]]]), ValueError, r"`boxes`\[1\]\[1\] is not finite: \[0, nan, 5, 5\]"),
-        (dict(boxes=[[], [[20, 0, 10, 10]]]), ValueError, r"`boxes`\[1\]\[0\] has negative .*\(xyxy\): \[20, 0, 10, 10\]"),
-        (dict(boxes=[[], [[0, 0, 10, -1]]], box_format="xywh"), ValueError, r"`boxes`\[1\]\[0\] has negative .*\(xywh\)"),
+        (
+            dict(boxes=[[], [[0, 0, 9, 9], [0, math.nan, 5, 5]]]),
+            ValueError,
+            r"`boxes`\[1\]\[1\] is not finite: \[0, nan, 5, 5\]",
+        ),
+        (
+            dict(boxes=[[], [[20, 0, 10, 10]]]),
+            ValueError,
+            r"`boxes`\[1\]\[0\] has negative .*\(xyxy\): \[20, 0, 10, 10\]",
+        ),
+        (
+            dict(boxes=[[], [[0, 0, 10, -1]]], box_format="xywh"),
+            ValueError,
+            r"`boxes`\[1\]\[0\] has negative .*\(xywh\)",
+        ),
         (dict(boxes=[[], [["a", 0, 1, 1]]]), TypeError, r"`boxes`\[1\]\[0\] must be a list of 4 numbers"),
         (dict(boxes=[[0, 0, 1, 1], []]), TypeError, r"`boxes`\[0\]\[0\] must be a list of 4 numbers, got 0"),
         (dict(boxes=[[], []], box_format="cxcywh"), ValueError, r"`box_format` must be one of"),
         (dict(**LINKED, phrase_spans=[[]]), ValueError, r"`phrase_spans` has 1 entries but there are 2 images"),
-        (dict(text=["a dog"], boxes=[[], []], phrase_spans=[[], []]), ValueError, r"`text` has 1 captions but there are 2 images"),
+        (
+            dict(text=["a dog"], boxes=[[], []], phrase_spans=[[], []]),
+            ValueError,
+            r"`text` has 1 captions but there are 2 images",
+        ),
         (dict(**LINKED, phrase_spans=[[], []]), ValueError, r"`phrase_spans`\[1\] has 0 spans but image 1 has 1 boxes"),
         (dict(**LINKED, phrase_spans=[[], [(2, 9)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(2, 9\) must .* <= 5"),
         (dict(**LINKED, phrase_spans=[[], [(3, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(3, 3\)"),
         (dict(**LINKED, phrase_spans=[[], [(-1, 3)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(-1, 3\)"),
         (dict(**LINKED, phrase_spans=[[], [(1, 2)]]), ValueError, r"`phrase_spans`\[1\]\[0\] = \(1, 2\) covers only"),
-        (dict(**LINKED, phrase_spans=[[], [(0, 2.5)]]), TypeError, r"`phrase_spans`\[1\]\[0\] must be .* ints, got \(0, 2.5\)"),
-        (dict(boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(0, 1)]]), ValueError, r"`phrase_spans` were given without `text`"),
-        (dict(text=["a dog", "a cat"], phrase_spans=[[], []]), ValueError, r"`phrase_spans` were given without `boxes`"),
+        (
+            dict(**LINKED, phrase_spans=[[], [(0, 2.5)]]),
+            TypeError,
+            r"`phrase_spans`\[1\]\[0\] must be .* ints, got \(0, 2.5\)",
+        ),
+        (
+            dict(boxes=[[], [[0, 0, 5, 5]]], phrase_spans=[[], [(0, 1)]]),
+            ValueError,
+            r"`phrase_spans` were given without `text`",
+        ),
+        (
+            dict(text=["a dog", "a cat"], phrase_spans=[[], []]),
+            ValueError,
+            r"`phrase_spans` were given without `boxes`",
+        ),
         (dict(text=["a dog", 3]), TypeError, r"`text`\[1\] must be a string, got int: 3"),
     ],
 )

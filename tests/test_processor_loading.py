@@ -39,7 +39,9 @@ CAPTIONS, BOXES, SPANS, LABELS = {CAPTIONS!r}, {BOXES!r}, {SPANS!r}, {LABELS!r}
 """
 
 
-def _save_model_folder(folder: Path, tiny_tokenizer, region_mode: bool = False) -> tuple[torch.nn.Module, HarmoCLIPProcessor]:
+def _save_model_folder(
+    folder: Path, tiny_tokenizer, region_mode: bool = False
+) -> tuple[torch.nn.Module, HarmoCLIPProcessor]:
     """A folder laid out like a Hub repository: model (weights, config, code) and processor side by side."""
     model = tiny_harmoclip_model(seed=3)
     processor = HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer, region_mode=region_mode)
@@ -143,11 +145,16 @@ def test_post_process_puts_labelled_boxes_back_in_pixels(tiny_tokenizer, region_
 
     if not region_mode:  # a box cut by the crop comes back clipped to the part the model saw
         inputs = processor(images=images[:1], boxes=[[[0, 0, 30, 30]]])
-        (clipped,) = processor.post_process_region_classification(torch.full((1, 1, 4), 0.25), LABELS, inputs["boxes"],
-                                                                  [(48, 64)], top_k=None)
+        (clipped,) = processor.post_process_region_classification(
+            torch.full((1, 1, 4), 0.25), LABELS, inputs["boxes"], [(48, 64)], top_k=None
+        )
         assert clipped[0]["box"] == pytest.approx({"xmin": 5 * 64 / 42, "ymin": 0, "xmax": 30, "ymax": 30}, abs=1e-3)
         assert sorted(clipped[0]["labels"]) == sorted(LABELS)
     with pytest.raises(ValueError, match="`probabilities` holds 4 labels per box but `labels` has 3"):
-        processor.post_process_region_classification(probabilities, LABELS[:3], inputs["boxes"][:, :1].expand(2, 2, 4), [(1, 1)] * 2)
+        processor.post_process_region_classification(
+            probabilities, LABELS[:3], inputs["boxes"][:, :1].expand(2, 2, 4), [(1, 1)] * 2
+        )
     with pytest.raises(ValueError, match="`top_k` must be a positive int or None, got 0"):
-        processor.post_process_region_classification(probabilities, LABELS, torch.rand(2, 2, 4), [(48, 64), (52, 37)], top_k=0)
+        processor.post_process_region_classification(
+            probabilities, LABELS, torch.rand(2, 2, 4), [(48, 64), (52, 37)], top_k=0
+        )

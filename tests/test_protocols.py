@@ -33,37 +33,69 @@ from evaluation.protocols import (
 
 # FineCLIP's tools/generate_text_embeddings.py for the category "airplane", written out by hand.
 AIRPLANE = [
-    "There is an airplane in the scene.", "There is the airplane in the scene.",
-    "This is a photo of an airplane in the scene.", "This is a photo of the airplane in the scene.",
+    "There is an airplane in the scene.",
+    "There is the airplane in the scene.",
+    "This is a photo of an airplane in the scene.",
+    "This is a photo of the airplane in the scene.",
     "This is a photo of one airplane in the scene.",
-    "itap of an airplane.", "itap of my airplane.", "itap of the airplane.",
-    "This is a photo of an airplane.", "This is a photo of my airplane.", "This is a photo of the airplane.",
-    "This is a photo of one airplane.", "This is a photo of many airplane.",
-    "This is a good photo of an airplane.", "This is a good photo of the airplane.",
-    "This is a bad photo of an airplane.", "This is a bad photo of the airplane.",
-    "This is a photo of a nice airplane.", "This is a photo of the nice airplane.",
-    "This is a photo of a cool airplane.", "This is a photo of the cool airplane.",
-    "This is a photo of a weird airplane.", "This is a photo of the weird airplane.",
-    "This is a photo of a small airplane.", "This is a photo of the small airplane.",
-    "This is a photo of a large airplane.", "This is a photo of the large airplane.",
-    "This is a photo of a clean airplane.", "This is a photo of the clean airplane.",
-    "This is a photo of a dirty airplane.", "This is a photo of the dirty airplane.",
-    "This is a bright photo of an airplane.", "This is a bright photo of the airplane.",
-    "This is a dark photo of an airplane.", "This is a dark photo of the airplane.",
-    "This is a photo of a hard to see airplane.", "This is a photo of the hard to see airplane.",
-    "This is a low resolution photo of an airplane.", "This is a low resolution photo of the airplane.",
-    "This is a cropped photo of an airplane.", "This is a cropped photo of the airplane.",
-    "This is a close-up photo of an airplane.", "This is a close-up photo of the airplane.",
-    "This is a jpeg corrupted photo of an airplane.", "This is a jpeg corrupted photo of the airplane.",
-    "This is a blurry photo of an airplane.", "This is a blurry photo of the airplane.",
-    "This is a pixelated photo of an airplane.", "This is a pixelated photo of the airplane.",
-    "This is a black and white photo of the airplane.", "This is a black and white photo of an airplane.",
-    "This is a plastic airplane.", "This is the plastic airplane.",
-    "This is a toy airplane.", "This is the toy airplane.",
-    "This is a plushie airplane.", "This is the plushie airplane.",
-    "This is a cartoon airplane.", "This is the cartoon airplane.",
-    "This is an embroidered airplane.", "This is the embroidered airplane.",
-    "This is a painting of the airplane.", "This is a painting of a airplane.",
+    "itap of an airplane.",
+    "itap of my airplane.",
+    "itap of the airplane.",
+    "This is a photo of an airplane.",
+    "This is a photo of my airplane.",
+    "This is a photo of the airplane.",
+    "This is a photo of one airplane.",
+    "This is a photo of many airplane.",
+    "This is a good photo of an airplane.",
+    "This is a good photo of the airplane.",
+    "This is a bad photo of an airplane.",
+    "This is a bad photo of the airplane.",
+    "This is a photo of a nice airplane.",
+    "This is a photo of the nice airplane.",
+    "This is a photo of a cool airplane.",
+    "This is a photo of the cool airplane.",
+    "This is a photo of a weird airplane.",
+    "This is a photo of the weird airplane.",
+    "This is a photo of a small airplane.",
+    "This is a photo of the small airplane.",
+    "This is a photo of a large airplane.",
+    "This is a photo of the large airplane.",
+    "This is a photo of a clean airplane.",
+    "This is a photo of the clean airplane.",
+    "This is a photo of a dirty airplane.",
+    "This is a photo of the dirty airplane.",
+    "This is a bright photo of an airplane.",
+    "This is a bright photo of the airplane.",
+    "This is a dark photo of an airplane.",
+    "This is a dark photo of the airplane.",
+    "This is a photo of a hard to see airplane.",
+    "This is a photo of the hard to see airplane.",
+    "This is a low resolution photo of an airplane.",
+    "This is a low resolution photo of the airplane.",
+    "This is a cropped photo of an airplane.",
+    "This is a cropped photo of the airplane.",
+    "This is a close-up photo of an airplane.",
+    "This is a close-up photo of the airplane.",
+    "This is a jpeg corrupted photo of an airplane.",
+    "This is a jpeg corrupted photo of the airplane.",
+    "This is a blurry photo of an airplane.",
+    "This is a blurry photo of the airplane.",
+    "This is a pixelated photo of an airplane.",
+    "This is a pixelated photo of the airplane.",
+    "This is a black and white photo of the airplane.",
+    "This is a black and white photo of an airplane.",
+    "This is a plastic airplane.",
+    "This is the plastic airplane.",
+    "This is a toy airplane.",
+    "This is the toy airplane.",
+    "This is a plushie airplane.",
+    "This is the plushie airplane.",
+    "This is a cartoon airplane.",
+    "This is the cartoon airplane.",
+    "This is an embroidered airplane.",
+    "This is the embroidered airplane.",
+    "This is a painting of the airplane.",
+    "This is a painting of a airplane.",
 ]
 
 
@@ -71,11 +103,17 @@ def test_vild_prompts_equal_the_reference_script_output():
     assert len(VILD_TEMPLATES) == 63
     assert vild_prompts("airplane") == AIRPLANE
     person = vild_prompts("person")
-    assert person[:3] == ["There is a person in the scene.", "There is the person in the scene.", "This is a photo of a person in the scene."]
+    assert person[:3] == [
+        "There is a person in the scene.",
+        "There is the person in the scene.",
+        "This is a photo of a person in the scene.",
+    ]
     assert person[5] == "itap of a person." and person[59] == "This is an embroidered person."
     # COCO panoptic stuff names are used as written; '_' and '/' as the script turns them.
     wall = vild_prompts("wall-other-merged")
-    assert wall[0] == "There is a wall-other-merged in the scene." and wall[8] == "This is a photo of a wall-other-merged."
+    assert (
+        wall[0] == "There is a wall-other-merged in the scene." and wall[8] == "This is a photo of a wall-other-merged."
+    )
     assert vild_prompts("hair_drier/Fan.")[0] == "There is a hair drier or fan in the scene."
     # The article looks at the raw name: upper-case vowels take "a", as in the script.
     assert article("umbrella") == "an" and article("Umbrella") == "a" and processed_name("Umbrella") == "umbrella"
@@ -132,10 +170,18 @@ def write_panoptic_standin(tmp_path: Path) -> Path:
     png_dir.mkdir(parents=True)
     (tmp_path / "val2017").mkdir()
     layout = {  # image id -> [(segment id, category, drawn rectangle (x0, y0, x1, y1) inclusive or None, json bbox, crowd)]
-        397133: [(2000, 187, (0, 0, 79, 19), None, 0), (3000, 199, (0, 20, 39, 59), None, 0),
-                 (4000, 1, (45, 25, 64, 54), [45, 25, 20, 30], 0), (5000, 5, (66, 22, 79, 40), [66, 22, 14, 19], 1),
-                 (6000, 1, (41, 50, 45, 54), [41, 50, 5, 5], 0)],
-        37777: [(7000, 199, (0, 0, 29, 69), None, 0), (7000, 199, (50, 95, 52, 95), None, 0), (8000, 5, (30, 10, 59, 49), [30.5, 10, 29.5, 40], 0)],
+        397133: [
+            (2000, 187, (0, 0, 79, 19), None, 0),
+            (3000, 199, (0, 20, 39, 59), None, 0),
+            (4000, 1, (45, 25, 64, 54), [45, 25, 20, 30], 0),
+            (5000, 5, (66, 22, 79, 40), [66, 22, 14, 19], 1),
+            (6000, 1, (41, 50, 45, 54), [41, 50, 5, 5], 0),
+        ],
+        37777: [
+            (7000, 199, (0, 0, 29, 69), None, 0),
+            (7000, 199, (50, 95, 52, 95), None, 0),
+            (8000, 5, (30, 10, 59, 49), [30.5, 10, 29.5, 40], 0),
+        ],
         252219: [(9000, 187, (0, 0, 5, 5), None, 0)],
     }
     images, annotations = [], []
@@ -148,13 +194,24 @@ def write_panoptic_standin(tmp_path: Path) -> Path:
         for segment_id, category, rectangle, bbox, crowd in segments:
             draw_segm.rectangle(rectangle, fill=_rgb(segment_id))
             draw_photo.rectangle(rectangle, fill=((segment_id // 40) % 256, (category * 37) % 256, 60))
-            infos.setdefault(segment_id, {"id": segment_id, "category_id": category, "iscrowd": crowd, "area": 1,
-                                          "bbox": bbox or [rectangle[0], rectangle[1], rectangle[2] - rectangle[0] + 1, rectangle[3] - rectangle[1] + 1]})
+            infos.setdefault(
+                segment_id,
+                {
+                    "id": segment_id,
+                    "category_id": category,
+                    "iscrowd": crowd,
+                    "area": 1,
+                    "bbox": bbox
+                    or [rectangle[0], rectangle[1], rectangle[2] - rectangle[0] + 1, rectangle[3] - rectangle[1] + 1],
+                },
+            )
         file_name = f"{image_id:012d}"
         photo.save(tmp_path / "val2017" / f"{file_name}.jpg", quality=95)
         segmentation.save(png_dir / f"{file_name}.png")
         images.append({"id": image_id, "file_name": f"{file_name}.jpg", "width": width, "height": height})
-        annotations.append({"image_id": image_id, "file_name": f"{file_name}.png", "segments_info": list(infos.values())})
+        annotations.append(
+            {"image_id": image_id, "file_name": f"{file_name}.png", "segments_info": list(infos.values())}
+        )
     path = annotations_dir / "panoptic_val2017.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
     return path
@@ -205,7 +262,9 @@ def test_square_resize_maps_boxes_per_axis(processor):
     batch = pre(images=[image], boxes=[[[10, 5, 60, 45]]])
     expected = np.asarray(image.resize((40, 40), Image.Resampling.BILINEAR), dtype=np.float32) / 255
     mean, std = np.array(processor.image_processor.image_mean), np.array(processor.image_processor.image_std)
-    assert torch.allclose(batch["pixel_values"][0], torch.from_numpy((expected - mean) / std).permute(2, 0, 1).float(), atol=1e-5)
+    assert torch.allclose(
+        batch["pixel_values"][0], torch.from_numpy((expected - mean) / std).permute(2, 0, 1).float(), atol=1e-5
+    )
     assert torch.allclose(batch["boxes"], torch.tensor([[[0.1, 0.1, 0.6, 0.9]]]))
     assert batch["box_mask"].tolist() == [[True]]
 
@@ -216,7 +275,9 @@ def test_longest_side_resize_pads_and_keeps_the_aspect_ratio(processor):
     batch = pre(images=[image, image], boxes=[[[10, 5, 60, 45], [0, 0, 100, 50]], []])
     pixels = batch["pixel_values"][0]
     mean, std = torch.tensor(processor.image_processor.image_mean), torch.tensor(processor.image_processor.image_std)
-    assert torch.allclose(pixels[:, :20, :], ((1 - mean) / std)[:, None, None].expand(3, 20, 40), atol=1e-5)  # the image
+    assert torch.allclose(
+        pixels[:, :20, :], ((1 - mean) / std)[:, None, None].expand(3, 20, 40), atol=1e-5
+    )  # the image
     assert torch.allclose(pixels[:, 20:, :], (-mean / std)[:, None, None].expand(3, 20, 40), atol=1e-5)  # black padding
     # one scale (0.4) for both axes, normalised by the padded square's 40 pixels
     assert torch.allclose(batch["boxes"][0], torch.tensor([[0.1, 0.05, 0.6, 0.45], [0.0, 0.0, 1.0, 0.5]]))
@@ -262,7 +323,9 @@ def saved_models(tmp_path, processor) -> tuple[Path, Path]:
     return folders[0], folders[1]
 
 
-def _reference_predictions(model, processor, panoptic: Path, image_size: int, resize: str, class_embeds: torch.Tensor) -> tuple[list[int], list[int]]:
+def _reference_predictions(
+    model, processor, panoptic: Path, image_size: int, resize: str, class_embeds: torch.Tensor
+) -> tuple[list[int], list[int]]:
     """Slow reference: every image by hand (PIL resize, boxes scaled), one region call per image, argmax."""
     read = read_panoptic_boxes(panoptic, panoptic.parent.parent / "val2017").data
     mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
@@ -272,7 +335,11 @@ def _reference_predictions(model, processor, panoptic: Path, image_size: int, re
         photo = Image.open(image.path).convert("RGB")
         width, height = photo.size
         if resize == "square":
-            canvas, sx, sy = photo.resize((image_size, image_size), Image.Resampling.BILINEAR), image_size / width, image_size / height
+            canvas, sx, sy = (
+                photo.resize((image_size, image_size), Image.Resampling.BILINEAR),
+                image_size / width,
+                image_size / height,
+            )
         else:
             scale = image_size / max(width, height)
             canvas = Image.new("RGB", (image_size, image_size))
@@ -291,15 +358,39 @@ def test_fineclip_protocol_end_to_end(panoptic, saved_models, tmp_path, processo
     model_dir, other_dir = saved_models
     out = tmp_path / "fineclip.json"
     embeds_path = tmp_path / "classes.npy"
-    report = evaluate_command([
-        "--model", str(model_dir), "--task", "boxcls", "--protocol", "fineclip", "--image-size", "32",
-        "--data", str(panoptic), "--image-root", str(panoptic.parent.parent / "val2017"),
-        "--class-embeddings-from", str(other_dir), "--save-class-embeddings", str(embeds_path),
-        "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--out", str(out),
-    ])
+    report = evaluate_command(
+        [
+            "--model",
+            str(model_dir),
+            "--task",
+            "boxcls",
+            "--protocol",
+            "fineclip",
+            "--image-size",
+            "32",
+            "--data",
+            str(panoptic),
+            "--image-root",
+            str(panoptic.parent.parent / "val2017"),
+            "--class-embeddings-from",
+            str(other_dir),
+            "--save-class-embeddings",
+            str(embeds_path),
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["results"] == json.loads(json.dumps(report["results"]))
-    assert saved["settings"]["protocol"]["name"] == "fineclip" and saved["settings"]["class_embeddings_from"] == str(other_dir)
+    assert saved["settings"]["protocol"]["name"] == "fineclip" and saved["settings"]["class_embeddings_from"] == str(
+        other_dir
+    )
 
     # The class embeddings are the other model's ViLD ensemble, computed by hand here.
     other = tiny_harmoclip_model(seed=4)
@@ -326,12 +417,35 @@ def test_clipself_protocol_at_a_non_native_size(panoptic, saved_models, tmp_path
     class_embeds = protocol_class_embeddings(names, model, processor)
     embeds_path = save_class_embeddings(class_embeds, tmp_path / "own.npy")
     out = tmp_path / "clipself.json"
-    evaluate_command([
-        "--model", str(model_dir), "--task", "boxcls", "--protocol", "clipself", "--image-size", "64",
-        "--data", str(panoptic), "--image-root", str(panoptic.parent.parent / "val2017"),
-        "--class-embeddings-from", str(embeds_path), "--methods", "dense", "crop",
-        "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--out", str(out),
-    ])
+    evaluate_command(
+        [
+            "--model",
+            str(model_dir),
+            "--task",
+            "boxcls",
+            "--protocol",
+            "clipself",
+            "--image-size",
+            "64",
+            "--data",
+            str(panoptic),
+            "--image-root",
+            str(panoptic.parent.parent / "val2017"),
+            "--class-embeddings-from",
+            str(embeds_path),
+            "--methods",
+            "dense",
+            "crop",
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     results = json.loads(out.read_text())["results"]
     predicted, labels = _reference_predictions(model, processor, panoptic, 64, "longest-pad", class_embeds)
     hits = {c: [p == c for p, truth in zip(predicted, labels) if truth == c] for c in set(labels)}
@@ -348,7 +462,9 @@ def test_run_box_protocol_defaults_to_the_evaluated_models_embeddings(panoptic, 
     protocol = get_protocol("fineclip", 32)
     own = run_box_protocol(model, processor, protocol, panoptic, panoptic.parent.parent / "val2017")
     embeds = protocol_class_embeddings([c["name"] for c in CATEGORIES], model, processor)
-    given = run_box_protocol(model, processor, protocol, panoptic, panoptic.parent.parent / "val2017", class_embeds=embeds)
+    given = run_box_protocol(
+        model, processor, protocol, panoptic, panoptic.parent.parent / "val2017", class_embeds=embeds
+    )
     assert own["dense"]["per_class_top1"] == given["dense"]["per_class_top1"]
 
 
@@ -362,33 +478,69 @@ def test_class_embeddings_file_of_the_wrong_shape_is_refused(tmp_path):
 
 def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved_models, processor):
     # Karpathy split file; 3 test images with 5 captions each, one train image left out.
-    captions = [["a red square", "red box", "a square of red", "something red", "red"],
-                ["a blue circle", "blue disc", "a round blue shape", "blue", "a circle"],
-                ["a green stripe", "green line", "a band of green", "green", "a stripe"],
-                ["a yellow dot", "yellow", "a dot", "small yellow", "a spot"]]
+    captions = [
+        ["a red square", "red box", "a square of red", "something red", "red"],
+        ["a blue circle", "blue disc", "a round blue shape", "blue", "a circle"],
+        ["a green stripe", "green line", "a band of green", "green", "a stripe"],
+        ["a yellow dot", "yellow", "a dot", "small yellow", "a spot"],
+    ]
     entries = []
     for index, image_captions in enumerate(captions):
         image = Image.new("RGB", (40 + 10 * index, 30 + 7 * index), (200, 200, 200))
         ImageDraw.Draw(image).rectangle([5, 5, 20 + index, 25], fill=(50 * index, 200 - 40 * index, 90))
         image.save(tmp_path / f"{index}.jpg", quality=95)
-        entries.append({"filename": f"{index}.jpg", "split": "train" if index == 3 else "test",
-                        "sentences": [{"raw": caption} for caption in image_captions]})
+        entries.append(
+            {
+                "filename": f"{index}.jpg",
+                "split": "train" if index == 3 else "test",
+                "sentences": [{"raw": caption} for caption in image_captions],
+            }
+        )
     karpathy = tmp_path / "dataset_flickr30k.json"
     karpathy.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
     out = tmp_path / "flickr.json"
-    evaluate_command(["--model", str(saved_models[0]), "--task", "retrieval", "--protocol", "fineclip", "--data", str(karpathy),
-          "--image-root", str(tmp_path), "--num-workers", "0", "--device", "cpu", "--out", str(out)])
+    evaluate_command(
+        [
+            "--model",
+            str(saved_models[0]),
+            "--task",
+            "retrieval",
+            "--protocol",
+            "fineclip",
+            "--data",
+            str(karpathy),
+            "--image-root",
+            str(tmp_path),
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     results = json.loads(out.read_text())["results"]
 
     # FineCLIP's test_flickr.py by hand: square bilinear resize, top-1 over the similarity matrix in both directions.
     model = tiny_harmoclip_model(seed=3)
     mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
     std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
-    pixels = torch.stack([
-        (torch.from_numpy(np.asarray(Image.open(tmp_path / f"{i}.jpg").convert("RGB").resize((32, 32), Image.Resampling.BILINEAR),
-                                     dtype=np.float32) / 255).permute(2, 0, 1) - mean) / std
-        for i in range(3)
-    ])
+    pixels = torch.stack(
+        [
+            (
+                torch.from_numpy(
+                    np.asarray(
+                        Image.open(tmp_path / f"{i}.jpg").convert("RGB").resize((32, 32), Image.Resampling.BILINEAR),
+                        dtype=np.float32,
+                    )
+                    / 255
+                ).permute(2, 0, 1)
+                - mean
+            )
+            / std
+            for i in range(3)
+        ]
+    )
     with torch.no_grad():
         image_features = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     texts = [caption for image_captions in captions[:3] for caption in image_captions]
@@ -398,18 +550,54 @@ def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved
     t2i = [similarity[:, t].topk(3).indices.tolist() for t in range(15)]
     i2t = [similarity[i].topk(10).indices.tolist() for i in range(3)]
     for k in (1, 5, 10):
-        assert results[f"t2i_R@{k}"] == pytest.approx(100 * np.mean([text_to_image[t] in t2i[t][:k] for t in range(15)]), abs=1e-4)
-        assert results[f"i2t_R@{k}"] == pytest.approx(100 * np.mean([any(text_to_image[t] == i for t in i2t[i][:k]) for i in range(3)]), abs=1e-4)
+        assert results[f"t2i_R@{k}"] == pytest.approx(
+            100 * np.mean([text_to_image[t] in t2i[t][:k] for t in range(15)]), abs=1e-4
+        )
+        assert results[f"i2t_R@{k}"] == pytest.approx(
+            100 * np.mean([any(text_to_image[t] == i for t in i2t[i][:k]) for i in range(3)]), abs=1e-4
+        )
     assert results["num_images"] == 3 and results["num_captions"] == 15
 
 
 def test_protocol_options_are_checked_before_loading_anything(tmp_path, panoptic):
     instances = tmp_path / "instances_val2017.json"
     instances.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
-    with pytest.raises(ValueError, match=r"--protocol fineclip classifies the boxes of a COCO panoptic json, got --data .*instances_val2017.json \(coco-instances\)"):
-        evaluate_command(["--model", "unused", "--task", "boxcls", "--protocol", "fineclip", "--data", str(instances), "--out", str(tmp_path / "r.json")])
-    with pytest.raises(ValueError, match=r"--image-size applies to `--task boxcls --protocol ...` only, got --task boxcls --protocol None"):
-        evaluate_command(["--model", "unused", "--task", "boxcls", "--image-size", "64", "--data", str(panoptic), "--out", str(tmp_path / "r.json")])
+    with pytest.raises(
+        ValueError,
+        match=r"--protocol fineclip classifies the boxes of a COCO panoptic json, got --data .*instances_val2017.json \(coco-instances\)",
+    ):
+        evaluate_command(
+            [
+                "--model",
+                "unused",
+                "--task",
+                "boxcls",
+                "--protocol",
+                "fineclip",
+                "--data",
+                str(instances),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"--image-size applies to `--task boxcls --protocol ...` only, got --task boxcls --protocol None",
+    ):
+        evaluate_command(
+            [
+                "--model",
+                "unused",
+                "--task",
+                "boxcls",
+                "--image-size",
+                "64",
+                "--data",
+                str(panoptic),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
 
 
 def test_interpolated_position_embeddings_follow_clipselfs_rescaling():
@@ -433,14 +621,28 @@ def test_fineclips_caption_list_files_read_as_the_karpathy_split(tmp_path):
 
     captions = [[f"image {index} caption {number}" for number in range(5)] for index in range(3)]
     karpathy = tmp_path / "dataset_flickr30k.json"
-    karpathy.write_text(json.dumps({"images": [{"filename": f"{index}.jpg", "split": "test", "sentences": [{"raw": c} for c in caps]}
-                                               for index, caps in enumerate(captions)]}))
+    karpathy.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"filename": f"{index}.jpg", "split": "test", "sentences": [{"raw": c} for c in caps]}
+                    for index, caps in enumerate(captions)
+                ]
+            }
+        )
+    )
     listed = tmp_path / "flickr30k_test.json"  # FineCLIP's / BLIP's format
     listed.write_text(json.dumps([{"image": f"{index}.jpg", "caption": caps} for index, caps in enumerate(captions)]))
     assert detect_format(listed) == "caption-list"
     expected = read_karpathy(karpathy, tmp_path / "images")
     read = read_retrieval_data(listed, image_root=tmp_path / "images")
-    assert (read.image_paths, read.captions, read.caption_image) == (expected.image_paths, expected.captions, expected.caption_image)
+    assert (read.image_paths, read.captions, read.caption_image) == (
+        expected.image_paths,
+        expected.captions,
+        expected.caption_image,
+    )
     listed.write_text(json.dumps([{"image": "0.jpg", "caption": []}]))
-    with pytest.raises(ValueError, match=r"flickr30k_test.json, item 0: 'caption' must be a string or a non-empty list"):
+    with pytest.raises(
+        ValueError, match=r"flickr30k_test.json, item 0: 'caption' must be a string or a non-empty list"
+    ):
         read_retrieval_data(listed)

@@ -19,8 +19,17 @@ EVAL_RESULTS = {
     "box_classification": [{"dataset": "COCO", "split": "val2017", "top1": 47.125, "top5": 73.0}],
 }
 MODEL_FILES = {
-    "README.md", "config.json", "model.safetensors", "configuration_harmoclip.py", "modeling_harmoclip.py",
-    "losses.py", "roi_align.py", "processing_harmoclip.py", "pipeline_harmoclip.py", "tokenizer.json", "tokenizer_config.json",
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "configuration_harmoclip.py",
+    "modeling_harmoclip.py",
+    "losses.py",
+    "roi_align.py",
+    "processing_harmoclip.py",
+    "pipeline_harmoclip.py",
+    "tokenizer.json",
+    "tokenizer_config.json",
     "processor_config.json",
 }
 
@@ -82,19 +91,26 @@ print(json.dumps({{
 
 def test_dry_run_folder_loads_from_a_fresh_process(model_dir, eval_json, tmp_path, tiny_model):
     out = tmp_path / "hub"
-    committed = publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=out, export_clip_subfolder=True)
+    committed = publish(
+        "org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=out, export_clip_subfolder=True
+    )
 
     files = committed["org/harmoclip-tiny"]
     assert files == files_to_commit(out)
-    assert set(files) >= MODEL_FILES and {"clip/config.json", "clip/model.safetensors", "clip/tokenizer.json"} <= set(files)
+    assert set(files) >= MODEL_FILES and {"clip/config.json", "clip/model.safetensors", "clip/tokenizer.json"} <= set(
+        files
+    )
     assert "optimizer.pt" not in files and not any(name.endswith(".py") for name in files if name.startswith("clip/"))
 
-    result = run_isolated(ISOLATED_LOAD.format(folder=str(out)), cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    result = run_isolated(
+        ISOLATED_LOAD.format(folder=str(out)), cwd=tmp_path, env={"HF_MODULES_CACHE": str(tmp_path / "modules")}
+    )
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["model_class"] == "HarmoCLIPModel" and loaded["module"].startswith("transformers_modules")
     with torch.no_grad():
         expected = tiny_model(
-            input_ids=torch.tensor(loaded["input_ids"]), attention_mask=torch.tensor(loaded["attention_mask"]),
+            input_ids=torch.tensor(loaded["input_ids"]),
+            attention_mask=torch.tensor(loaded["attention_mask"]),
             pixel_values=torch.tensor(loaded["pixel_values"]),
         )
     for key in ("image_embeds", "text_embeds"):
@@ -103,12 +119,29 @@ def test_dry_run_folder_loads_from_a_fresh_process(model_dir, eval_json, tmp_pat
 
 
 def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_path):
-    card_info = CardInfo(repo_id="org/harmoclip-tiny", license="mit", base_model="openai/clip-vit-base-patch16", datasets=("detection-datasets/coco",))
-    publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=tmp_path / "hub", card=card_info, export_repo_id="org/harmoclip-tiny-clip")
+    card_info = CardInfo(
+        repo_id="org/harmoclip-tiny",
+        license="mit",
+        base_model="openai/clip-vit-base-patch16",
+        datasets=("detection-datasets/coco",),
+    )
+    publish(
+        "org/harmoclip-tiny",
+        model_dir,
+        eval_json=eval_json,
+        dry_run=True,
+        output_dir=tmp_path / "hub",
+        card=card_info,
+        export_repo_id="org/harmoclip-tiny-clip",
+    )
 
     card = ModelCard.load(tmp_path / "hub" / "README.md")
     data = card.data.to_dict()
-    assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("transformers", "zero-shot-image-classification", "mit")
+    assert (data["library_name"], data["pipeline_tag"], data["license"]) == (
+        "transformers",
+        "zero-shot-image-classification",
+        "mit",
+    )
     assert data["base_model"] == "openai/clip-vit-base-patch16" and data["datasets"] == ["detection-datasets/coco"]
     assert "harmoclip" in data["tags"]
     assert "widget" not in data and data["inference"] is False  # the widget cannot run remote code: switched off here
@@ -128,7 +161,9 @@ def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_pa
     clip_card = ModelCard.load(tmp_path / "hub-clip" / "README.md")
     clip_data = clip_card.data.to_dict()
     assert clip_data["pipeline_tag"] == "zero-shot-image-classification" and clip_data["library_name"] == "transformers"
-    assert clip_data["widget"][0]["candidate_labels"] == "playing music, playing sports" and "inference" not in clip_data
+    assert (
+        clip_data["widget"][0]["candidate_labels"] == "playing music, playing sports" and "inference" not in clip_data
+    )
     assert clip_data["base_model"] == "org/harmoclip-tiny" and clip_data["license"] == "mit"
     assert "region-classification" not in clip_data["tags"]
     assert "[org/harmoclip-tiny](https://huggingface.co/org/harmoclip-tiny)" in clip_card.text  # links back
@@ -169,8 +204,20 @@ def test_publishing_never_prompts_on_a_terminal(model_dir, tmp_path):
 
     from conftest import ROOT
 
-    command = [sys.executable, "-m", "conversion.publish", "--repo-id", "org/harmoclip-tiny", "--model", str(model_dir),
-               "--export-repo-id", "org/harmoclip-tiny-clip", "--dry-run", "--output-dir", str(tmp_path / "hub")]
+    command = [
+        sys.executable,
+        "-m",
+        "conversion.publish",
+        "--repo-id",
+        "org/harmoclip-tiny",
+        "--model",
+        str(model_dir),
+        "--export-repo-id",
+        "org/harmoclip-tiny-clip",
+        "--dry-run",
+        "--output-dir",
+        str(tmp_path / "hub"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     parent, child = pty.openpty()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=child, stdout=child, stderr=child, close_fds=True)
@@ -213,7 +260,10 @@ def test_card_reads_the_reports_of_the_evaluation_code(model_dir, tmp_path, tiny
 
     data = generate_synthetic_dataset(tmp_path / "shapes", SyntheticSettings(num_train=0, num_val=6, image_size=32))
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    reports = {task: run_evaluation(tiny_model, processor, task, data / "val.jsonl", split=None) for task in ("retrieval", "boxcls")}
+    reports = {
+        task: run_evaluation(tiny_model, processor, task, data / "val.jsonl", split=None)
+        for task in ("retrieval", "boxcls")
+    }
     eval_json = tmp_path / "eval.json"
     eval_json.write_text(json.dumps({"tasks": reports}))
     publish("org/harmoclip-tiny", model_dir, eval_json=eval_json, dry_run=True, output_dir=tmp_path / "hub")
@@ -222,14 +272,20 @@ def test_card_reads_the_reports_of_the_evaluation_code(model_dir, tmp_path, tiny
     assert f"| Image-text retrieval | val.jsonl |  | i2t_R@1 | {i2t:.2f} |" in text
     dense = reports["boxcls"]["results"]["dense"]["top1"]
     crop = reports["boxcls"]["results"]["crop"]["top1"]
-    assert f"| Box classification | val.jsonl |  | top1 (region features of one image pass (RoIAlign)) | {dense:.2f} |" in text
+    assert (
+        f"| Box classification | val.jsonl |  | top1 (region features of one image pass (RoIAlign)) | {dense:.2f} |"
+        in text
+    )
     assert f"| Box classification | val.jsonl |  | top1 (crop-and-encode baseline) | {crop:.2f} |" in text
 
 
 @pytest.mark.parametrize(
     ("results", "message"),
     [
-        ({"retrieval": {"dataset": "Flickr30k", "i2t_R@1": "81"}}, r"\['retrieval'\]\['i2t_R@1'\] must be a finite number"),
+        (
+            {"retrieval": {"dataset": "Flickr30k", "i2t_R@1": "81"}},
+            r"\['retrieval'\]\['i2t_R@1'\] must be a finite number",
+        ),
         ({"box_classification": [{"top1": 40.0}]}, r"\['box_classification'\]\[0\] needs a 'dataset'"),
         ({"retrieval": {"dataset": "Flickr30k"}}, "has no metric"),
         ({"retrieval": {"dataset": "COCO", "t2i_R@1": float("nan")}}, "finite number"),
@@ -268,8 +324,15 @@ def test_upload_calls_hub_with_one_commit_per_repo(model_dir, tmp_path):
     api = RecordingHubApi()
 
     committed = publish(
-        "org/harmoclip-tiny", model_dir, revision="v1", private=True, commit_message="Release v1",
-        export_repo_id="org/harmoclip-tiny-clip", space_id="org/harmoclip-demo", space_dir=space, api=api,
+        "org/harmoclip-tiny",
+        model_dir,
+        revision="v1",
+        private=True,
+        commit_message="Release v1",
+        export_repo_id="org/harmoclip-tiny-clip",
+        space_id="org/harmoclip-demo",
+        space_dir=space,
+        api=api,
     )
 
     names = [name for name, _ in api.calls]
@@ -292,8 +355,14 @@ def test_dry_run_writes_the_project_space_naming_the_model(model_dir, tmp_path):
 
     from conftest import ROOT
 
-    committed = publish("org/harmoclip-tiny", model_dir, dry_run=True, output_dir=tmp_path / "hub",
-                        space_id="org/harmoclip-demo", space_dir=ROOT / "space")
+    committed = publish(
+        "org/harmoclip-tiny",
+        model_dir,
+        dry_run=True,
+        output_dir=tmp_path / "hub",
+        space_id="org/harmoclip-demo",
+        space_dir=ROOT / "space",
+    )
     staged = tmp_path / "hub-space"
     assert metadata_load(staged / "README.md")["models"][0] == "org/harmoclip-tiny"
     assert metadata_load(staged / "README.md")["sdk"] == "gradio"
@@ -327,10 +396,27 @@ def test_model_folder_and_option_checks(model_dir, tmp_path, tiny_tokenizer):
 
 
 def test_command_line_dry_run(model_dir, eval_json, tmp_path, capsys):
-    args = ["--repo-id", "org/harmoclip-tiny", "--model", str(model_dir), "--eval-json", str(eval_json), "--dry-run", "--output-dir", str(tmp_path / "hub"), "--base-model", "openai/clip-vit-base-patch16", "--datasets", "detection-datasets/coco"]
+    args = [
+        "--repo-id",
+        "org/harmoclip-tiny",
+        "--model",
+        str(model_dir),
+        "--eval-json",
+        str(eval_json),
+        "--dry-run",
+        "--output-dir",
+        str(tmp_path / "hub"),
+        "--base-model",
+        "openai/clip-vit-base-patch16",
+        "--datasets",
+        "detection-datasets/coco",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "org/harmoclip-tiny: would commit" in out and "model.safetensors" in out
     assert ModelCard.load(tmp_path / "hub" / "README.md").data.base_model == "openai/clip-vit-base-patch16"
-    assert main(["--repo-id", "not-a-repo", "--model", str(model_dir), "--dry-run", "--output-dir", str(tmp_path / "x")]) == 1
+    assert (
+        main(["--repo-id", "not-a-repo", "--model", str(model_dir), "--dry-run", "--output-dir", str(tmp_path / "x")])
+        == 1
+    )
     assert "namespace/name" in capsys.readouterr().err

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from clip_reference import ReferenceCLIP
 from PIL import Image
-from test_protocols import write_panoptic_standin
 
+from clip_reference import ReferenceCLIP
 from scripts import reproduce
+from test_protocols import write_panoptic_standin
 
 
 def test_unreachable_url_fails_with_one_clear_line(tmp_path):
@@ -28,7 +28,11 @@ def test_unreachable_url_fails_with_one_clear_line(tmp_path):
 
 
 def test_the_command_stops_with_one_line_when_offline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce, "DOWNLOADS", (reproduce.Download("http://127.0.0.1:9/ViT-B-16.pt", "ViT-B-16.pt", "downloads/ViT-B-16.pt"),))
+    monkeypatch.setattr(
+        reproduce,
+        "DOWNLOADS",
+        (reproduce.Download("http://127.0.0.1:9/ViT-B-16.pt", "ViT-B-16.pt", "downloads/ViT-B-16.pt"),),
+    )
     assert reproduce.main(["--workdir", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("reproduce: cannot download http://127.0.0.1:9/ViT-B-16.pt")
@@ -67,8 +71,11 @@ def _karpathy(path: Path, image_dir: Path, filepath: str | None) -> None:
         folder = image_dir / filepath if filepath else image_dir
         folder.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (40 + 9 * index, 36), (60 * index, 120, 200 - 40 * index)).save(folder / name)
-        entry = {"filename": name, "split": "test" if index < 3 else "train",
-                 "sentences": [{"raw": f"picture number {index} caption {n}"} for n in range(5)]}
+        entry = {
+            "filename": name,
+            "split": "test" if index < 3 else "train",
+            "sentences": [{"raw": f"picture number {index} caption {n}"} for n in range(5)],
+        }
         if filepath:
             entry["filepath"] = filepath
         entries.append(entry)
@@ -80,36 +87,86 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
     workdir = tmp_path / "repro"
     torch.manual_seed(0)
     (workdir / "downloads").mkdir(parents=True)
-    torch.save({key: value.half() for key, value in ReferenceCLIP().eval().state_dict().items()}, workdir / "downloads" / "ViT-B-16.pt")
+    torch.save(
+        {key: value.half() for key, value in ReferenceCLIP().eval().state_dict().items()},
+        workdir / "downloads" / "ViT-B-16.pt",
+    )
     write_panoptic_standin(workdir / "data" / "coco")
     _karpathy(workdir / "data" / "karpathy" / "dataset_coco.json", workdir / "data" / "coco", "val2014")
     _karpathy(workdir / "data" / "karpathy" / "dataset_flickr30k.json", tmp_path / "flickr30k-images", None)
 
-    argv = ["--workdir", str(workdir), "--skip-download", "--device", "cpu", "--num-workers", "0", "--batch-size", "2",
-            "--fineclip-size", "32", "--clipself-size", "48", "--flickr30k-images", str(tmp_path / "flickr30k-images")]
+    argv = [
+        "--workdir",
+        str(workdir),
+        "--skip-download",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--fineclip-size",
+        "32",
+        "--clipself-size",
+        "48",
+        "--flickr30k-images",
+        str(tmp_path / "flickr30k-images"),
+    ]
     assert reproduce.main(argv) == 0
     results = workdir / "results" / "pretrained"
     assert sorted(path.name for path in results.glob("*.json")) == [
-        "boxcls_clipself.json", "boxcls_fineclip.json", "retrieval_coco.json", "retrieval_flickr30k.json"]
+        "boxcls_clipself.json",
+        "boxcls_fineclip.json",
+        "retrieval_coco.json",
+        "retrieval_flickr30k.json",
+    ]
     clipself = json.loads((results / "boxcls_clipself.json").read_text())
     assert clipself["settings"]["protocol"]["image_size"] == 48
     embeddings = workdir / "results" / "class_embeddings_clip_vitb16_vild.npy"
     assert clipself["settings"]["class_embeddings_from"] == str(embeddings) and embeddings.exists()
     printed = capsys.readouterr().out
-    assert "| pretrained | box cls, fineclip protocol, mean-class Top-1 |" in printed and "not published here" in printed
+    assert (
+        "| pretrained | box cls, fineclip protocol, mean-class Top-1 |" in printed and "not published here" in printed
+    )
 
     # The comparison flags a figure beyond the tolerance and passes one within it.
     ours = json.loads((results / "boxcls_fineclip.json").read_text())["results"]["dense"]["mean_class_top1"]
-    published = {"tolerance": 1.0, "rows": [
-        {"model": "pretrained", "label": "within", "result": "boxcls_fineclip", "key": "dense.mean_class_top1", "published": ours + 0.5, "source": "s"},
-        {"model": "pretrained", "label": "beyond", "result": "boxcls_fineclip", "key": "dense.mean_class_top1", "published": ours - 1.5, "source": "s"},
-        {"model": "finetuned", "label": "other model", "result": "boxcls_fineclip", "key": "dense.mean_class_top1", "published": 1.0, "source": "s"},
-    ]}
+    published = {
+        "tolerance": 1.0,
+        "rows": [
+            {
+                "model": "pretrained",
+                "label": "within",
+                "result": "boxcls_fineclip",
+                "key": "dense.mean_class_top1",
+                "published": ours + 0.5,
+                "source": "s",
+            },
+            {
+                "model": "pretrained",
+                "label": "beyond",
+                "result": "boxcls_fineclip",
+                "key": "dense.mean_class_top1",
+                "published": ours - 1.5,
+                "source": "s",
+            },
+            {
+                "model": "finetuned",
+                "label": "other model",
+                "result": "boxcls_fineclip",
+                "key": "dense.mean_class_top1",
+                "published": 1.0,
+                "source": "s",
+            },
+        ],
+    }
     rows, _ = reproduce.compare({"pretrained": results}, published)
     assert [(row["label"], row["status"]) for row in rows] == [("within", "ok"), ("beyond", "DIFFERS")]
     assert rows[1]["difference"] == pytest.approx(1.5)
     (tmp_path / "published.json").write_text(json.dumps(published))
-    assert reproduce.main(argv + ["--published", str(tmp_path / "published.json")]) == 1  # results reused, figure flagged
+    assert (
+        reproduce.main(argv + ["--published", str(tmp_path / "published.json")]) == 1
+    )  # results reused, figure flagged
     assert "| DIFFERS |" in (workdir / "results" / "comparison.md").read_text()
 
 
@@ -147,6 +204,11 @@ def test_fetch_extracts_an_archive_downloaded_before(tmp_path, monkeypatch):
     archive.parent.mkdir()
     with zipfile.ZipFile(archive, "w") as handle:
         handle.writestr("dataset_coco.json", '{"images": []}')
-    item = reproduce.Download("http://127.0.0.1:9/caption_datasets.zip", "caption_datasets.zip", "data/karpathy/dataset_coco.json", "data/karpathy")
+    item = reproduce.Download(
+        "http://127.0.0.1:9/caption_datasets.zip",
+        "caption_datasets.zip",
+        "data/karpathy/dataset_coco.json",
+        "data/karpathy",
+    )
     reproduce.fetch_all(tmp_path, (item,))  # no network needed: the archive is there, only extraction runs
     assert (tmp_path / "data" / "karpathy" / "dataset_coco.json").read_text() == '{"images": []}'

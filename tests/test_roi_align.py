@@ -62,7 +62,11 @@ def test_hand_computed_cell_centres() -> None:
 
 def test_list_of_boxes_equals_batch_index_form() -> None:
     features = torch.randn(3, 2, 8, 8)
-    per_image = [torch.tensor([[0.5, 0.5, 4.0, 6.0]]), torch.zeros(0, 4), torch.tensor([[1.0, 2.0, 7.5, 7.9], [0, 0, 8, 8]])]
+    per_image = [
+        torch.tensor([[0.5, 0.5, 4.0, 6.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[1.0, 2.0, 7.5, 7.9], [0, 0, 8, 8]]),
+    ]
     as_rois = torch.tensor([[0, 0.5, 0.5, 4.0, 6.0], [2, 1.0, 2.0, 7.5, 7.9], [2, 0, 0, 8, 8]])
     assert torch.equal(roi_align(features, per_image, 3, aligned=True), roi_align(features, as_rois, 3, aligned=True))
 
@@ -108,7 +112,9 @@ def test_per_image_form_equals_the_general_one(aligned: bool) -> None:
     generator = torch.Generator().manual_seed(7)
     features = torch.randn(3, 5, 6, 8, generator=generator, dtype=torch.float64)
     corner = torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) * 8 - 1
-    boxes = torch.cat([corner, corner + torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) * 5 + 0.1], dim=-1)
+    boxes = torch.cat(
+        [corner, corner + torch.rand(3, 4, 2, generator=generator, dtype=torch.float64) * 5 + 0.1], dim=-1
+    )
     batched = roi_align_per_image(features, boxes, (2, 3), 0.75, -1, aligned)
     rois = torch.cat([torch.arange(3, dtype=torch.float64).repeat_interleave(4)[:, None], boxes.reshape(-1, 4)], dim=1)
     general = roi_align(features, rois, (2, 3), 0.75, -1, aligned)

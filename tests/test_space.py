@@ -18,7 +18,17 @@ from PIL import Image
 from conftest import run_isolated
 from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
 from region_reference import reference_label_embeds, reference_probabilities, reference_regions, value_path_dense
-from space_support import BOXES, BOXES_TEXT, IMAGE_SIZE, LABELS, LABELS_TEXT, SPACE_DIR, save_tiny_model_folder, scene_image, space_module
+from space_support import (
+    BOXES,
+    BOXES_TEXT,
+    IMAGE_SIZE,
+    LABELS,
+    LABELS_TEXT,
+    SPACE_DIR,
+    save_tiny_model_folder,
+    scene_image,
+    space_module,
+)
 
 region_demo = space_module("region_demo")
 box_proposals = space_module("box_proposals")
@@ -63,7 +73,10 @@ def test_parse_boxes_reads_commas_spaces_brackets_and_skips_blank_lines():
         ("nan, 0, 4, 4", "Box line 1 ('nan, 0, 4, 4'): expected four numbers"),
         ("40, 8, 8, 40", "Box line 1 ('40, 8, 8, 40'): needs x1 < x2 and y1 < y2."),
         ("8, 8, 8, 40", "needs x1 < x2 and y1 < y2"),
-        ("8, 8, 40, 40\n\n0, 0, 97, 10", "Box line 3 ('0, 0, 97, 10') reaches outside the image, which is 96 x 64 pixels"),
+        (
+            "8, 8, 40, 40\n\n0, 0, 97, 10",
+            "Box line 3 ('0, 0, 97, 10') reaches outside the image, which is 96 x 64 pixels",
+        ),
         ("-1, 0, 10, 10", "reaches outside the image"),
         ("0, 0, 10, 65", "reaches outside the image"),
     ],
@@ -92,7 +105,12 @@ def test_parse_labels_splits_on_commas_and_lines_and_drops_repeats():
 
 
 def test_grid_boxes_tile_the_image_row_by_row():
-    assert box_proposals.grid_boxes(100, 60, 2) == [[0, 0, 50, 30], [50, 0, 100, 30], [0, 30, 50, 60], [50, 30, 100, 60]]
+    assert box_proposals.grid_boxes(100, 60, 2) == [
+        [0, 0, 50, 30],
+        [50, 0, 100, 30],
+        [0, 30, 50, 60],
+        [50, 30, 100, 60],
+    ]
     boxes = np.array(box_proposals.grid_boxes(97, 61, 3))
     assert len(boxes) == 9
     assert np.isclose(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum(), 97 * 61)
@@ -173,11 +191,15 @@ def test_typed_boxes_are_classified_as_the_definition_says(demo):
     assert result.boxes == BOXES
     pixels = demo.processor(images=scene_image(), return_tensors="pt")["pixel_values"]  # the 32 x 32 square
     normalised = torch.tensor(BOXES, dtype=torch.float64) / torch.tensor([WIDTH, HEIGHT, WIDTH, HEIGHT])
-    expected = reference_probabilities(demo.model, reference_regions(demo.model, pixels, normalised), _reference_labels(demo, LABELS))
+    expected = reference_probabilities(
+        demo.model, reference_regions(demo.model, pixels, normalised), _reference_labels(demo, LABELS)
+    )
     for box, row in enumerate(result.table):
         best = expected[box].argsort(descending=True)[:2].tolist()
         assert row[1] == ", ".join(LABELS[index] for index in best)
-        np.testing.assert_allclose([float(score) for score in row[2].split(", ")], expected[box, best].numpy(), atol=1e-3)
+        np.testing.assert_allclose(
+            [float(score) for score in row[2].split(", ")], expected[box, best].numpy(), atol=1e-3
+        )
     assert result.table[0][0] == "8, 8, 40, 40" and result.table[1][0] == "50, 20, 90, 60"
     assert result.labelled_image.size == result.heatmap.size == IMAGE_SIZE
     # Each box is outlined in its colour: the left edge of box 1 (x = 50) takes the palette's second colour.
@@ -187,10 +209,14 @@ def test_typed_boxes_are_classified_as_the_definition_says(demo):
 def test_global_ranking_matches_the_clip_forward(demo):
     result = demo.run(scene_image(), LABELS_TEXT, BOXES_TEXT)
     pixels = demo.processor(images=scene_image(), return_tensors="pt")["pixel_values"]
-    tokens = demo.processor.tokenizer([template.format(LABELS[0]) for template in DEFAULT_TEMPLATES], padding=True, return_tensors="pt")
+    tokens = demo.processor.tokenizer(
+        [template.format(LABELS[0]) for template in DEFAULT_TEMPLATES], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         image_embed = demo.model(input_ids=tokens["input_ids"], pixel_values=pixels).image_embeds[0].double()
-    probabilities = (float(demo.model.logit_scale.detach().exp()) * _reference_labels(demo, LABELS) @ image_embed).softmax(dim=-1)
+    probabilities = (
+        float(demo.model.logit_scale.detach().exp()) * _reference_labels(demo, LABELS) @ image_embed
+    ).softmax(dim=-1)
     assert list(result.ranking) == [LABELS[i] for i in probabilities.argsort(descending=True).tolist()]
     np.testing.assert_allclose([result.ranking[label] for label in LABELS], probabilities.numpy(), atol=1e-5)
 
@@ -209,7 +235,8 @@ def test_heatmap_is_the_dense_similarity_with_the_chosen_label(demo):
     assert expected.shape == (4, 4)
     np.testing.assert_allclose(demo.similarity_map(image, "green grass"), expected, atol=1e-5)
     np.testing.assert_array_equal(
-        np.asarray(chosen.heatmap), np.asarray(demo_drawing.overlay_heatmap(image, demo.similarity_map(image, "green grass")))
+        np.asarray(chosen.heatmap),
+        np.asarray(demo_drawing.overlay_heatmap(image, demo.similarity_map(image, "green grass"))),
     )
 
 
@@ -252,7 +279,9 @@ def app():
 
 
 def test_page_handler_shows_results_and_messages_instead_of_errors(app, demo):
-    labelled, table, ranking, heatmap, status = app.page_outputs(demo, scene_image(), LABELS_TEXT, BOXES_TEXT, "Typed boxes", 3, "", 3)
+    labelled, table, ranking, heatmap, status = app.page_outputs(
+        demo, scene_image(), LABELS_TEXT, BOXES_TEXT, "Typed boxes", 3, "", 3
+    )
     assert labelled.size == heatmap.size == IMAGE_SIZE
     assert table["headers"] == region_demo.TABLE_HEADERS and len(table["data"]) == 2
     assert sorted(ranking) == sorted(LABELS)
@@ -289,7 +318,9 @@ def test_model_source_and_loading(app, model_dir, tiny_tokenizer, tmp_path, monk
     from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
 
     HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer, region_mode=False).save_pretrained(tmp_path / "crop")
-    shutil.copytree(model_dir, tmp_path / "crop", dirs_exist_ok=True, ignore=shutil.ignore_patterns("processor_config.json"))
+    shutil.copytree(
+        model_dir, tmp_path / "crop", dirs_exist_ok=True, ignore=shutil.ignore_patterns("processor_config.json")
+    )
     loaded = app.load_demo(str(tmp_path / "crop"))
     assert loaded.processor.region_mode is True and not loaded.processor.image_processor.do_center_crop
     assert type(loaded.model).__module__.startswith("transformers_modules")
@@ -298,8 +329,15 @@ def test_model_source_and_loading(app, model_dir, tiny_tokenizer, tmp_path, monk
 # ---------------------------------------------------------------------------------------------- the Space folder
 
 # Top-level import name -> the requirement that provides it.
-DISTRIBUTIONS = {"PIL": "pillow", "numpy": "numpy", "torch": "torch", "transformers": "transformers", "gradio": "gradio",
-                 "matplotlib": "matplotlib", "huggingface_hub": "huggingface_hub"}
+DISTRIBUTIONS = {
+    "PIL": "pillow",
+    "numpy": "numpy",
+    "torch": "torch",
+    "transformers": "transformers",
+    "gradio": "gradio",
+    "matplotlib": "matplotlib",
+    "huggingface_hub": "huggingface_hub",
+}
 
 
 def test_space_requirements_cover_its_imports_and_it_imports_nothing_of_the_project():
@@ -311,14 +349,21 @@ def test_space_requirements_cover_its_imports_and_it_imports_nothing_of_the_proj
     local = {path.stem for path in SPACE_DIR.glob("*.py")}
     for path in SPACE_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top in local or top in sys.stdlib_module_names:
                     continue
-                assert top in DISTRIBUTIONS, f"{path.name} imports {top}, which is neither listed here nor a pip package"
-                assert DISTRIBUTIONS[top] in requirements, f"{path.name} imports {top}: add {DISTRIBUTIONS[top]} to requirements.txt"
+                assert top in DISTRIBUTIONS, (
+                    f"{path.name} imports {top}, which is neither listed here nor a pip package"
+                )
+                assert DISTRIBUTIONS[top] in requirements, (
+                    f"{path.name} imports {top}: add {DISTRIBUTIONS[top]} to requirements.txt"
+                )
 
 
 def test_space_readme_metadata():

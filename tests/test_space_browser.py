@@ -87,7 +87,9 @@ def space_url(sync_api, tmp_path, tiny_tokenizer):
     )
     log_path = tmp_path / "app.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, str(SPACE_DIR / "app.py")], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(SPACE_DIR / "app.py")], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -120,13 +122,18 @@ def test_space_page_classifies_typed_boxes(sync_api, space_url, tmp_path):
     screenshot = tmp_path / "space.png"
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 1400},
         )
         try:
             page = context.new_page()
             # Only the app itself: fonts or anything else from the internet are refused at once.
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(space_url) else route.abort())
+            page.route(
+                "**/*", lambda route: route.continue_() if route.request.url.startswith(space_url) else route.abort()
+            )
             page.goto(space_url, wait_until="domcontentloaded")
             page.locator("#image-input input[type=file]").set_input_files(str(image_path))
             page.locator("#image-input img").wait_for(timeout=RESULT_TIMEOUT_MS)
@@ -136,7 +143,9 @@ def test_space_page_classifies_typed_boxes(sync_api, space_url, tmp_path):
 
             labelled = page.locator("#labelled-image img")
             labelled.wait_for(timeout=RESULT_TIMEOUT_MS)
-            page.wait_for_function("() => document.querySelector('#labelled-image img').naturalWidth > 0", timeout=RESULT_TIMEOUT_MS)
+            page.wait_for_function(
+                "() => document.querySelector('#labelled-image img').naturalWidth > 0", timeout=RESULT_TIMEOUT_MS
+            )
             assert labelled.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(IMAGE_SIZE)
             status = page.locator("#status")
             assert "Classified 2 box(es)" in status.inner_text()

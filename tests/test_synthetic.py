@@ -9,8 +9,8 @@ from PIL import Image
 from training.data.data_jsonl import JsonlRegionDataset
 from training.data.synthetic import (
     COLOURS,
-    SyntheticSettings,
     SIZE_WORDS,
+    SyntheticSettings,
     class_names,
     generate_synthetic_dataset,
     held_out_classes,

@@ -122,8 +122,13 @@ def test_mode_choices_come_from_the_modeling_config() -> None:
     assert training_config.CHOICES["gr_teacher"] == TEACHER_MODES + tuple(TEACHER_ALIASES)  # older names still read
     train_actions = {action.dest: action.choices for action in build_argument_parser("t")._actions}
     convert_actions = {action.dest: action.choices for action in convert_parser()._actions}
-    for name, modes in (("dense_mode", DENSE_MODES), ("lexeme_mode", LEXEME_MODES), ("gr_teacher", TEACHER_MODES),
-                        ("region_pooling", REGION_POOLING_MODES), ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES)):
+    for name, modes in (
+        ("dense_mode", DENSE_MODES),
+        ("lexeme_mode", LEXEME_MODES),
+        ("gr_teacher", TEACHER_MODES),
+        ("region_pooling", REGION_POOLING_MODES),
+        ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES),
+    ):
         offered = modes + tuple(TEACHER_ALIASES) if name == "gr_teacher" else modes
         assert tuple(train_actions[name]) == tuple(convert_actions[name]) == offered
         for mode in offered:  # every mode the parsers offer is one the model's config accepts, and the other way

@@ -28,9 +28,24 @@ BIN = Path(sys.executable).parent
 
 # A few seconds per run on 2 cores: 32 px images, 16 training images, 4 per batch.
 SMALL = [
-    "--synthetic_num_train", "16", "--synthetic_num_val", "8", "--synthetic_image_size", "32", "--image_size", "32",
-    "--batch_size", "4", "--log_every", "1", "--warmup_steps", "1", "--evaluate_at_end", "false",
-    "--report_to", "none",
+    "--synthetic_num_train",
+    "16",
+    "--synthetic_num_val",
+    "8",
+    "--synthetic_image_size",
+    "32",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--log_every",
+    "1",
+    "--warmup_steps",
+    "1",
+    "--evaluate_at_end",
+    "false",
+    "--report_to",
+    "none",
 ]
 
 
@@ -42,9 +57,21 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(folder, SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32))
 
 
-def run_training(launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [*launcher, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"),
-               *SMALL, "--synthetic_dir", str(synthetic_dir), "--output_dir", str(output_dir), *extra]
+def run_training(
+    launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    command = [
+        *launcher,
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "synthetic_tiny.yaml"),
+        *SMALL,
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
@@ -66,7 +93,9 @@ def test_script_run_saves_a_hub_ready_model(tmp_path: Path, synthetic_dir: Path)
     run_training([PYTHON], out, synthetic_dir, "--max_steps", "3", "--checkpoint_every", "2")
     records = read_metrics(out)
     assert [record["step"] for record in records] == [1, 2, 3]
-    assert all({"loss", "loss_gc", "loss_lrc", "loss_gr", "lr", "logit_scale", "samples_per_second"} <= set(r) for r in records)
+    assert all(
+        {"loss", "loss_gc", "loss_lrc", "loss_gr", "lr", "logit_scale", "samples_per_second"} <= set(r) for r in records
+    )
     for record in records:  # the total is the weighted sum of the terms (all weights 1 in the shipped config)
         assert record["loss"] == pytest.approx(record["loss_gc"] + record["loss_lrc"] + record["loss_gr"], rel=1e-5)
     assert (out / "loss_curves.png").stat().st_size > 1000 and (out / "train.log").is_file()
@@ -87,20 +116,45 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
     from training.config import load_config
 
     out = tmp_path / "locked"
-    run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gradient_accumulation_steps", "2",
-                 "--lock_text", "true", "--lock_vision_layers", "2", "--learning_rate", "0.05", "--max_logit_scale", "10",
-                 "--report_to", "tensorboard")
+    run_training(
+        [PYTHON],
+        out,
+        synthetic_dir,
+        "--max_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--lock_text",
+        "true",
+        "--lock_vision_layers",
+        "2",
+        "--learning_rate",
+        "0.05",
+        "--max_logit_scale",
+        "10",
+        "--report_to",
+        "tensorboard",
+    )
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {"image_size": 32})
     start = build_model_and_processor(config)[0].state_dict()  # the same seed: the starting weights
     trained = load_file(out / "model" / "model.safetensors")
     unchanged = [name for name in trained if torch.equal(trained[name], start[name])]
     assert {name for name in trained if name.startswith(("text_model.", "text_projection."))} <= set(unchanged)
-    frozen_vision = ("vision_model.embeddings.", "vision_model.pre_layrnorm.", "vision_model.encoder.layers.0.",
-                     "vision_model.encoder.layers.1.")
+    frozen_vision = (
+        "vision_model.embeddings.",
+        "vision_model.pre_layrnorm.",
+        "vision_model.encoder.layers.0.",
+        "vision_model.encoder.layers.1.",
+    )
     assert {name for name in trained if name.startswith(frozen_vision)} <= set(unchanged)
-    assert not torch.equal(trained["vision_model.encoder.layers.3.mlp.fc1.weight"], start["vision_model.encoder.layers.3.mlp.fc1.weight"])
+    assert not torch.equal(
+        trained["vision_model.encoder.layers.3.mlp.fc1.weight"], start["vision_model.encoder.layers.3.mlp.fc1.weight"]
+    )
     # Both start at log(1 / 0.07) = 2.66 > log(10), and two steps of 0.05 cannot bring them below it: the clamp does.
-    assert float(trained["logit_scale"]) <= math.log(10) + 1e-6 and float(trained["region_logit_scale"]) <= math.log(10) + 1e-6
+    assert (
+        float(trained["logit_scale"]) <= math.log(10) + 1e-6
+        and float(trained["region_logit_scale"]) <= math.log(10) + 1e-6
+    )
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2] and records[0]["samples_per_second"] > 0
     assert list((out / "harmoclip").rglob("events.out.tfevents.*")), "no TensorBoard event file"
@@ -108,14 +162,37 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
 
 def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_dir: Path) -> None:
     two = tmp_path / "torchrun"
-    run_training([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port()], two, synthetic_dir, "--max_steps", "2")
+    run_training(
+        [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port()],
+        two,
+        synthetic_dir,
+        "--max_steps",
+        "2",
+    )
     records = read_metrics(two)
     assert [record["step"] for record in records] == [1, 2]
     assert "processes: 2" in (two / "train.log").read_text()
     assert (two / "model" / "model.safetensors").is_file()
     one = tmp_path / "accelerate"
-    run_training([str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no"], one, synthetic_dir, "--max_steps", "2")
+    run_training(
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ],
+        one,
+        synthetic_dir,
+        "--max_steps",
+        "2",
+    )
     assert "processes: 1" in (one / "train.log").read_text() and (one / "model" / "config.json").is_file()
 
 
@@ -123,9 +200,25 @@ def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
     """Losses and gradients of 2 gloo processes with batch b each equal those of 1 process with batch 2b."""
     worker = ROOT / "tests" / "distributed_worker.py"
     env = ENV
-    subprocess.run([PYTHON, str(worker), "--out", str(tmp_path / "one.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), str(worker), "--out",
-                    str(tmp_path / "two.pt")], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [PYTHON, str(worker), "--out", str(tmp_path / "one.pt")], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+            str(worker),
+            "--out",
+            str(tmp_path / "two.pt"),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["processes"], two["processes"]) == (1, 2)
     assert set(one["losses"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr", "loss_rla"}
@@ -143,10 +236,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, synthetic_dir: P
     run_training([PYTHON], reference, synthetic_dir, *steps)
 
     killed = tmp_path / "killed"
-    command = [PYTHON, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"), *SMALL,
-               "--synthetic_dir", str(synthetic_dir), "--output_dir", str(killed), *steps]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=ENV)
+    command = [
+        PYTHON,
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "synthetic_tiny.yaml"),
+        *SMALL,
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--output_dir",
+        str(killed),
+        *steps,
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_00000004" / "trainer_state.json").exists():
         assert process.poll() is None, "the run ended before it could be killed"
@@ -174,7 +276,12 @@ def test_shipped_configs_parse_and_validate() -> None:
         config = load_config(path)
         assert config.max_steps > 0, path
     finetune = load_config(ROOT / "configs" / "vitb16_finetune.yaml")
-    assert (finetune.image_size, finetune.patch_size, finetune.learning_rate, finetune.weight_decay) == (224, 16, 1e-5, 0.1)
+    assert (finetune.image_size, finetune.patch_size, finetune.learning_rate, finetune.weight_decay) == (
+        224,
+        16,
+        1e-5,
+        0.1,
+    )
     assert finetune.mixed_precision == "bf16" and not finetune.lock_text and finetune.max_boxes == 20
 
 
@@ -218,11 +325,40 @@ def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
     init = _tiny_model_folder(tmp_path / "init")
     out = tmp_path / "finetune"
     command = [
-        PYTHON, str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "vitb16_finetune.yaml"),
-        "--train_data", str(captions), "--coco_instances", str(instances), "--image_root", str(images),
-        "--val_data", "none", "--init_from", str(init), "--image_size", "32", "--patch_size", "8", "--batch_size", "2",
-        "--num_workers", "0", "--max_steps", "3", "--warmup_steps", "1", "--log_every", "1", "--output_dir", str(out),
-        "--report_to", "none", "--min_box_size", "4",
+        PYTHON,
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "vitb16_finetune.yaml"),
+        "--train_data",
+        str(captions),
+        "--coco_instances",
+        str(instances),
+        "--image_root",
+        str(images),
+        "--val_data",
+        "none",
+        "--init_from",
+        str(init),
+        "--image_size",
+        "32",
+        "--patch_size",
+        "8",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--max_steps",
+        "3",
+        "--warmup_steps",
+        "1",
+        "--log_every",
+        "1",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--min_box_size",
+        "4",
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -236,8 +372,14 @@ def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
     assert saved["model_type"] == "harmoclip" and saved["gr_teacher"] == "frozen"
     assert json.loads((out / "model" / "processor_config.json").read_text())["region_mode"] is True
 
-    strict = subprocess.run(command[:-4] + ["--output_dir", str(tmp_path / "strict"), "--strict", "true"],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    strict = subprocess.run(
+        command[:-4] + ["--output_dir", str(tmp_path / "strict"), "--strict", "true"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert strict.returncode != 0 and "000000000013.jpg" in strict.stderr
 
 
@@ -247,8 +389,14 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
     from training.config import load_config
     from training.teacher import TeacherCache
 
-    overrides = {"synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32,
-                 "synthetic_dir": str(synthetic_dir), "output_dir": str(tmp_path / "run")}
+    overrides = {
+        "synthetic_num_train": 16,
+        "synthetic_num_val": 8,
+        "synthetic_image_size": 32,
+        "image_size": 32,
+        "synthetic_dir": str(synthetic_dir),
+        "output_dir": str(tmp_path / "run"),
+    }
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
     cache_dir = build_teacher_cache_folder(config, tmp_path / "cache", batch_size=5)
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -267,10 +415,22 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
         TeacherCache(cache_dir, expected_settings={"gr_crop_scale": 2.0})
 
     out = tmp_path / "cached_run"
-    run_training([PYTHON], out, synthetic_dir, "--max_steps", "2", "--gr_teacher", "cached", "--teacher_cache", str(cache_dir))
+    run_training(
+        [PYTHON], out, synthetic_dir, "--max_steps", "2", "--gr_teacher", "cached", "--teacher_cache", str(cache_dir)
+    )
     assert all("loss_gr" in record for record in read_metrics(out))
     self_run = tmp_path / "self_run"
-    run_training([PYTHON], self_run, synthetic_dir, "--max_steps", "1", "--gr_teacher", "self_with_grad", "--loss_lrc_weight", "0")
+    run_training(
+        [PYTHON],
+        self_run,
+        synthetic_dir,
+        "--max_steps",
+        "1",
+        "--gr_teacher",
+        "self_with_grad",
+        "--loss_lrc_weight",
+        "0",
+    )
     record = read_metrics(self_run)[0]
     assert "loss_gr" in record and "loss_lrc" not in record
 
@@ -309,7 +469,9 @@ def test_self_teacher_with_and_without_gradient() -> None:
         assert (query in grads and grads[query].abs().sum() > 0) == (mode == "self_with_grad"), mode
 
 
-def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_path: Path, synthetic_dir: Path, monkeypatch) -> None:
+def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(
+    tmp_path: Path, synthetic_dir: Path, monkeypatch
+) -> None:
     """Fault injection at the loss: step 2's loss is NaN (skipped), then three in a row stop the run."""
     import training.train as train_module
     from training.config import load_config
@@ -326,11 +488,24 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
 
     monkeypatch.setattr(train_module, "harmoclip_loss", poisoned)
     out = tmp_path / "nan"
-    config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", {
-        "synthetic_num_train": 16, "synthetic_num_val": 8, "synthetic_image_size": 32, "image_size": 32, "batch_size": 4,
-        "synthetic_dir": str(synthetic_dir), "output_dir": str(out), "max_steps": 10, "checkpoint_every": 1,
-        "max_nonfinite_steps": 3, "report_to": "none", "evaluate_at_end": False, "log_every": 1,
-    })
+    config = load_config(
+        ROOT / "configs" / "synthetic_tiny.yaml",
+        {
+            "synthetic_num_train": 16,
+            "synthetic_num_val": 8,
+            "synthetic_image_size": 32,
+            "image_size": 32,
+            "batch_size": 4,
+            "synthetic_dir": str(synthetic_dir),
+            "output_dir": str(out),
+            "max_steps": 10,
+            "checkpoint_every": 1,
+            "max_nonfinite_steps": 3,
+            "report_to": "none",
+            "evaluate_at_end": False,
+            "log_every": 1,
+        },
+    )
     root_handlers = list(logging.getLogger().handlers)
     with pytest.raises(train_module.TrainingStopped, match="3 consecutive non-finite losses at step 3"):
         train_module.train(config)
@@ -338,7 +513,8 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(tmp_
     log = (out / "train.log").read_text()
     assert "non-finite loss at step 2: step skipped (1 in a row)" in log
     assert "the last good checkpoint is" in log and "step_00000002" in log
-    assert [path.name for path in (out / "checkpoints").iterdir()] == ["step_00000001", "step_00000002"] or \
-        sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+    assert [path.name for path in (out / "checkpoints").iterdir()] == ["step_00000001", "step_00000002"] or sorted(
+        path.name for path in (out / "checkpoints").iterdir()
+    ) == ["step_00000001", "step_00000002"]
     assert not (out / "model").exists()
     assert [record["step"] for record in read_metrics(out)] == [1, 2]

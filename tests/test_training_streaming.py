@@ -31,19 +31,46 @@ STREAM_ENV = {**ENV, "HF_DATASETS_OFFLINE": "1"}
 def shards(tmp_path_factory) -> dict[str, Path]:
     """The synthetic train split (16 images) as Parquet in 4 even shards and in 4 uneven ones (5, 5, 5, 1)."""
     root = tmp_path_factory.mktemp("stream")
-    synthetic = generate_synthetic_dataset(root / "synthetic", SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32))
+    synthetic = generate_synthetic_dataset(
+        root / "synthetic", SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32)
+    )
     manifest = str(synthetic / "train.jsonl")
     for name, per_shard in (("even", "4"), ("uneven", "5")):
-        prepare_main(["--source", "jsonl", "--input", manifest, "--out", str(root / name), "--samples-per-shard", per_shard])
+        prepare_main(
+            ["--source", "jsonl", "--input", manifest, "--out", str(root / name), "--samples-per-shard", per_shard]
+        )
     (root / "wds").mkdir()
-    prepare_main(["--source", "jsonl", "--input", manifest, "--out", str(root / "wds" / "train"), "--format", "webdataset",
-                  "--samples-per-shard", "4"])
+    prepare_main(
+        [
+            "--source",
+            "jsonl",
+            "--input",
+            manifest,
+            "--out",
+            str(root / "wds" / "train"),
+            "--format",
+            "webdataset",
+            "--samples-per-shard",
+            "4",
+        ]
+    )
     return {"even": root / "even", "uneven": root / "uneven", "webdataset": root / "wds" / "train"}
 
 
 def run_stream_worker(data: Path, out: Path, *extra: str) -> dict:
-    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(),
-               str(ROOT / "tests" / "stream_worker.py"), "--data", str(data), "--out", str(out), *extra]
+    command = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        free_port(),
+        str(ROOT / "tests" / "stream_worker.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *extra,
+    ]
     result = subprocess.run(command, cwd=ROOT, env=STREAM_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
     return json.loads(out.read_text())
@@ -66,8 +93,21 @@ def test_two_processes_read_every_row_once_per_epoch(tmp_path: Path, shards) -> 
 
 
 def stream_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [str(ROOT / "training" / "train.py"), "--config", str(ROOT / "configs" / "synthetic_tiny.yaml"), *SMALL,
-            "--data_format", "hf", "--train_data", str(data), "--streaming", "true", "--output_dir", str(output_dir), *extra]
+    return [
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "synthetic_tiny.yaml"),
+        *SMALL,
+        "--data_format",
+        "hf",
+        "--train_data",
+        str(data),
+        "--streaming",
+        "true",
+        "--output_dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def run(command: list[str]) -> None:
@@ -92,8 +132,13 @@ def test_killed_streamed_run_resumes_to_the_same_weights(tmp_path: Path, shards)
     assert [r["epoch"] for r in read_metrics(reference)] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([PYTHON, *stream_args(shards["webdataset"], killed, *steps)], cwd=ROOT, env=STREAM_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [PYTHON, *stream_args(shards["webdataset"], killed, *steps)],
+        cwd=ROOT,
+        env=STREAM_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (killed / "checkpoints" / "step_00000006" / "trainer_state.json").exists():
         assert process.poll() is None, "the run ended before it could be killed"
@@ -120,7 +165,9 @@ def test_two_process_streamed_run_resumes_to_the_same_weights(tmp_path: Path, sh
     run([*torchrun, *stream_args(shards["even"], reference, *steps)])
     assert "processes: 2" in (reference / "train.log").read_text()
     checkpoint = reference / "checkpoints" / "step_00000002"
-    positions = [json.loads((checkpoint / f"process_{rank:05d}.json").read_text())["stream_position"] for rank in range(2)]
+    positions = [
+        json.loads((checkpoint / f"process_{rank:05d}.json").read_text())["stream_position"] for rank in range(2)
+    ]
     assert [p["rows"] for p in positions] == [4, 4]  # 2 batches of 2 into each process's 8 rows
 
     interrupted = tmp_path / "interrupted"
@@ -133,6 +180,12 @@ def test_two_process_streamed_run_resumes_to_the_same_weights(tmp_path: Path, sh
     assert "resumed from" in (interrupted / "train.log").read_text()
     assert_same_weights(reference, interrupted)
     # a streamed checkpoint belongs to its number of processes
-    one = subprocess.run([PYTHON, *stream_args(shards["even"], interrupted, *steps, "--resume", "true")], cwd=ROOT,
-                         env=STREAM_ENV, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [PYTHON, *stream_args(shards["even"], interrupted, *steps, "--resume", "true")],
+        cwd=ROOT,
+        env=STREAM_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode != 0 and "saved by 2 processes" in one.stderr

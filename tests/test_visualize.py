@@ -79,7 +79,9 @@ def test_heatmap_of_a_tiny_model_covers_the_image(tmp_path, processor, tiny_toke
     similarity = save_query_heatmap(model, processor, image, "blue sky", out)
     assert similarity.shape == (4, 4)  # 32 px input, 8 px patches
     with torch.no_grad():
-        dense = F.normalize(value_path_dense(model, processor.as_region_mode()(images=[image])["pixel_values"])[0], dim=0)
+        dense = F.normalize(
+            value_path_dense(model, processor.as_region_mode()(images=[image])["pixel_values"])[0], dim=0
+        )
     text = reference_label_embeds(model, tiny_tokenizer, ["blue sky"], DEFAULT_TEMPLATES)[0]
     assert torch.allclose(similarity.double(), torch.einsum("dhw,d->hw", dense.double(), text), atol=1e-5)
     assert Image.open(out).size == (90, 60)
@@ -94,8 +96,12 @@ def test_box_predictions_picture(tmp_path, processor, tiny_tokenizer):
     names, scores = save_box_predictions(model, processor, image, boxes, classes, out)
     # The region-classification pipeline's answer, against the definition: region-preset pixels (32 x 32 square).
     pixels = processor.as_region_mode()(images=[image])["pixel_values"]
-    regions = reference_regions(model, pixels, torch.tensor(boxes, dtype=torch.float64) / torch.tensor([80, 64, 80, 64]))
-    expected = reference_probabilities(model, regions, reference_label_embeds(model, tiny_tokenizer, classes, DEFAULT_TEMPLATES))
+    regions = reference_regions(
+        model, pixels, torch.tensor(boxes, dtype=torch.float64) / torch.tensor([80, 64, 80, 64])
+    )
+    expected = reference_probabilities(
+        model, regions, reference_label_embeds(model, tiny_tokenizer, classes, DEFAULT_TEMPLATES)
+    )
     assert names == [classes[index] for index in expected.argmax(-1).tolist()]
     assert scores == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
     picture = np.asarray(Image.open(out).convert("RGB"))

@@ -6,8 +6,9 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from transformers import CLIPConfig, CLIPTokenizer
@@ -44,8 +45,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         projection_dim=512,
     ),
 }
-HARMOCLIP_SETTINGS = ("dense_mode", "lexeme_mode", "gr_teacher", "gr_crop_scale", "loss_gc_weight", "loss_lrc_weight", "loss_gr_weight",
-                      "loss_rla_weight", "region_pooling", "region_logit_scale_mode")
+HARMOCLIP_SETTINGS = (
+    "dense_mode",
+    "lexeme_mode",
+    "gr_teacher",
+    "gr_crop_scale",
+    "loss_gc_weight",
+    "loss_lrc_weight",
+    "loss_gr_weight",
+    "loss_rla_weight",
+    "region_pooling",
+    "region_logit_scale_mode",
+)
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
@@ -62,8 +73,14 @@ def build_tokenizer(config: TrainConfig, folder: Path) -> CLIPTokenizer:
 def scratch_model_config(config: TrainConfig, vocab_size: int) -> HarmoCLIPConfig:
     preset = PRESETS[config.model_preset]
     clip_config = CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                         eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **preset["text"]),
+        text_config=dict(
+            vocab_size=vocab_size,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            **preset["text"],
+        ),
         vision_config=dict(image_size=config.image_size, patch_size=config.patch_size, **preset["vision"]),
         projection_dim=preset["projection_dim"],
     )
@@ -107,8 +124,9 @@ def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Har
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = build_tokenizer(config, Path(folder))
-    processor = HarmoCLIPProcessor(image_processor=clip_image_processor(config.image_size), tokenizer=tokenizer,
-                                   region_mode=config.region_mode)
+    processor = HarmoCLIPProcessor(
+        image_processor=clip_image_processor(config.image_size), tokenizer=tokenizer, region_mode=config.region_mode
+    )
     return HarmoCLIPModel(scratch_model_config(config, len(tokenizer))), processor
 
 
@@ -120,19 +138,27 @@ def load_processor(folder: str | Path, region_mode: bool) -> HarmoCLIPProcessor:
     except (OSError, ValueError, TypeError, KeyError) as error:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        logger.info("no HarmoCLIP processor in %s (%s): building one from its tokenizer and image processor", folder, error)
+        logger.info(
+            "no HarmoCLIP processor in %s (%s): building one from its tokenizer and image processor", folder, error
+        )
         image_processor = AutoImageProcessor.from_pretrained(folder)
-        return HarmoCLIPProcessor(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder),
-                                  region_mode=region_mode)
+        return HarmoCLIPProcessor(
+            image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(folder), region_mode=region_mode
+        )
     if region_mode:  # a saved crop geometry can be switched to square, not back
         processor = processor.as_region_mode()
     return processor
 
 
 def synthetic_settings(config: TrainConfig) -> SyntheticSettings:
-    return SyntheticSettings(num_train=config.synthetic_num_train, num_val=config.synthetic_num_val, seed=config.seed,
-                             image_size=config.synthetic_image_size, min_shapes=config.synthetic_min_shapes,
-                             held_out=config.synthetic_held_out)
+    return SyntheticSettings(
+        num_train=config.synthetic_num_train,
+        num_val=config.synthetic_num_val,
+        seed=config.seed,
+        image_size=config.synthetic_image_size,
+        min_shapes=config.synthetic_min_shapes,
+        held_out=config.synthetic_held_out,
+    )
 
 
 def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | RegionStream | None:
@@ -152,22 +178,34 @@ def build_dataset_for_split(config: TrainConfig, split: str) -> RegionDataset | 
         return HFRegionDataset(source, columns=config.hf_columns, image_root=config.image_root, **common)
     if config.data_format == "coco":
         captions = Path(source)
-        instances = Path(config.coco_instances) if config.coco_instances and split == "train" else captions.with_name(
-            captions.name.replace("captions_", "instances_"))
+        instances = (
+            Path(config.coco_instances)
+            if config.coco_instances and split == "train"
+            else captions.with_name(captions.name.replace("captions_", "instances_"))
+        )
         image_root = config.image_root if split == "train" else (config.val_image_root or config.image_root)
         if image_root is None:
             raise ValueError("config `image_root` (the COCO image folder) is required with data_format='coco'")
-        return CocoRegionDataset(captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common)
-    return Flickr30kEntitiesDataset(source, split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
-                                    image_dir=config.image_root, category=config.flickr_category, **common)
+        return CocoRegionDataset(
+            captions, instances, image_root, phrase_cache=captions.with_suffix(".phrases.npz"), **common
+        )
+    return Flickr30kEntitiesDataset(
+        source,
+        split_file=Path(source) / f"{split}.txt" if (Path(source) / f"{split}.txt").is_file() else None,
+        image_dir=config.image_root,
+        category=config.flickr_category,
+        **common,
+    )
 
 
 def build_datasets(
-    config: TrainConfig, processor: HarmoCLIPProcessor, main_process_first: Callable[[], ContextManager] | None = None
+    config: TrainConfig,
+    processor: HarmoCLIPProcessor,
+    main_process_first: Callable[[], AbstractContextManager] | None = None,
 ) -> tuple[RegionDataset | RegionStream, RegionDataset | None, RegionCollator]:
     """Train and held-out sets plus the collator. The main process goes first: it alone generates the synthetic set
     or converts Parquet / tar files into `datasets`' Arrow cache; the others then find them."""
-    with (main_process_first() if main_process_first else contextlib.nullcontext()):
+    with main_process_first() if main_process_first else contextlib.nullcontext():
         if config.data_format == "synthetic":
             generate_synthetic_dataset(config.synthetic_dir, synthetic_settings(config))
         train_set, val_set = build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val")
@@ -179,7 +217,9 @@ def teacher_needs_crops(config: TrainConfig) -> bool:
     return config.uses_regions and config.loss_gr_weight > 0 and config.gr_teacher not in ("cached", "none")
 
 
-def region_collator(config: TrainConfig, processor: HarmoCLIPProcessor, with_crops: bool | None = None) -> RegionCollator:
+def region_collator(
+    config: TrainConfig, processor: HarmoCLIPProcessor, with_crops: bool | None = None
+) -> RegionCollator:
     """The training collator; with the teacher's crops of the original images (`crop_pixel_values`, `crop_mask`, cut
     in the DataLoader's workers at `gr_crop_scale`) when the teacher needs them, or when `with_crops` says so."""
     if with_crops is None:
@@ -221,8 +261,13 @@ def evaluation_sources(config: TrainConfig) -> dict[str, str]:
     return {task: path for task, path in sources.items() if path}
 
 
-def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config: TrainConfig, output_dir: Path,
-                   show_progress: bool = True) -> dict[str, Any]:
+def evaluate_model(
+    model: HarmoCLIPModel,
+    processor: HarmoCLIPProcessor,
+    config: TrainConfig,
+    output_dir: Path,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Retrieval and box classification of `model` on the held-out data; writes `eval.json` + `eval.md`.
 
     Returns {task: results}, the figures of each task (recall in %, accuracies in %).
@@ -235,9 +280,17 @@ def evaluate_model(model: HarmoCLIPModel, processor: HarmoCLIPProcessor, config:
     reports = {}
     for task, path in evaluation_sources(config).items():
         reports[task] = run_evaluation(
-            model, processor, task, path, image_root=config.eval_image_root, split=None, batch_size=config.eval_batch_size,
-            num_workers=config.num_workers, model_name=str(Path(config.output_dir) / "model"),
-            command="training/train.py (end of training)", show_progress=show_progress,
+            model,
+            processor,
+            task,
+            path,
+            image_root=config.eval_image_root,
+            split=None,
+            batch_size=config.eval_batch_size,
+            num_workers=config.num_workers,
+            model_name=str(Path(config.output_dir) / "model"),
+            command="training/train.py (end of training)",
+            show_progress=show_progress,
         )
     if reports:
         write_text_atomic(output_dir / "eval.json", json.dumps({"tasks": reports}, indent=2) + "\n")

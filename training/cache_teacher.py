@@ -42,7 +42,11 @@ logger = logging.getLogger("harmoclip.cache_teacher")
 
 
 def build_teacher_cache_folder(
-    config: TrainConfig, cache_dir: str | Path, batch_size: int = 32, images_per_shard: int = 2048, overwrite: bool = False
+    config: TrainConfig,
+    cache_dir: str | Path,
+    batch_size: int = 32,
+    images_per_shard: int = 2048,
+    overwrite: bool = False,
 ) -> Path:
     """Writes the cache for the training split of `config` into `cache_dir`; returns it."""
     model, processor = build_model_and_processor(config)
@@ -51,8 +55,12 @@ def build_teacher_cache_folder(
         build_datasets(config, processor)  # generates the data set if needed
     # A streamed source is read here as a whole (map-style): the cache is keyed by image id, not by stream position.
     dataset = build_dataset_for_split(dataclasses.replace(config, streaming=False), "train")
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=region_collator(config, processor, with_crops=True),
-                        num_workers=config.num_workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=region_collator(config, processor, with_crops=True),
+        num_workers=config.num_workers,
+    )
     images: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []
@@ -105,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"`--cache-batch-size` must be > 0, got {args.cache_batch_size}")
         setup_logging()
         config = config_from_args(args)
-        folder = build_teacher_cache_folder(config, args.cache_dir, batch_size=args.cache_batch_size, overwrite=args.overwrite)
+        folder = build_teacher_cache_folder(
+            config, args.cache_dir, batch_size=args.cache_batch_size, overwrite=args.overwrite
+        )
         return f"wrote the teacher cache {folder}"
 
     return run_command(run)

@@ -41,8 +41,14 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, state: dict[str, Any], keep: int,
-                    process_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    state: dict[str, Any],
+    keep: int,
+    process_state: dict[str, Any] | None = None,
+) -> Path:
     """Saves the training state of every process; returns the final folder. Call on all processes.
 
     `state` (JSON) is the main process's; `process_state` (JSON), where given, each process's own (e.g. its position
@@ -86,10 +92,14 @@ def load_process_state(folder: Path, process_index: int, num_processes: int) -> 
     as the one that saved it (each process's state belongs to its own part of the data)."""
     path = Path(folder) / PROCESS_FILE.format(process_index)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {folder} has no {path.name}: it was saved by a run with another data "
-                                f"source or fewer processes than this one ({num_processes})")
+        raise FileNotFoundError(
+            f"checkpoint {folder} has no {path.name}: it was saved by a run with another data "
+            f"source or fewer processes than this one ({num_processes})"
+        )
     state = json.loads(path.read_text())
     if state["num_processes"] != num_processes:
-        raise ValueError(f"checkpoint {folder} was saved by {state['num_processes']} processes, this run has "
-                         f"{num_processes}: a streamed run resumes with the same number of processes")
+        raise ValueError(
+            f"checkpoint {folder} was saved by {state['num_processes']} processes, this run has "
+            f"{num_processes}: a streamed run resumes with the same number of processes"
+        )
     return state

@@ -52,7 +52,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 class TrainConfig:
     # ---- data
     data_format: str = "synthetic"
-    train_data: str | None = None  # jsonl: manifest; coco: folder or captions json; flickr30k: dataset root; hf: see below
+    train_data: str | None = (
+        None  # jsonl: manifest; coco: folder or captions json; flickr30k: dataset root; hf: see below
+    )
     val_data: str | None = None
     coco_instances: str | None = None  # coco: instances_*.json (default: beside the captions file)
     image_root: str | None = None  # coco / flickr30k: folder of the images
@@ -137,34 +139,66 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
         tracker_names(self.report_to)
-        positive = ("batch_size", "gradient_accumulation_steps", "max_steps", "log_every", "checkpoint_every",
-                    "keep_checkpoints", "max_boxes", "image_size", "patch_size", "max_nonfinite_steps")
+        positive = (
+            "batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "max_boxes",
+            "image_size",
+            "patch_size",
+            "max_nonfinite_steps",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config `{name}` must be > 0, got {getattr(self, name)!r}")
-        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "loss_rla_weight", "weight_decay", "warmup_steps",
-                     "lock_vision_layers", "num_workers", "min_box_size", "shuffle_buffer"):
+        for name in (
+            "loss_gc_weight",
+            "loss_lrc_weight",
+            "loss_gr_weight",
+            "loss_rla_weight",
+            "weight_decay",
+            "warmup_steps",
+            "lock_vision_layers",
+            "num_workers",
+            "min_box_size",
+            "shuffle_buffer",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"config `{name}` must be >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"config `learning_rate` must be > 0, got {self.learning_rate!r}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"config `image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})")
+            raise ValueError(
+                f"config `image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})"
+            )
         if self.data_format != "synthetic" and not self.train_data:
             raise ValueError(f"config `train_data` is required with data_format={self.data_format!r}")
         if self.data_format == "synthetic" and (self.train_data or self.val_data):
             given = "train_data" if self.train_data else "val_data"
-            raise ValueError(f"config `{given}` ({getattr(self, given)!r}) is not read with data_format='synthetic': "
-                             f"set `data_format` to one of {DATA_FORMATS[1:]}")
-        if self.hf_columns is not None and not (isinstance(self.hf_columns, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.hf_columns.items())):
+            raise ValueError(
+                f"config `{given}` ({getattr(self, given)!r}) is not read with data_format='synthetic': "
+                f"set `data_format` to one of {DATA_FORMATS[1:]}"
+            )
+        if self.hf_columns is not None and not (
+            isinstance(self.hf_columns, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.hf_columns.items())
+        ):
             raise ValueError(f"config `hf_columns` must map field names to column names, got {self.hf_columns!r}")
         if self.streaming and self.data_format != "hf":
             raise ValueError(f"config `streaming` needs data_format='hf', got data_format={self.data_format!r}")
         if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
-            raise ValueError("config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)")
-        if self.region_logit_scale_init is not None and not 0 <= self.region_logit_scale_init <= math.log(self.max_logit_scale):
-            raise ValueError(f"config `region_logit_scale_init` must be in [0, log(max_logit_scale)], got {self.region_logit_scale_init!r}")
+            raise ValueError(
+                "config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)"
+            )
+        if self.region_logit_scale_init is not None and not 0 <= self.region_logit_scale_init <= math.log(
+            self.max_logit_scale
+        ):
+            raise ValueError(
+                f"config `region_logit_scale_init` must be in [0, log(max_logit_scale)], got {self.region_logit_scale_init!r}"
+            )
         if self.region_logit_scale_init is not None and self.region_logit_scale_mode == "shared":
             raise ValueError(
                 f"config `region_logit_scale_init` ({self.region_logit_scale_init!r}) has no effect with "
@@ -218,7 +252,11 @@ def coerce_value(name: str, value: Any, annotation: Any, where: str | None = Non
     optional fields); an int is a float where a float is wanted. Anything else of the wrong type is a `ValueError`
     naming the option (`where`, default "config `name`") and the value.
     """
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
+    options = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
     if value is None and type(None) in options:
         return None
     if isinstance(value, str) and type(None) in options and value.strip().lower() in ("none", "null", ""):
@@ -297,8 +335,14 @@ def build_argument_parser(description: str) -> CommandParser:
         if item.name == "extra":
             continue
         flags = [f"--{item.name}"] + ([f"--{item.name.replace('_', '-')}"] if "_" in item.name else [])
-        parser.add_argument(*flags, dest=item.name, default=None, choices=CHOICES.get(item.name),
-                            metavar=None if item.name in CHOICES else _type_name(hints[item.name]), help=f"default: {item.default!r}")
+        parser.add_argument(
+            *flags,
+            dest=item.name,
+            default=None,
+            choices=CHOICES.get(item.name),
+            metavar=None if item.name in CHOICES else _type_name(hints[item.name]),
+            help=f"default: {item.default!r}",
+        )
     return parser
 
 

@@ -39,7 +39,9 @@ class DistributedRows:
         if len(counts) == 1:
             return rows
         longest = max(counts)
-        padded = F.pad(rows, (0, 0) * (rows.dim() - 1) + (0, longest - rows.shape[0])) if rows.shape[0] < longest else rows
+        padded = (
+            F.pad(rows, (0, 0) * (rows.dim() - 1) + (0, longest - rows.shape[0])) if rows.shape[0] < longest else rows
+        )
         padded = padded.contiguous()
         if with_grad:
             from torch.distributed.nn.functional import all_gather as all_gather_with_grad

@@ -28,7 +28,9 @@ class TeacherCache:
         self.folder = Path(folder)
         index_path = self.folder / INDEX_FILE
         if not index_path.is_file():
-            raise FileNotFoundError(f"teacher cache: no {INDEX_FILE} in {self.folder} (build it with training/cache_teacher.py)")
+            raise FileNotFoundError(
+                f"teacher cache: no {INDEX_FILE} in {self.folder} (build it with training/cache_teacher.py)"
+            )
         index = json.loads(index_path.read_text())
         self.dim: int = int(index["dim"])
         self.settings: dict[str, Any] = index.get("settings", {})
@@ -47,14 +49,18 @@ class TeacherCache:
         result = torch.zeros(batch, num_boxes, self.dim)
         for row, image_id in enumerate(image_ids):
             if image_id not in self.images:
-                raise KeyError(f"teacher cache {self.folder} has no entry for image {image_id!r}; rebuild it for this data")
+                raise KeyError(
+                    f"teacher cache {self.folder} has no entry for image {image_id!r}; rebuild it for this data"
+                )
             wanted = region_indices[row]
             valid = wanted >= 0
             if not valid.any():
                 continue
             stored = self._open(self.images[image_id]).get_tensor(image_id).float()
             if int(wanted[valid].max()) >= stored.shape[0] or torch.isnan(stored[wanted[valid]]).any():
-                raise KeyError(f"teacher cache {self.folder}: image {image_id!r} lacks some of regions {wanted[valid].tolist()}")
+                raise KeyError(
+                    f"teacher cache {self.folder}: image {image_id!r} lacks some of regions {wanted[valid].tolist()}"
+                )
             result[row, valid] = stored[wanted[valid]]
         return result
 

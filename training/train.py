@@ -90,9 +90,17 @@ class TrainingBatches:
     (unreadable files) or dropped (boxes under `min_box_size`, over `max_boxes`) and reports it once per epoch.
     """
 
-    def __init__(self, loader: DataLoader, sampler: ShardedShuffleSampler | StreamBatchSampler, dataset: Any,
-                 accelerator: Accelerator, config: TrainConfig, epoch: int = 0, batch_in_epoch: int = 0,
-                 stream_position: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        loader: DataLoader,
+        sampler: ShardedShuffleSampler | StreamBatchSampler,
+        dataset: Any,
+        accelerator: Accelerator,
+        config: TrainConfig,
+        epoch: int = 0,
+        batch_in_epoch: int = 0,
+        stream_position: dict[str, Any] | None = None,
+    ):
         self.loader, self.sampler, self.dataset = loader, sampler, dataset
         self.accelerator, self.config = accelerator, config
         self.epoch, self.batch_in_epoch, self.stream_position = epoch, batch_in_epoch, stream_position
@@ -133,8 +141,14 @@ class TrainingBatches:
             listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(self.skipped.items()))
             logger.warning("epoch %d: skipped %d unreadable sample(s):\n%s", self.epoch, len(self.skipped), listing)
         if self.small_boxes or self.boxes_over_limit:
-            logger.info("epoch %d: dropped %d box(es) below min_box_size=%s and %d over max_boxes=%d", self.epoch,
-                        self.small_boxes, self.config.min_box_size, self.boxes_over_limit, self.config.max_boxes)
+            logger.info(
+                "epoch %d: dropped %d box(es) below min_box_size=%s and %d over max_boxes=%d",
+                self.epoch,
+                self.small_boxes,
+                self.config.min_box_size,
+                self.boxes_over_limit,
+                self.config.max_boxes,
+            )
         self.skipped.clear()
         self.small_boxes = self.boxes_over_limit = 0
 
@@ -144,19 +158,31 @@ def minimum_over_processes(accelerator: Accelerator, value: float) -> float:
     return -float(accelerator.reduce(torch.tensor(-float(value), device=accelerator.device), "max"))
 
 
-def build_loader(config: TrainConfig, train_set: Any, collator: Any, num_processes: int,
-                 process_index: int) -> tuple[DataLoader, ShardedShuffleSampler | StreamBatchSampler]:
+def build_loader(
+    config: TrainConfig, train_set: Any, collator: Any, num_processes: int, process_index: int
+) -> tuple[DataLoader, ShardedShuffleSampler | StreamBatchSampler]:
     """The training DataLoader and its sampler: a streamed source's batches of this process's rows, decoded in the
     workers, or a map-style data set's share of each shuffled global batch."""
     if isinstance(train_set, RegionStream):
-        sampler = StreamBatchSampler(train_set.rows, config.batch_size, num_processes, process_index, config.seed,
-                                     config.shuffle_buffer)
-        loader = DataLoader(StreamRows(train_set.decoder), batch_sampler=sampler, collate_fn=StreamCollate(collator),
-                            num_workers=config.num_workers)
+        sampler = StreamBatchSampler(
+            train_set.rows, config.batch_size, num_processes, process_index, config.seed, config.shuffle_buffer
+        )
+        loader = DataLoader(
+            StreamRows(train_set.decoder),
+            batch_sampler=sampler,
+            collate_fn=StreamCollate(collator),
+            num_workers=config.num_workers,
+        )
         return loader, sampler
     sampler = ShardedShuffleSampler(len(train_set), config.batch_size, num_processes, process_index, config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=config.num_workers, drop_last=True)
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=collator,
+        num_workers=config.num_workers,
+        drop_last=True,
+    )
     return loader, sampler
 
 
@@ -238,7 +264,12 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     """The body of `train` (after the Accelerator is made)."""
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
-    logger.info("processes: %d, device: %s, mixed precision: %s", accelerator.num_processes, accelerator.device, config.mixed_precision)
+    logger.info(
+        "processes: %d, device: %s, mixed precision: %s",
+        accelerator.num_processes,
+        accelerator.device,
+        config.mixed_precision,
+    )
 
     model, processor = build_model_and_processor(config)
     if config.region_logit_scale_init is not None:
@@ -246,12 +277,22 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             model.region_logit_scale.fill_(config.region_logit_scale_init)
     lock_parameters(model, config)
     train_set, val_set, collator = build_datasets(config, processor, main_process_first=accelerator.main_process_first)
-    teacher = frozen_copy(model).to(accelerator.device) if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0 else None
-    teacher_cache = build_teacher_cache(config, processor) if config.gr_teacher == "cached" and config.loss_gr_weight > 0 else None
+    teacher = (
+        frozen_copy(model).to(accelerator.device)
+        if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0
+        else None
+    )
+    teacher_cache = (
+        build_teacher_cache(config, processor) if config.gr_teacher == "cached" and config.loss_gr_weight > 0 else None
+    )
 
     loader, sampler = build_loader(config, train_set, collator, accelerator.num_processes, accelerator.process_index)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
-                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimiser step
@@ -266,19 +307,29 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             state = load_checkpoint(accelerator, found)
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
             if isinstance(sampler, StreamBatchSampler):  # each process continues from its own place in its stream
-                stream_position = load_process_state(found, accelerator.process_index, accelerator.num_processes)["stream_position"]
+                stream_position = load_process_state(found, accelerator.process_index, accelerator.num_processes)[
+                    "stream_position"
+                ]
             consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
             logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, step, epoch, batch_in_epoch)
 
     if accelerator.is_main_process:
         (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     if config.trackers:
-        accelerator.init_trackers("harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         keep_metrics_up_to(metrics_path, step)  # a resumed run rewrites the steps after its checkpoint
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
-    progress = tqdm(total=config.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process, dynamic_ncols=True)
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc="training",
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
     window_start, window_samples = time.perf_counter(), 0
     model.train()
     stream = TrainingBatches(loader, sampler, train_set, accelerator, config, epoch, batch_in_epoch, stream_position)
@@ -306,8 +357,10 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             if consecutive_nonfinite >= config.max_nonfinite_steps:
                 progress.close()
                 last = latest_checkpoint(output_dir)
-                message = (f"stopping: {consecutive_nonfinite} consecutive non-finite losses at step {step + 1}; "
-                           f"the last good checkpoint is {last or 'none (no checkpoint was written)'}")
+                message = (
+                    f"stopping: {consecutive_nonfinite} consecutive non-finite losses at step {step + 1}; "
+                    f"the last good checkpoint is {last or 'none (no checkpoint was written)'}"
+                )
                 logger.error(message)
                 accelerator.end_training()
                 raise TrainingStopped(message)
@@ -328,9 +381,18 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
         if step % config.log_every == 0 or step == config.max_steps:
             elapsed = time.perf_counter() - window_start
             record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
-            record = {name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean")) for name, value in record.items()}
-            record.update(step=step, epoch=stream.epoch, lr=scheduler.get_last_lr()[0], logit_scale=float(unwrapped.logit_scale.detach().exp()),
-                          region_logit_scale=float(unwrapped.lrc_logit_scale.detach().exp()), samples_per_second=window_samples / max(elapsed, 1e-9))
+            record = {
+                name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean"))
+                for name, value in record.items()
+            }
+            record.update(
+                step=step,
+                epoch=stream.epoch,
+                lr=scheduler.get_last_lr()[0],
+                logit_scale=float(unwrapped.logit_scale.detach().exp()),
+                region_logit_scale=float(unwrapped.lrc_logit_scale.detach().exp()),
+                samples_per_second=window_samples / max(elapsed, 1e-9),
+            )
             window_start, window_samples = time.perf_counter(), 0
             if accelerator.is_main_process:
                 with open(metrics_path, "a") as handle:
@@ -340,8 +402,14 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
 
         if step % config.checkpoint_every == 0 or step == config.max_steps:
-            state = {"epoch": stream.epoch, "batch_in_epoch": stream.batch_in_epoch, "consecutive_nonfinite": consecutive_nonfinite}
-            process_state = {"stream_position": stream.stream_position} if isinstance(sampler, StreamBatchSampler) else None
+            state = {
+                "epoch": stream.epoch,
+                "batch_in_epoch": stream.batch_in_epoch,
+                "consecutive_nonfinite": consecutive_nonfinite,
+            }
+            process_state = (
+                {"stream_position": stream.stream_position} if isinstance(sampler, StreamBatchSampler) else None
+            )
             save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints, process_state)
 
     progress.close()
@@ -357,22 +425,38 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
         from training.builders import evaluate_model
 
         results = evaluate_model(unwrapped, processor, config, output_dir)
-        summary = {task: {k: v for k, v in figures.items() if not isinstance(v, (list, dict))} if task == "retrieval"
-                   else {method: figures[method]["top1"] for method in ("dense", "crop") if method in figures}
-                   for task, figures in results.items()}
-        logger.info("evaluation (held-out; boxcls: Top-1 per method): %s; full report in %s", json.dumps(summary), output_dir / "eval.json")
+        summary = {
+            task: {k: v for k, v in figures.items() if not isinstance(v, (list, dict))}
+            if task == "retrieval"
+            else {method: figures[method]["top1"] for method in ("dense", "crop") if method in figures}
+            for task, figures in results.items()
+        }
+        logger.info(
+            "evaluation (held-out; boxcls: Top-1 per method): %s; full report in %s",
+            json.dumps(summary),
+            output_dir / "eval.json",
+        )
     accelerator.end_training()
     return model_dir
 
 
-def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch: dict[str, Any], config: TrainConfig,
-                      accelerator: Accelerator, teacher: torch.nn.Module | None = None, teacher_cache: Any = None) -> HarmoCLIPLoss:
+def forward_objective(
+    model: torch.nn.Module,
+    unwrapped: torch.nn.Module,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    accelerator: Accelerator,
+    teacher: torch.nn.Module | None = None,
+    teacher_cache: Any = None,
+) -> HarmoCLIPLoss:
     """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
     weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
     teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
     with accelerator.autocast():
         outputs = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
             boxes=batch["boxes"] if config.uses_regions else None,
             box_mask=batch["box_mask"] if config.uses_regions else None,
             phrase_token_mask=batch["phrase_token_mask"] if config.uses_phrases else None,
@@ -380,18 +464,33 @@ def forward_objective(model: torch.nn.Module, unwrapped: torch.nn.Module, batch:
             category_ids=batch.get("category_ids") if config.uses_phrases and config.lrc_mask_categories else None,
         )
     return harmoclip_loss(
-        outputs.image_embeds.float(), outputs.text_embeds.float(), unwrapped.logit_scale, weights,
-        region_embeds=outputs.region_embeds, lexeme_embeds=outputs.lexeme_embeds, linked_mask=outputs.linked_mask,
-        region_mask=outputs.region_mask, phrase_ids=batch.get("phrase_ids"),
-        region_logit_scale=unwrapped.lrc_logit_scale, teacher_region_embeds=teacher_embeds, gatherer=DistributedRows(),
-        phrase_embeds=outputs.phrase_embeds, rla_weight=config.loss_rla_weight,
+        outputs.image_embeds.float(),
+        outputs.text_embeds.float(),
+        unwrapped.logit_scale,
+        weights,
+        region_embeds=outputs.region_embeds,
+        lexeme_embeds=outputs.lexeme_embeds,
+        linked_mask=outputs.linked_mask,
+        region_mask=outputs.region_mask,
+        phrase_ids=batch.get("phrase_ids"),
+        region_logit_scale=unwrapped.lrc_logit_scale,
+        teacher_region_embeds=teacher_embeds,
+        gatherer=DistributedRows(),
+        phrase_embeds=outputs.phrase_embeds,
+        rla_weight=config.loss_rla_weight,
         category_ids=batch.get("category_ids") if config.lrc_mask_categories else None,
         teacher_grad=config.gr_teacher == "self_with_grad",
     )
 
 
-def teacher_targets(config: TrainConfig, batch: dict[str, Any], teacher: torch.nn.Module | None, model: torch.nn.Module,
-                    cache: Any, accelerator: Accelerator) -> torch.Tensor | None:
+def teacher_targets(
+    config: TrainConfig,
+    batch: dict[str, Any],
+    teacher: torch.nn.Module | None,
+    model: torch.nn.Module,
+    cache: Any,
+    accelerator: Accelerator,
+) -> torch.Tensor | None:
     """(B, N, D) GR targets for the batch's boxes, or None when GR is off. With `gr_teacher="self_with_grad"` they
     keep their graph: GR trains the model through its crop branch too (FineCLIP)."""
     if config.loss_gr_weight == 0 or config.gr_teacher == "none":

@@ -25,8 +25,9 @@ plus the metadata `METADATA_KEYS`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import BatchFeature

@@ -18,14 +18,15 @@ import io
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
 from conversion.saving import write_bytes_atomic
+
+from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
 from .data_common import PackedStrings, Region, RegionDataset, RegionSample, choose_caption
 from .phrases import NounPhrase, PhraseExtractor
 
@@ -56,7 +57,10 @@ class CategoryMatcher:
 
 
 def link_boxes_to_phrases(
-    phrases: Sequence[NounPhrase], box_categories: Sequence[str | None], box_areas: Sequence[float], matcher: CategoryMatcher
+    phrases: Sequence[NounPhrase],
+    box_categories: Sequence[str | None],
+    box_areas: Sequence[float],
+    matcher: CategoryMatcher,
 ) -> list[tuple[int, int] | None]:
     """The phrase span linked to each box (None: unlinked), phrases taken in caption order; a box whose category is
     None is never linked."""
@@ -119,7 +123,9 @@ class CocoRegionDataset(RegionDataset):
                 if annotation.get("iscrowd", 0):
                     continue
                 x, y, w, h = (float(v) for v in annotation["bbox"])
-                boxes_by_image[int(annotation["image_id"])].append(([x, y, x + w, y + h], int(annotation["category_id"])))
+                boxes_by_image[int(annotation["image_id"])].append(
+                    ([x, y, x + w, y + h], int(annotation["category_id"]))
+                )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{where}: not a COCO annotation file ({type(error).__name__}: {error})") from None
 
@@ -210,7 +216,14 @@ class CocoRegionDataset(RegionDataset):
         categories = [self.category_names[c] for c in self.box_categories[begin:end]]
         areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes]
         # Boxes too small to be kept must not take a phrase a kept box could have.
-        linkable = [c if min(x2 - x1, y2 - y1) >= self.min_box_size else None for c, (x1, y1, x2, y2) in zip(categories, boxes)]
+        linkable = [
+            c if min(x2 - x1, y2 - y1) >= self.min_box_size else None for c, (x1, y1, x2, y2) in zip(categories, boxes)
+        ]
         links = link_boxes_to_phrases(self.phrases_of(j), linkable, areas, self.matcher)
-        regions = [Region(tuple(box), span, k, category, category) for k, (box, span, category) in enumerate(zip(boxes, links, categories))]
-        return self.make_sample(self.image_dir / self.file_names[index], str(int(self.image_ids[index])), caption, regions)
+        regions = [
+            Region(tuple(box), span, k, category, category)
+            for k, (box, span, category) in enumerate(zip(boxes, links, categories))
+        ]
+        return self.make_sample(
+            self.image_dir / self.file_names[index], str(int(self.image_ids[index])), caption, regions
+        )

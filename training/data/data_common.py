@@ -202,8 +202,14 @@ class RegionDataset(Dataset, ABC):
                 raise SampleError(f"{path}: {reason}", path=path) from error
             return SkippedSample(path=path, reason=reason)
 
-    def make_sample(self, image_path: Path | str, image_id: str, caption: str, regions: Sequence[Region],
-                    image_bytes: bytes | None = None) -> RegionSample:
+    def make_sample(
+        self,
+        image_path: Path | str,
+        image_id: str,
+        caption: str,
+        regions: Sequence[Region],
+        image_bytes: bytes | None = None,
+    ) -> RegionSample:
         """Opens the image (from `image_bytes` where given, `image_path` then only names it) and applies the box
         selection: the common last step of `load`."""
         try:
@@ -211,7 +217,9 @@ class RegionDataset(Dataset, ABC):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             # PIL raises OSError (missing, unidentified or truncated file) and SyntaxError/ValueError for some corrupt ones
             raise SampleError(f"cannot read image: {type(error).__name__}: {error}", path=str(image_path)) from error
-        kept, num_small, num_over = select_regions(regions, image.width, image.height, self.max_boxes, self.min_box_size)
+        kept, num_small, num_over = select_regions(
+            regions, image.width, image.height, self.max_boxes, self.min_box_size
+        )
         return RegionSample(
             image=image,
             caption=caption,

@@ -130,7 +130,9 @@ class Flickr30kEntitiesDataset(RegionDataset):
     ):
         super().__init__(**options)
         if category not in FLICKR_CATEGORIES:
-            raise ValueError(f"Flickr30kEntitiesDataset: `category` must be one of {FLICKR_CATEGORIES}, got {category!r}")
+            raise ValueError(
+                f"Flickr30kEntitiesDataset: `category` must be one of {FLICKR_CATEGORIES}, got {category!r}"
+            )
         self.category = category
         if root is None and None in (sentences_dir, annotations_dir, image_dir):
             raise ValueError("give root, or all of sentences_dir, annotations_dir and image_dir")

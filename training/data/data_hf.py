@@ -46,12 +46,14 @@ def record_features(image_column: str = "image") -> datasets.Features:
         "spans": datasets.List(datasets.List(datasets.Value("int32"))),
         "label": datasets.Value("string"),
     }
-    return datasets.Features({
-        "id": datasets.Value("string"),
-        image_column: datasets.Image(),
-        "caption": datasets.List(datasets.Value("string")),
-        "regions": datasets.List(region),
-    })
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            image_column: datasets.Image(),
+            "caption": datasets.List(datasets.Value("string")),
+            "regions": datasets.List(region),
+        }
+    )
 
 
 def source_files(source: str | Path) -> tuple[str, list[str]]:
@@ -66,7 +68,9 @@ def source_files(source: str | Path) -> tuple[str, list[str]]:
         files = sorted(glob.glob(str(source), recursive=True))
     kinds = {Path(f).suffix for f in files}
     if not files:
-        raise FileNotFoundError(f"train_data/val_data {str(source)!r}: no save_to_disk folder, .parquet or .tar files found")
+        raise FileNotFoundError(
+            f"train_data/val_data {str(source)!r}: no save_to_disk folder, .parquet or .tar files found"
+        )
     if len(kinds) > 1:
         raise ValueError(f"train_data/val_data {str(source)!r} mixes Parquet and tar files: {sorted(kinds)}")
     return ("parquet" if kinds == {".parquet"} else "webdataset"), files
@@ -82,8 +86,9 @@ def webdataset_image_column(files: list[str]) -> str:
     raise ValueError(f"{files[0]}: no image ({'/'.join(IMAGE_EXTENSIONS)}) member in the first tar shard")
 
 
-def load_records(source: str | Path, streaming: bool = False, columns: Mapping[str, str] | None = None,
-                 cache_dir: str | None = None) -> tuple[datasets.Dataset | datasets.IterableDataset, dict[str, str]]:
+def load_records(
+    source: str | Path, streaming: bool = False, columns: Mapping[str, str] | None = None, cache_dir: str | None = None
+) -> tuple[datasets.Dataset | datasets.IterableDataset, dict[str, str]]:
     """The rows of `source` (see the module docstring) with images left undecoded, and the column map
     (schema field -> column; "json" for the WebDataset's metadata member). `streaming` gives an `IterableDataset`
     (one shard per file), else a map-style `Dataset` (Parquet and tars are converted into `cache_dir` first)."""
@@ -95,22 +100,32 @@ def load_records(source: str | Path, streaming: bool = False, columns: Mapping[s
     if layout == "disk":
         data = datasets.load_from_disk(str(source))
         if isinstance(data, datasets.DatasetDict):
-            raise ValueError(f"train_data {str(source)!r} is a DatasetDict ({list(data)}): give the folder of one split")
+            raise ValueError(
+                f"train_data {str(source)!r} is a DatasetDict ({list(data)}): give the folder of one split"
+            )
         if streaming:
             data = data.to_iterable_dataset(num_shards=max(1, len(data.cache_files)))
     else:
         features = None
         if layout == "webdataset":
-            typed = not {"caption", "regions"} & set(columns)  # the prepared layout: typed, not inferred from a few rows
+            typed = not {"caption", "regions"} & set(
+                columns
+            )  # the prepared layout: typed, not inferred from a few rows
             columns.setdefault("image", webdataset_image_column(files))
             columns["meta"] = WEBDATASET_META
             if typed:
                 prepared = record_features(columns["image"])
-                features = datasets.Features({columns["image"]: prepared[columns["image"]],
-                                              WEBDATASET_META: {k: v for k, v in prepared.items() if k != columns["image"]},
-                                              "__key__": datasets.Value("string"), "__url__": datasets.Value("string")})
-        data = datasets.load_dataset(layout, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir,
-                                     features=features)
+                features = datasets.Features(
+                    {
+                        columns["image"]: prepared[columns["image"]],
+                        WEBDATASET_META: {k: v for k, v in prepared.items() if k != columns["image"]},
+                        "__key__": datasets.Value("string"),
+                        "__url__": datasets.Value("string"),
+                    }
+                )
+        data = datasets.load_dataset(
+            layout, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir, features=features
+        )
     image_column = columns.get("image", "image")
     if isinstance((data.features or {}).get(image_column), datasets.Image):
         data = data.cast_column(image_column, datasets.Image(decode=False))
@@ -177,8 +192,14 @@ class HFRegionDataset(RegionDataset):
     """A `save_to_disk` folder, Parquet or WebDataset files as a map-style data set (random access to memory-mapped
     Arrow): the training loop's sampler shards and shuffles it as it does the file-based sources."""
 
-    def __init__(self, source: str | Path, columns: Mapping[str, str] | None = None, image_root: str | Path | None = None,
-                 cache_dir: str | None = None, **options):
+    def __init__(
+        self,
+        source: str | Path,
+        columns: Mapping[str, str] | None = None,
+        image_root: str | Path | None = None,
+        cache_dir: str | None = None,
+        **options,
+    ):
         super().__init__(**options)
         self.source = str(source)
         self.rows, resolved = load_records(source, streaming=False, columns=columns, cache_dir=cache_dir)
@@ -192,4 +213,3 @@ class HFRegionDataset(RegionDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> RegionSample:
         return self.decoder.load(self.rows[index], rng)
-

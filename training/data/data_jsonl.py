@@ -139,14 +139,22 @@ def record_regions(record: dict) -> list:
     return regions
 
 
-def region_span(item: dict, caption: str, number: int, num_captions: int, taken: set[int], where: str) -> tuple[int, int] | None:
+def region_span(
+    item: dict, caption: str, number: int, num_captions: int, taken: set[int], where: str
+) -> tuple[int, int] | None:
     """The span of region `item` in caption `number` (of `num_captions`): its `spans[number]` when it has one span per
     caption (what `training.data.prepare` writes), else its `span` (single caption) or its `phrase` looked up."""
     per_caption = item.get("spans")
     if per_caption is not None:
         if not isinstance(per_caption, list) or len(per_caption) != num_captions:
-            raise SampleError(f"{where}: 'spans' must be a list with one entry per caption ({num_captions}), got {per_caption!r}")
-        return None if per_caption[number] is None else validate_span(per_caption[number], caption, f"{where}.spans[{number}]")
+            raise SampleError(
+                f"{where}: 'spans' must be a list with one entry per caption ({num_captions}), got {per_caption!r}"
+            )
+        return (
+            None
+            if per_caption[number] is None
+            else validate_span(per_caption[number], caption, f"{where}.spans[{number}]")
+        )
     phrase, span = item.get("phrase"), item.get("span")
     if phrase is not None and not isinstance(phrase, str):
         raise SampleError(f"{where}: 'phrase' must be a string or null, got {phrase!r}")

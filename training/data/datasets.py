@@ -10,7 +10,8 @@ Each source's options are its constructor's keyword arguments; the common ones (
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch.utils.data import ConcatDataset
 
@@ -26,8 +27,16 @@ SOURCES: dict[str, type[RegionDataset]] = {
 }
 
 __all__ = [
-    "SOURCES", "RegionDataset", "RegionSample", "SkippedSample", "SampleError", "JsonlRegionDataset",
-    "CocoRegionDataset", "Flickr30kEntitiesDataset", "RegionConcatDataset", "build_dataset",
+    "SOURCES",
+    "RegionDataset",
+    "RegionSample",
+    "SkippedSample",
+    "SampleError",
+    "JsonlRegionDataset",
+    "CocoRegionDataset",
+    "Flickr30kEntitiesDataset",
+    "RegionConcatDataset",
+    "build_dataset",
 ]
 
 
@@ -39,7 +48,9 @@ class RegionConcatDataset(ConcatDataset):
             dataset.set_epoch(epoch)
 
 
-def build_dataset(spec: dict[str, Any] | Sequence[dict[str, Any]], **common: Any) -> RegionDataset | RegionConcatDataset:
+def build_dataset(
+    spec: dict[str, Any] | Sequence[dict[str, Any]], **common: Any
+) -> RegionDataset | RegionConcatDataset:
     """A data source from `{"type": <one of SOURCES>, **options}`, or a `RegionConcatDataset` from a list of them."""
     if isinstance(spec, dict):
         return _build_one(spec, common, "spec")

@@ -119,8 +119,9 @@ def jsonl_records(manifest: Path, image_root: Path | None) -> Iterator[Record | 
             yield Record(str(record.get("id", image)), path, captions, regions)
 
 
-def coco_records(captions_file: Path, instances_file: Path, image_root: Path, n_process: int,
-                 min_box_size: float) -> Iterator[Record | Skipped]:
+def coco_records(
+    captions_file: Path, instances_file: Path, image_root: Path, n_process: int, min_box_size: float
+) -> Iterator[Record | Skipped]:
     """COCO images with all their captions; spaCy parses every caption once (`n_process` processes), and each box is
     linked in each caption as `CocoRegionDataset` links it (boxes below `min_box_size` take no phrase)."""
     coco = CocoRegionDataset(captions_file, instances_file, image_root, min_box_size=min_box_size, max_boxes=None)
@@ -134,10 +135,14 @@ def coco_records(captions_file: Path, instances_file: Path, image_root: Path, n_
         boxes = coco.boxes[begin:end].tolist()
         categories = [coco.category_names[c] for c in coco.box_categories[begin:end]]
         areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes]
-        linkable = [c if min(x2 - x1, y2 - y1) >= min_box_size else None for c, (x1, y1, x2, y2) in zip(categories, boxes)]
+        linkable = [
+            c if min(x2 - x1, y2 - y1) >= min_box_size else None for c, (x1, y1, x2, y2) in zip(categories, boxes)
+        ]
         links = [link_boxes_to_phrases(found, linkable, areas, coco.matcher) for found in caption_phrases]
-        regions = [region_row(box, [list(per[k]) if per[k] is not None else None for per in links], categories[k])
-                   for k, box in enumerate(boxes)]
+        regions = [
+            region_row(box, [list(per[k]) if per[k] is not None else None for per in links], categories[k])
+            for k, box in enumerate(boxes)
+        ]
         yield Record(str(int(coco.image_ids[index])), image_root / coco.file_names[index], captions, regions)
 
 
@@ -171,7 +176,9 @@ def flickr30k_records(root: Path, split_file: Path | None, image_root: Path | No
             mentions = [next((m for m in found if m.entity_id in entity_box.entity_ids), None) for _, found in parsed]
             label = next((m.types[0] for m in mentions if m is not None), None)
             regions.append(region_row(entity_box.box, [[m.start, m.end] if m else None for m in mentions], label))
-        yield Record(image_id, flickr.image_dir / f"{image_id}{flickr.image_extension}", [c for c, _ in parsed], regions)
+        yield Record(
+            image_id, flickr.image_dir / f"{image_id}{flickr.image_extension}", [c for c, _ in parsed], regions
+        )
 
 
 def region_row(box, spans: list[list[int] | None], label: str | None) -> dict[str, Any]:
@@ -204,8 +211,12 @@ class ParquetShards:
         self.in_shard, self.shards = 0, []
 
     def add(self, record: Record, image: bytes) -> None:
-        row = {"id": record.id, "image": {"bytes": image, "path": record.image_path.name}, "caption": record.captions,
-               "regions": record.regions}
+        row = {
+            "id": record.id,
+            "image": {"bytes": image, "path": record.image_path.name},
+            "caption": record.captions,
+            "regions": record.regions,
+        }
         if self.writer is None:
             name = f"part-{len(self.shards):05d}.parquet"
             self.shards.append(name)
@@ -274,9 +285,16 @@ def reencode(data: bytes, extension: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_shards(records: Iterator[Record | Skipped], out: Path, format: str = "parquet", samples_per_shard: int = 1000,
-                 strict: bool = False, overwrite: bool = False, settings: dict[str, Any] | None = None,
-                 show_progress: bool = True) -> PrepareReport:
+def write_shards(
+    records: Iterator[Record | Skipped],
+    out: Path,
+    format: str = "parquet",
+    samples_per_shard: int = 1000,
+    strict: bool = False,
+    overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> PrepareReport:
     """Writes `records` as shards into `out` atomically (with `prepare.json`); returns counts and throughput."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -301,9 +319,16 @@ def write_shards(records: Iterator[Record | Skipped], out: Path, format: str = "
         if report.written == 0:
             raise ValueError(f"no usable record to write to {out} ({len(report.skipped)} skipped)")
         report.shards, report.seconds = writer.shards, time.perf_counter() - start
-        summary = {"format": format, "samples": report.written, "shards": report.shards, "skipped": len(report.skipped),
-                   "skipped_records": [vars(s) for s in report.skipped[:1000]], "seconds": round(report.seconds, 3),
-                   "samples_per_second": round(report.samples_per_second, 1), "settings": settings or {}}
+        summary = {
+            "format": format,
+            "samples": report.written,
+            "shards": report.shards,
+            "skipped": len(report.skipped),
+            "skipped_records": [vars(s) for s in report.skipped[:1000]],
+            "seconds": round(report.seconds, 3),
+            "samples_per_second": round(report.samples_per_second, 1),
+            "settings": settings or {},
+        }
         (staging / "prepare.json").write_text(json.dumps(summary, indent=1) + "\n")
     return report
 
@@ -311,18 +336,29 @@ def write_shards(records: Iterator[Record | Skipped], out: Path, format: str = "
 def build_parser() -> CommandParser:
     parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
-    parser.add_argument("--input", required=True, type=Path,
-                        help="jsonl: the manifest; coco: captions_*.json; flickr30k: the dataset root (Sentences/, Annotations/)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="jsonl: the manifest; coco: captions_*.json; flickr30k: the dataset root (Sentences/, Annotations/)",
+    )
     parser.add_argument("--instances", type=Path, help="coco: instances_*.json (default: beside the captions file)")
-    parser.add_argument("--image-root", type=Path, help="folder of the images (jsonl default: the manifest's folder; "
-                        "flickr30k default: <root>/flickr30k-images)")
+    parser.add_argument(
+        "--image-root",
+        type=Path,
+        help="folder of the images (jsonl default: the manifest's folder; flickr30k default: <root>/flickr30k-images)",
+    )
     parser.add_argument("--split-file", type=Path, help="flickr30k: the image ids to use (train.txt, ...)")
     parser.add_argument("--out", required=True, type=Path, help="folder to create")
     parser.add_argument("--format", default="parquet", choices=FORMATS)
     parser.add_argument("--samples-per-shard", type=int, default=1000)
     parser.add_argument("--n-process", type=int, default=1, help="coco: spaCy processes (nlp.pipe n_process)")
-    parser.add_argument("--min-box-size", type=float, default=DEFAULT_MIN_BOX_SIZE,
-                        help="coco: boxes with a shorter side below this (pixels) take no phrase (as in training)")
+    parser.add_argument(
+        "--min-box-size",
+        type=float,
+        default=DEFAULT_MIN_BOX_SIZE,
+        help="coco: boxes with a shorter side below this (pixels) take no phrase (as in training)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop at the first unusable record")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return parser
@@ -355,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         report = prepare(args)
         listed = f" (listed in {args.out / 'prepare.json'})" if report.skipped else ""
-        return (f"wrote {report.written} samples in {len(report.shards)} {args.format} shard(s) to {args.out} in "
-                f"{report.seconds:.1f} s ({report.samples_per_second:.1f} samples/s); skipped {len(report.skipped)}{listed}")
+        return (
+            f"wrote {report.written} samples in {len(report.shards)} {args.format} shard(s) to {args.out} in "
+            f"{report.seconds:.1f} s ({report.samples_per_second:.1f} samples/s); skipped {len(report.skipped)}{listed}"
+        )
 
     return run_command(run)
 

@@ -46,8 +46,14 @@ class RegionStream:
     decoder: HFRecordDecoder
 
     @classmethod
-    def open(cls, source: str, columns: dict[str, str] | None = None, image_root: str | None = None,
-             cache_dir: str | None = None, **options: Any) -> RegionStream:
+    def open(
+        cls,
+        source: str,
+        columns: dict[str, str] | None = None,
+        image_root: str | None = None,
+        cache_dir: str | None = None,
+        **options: Any,
+    ) -> RegionStream:
         """`source` as in `data_hf.load_records`; `options` are the data sets' (`seed`, `max_boxes`, `strict`, ...)."""
         rows, resolved = load_records(source, streaming=True, columns=columns, cache_dir=cache_dir)
         return cls(rows, HFRecordDecoder(resolved, image_root_of(source, image_root), str(source), **options))
@@ -57,8 +63,15 @@ class StreamBatchSampler:
     """Batches of this process's rows, as the `batch_sampler` of a DataLoader over `StreamRows` (see the module
     docstring). `position_after(n)` is the resumable position after batch `n`: {"stream": state_dict, "rows": count}."""
 
-    def __init__(self, rows: datasets.IterableDataset, batch_size: int, num_processes: int, process_index: int,
-                 seed: int = 0, shuffle_buffer: int = 0):
+    def __init__(
+        self,
+        rows: datasets.IterableDataset,
+        batch_size: int,
+        num_processes: int,
+        process_index: int,
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if shuffle_buffer < 0:

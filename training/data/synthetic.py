@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -79,9 +79,13 @@ class SyntheticSettings:
             raise ValueError(f"max_shapes must be between 1 and the number of classes, got {self.max_shapes}")
         if not 1 <= self.min_shapes <= self.max_shapes:
             raise ValueError(f"min_shapes must be between 1 and max_shapes ({self.max_shapes}), got {self.min_shapes}")
-        if not 0 <= self.held_out <= min(len(self.colours), len(self.shapes)) or (self.held_out and min(len(self.colours), len(self.shapes)) < 2):
-            raise ValueError(f"held_out must be between 0 and min(#colours, #shapes) = {min(len(self.colours), len(self.shapes))} "
-                             f"(and every colour and shape needs a seen combination), got {self.held_out}")
+        if not 0 <= self.held_out <= min(len(self.colours), len(self.shapes)) or (
+            self.held_out and min(len(self.colours), len(self.shapes)) < 2
+        ):
+            raise ValueError(
+                f"held_out must be between 0 and min(#colours, #shapes) = {min(len(self.colours), len(self.shapes))} "
+                f"(and every colour and shape needs a seen combination), got {self.held_out}"
+            )
         unknown = [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; known: {list(COLOURS)} and {list(SHAPES)}")
@@ -101,7 +105,9 @@ def held_out_classes(settings: SyntheticSettings) -> list[str]:
     rng = np.random.default_rng([settings.seed, 7919])  # a stream of its own: the samples' streams are untouched
     colours = [settings.colours[i] for i in rng.permutation(len(settings.colours))]
     shapes = [settings.shapes[i] for i in rng.permutation(len(settings.shapes))]
-    return sorted(f"{colour} {shape}" for colour, shape in zip(colours[: settings.held_out], shapes[: settings.held_out]))
+    return sorted(
+        f"{colour} {shape}" for colour, shape in zip(colours[: settings.held_out], shapes[: settings.held_out])
+    )
 
 
 def _class_weights(settings: SyntheticSettings, split: str) -> np.ndarray:
@@ -119,12 +125,14 @@ def _class_weights(settings: SyntheticSettings, split: str) -> np.ndarray:
 
 
 def size_word(side: int, image_size: int) -> str:
-    """"small" below the middle of the drawn side range, "big" from it."""
+    """ "small" below the middle of the drawn side range, "big" from it."""
     middle = (SHAPE_SIZE[0] + SHAPE_SIZE[1]) / 2 * image_size
     return SIZE_WORDS[0] if side < middle else SIZE_WORDS[1]
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
+def draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]
+) -> None:
     """Draws `shape` filling the pixels of `box` = [x1, y1, x2, y2) exactly to its edges (no anti-aliasing)."""
     x1, y1, x2, y2 = box
     right, bottom = x2 - 1, y2 - 1  # PIL's coordinates are inclusive
@@ -211,8 +219,10 @@ def render_split(settings: SyntheticSettings, split: str, count: int) -> Iterato
             if not settings.unique_captions or record["caption"] not in captions:
                 break
         else:
-            raise ValueError(f"{split} sample {index}: no unique caption in {CAPTION_ATTEMPTS} draws; lower num_{split} "
-                             f"or raise min_shapes (now {settings.min_shapes})")
+            raise ValueError(
+                f"{split} sample {index}: no unique caption in {CAPTION_ATTEMPTS} draws; lower num_{split} "
+                f"or raise min_shapes (now {settings.min_shapes})"
+            )
         captions.add(record["caption"])
         yield image, {**record, "attempt": attempt}
 
@@ -238,7 +248,9 @@ def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, ove
             (staging / "images" / split).mkdir(parents=True)
             with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as manifest:
                 samples = render_split(settings, split, count)
-                for index, (image, record) in enumerate(tqdm(samples, total=count, desc=f"synthetic {split}", unit="image")):
+                for index, (image, record) in enumerate(
+                    tqdm(samples, total=count, desc=f"synthetic {split}", unit="image")
+                ):
                     relative = f"images/{split}/{index:06d}.png"
                     image.save(staging / relative)
                     manifest.write(json.dumps({"image": relative, **record}) + "\n")
@@ -252,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     """The data set generator as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
 
     def run() -> str:
-        parser = CommandParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = CommandParser(
+            description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         parser.add_argument("--out", required=True, type=Path, help="folder to create")
         parser.add_argument("--num-train", type=int, default=SyntheticSettings.num_train)
         parser.add_argument("--num-val", type=int, default=SyntheticSettings.num_val)
@@ -260,17 +274,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--image-size", type=int, default=SyntheticSettings.image_size)
         parser.add_argument("--max-shapes", type=int, default=SyntheticSettings.max_shapes)
         parser.add_argument("--min-shapes", type=int, default=SyntheticSettings.min_shapes)
-        parser.add_argument("--held-out", type=int, default=SyntheticSettings.held_out,
-                            help="colour-shape combinations kept out of the training split")
-        parser.add_argument("--overwrite", action="store_true", help="replace an existing folder made with other settings")
+        parser.add_argument(
+            "--held-out",
+            type=int,
+            default=SyntheticSettings.held_out,
+            help="colour-shape combinations kept out of the training split",
+        )
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace an existing folder made with other settings"
+        )
         args = parser.parse_args(argv)
-        settings = SyntheticSettings(args.num_train, args.num_val, args.seed, args.image_size, args.max_shapes,
-                                     min_shapes=args.min_shapes, held_out=args.held_out)
+        settings = SyntheticSettings(
+            args.num_train,
+            args.num_val,
+            args.seed,
+            args.image_size,
+            args.max_shapes,
+            min_shapes=args.min_shapes,
+            held_out=args.held_out,
+        )
         existed = read_settings(args.out) == settings.to_json()
         out = generate_synthetic_dataset(args.out, settings, overwrite=args.overwrite)
         state = "already there with these settings, kept" if existed else "written"
-        return (f"synthetic data set {state}: {out} ({settings.num_train} train, {settings.num_val} val images, "
-                f"{len(class_names(settings))} classes in {out / 'classes.json'})")
+        return (
+            f"synthetic data set {state}: {out} ({settings.num_train} train, {settings.num_val} val images, "
+            f"{len(class_names(settings))} classes in {out / 'classes.json'})"
+        )
 
     return run_command(run)
 
