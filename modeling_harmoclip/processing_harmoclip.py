@@ -394,9 +394,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
         """The map from `image`'s pixels to the frame of its `pixel_values`, from the image processor's settings
         (overridden by `images_kwargs`, as in a call)."""
         options = dict(images_kwargs or {})
-        setting = lambda name: (
-            options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)
-        )  # noqa: E731
+
+        def setting(name: str) -> Any:
+            return options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)
+
         height, width = original_image_size(image, setting("input_data_format"))
         if setting("do_pad"):
             raise ValueError("HarmoCLIPProcessor cannot place boxes in padded images: set `do_pad=False`")
@@ -460,9 +461,14 @@ class HarmoCLIPProcessor(ProcessorMixin):
         The crops go through the image processor with its own settings (and the call's), except that they are resized
         straight to the model's input size (the image processor's `crop_size`), as FineCLIP's crop transform does.
         """
-        setting = lambda name: (
-            images_kwargs[name] if images_kwargs.get(name) is not None else getattr(self.image_processor, name, None)
-        )  # noqa: E731
+
+        def setting(name: str) -> Any:
+            return (
+                images_kwargs[name]
+                if images_kwargs.get(name) is not None
+                else getattr(self.image_processor, name, None)
+            )
+
         size = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
         layout = setting("input_data_format")
         pieces, rows, columns = [], [], []
