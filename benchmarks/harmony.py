@@ -112,6 +112,7 @@ HARMOCLIP_FIELDS = (
     "region_logit_scale_mode",
     "region_logit_scale_init",
     "region_pooling",
+    "region_text_grad",
     "lrc_mask_categories",
 )
 # What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
@@ -361,10 +362,20 @@ _NOT_FINGERPRINTED = (
 )
 
 
+# Options added after runs were made, with the value that trains as before they existed: at that value they are left
+# out of the fingerprint, so finished runs stay reusable; any other value is a new recipe.
+_ADDED_LATER: dict[str, Any] = {"region_text_grad": True}
+_UNSET = object()
+
+
 def fingerprint(config: TrainConfig, parent: str | None = None) -> str:
     """A short hash of what a row's model and figures depend on: its training settings, the fingerprint of the model
     it starts from (`parent`) and the evaluation protocol."""
-    recipe = {key: value for key, value in config.to_dict().items() if key not in _NOT_FINGERPRINTED}
+    recipe = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in _NOT_FINGERPRINTED and _ADDED_LATER.get(key, _UNSET) != value
+    }
     recipe.update(parent=parent, eval_methods=list(BOX_METHODS), eval_templates=list(DEFAULT_TEMPLATES))
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -452,6 +463,51 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired_differences(rows: Sequence[dict[str, Any]], figure: str, reference_key: str) -> dict[str, dict[str, Any]]:
+    """Per row: `figure` minus the reference row's, seed by seed, as {mean, sd, n, per_seed}. Seeds share the data and
+    the pre-trained model, so the paired difference is far more precise than the difference of the two means (whose
+    sd carries the seeds' spread). Empty when the reference row is absent."""
+    reference = next((row for row in rows if row["key"] == reference_key), None)
+    if reference is None:
+        return {}
+    by_seed = dict(zip(reference["seeds"], reference["figures"][figure]["per_seed"]))
+    differences = {}
+    for row in rows:
+        values = [
+            None if value is None or by_seed.get(seed) is None else value - by_seed[seed]
+            for seed, value in zip(row["seeds"], row["figures"][figure]["per_seed"])
+        ]
+        differences[row["key"]] = {**mean_sd(values), "per_seed": values}
+    return differences
+
+
+GOAL_ROW, GLOBAL_REFERENCE, REGION_REFERENCES = "harmoclip", "gc", ("gr", "gc-gr")
+GOAL_GLOBAL_TOLERANCE = 1.0  # points of mean R@1 HarmoCLIP may lose against GC-only fine-tuning
+
+
+def goal_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Whether the TrainConfig defaults ("harmoclip") keep GC-only's global accuracy (mean R@1 within
+    `GOAL_GLOBAL_TOLERANCE`) and reach the held-out region accuracy of the best region-only method (GR only, GC+GR),
+    all as means over seeds. None when a row it needs was not run."""
+    means = {row["key"]: row["figures"] for row in rows}
+    if GOAL_ROW not in means or GLOBAL_REFERENCE not in means or not any(key in means for key in REGION_REFERENCES):
+        return None
+    region_key = "box_top1_dense_held_out"
+    if means[GOAL_ROW][region_key]["mean"] is None:
+        return None
+    best_region = max((key for key in REGION_REFERENCES if key in means), key=lambda k: means[k][region_key]["mean"])
+    global_gap = means[GOAL_ROW]["mean_R@1"]["mean"] - means[GLOBAL_REFERENCE]["mean_R@1"]["mean"]
+    region_gap = means[GOAL_ROW][region_key]["mean"] - means[best_region][region_key]["mean"]
+    return {
+        "global_gap": global_gap,
+        "global_met": global_gap >= -GOAL_GLOBAL_TOLERANCE,
+        "region_reference": best_region,
+        "region_gap": region_gap,
+        "region_met": region_gap >= 0.0,
+        "met": global_gap >= -GOAL_GLOBAL_TOLERANCE and region_gap >= 0.0,
+    }
+
+
 def class_counts_and_held_out(data_dir: Path, class_names: Sequence[str]) -> tuple[list[int], list[bool]]:
     """Per class of `class_names` (the evaluation's order): the held-out split's box count, and whether the training
     split never saw the class."""
@@ -495,7 +551,10 @@ def run_row(
     record = read_finished_row(folder, row_fingerprint)
     if record is not None:
         logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
-        return {**record, "reused": True}
+        # The places as seen from here: the record keeps those of the run that made it (another `--out` spelling or
+        # working directory), which the report would otherwise follow.
+        model = folder / Path(record["model"]).relative_to(record["folder"])
+        return {**record, "folder": str(folder), "model": str(model), "reused": True}
     logger.info(
         "%s, seed %d: training in %s (losses %s, %d steps)",
         configuration.label,
@@ -547,10 +606,11 @@ def run_row(
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
-def _format(figure: dict[str, Any]) -> str:
+def _format(figure: dict[str, Any], signed: bool = False) -> str:
     if figure["mean"] is None:
         return "-"
-    return f"{figure['mean']:.1f} ± {figure['sd']:.1f}" if figure["n"] > 1 else f"{figure['mean']:.1f}"
+    mean = f"{figure['mean']:+.1f}" if signed else f"{figure['mean']:.1f}"
+    return f"{mean} ± {figure['sd']:.1f}" if figure["n"] > 1 else mean
 
 
 TABLE_COLUMNS = (
@@ -567,16 +627,19 @@ TABLE_COLUMNS = (
 def markdown_table(report: dict[str, Any]) -> str:
     """The table of every row (mean ± sd over seeds), chance levels, the protocol and the command."""
     settings = report["settings"]
+    paired = report.get("paired_mean_R@1_vs_gc") or {}
     lines = [
-        "| configuration | losses | " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(TABLE_COLUMNS),
+        "| configuration | losses | "
+        + " | ".join(name for name, _ in TABLE_COLUMNS)
+        + (" | Δ mean R@1 vs GC only, paired" if paired else "")
+        + " |",
+        "|---|---|" + "---|" * (len(TABLE_COLUMNS) + bool(paired)),
     ]
     for row in report["rows"]:
-        lines.append(
-            "| "
-            + " | ".join([row["label"], row["losses"]] + [_format(row["figures"][key]) for _, key in TABLE_COLUMNS])
-            + " |"
-        )
+        cells = [row["label"], row["losses"]] + [_format(row["figures"][key]) for _, key in TABLE_COLUMNS]
+        if paired:
+            cells.append(_format(paired[row["key"]], signed=True))
+        lines.append("| " + " | ".join(cells) + " |")
     chance, environment = report["chance"], report["environment"]
     seeds = settings["seeds"]
     lines += [
@@ -588,8 +651,15 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Chance: R@1 {chance['R@1']:.1f}, box Top-1 {chance['box_top1']:.1f}. Figures in percent. "
         f"Every fine-tuned row starts from the same pre-trained model of its seed ({settings['pretrain_steps']} steps of "
         f"GC from scratch) with the same budget: {settings['finetune_steps']} steps of batch {settings['finetune_batch_size']} "
-        f"at learning rate {settings['finetune_learning_rate']:g}.",
+        f"at learning rate {settings['finetune_learning_rate']:g}."
+        + (
+            " The paired column is each row's mean R@1 minus GC only's, seed by seed (mean ± sd of those differences):"
+            " the seeds' shared spread cancels there."
+            if paired
+            else ""
+        ),
         "",
+        *goal_lines(report.get("goal"), report["rows"]),
         f"Wall-clock time of this run: {report['wall_seconds'] / 60:.1f} min ({report['rows_reused']} of "
         f"{report['rows_run']} seed-row(s) reused) on {environment['device']} with {environment['torch_threads']} threads; "
         f"1-minute load average {environment['load_average_at_start'][0]:.1f} at the start, "
@@ -603,6 +673,21 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def goal_lines(goal: dict[str, Any] | None, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The markdown sentence that says whether the TrainConfig defaults met the benchmark's goal (`goal_verdict`)."""
+    if goal is None:
+        return []
+    labels = {row["key"]: row["label"] for row in rows}
+    verdict = "met" if goal["met"] else "not met"
+    return [
+        f"Goal ({labels[GOAL_ROW]} within {GOAL_GLOBAL_TOLERANCE:g} point of GC only's mean R@1, and at least the "
+        f"held-out box Top-1 of the best region-only row): **{verdict}**. Mean R@1 {goal['global_gap']:+.1f} against "
+        f"GC only ({'met' if goal['global_met'] else 'not met'}); held-out box Top-1 {goal['region_gap']:+.1f} against "
+        f"{labels[goal['region_reference']]} ({'met' if goal['region_met'] else 'not met'}).",
+        "",
+    ]
 
 
 def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, float] | None = None) -> Path:
@@ -747,12 +832,15 @@ def run_benchmark(
             progress.update(1)
     progress.close()
     every = [record for per_seed in records.values() for record in per_seed]
+    rows = [aggregate_rows(per_seed) for per_seed in records.values()]
     report = {
         "benchmark": "harmony",
         "settings": settings.to_dict(),
         "command": command,
         "working_directory": os.getcwd(),
-        "rows": [aggregate_rows(per_seed) for per_seed in records.values()],
+        "rows": rows,
+        "paired_mean_R@1_vs_gc": paired_differences(rows, "mean_R@1", GLOBAL_REFERENCE),
+        "goal": goal_verdict(rows),
         "chance": chance_levels(
             [Path(record["folder"]) for record in records[PRETRAINED.key]],
             [synthetic_folder(settings, out, seed) for seed in settings.seeds],

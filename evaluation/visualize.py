@@ -2,7 +2,8 @@
 
 - `draw_boxes`: boxes with their predicted labels (and scores) drawn on an image;
 - `draw_heatmap`: a similarity map (h, w) upsampled to the image and overlaid as a colour map;
-- `save_query_heatmap`: the dense similarity map of an image with a label (`pipeline_harmoclip.dense_similarity`);
+- `save_query_heatmap`: the dense map of an image for a label: its similarity (`pipeline_harmoclip.dense_similarity`)
+  or its probability among candidate labels (`dense_probabilities`);
 - `save_box_predictions`: classify given boxes among class names with the `region-classification` pipeline and draw
   them.
 """
@@ -19,7 +20,12 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, RegionClassificationPipeline, dense_similarity
+from modeling_harmoclip.pipeline_harmoclip import (
+    DEFAULT_TEMPLATES,
+    RegionClassificationPipeline,
+    dense_probabilities,
+    dense_similarity,
+)
 
 # Distinct colours cycled over boxes (matplotlib's tab10).
 BOX_COLOURS = [tuple(int(255 * c) for c in colormaps["tab10"](i)[:3]) for i in range(10)]
@@ -109,13 +115,28 @@ def draw_heatmap(
 
 
 def save_query_heatmap(
-    model: torch.nn.Module, processor: Any, image: Image.Image, query: str, out_path: str | Path, alpha: float = 0.6
+    model: torch.nn.Module,
+    processor: Any,
+    image: Image.Image,
+    query: str,
+    out_path: str | Path,
+    alpha: float = 0.6,
+    candidate_labels: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """Writes the heatmap of `image` against the label `query` as PNG; returns the (h, w) similarity map
-    (`pipeline_harmoclip.dense_similarity`: the whole image, the label's prompt ensemble)."""
-    similarity = dense_similarity(model, processor, image.convert("RGB"), [query])[0]
-    draw_heatmap(image, similarity, out_path, alpha)
-    return similarity
+    """Writes the heatmap of `image` for the label `query` as PNG and returns its (h, w) map.
+
+    Without `candidate_labels`: the cosine similarity of each patch with the label (`dense_similarity`). With them:
+    the label's probability among the candidates at each patch (`dense_probabilities`; `query` is added when absent),
+    which lights the patches that are this label rather than another one.
+    """
+    image = image.convert("RGB")
+    if candidate_labels is None:
+        heat = dense_similarity(model, processor, image, [query])[0]
+    else:
+        labels = list(candidate_labels) + ([] if query in candidate_labels else [query])
+        heat = dense_probabilities(model, processor, image, labels)[labels.index(query)]
+    draw_heatmap(image, heat, out_path, alpha)
+    return heat
 
 
 def save_box_predictions(

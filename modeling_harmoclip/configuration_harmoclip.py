@@ -46,6 +46,9 @@ class HarmoCLIPConfig(CLIPConfig):
         the model's own logit scale); `"from_global"`: its own parameter `region_logit_scale`, initialised from the
         global one where the weights come from a CLIP; `"separate"`: its own parameter initialised to
         `region_logit_scale_init_value`.
+    region_text_grad (`bool`, defaults to `True`):
+        Whether the LRC and RLA terms train the text tower. `False`: their phrase embeddings are computed without
+        gradient, so only GC changes the text tower and the region terms move the image encoder alone.
     region_logit_scale_init_value (`float`, defaults to 2.6592 = log(1/0.07)):
         Initial value of `region_logit_scale` in `"separate"` mode (and in `"from_global"` mode for a model built
         from scratch, where the global scale starts at `logit_scale_init_value`).
@@ -64,6 +67,7 @@ class HarmoCLIPConfig(CLIPConfig):
     region_pooling: str = "normalize_then_pool"
     region_logit_scale_mode: str = "shared"
     region_logit_scale_init_value: float = 2.6592
+    region_text_grad: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -86,6 +90,10 @@ class HarmoCLIPConfig(CLIPConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"HarmoCLIPConfig: `{name}` must be a non-negative number, got {value!r}")
+        if not isinstance(self.region_text_grad, bool):
+            raise ValueError(
+                f"HarmoCLIPConfig: `region_text_grad` must be true or false, got {self.region_text_grad!r}"
+            )
         if not isinstance(self.gr_crop_scale, (int, float)) or not self.gr_crop_scale > 0:
             raise ValueError(f"HarmoCLIPConfig: `gr_crop_scale` must be a positive number, got {self.gr_crop_scale!r}")
 

@@ -472,12 +472,16 @@ class HarmoCLIPModel(CLIPModel):
         lexeme_embeds = phrase_embeds = None
         if phrase_token_mask is not None:
             linked_tokens = phrase_token_mask & linked_mask[..., None]
+            # Without `region_text_grad` the region terms see constant phrase embeddings: GC alone trains the text.
+            text_grad = self.config.region_text_grad and torch.is_grad_enabled()
             if self.config.lexeme_mode == "separate" or self.config.loss_rla_weight > 0:
-                phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
+                with torch.set_grad_enabled(text_grad):
+                    phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
             if self.config.lexeme_mode == "separate":
                 lexeme_embeds = phrase_embeds
             else:
                 lexeme_embeds = self._lexemes_from_states(text_outputs.last_hidden_state, linked_tokens)
+                lexeme_embeds = lexeme_embeds if text_grad else lexeme_embeds.detach()
             if self.config.loss_rla_weight == 0:
                 phrase_embeds = None
 

@@ -141,6 +141,7 @@ def dense_similarity(
     image: Any,
     labels: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    label_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Heatmaps: the cosine similarity of every patch of `image` with each label's prompt-ensembled embedding.
 
@@ -148,14 +149,43 @@ def dense_similarity(
 
     Args:
         model: a HarmoCLIP model; processor: its `HarmoCLIPProcessor`; image: a PIL image, array or tensor.
+        label_embeds: (L, D) the labels' embeddings from `label_embeddings`, when already computed (many images).
     Returns:
         (L, h, w) float32 on the CPU, h x w the patch grid.
     """
     pixel_values = processor.as_region_mode()(images=image, return_tensors="pt")["pixel_values"]
     parameter = next(model.parameters())
     dense = model.get_dense_features(pixel_values.to(device=parameter.device, dtype=parameter.dtype))[0]  # (D, h, w)
-    text = label_embeddings(model, processor.tokenizer, labels, templates)
-    return torch.einsum("dhw,ld->lhw", dense.float(), text).cpu()
+    if label_embeds is None:
+        label_embeds = label_embeddings(model, processor.tokenizer, labels, templates)
+    elif label_embeds.shape != (len(labels), dense.shape[0]):
+        raise ValueError(
+            f"`label_embeds` must have shape ({len(labels)}, {dense.shape[0]}) for {len(labels)} labels, "
+            f"got {tuple(label_embeds.shape)}"
+        )
+    return torch.einsum("dhw,ld->lhw", dense.float(), label_embeds.float().to(dense.device)).cpu()
+
+
+@torch.no_grad()
+def dense_probabilities(
+    model: torch.nn.Module,
+    processor: Any,
+    image: Any,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> torch.Tensor:
+    """Label maps: for every patch of `image`, the softmax over `labels` of ``logit_scale * cos(patch, label)``, the
+    scoring region classification gives a box (`label_probabilities`), here per patch (a zero-shot segmentation).
+
+    Unlike the raw `dense_similarity`, a label's map is relative to the other labels: whatever every label shares
+    (for instance a background patch that is equally close to all of them) cancels, so the map lights the patches
+    that are this label rather than another.
+
+    Returns:
+        (L, h, w) float32 on the CPU, summing to 1 over L at every patch; h x w the patch grid.
+    """
+    similarity = dense_similarity(model, processor, image, labels, templates)
+    return (float(model.logit_scale.exp()) * similarity).softmax(dim=0)
 
 
 class RegionClassificationPipeline(Pipeline):
@@ -201,6 +231,12 @@ class RegionClassificationPipeline(Pipeline):
     ) -> torch.Tensor:
         """(L, h, w) similarity maps of the image with each label (`dense_similarity`)."""
         return dense_similarity(self.model, self.processor, image, labels, templates)
+
+    def dense_probabilities(
+        self, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> torch.Tensor:
+        """(L, h, w) per-patch probabilities of each label among `labels` (`dense_probabilities`)."""
+        return dense_probabilities(self.model, self.processor, image, labels, templates)
 
     def __call__(
         self, image: Any, boxes: Any = None, candidate_labels: Sequence[str] | None = None, **kwargs: Any
@@ -304,6 +340,7 @@ __all__ = [
     "label_embeddings",
     "prompt_ensemble_embeddings",
     "label_probabilities",
+    "dense_probabilities",
     "dense_similarity",
     "check_templates",
     "custom_pipelines_entry",

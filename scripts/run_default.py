@@ -5,7 +5,8 @@
 3. evaluate it on the held-out split (retrieval, box classification: dense regions vs crop-and-encode);
 4. save the Hub-ready folder (weights, config, processor, remote code);
 5. load it back as the `region-classification` pipeline with `trust_remote_code=True` (the code comes from the
-   folder), classify the boxes of one held-out image, and draw them (PNG), with a dense heatmap of one label.
+   folder), classify the boxes of one held-out image, and draw them (PNG), with the heatmap of one label (its
+   probability among the classes at each patch); score such heatmaps over the whole held-out split (pointing game).
 
     python -m scripts.run_default                       # the embedded default
     python -m scripts.run_default --max_steps 50        # any training option can be overridden
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion.cli import run_command, setup_logging  # noqa: E402
+from evaluation.pointing import pointing_game  # noqa: E402
 from evaluation.visualize import draw_boxes, save_query_heatmap  # noqa: E402
 from training.config import build_argument_parser, config_from_args  # noqa: E402
 from training.data.synthetic import read_classes  # noqa: E402
@@ -56,7 +59,10 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
     )
     query = record["regions"][0]["label"]
     with torch.no_grad():
-        save_query_heatmap(classifier.model, classifier.processor, large, query, output_dir / "heatmap.png")
+        save_query_heatmap(
+            classifier.model, classifier.processor, large, query, output_dir / "heatmap.png", candidate_labels=classes
+        )
+        pointing = pointing_game(classifier.model, classifier.processor, held_out_samples(data_dir), classes)
     return {
         "image": str(data_dir / record["image"]),
         "caption": record["caption"],
@@ -65,7 +71,16 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
             for box, region, prediction in zip(boxes, record["regions"], predictions)
         ],
         "heatmap_query": query,
+        "pointing_game": pointing,
     }
+
+
+def held_out_samples(data_dir: Path) -> Iterator[tuple[Image.Image, list[list[float]], list[str]]]:
+    """(image, boxes, labels) of every held-out image of the synthetic data set."""
+    for line in (data_dir / "val.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        image = Image.open(data_dir / record["image"]).convert("RGB")
+        yield image, [region["box"] for region in record["regions"]], [region["label"] for region in record["regions"]]
 
 
 def run_main_job(argv: list[str] | None = None) -> dict:
@@ -94,6 +109,12 @@ def run_main_job(argv: list[str] | None = None) -> dict:
             f"held-out box classification Top-1: dense regions {figures['dense']['top1']:.1f}, "
             f"crop-and-encode {figures['crop']['top1']:.1f} ({figures['num_boxes']} boxes)"
         )
+    pointing = demo["pointing_game"]
+    lines.append(
+        f"held-out heatmaps peaking inside the labelled box (pointing game): {pointing['probability']:.1f} with the "
+        f"label's probability among the classes, {pointing['cosine']:.1f} with raw cosine similarity "
+        f"({pointing['num_boxes']} boxes)"
+    )
     for item in demo["boxes"]:
         lines.append(
             f"  box {item['box']}: truth '{item['truth']}', predicted '{item['predicted'][0]}' ({item['scores'][0]:.2f})"
@@ -107,7 +128,7 @@ def run_main_job(argv: list[str] | None = None) -> dict:
         ("loss curves", output_dir / "loss_curves.png"),
         ("evaluation (JSON, markdown)", f"{output_dir / 'eval.json'}, {output_dir / 'eval.md'}"),
         ("labelled boxes of a held-out image", output_dir / "predictions.png"),
-        (f"dense heatmap for '{demo['heatmap_query']}'", output_dir / "heatmap.png"),
+        (f"heatmap of '{demo['heatmap_query']}' (its probability among the classes)", output_dir / "heatmap.png"),
     ]
     lines += ["", "Outputs:"] + [f"  {name}: {path}" for name, path in places]
     print("\n".join(lines))

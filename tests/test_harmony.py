@@ -22,9 +22,12 @@ from benchmarks.harmony import (
     _train_config,
     aggregate_rows,
     fingerprint,
+    goal_verdict,
     group_top1,
     main,
+    markdown_table,
     mean_sd,
+    paired_differences,
     parse_row,
     run_harmony,
 )
@@ -177,6 +180,9 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     assert fingerprint(
         _train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path, 0), "p"
     ) != fingerprint(here, "p")
+    # An option added later leaves runs made before it reusable at the value that trains as they did, not otherwise.
+    assert fingerprint(dataclasses.replace(here, region_text_grad=True), "p") == fingerprint(here, "p")
+    assert fingerprint(dataclasses.replace(here, region_text_grad=False), "p") != fingerprint(here, "p")
 
 
 def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
@@ -224,6 +230,84 @@ def test_mean_and_sample_sd_by_hand() -> None:
         "n": 2,
         "per_seed": [0.0, 10.0, None],
     }
+
+
+def _row(key: str, seeds: list[int], mean_r1: list[float | None], held_out: list[float]) -> dict:
+    return aggregate_rows(
+        [
+            {
+                "key": key,
+                "label": key.upper(),
+                "losses": "GC",
+                "loss_weights": {},
+                "fields": {},
+                "seed": seed,
+                "figures": {**dict.fromkeys(FIGURES), "mean_R@1": r1, "box_top1_dense_held_out": top1},
+            }
+            for seed, r1, top1 in zip(seeds, mean_r1, held_out)
+        ]
+    )
+
+
+def test_paired_differences_are_taken_seed_by_seed() -> None:
+    gc = _row("gc", [0, 1, 2], [20.0, 30.0, 40.0], [5.0, 5.0, 5.0])
+    # Means 29 against 30: the plain difference of means (sd 10 each) settles nothing, the paired one (-1 every seed)
+    # is exact. Seed order differs and a seed missing from a row drops out.
+    harmo = _row("harmoclip", [2, 0, 1], [39.0, 19.0, 29.0], [9.0, 9.0, 9.0])
+    partial = _row("gr", [1, 3], [35.0, 50.0], [7.0, 7.0])
+    differences = paired_differences([gc, harmo, partial], "mean_R@1", "gc")
+    assert differences["gc"] == {"mean": 0.0, "sd": 0.0, "n": 3, "per_seed": [0.0, 0.0, 0.0]}
+    assert differences["harmoclip"] == {"mean": -1.0, "sd": 0.0, "n": 3, "per_seed": [-1.0, -1.0, -1.0]}
+    assert differences["gr"] == {"mean": 5.0, "sd": 0.0, "n": 1, "per_seed": [5.0, None]}
+    assert paired_differences([harmo], "mean_R@1", "gc") == {}
+
+
+def test_goal_verdict_on_hand_numbers() -> None:
+    gc = _row("gc", [0, 1], [30.0, 32.0], [4.0, 6.0])  # mean R@1 31
+    gr = _row("gr", [0, 1], [10.0, 12.0], [20.0, 22.0])  # held-out 21
+    gc_gr = _row("gc-gr", [0, 1], [30.0, 30.0], [24.0, 26.0])  # held-out 25: the best region-only row
+    exactly = _row("harmoclip", [0, 1], [29.5, 30.5], [25.0, 25.0])  # -1.0 and +0.0: both met, at the edges
+    verdict = goal_verdict([gc, gr, gc_gr, exactly])
+    assert verdict == {
+        "global_gap": -1.0,
+        "global_met": True,
+        "region_reference": "gc-gr",
+        "region_gap": 0.0,
+        "region_met": True,
+        "met": True,
+    }
+    short = _row("harmoclip", [0, 1], [29.0, 30.8], [30.0, 30.0])  # -1.1: the global side fails
+    verdict = goal_verdict([gc, gr, gc_gr, short])
+    assert verdict["global_met"] is False and verdict["region_met"] is True and verdict["met"] is False
+    assert goal_verdict([gc, gr]) is None  # no HarmoCLIP row
+    report = {
+        "settings": {
+            "seeds": [0, 1],
+            "synthetic_num_val": 10,
+            "synthetic_held_out": 2,
+            "pretrain_steps": 5,
+            "finetune_steps": 3,
+            "finetune_batch_size": 2,
+            "finetune_learning_rate": 1e-4,
+        },
+        "rows": [gc, gr, gc_gr, short],
+        "paired_mean_R@1_vs_gc": paired_differences([gc, gr, gc_gr, short], "mean_R@1", "gc"),
+        "goal": verdict,
+        "chance": {"num_boxes": 30, "num_classes": 4, "num_held_out_boxes": 10, "R@1": 10.0, "box_top1": 25.0},
+        "environment": {
+            "device": "cpu",
+            "torch_threads": 1,
+            "load_average_at_start": [0.0],
+            "load_average_at_end": [0],
+        },
+        "wall_seconds": 60.0,
+        "rows_reused": 0,
+        "rows_run": 8,
+        "command": "python -m benchmarks.harmony",
+    }
+    table = markdown_table(report)
+    assert "| HARMOCLIP | GC |" in table and "| -1.1 ± 0.1 |" in table.split("| HARMOCLIP | GC |")[1].splitlines()[0]
+    assert "**not met**" in table and "Mean R@1 -1.1 against GC only (not met)" in table
 
 
 def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:

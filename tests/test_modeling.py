@@ -454,6 +454,32 @@ def test_region_language_alignment_encodes_each_phrase_alone() -> None:
     assert off.phrase_embeds is None and off.loss_rla is None
 
 
+@pytest.mark.parametrize("lexeme_mode", ["token", "separate"])
+def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(lexeme_mode: str) -> None:
+    """`region_text_grad=False`: LRC and RLA (GC off) give no gradient to any text parameter but still train the image
+    side, with the same loss value; with the default both towers get gradients."""
+    settings = dict(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0, loss_rla_weight=1.0)
+    torch.manual_seed(0)
+    with_grad = tiny_harmoclip_model(lexeme_mode=lexeme_mode, **settings)
+    without = tiny_harmoclip_model(lexeme_mode=lexeme_mode, region_text_grad=False, **settings)
+    without.load_state_dict(with_grad.state_dict())
+    batch = _training_batch(with_grad)
+    losses = []
+    for model in (with_grad, without):
+        model.zero_grad()
+        out = model(**batch, return_loss=True)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        text = [p.grad for name, p in model.named_parameters() if name.startswith(("text_model.", "text_projection"))]
+        vision = [p.grad for name, p in model.named_parameters() if name.startswith("vision_model.encoder.layers.0.")]
+        assert all(grad is not None and grad.abs().sum() > 0 for grad in vision)
+        if model is with_grad:
+            assert any(grad is not None and grad.abs().sum() > 0 for grad in text)
+        else:
+            assert all(grad is None or grad.abs().sum() == 0 for grad in text)
+    torch.testing.assert_close(losses[0], losses[1])
+
+
 def test_zero_weight_terms_are_not_computed() -> None:
     model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
     out = model(**_training_batch(model), return_loss=True)

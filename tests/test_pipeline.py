@@ -19,6 +19,7 @@ from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
     PIPELINE_TASK,
     RegionClassificationPipeline,
+    dense_probabilities,
     dense_similarity,
     label_embeddings,
     label_probabilities,
@@ -193,3 +194,15 @@ def test_label_embeddings_scoring_and_dense_similarity_follow_the_definitions(ti
     expected = torch.einsum("dhw,ld->lhw", dense.double(), reference[[0, 3]])
     assert maps.shape == (2, 4, 4)
     torch.testing.assert_close(maps.double(), expected, atol=1e-5, rtol=0)
+    # Label embeddings computed once for many images give the same maps; a wrong shape is named.
+    again = dense_similarity(model, processor, _image(), ["dog", "tree"], label_embeds=embeds[[0, 3]])
+    torch.testing.assert_close(again, maps, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"`label_embeds` must have shape \(2, 16\)"):
+        dense_similarity(model, processor, _image(), ["dog", "tree"], label_embeds=embeds)
+
+    # Per-patch probabilities: the region scoring (softmax at the model's temperature over the labels) at each patch.
+    probabilities = dense_probabilities(model, processor, _image(), ["dog", "tree"])
+    scale = float(model.logit_scale.exp())
+    manual = torch.exp(scale * expected)
+    torch.testing.assert_close(probabilities.double(), manual / manual.sum(0, keepdim=True), atol=1e-5, rtol=0)
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(4, 4))

@@ -86,6 +86,14 @@ def test_heatmap_of_a_tiny_model_covers_the_image(tmp_path, processor, tiny_toke
     assert torch.allclose(similarity.double(), torch.einsum("dhw,d->hw", dense.double(), text), atol=1e-5)
     assert Image.open(out).size == (90, 60)
 
+    # Among candidate labels (the query added when missing): its probability at each patch, softmax over the labels.
+    probability = save_query_heatmap(model, processor, image, "blue sky", out, candidate_labels=["red ball", "grass"])
+    labels = ["red ball", "grass", "blue sky"]
+    texts = reference_label_embeds(model, tiny_tokenizer, labels, DEFAULT_TEMPLATES)
+    logits = model.logit_scale.exp().item() * torch.einsum("dhw,ld->lhw", dense.double(), texts)
+    assert torch.allclose(probability.double(), logits.softmax(0)[2], atol=1e-5)
+    assert Image.open(out).size == (90, 60)
+
 
 def test_box_predictions_picture(tmp_path, processor, tiny_tokenizer):
     model = tiny_harmoclip_model(seed=2)

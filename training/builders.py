@@ -56,6 +56,7 @@ HARMOCLIP_SETTINGS = (
     "loss_rla_weight",
     "region_pooling",
     "region_logit_scale_mode",
+    "region_text_grad",
 )
 
 

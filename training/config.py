@@ -94,6 +94,7 @@ class TrainConfig:
     loss_gr_weight: float = 1.0
     loss_rla_weight: float = 0.0  # region-language alignment: regions against their phrases encoded alone
     region_logit_scale_init: float | None = None  # set the region log temperature at the start (None: keep the model's)
+    region_text_grad: bool = True  # LRC/RLA also train the text tower (False: only GC does; they move the image side)
     lrc_mask_categories: bool = True  # LRC/RLA leave out negatives of the same category (else: of the same phrase text)
     # ---- optimisation
     seed: int = 0

@@ -1,0 +1,53 @@
+"""The pointing game: a box is a hit when the peak of its label's map lies inside it; checked on hand-made maps, and
+on a tiny model against the maps the pipeline draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_harmoclip_model, tiny_processor
+from evaluation.pointing import pointing_game, pointing_hits
+from modeling_harmoclip.pipeline_harmoclip import dense_probabilities, dense_similarity
+
+
+def test_hits_on_hand_made_maps() -> None:
+    # 2 labels on a 2x4 grid over a 80x40 image: patches are 20 px wide and tall, centres at x 10, 30, 50, 70.
+    maps = torch.zeros(2, 2, 4)
+    maps[0, 0, 2] = 1.0  # label 0 peaks at the patch centred on (50, 10)
+    maps[1, 1, 0] = 1.0  # label 1 peaks at (10, 30)
+    boxes = [[40, 0, 60, 20], [0, 0, 40, 20], [0, 20, 20, 40], [10, 30, 12, 33]]
+    assert pointing_hits(maps, boxes, [0, 0, 1, 1], (80, 40)) == [True, False, True, True]  # edges count as inside
+    flat = torch.zeros(1, 2, 4)  # ties: the first patch, centred on (10, 10)
+    assert pointing_hits(flat, [[0, 0, 20, 20], [20, 0, 80, 40]], [0, 0], (80, 40)) == [True, False]
+    with pytest.raises(ValueError, match="outside the 2 maps"):
+        pointing_hits(maps, [[0, 0, 1, 1]], [2], (80, 40))
+    with pytest.raises(ValueError, match="differ in length"):
+        pointing_hits(maps, [[0, 0, 1, 1]], [0, 1], (80, 40))
+    with pytest.raises(ValueError, match=r"\(L, h, w\)"):
+        pointing_hits(maps[0], [[0, 0, 1, 1]], [0], (80, 40))
+
+
+def test_game_scores_the_pipelines_maps(tiny_tokenizer) -> None:
+    model = tiny_harmoclip_model(seed=4)
+    processor = tiny_processor(tiny_tokenizer)
+    classes = ["red square", "blue circle", "green cross"]
+    image = Image.new("RGB", (64, 48), (120, 120, 120))
+    image.paste((220, 40, 40), (4, 4, 30, 30))
+    boxes = [[4, 4, 30, 30], [32, 10, 60, 44], [0, 0, 64, 48]]
+    labels = ["red square", "green cross", "blue circle"]
+    result = pointing_game(model, processor, [(image, boxes, labels), (image, boxes[:1], labels[:1])], classes)
+    expected = {}
+    for kind, maps in (
+        ("cosine", dense_similarity(model, processor, image, classes)),
+        ("probability", dense_probabilities(model, processor, image, classes)),
+    ):
+        hits = pointing_hits(maps, boxes, [classes.index(label) for label in labels], image.size)
+        expected[kind] = 100.0 * (sum(hits) + hits[0]) / 4
+    assert result == {"cosine": expected["cosine"], "probability": expected["probability"], "num_boxes": 4}
+    assert result["cosine"] >= 25.0  # the whole-image box always holds the peak
+    with pytest.raises(ValueError, match=r"\['dog'\] are not among `class_names`"):
+        pointing_game(model, processor, [(image, boxes[:1], ["dog"])], classes)
+    with pytest.raises(ValueError, match="no boxes"):
+        pointing_game(model, processor, [], classes)
