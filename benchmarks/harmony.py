@@ -826,8 +826,15 @@ def run_benchmark(
                     "same_as": done[row_fingerprint]["key"],
                 }
             else:
-                config = dataclasses.replace(config, output_dir=str(runs / f"{configuration.key}-{row_fingerprint}"))
-                record = done[row_fingerprint] = run_row(configuration, config, row_fingerprint, show_progress)
+                folder = runs / f"{configuration.key}-{row_fingerprint}"
+                if not folder.exists():  # the same training finished earlier under another row's name
+                    folder = next(
+                        (f for f in sorted(runs.glob(f"*-{row_fingerprint}")) if read_finished_row(f, row_fingerprint)),
+                        folder,
+                    )
+                config = dataclasses.replace(config, output_dir=str(folder))
+                record = run_row(configuration, config, row_fingerprint, show_progress)
+                record = done[row_fingerprint] = {**record, "key": configuration.key, "label": configuration.label}
             records[configuration.key].append(record)
             progress.update(1)
     progress.close()

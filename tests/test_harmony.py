@@ -163,6 +163,24 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert rows["gc-lrc-gr"]["reused"] and rows["rla"]["init_from"] == pretrained["model"] and not rows["rla"]["reused"]
     assert rows["rla"]["loss_weights"] == {"gc": 1.0, "lrc": 0.0, "rla": 1.0, "gr": 1.0}
     assert rows["same"]["same_as"] == "gc-lrc-gr" and rows["same"]["figures"] == rows["gc-lrc-gr"]["figures"]
+    # ... and in a later run, a row whose training finished under another row's name reuses that run.
+    later = run_harmony(
+        [
+            "--quick",
+            "--out",
+            str(out),
+            "--configurations",
+            "gc",
+            "--seeds",
+            str(SEEDS[0]),
+            "--row",
+            "twin:"
+            + "loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none",
+        ]
+    )
+    twin = {row["key"]: row for row in later["rows"]}["twin"]
+    assert twin["label"].startswith("twin (") and twin["per_seed"][0]["reused"]
+    assert twin["per_seed"][0]["folder"] == rows["gc-lrc-gr"]["folder"] and not list((out / "runs").glob("twin-*"))
 
 
 def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
