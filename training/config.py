@@ -89,12 +89,14 @@ class TrainConfig:
     gr_teacher: str = "frozen"  # "frozen", "self_with_grad", "self_stop_grad" ("self"), "cached", "none"
     gr_crop_scale: float = 1.5
     teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
+    # Default loss weights and `region_text_grad`: chosen with the harmony benchmark (README, "Harmony benchmark"):
+    # the token-level LRC and the region terms' text-tower gradients cost global retrieval there.
     loss_gc_weight: float = 1.0
-    loss_lrc_weight: float = 1.0
+    loss_lrc_weight: float = 0.0  # lexeme-region contrast, token level (the caption's own token states)
     loss_gr_weight: float = 1.0
-    loss_rla_weight: float = 0.0  # region-language alignment: regions against their phrases encoded alone
+    loss_rla_weight: float = 0.5  # region-language alignment: regions against their phrases encoded alone
     region_logit_scale_init: float | None = None  # set the region log temperature at the start (None: keep the model's)
-    region_text_grad: bool = True  # LRC/RLA also train the text tower (False: only GC does; they move the image side)
+    region_text_grad: bool = False  # LRC/RLA also train the text tower (False: only GC does; they move the image side)
     lrc_mask_categories: bool = True  # LRC/RLA leave out negatives of the same category (else: of the same phrase text)
     # ---- optimisation
     seed: int = 0
