@@ -117,7 +117,12 @@ HARMOCLIP_FIELDS = (
 )
 # What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
 # defaults become: rows keep their meaning, and their finished runs stay reusable, when the defaults change.
-BASE_FIELDS: dict[str, Any] = {**_weights(1.0, 1.0, 1.0, 0.0), "gr_teacher": "frozen", "region_logit_scale_init": None}
+BASE_FIELDS: dict[str, Any] = {
+    **_weights(1.0, 1.0, 1.0, 0.0),
+    "gr_teacher": "frozen",
+    "region_logit_scale_init": None,
+    "region_text_grad": True,
+}
 PRETRAINED = Configuration("pretrained", "pre-trained CLIP (reference)", _weights(1.0, 0.0, 0.0))
 FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0)),

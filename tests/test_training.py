@@ -77,6 +77,9 @@ def run_training(
     return result
 
 
+TERMS = ("gc", "lrc", "rla", "gr")
+
+
 def free_port() -> str:
     """A free TCP port on 127.0.0.1 for torchrun's rendezvous."""
     with socket.socket() as probe:
@@ -93,11 +96,14 @@ def test_script_run_saves_a_hub_ready_model(tmp_path: Path, synthetic_dir: Path)
     run_training([PYTHON], out, synthetic_dir, "--max_steps", "3", "--checkpoint_every", "2")
     records = read_metrics(out)
     assert [record["step"] for record in records] == [1, 2, 3]
-    assert all(
-        {"loss", "loss_gc", "loss_lrc", "loss_gr", "lr", "logit_scale", "samples_per_second"} <= set(r) for r in records
+    weights = {term: json.loads((out / "config.json").read_text())[f"loss_{term}_weight"] for term in TERMS}
+    logged = {f"loss_{term}" for term, weight in weights.items() if weight > 0}
+    assert len(logged) >= 2 and all(
+        {"loss", "lr", "logit_scale", "samples_per_second"} | logged <= set(r) for r in records
     )
-    for record in records:  # the total is the weighted sum of the terms (all weights 1 in the shipped config)
-        assert record["loss"] == pytest.approx(record["loss_gc"] + record["loss_lrc"] + record["loss_gr"], rel=1e-5)
+    for record in records:  # the total is the weighted sum of the terms the shipped config turns on
+        expected = sum(weights[term] * record[f"loss_{term}"] for term in TERMS if weights[term] > 0)
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)
     assert (out / "loss_curves.png").stat().st_size > 1000 and (out / "train.log").is_file()
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
     from transformers import AutoModel, AutoProcessor
