@@ -67,7 +67,10 @@ def main() -> None:
     accelerator = Accelerator(cpu=True)
     # Every term on, the token-level LRC and the sentence-level RLA together.
     config = TrainConfig(
-        batch_size=GLOBAL_BATCH // accelerator.num_processes, gr_teacher=args.gr_teacher, loss_rla_weight=0.5
+        batch_size=GLOBAL_BATCH // accelerator.num_processes,
+        gr_teacher=args.gr_teacher,
+        loss_lrc_weight=1.0,
+        loss_rla_weight=0.5,
     )
     model = tiny_harmoclip_model(seed=0, loss_rla_weight=0.5)
     model.train()

@@ -136,6 +136,7 @@ def synthetic_config(tmp_path_factory):
         "synthetic_dir": str(folder / "synthetic"),
         "output_dir": str(folder / "run"),
         "batch_size": 4,
+        "loss_gr_weight": 1.0,  # the main job's config trains from scratch without GR
     }
     return load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
 

@@ -373,7 +373,7 @@ def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
     assert "skipped 1 unreadable sample(s)" in log and "000000000013.jpg" in log
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3] and all(r["lr"] <= 1e-5 for r in records)
-    assert all("loss_lrc" in r and "loss_gr" in r for r in records)  # COCO boxes linked to phrases, and GR
+    assert all("loss_rla" in r and "loss_gr" in r for r in records)  # COCO boxes linked to phrases (RLA), and GR
     saved = json.loads((out / "model" / "config.json").read_text())
     assert saved["model_type"] == "harmoclip" and saved["gr_teacher"] == "frozen"
     assert json.loads((out / "model" / "processor_config.json").read_text())["region_mode"] is True
@@ -402,6 +402,7 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
         "image_size": 32,
         "synthetic_dir": str(synthetic_dir),
         "output_dir": str(tmp_path / "run"),
+        "loss_gr_weight": 1.0,  # the main job's config trains from scratch without GR
     }
     config = load_config(ROOT / "configs" / "synthetic_tiny.yaml", overrides)
     cache_dir = build_teacher_cache_folder(config, tmp_path / "cache", batch_size=5)
@@ -422,7 +423,17 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
 
     out = tmp_path / "cached_run"
     run_training(
-        [PYTHON], out, synthetic_dir, "--max_steps", "2", "--gr_teacher", "cached", "--teacher_cache", str(cache_dir)
+        [PYTHON],
+        out,
+        synthetic_dir,
+        "--max_steps",
+        "2",
+        "--gr_teacher",
+        "cached",
+        "--teacher_cache",
+        str(cache_dir),
+        "--loss_gr_weight",
+        "1",
     )
     assert all("loss_gr" in record for record in read_metrics(out))
     self_run = tmp_path / "self_run"
@@ -436,6 +447,8 @@ def test_cached_teacher_equals_the_frozen_teacher(tmp_path: Path, synthetic_dir:
         "self_with_grad",
         "--loss_lrc_weight",
         "0",
+        "--loss_gr_weight",
+        "1",
     )
     record = read_metrics(self_run)[0]
     assert "loss_gr" in record and "loss_lrc" not in record
