@@ -231,7 +231,10 @@ def render_model_card(
         else "not recorded",
         "clip_export_usage": clip_export_markdown(info.repo_id, info.clip_export),
         "dense_mode": f"`{config.dense_mode}`",
-        "loss_weights": f"{config.loss_gc_weight:g} / {config.loss_lrc_weight:g} / {config.loss_gr_weight:g}",
+        "loss_weights": " / ".join(
+            f"{getattr(config, f'loss_{term}_weight'):g}" for term in ("gc", "lrc", "rla", "gr")
+        ),
+        "region_text_grad": "yes" if config.region_text_grad else "no (GC alone trains the text tower)",
         "gr_teacher": f"`{config.gr_teacher}`",
         "gr_crop_scale": f"{config.gr_crop_scale:g}",
         "lexeme_mode": f"`{config.lexeme_mode}`",

@@ -155,6 +155,8 @@ def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_pa
     assert "| Dense features (`dense_mode`) | `value` |" in card.text
     assert "| Region pooling (`region_pooling`) | `normalize_then_pool` |" in card.text
     assert "| Region temperature (`region_logit_scale_mode`) | `shared` |" in card.text
+    assert "| Loss weights GC / LRC / RLA / GR | 1 / 1 / 0 / 1 |" in card.text  # the saved model's config
+    assert "| Region terms train the text tower (`region_text_grad`) | yes |" in card.text
     assert "[org/harmoclip-tiny-clip](https://huggingface.co/org/harmoclip-tiny-clip)" in card.text  # links the export
 
     # The export's own repository: its own card, with the widget, linking back; only the global tasks' figures.
