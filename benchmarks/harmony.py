@@ -695,6 +695,9 @@ def goal_lines(goal: dict[str, Any] | None, rows: Sequence[dict[str, Any]]) -> l
     ]
 
 
+LEGEND_LABEL_LIMIT = 48  # longer labels (ablation rows list their fields) are shown by key: the table has the fields
+
+
 def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, float] | None = None) -> Path:
     """Global accuracy (mean retrieval R@1) against region accuracy on held-out combinations (box Top-1, dense; all
     boxes when nothing was held out), one labelled point per row with ± sd error bars over seeds; the pre-trained
@@ -726,7 +729,7 @@ def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, f
             elinewidth=1,
             capsize=3,
             zorder=3,
-            label=row["label"],
+            label=row["label"] if len(row["label"]) <= LEGEND_LABEL_LIMIT else f"{row['key']} ({row['losses']})",
             alpha=0.85,
         )
         # Alternate above / below: neighbouring rows often land close together.
@@ -752,7 +755,7 @@ def plot_harmony(rows: Sequence[dict[str, Any]], path: Path, chance: dict[str, f
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary)
+    figure.savefig(temporary, bbox_inches="tight")  # the legend sits outside the axes
     plt.close(figure)
     os.replace(temporary, path)
     return path
