@@ -31,8 +31,8 @@ INTRO = """
 
 Upload an image, give candidate labels, and choose boxes. Each box is classified among the labels from its
 **region embedding** (one pass of the image encoder, RoIAlign over the dense patch features); the labels are also
-ranked for the **whole image** (CLIP's zero-shot classification), and the **heatmap** shows the similarity of every
-patch with one label. The image is resized to a square without cropping, so the model sees all of it.
+ranked for the **whole image** (CLIP's zero-shot classification), and the **heatmap** shows, at every patch, the
+probability of one label among your labels (bright: this label rather than another). The image is resized to a square without cropping, so the model sees all of it.
 
 Boxes:
 - **Typed boxes**: one per line, `x1, y1, x2, y2` in the image's pixels (origin at the top left).
@@ -86,7 +86,7 @@ def page_outputs(
         return empty_outputs(f"**Something went wrong:** {type(error).__name__}: {error}")
     status = (
         f"Classified {len(result.boxes)} box(es) ({box_source.lower()}) among {len(result.ranking)} label(s). "
-        f"Heatmap: similarity with “{result.heatmap_label}”."
+        f"Heatmap: probability of “{result.heatmap_label}” among the labels."
     )
     return (
         result.labelled_image,
@@ -136,7 +136,7 @@ def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
                 )
                 ranking = gr.Label(label="Labels for the whole image", elem_id="ranking")
                 heatmap = gr.Image(
-                    type="pil", label="Dense similarity heatmap (bright: similar)", elem_id="heatmap", format="png"
+                    type="pil", label="Heatmap: the label's probability at each patch", elem_id="heatmap", format="png"
                 )
         run.click(
             lambda *values: page_outputs(demo, *values),

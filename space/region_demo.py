@@ -2,7 +2,7 @@
 
 All model logic comes from the model repository's own code, the `region-classification` pipeline loaded with
 `trust_remote_code=True`: the pipeline call classifies the boxes, its `encode_labels` gives the prompt-ensembled
-label embeddings and its `dense_similarity` the heatmaps; `model.get_image_features` and `model.get_dense_features`
+label embeddings and its `dense_probabilities` the heatmaps; `model.get_image_features` and `model.get_dense_features`
 give the global ranking and the salient regions. The pipeline's processor resizes images to a square without
 cropping, so every box, the global ranking and the heatmap see the whole image.
 """
@@ -90,7 +90,7 @@ class DemoResult:
     labelled_image: Image.Image  # the image with each box and its best label and score
     table: list[list[str]]  # one row per box: TABLE_HEADERS
     ranking: dict[str, float]  # zero-shot probability of each label for the whole image
-    heatmap: Image.Image  # dense similarity with `heatmap_label`, overlaid on the image
+    heatmap: Image.Image  # probability of `heatmap_label` among the labels at each patch, overlaid
     heatmap_label: str
     boxes: list[list[float]]  # xyxy, image pixels (typed or proposed)
 
@@ -127,6 +127,12 @@ class RegionDemo:
     def similarity_map(self, image: Image.Image, query: str) -> np.ndarray:
         """(h, w) cosine similarity of each patch embedding with the prompt-ensembled embedding of `query`."""
         return self.classifier.dense_similarity(image, [query])[0].numpy()
+
+    def probability_map(self, image: Image.Image, query: str, labels: list[str]) -> np.ndarray:
+        """(h, w) probability of `query` among `labels` (plus `query` when it is not one) at each patch: the heatmap.
+        Unlike the raw similarity, what all labels share (e.g. a plain background) cancels."""
+        candidates = labels if query in labels else [*labels, query]
+        return self.classifier.dense_probabilities(image, candidates)[candidates.index(query)].numpy()
 
     def propose_boxes(
         self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int
@@ -179,5 +185,5 @@ class RegionDemo:
         ]
         ranking = self.rank_labels(image, labels)
         query = (heatmap_label or "").strip() or next(iter(ranking))
-        heatmap = overlay_heatmap(image, self.similarity_map(image, query))
+        heatmap = overlay_heatmap(image, self.probability_map(image, query, labels))
         return DemoResult(label_boxes(image, boxes, captions), table, ranking, heatmap, query, boxes)

@@ -221,7 +221,7 @@ def test_global_ranking_matches_the_clip_forward(demo):
     np.testing.assert_allclose([result.ranking[label] for label in LABELS], probabilities.numpy(), atol=1e-5)
 
 
-def test_heatmap_is_the_dense_similarity_with_the_chosen_label(demo):
+def test_heatmap_is_the_chosen_labels_probability_among_the_labels(demo):
     image = scene_image()
     default = demo.run(image, LABELS_TEXT, BOXES_TEXT)
     assert default.heatmap_label == next(iter(default.ranking))  # blank: the best label for the whole image
@@ -234,10 +234,16 @@ def test_heatmap_is_the_dense_similarity_with_the_chosen_label(demo):
     expected = torch.einsum("dhw,d->hw", dense, _reference_labels(demo, ["green grass"])[0]).numpy()
     assert expected.shape == (4, 4)
     np.testing.assert_allclose(demo.similarity_map(image, "green grass"), expected, atol=1e-5)
+    # The heatmap: the label's probability among the typed labels at every patch (softmax at the model's scale).
+    labels = region_demo.parse_labels(LABELS_TEXT)
+    logits = demo.model.logit_scale.exp().item() * torch.einsum("dhw,ld->lhw", dense, _reference_labels(demo, labels))
+    expected_probability = logits.softmax(0)[labels.index("green grass")].numpy()
+    np.testing.assert_allclose(demo.probability_map(image, "green grass", labels), expected_probability, atol=1e-5)
     np.testing.assert_array_equal(
         np.asarray(chosen.heatmap),
-        np.asarray(demo_drawing.overlay_heatmap(image, demo.similarity_map(image, "green grass"))),
+        np.asarray(demo_drawing.overlay_heatmap(image, demo.probability_map(image, "green grass", labels))),
     )
+    assert demo.probability_map(image, "a cat", labels).shape == (4, 4)  # a label outside the list is added
 
 
 def test_automatic_boxes_come_from_the_grid_and_the_saliency_map(demo):
