@@ -135,3 +135,22 @@ def test_mode_choices_come_from_the_modeling_config() -> None:
             meant = TEACHER_ALIASES.get(mode, mode) if name == "gr_teacher" else mode
             assert getattr(TrainConfig(**{name: mode, "teacher_cache": "cache"}), name) == meant
             assert getattr(HarmoCLIPConfig(**{name: mode}), name) == meant
+
+
+def test_init_from_that_is_neither_a_folder_nor_a_repo_id_fails_at_once(tmp_path, capsys) -> None:
+    from training.builders import check_init_from
+    from training.train import main
+
+    missing = tmp_path / "runs" / "model"  # two separators: a local path, never a Hub repository id
+    with pytest.raises(ValueError, match=r"config `init_from` '.*runs/model': no such folder \(and not a Hub"):
+        check_init_from(str(missing))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file: give the model's folder"):
+        check_init_from(str(weights))
+    check_init_from(str(tmp_path))  # a folder: from_pretrained's turn
+    check_init_from("org/harmoclip-vitb16")  # may be on the Hub: from_pretrained's turn
+    out = tmp_path / "out"
+    assert main(["--init_from", str(missing), "--output_dir", str(out), "--report_to", "none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: config `init_from`") and "no such folder" in err[-1]

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import CLIPConfig, CLIPTokenizer
 
 from conversion.clip_vocab import write_clip_tokenizer_files
@@ -108,8 +110,23 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
     return model, processor
 
 
+def check_init_from(init_from: str) -> None:
+    """Fails at once, in one line, for an `init_from` that is neither a model folder nor a Hub repository id, rather
+    than after `from_pretrained`'s minutes of retries against the Hub."""
+    path = Path(init_from).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"config `init_from` {init_from!r} is a file: give the model's folder")
+        return
+    try:
+        validate_repo_id(init_from)
+    except HFValidationError:
+        raise ValueError(f"config `init_from` {init_from!r}: no such folder (and not a Hub repository id)") from None
+
+
 def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, HarmoCLIPProcessor]:
     if config.init_from:
+        check_init_from(config.init_from)
         # The settings go in before the weights load: a CLIP folder's missing `region_logit_scale` is then initialised
         # as this run's `region_logit_scale_mode` says (from the CLIP's trained `logit_scale`, or the config value).
         model = HarmoCLIPModel.from_pretrained(config.init_from, **harmoclip_settings(config))
