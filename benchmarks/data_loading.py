@@ -2,7 +2,8 @@
 
 `--pipeline synthetic` (default): samples per second of the training DataLoader on the synthetic shapes set, against
 what the training step consumes, both with the shipped default config (configs/synthetic_tiny.yaml: tiny model,
-64 px, batch 64, GC+LRC+GR with the frozen teacher). The loader is the one training/train.py builds (JSONL data set of
+64 px, batch 64) with the losses of a fine-tuning run, GC+LRC+GR under the frozen teacher (`LOSSES`: the teacher's
+crops are what loading costs most; the main job itself trains without GR). The loader is the one training/train.py builds (JSONL data set of
 the generated set, `ShardedShuffleSampler`, `RegionCollator` with the processor, which also cuts the frozen teacher's
 crops, `drop_last`); a round reads one whole epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +45,10 @@ from conversion.cli import CommandParser, run_command  # noqa: E402
 
 NAME = "data_loading"
 DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
+# The losses of a fine-tuning run (every weight given): GR under the frozen teacher makes the loader cut crops.
+LOSSES: dict[str, Any] = dict(
+    loss_gc_weight=1.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=1.0, gr_teacher="frozen"
+)
 
 
 def build_parser() -> CommandParser:
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> dict:
             report_to="none",
             tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
             mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
+            **LOSSES,
         )
         if args.batch_size or args.quick:
             overrides["batch_size"] = args.batch_size or 8

@@ -53,11 +53,16 @@ NAME = "train_step"
 TIME_LIMIT = 1.3  # cached HarmoCLIP step time / GC-only step time
 MEMORY_LIMIT = 1.25  # cached HarmoCLIP peak memory / GC-only peak memory
 # Variant -> training-config overrides. All share the model, the batch and the optimiser settings.
+# Every weight is given, so a variant means what its name says whatever TrainConfig's defaults are.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "GC": dict(loss_lrc_weight=0.0, loss_gr_weight=0.0),
-    "GC+LRC": dict(loss_gr_weight=0.0),
-    "GC+LRC+GR frozen": dict(gr_teacher="frozen"),
-    "GC+LRC+GR cached": dict(gr_teacher="cached"),
+    "GC": dict(loss_gc_weight=1.0, loss_lrc_weight=0.0, loss_rla_weight=0.0, loss_gr_weight=0.0),
+    "GC+LRC": dict(loss_gc_weight=1.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=0.0),
+    "GC+LRC+GR frozen": dict(
+        loss_gc_weight=1.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=1.0, gr_teacher="frozen"
+    ),
+    "GC+LRC+GR cached": dict(
+        loss_gc_weight=1.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=1.0, gr_teacher="cached"
+    ),
 }
 
 

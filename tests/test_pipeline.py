@@ -202,7 +202,7 @@ def test_label_embeddings_scoring_and_dense_similarity_follow_the_definitions(ti
 
     # Per-patch probabilities: the region scoring (softmax at the model's temperature over the labels) at each patch.
     probabilities = dense_probabilities(model, processor, _image(), ["dog", "tree"])
-    scale = float(model.logit_scale.exp())
+    scale = model.logit_scale.exp().item()
     manual = torch.exp(scale * expected)
     torch.testing.assert_close(probabilities.double(), manual / manual.sum(0, keepdim=True), atol=1e-5, rtol=0)
     torch.testing.assert_close(probabilities.sum(0), torch.ones(4, 4))
