@@ -8,13 +8,18 @@ probability among all the candidate labels (`dense_probabilities`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, dense_similarity, label_embeddings
+from evaluation.eval_data import BoxClassificationData, load_image
+from modeling_harmoclip.pipeline_harmoclip import (
+    DEFAULT_TEMPLATES,
+    dense_similarity,
+    label_embeddings,
+    similarity_to_probabilities,
+)
 
 MAP_KINDS = ("cosine", "probability")
 
@@ -52,32 +57,25 @@ def pointing_hits(
 def pointing_game(
     model: torch.nn.Module,
     processor: Any,
-    samples: Iterable[tuple[Image.Image, Sequence[Sequence[float]], Sequence[str]]],
-    class_names: Sequence[str],
+    data: BoxClassificationData,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
 ) -> dict[str, Any]:
-    """Pointing-game accuracy (percent) of both maps over `samples`: (image, boxes in its pixels, their labels).
+    """Pointing-game accuracy (percent) of both maps over the labelled boxes of `data` (e.g. `read_box_manifest`),
+    each box's label scored among `data.class_names`.
 
     Returns:
-        {"cosine": %, "probability": %, "num_boxes": N}; the labels are scored among `class_names`.
+        {"cosine": %, "probability": %, "num_boxes": N}.
     """
-    class_names = list(class_names)
-    label_embeds = label_embeddings(model, processor.tokenizer, class_names, templates)  # encoded once
-    scale = float(model.logit_scale.exp())
+    if data.num_boxes == 0:
+        raise ValueError(f"{data.source or 'the data'} holds no labelled boxes: the pointing game needs at least one")
+    label_embeds = label_embeddings(model, processor.tokenizer, data.class_names, templates)  # encoded once
     hits: dict[str, int] = dict.fromkeys(MAP_KINDS, 0)
-    count = 0
-    for image, boxes, labels in samples:
-        unknown = [label for label in labels if label not in class_names]
-        if unknown:
-            raise ValueError(f"labels {unknown} are not among `class_names`")
-        similarity = dense_similarity(model, processor, image, class_names, label_embeds=label_embeds)
-        indices = [class_names.index(label) for label in labels]
-        for kind, maps in (("cosine", similarity), ("probability", (scale * similarity).softmax(dim=0))):
-            hits[kind] += sum(pointing_hits(maps, boxes, indices, image.size))
-        count += len(boxes)
-    if count == 0:
-        raise ValueError("`samples` hold no boxes: the pointing game needs at least one")
-    return {**{kind: 100.0 * hits[kind] / count for kind in MAP_KINDS}, "num_boxes": count}
+    for entry in data.images:
+        image = load_image(entry.path)
+        similarity = dense_similarity(model, processor, image, data.class_names, label_embeds=label_embeds)
+        for kind, maps in (("cosine", similarity), ("probability", similarity_to_probabilities(similarity, model))):
+            hits[kind] += sum(pointing_hits(maps, entry.boxes, entry.labels, image.size))
+    return {**{kind: 100.0 * hits[kind] / data.num_boxes for kind in MAP_KINDS}, "num_boxes": data.num_boxes}
 
 
 __all__ = ["MAP_KINDS", "pointing_hits", "pointing_game"]

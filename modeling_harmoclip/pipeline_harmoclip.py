@@ -184,8 +184,13 @@ def dense_probabilities(
     Returns:
         (L, h, w) float32 on the CPU, summing to 1 over L at every patch; h x w the patch grid.
     """
-    similarity = dense_similarity(model, processor, image, labels, templates)
-    return (float(model.logit_scale.exp()) * similarity).softmax(dim=0)
+    return similarity_to_probabilities(dense_similarity(model, processor, image, labels, templates), model)
+
+
+def similarity_to_probabilities(similarity: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """(L, h, w) cosine maps (`dense_similarity`) -> each label's probability among the L at every patch: the softmax
+    over labels at the model's own temperature, as `label_probabilities` scores a box."""
+    return (model.logit_scale.exp().item() * similarity).softmax(dim=0)
 
 
 class RegionClassificationPipeline(Pipeline):
@@ -341,6 +346,7 @@ __all__ = [
     "prompt_ensemble_embeddings",
     "label_probabilities",
     "dense_probabilities",
+    "similarity_to_probabilities",
     "dense_similarity",
     "check_templates",
     "custom_pipelines_entry",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion.cli import run_command, setup_logging  # noqa: E402
+from evaluation.eval_data import read_box_manifest  # noqa: E402
 from evaluation.pointing import pointing_game  # noqa: E402
 from evaluation.visualize import draw_boxes, save_query_heatmap  # noqa: E402
 from training.config import build_argument_parser, config_from_args  # noqa: E402
@@ -62,7 +62,8 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
         save_query_heatmap(
             classifier.model, classifier.processor, large, query, output_dir / "heatmap.png", candidate_labels=classes
         )
-        pointing = pointing_game(classifier.model, classifier.processor, held_out_samples(data_dir), classes)
+        held_out = read_box_manifest(data_dir / "val.jsonl", class_names=classes)
+        pointing = pointing_game(classifier.model, classifier.processor, held_out)
     return {
         "image": str(data_dir / record["image"]),
         "caption": record["caption"],
@@ -73,14 +74,6 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
         "heatmap_query": query,
         "pointing_game": pointing,
     }
-
-
-def held_out_samples(data_dir: Path) -> Iterator[tuple[Image.Image, list[list[float]], list[str]]]:
-    """(image, boxes, labels) of every held-out image of the synthetic data set."""
-    for line in (data_dir / "val.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        image = Image.open(data_dir / record["image"]).convert("RGB")
-        yield image, [region["box"] for region in record["regions"]], [region["label"] for region in record["regions"]]
 
 
 def run_main_job(argv: list[str] | None = None) -> dict:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_harmoclip_model, tiny_processor
+from evaluation.eval_data import BoxClassificationData, BoxImage
 from evaluation.pointing import pointing_game, pointing_hits
 from modeling_harmoclip.pipeline_harmoclip import dense_probabilities, dense_similarity
 
@@ -29,25 +30,28 @@ def test_hits_on_hand_made_maps() -> None:
         pointing_hits(maps[0], [[0, 0, 1, 1]], [0], (80, 40))
 
 
-def test_game_scores_the_pipelines_maps(tiny_tokenizer) -> None:
+def test_game_scores_the_pipelines_maps(tiny_tokenizer, tmp_path) -> None:
     model = tiny_harmoclip_model(seed=4)
     processor = tiny_processor(tiny_tokenizer)
     classes = ["red square", "blue circle", "green cross"]
     image = Image.new("RGB", (64, 48), (120, 120, 120))
     image.paste((220, 40, 40), (4, 4, 30, 30))
+    image.save(tmp_path / "scene.png")
     boxes = [[4, 4, 30, 30], [32, 10, 60, 44], [0, 0, 64, 48]]
-    labels = ["red square", "green cross", "blue circle"]
-    result = pointing_game(model, processor, [(image, boxes, labels), (image, boxes[:1], labels[:1])], classes)
+    labels = [0, 2, 1]  # class indices, as `read_box_manifest` gives them
+    data = BoxClassificationData(
+        [BoxImage(tmp_path / "scene.png", boxes, labels), BoxImage(tmp_path / "scene.png", boxes[:1], labels[:1])],
+        classes,
+    )
+    result = pointing_game(model, processor, data)
     expected = {}
     for kind, maps in (
         ("cosine", dense_similarity(model, processor, image, classes)),
         ("probability", dense_probabilities(model, processor, image, classes)),
     ):
-        hits = pointing_hits(maps, boxes, [classes.index(label) for label in labels], image.size)
+        hits = pointing_hits(maps, boxes, labels, image.size)
         expected[kind] = 100.0 * (sum(hits) + hits[0]) / 4
     assert result == {"cosine": expected["cosine"], "probability": expected["probability"], "num_boxes": 4}
     assert result["cosine"] >= 25.0  # the whole-image box always holds the peak
-    with pytest.raises(ValueError, match=r"\['dog'\] are not among `class_names`"):
-        pointing_game(model, processor, [(image, boxes[:1], ["dog"])], classes)
-    with pytest.raises(ValueError, match="no boxes"):
-        pointing_game(model, processor, [], classes)
+    with pytest.raises(ValueError, match="holds no labelled boxes"):
+        pointing_game(model, processor, BoxClassificationData([], classes, source="empty.jsonl"))
