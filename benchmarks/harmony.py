@@ -494,22 +494,22 @@ def goal_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Whether the TrainConfig defaults ("harmoclip") keep GC-only's global accuracy (mean R@1 within
     `GOAL_GLOBAL_TOLERANCE`) and reach the held-out region accuracy of the best region-only method (GR only, GC+GR),
     all as means over seeds. None when a row it needs was not run."""
-    means = {row["key"]: row["figures"] for row in rows}
-    if GOAL_ROW not in means or GLOBAL_REFERENCE not in means or not any(key in means for key in REGION_REFERENCES):
-        return None
+    mean = {row["key"]: {name: figure["mean"] for name, figure in row["figures"].items()} for row in rows}
     region_key = "box_top1_dense_held_out"
-    if means[GOAL_ROW][region_key]["mean"] is None:
+    references = [key for key in REGION_REFERENCES if key in mean]
+    if GOAL_ROW not in mean or GLOBAL_REFERENCE not in mean or not references or mean[GOAL_ROW][region_key] is None:
         return None
-    best_region = max((key for key in REGION_REFERENCES if key in means), key=lambda k: means[k][region_key]["mean"])
-    global_gap = means[GOAL_ROW]["mean_R@1"]["mean"] - means[GLOBAL_REFERENCE]["mean_R@1"]["mean"]
-    region_gap = means[GOAL_ROW][region_key]["mean"] - means[best_region][region_key]["mean"]
+    best_region = max(references, key=lambda key: mean[key][region_key])
+    global_gap = mean[GOAL_ROW]["mean_R@1"] - mean[GLOBAL_REFERENCE]["mean_R@1"]
+    region_gap = mean[GOAL_ROW][region_key] - mean[best_region][region_key]
+    global_met, region_met = global_gap >= -GOAL_GLOBAL_TOLERANCE, region_gap >= 0.0
     return {
         "global_gap": global_gap,
-        "global_met": global_gap >= -GOAL_GLOBAL_TOLERANCE,
+        "global_met": global_met,
         "region_reference": best_region,
         "region_gap": region_gap,
-        "region_met": region_gap >= 0.0,
-        "met": global_gap >= -GOAL_GLOBAL_TOLERANCE and region_gap >= 0.0,
+        "region_met": region_met,
+        "met": global_met and region_met,
     }
 
 
