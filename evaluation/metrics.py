@@ -24,6 +24,16 @@ def _check_embeddings(embeds: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` must have shape (N, D), got {tuple(embeds.shape)}")
 
 
+def _check_embedding_pair(first: torch.Tensor, first_name: str, second: torch.Tensor, second_name: str) -> None:
+    """Both (N, D) tensors, of the same width D."""
+    _check_embeddings(first, first_name)
+    _check_embeddings(second, second_name)
+    if first.shape[1] != second.shape[1]:
+        raise ValueError(
+            f"`{first_name}` and `{second_name}` must have the same width, got {first.shape[1]} and {second.shape[1]}"
+        )
+
+
 def _check_block_size(block_size: int) -> None:
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive int, got {block_size!r}")
@@ -54,13 +64,8 @@ def retrieval_ranks(
             best caption (-1 for an image without captions). Image i is correct at K if its rank < K.
         text_ranks: (T,) long; for caption t, the number of other images scoring at least as high as its image.
     """
-    _check_embeddings(image_embeds, "image_embeds")
-    _check_embeddings(text_embeds, "text_embeds")
+    _check_embedding_pair(image_embeds, "image_embeds", text_embeds, "text_embeds")
     _check_block_size(block_size)
-    if image_embeds.shape[1] != text_embeds.shape[1]:
-        raise ValueError(
-            f"`image_embeds` and `text_embeds` must have the same width, got {image_embeds.shape[1]} and {text_embeds.shape[1]}"
-        )
     num_images, num_texts = image_embeds.shape[0], text_embeds.shape[0]
     text_to_image = torch.as_tensor(text_to_image, dtype=torch.long, device=text_embeds.device)
     if tuple(text_to_image.shape) != (num_texts,):
@@ -144,13 +149,8 @@ def top_k_predictions(
     Returns:
         indices (M, k) long and scores (M, k) float32, best first.
     """
-    _check_embeddings(embeds, "embeds")
-    _check_embeddings(class_embeds, "class_embeds")
+    _check_embedding_pair(embeds, "embeds", class_embeds, "class_embeds")
     _check_block_size(block_size)
-    if embeds.shape[1] != class_embeds.shape[1]:
-        raise ValueError(
-            f"`embeds` and `class_embeds` must have the same width, got {embeds.shape[1]} and {class_embeds.shape[1]}"
-        )
     if not isinstance(k, int) or not 1 <= k <= class_embeds.shape[0]:
         raise ValueError(f"`k` must be an int in [1, {class_embeds.shape[0]}], got {k!r}")
     class_embeds = class_embeds.to(embeds.device, torch.float32)
