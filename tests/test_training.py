@@ -57,10 +57,9 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return generate_synthetic_dataset(folder, SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32))
 
 
-def run_training(
-    launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    command = [
+def training_command(launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str) -> list[str]:
+    """training/train.py on the shipped config, made small (`SMALL`), on `synthetic_dir`, writing to `output_dir`."""
+    return [
         *launcher,
         str(ROOT / "training" / "train.py"),
         "--config",
@@ -72,6 +71,24 @@ def run_training(
         str(output_dir),
         *extra,
     ]
+
+
+def kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 240) -> None:
+    """SIGKILLs the training `process` as soon as `checkpoint` is complete (its trainer_state.json written): a crash
+    right after a checkpoint. Fails if the run ends first or no checkpoint comes within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not (checkpoint / "trainer_state.json").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def run_training(
+    launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    command = training_command(launcher, output_dir, synthetic_dir, *extra)
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
@@ -242,26 +259,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, synthetic_dir: P
     run_training([PYTHON], reference, synthetic_dir, *steps)
 
     killed = tmp_path / "killed"
-    command = [
-        PYTHON,
-        str(ROOT / "training" / "train.py"),
-        "--config",
-        str(ROOT / "configs" / "synthetic_tiny.yaml"),
-        *SMALL,
-        "--synthetic_dir",
-        str(synthetic_dir),
-        "--output_dir",
-        str(killed),
-        *steps,
-    ]
+    command = training_command([PYTHON], killed, synthetic_dir, *steps)
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_00000004" / "trainer_state.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(process, killed / "checkpoints" / "step_00000004")
     assert not (killed / "model").exists()
 
     run_training([PYTHON], killed, synthetic_dir, *steps, "--resume", "true")

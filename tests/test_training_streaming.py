@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from test_training import BIN, ENV, PYTHON, SMALL, free_port, read_metrics
+from test_training import BIN, ENV, PYTHON, SMALL, free_port, kill_after_checkpoint, read_metrics
 from training.data.prepare import build_parser, prepare
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 
@@ -139,13 +137,7 @@ def test_killed_streamed_run_resumes_to_the_same_weights(tmp_path: Path, shards)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_00000006" / "trainer_state.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(process, killed / "checkpoints" / "step_00000006")
     assert not (killed / "model").exists()
     saved = json.loads((killed / "checkpoints" / "step_00000006" / "process_00000.json").read_text())
     assert saved["num_processes"] == 1 and saved["stream_position"]["rows"] == 8  # epoch 1, 2 batches of 4 in
