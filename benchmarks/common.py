@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py`: make the project importable
     sys.path.insert(0, str(ROOT))
 
-from conversion.saving import write_text_atomic  # noqa: E402
+from plumbing.atomic_files import write_text_atomic  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "benchmarks"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -41,7 +41,7 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
 )
 from benchmarks.train_step import StepRunner  # noqa: E402
-from conversion.cli import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 NAME = "data_loading"
 DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"

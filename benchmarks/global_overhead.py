@@ -33,7 +33,7 @@ from benchmarks.common import (  # noqa: E402
     target,
     time_side_by_side,
 )
-from conversion.cli import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 NAME = "global_overhead"
 TOLERANCE = 0.02  # HarmoCLIP's global path at most 2% slower than CLIPModel's

@@ -58,9 +58,9 @@ if __name__ == "__main__":
 import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from conversion.cli import CommandParser, log_to_file, run_command, setup_logging  # noqa: E402
-from conversion.saving import write_text_atomic  # noqa: E402
 from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES  # noqa: E402
+from plumbing.atomic_files import write_text_atomic  # noqa: E402
+from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging  # noqa: E402
 from training.config import TrainConfig, config_field_value  # noqa: E402
 from training.data.synthetic import read_held_out  # noqa: E402
 

@@ -51,7 +51,7 @@ from benchmarks.train_step import (  # noqa: E402
     variant_config,
     write_step_inputs,
 )
-from conversion.cli import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 NAME = "peer_open_clip"
 PEER = "open_clip"

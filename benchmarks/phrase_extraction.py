@@ -27,7 +27,7 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     time_side_by_side,
 )
-from conversion.cli import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 from training.data.phrases import PhraseExtractor  # noqa: E402
 
 NAME = "phrase_extraction"

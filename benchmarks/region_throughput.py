@@ -34,8 +34,8 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from conversion.cli import CommandParser, run_command  # noqa: E402
 from modeling_harmoclip.roi_align import roi_align  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image

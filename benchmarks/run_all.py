@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script: make the project root importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json  # noqa: E402
-from conversion.cli import CommandParser, run_command  # noqa: E402
-from conversion.saving import write_text_atomic  # noqa: E402
+from plumbing.atomic_files import write_text_atomic  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
 

@@ -47,7 +47,7 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from conversion.cli import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
 NAME = "train_step"
 TIME_LIMIT = 1.3  # cached HarmoCLIP step time / GC-only step time

@@ -28,7 +28,6 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from transformers import CLIPConfig, CLIPModel
 
-from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.configuration_harmoclip import (
     DENSE_MODES,
@@ -38,9 +37,10 @@ from modeling_harmoclip.configuration_harmoclip import (
     TEACHER_ALIASES,
     TEACHER_MODES,
 )
+from plumbing.atomic_files import atomic_directory, check_output_dir
+from plumbing.command_line import CommandParser, run_command, setup_logging
 
 from . import openai_forward
-from .cli import CommandParser, run_command, setup_logging
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .openai_keys import ClipArchitecture, clip_config_from_architecture, infer_architecture, openai_to_hf_state_dict

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+from plumbing.atomic_files import atomic_directory, check_output_dir
+from plumbing.command_line import CommandParser, run_command, setup_logging
 
-from .cli import CommandParser, run_command, setup_logging
 from .embedding_check import EmbeddingDiff, check_inputs, embedding_diff, model_encoders
 from .model_folder import HARMOCLIP_ONLY_PARAMETERS, require_model_type
 from .processor_files import load_tokenizer_and_image_processor, save_processor

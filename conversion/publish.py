@@ -38,10 +38,10 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import HFValidationError, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
-from conversion.saving import atomic_directory, check_output_dir
 from modeling_harmoclip import HarmoCLIPConfig
+from plumbing.atomic_files import atomic_directory, check_output_dir
+from plumbing.command_line import CommandParser, run_command, setup_logging
 
-from .cli import CommandParser, run_command, setup_logging
 from .export_clip import export_clip
 from .model_card import DEFAULT_TEMPLATE, CardInfo, load_eval_results, render_export_card, render_model_card
 from .model_folder import require_model_type

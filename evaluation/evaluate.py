@@ -34,8 +34,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from conversion.cli import CommandParser, log_to_file, run_command, setup_logging
-from conversion.saving import write_text_atomic
 from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
     TEXT_BATCH_SIZE,
@@ -43,6 +41,8 @@ from modeling_harmoclip.pipeline_harmoclip import (
     prompt_ensemble_embeddings,
 )
 from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
+from plumbing.atomic_files import write_text_atomic
+from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
 
 from .eval_data import (
     FORMATS,

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conversion.saving import write_text_atomic  # noqa: E402
 from evaluation.evaluate import evaluate_command  # noqa: E402
+from plumbing.atomic_files import write_text_atomic  # noqa: E402
 
 PUBLISHED = ROOT / "scripts" / "published_figures.json"
 BPE_PATH = ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"

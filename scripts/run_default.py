@@ -26,10 +26,10 @@ from transformers import pipeline
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conversion.cli import run_command, setup_logging  # noqa: E402
 from evaluation.eval_data import read_box_manifest  # noqa: E402
 from evaluation.pointing import pointing_game  # noqa: E402
 from evaluation.visualize import draw_boxes, save_query_heatmap  # noqa: E402
+from plumbing.command_line import run_command, setup_logging  # noqa: E402
 from training.config import build_argument_parser, config_from_args  # noqa: E402
 from training.data.synthetic import read_classes  # noqa: E402
 from training.train import train  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from conversion.cli import CommandParser, UsageError, log_to_file, run_command, setup_logging
+from plumbing.command_line import CommandParser, UsageError, log_to_file, run_command, setup_logging
 
 ENV = {
     **os.environ,
@@ -255,7 +255,7 @@ def test_a_run_log_leaves_the_callers_logging_alone(tmp_path: Path) -> None:
 
 def test_setup_logging_writes_the_error_to_the_log_file_once_on_the_console(tmp_path: Path, capsys) -> None:
     code = (
-        "import sys\nfrom conversion.cli import run_command, setup_logging\n"
+        "import sys\nfrom plumbing.command_line import run_command, setup_logging\n"
         f"setup_logging({str(tmp_path / 'cmd.log')!r})\n"
         "def fail():\n    raise ValueError('`--x`: bad value 3')\n"
         "sys.exit(run_command(fail))\n"
@@ -312,9 +312,9 @@ def _process_wide_calls(tree: ast.Module) -> list[tuple[int, str, str | None]]:
 @pytest.mark.parametrize("path", _library_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_only_entry_points_touch_the_process(path: Path) -> None:
     """Logging set-up, environment variables and exiting belong to a command's `main` (or its `__main__` block);
-    the one helper that configures logging is conversion.cli.setup_logging."""
+    the one helper that configures logging is plumbing.command_line.setup_logging."""
     for line, what, top in _process_wide_calls(ast.parse(path.read_text())):
-        allowed = top == "main" or (path == ROOT / "conversion" / "cli.py" and top == "setup_logging")
+        allowed = top == "main" or (path == ROOT / "plumbing" / "command_line.py" and top == "setup_logging")
         assert allowed and what != "SystemExit" and what != "sys.exit", (
             f"{path.relative_to(ROOT)}:{line}: {what} in {top or 'module level'}"
         )

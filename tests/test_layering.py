@@ -4,6 +4,8 @@ Allowed arrows (every import statement counts, also those inside functions):
 benchmarks / scripts -> anything; training -> evaluation, conversion, modeling_harmoclip;
 evaluation -> conversion, modeling_harmoclip; conversion -> modeling_harmoclip;
 modeling_harmoclip -> torch, transformers and the standard library only (it is the Hub's remote code);
+every layer but modeling_harmoclip and space -> plumbing (command line, atomic writes), which imports only the
+standard library, torch and transformers;
 space -> none of the project's packages (it loads published models).
 """
 
@@ -16,12 +18,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = {"modeling_harmoclip", "conversion", "evaluation", "training", "benchmarks", "scripts", "space"}
+PROJECT_PACKAGES = {
+    "plumbing",
+    "modeling_harmoclip",
+    "conversion",
+    "evaluation",
+    "training",
+    "benchmarks",
+    "scripts",
+    "space",
+}
 ALLOWED = {
+    "plumbing": {"plumbing"},
     "modeling_harmoclip": {"modeling_harmoclip"},
-    "conversion": {"conversion", "modeling_harmoclip"},
-    "evaluation": {"evaluation", "conversion", "modeling_harmoclip"},
-    "training": {"training", "evaluation", "conversion", "modeling_harmoclip"},
+    "conversion": {"conversion", "modeling_harmoclip", "plumbing"},
+    "evaluation": {"evaluation", "conversion", "modeling_harmoclip", "plumbing"},
+    "training": {"training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
     "benchmarks": PROJECT_PACKAGES - {"space", "scripts"},
     "scripts": PROJECT_PACKAGES - {"space"},
     "space": {"space"},
@@ -69,6 +81,13 @@ def test_imports_follow_the_layers(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name)
 def test_remote_code_imports_only_torch_transformers_stdlib(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"modeling_harmoclip", "__future__"}
+    bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]
+    assert not bad, "; ".join(bad)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "plumbing").glob("*.py")), ids=lambda p: p.name)
+def test_plumbing_imports_only_torch_transformers_stdlib(path: Path) -> None:
+    allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"plumbing", "__future__"}
     bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]
     assert not bad, "; ".join(bad)
 

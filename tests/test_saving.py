@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conversion.saving import atomic_directory, save_model_atomically, write_bytes_atomic, write_text_atomic
+from plumbing.atomic_files import atomic_directory, save_model_atomically, write_bytes_atomic, write_text_atomic
 
 
 def _listing(folder: Path) -> list[str]:

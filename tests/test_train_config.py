@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conversion.cli import UsageError
 from conversion.convert_clip import build_parser as convert_parser
 from modeling_harmoclip.configuration_harmoclip import (
     DENSE_MODES,
@@ -17,6 +16,7 @@ from modeling_harmoclip.configuration_harmoclip import (
     TEACHER_MODES,
     HarmoCLIPConfig,
 )
+from plumbing.command_line import UsageError
 from training.config import TRACKERS, TrainConfig, build_argument_parser, config_from_args, load_config
 
 

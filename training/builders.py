@@ -292,8 +292,8 @@ def evaluate_model(
     """
     import json
 
-    from conversion.saving import write_text_atomic
     from evaluation.evaluate import markdown_report, run_evaluation
+    from plumbing.atomic_files import write_text_atomic
 
     reports = {}
     for task, path in evaluation_sources(config).items():

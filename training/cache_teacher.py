@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conversion.cli import run_command, setup_logging  # noqa: E402
-from conversion.saving import atomic_directory  # noqa: E402
+from plumbing.atomic_files import atomic_directory  # noqa: E402
+from plumbing.command_line import run_command, setup_logging  # noqa: E402
 from training.builders import (  # noqa: E402
     build_dataset_for_split,
     build_datasets,

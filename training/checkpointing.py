@@ -16,7 +16,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from conversion.saving import write_text_atomic
+from plumbing.atomic_files import write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 PROCESS_FILE = "process_{:05d}.json"

@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from conversion.cli import CommandParser
 from modeling_harmoclip.configuration_harmoclip import (
     DENSE_MODES,
     LEXEME_MODES,
@@ -27,6 +26,7 @@ from modeling_harmoclip.configuration_harmoclip import (
     TEACHER_ALIASES,
     TEACHER_MODES,
 )
+from plumbing.command_line import CommandParser
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")

@@ -33,9 +33,9 @@ from transformers import get_cosine_schedule_with_warmup
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conversion.cli import log_to_file, run_command, setup_logging  # noqa: E402
-from conversion.saving import save_model_atomically, write_text_atomic  # noqa: E402
 from modeling_harmoclip.losses import HarmoCLIPLoss, harmoclip_loss  # noqa: E402
+from plumbing.atomic_files import save_model_atomically, write_text_atomic  # noqa: E402
+from plumbing.command_line import log_to_file, run_command, setup_logging  # noqa: E402
 from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, load_process_state, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402

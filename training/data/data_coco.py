@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from conversion.saving import write_bytes_atomic
+from plumbing.atomic_files import write_bytes_atomic
 
 from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
 from .data_common import PackedStrings, Region, RegionDataset, RegionSample, choose_caption

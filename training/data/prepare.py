@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from conversion.cli import CommandParser, run_command
-from conversion.saving import atomic_directory
+from plumbing.atomic_files import atomic_directory
+from plumbing.command_line import CommandParser, run_command
 
 from .data_coco import CocoRegionDataset, link_boxes_to_phrases
 from .data_common import DEFAULT_MIN_BOX_SIZE, SampleError, validate_box

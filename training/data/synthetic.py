@@ -36,8 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from conversion.cli import CommandParser, run_command
-from conversion.saving import atomic_directory
+from plumbing.atomic_files import atomic_directory
+from plumbing.command_line import CommandParser, run_command
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

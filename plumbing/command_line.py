@@ -1,7 +1,7 @@
 """What every command shares: argument parsing that reports mistakes, logging set-up, and one-line error reporting.
 
-It lives in `conversion/`, the lowest layer that every command (training, evaluation, conversion, benchmarks) may
-import. Library functions raise exceptions; only a command's `main` turns them into `error: ...` and an exit code:
+It lives in `plumbing/`, the floor that every layer (training, evaluation, conversion, benchmarks) may import.
+Library functions raise exceptions; only a command's `main` turns them into `error: ...` and an exit code:
 
     def main(argv: list[str] | None = None) -> int:
         def run() -> str:
