@@ -29,16 +29,10 @@ from safetensors.torch import load_file as load_safetensors
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
-from modeling_harmoclip.configuration_harmoclip import (
-    DENSE_MODES,
-    LEXEME_MODES,
-    REGION_LOGIT_SCALE_MODES,
-    REGION_POOLING_MODES,
-    TEACHER_ALIASES,
-    TEACHER_MODES,
-)
+from modeling_harmoclip.configuration_harmoclip import RECIPE_CHOICES, TEACHER_ALIASES, recipe_defaults
 from plumbing.atomic_files import atomic_directory, check_output_dir
 from plumbing.command_line import CommandParser, run_command, setup_logging
+from plumbing.typed_values import coerce_value, type_name
 
 from . import openai_forward
 from .embedding_check import EmbeddingDiff, ImageEncoder, TextEncoder, check_inputs, embedding_diff, model_encoders
@@ -405,37 +399,28 @@ def convert_clip(
 
 
 def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options for the HarmoCLIP settings written into the config (left out: the config's defaults)."""
+    """One option per recipe field (`RECIPE_FIELDS`), written into the config (left out: the config's defaults)."""
     group = parser.add_argument_group("HarmoCLIP settings (written into config.json)")
-    group.add_argument("--dense-mode", choices=DENSE_MODES)
-    group.add_argument("--gr-teacher", choices=TEACHER_MODES + tuple(TEACHER_ALIASES))
-    group.add_argument("--lexeme-mode", choices=LEXEME_MODES)
-    group.add_argument("--region-pooling", choices=REGION_POOLING_MODES)
-    group.add_argument("--region-logit-scale-mode", choices=REGION_LOGIT_SCALE_MODES)
-    for name in (
-        "loss-gc-weight",
-        "loss-lrc-weight",
-        "loss-gr-weight",
-        "gr-crop-scale",
-        "region-logit-scale-init-value",
-    ):
-        group.add_argument(f"--{name}", type=float)
+    for name, default in recipe_defaults().items():
+        choices = RECIPE_CHOICES.get(name)
+        if name == "gr_teacher":
+            choices = choices + tuple(TEACHER_ALIASES)  # an older name is read, then mapped
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            choices=choices,
+            metavar=None if choices else type_name(type(default)),
+            help=f"default: {default!r}",
+        )
 
 
 def harmoclip_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    names = (
-        "dense_mode",
-        "gr_teacher",
-        "lexeme_mode",
-        "region_pooling",
-        "region_logit_scale_mode",
-        "loss_gc_weight",
-        "loss_lrc_weight",
-        "loss_gr_weight",
-        "gr_crop_scale",
-        "region_logit_scale_init_value",
-    )
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    """The recipe options given on the command line, read as their fields' types."""
+    return {
+        name: coerce_value(name, getattr(args, name), type(default), where=f"option `--{name.replace('_', '-')}`")
+        for name, default in recipe_defaults().items()
+        if getattr(args, name) is not None
+    }
 
 
 def build_parser() -> CommandParser:

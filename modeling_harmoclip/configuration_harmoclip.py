@@ -15,25 +15,90 @@ REGION_POOLING_MODES = ("normalize_then_pool", "pool_then_normalize")
 REGION_LOGIT_SCALE_MODES = ("shared", "from_global", "separate")
 
 
+# The fields of the config that make up the training recipe: the loss weights (RLA included), the region and lexeme
+# settings and the GR teacher. `training.config.TrainConfig` takes its fields of these names, with these defaults,
+# from this list; `HarmoCLIPConfig`'s defaults below are the shipped recipe (one place to change it).
+RECIPE_FIELDS: tuple[str, ...] = (
+    "dense_mode",
+    "lexeme_mode",
+    "region_pooling",
+    "loss_gc_weight",
+    "loss_lrc_weight",
+    "loss_rla_weight",
+    "loss_gr_weight",
+    "gr_teacher",
+    "gr_crop_scale",
+    "region_logit_scale_mode",
+    "region_logit_scale_init_value",
+    "region_text_grad",
+    "lrc_mask_categories",
+)
+LOSS_WEIGHT_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight")
+# Recipe fields with a fixed set of values.
+RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
+    "dense_mode": DENSE_MODES,
+    "gr_teacher": TEACHER_MODES,
+    "lexeme_mode": LEXEME_MODES,
+    "region_pooling": REGION_POOLING_MODES,
+    "region_logit_scale_mode": REGION_LOGIT_SCALE_MODES,
+}
+
+
+def gr_enabled(recipe: Any) -> bool:
+    """Whether the global-region alignment (GR) is on for `recipe`, a `HarmoCLIPConfig` or a `TrainConfig` (anything
+    with `loss_gr_weight` and `gr_teacher`): a weight > 0 and a teacher. The one rule every part of the project uses."""
+    return recipe.loss_gr_weight > 0 and recipe.gr_teacher != "none"
+
+
+def loss_weights(recipe: Any) -> dict[str, float]:
+    """The keyword weights `losses.harmoclip_loss` takes, from `recipe` (a `HarmoCLIPConfig` or a `TrainConfig`):
+    ``{"gc_weight": ..., "lrc_weight": ..., "rla_weight": ..., "gr_weight": ...}``, GR's 0 where `gr_enabled` is not."""
+    return {
+        "gc_weight": float(recipe.loss_gc_weight),
+        "lrc_weight": float(recipe.loss_lrc_weight),
+        "rla_weight": float(recipe.loss_rla_weight),
+        "gr_weight": float(recipe.loss_gr_weight) if gr_enabled(recipe) else 0.0,
+    }
+
+
+def check_recipe(recipe: Any, where: str) -> None:
+    """Validates the recipe fields of `recipe` (a `HarmoCLIPConfig` or a `TrainConfig`, older teacher names already
+    mapped); a bad value is a `ValueError` naming the field as `where.format(name)` and the value. The one check of
+    these settings."""
+    for name, allowed in RECIPE_CHOICES.items():
+        if getattr(recipe, name) not in allowed:
+            raise ValueError(f"{where.format(name)} must be one of {allowed}, got {getattr(recipe, name)!r}")
+    for name in LOSS_WEIGHT_FIELDS:
+        value = getattr(recipe, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{where.format(name)} must be a non-negative number, got {value!r}")
+    for name in ("region_text_grad", "lrc_mask_categories"):
+        if not isinstance(getattr(recipe, name), bool):
+            raise ValueError(f"{where.format(name)} must be true or false, got {getattr(recipe, name)!r}")
+    scale, start = recipe.gr_crop_scale, recipe.region_logit_scale_init_value
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+        raise ValueError(f"{where.format('gr_crop_scale')} must be a positive number, got {scale!r}")
+    if not isinstance(start, (int, float)) or isinstance(start, bool) or not start >= 0:
+        raise ValueError(
+            f"{where.format('region_logit_scale_init_value')} must be a non-negative number, got {start!r}"
+        )
+
+
+def recipe_defaults() -> dict[str, Any]:
+    """{field: default} of the recipe fields: the shipped recipe."""
+    return {name: getattr(HarmoCLIPConfig, name) for name in RECIPE_FIELDS}
+
+
 class HarmoCLIPConfig(CLIPConfig):
     r"""
     Configuration of a [`HarmoCLIPModel`]. Everything `CLIPConfig` holds (``text_config``, ``vision_config``,
-    ``projection_dim``, ``logit_scale_init_value``) plus:
+    ``projection_dim``, ``logit_scale_init_value``) plus the recipe (`RECIPE_FIELDS`), whose defaults are the shipped
+    training recipe, GC + 0.5 RLA + GR under a frozen teacher, so that `model(**batch, return_loss=True)` computes
+    the loss `training/train.py` trains with:
 
     dense_mode (`str`, defaults to `"value"`):
         How the last vision layer produces patch features for regions. `"value"`: attention replaced by its value
         path, `out_proj(v_proj(layer_norm1(x)))` (as CLIPSelf / FineCLIP); `"full"`: the ordinary last layer.
-    loss_gc_weight, loss_lrc_weight, loss_gr_weight (`float`, defaults to 1.0 each):
-        Weights of the global contrastive, lexeme-region contrastive and global-region alignment losses.
-    loss_rla_weight (`float`, defaults to 0.0):
-        Weight of the region-language alignment loss: regions against their phrases encoded alone (sentence level).
-    gr_crop_scale (`float`, defaults to 1.5):
-        Factor by which a box is enlarged (about its centre) before its crop is cut from the original image for the GR
-        teacher: the `crop_scale` training passes to the processor (as CLIPSelf and FineCLIP, 1.5).
-    gr_teacher (`str`, defaults to `"frozen"`):
-        Which model embeds the crops for GR: `"frozen"` copy of the starting weights (CLIPSelf), the live model with
-        gradients through its crop branch (`"self_with_grad"`, FineCLIP) or without (`"self_stop_grad"`; the older
-        name `"self"` means this), embeddings `"cached"` ahead of training, or `"none"` (GR disabled).
     lexeme_mode (`str`, defaults to `"token"`):
         `"token"`: phrases are mean-pooled token states of the whole caption; `"separate"`: each phrase is encoded
         as its own text.
@@ -41,33 +106,54 @@ class HarmoCLIPConfig(CLIPConfig):
         `"normalize_then_pool"`: every projected patch token is L2-normalised, then RoIAlign pools the box, then the
         result is normalised again (CLIPSelf's and FineCLIP's `extract_roi_features` "v2"); `"pool_then_normalize"`:
         RoIAlign of the unnormalised map, normalised after (high-norm patch tokens then weigh more).
+    loss_gc_weight (`float`, defaults to 1.0):
+        Weight of the global contrastive loss (CLIP's image-caption InfoNCE).
+    loss_lrc_weight (`float`, defaults to 0.0):
+        Weight of the lexeme-region contrastive loss (regions against their phrases' token states in the caption).
+    loss_rla_weight (`float`, defaults to 0.5):
+        Weight of the region-language alignment loss: regions against their phrases encoded alone (sentence level).
+    loss_gr_weight (`float`, defaults to 1.0):
+        Weight of the global-region alignment loss (regions against a teacher's embeddings of their crops).
+    gr_teacher (`str`, defaults to `"frozen"`):
+        Which model embeds the crops for GR: `"frozen"` copy of the starting weights (CLIPSelf), the live model with
+        gradients through its crop branch (`"self_with_grad"`, FineCLIP) or without (`"self_stop_grad"`; the older
+        name `"self"` means this), embeddings `"cached"` ahead of training, or `"none"` (GR disabled). GR is on when
+        its weight is > 0 and there is a teacher (`gr_enabled`).
+    gr_crop_scale (`float`, defaults to 1.5):
+        Factor by which a box is enlarged (about its centre) before its crop is cut from the original image for the GR
+        teacher: the `crop_scale` training passes to the processor (as CLIPSelf and FineCLIP, 1.5).
     region_logit_scale_mode (`str`, defaults to `"shared"`):
-        The log temperature of the LRC loss. `"shared"`: the global `logit_scale` (FineCLIP's region contrast uses
-        the model's own logit scale); `"from_global"`: its own parameter `region_logit_scale`, initialised from the
-        global one where the weights come from a CLIP; `"separate"`: its own parameter initialised to
+        The log temperature of the LRC and RLA losses. `"shared"`: the global `logit_scale` (FineCLIP's region contrast
+        uses the model's own logit scale); `"from_global"`: its own parameter `region_logit_scale`, initialised from
+        the global one where the weights come from a CLIP; `"separate"`: its own parameter initialised to
         `region_logit_scale_init_value`.
-    region_text_grad (`bool`, defaults to `True`):
+    region_logit_scale_init_value (`float`, defaults to 2.6592 = log(1/0.07)):
+        The start value of `region_logit_scale` in `"separate"` mode (training sets it there at the start, also from
+        a HarmoCLIP folder). A trained model's config records the value its training started from, in
+        `"from_global"` mode too.
+    region_text_grad (`bool`, defaults to `False`):
         Whether the LRC and RLA terms train the text tower. `False`: their phrase embeddings are computed without
         gradient, so only GC changes the text tower and the region terms move the image encoder alone.
-    region_logit_scale_init_value (`float`, defaults to 2.6592 = log(1/0.07)):
-        Initial value of `region_logit_scale` in `"separate"` mode (and in `"from_global"` mode for a model built
-        from scratch, where the global scale starts at `logit_scale_init_value`).
+    lrc_mask_categories (`bool`, defaults to `True`):
+        Whether LRC and RLA leave out the negatives of the same category (`category_ids`); they always leave out those
+        of the same phrase text.
     """
 
     model_type = "harmoclip"
 
     dense_mode: str = "value"
-    loss_gc_weight: float = 1.0
-    loss_lrc_weight: float = 1.0
-    loss_gr_weight: float = 1.0
-    loss_rla_weight: float = 0.0
-    gr_crop_scale: float = 1.5
-    gr_teacher: str = "frozen"
     lexeme_mode: str = "token"
     region_pooling: str = "normalize_then_pool"
+    loss_gc_weight: float = 1.0
+    loss_lrc_weight: float = 0.0
+    loss_rla_weight: float = 0.5
+    loss_gr_weight: float = 1.0
+    gr_teacher: str = "frozen"
+    gr_crop_scale: float = 1.5
     region_logit_scale_mode: str = "shared"
     region_logit_scale_init_value: float = 2.6592
-    region_text_grad: bool = True
+    region_text_grad: bool = False
+    lrc_mask_categories: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -75,27 +161,17 @@ class HarmoCLIPConfig(CLIPConfig):
         self._check_harmoclip_settings()
 
     def _check_harmoclip_settings(self) -> None:
-        choices = (
-            ("dense_mode", DENSE_MODES),
-            ("gr_teacher", TEACHER_MODES),
-            ("lexeme_mode", LEXEME_MODES),
-            ("region_pooling", REGION_POOLING_MODES),
-            ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES),
-        )
-        for name, allowed in choices:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"HarmoCLIPConfig: `{name}` must be one of {allowed}, got {value!r}")
-        for name in ("loss_gc_weight", "loss_lrc_weight", "loss_gr_weight", "loss_rla_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"HarmoCLIPConfig: `{name}` must be a non-negative number, got {value!r}")
-        if not isinstance(self.region_text_grad, bool):
-            raise ValueError(
-                f"HarmoCLIPConfig: `region_text_grad` must be true or false, got {self.region_text_grad!r}"
-            )
-        if not isinstance(self.gr_crop_scale, (int, float)) or not self.gr_crop_scale > 0:
-            raise ValueError(f"HarmoCLIPConfig: `gr_crop_scale` must be a positive number, got {self.gr_crop_scale!r}")
+        check_recipe(self, "HarmoCLIPConfig: `{}`")
+
+    @property
+    def gr_enabled(self) -> bool:
+        """Whether GR is on (`gr_enabled`)."""
+        return gr_enabled(self)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """{field: value} of the recipe fields (`RECIPE_FIELDS`)."""
+        return {name: getattr(self, name) for name in RECIPE_FIELDS}
 
     @classmethod
     def from_clip_config(cls, clip_config: CLIPConfig, **harmoclip_settings: Any) -> HarmoCLIPConfig:
@@ -111,6 +187,13 @@ class HarmoCLIPConfig(CLIPConfig):
 
 __all__ = [
     "HarmoCLIPConfig",
+    "RECIPE_FIELDS",
+    "LOSS_WEIGHT_FIELDS",
+    "RECIPE_CHOICES",
+    "gr_enabled",
+    "loss_weights",
+    "check_recipe",
+    "recipe_defaults",
     "DENSE_MODES",
     "TEACHER_MODES",
     "TEACHER_ALIASES",

@@ -269,117 +269,164 @@ def harmoclip_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     logit_scale: torch.Tensor,
-    weights: tuple[float, float, float],
+    *,
+    gc_weight: float,
+    lrc_weight: float,
+    rla_weight: float,
+    gr_weight: float,
     region_embeds: torch.Tensor | None = None,
     lexeme_embeds: torch.Tensor | None = None,
+    phrase_embeds: torch.Tensor | None = None,
     linked_mask: torch.Tensor | None = None,
     region_mask: torch.Tensor | None = None,
     phrase_ids: torch.Tensor | None = None,
+    category_ids: torch.Tensor | None = None,
     region_logit_scale: torch.Tensor | None = None,
     teacher_region_embeds: torch.Tensor | None = None,
-    gatherer: RowGatherer | None = None,
-    phrase_embeds: torch.Tensor | None = None,
-    rla_weight: float = 0.0,
-    category_ids: torch.Tensor | None = None,
     teacher_grad: bool = False,
+    gatherer: RowGatherer | None = None,
 ) -> HarmoCLIPLoss:
-    """``w_gc GC + w_lrc LRC + w_gr GR`` over the terms that apply to this batch.
+    """``gc_weight GC + lrc_weight LRC + rla_weight RLA + gr_weight GR`` over the terms that apply to this batch.
+
+    The terms:
+        GC: CLIP's symmetric InfoNCE between images and captions (`global_contrastive_loss`), temperature
+            `logit_scale`.
+        LRC: symmetric InfoNCE between linked regions and their phrases' token states in the caption
+            (`lexeme_region_contrastive_loss`), temperature `region_logit_scale`.
+        RLA: the same contrast against the phrases encoded alone, sentence level (`region_language_alignment_loss`),
+            temperature `region_logit_scale`.
+        GR: ``1 - cos`` between each valid region and its teacher crop embedding (`global_region_alignment_loss`).
 
     A term applies when its weight is > 0 and its inputs are given: GC always; LRC with `region_embeds`,
-    `lexeme_embeds` and `linked_mask` and at least one linked box in the (gathered) batch; GR with `region_embeds`,
-    `teacher_region_embeds` and `region_mask` and at least one valid box in the (gathered) batch. The decisions use
-    the gathered counts, so every process takes the same ones. When no term applies a `ValueError` says why: asking
-    for a loss that cannot be computed is a mistake of the caller, never a silent `None`.
+    `lexeme_embeds` and `linked_mask`, RLA with `region_embeds`, `phrase_embeds` and `linked_mask`, each with at
+    least one linked box in the (gathered) batch; GR with `region_embeds`, `teacher_region_embeds` and `region_mask`
+    and at least one valid box in the (gathered) batch. The decisions use the gathered counts, so every process takes
+    the same ones. When no term applies a `ValueError` says why: asking for a loss that cannot be computed is a
+    mistake of the caller, never a silent `None`.
 
     Args:
         image_embeds, text_embeds: (b, D) L2-normalised global embeddings of this process's images and captions.
-        logit_scale, region_logit_scale: the learnable log temperatures of GC and LRC (exponentiated here).
-        weights: (w_gc, w_lrc, w_gr); a term with weight 0 is not computed.
-        region_embeds, lexeme_embeds: (b, N, D) normalised; linked_mask (b, N): boxes with a phrase; region_mask
-            (b, N): valid boxes; phrase_ids (b, N): phrase-text ids (-1: none), same-phrase negatives are left out.
+        logit_scale, region_logit_scale: the learnable log temperatures of GC and of LRC/RLA (exponentiated here).
+        gc_weight, lrc_weight, rla_weight, gr_weight: the weights (`loss_weights(config)` gives a config's); a term
+            with weight 0 is not computed.
+        region_embeds, lexeme_embeds, phrase_embeds: (b, N, D) normalised region, lexeme (LRC) and phrase (RLA)
+            embeddings; linked_mask (b, N): boxes with a phrase; region_mask (b, N): valid boxes.
+        phrase_ids, category_ids: (b, N) phrase-text and category ids (-1: none); negatives of the same phrase text
+            or category are left out of LRC and RLA.
         teacher_region_embeds: (b, N, D) the GR targets; `teacher_grad`: GR back-propagates into them (the live model
             as its own teacher, FineCLIP's self-distillation).
-        category_ids: (b, N) category ids (-1: none); same-category negatives are left out of LRC too.
         gatherer: how the rows of other processes are seen (default `LocalRows`: this batch alone).
-        phrase_embeds: (b, N, D) normalised phrases encoded alone, the texts of RLA (weight `rla_weight`, on the
-            linked boxes, like LRC).
     Returns:
         `HarmoCLIPLoss` with the weighted total and the unweighted terms.
     """
     gatherer = LocalRows() if gatherer is None else gatherer
-    w_gc, w_lrc, w_gr = weights
-    world, rank = gatherer.world_size, gatherer.rank
-    device = image_embeds.device
+    weights = {"gc": gc_weight, "lrc": lrc_weight, "rla": rla_weight, "gr": gr_weight}
     terms: dict[str, torch.Tensor] = {}
-
-    if w_gc > 0:
-        counts = gatherer.counts(image_embeds.shape[0], device)
-        terms["gc"] = global_contrastive_loss(
-            image_embeds,
-            text_embeds,
-            logit_scale.exp(),
-            all_image_embeds=gatherer.rows(image_embeds, counts, with_grad=True),
-            all_text_embeds=gatherer.rows(text_embeds, counts, with_grad=True),
-            offset=sum(counts[:rank]),
-            normalizer=None if world == 1 else sum(counts) / world,
-        )
-
-    for name, weight, texts in (("lrc", w_lrc, lexeme_embeds), ("rla", rla_weight, phrase_embeds)):
-        if weight == 0 or region_embeds is None or texts is None or linked_mask is None:
-            continue
-        regions, texts = region_embeds[linked_mask], texts[linked_mask]
-        ids = phrase_ids[linked_mask] if phrase_ids is not None else None
-        categories = category_ids[linked_mask] if category_ids is not None else None
-        counts = gatherer.counts(regions.shape[0], device)
-        if sum(counts) > 0:
-            all_regions = gatherer.rows(regions, counts, with_grad=True)
-            all_texts = gatherer.rows(texts, counts, with_grad=True)
-            common = dict(
-                category_ids=categories,
-                all_region_embeds=all_regions,
-                all_phrase_ids=gatherer.rows(ids, counts, with_grad=False) if ids is not None else None,
-                all_category_ids=gatherer.rows(categories, counts, with_grad=False) if categories is not None else None,
-                offset=sum(counts[:rank]),
-                normalizer=None if world == 1 else sum(counts) / world,
+    if gc_weight > 0:
+        terms["gc"] = _global_term(image_embeds, text_embeds, logit_scale, gatherer)
+    for name, texts in (("lrc", lexeme_embeds), ("rla", phrase_embeds)):
+        if weights[name] > 0 and region_embeds is not None and texts is not None and linked_mask is not None:
+            term = _phrase_term(
+                name, region_embeds, texts, linked_mask, phrase_ids, category_ids, region_logit_scale, gatherer
             )
-            if name == "lrc":
-                loss = lexeme_region_contrastive_loss(
-                    regions, texts, region_logit_scale.exp(), ids, all_lexeme_embeds=all_texts, **common
-                )
-            else:
-                loss = region_language_alignment_loss(
-                    regions, texts, region_logit_scale.exp(), ids, all_phrase_embeds=all_texts, **common
-                )
-            if regions.shape[0] == 0:  # keep the gathered rows in the graph: every process must run their backward
-                loss = loss + 0.0 * (all_regions.sum() + all_texts.sum())
-            terms[name] = loss
-
-    if w_gr > 0 and region_embeds is not None and teacher_region_embeds is not None and region_mask is not None:
-        counts = gatherer.counts(int(region_mask.sum()), device)
-        if sum(counts) > 0:
-            terms["gr"] = global_region_alignment_loss(
-                region_embeds[region_mask],
-                teacher_region_embeds[region_mask],
-                normalizer=None if world == 1 else sum(counts) / world,
-                teacher_grad=teacher_grad,
-            )
-
-    weighted = [
-        weight * terms[name]
-        for weight, name in ((w_gc, "gc"), (w_lrc, "lrc"), (w_gr, "gr"), (rla_weight, "rla"))
-        if name in terms
-    ]
-    if not weighted:
+            if term is not None:
+                terms[name] = term
+    if gr_weight > 0 and region_embeds is not None and teacher_region_embeds is not None and region_mask is not None:
+        term = _region_alignment_term(region_embeds, teacher_region_embeds, region_mask, teacher_grad, gatherer)
+        if term is not None:
+            terms["gr"] = term
+    if not terms:
         raise ValueError(
-            f"no loss term applies to this batch with weights (gc, lrc, gr) = {tuple(weights)}: GC needs a weight > 0, "
-            "LRC boxes linked to phrases, GR boxes and `teacher_region_embeds`"
+            f"no loss term applies to this batch with weights {weights}: GC needs a weight > 0, "
+            "LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`"
         )
     return HarmoCLIPLoss(
-        total=torch.stack(weighted).sum(),
+        total=torch.stack([weights[name] * term for name, term in terms.items()]).sum(),
         gc=terms.get("gc"),
         lrc=terms.get("lrc"),
         gr=terms.get("gr"),
         rla=terms.get("rla"),
+    )
+
+
+def _normalizer(counts: list[int], world_size: int) -> float | None:
+    """The divisor that makes the per-process losses average to the single-process loss (None: one process)."""
+    return None if world_size == 1 else sum(counts) / world_size
+
+
+def _global_term(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor, gatherer: RowGatherer
+) -> torch.Tensor:
+    """GC over the gathered batch; `image_embeds`, `text_embeds`: (b, D)."""
+    counts = gatherer.counts(image_embeds.shape[0], image_embeds.device)
+    return global_contrastive_loss(
+        image_embeds,
+        text_embeds,
+        logit_scale.exp(),
+        all_image_embeds=gatherer.rows(image_embeds, counts, with_grad=True),
+        all_text_embeds=gatherer.rows(text_embeds, counts, with_grad=True),
+        offset=sum(counts[: gatherer.rank]),
+        normalizer=_normalizer(counts, gatherer.world_size),
+    )
+
+
+def _phrase_term(
+    name: str,
+    region_embeds: torch.Tensor,
+    texts: torch.Tensor,
+    linked_mask: torch.Tensor,
+    phrase_ids: torch.Tensor | None,
+    category_ids: torch.Tensor | None,
+    region_logit_scale: torch.Tensor,
+    gatherer: RowGatherer,
+) -> torch.Tensor | None:
+    """LRC (`name` "lrc", `texts` the lexemes) or RLA ("rla", the phrases encoded alone) on the linked boxes of the
+    gathered batch; (b, N, D) embeddings, (b, N) masks and ids. None when no process has a linked box."""
+    regions, texts = region_embeds[linked_mask], texts[linked_mask]
+    ids = phrase_ids[linked_mask] if phrase_ids is not None else None
+    categories = category_ids[linked_mask] if category_ids is not None else None
+    counts = gatherer.counts(regions.shape[0], regions.device)
+    if sum(counts) == 0:
+        return None
+    all_regions = gatherer.rows(regions, counts, with_grad=True)
+    all_texts = gatherer.rows(texts, counts, with_grad=True)
+    common = dict(
+        category_ids=categories,
+        all_region_embeds=all_regions,
+        all_phrase_ids=gatherer.rows(ids, counts, with_grad=False) if ids is not None else None,
+        all_category_ids=gatherer.rows(categories, counts, with_grad=False) if categories is not None else None,
+        offset=sum(counts[: gatherer.rank]),
+        normalizer=_normalizer(counts, gatherer.world_size),
+    )
+    if name == "lrc":
+        loss = lexeme_region_contrastive_loss(
+            regions, texts, region_logit_scale.exp(), ids, all_lexeme_embeds=all_texts, **common
+        )
+    else:
+        loss = region_language_alignment_loss(
+            regions, texts, region_logit_scale.exp(), ids, all_phrase_embeds=all_texts, **common
+        )
+    if regions.shape[0] == 0:  # keep the gathered rows in the graph: every process must run their backward
+        loss = loss + 0.0 * (all_regions.sum() + all_texts.sum())
+    return loss
+
+
+def _region_alignment_term(
+    region_embeds: torch.Tensor,
+    teacher_region_embeds: torch.Tensor,
+    region_mask: torch.Tensor,
+    teacher_grad: bool,
+    gatherer: RowGatherer,
+) -> torch.Tensor | None:
+    """GR on the valid boxes ((b, N) `region_mask`) of (b, N, D) embeddings; None when no process has a box."""
+    counts = gatherer.counts(int(region_mask.sum()), region_embeds.device)
+    if sum(counts) == 0:
+        return None
+    return global_region_alignment_loss(
+        region_embeds[region_mask],
+        teacher_region_embeds[region_mask],
+        normalizer=_normalizer(counts, gatherer.world_size),
+        teacher_grad=teacher_grad,
     )
 
 

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import can_return_tuple
 
-from .configuration_harmoclip import HarmoCLIPConfig
+from .configuration_harmoclip import HarmoCLIPConfig, loss_weights
 from .losses import harmoclip_loss
 from .roi_align import roi_align_per_image
 
@@ -128,8 +128,8 @@ class HarmoCLIPModel(CLIPModel):
             init.copy_(module.region_logit_scale, module.region_logit_scale_start())
 
     def region_logit_scale_start(self) -> torch.Tensor:
-        """The starting value of `region_logit_scale` (scalar): the global `logit_scale` unless the mode is
-        "separate", where it is `config.region_logit_scale_init_value`."""
+        """The starting value of `region_logit_scale` (scalar): `config.region_logit_scale_init_value` in "separate"
+        mode, the global `logit_scale` otherwise (a CLIP's trained one, or `logit_scale_init_value` from scratch)."""
         if self.config.region_logit_scale_mode == "separate":
             return torch.full_like(self.logit_scale, float(self.config.region_logit_scale_init_value)).detach()
         return self.logit_scale.detach().clone()
@@ -141,9 +141,9 @@ class HarmoCLIPModel(CLIPModel):
             self.region_logit_scale.copy_(self.region_logit_scale_start())
 
     @property
-    def lrc_logit_scale(self) -> nn.Parameter:
-        """The learnable log temperature the LRC loss uses: `logit_scale` when `region_logit_scale_mode` is "shared"
-        (as FineCLIP's region contrast), `region_logit_scale` otherwise."""
+    def lrc_rla_logit_scale(self) -> nn.Parameter:
+        """The learnable log temperature of the LRC and RLA losses: `logit_scale` when `region_logit_scale_mode` is
+        "shared" (as FineCLIP's region contrast), `region_logit_scale` otherwise."""
         return self.logit_scale if self.config.region_logit_scale_mode == "shared" else self.region_logit_scale
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
@@ -497,17 +497,16 @@ class HarmoCLIPModel(CLIPModel):
                 image_embeds,
                 text_embeds,
                 self.logit_scale,
-                (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight),
+                **loss_weights(config),
                 region_embeds=region_embeds,
                 lexeme_embeds=lexeme_embeds,
                 linked_mask=linked_mask,
                 region_mask=region_mask,
                 phrase_ids=phrase_ids,
-                region_logit_scale=self.lrc_logit_scale,
+                region_logit_scale=self.lrc_rla_logit_scale,
                 teacher_region_embeds=teacher_region_embeds,
                 phrase_embeds=phrase_embeds,
-                rla_weight=config.loss_rla_weight,
-                category_ids=category_ids,
+                category_ids=category_ids if config.lrc_mask_categories else None,
                 teacher_grad=config.gr_teacher == "self_with_grad",
             )
 

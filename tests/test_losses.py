@@ -202,7 +202,17 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
     image, text = _unit(2, 8, 12), _unit(2, 8, 13)
     scale, region_scale = torch.tensor(2.0), torch.tensor(3.0)
     batch = _region_batch()
-    loss = harmoclip_loss(image, text, scale, (1.0, 0.5, 2.0), region_logit_scale=region_scale, **batch)
+    loss = harmoclip_loss(
+        image,
+        text,
+        scale,
+        gc_weight=1.0,
+        lrc_weight=0.5,
+        rla_weight=0.0,
+        gr_weight=2.0,
+        region_logit_scale=region_scale,
+        **batch,
+    )
     linked, valid = batch["linked_mask"], batch["region_mask"]
     gc = global_contrastive_loss(image, text, scale.exp())
     lrc = lexeme_region_contrastive_loss(
@@ -220,7 +230,10 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
         image,
         text,
         scale,
-        (0.0, 1.0, 3.0),
+        gc_weight=0.0,
+        lrc_weight=1.0,
+        rla_weight=0.0,
+        gr_weight=3.0,
         region_embeds=batch["region_embeds"],
         region_mask=valid,
         teacher_region_embeds=batch["teacher_region_embeds"],
@@ -228,26 +241,52 @@ def test_harmoclip_loss_selects_and_weights_the_terms() -> None:
     assert only_gr.gc is None and only_gr.lrc is None
     torch.testing.assert_close(only_gr.total, 3.0 * gr)
     unlinked = dict(batch, linked_mask=torch.zeros_like(linked))
-    no_links = harmoclip_loss(image, text, scale, (1.0, 1.0, 0.0), region_logit_scale=region_scale, **unlinked)
+    no_links = harmoclip_loss(
+        image,
+        text,
+        scale,
+        gc_weight=1.0,
+        lrc_weight=1.0,
+        rla_weight=0.0,
+        gr_weight=0.0,
+        region_logit_scale=region_scale,
+        **unlinked,
+    )
     assert no_links.lrc is None and no_links.gr is None
     torch.testing.assert_close(no_links.total, gc)
-    torch.testing.assert_close(harmoclip_loss(image, text, scale, (1.0, 1.0, 1.0), gatherer=LocalRows()).total, gc)
+    torch.testing.assert_close(
+        harmoclip_loss(
+            image, text, scale, gc_weight=1.0, lrc_weight=1.0, rla_weight=0.0, gr_weight=1.0, gatherer=LocalRows()
+        ).total,
+        gc,
+    )
 
 
 @pytest.mark.parametrize(
     "weights, inputs",
     [
-        ((0.0, 1.0, 1.0), {}),
-        ((0.0, 1.0, 0.0), {"linked_mask": torch.zeros(2, 3, dtype=torch.bool)}),
-        ((0.0, 0.0, 1.0), {"region_mask": torch.zeros(2, 3, dtype=torch.bool)}),
+        (dict(gc_weight=0.0, lrc_weight=1.0, rla_weight=1.0, gr_weight=1.0), {}),
+        (
+            dict(gc_weight=0.0, lrc_weight=1.0, rla_weight=0.0, gr_weight=0.0),
+            {"linked_mask": torch.zeros(2, 3, dtype=torch.bool)},
+        ),
+        (
+            dict(gc_weight=0.0, lrc_weight=0.0, rla_weight=0.0, gr_weight=1.0),
+            {"region_mask": torch.zeros(2, 3, dtype=torch.bool)},
+        ),
     ],
     ids=["no-boxes", "no-linked-box", "no-valid-box"],
 )
 def test_harmoclip_loss_without_an_applicable_term_says_why(weights, inputs) -> None:
     batch = dict(_region_batch(), **inputs) if inputs else {}
-    with pytest.raises(ValueError, match=r"no loss term applies to this batch with weights \(gc, lrc, gr\) = \(0.0, "):
+    with pytest.raises(ValueError, match=r"no loss term applies to this batch with weights \{'gc': 0.0, "):
         harmoclip_loss(
-            _unit(2, 8, 12), _unit(2, 8, 13), torch.tensor(2.0), weights, region_logit_scale=torch.tensor(1.0), **batch
+            _unit(2, 8, 12),
+            _unit(2, 8, 13),
+            torch.tensor(2.0),
+            **weights,
+            region_logit_scale=torch.tensor(1.0),
+            **batch,
         )
 
 
@@ -312,7 +351,10 @@ def test_harmoclip_loss_passes_categories_and_teacher_gradient() -> None:
         image,
         text,
         torch.tensor(2.0),
-        (0.0, 1.0, 1.0),
+        gc_weight=0.0,
+        lrc_weight=1.0,
+        rla_weight=0.0,
+        gr_weight=1.0,
         region_logit_scale=torch.tensor(3.0),
         category_ids=categories,
         teacher_grad=True,

@@ -327,7 +327,7 @@ def _training_batch(model: HarmoCLIPModel):
 
 
 def test_losses_are_weighted_and_reported_per_term() -> None:
-    model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_gr_weight=2.0)
+    model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_rla_weight=0.0, loss_gr_weight=2.0)
     batch = _training_batch(model)
     out = model(**batch, return_loss=True)
     assert out.linked_mask.tolist() == [[True, False], [True, False]]
@@ -365,7 +365,7 @@ def test_region_temperature_modes(mode: str) -> None:
     batch = _training_batch(model)
     out = model(**batch, return_loss=True)
     used = model.logit_scale if mode == "shared" else model.region_logit_scale
-    assert model.lrc_logit_scale is used
+    assert model.lrc_rla_logit_scale is used
     assert torch.allclose(out.loss_lrc, _lrc_by_hand(out, batch, used.exp()), atol=1e-5)
     out.loss.backward()
     unused = model.region_logit_scale if mode == "shared" else model.logit_scale
@@ -397,30 +397,41 @@ def test_region_temperature_starts_from_a_clips_logit_scale(tmp_path) -> None:
     assert float(scratch.region_logit_scale.detach()) == pytest.approx(3.0)
 
 
-def test_forward_loss_is_the_shared_loss_function() -> None:
-    """`forward(return_loss=True)` and the training loop compute the loss with the same function."""
-    from modeling_harmoclip.losses import harmoclip_loss
+def test_forward_loss_is_each_term_at_its_own_temperature() -> None:
+    """`forward(return_loss=True)`: the weighted sum of GC at `logit_scale`, LRC and RLA at `region_logit_scale` and
+    GR, each term computed here from its own function; the two scales differ, so a swapped temperature shows."""
+    from modeling_harmoclip.losses import (
+        global_contrastive_loss,
+        lexeme_region_contrastive_loss,
+        region_language_alignment_loss,
+    )
 
-    model = tiny_harmoclip_model(loss_gc_weight=0.7, loss_lrc_weight=0.5, loss_gr_weight=2.0)
+    weights = dict(loss_gc_weight=0.7, loss_lrc_weight=0.5, loss_rla_weight=0.3, loss_gr_weight=2.0)
+    model = tiny_harmoclip_model(region_logit_scale_mode="separate", region_logit_scale_init_value=1.0, **weights)
+    with torch.no_grad():
+        model.logit_scale.fill_(3.5)
     batch = _training_batch(model)
     out = model(**batch, return_loss=True)
-    shared = harmoclip_loss(
-        out.image_embeds,
-        out.text_embeds,
-        model.logit_scale,
-        (0.7, 0.5, 2.0),
-        region_embeds=out.region_embeds,
-        lexeme_embeds=out.lexeme_embeds,
-        linked_mask=out.linked_mask,
-        region_mask=out.region_mask,
-        phrase_ids=batch["phrase_ids"],
-        region_logit_scale=model.region_logit_scale,
-        teacher_region_embeds=batch["teacher_region_embeds"],
+    linked, valid = out.linked_mask, out.region_mask
+    ids = batch["phrase_ids"][linked]
+    region_scale = torch.tensor(1.0).exp()
+    gc = global_contrastive_loss(out.image_embeds, out.text_embeds, torch.tensor(3.5).exp())
+    lrc = lexeme_region_contrastive_loss(out.region_embeds[linked], out.lexeme_embeds[linked], region_scale, ids)
+    rla = region_language_alignment_loss(out.region_embeds[linked], out.phrase_embeds[linked], region_scale, ids)
+    teacher = batch["teacher_region_embeds"][valid]
+    gr = (1 - F.cosine_similarity(out.region_embeds[valid], teacher, dim=-1)).mean()
+    for name, expected in (("gc", gc), ("lrc", lrc), ("rla", rla), ("gr", gr)):
+        torch.testing.assert_close(getattr(out, f"loss_{name}"), expected)
+    torch.testing.assert_close(out.loss, 0.7 * gc + 0.5 * lrc + 0.3 * rla + 2.0 * gr)
+    # At the other temperature the region terms differ: the check above can tell the two scales apart.
+    assert not torch.allclose(
+        lexeme_region_contrastive_loss(
+            out.region_embeds[linked], out.lexeme_embeds[linked], torch.tensor(3.5).exp(), ids
+        ),
+        lrc,
     )
-    for name in ("loss", "loss_gc", "loss_lrc", "loss_gr"):
-        torch.testing.assert_close(getattr(out, name), getattr(shared, "total" if name == "loss" else name[5:]))
     # No applicable term is an error, as in training: GC is off and there are no boxes.
-    gr_only = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=0.0)
+    gr_only = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=0.0, loss_rla_weight=0.0)
     with pytest.raises(ValueError, match="no loss term applies to this batch"):
         gr_only(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], return_loss=True)
 
@@ -457,10 +468,10 @@ def test_region_language_alignment_encodes_each_phrase_alone() -> None:
 @pytest.mark.parametrize("lexeme_mode", ["token", "separate"])
 def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(lexeme_mode: str) -> None:
     """`region_text_grad=False`: LRC and RLA (GC off) give no gradient to any text parameter but still train the image
-    side, with the same loss value; with the default both towers get gradients."""
+    side, with the same loss value; with `region_text_grad=True` both towers get gradients."""
     settings = dict(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0, loss_rla_weight=1.0)
     torch.manual_seed(0)
-    with_grad = tiny_harmoclip_model(lexeme_mode=lexeme_mode, **settings)
+    with_grad = tiny_harmoclip_model(lexeme_mode=lexeme_mode, region_text_grad=True, **settings)
     without = tiny_harmoclip_model(lexeme_mode=lexeme_mode, region_text_grad=False, **settings)
     without.load_state_dict(with_grad.state_dict())
     batch = _training_batch(with_grad)
@@ -481,9 +492,9 @@ def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(le
 
 
 def test_zero_weight_terms_are_not_computed() -> None:
-    model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
+    model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=0.0)
     out = model(**_training_batch(model), return_loss=True)
-    assert out.loss_gc is None and out.loss_gr is None and out.loss_lrc is not None
+    assert out.loss_gc is None and out.loss_gr is None and out.loss_rla is None and out.loss_lrc is not None
     assert torch.allclose(out.loss, out.loss_lrc)
 
 

@@ -154,3 +154,98 @@ def test_init_from_that_is_neither_a_folder_nor_a_repo_id_fails_at_once(tmp_path
     assert main(["--init_from", str(missing), "--output_dir", str(out), "--report_to", "none"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: config `init_from`") and "no such folder" in err[-1]
+
+
+def test_the_recipe_is_the_model_configs_fields_and_defaults() -> None:
+    """TrainConfig's recipe fields are `RECIPE_FIELDS` with `HarmoCLIPConfig`'s defaults, so training with the default
+    TrainConfig and `model(**batch, return_loss=True)` under the default model config compute the same loss."""
+    from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS
+    from training.builders import harmoclip_settings
+
+    model_defaults, train_defaults = HarmoCLIPConfig(), TrainConfig()
+    assert {name: getattr(train_defaults, name) for name in RECIPE_FIELDS} == {
+        name: getattr(model_defaults, name) for name in RECIPE_FIELDS
+    }
+    # The shipped recipe: GC 1, RLA 0.5, GR 1 under the frozen teacher, LRC off, region terms without text gradients.
+    assert (model_defaults.loss_gc_weight, model_defaults.loss_lrc_weight) == (1.0, 0.0)
+    assert (model_defaults.loss_rla_weight, model_defaults.loss_gr_weight) == (0.5, 1.0)
+    assert model_defaults.gr_teacher == "frozen" and model_defaults.region_text_grad is False
+    custom = TrainConfig(loss_lrc_weight=0.25, region_text_grad=True, lrc_mask_categories=False)
+    assert harmoclip_settings(custom) == {name: getattr(custom, name) for name in RECIPE_FIELDS}
+    assert set(RECIPE_FIELDS) <= set(HarmoCLIPConfig().to_dict())  # every recipe field is saved with the model
+    convert_options = {action.dest for action in convert_parser()._actions}
+    assert set(RECIPE_FIELDS) <= convert_options  # conversion offers the whole recipe (RLA and region_text_grad too)
+
+
+@pytest.mark.parametrize(
+    ("weight", "teacher", "enabled"),
+    [(1.0, "frozen", True), (0.5, "cached", True), (0.0, "frozen", False), (1.0, "none", False)],
+)
+def test_gr_is_on_by_one_rule(weight: float, teacher: str, enabled: bool) -> None:
+    """GR is on with a weight > 0 and a teacher; the model config and the training config answer alike."""
+    settings = dict(loss_gr_weight=weight, gr_teacher=teacher)
+    assert HarmoCLIPConfig(**settings).gr_enabled is enabled
+    assert TrainConfig(**settings, teacher_cache="cache").gr_enabled is enabled
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(loss_rla_weight=-1.0), "`loss_rla_weight` must be a non-negative number, got -1.0"),
+        (dict(region_logit_scale_init_value=-0.5), "`region_logit_scale_init_value` must be a non-negative number"),
+        (dict(gr_crop_scale=0.0), "`gr_crop_scale` must be a positive number, got 0.0"),
+        (dict(region_pooling="mean"), "`region_pooling` must be one of"),
+    ],
+)
+def test_the_recipe_is_checked_once_for_both_configs(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^HarmoCLIPConfig: {message}"):
+        HarmoCLIPConfig(**settings)
+    with pytest.raises(ValueError, match=f"^config {message}"):
+        TrainConfig(**settings)
+
+
+def test_convert_reads_the_recipe_options_as_their_types() -> None:
+    from conversion.convert_clip import harmoclip_settings_from_args
+
+    args = convert_parser().parse_args(
+        ["--source", "hf", "--checkpoint", "c", "--output", "o", "--region-text-grad", "true", "--loss-rla-weight", "2"]
+    )
+    assert harmoclip_settings_from_args(args) == {"region_text_grad": True, "loss_rla_weight": 2.0}
+    args = convert_parser().parse_args(
+        ["--source", "hf", "--checkpoint", "c", "--output", "o", "--loss-gr-weight", "x"]
+    )
+    with pytest.raises(ValueError, match=r"^option `--loss-gr-weight`: expected float, got 'x'$"):
+        harmoclip_settings_from_args(args)
+
+
+def test_the_model_records_the_recipe_and_the_region_temperature_it_starts_from(tmp_path: Path) -> None:
+    """The model training builds carries the run's recipe in its config, and `region_logit_scale_init_value` is the
+    value `region_logit_scale` starts from: the knob in "separate" mode (also over a saved value), the loaded scale in
+    "from_global" mode."""
+    import torch
+
+    from training.builders import build_model_and_processor
+
+    common = dict(model_preset="micro", image_size=32, patch_size=8, report_to="none")
+    config = TrainConfig(
+        **common, region_logit_scale_mode="separate", region_logit_scale_init_value=1.25, loss_lrc_weight=0.3
+    )
+    model, processor = build_model_and_processor(config)
+    assert model.config.recipe == config.recipe
+    assert float(model.region_logit_scale) == pytest.approx(1.25)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    with torch.no_grad():  # a trained value, different from the knob
+        model.region_logit_scale.fill_(3.0)
+    model.save_pretrained(tmp_path / "trained")
+    processor.save_pretrained(tmp_path / "trained")
+
+    again = TrainConfig(**common, init_from=str(tmp_path / "trained"), region_logit_scale_mode="separate")
+    separate, _ = build_model_and_processor(again)
+    assert float(separate.region_logit_scale) == pytest.approx(again.region_logit_scale_init_value)
+    assert separate.config.region_logit_scale_init_value == pytest.approx(again.region_logit_scale_init_value)
+    follow = TrainConfig(**common, init_from=str(tmp_path / "trained"), region_logit_scale_mode="from_global")
+    from_global, _ = build_model_and_processor(follow)
+    assert float(from_global.region_logit_scale) == pytest.approx(3.0)
+    assert from_global.config.region_logit_scale_init_value == pytest.approx(3.0)  # what training started from
+    assert from_global.config.loss_lrc_weight == follow.loss_lrc_weight == 0.0  # the run's recipe, not the folder's

@@ -467,7 +467,9 @@ def test_self_teacher_with_and_without_gradient() -> None:
     batch = global_batch()
     accelerator = Accelerator(cpu=True)
     for mode in ("self_with_grad", "self_stop_grad"):
-        config = TrainConfig(gr_teacher=mode, loss_gc_weight=0.0, loss_lrc_weight=0.0, loss_gr_weight=1.0)
+        config = TrainConfig(
+            gr_teacher=mode, loss_gc_weight=0.0, loss_lrc_weight=0.0, loss_rla_weight=0.0, loss_gr_weight=1.0
+        )
         model = tiny_harmoclip_model(seed=0).train()
         forward_objective(model, model, batch, config, accelerator).total.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}

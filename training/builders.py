@@ -47,24 +47,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         projection_dim=512,
     ),
 }
-HARMOCLIP_SETTINGS = (
-    "dense_mode",
-    "lexeme_mode",
-    "gr_teacher",
-    "gr_crop_scale",
-    "loss_gc_weight",
-    "loss_lrc_weight",
-    "loss_gr_weight",
-    "loss_rla_weight",
-    "region_pooling",
-    "region_logit_scale_mode",
-    "region_text_grad",
-)
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
-    """The model-config fields the training config sets."""
-    return {name: getattr(config, name) for name in HARMOCLIP_SETTINGS}
+    """The model-config fields the training config sets: the recipe (`RECIPE_FIELDS`)."""
+    return config.recipe
 
 
 def build_tokenizer(config: TrainConfig, folder: Path) -> CLIPTokenizer:
@@ -105,9 +92,25 @@ def build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Harm
     """From `init_from` (a HarmoCLIP or plain CLIP folder) or from scratch (a preset and OpenAI's BPE vocabulary);
     gradient checkpointing enabled when the config asks for it."""
     model, processor = _build_model_and_processor(config)
+    start_region_temperature(model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model, processor
+
+
+def start_region_temperature(model: HarmoCLIPModel) -> None:
+    """Starts `region_logit_scale` as the config's `region_logit_scale_mode` says and records the value in the config.
+
+    "separate": at `region_logit_scale_init_value`, also for a HarmoCLIP folder that saved another value;
+    "from_global": where loading left it (a CLIP's trained `logit_scale`, or a HarmoCLIP folder's own scale). Either
+    way the config's `region_logit_scale_init_value` then holds the value training starts from, so the saved model
+    says so. "shared" uses `logit_scale` and leaves both alone."""
+    mode = model.config.region_logit_scale_mode
+    if mode == "separate":
+        with torch.no_grad():
+            model.region_logit_scale.fill_(float(model.config.region_logit_scale_init_value))
+    if mode != "shared":
+        model.config.region_logit_scale_init_value = float(model.region_logit_scale.detach())
 
 
 def check_init_from(init_from: str) -> None:
@@ -232,7 +235,7 @@ def build_datasets(
 
 def teacher_needs_crops(config: TrainConfig) -> bool:
     """Whether the GR teacher encodes crops during training (a frozen or live teacher; not a cached one)."""
-    return config.uses_regions and config.loss_gr_weight > 0 and config.gr_teacher not in ("cached", "none")
+    return config.gr_enabled and config.gr_teacher != "cached"
 
 
 def region_collator(

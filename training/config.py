@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,16 @@ from typing import Any
 import yaml
 
 from modeling_harmoclip.configuration_harmoclip import (
-    DENSE_MODES,
-    LEXEME_MODES,
-    REGION_LOGIT_SCALE_MODES,
-    REGION_POOLING_MODES,
+    RECIPE_CHOICES,
+    RECIPE_FIELDS,
     TEACHER_ALIASES,
     TEACHER_MODES,
+    check_recipe,
+    gr_enabled,
+    recipe_defaults,
 )
 from plumbing.command_line import CommandParser
+from plumbing.typed_values import coerce_value, type_name
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -39,17 +40,24 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data_format": DATA_FORMATS,
     "mixed_precision": MIXED_PRECISION,
     "model_preset": MODEL_PRESETS,
-    "dense_mode": DENSE_MODES,
-    "lexeme_mode": LEXEME_MODES,
+    **RECIPE_CHOICES,
     "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
-    "region_pooling": REGION_POOLING_MODES,
-    "region_logit_scale_mode": REGION_LOGIT_SCALE_MODES,
     "flickr_category": ("type", "chain"),
 }
 
+# The training recipe's fields (loss weights, region settings, teacher), taken from the model config with its
+# defaults (`RECIPE_FIELDS`): the recipe is stated once, and `harmoclip_settings` passes it back to the model.
+RecipeSettings = dataclasses.make_dataclass(
+    "RecipeSettings",
+    [(name, type(default), field(default=default)) for name, default in recipe_defaults().items()],
+)
+RecipeSettings.__doc__ = "The fields of `RECIPE_FIELDS` with `HarmoCLIPConfig`'s defaults (the shipped recipe)."
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RecipeSettings):
+    """Everything a training run reads: the recipe (`RecipeSettings`, from the model config) and the fields below."""
+
     # ---- data
     data_format: str = "synthetic"
     train_data: str | None = (
@@ -82,22 +90,7 @@ class TrainConfig:
     tokenizer_bpe: str = str(PROJECT_ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz")  # shipped with the project
     tokenizer_num_merges: int | None = 2000  # from scratch: a small vocabulary from OpenAI's first merges
     region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
-    dense_mode: str = "value"
-    lexeme_mode: str = "token"
-    region_pooling: str = "normalize_then_pool"  # or "pool_then_normalize"
-    region_logit_scale_mode: str = "shared"  # LRC temperature: "shared" with GC, "from_global" or "separate"
-    gr_teacher: str = "frozen"  # "frozen", "self_with_grad", "self_stop_grad" ("self"), "cached", "none"
-    gr_crop_scale: float = 1.5
     teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
-    # Default loss weights and `region_text_grad`: chosen with the harmony benchmark (README, "Harmony benchmark"):
-    # the token-level LRC and the region terms' text-tower gradients cost global retrieval there.
-    loss_gc_weight: float = 1.0
-    loss_lrc_weight: float = 0.0  # lexeme-region contrast, token level (the caption's own token states)
-    loss_gr_weight: float = 1.0
-    loss_rla_weight: float = 0.5  # region-language alignment: regions against their phrases encoded alone
-    region_logit_scale_init: float | None = None  # set the region log temperature at the start (None: keep the model's)
-    region_text_grad: bool = False  # LRC/RLA also train the text tower (False: only GC does; they move the image side)
-    lrc_mask_categories: bool = True  # LRC/RLA leave out negatives of the same category (else: of the same phrase text)
     # ---- optimisation
     seed: int = 0
     batch_size: int = 32  # per process
@@ -141,6 +134,7 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
+        check_recipe(self, "config `{}`")
         tracker_names(self.report_to)
         positive = (
             "batch_size",
@@ -158,10 +152,6 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config `{name}` must be > 0, got {getattr(self, name)!r}")
         for name in (
-            "loss_gc_weight",
-            "loss_lrc_weight",
-            "loss_gr_weight",
-            "loss_rla_weight",
             "weight_decay",
             "warmup_steps",
             "lock_vision_layers",
@@ -192,20 +182,16 @@ class TrainConfig:
             raise ValueError(f"config `hf_columns` must map field names to column names, got {self.hf_columns!r}")
         if self.streaming and self.data_format != "hf":
             raise ValueError(f"config `streaming` needs data_format='hf', got data_format={self.data_format!r}")
-        if self.gr_teacher == "cached" and self.loss_gr_weight > 0 and not self.teacher_cache:
+        if self.gr_enabled and self.gr_teacher == "cached" and not self.teacher_cache:
             raise ValueError(
                 "config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)"
             )
-        if self.region_logit_scale_init is not None and not 0 <= self.region_logit_scale_init <= math.log(
+        if self.region_logit_scale_mode == "separate" and self.region_logit_scale_init_value > math.log(
             self.max_logit_scale
         ):
             raise ValueError(
-                f"config `region_logit_scale_init` must be in [0, log(max_logit_scale)], got {self.region_logit_scale_init!r}"
-            )
-        if self.region_logit_scale_init is not None and self.region_logit_scale_mode == "shared":
-            raise ValueError(
-                f"config `region_logit_scale_init` ({self.region_logit_scale_init!r}) has no effect with "
-                "region_logit_scale_mode='shared' (the region contrast uses `logit_scale`): set 'separate' or 'from_global'"
+                f"config `region_logit_scale_init_value` must be at most log(max_logit_scale) = "
+                f"{math.log(self.max_logit_scale):.4f}, got {self.region_logit_scale_init_value!r}"
             )
         if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == self.loss_rla_weight == 0:
             raise ValueError("config: all loss weights are 0; nothing to train")
@@ -216,12 +202,24 @@ class TrainConfig:
         return tracker_names(self.report_to)
 
     @property
+    def gr_enabled(self) -> bool:
+        """Whether GR is on: the model config's one rule (`configuration_harmoclip.gr_enabled`)."""
+        return gr_enabled(self)
+
+    @property
     def uses_phrases(self) -> bool:
+        """Whether a batch needs its phrases (LRC or RLA is on)."""
         return self.loss_lrc_weight > 0 or self.loss_rla_weight > 0
 
     @property
     def uses_regions(self) -> bool:
-        return self.uses_phrases or (self.loss_gr_weight > 0 and self.gr_teacher != "none")
+        """Whether a batch needs its boxes (a region term is on)."""
+        return self.uses_phrases or self.gr_enabled
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """{field: value} of the recipe fields (`RECIPE_FIELDS`), what the model config is given."""
+        return {name: getattr(self, name) for name in RECIPE_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,60 +237,6 @@ def tracker_names(report_to: str) -> list[str]:
     if not names or any(name not in TRACKERS for name in names):
         raise ValueError(f"config `report_to` must name trackers among {TRACKERS} or be 'none', got {report_to!r}")
     return names
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def coerce_value(name: str, value: Any, annotation: Any, where: str | None = None) -> Any:
-    """`value` as the field's type, from a command-line string or a YAML value.
-
-    Strings are read as the type ("1e-5" -> 1e-05, which YAML leaves a string; "false" -> False; "none" -> None for
-    optional fields); an int is a float where a float is wanted. Anything else of the wrong type is a `ValueError`
-    naming the option (`where`, default "config `name`") and the value.
-    """
-    options = (
-        typing.get_args(annotation)
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
-        else (annotation,)
-    )
-    if value is None and type(None) in options:
-        return None
-    if isinstance(value, str) and type(None) in options and value.strip().lower() in ("none", "null", ""):
-        return None
-    for kind in options:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-                return value.strip().lower() in _TRUE
-        elif kind is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, str):
-                try:
-                    return int(value.strip())
-                except ValueError:
-                    continue
-        elif kind is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):
-                try:
-                    return float(value.strip())
-                except ValueError:
-                    continue
-        elif kind is str:
-            if isinstance(value, str):
-                return value
-        elif typing.get_origin(kind) is dict or kind is dict:
-            if isinstance(value, dict):
-                return value
-    raise ValueError(f"{where or f'config `{name}`'}: expected {_type_name(annotation)}, got {value!r}")
 
 
 def config_field_value(name: str, text: str) -> Any:
@@ -343,7 +287,7 @@ def build_argument_parser(description: str) -> CommandParser:
             dest=item.name,
             default=None,
             choices=CHOICES.get(item.name),
-            metavar=None if item.name in CHOICES else _type_name(hints[item.name]),
+            metavar=None if item.name in CHOICES else type_name(hints[item.name]),
             help=f"default: {item.default!r}",
         )
     return parser

@@ -33,6 +33,7 @@ from transformers import get_cosine_schedule_with_warmup
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_harmoclip.configuration_harmoclip import loss_weights  # noqa: E402
 from modeling_harmoclip.losses import HarmoCLIPLoss, harmoclip_loss  # noqa: E402
 from plumbing.atomic_files import save_model_atomically, write_text_atomic  # noqa: E402
 from plumbing.command_line import log_to_file, run_command, setup_logging  # noqa: E402
@@ -272,18 +273,11 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     )
 
     model, processor = build_model_and_processor(config)
-    if config.region_logit_scale_init is not None:
-        with torch.no_grad():
-            model.region_logit_scale.fill_(config.region_logit_scale_init)
     lock_parameters(model, config)
     train_set, val_set, collator = build_datasets(config, processor, main_process_first=accelerator.main_process_first)
-    teacher = (
-        frozen_copy(model).to(accelerator.device)
-        if config.uses_regions and config.gr_teacher == "frozen" and config.loss_gr_weight > 0
-        else None
-    )
+    teacher = frozen_copy(model).to(accelerator.device) if config.gr_enabled and config.gr_teacher == "frozen" else None
     teacher_cache = (
-        build_teacher_cache(config, processor) if config.gr_teacher == "cached" and config.loss_gr_weight > 0 else None
+        build_teacher_cache(config, processor) if config.gr_enabled and config.gr_teacher == "cached" else None
     )
 
     loader, sampler = build_loader(config, train_set, collator, accelerator.num_processes, accelerator.process_index)
@@ -390,7 +384,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
                 epoch=stream.epoch,
                 lr=scheduler.get_last_lr()[0],
                 logit_scale=float(unwrapped.logit_scale.detach().exp()),
-                region_logit_scale=float(unwrapped.lrc_logit_scale.detach().exp()),
+                lrc_rla_logit_scale=float(unwrapped.lrc_rla_logit_scale.detach().exp()),
                 samples_per_second=window_samples / max(elapsed, 1e-9),
             )
             window_start, window_samples = time.perf_counter(), 0
@@ -450,7 +444,6 @@ def forward_objective(
     teacher_cache: Any = None,
 ) -> HarmoCLIPLoss:
     """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
-    weights = (config.loss_gc_weight, config.loss_lrc_weight, config.loss_gr_weight)
     teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
     with accelerator.autocast():
         outputs = model(
@@ -467,17 +460,16 @@ def forward_objective(
         outputs.image_embeds.float(),
         outputs.text_embeds.float(),
         unwrapped.logit_scale,
-        weights,
+        **loss_weights(config),
         region_embeds=outputs.region_embeds,
         lexeme_embeds=outputs.lexeme_embeds,
         linked_mask=outputs.linked_mask,
         region_mask=outputs.region_mask,
         phrase_ids=batch.get("phrase_ids"),
-        region_logit_scale=unwrapped.lrc_logit_scale,
+        region_logit_scale=unwrapped.lrc_rla_logit_scale,
         teacher_region_embeds=teacher_embeds,
         gatherer=DistributedRows(),
         phrase_embeds=outputs.phrase_embeds,
-        rla_weight=config.loss_rla_weight,
         category_ids=batch.get("category_ids") if config.lrc_mask_categories else None,
         teacher_grad=config.gr_teacher == "self_with_grad",
     )
@@ -493,7 +485,7 @@ def teacher_targets(
 ) -> torch.Tensor | None:
     """(B, N, D) GR targets for the batch's boxes, or None when GR is off. With `gr_teacher="self_with_grad"` they
     keep their graph: GR trains the model through its crop branch too (FineCLIP)."""
-    if config.loss_gr_weight == 0 or config.gr_teacher == "none":
+    if not config.gr_enabled:
         return None
     if config.gr_teacher == "cached":
         return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
