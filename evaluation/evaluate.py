@@ -31,25 +31,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
-    TEXT_BATCH_SIZE,
     label_embeddings,
-    prompt_ensemble_embeddings,
+    model_device,
 )
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
 
+from .embeddings import (
+    BOX_METHODS,
+    EvalMode,
+    compute_box_embeddings,
+    evaluate_retrieval,
+    load_model_and_processor,
+)
 from .eval_data import (
     FORMATS,
     BoxClassificationData,
-    RetrievalData,
     detect_format,
-    image_loader,
     read_box_data,
     read_retrieval_data,
 )
@@ -57,210 +59,12 @@ from .metrics import (
     DEFAULT_ACCURACY_KS,
     DEFAULT_RECALL_KS,
     classification_metrics,
-    retrieval_metrics,
     top_k_predictions,
 )
 
 logger = logging.getLogger("evaluation.evaluate")
 
-BOX_METHODS = ("dense", "crop")
-
-
-# ---------------------------------------------------------------------------------------------------- embeddings
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _pooled(output: Any) -> torch.Tensor:
-    """The projected embedding of `get_image_features` / `get_text_features` (a tensor in older transformers)."""
-    return output.pooler_output if hasattr(output, "pooler_output") else output
-
-
-def _progress(iterable: Any, description: str, total: int | None, show: bool) -> Any:
-    return tqdm(iterable, desc=description, total=total, disable=not show, dynamic_ncols=True)
-
-
-class _EvalMode:
-    """Puts a model in eval mode and inference mode, and restores its training flag afterwards."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.inference = torch.inference_mode()
-        self.inference.__enter__()
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.inference.__exit__(*exc)
-        self.model.train(self.was_training)
-
-
-def compute_text_embeddings(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    texts: Sequence[str],
-    batch_size: int = TEXT_BATCH_SIZE,
-    show_progress: bool = False,
-) -> torch.Tensor:
-    """(T,) texts -> (T, D) L2-normalised float32 embeddings on the CPU, from `model.get_text_features`."""
-    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
-        raise TypeError("`texts` must be a sequence of strings")
-    device = _model_device(model)
-    chunks = []
-    with _EvalMode(model):
-        starts = range(0, len(texts), batch_size)
-        for start in _progress(starts, "texts", len(starts), show_progress):
-            batch = processor(
-                text=list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
-            )
-            output = model.get_text_features(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            )
-            chunks.append(F.normalize(_pooled(output).float(), dim=-1).cpu())
-    if not chunks:
-        raise ValueError("`texts` is empty")
-    return torch.cat(chunks)
-
-
-def compute_image_embeddings(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    image_paths: Sequence[Path],
-    batch_size: int = 32,
-    num_workers: int = 0,
-    show_progress: bool = False,
-) -> torch.Tensor:
-    """(N,) image files -> (N, D) L2-normalised float32 embeddings on the CPU, from `model.get_image_features`."""
-    if not image_paths:
-        raise ValueError("`image_paths` is empty")
-    device = _model_device(model)
-    loader = image_loader(image_paths, processor, batch_size, num_workers)
-    chunks = []
-    with _EvalMode(model):
-        for batch in _progress(loader, "images", len(loader), show_progress):
-            output = model.get_image_features(pixel_values=batch["pixel_values"].to(device))
-            chunks.append(F.normalize(_pooled(output).float(), dim=-1).cpu())
-    return torch.cat(chunks)
-
-
-def ensemble_text_embeddings(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    prompts: Sequence[Sequence[str]],
-    batch_size: int = TEXT_BATCH_SIZE,
-) -> torch.Tensor:
-    """(C,) lists of P prompts each -> (C, D) float32 on the CPU: `pipeline_harmoclip.prompt_ensemble_embeddings`
-    (every prompt encoded and normalised, each class's mean normalised), the model in eval mode."""
-    with _EvalMode(model):
-        return prompt_ensemble_embeddings(model, processor.tokenizer, prompts, batch_size).cpu()
-
-
-def crop_features(model: torch.nn.Module, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor) -> torch.Tensor:
-    """Crop-and-encode baseline: `get_crop_features` of the processor's crops of the original image
-    (`processor(..., return_crops=True)`), in the model's dtype.
-
-    Args:
-        crop_pixel_values: (B, N, 3, S, S); crop_mask: (B, N).
-    Returns:
-        (B, N, D) float32, L2-normalised; masked rows are zeros.
-    """
-    dtype = next(model.parameters()).dtype
-    return model.get_crop_features(crop_pixel_values.to(dtype), crop_mask)
-
-
-def compute_box_embeddings(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    data: BoxClassificationData,
-    methods: Sequence[str] = BOX_METHODS,
-    batch_size: int = 16,
-    num_workers: int = 0,
-    show_progress: bool = False,
-    interpolate_pos_encoding: bool = False,
-    crop_scale: float = DEFAULT_CROP_SCALE,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """Embeddings of every ground-truth box, by each method, from one pass over the images (``crop``: each box's crop
-    of the original image, enlarged `crop_scale` times).
-
-    `interpolate_pos_encoding` lets the dense path read images of another size than the model's (e.g. 1024 px).
-
-    Returns:
-        embeds: {method: (M, D) float32 L2-normalised}, labels: (M,) long, dropped: boxes the processor masked
-        (e.g. left empty), which are left out of `embeds` and `labels`.
-    """
-    unknown = [method for method in methods if method not in BOX_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"`methods` must be a non-empty subset of {BOX_METHODS}, got {list(methods)!r}")
-    if not data.images:
-        raise ValueError(f"{data.source or 'the data'} holds no labelled box")
-    check_crop_options(True, crop_scale)
-    device = _model_device(model)
-    loader = image_loader(
-        [image.path for image in data.images],
-        processor,
-        batch_size,
-        num_workers,
-        boxes=[image.boxes for image in data.images],
-        crop_scale=crop_scale if "crop" in methods else None,
-    )
-    embeds: dict[str, list[torch.Tensor]] = {method: [] for method in methods}
-    labels: list[int] = []
-    dropped = 0
-    next_image = 0
-    with _EvalMode(model):
-        for batch in _progress(loader, "images", len(loader), show_progress):
-            pixel_values = batch["pixel_values"].to(device)
-            boxes = batch["boxes"].to(device)
-            box_mask = batch["box_mask"].to(device=device, dtype=torch.bool)
-            # Rows beyond an image's own boxes are padding; a masked row within them is a box the processor dropped.
-            keep = torch.zeros_like(box_mask)
-            for row in range(pixel_values.shape[0]):
-                image = data.images[next_image + row]
-                own = box_mask[row, : len(image.boxes)]
-                keep[row, : len(image.boxes)] = own
-                labels.extend(label for label, kept in zip(image.labels, own.tolist()) if kept)
-                dropped += int((~own).sum())
-            next_image += pixel_values.shape[0]
-            if "dense" in embeds:
-                regions = model.get_region_features(
-                    pixel_values=pixel_values,
-                    boxes=boxes,
-                    box_mask=keep,
-                    interpolate_pos_encoding=interpolate_pos_encoding,
-                )
-                embeds["dense"].append(regions[keep].float().cpu())
-            if "crop" in embeds:
-                crops = batch["crop_pixel_values"].to(device)
-                embeds["crop"].append(crop_features(model, crops, keep & batch["crop_mask"].to(device))[keep].cpu())
-    if not labels:
-        raise ValueError(f"every box of {data.source or 'the data'} was dropped by the processor")
-    return (
-        {method: torch.cat(chunks) for method, chunks in embeds.items()},
-        torch.tensor(labels, dtype=torch.long),
-        dropped,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------- evaluations
-
-
-def evaluate_retrieval(
-    model: torch.nn.Module,
-    processor: Callable[..., Any],
-    data: RetrievalData,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    ks: Sequence[int] = DEFAULT_RECALL_KS,
-    show_progress: bool = False,
-) -> dict[str, float | int]:
-    """Image-to-text and text-to-image Recall@K (percent) on `data`; see `metrics.retrieval_metrics`."""
-    image_embeds = compute_image_embeddings(model, processor, data.image_paths, batch_size, num_workers, show_progress)
-    text_embeds = compute_text_embeddings(model, processor, data.captions, show_progress=show_progress)
-    return retrieval_metrics(image_embeds, text_embeds, torch.tensor(data.caption_image), ks)
 
 
 def readable_class_name(name: str) -> str:
@@ -292,7 +96,7 @@ def evaluate_box_classification(
     embeds, labels, dropped = compute_box_embeddings(
         model, processor, data, methods, batch_size, num_workers, show_progress, crop_scale
     )
-    with _EvalMode(model):
+    with EvalMode(model):
         class_embeds = label_embeddings(model, processor.tokenizer, prompt_names, templates).cpu()
     top = min(max(ks), len(data.class_names))
     results: dict[str, Any] = {}
@@ -392,7 +196,7 @@ def run_evaluation(
         "image_root": str(image_root) if image_root is not None else None,
         "batch_size": batch_size,
         "num_workers": num_workers,
-        "device": str(_model_device(model)),
+        "device": str(model_device(model)),
         "model_class": type(model).__name__,
         "image_size": model.config.vision_config.image_size,
         "dense_mode": getattr(model.config, "dense_mode", None),
@@ -441,15 +245,6 @@ def run_evaluation(
         "command": command,
         "working_directory": os.getcwd(),
     }
-
-
-def load_model_and_processor(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """`AutoModel` (remote code allowed) and `AutoProcessor` from a folder or Hub id, the model in eval mode."""
-    from transformers import AutoModel, AutoProcessor
-
-    model = AutoModel.from_pretrained(path, trust_remote_code=True).to(device).eval()
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    return model, processor
 
 
 def build_parser() -> CommandParser:
@@ -553,7 +348,7 @@ def run_protocol_evaluation(
         "image_root": args.image_root,
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
-        "device": str(_model_device(model)),
+        "device": str(model_device(model)),
         "model_class": type(model).__name__,
         "dense_mode": getattr(model.config, "dense_mode", None),
         "protocol": asdict(protocol),
@@ -561,7 +356,7 @@ def run_protocol_evaluation(
     if args.task == "boxcls":
         class_names, _ = read_panoptic_categories(args.data)
         class_embeds = protocols.protocol_class_embeddings(
-            class_names, model, processor, args.class_embeddings_from, device=_model_device(model)
+            class_names, model, processor, args.class_embeddings_from, device=model_device(model)
         )
         if args.save_class_embeddings:
             protocols.save_class_embeddings(class_embeds, args.save_class_embeddings)
@@ -665,18 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "DEFAULT_TEMPLATES",
     "BOX_METHODS",
-    "compute_text_embeddings",
-    "compute_image_embeddings",
-    "ensemble_text_embeddings",
-    "crop_features",
-    "compute_box_embeddings",
-    "evaluate_retrieval",
     "evaluate_box_classification",
     "readable_class_name",
     "run_evaluation",
     "markdown_report",
     "write_report",
-    "load_model_and_processor",
     "evaluate_command",
     "main",
 ]

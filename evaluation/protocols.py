@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, BoxGeometry
 
-from .eval_data import read_retrieval_data, region_processor
-from .evaluate import (
+from .embeddings import (
     compute_box_embeddings,
     ensemble_text_embeddings,
     evaluate_retrieval,
     load_model_and_processor,
 )
+from .eval_data import read_retrieval_data, region_processor
 from .metrics import (
     DEFAULT_ACCURACY_KS,
     DEFAULT_RECALL_KS,
@@ -120,8 +120,13 @@ class ProtocolProcessor:
     def as_region_mode(self) -> ProtocolProcessor:
         return self
 
-    def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, float, float]:
-        """One image -> (3, S, S) normalised pixels and the x and y scale from original to `pixel_values` pixels."""
+    @property
+    def tokenizer(self) -> Any:
+        """The wrapped processor's tokenizer: text is encoded as the model's own processor does."""
+        return self.processor.tokenizer
+
+    def _pixels(self, image: Image.Image) -> tuple[torch.Tensor, BoxGeometry]:
+        """One image -> (3, S, S) normalised pixels and where its original pixels land in them."""
         size = self.image_size
         width, height = image.size
         if self.resize == "square":
@@ -132,11 +137,12 @@ class ProtocolProcessor:
         canvas = Image.new("RGB", (size, size))
         canvas.paste(image.convert("RGB").resize((new_width, new_height), self.resample), (0, 0))
         pixels = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        if self.resize == "square":
-            return (pixels - self.mean) / self.std, new_width / width, new_height / height
-        # As the reference: one scale for both axes (the smaller ratio), boxes normalised by the padded square.
-        scale = min(new_width / width, new_height / height)
-        return (pixels - self.mean) / self.std, scale, scale
+        scale_x, scale_y = new_width / width, new_height / height
+        if self.resize != "square":
+            # As the reference: one scale for both axes (the smaller ratio), boxes normalised by the padded square.
+            scale_x = scale_y = min(scale_x, scale_y)
+        geometry = BoxGeometry(height, width, scale_x, scale_y, 0.0, 0.0, size, size)
+        return (pixels - self.mean) / self.std, geometry
 
     def __call__(
         self,
@@ -162,19 +168,17 @@ class ProtocolProcessor:
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"`boxes` must have one list per image ({len(images)}), got {len(boxes)}")
         processed = [self._pixels(image) for image in images]
-        out["pixel_values"] = torch.stack([pixels for pixels, _, _ in processed])
-        scales = [(scale_x, scale_y) for _, scale_x, scale_y in processed]
+        out["pixel_values"] = torch.stack([pixels for pixels, _ in processed])
         if boxes is not None:
             most = max(1, max(len(image_boxes) for image_boxes in boxes))
             box_tensor = torch.zeros(len(images), most, 4)
             box_mask = torch.zeros(len(images), most, dtype=torch.bool)
-            for row, (image_boxes, (scale_x, scale_y)) in enumerate(zip(boxes, scales)):
+            for row, (image_boxes, (_, geometry)) in enumerate(zip(boxes, processed)):
                 if not image_boxes:
                     continue
-                mapped = torch.tensor(image_boxes, dtype=torch.float32) * torch.tensor(
-                    [scale_x, scale_y, scale_x, scale_y]
+                box_tensor[row, : len(image_boxes)] = geometry.to_normalized(
+                    torch.tensor(image_boxes, dtype=torch.float32)
                 )
-                box_tensor[row, : len(image_boxes)] = mapped / self.image_size
                 box_mask[row, : len(image_boxes)] = True
             out["boxes"], out["box_mask"] = box_tensor, box_mask
             if return_crops:

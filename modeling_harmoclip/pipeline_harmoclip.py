@@ -15,7 +15,7 @@ classification, its pictures and the demo Space call the functions below, so the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,8 @@ TEXT_BATCH_SIZE = 256
 _UNSET: Any = object()
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of `model`'s (first) parameters, where its inputs go."""
     return next(model.parameters()).device
 
 
@@ -59,7 +60,11 @@ def check_templates(templates: Any) -> list[str]:
 
 @torch.no_grad()
 def prompt_ensemble_embeddings(
-    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[str]], batch_size: int = TEXT_BATCH_SIZE
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[str]],
+    batch_size: int = TEXT_BATCH_SIZE,
+    progress: Callable[[range], Iterable[int]] | None = None,
 ) -> torch.Tensor:
     """CLIP's zero-shot classifier: each class's prompts encoded by `model.get_text_features` (any CLIP or HarmoCLIP
     model) and L2-normalised, averaged, and normalised again.
@@ -68,6 +73,7 @@ def prompt_ensemble_embeddings(
         model: a model with `get_text_features`; tokenizer: CLIP's tokenizer (`processor.tokenizer`).
         prompts: C lists of P prompts each (the same P for every class).
         batch_size: prompts per text-tower call.
+        progress: wraps the range of batch starts (e.g. a tqdm bar); the project's evaluation shows one.
     Returns:
         (C, D) float32 on the model's device, L2-normalised.
     """
@@ -81,9 +87,10 @@ def prompt_ensemble_embeddings(
             f"`prompts` must be a non-empty list of equally long, non-empty lists of strings, got {prompts!r}"[:300]
         )
     flat = check_strings([prompt for class_prompts in prompts for prompt in class_prompts], "prompts")
-    device = _model_device(model)
+    device = model_device(model)
     embeds = []
-    for first in range(0, len(flat), batch_size):
+    starts = range(0, len(flat), batch_size)
+    for first in progress(starts) if progress is not None else starts:
         tokens = tokenizer(flat[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
         features = model.get_text_features(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)

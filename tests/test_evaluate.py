@@ -15,6 +15,13 @@ from PIL import Image, ImageDraw
 
 from conftest import ROOT, tiny_harmoclip_model, tiny_processor
 from crop_reference import hand_crop
+from evaluation.embeddings import (
+    compute_box_embeddings,
+    compute_image_embeddings,
+    compute_text_embeddings,
+    crop_features,
+    evaluate_retrieval,
+)
 from evaluation.eval_data import (
     detect_format,
     image_loader,
@@ -25,12 +32,7 @@ from evaluation.eval_data import (
     read_retrieval_manifest,
 )
 from evaluation.evaluate import (
-    compute_box_embeddings,
-    compute_image_embeddings,
-    compute_text_embeddings,
-    crop_features,
     evaluate_box_classification,
-    evaluate_retrieval,
     readable_class_name,
     run_evaluation,
     write_report,
@@ -418,13 +420,31 @@ def test_box_classification_on_panoptic(coco_panoptic, model, processor):
     assert model.training, "the caller's training mode is restored"
     model.eval()
     assert results["num_boxes"] == 5 and results["boxes_dropped"] == 0
-    for method in ("dense", "crop"):
+    assert results["prompt_names"] == ["person", "dog", "grass", "wall"]
+    # Reference, by hand: each box's region embedding (one image at a time) and its 1.5x crop's image embedding
+    # against the class prompts encoded one by one; the rank of the true class gives Top-1.
+    boxes = [(image, box, label) for image in data.images for box, label in zip(image.boxes, image.labels)]
+    with torch.no_grad():
+        classes = []
+        for name in results["prompt_names"]:
+            tokens = processor.tokenizer([f"a photo of a {name}."], return_tensors="pt")
+            classes.append(F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)[0])
+        classes = torch.stack(classes)
+        dense = []
+        for image in data.images:
+            batch = processor.as_region_mode()(images=[Image.open(image.path).convert("RGB")], boxes=[image.boxes])
+            dense.append(model.get_region_features(batch["pixel_values"], batch["boxes"])[0])
+        crops = torch.stack([hand_crop(Image.open(image.path), box, 1.5, 32) for image, box, _ in boxes])
+        crop = F.normalize(model.get_image_features(pixel_values=crops).pooler_output, dim=-1)
+    labels = torch.tensor([label for _, _, label in boxes])
+    for method, embeds in (("dense", torch.cat(dense)), ("crop", crop)):
         figures = results[method]
         assert figures["num_samples"] == 5 and figures["num_classes"] == 4
-        assert figures["top5"] == 100.0  # only 4 classes
-        assert 0.0 <= figures["top1"] <= 100.0
         assert figures["classes_without_samples"] == []
-    assert results["prompt_names"] == ["person", "dog", "grass", "wall"]
+        true_scores = (embeds @ classes.t()).gather(1, labels[:, None])
+        rank = ((embeds @ classes.t()) > true_scores).sum(-1)  # classes scored above the true one
+        assert figures["top1"] == pytest.approx(100 * (rank == 0).float().mean().item()), method
+        assert figures["top5"] == 100.0  # 4 classes: the true one is always among the first five
 
 
 def test_boxcls_report_names_missing_classes(coco_instances, model, processor, tmp_path):

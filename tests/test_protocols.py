@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
 from conftest import tiny_harmoclip_model, tiny_processor
-from evaluation.evaluate import compute_text_embeddings, evaluate_command
+from evaluation.embeddings import compute_text_embeddings
+from evaluation.evaluate import evaluate_command
 from evaluation.metrics import classification_metrics
 from evaluation.panoptic import mask_box, read_panoptic_boxes
 from evaluation.prompts import VILD_TEMPLATES, article, processed_name, vild_prompts
