@@ -238,6 +238,11 @@ class RegionClassificationPipeline(Pipeline):
         """(L, D) prompt-ensembled label embeddings (`label_embeddings`) on the model's device."""
         return label_embeddings(self.model, self.tokenizer, labels, templates)
 
+    def label_probabilities(self, embeds: torch.Tensor, label_embeds: torch.Tensor) -> torch.Tensor:
+        """(..., L) probabilities of (..., D) region or image embeddings among (L, D) labels, at the model's
+        temperature (`label_probabilities`)."""
+        return label_probabilities(embeds, label_embeds, self.model.logit_scale.exp())
+
     def dense_similarity(
         self, image: Any, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
     ) -> torch.Tensor:
@@ -307,7 +312,7 @@ class RegionClassificationPipeline(Pipeline):
         region_embeds = self.model.get_region_features(
             model_inputs["pixel_values"], model_inputs["boxes"], model_inputs["box_mask"]
         )
-        probabilities = label_probabilities(region_embeds, label_embeds, self.model.logit_scale.exp())
+        probabilities = self.label_probabilities(region_embeds, label_embeds)
         return {key: model_inputs[key] for key in ("boxes", "box_mask", "target_size")} | {
             "probabilities": probabilities
         }

@@ -105,7 +105,7 @@ class RegionDemo:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.model.parameters()).device  # the Space has the model's code only through the pipeline
 
     @torch.no_grad()
     def dense_features(self, image: Image.Image) -> np.ndarray:
@@ -120,7 +120,7 @@ class RegionDemo:
         image_embed = self.model.get_image_features(pixel_values=pixel_values)
         image_embed = torch.nn.functional.normalize(getattr(image_embed, "pooler_output", image_embed).float(), dim=-1)
         label_embeds = self.classifier.encode_labels(labels)
-        probabilities = (self.model.logit_scale.exp() * image_embed @ label_embeds.t()).softmax(dim=-1)[0].cpu()
+        probabilities = self.classifier.label_probabilities(image_embed, label_embeds)[0].cpu()
         order = probabilities.argsort(descending=True).tolist()
         return {labels[index]: float(probabilities[index]) for index in order}
 
