@@ -29,6 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from plumbing.json_files import read_json
+
 FORMATS = ("karpathy", "jsonl", "caption-list", "coco-instances", "coco-panoptic")
 
 
@@ -69,14 +71,6 @@ class BoxClassificationData:
 # ---------------------------------------------------------------------------------------------------- file formats
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     records = []
     with open(path, encoding="utf-8") as handle:
@@ -99,7 +93,7 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if path.suffix == ".jsonl":
         return "jsonl"
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, list) and data and isinstance(data[0], dict) and {"image", "caption"} <= set(data[0]):
         return "caption-list"
     if isinstance(data, dict) and isinstance(data.get("images"), list):
@@ -128,7 +122,7 @@ def read_karpathy(path: str | Path, image_root: str | Path | None = None, split:
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path} is not a Karpathy split file: no 'images' list")
     image_paths, captions, caption_image = [], [], []
@@ -159,7 +153,7 @@ def read_caption_list(
 ) -> RetrievalData:
     """Reads a JSON list of ``{"image": path, "caption": str or [str]}`` (FineCLIP's and BLIP's retrieval test files)."""
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list) or not all(isinstance(record, dict) and "image" in record for record in data):
         raise ValueError(f"{path} is not a caption list: expected a JSON list of objects with an 'image' key")
     records = [{**record, "_line": f"item {index}"} for index, record in enumerate(data)]
@@ -211,7 +205,7 @@ def _read_coco_boxes(
     counted); images are kept in id order, those without a box left out."""
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    data = _read_json(path)
+    data = read_json(path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path} is not a COCO {kind} file: no '{key}' list")

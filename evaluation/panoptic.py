@@ -13,12 +13,13 @@ Boxes stay in the original image's pixels, xyxy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from plumbing.json_files import read_json
 
 from .eval_data import BoxClassificationData, BoxImage
 
@@ -53,12 +54,8 @@ def mask_box(mask: np.ndarray) -> list[float] | None:
     return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+def _read_panoptic_json(path: Path) -> dict:
+    data = read_json(path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path} is not a COCO panoptic file: no '{key}' list")
@@ -67,7 +64,7 @@ def _read_json(path: Path) -> dict:
 
 def read_panoptic_categories(path: str | Path) -> tuple[list[str], list[bool]]:
     """Class names (sorted by category id, as the references number them) and whether each is a thing."""
-    categories = sorted(_read_json(Path(path))["categories"], key=lambda category: category["id"])
+    categories = sorted(_read_panoptic_json(Path(path))["categories"], key=lambda category: category["id"])
     return [category["name"] for category in categories], [bool(category.get("isthing", 1)) for category in categories]
 
 
@@ -94,7 +91,7 @@ def read_panoptic_boxes(
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     segm = Path(segm_root) if segm_root is not None else path.with_suffix("")
-    data = _read_json(path)
+    data = _read_panoptic_json(path)
     categories = sorted(data["categories"], key=lambda category: category["id"])
     class_index = {category["id"]: index for index, category in enumerate(categories)}
     is_thing = {category["id"]: bool(category.get("isthing", 1)) for category in categories}

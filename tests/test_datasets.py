@@ -1,4 +1,4 @@
-"""The JSONL manifest source and what all sources share: caption sampling, box selection, skipping, build_dataset."""
+"""The JSONL manifest source and what all sources share: caption sampling, box selection, skipping."""
 
 import json
 import re
@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 
 from training.data.data_common import PackedStrings, Region, SampleError, SkippedSample, select_regions
 from training.data.data_jsonl import JsonlRegionDataset, find_phrase, index_lines
-from training.data.datasets import RegionConcatDataset, build_dataset
 
 
 def write_image(path, size=(80, 60), colour=(200, 30, 30), format=None):
@@ -198,22 +197,6 @@ def test_index_range_and_bad_options(manifest, tmp_path):
         JsonlRegionDataset(manifest, max_boxes=-1)
     with pytest.raises(FileNotFoundError):
         JsonlRegionDataset(tmp_path / "nope.jsonl")
-
-
-def test_build_dataset(manifest):
-    single = build_dataset({"type": "jsonl", "manifest": str(manifest)}, seed=4, max_boxes=2)
-    assert isinstance(single, JsonlRegionDataset) and single.seed == 4 and single.max_boxes == 2
-    both = build_dataset(
-        [{"type": "jsonl", "manifest": manifest}, {"type": "jsonl", "manifest": manifest, "seed": 9}], seed=4
-    )
-    assert isinstance(both, RegionConcatDataset) and len(both) == 4
-    assert [d.seed for d in both.datasets] == [4, 9]
-    both.set_epoch(3)
-    assert [d.epoch for d in both.datasets] == [3, 3]
-    with pytest.raises(ValueError, match="type"):
-        build_dataset({"type": "parquet"})
-    with pytest.raises(TypeError, match=r"spec\[0\] \(jsonl\)"):
-        build_dataset([{"type": "jsonl", "manifest": manifest, "colour": 1}])
 
 
 def test_packed_strings():

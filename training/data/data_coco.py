@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from plumbing.atomic_files import write_bytes_atomic
+from plumbing.json_files import read_json
 
 from .coco_synonyms import COCO_SYNONYMS, build_synonym_index
 from .data_common import PackedStrings, Region, RegionDataset, RegionSample, choose_caption
@@ -77,9 +77,9 @@ def link_boxes_to_phrases(
     return links
 
 
-def read_json(path: Path) -> dict:
-    with open(path, "rb") as file:
-        data = json.load(file)
+def read_coco_json(path: Path) -> dict:
+    """A COCO annotation file's object (captions or instances)."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a COCO annotation object, got {type(data).__name__}")
     return data
@@ -102,7 +102,7 @@ class CocoRegionDataset(RegionDataset):
         self.captions_file, self.instances_file = Path(captions_file), Path(instances_file)
         self.image_dir = Path(image_dir)
         self.matcher = CategoryMatcher(synonyms)
-        self._build_index(read_json(self.captions_file), read_json(self.instances_file))
+        self._build_index(read_coco_json(self.captions_file), read_coco_json(self.instances_file))
         self._extractor: PhraseExtractor | None = None
         self._memo: dict[int, list[NounPhrase]] = {}
         self._cached_phrases: dict[str, np.ndarray] | None = None

@@ -84,8 +84,3 @@ class PhraseExtractor:
             )
             for chunk in doc.noun_chunks
         ]
-
-
-def extract_noun_phrases(captions: Sequence[str], batch_size: int = 256) -> list[list[NounPhrase]]:
-    """Noun phrases of each caption, with the default English pipeline."""
-    return PhraseExtractor(batch_size=batch_size)(captions)
