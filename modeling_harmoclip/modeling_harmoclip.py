@@ -371,46 +371,18 @@ class HarmoCLIPModel(CLIPModel):
             hook.remove()
         return outputs, captured[0]
 
-    @can_return_tuple
-    def forward(
+    def _check_region_inputs(
         self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        return_loss: bool | None = None,
-        interpolate_pos_encoding: bool = False,
-        boxes: torch.Tensor | None = None,
-        box_mask: torch.Tensor | None = None,
-        phrase_token_mask: torch.Tensor | None = None,
-        phrase_ids: torch.Tensor | None = None,
-        teacher_region_embeds: torch.Tensor | None = None,
-        category_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> HarmoCLIPOutput | tuple:
-        r"""
-        With only `input_ids` and `pixel_values` this is `CLIPModel.forward`, `return_dict=False` (a tuple),
-        `output_hidden_states` and `output_attentions` included; with boxes, CLIP's fields are unchanged and complete
-        too. Additionally:
-
-        boxes (`(B, N, 4)`): normalised xyxy boxes in the frame of `pixel_values`; enables `region_embeds`.
-        box_mask (`(B, N)` bool): valid boxes; default all.
-        phrase_token_mask (`(B, N, T)` bool): each box's phrase tokens in its image's caption; enables `lexeme_embeds`.
-        phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
-            >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
-            is linked when its phrase row has a token.
-        category_ids (`(B, N)` int64): what each box shows (a category id, -1: unknown); LRC also leaves out
-            negatives of the same category.
-        teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
-            processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
-            them too.
-        return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
-            alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
-
-        `phrase_embeds` (each phrase encoded alone) are computed with `phrase_token_mask` when `loss_rla_weight` > 0.
-        """
-        if pixel_values is None or input_ids is None:
-            raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
+        input_ids: torch.Tensor,
+        boxes: torch.Tensor | None,
+        box_mask: torch.Tensor | None,
+        phrase_token_mask: torch.Tensor | None,
+        phrase_ids: torch.Tensor | None,
+        category_ids: torch.Tensor | None,
+        teacher_region_embeds: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Checks the region inputs of `forward` against each other; returns the (B, N) valid boxes, the (B, N) boxes
+        linked to a phrase and the (B, N, T) bool phrase token mask on the text's device (None where not given)."""
         region_mask = check_boxes(boxes, box_mask) if boxes is not None else None
         linked_mask = None
         if phrase_token_mask is not None:
@@ -453,6 +425,70 @@ class HarmoCLIPModel(CLIPModel):
                 raise ValueError(
                     f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}"
                 )
+        return region_mask, linked_mask, phrase_token_mask
+
+    def _phrase_embeddings(
+        self, input_ids: torch.Tensor, caption_states: torch.Tensor, linked_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, D) lexeme embeddings (LRC's texts: token states of the caption, or the phrases encoded alone in
+        "separate" lexeme mode) and, when RLA is weighted, (B, N, D) phrase embeddings (each phrase encoded alone).
+
+        Without `region_text_grad` both are constants to the loss: GC alone then trains the text tower."""
+        text_grad = self.config.region_text_grad and torch.is_grad_enabled()
+        phrase_embeds = None
+        if self.config.lexeme_mode == "separate" or self.config.loss_rla_weight > 0:
+            with torch.set_grad_enabled(text_grad):
+                phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
+        if self.config.lexeme_mode == "separate":
+            lexeme_embeds = phrase_embeds
+        else:
+            lexeme_embeds = self._lexemes_from_states(caption_states, linked_tokens)
+            lexeme_embeds = lexeme_embeds if text_grad else lexeme_embeds.detach()
+        return lexeme_embeds, phrase_embeds if self.config.loss_rla_weight > 0 else None
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
+        phrase_ids: torch.Tensor | None = None,
+        teacher_region_embeds: torch.Tensor | None = None,
+        category_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HarmoCLIPOutput | tuple:
+        r"""
+        With only `input_ids` and `pixel_values` this is `CLIPModel.forward`, `return_dict=False` (a tuple),
+        `output_hidden_states` and `output_attentions` included; with boxes, CLIP's fields are unchanged and complete
+        too. Additionally:
+
+        boxes (`(B, N, 4)`): normalised xyxy boxes in the frame of `pixel_values`; enables `region_embeds`.
+        box_mask (`(B, N)` bool): valid boxes; default all.
+        phrase_token_mask (`(B, N, T)` bool): each box's phrase tokens in its image's caption; enables `lexeme_embeds`.
+        phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
+            >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
+            is linked when its phrase row has a token.
+        category_ids (`(B, N)` int64): what each box shows (a category id, -1: unknown); LRC also leaves out
+            negatives of the same category.
+        teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
+            processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
+            them too.
+        return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
+            alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
+
+        `phrase_embeds` (each phrase encoded alone) are computed with `phrase_token_mask` when `loss_rla_weight` > 0.
+        """
+        if pixel_values is None or input_ids is None:
+            raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
+        region_mask, linked_mask, phrase_token_mask = self._check_region_inputs(
+            input_ids, boxes, box_mask, phrase_token_mask, phrase_ids, category_ids, teacher_region_embeds
+        )
 
         # Image tower: with boxes, the dense map reuses the trunk of the global pass (only the last layer runs twice).
         region_embeds = None
@@ -471,19 +507,9 @@ class HarmoCLIPModel(CLIPModel):
         )
         lexeme_embeds = phrase_embeds = None
         if phrase_token_mask is not None:
-            linked_tokens = phrase_token_mask & linked_mask[..., None]
-            # Without `region_text_grad` the region terms see constant phrase embeddings: GC alone trains the text.
-            text_grad = self.config.region_text_grad and torch.is_grad_enabled()
-            if self.config.lexeme_mode == "separate" or self.config.loss_rla_weight > 0:
-                with torch.set_grad_enabled(text_grad):
-                    phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
-            if self.config.lexeme_mode == "separate":
-                lexeme_embeds = phrase_embeds
-            else:
-                lexeme_embeds = self._lexemes_from_states(text_outputs.last_hidden_state, linked_tokens)
-                lexeme_embeds = lexeme_embeds if text_grad else lexeme_embeds.detach()
-            if self.config.loss_rla_weight == 0:
-                phrase_embeds = None
+            lexeme_embeds, phrase_embeds = self._phrase_embeddings(
+                input_ids, text_outputs.last_hidden_state, phrase_token_mask & linked_mask[..., None]
+            )
 
         image_embeds = _normalize(vision_outputs.pooler_output)
         text_embeds = _normalize(text_outputs.pooler_output)
@@ -492,22 +518,21 @@ class HarmoCLIPModel(CLIPModel):
 
         terms = None
         if return_loss:
-            config = self.config
             terms = harmoclip_loss(
                 image_embeds,
                 text_embeds,
                 self.logit_scale,
-                **loss_weights(config),
+                **loss_weights(self.config),
                 region_embeds=region_embeds,
                 lexeme_embeds=lexeme_embeds,
+                phrase_embeds=phrase_embeds,
                 linked_mask=linked_mask,
                 region_mask=region_mask,
                 phrase_ids=phrase_ids,
+                category_ids=category_ids if self.config.lrc_mask_categories else None,
                 region_logit_scale=self.lrc_rla_logit_scale,
                 teacher_region_embeds=teacher_region_embeds,
-                phrase_embeds=phrase_embeds,
-                category_ids=category_ids if config.lrc_mask_categories else None,
-                teacher_grad=config.gr_teacher == "self_with_grad",
+                teacher_grad=self.config.gr_teacher == "self_with_grad",
             )
 
         return HarmoCLIPOutput(

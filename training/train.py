@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from training.builders import build_datasets, build_model_and_processor, build_t
 from training.checkpointing import latest_checkpoint, load_checkpoint, load_process_state, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
 from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows  # noqa: E402
-from training.objective import DistributedRows  # noqa: E402
+from training.distributed_rows import DistributedRows  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
 from training.teacher import frozen_copy  # noqa: E402
 
@@ -261,6 +262,118 @@ def train(config: TrainConfig) -> Path:
         return run_training(config, accelerator)
 
 
+@dataclass
+class RunState:
+    """Where a run stands: optimiser steps done, the data position, and the non-finite losses in a row."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    consecutive_nonfinite: int = 0
+    stream_position: dict[str, Any] | None = None
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over `parameter_groups` and its cosine schedule with warm-up (stepped once per optimiser step)."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+    )
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+
+
+def resume_state(config: TrainConfig, accelerator: Accelerator, streamed: bool) -> RunState:
+    """The state of the latest checkpoint in `output_dir` with `--resume` (its weights, optimiser and schedule are
+    loaded into the prepared objects); a fresh `RunState` otherwise."""
+    output_dir = Path(config.output_dir)
+    if not config.resume:
+        return RunState()
+    found = latest_checkpoint(output_dir)
+    if found is None:
+        logger.info("--resume: no checkpoint in %s, starting from scratch", output_dir)
+        return RunState()
+    state = load_checkpoint(accelerator, found)
+    run = RunState(state["step"], state["epoch"], state["batch_in_epoch"], state.get("consecutive_nonfinite", 0))
+    if streamed:  # each process continues from its own place in its stream
+        run.stream_position = load_process_state(found, accelerator.process_index, accelerator.num_processes)[
+            "stream_position"
+        ]
+    logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, run.step, run.epoch, run.batch_in_epoch)
+    return run
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    unwrapped: torch.nn.Module,
+    batches: Iterator[dict[str, Any]],
+    config: TrainConfig,
+    accelerator: Accelerator,
+    teacher: torch.nn.Module | None,
+    teacher_cache: Any,
+) -> list[dict[str, float]] | None:
+    """The backward passes of one optimiser step (`gradient_accumulation_steps` micro-batches); returns each
+    micro-batch's loss terms, or None when some process met a non-finite loss (the gradients are then unusable)."""
+    micro_terms = []
+    for micro in range(config.gradient_accumulation_steps):
+        terms = forward_objective(model, unwrapped, next(batches), config, accelerator, teacher, teacher_cache)
+        # Every process must take the same branch: decide on the loss of all processes.
+        if minimum_over_processes(accelerator, float(torch.isfinite(terms.total.detach()))) == 0:
+            return None
+        if micro + 1 < config.gradient_accumulation_steps:
+            with accelerator.no_sync(model):
+                accelerator.backward(terms.total / config.gradient_accumulation_steps)
+        else:
+            accelerator.backward(terms.total / config.gradient_accumulation_steps)
+        micro_terms.append(terms.as_floats())
+    return micro_terms
+
+
+def metrics_record(
+    micro_terms: list[dict[str, float]],
+    accelerator: Accelerator,
+    unwrapped: torch.nn.Module,
+    scheduler: Any,
+    step: int,
+    epoch: int,
+    samples_per_second: float,
+) -> dict[str, Any]:
+    """One line of `metrics.jsonl`: the loss terms (mean over micro-batches and processes), the learning rate and
+    both temperatures (`lrc_rla_logit_scale`: the one LRC and RLA use)."""
+    record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
+    record = {
+        name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean"))
+        for name, value in record.items()
+    }
+    record.update(
+        step=step,
+        epoch=epoch,
+        lr=scheduler.get_last_lr()[0],
+        logit_scale=float(unwrapped.logit_scale.detach().exp()),
+        lrc_rla_logit_scale=float(unwrapped.lrc_rla_logit_scale.detach().exp()),
+        samples_per_second=samples_per_second,
+    )
+    return record
+
+
+def stop_after_nonfinite(config: TrainConfig, accelerator: Accelerator, run: RunState, progress: Any) -> None:
+    """Counts a skipped step; raises `TrainingStopped` (naming the last good checkpoint) after too many in a row."""
+    run.consecutive_nonfinite += 1
+    logger.warning("non-finite loss at step %d: step skipped (%d in a row)", run.step + 1, run.consecutive_nonfinite)
+    if run.consecutive_nonfinite < config.max_nonfinite_steps:
+        return
+    progress.close()
+    last = latest_checkpoint(Path(config.output_dir))
+    message = (
+        f"stopping: {run.consecutive_nonfinite} consecutive non-finite losses at step {run.step + 1}; "
+        f"the last good checkpoint is {last or 'none (no checkpoint was written)'}"
+    )
+    logger.error(message)
+    accelerator.end_training()
+    raise TrainingStopped(message)
+
+
 def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     """The body of `train` (after the Accelerator is made)."""
     output_dir = Path(config.output_dir)
@@ -281,31 +394,11 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     )
 
     loader, sampler = build_loader(config, train_set, collator, accelerator.num_processes, accelerator.process_index)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_eps,
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    optimizer, scheduler = build_optimizer(model, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimiser step
     unwrapped = accelerator.unwrap_model(model)
-
-    step, epoch, batch_in_epoch, consecutive_nonfinite, stream_position = 0, 0, 0, 0, None
-    if config.resume:
-        found = latest_checkpoint(output_dir)
-        if found is None:
-            logger.info("--resume: no checkpoint in %s, starting from scratch", output_dir)
-        else:
-            state = load_checkpoint(accelerator, found)
-            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            if isinstance(sampler, StreamBatchSampler):  # each process continues from its own place in its stream
-                stream_position = load_process_state(found, accelerator.process_index, accelerator.num_processes)[
-                    "stream_position"
-                ]
-            consecutive_nonfinite = state.get("consecutive_nonfinite", 0)
-            logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, step, epoch, batch_in_epoch)
+    run = resume_state(config, accelerator, streamed=isinstance(sampler, StreamBatchSampler))
 
     if accelerator.is_main_process:
         (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -315,51 +408,28 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
         )
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
-        keep_metrics_up_to(metrics_path, step)  # a resumed run rewrites the steps after its checkpoint
+        keep_metrics_up_to(metrics_path, run.step)  # a resumed run rewrites the steps after its checkpoint
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     progress = tqdm(
         total=config.max_steps,
-        initial=step,
+        initial=run.step,
         desc="training",
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
     window_start, window_samples = time.perf_counter(), 0
     model.train()
-    stream = TrainingBatches(loader, sampler, train_set, accelerator, config, epoch, batch_in_epoch, stream_position)
+    stream = TrainingBatches(
+        loader, sampler, train_set, accelerator, config, run.epoch, run.batch_in_epoch, run.stream_position
+    )
     batches = iter(stream)
-    while step < config.max_steps:
-        micro_terms, finite = [], True
-        for micro in range(config.gradient_accumulation_steps):
-            batch = next(batches)
-            terms = forward_objective(model, unwrapped, batch, config, accelerator, teacher, teacher_cache)
-            # Every process must take the same branch: decide on the loss of all processes.
-            finite = finite and minimum_over_processes(accelerator, float(torch.isfinite(terms.total.detach()))) > 0
-            if not finite:
-                break
-            if micro + 1 < config.gradient_accumulation_steps:
-                with accelerator.no_sync(model):
-                    accelerator.backward(terms.total / config.gradient_accumulation_steps)
-            else:
-                accelerator.backward(terms.total / config.gradient_accumulation_steps)
-            micro_terms.append(terms.as_floats())
-
-        if not finite:
+    while run.step < config.max_steps:
+        micro_terms = accumulate_gradients(model, unwrapped, batches, config, accelerator, teacher, teacher_cache)
+        if micro_terms is None:
             optimizer.zero_grad(set_to_none=True)
-            consecutive_nonfinite += 1
-            logger.warning("non-finite loss at step %d: step skipped (%d in a row)", step + 1, consecutive_nonfinite)
-            if consecutive_nonfinite >= config.max_nonfinite_steps:
-                progress.close()
-                last = latest_checkpoint(output_dir)
-                message = (
-                    f"stopping: {consecutive_nonfinite} consecutive non-finite losses at step {step + 1}; "
-                    f"the last good checkpoint is {last or 'none (no checkpoint was written)'}"
-                )
-                logger.error(message)
-                accelerator.end_training()
-                raise TrainingStopped(message)
+            stop_after_nonfinite(config, accelerator, run, progress)
             continue
-        consecutive_nonfinite = 0
+        run.consecutive_nonfinite = 0
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -368,24 +438,20 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
         with torch.no_grad():  # CLIP's clamp: temperatures stay within [1, max_logit_scale]
             unwrapped.logit_scale.clamp_(0, math.log(config.max_logit_scale))
             unwrapped.region_logit_scale.clamp_(0, math.log(config.max_logit_scale))
-        step += 1
+        run.step += 1
         window_samples += global_batch
         progress.update(1)
 
-        if step % config.log_every == 0 or step == config.max_steps:
+        if run.step % config.log_every == 0 or run.step == config.max_steps:
             elapsed = time.perf_counter() - window_start
-            record = {name: sum(terms[name] for terms in micro_terms) / len(micro_terms) for name in micro_terms[0]}
-            record = {
-                name: float(accelerator.reduce(torch.tensor(value, device=accelerator.device), "mean"))
-                for name, value in record.items()
-            }
-            record.update(
-                step=step,
-                epoch=stream.epoch,
-                lr=scheduler.get_last_lr()[0],
-                logit_scale=float(unwrapped.logit_scale.detach().exp()),
-                lrc_rla_logit_scale=float(unwrapped.lrc_rla_logit_scale.detach().exp()),
-                samples_per_second=window_samples / max(elapsed, 1e-9),
+            record = metrics_record(
+                micro_terms,
+                accelerator,
+                unwrapped,
+                scheduler,
+                run.step,
+                stream.epoch,
+                window_samples / max(elapsed, 1e-9),
             )
             window_start, window_samples = time.perf_counter(), 0
             if accelerator.is_main_process:
@@ -393,18 +459,20 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
                     handle.write(json.dumps(record) + "\n")
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             if config.trackers:
-                accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=step)
+                accelerator.log(
+                    {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")}, step=run.step
+                )
 
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
+        if run.step % config.checkpoint_every == 0 or run.step == config.max_steps:
             state = {
                 "epoch": stream.epoch,
                 "batch_in_epoch": stream.batch_in_epoch,
-                "consecutive_nonfinite": consecutive_nonfinite,
+                "consecutive_nonfinite": run.consecutive_nonfinite,
             }
             process_state = (
                 {"stream_position": stream.stream_position} if isinstance(sampler, StreamBatchSampler) else None
             )
-            save_checkpoint(accelerator, output_dir, step, state, config.keep_checkpoints, process_state)
+            save_checkpoint(accelerator, output_dir, run.step, state, config.keep_checkpoints, process_state)
 
     progress.close()
     stream.report()
