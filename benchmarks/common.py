@@ -24,12 +24,10 @@ from typing import Any
 
 import torch
 
+from plumbing.atomic_files import write_text_atomic
+from plumbing.command_line import run_command
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py`: make the project importable
-    sys.path.insert(0, str(ROOT))
-
-from plumbing.atomic_files import write_text_atomic  # noqa: E402
-
 DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "benchmarks"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -503,3 +501,13 @@ def profile_path(args: argparse.Namespace, benchmark: str, method: str) -> Path:
     """Where `--profile` writes the table of `method`: beside the benchmark's JSON."""
     json_path = Path(args.json_out or DEFAULT_OUTPUT_DIR / f"{benchmark}.json")
     return json_path.with_name(f"{json_path.stem}.profile.{method}.txt")
+
+
+def benchmark_main(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    argv: Sequence[str] | None,
+) -> int:
+    """A benchmark's `main`: its options parsed from `argv`, `run` measured; returns the exit code (a user's
+    mistake: one line `error: ...`)."""
+    return run_command(lambda: run(build_parser().parse_args(argv)))

@@ -15,8 +15,8 @@ DataLoader worker, from
   - the same data prepared by `python -m training.data.prepare` as Parquet shards, read map-style and streamed;
 so that one can tell how many workers a GPU that trains at a given rate needs. It also times the preparation.
 
-    python benchmarks/data_loading.py                                   # loader with 0 and 2 workers vs the step
-    python benchmarks/data_loading.py --pipeline jpeg224 --workers 0,1,2
+    python -m benchmarks.data_loading                                   # loader with 0 and 2 workers vs the step
+    python -m benchmarks.data_loading --pipeline jpeg224 --workers 0,1,2
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     ROOT,
     add_common_arguments,
+    benchmark_main,
     finish,
     markdown_table,
     resolve_common,
@@ -40,8 +38,8 @@ from benchmarks.common import (  # noqa: E402
     temporary_folder,
     time_side_by_side,
 )
-from benchmarks.train_step import StepRunner  # noqa: E402
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from benchmarks.train_step import StepRunner
+from plumbing.command_line import CommandParser
 
 NAME = "data_loading"
 DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
@@ -385,11 +383,9 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
 
-    def measure() -> dict:
-        args = build_parser().parse_args(argv)
-        return run_jpeg224(args) if args.pipeline == "jpeg224" else run(args)
-
-    return run_command(measure)
+    return benchmark_main(
+        build_parser, lambda args: run_jpeg224(args) if args.pipeline == "jpeg224" else run(args), argv
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Global path: HarmoCLIP's `get_image_features` / `get_text_features` against transformers' `CLIPModel` with the
 same weights.
 
-    python benchmarks/global_overhead.py                      # CPU, ViT-B/16 at 224 px
-    python benchmarks/global_overhead.py --device cuda --dtype bf16
+    python -m benchmarks.global_overhead                      # CPU, ViT-B/16 at 224 px
+    python -m benchmarks.global_overhead --device cuda --dtype bf16
 
 The plain `CLIPModel` is built from HarmoCLIP's tower configs and loads HarmoCLIP's state dict (everything but
 `region_logit_scale`); the outputs are checked to be identical before timing. Target: HarmoCLIP within 2% of CLIP.
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
     autocast,
+    benchmark_main,
     build_model,
     finish,
     markdown_table,
@@ -33,7 +30,7 @@ from benchmarks.common import (  # noqa: E402
     target,
     time_side_by_side,
 )
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser
 
 NAME = "global_overhead"
 TOLERANCE = 0.02  # HarmoCLIP's global path at most 2% slower than CLIPModel's
@@ -180,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

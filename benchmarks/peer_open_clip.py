@@ -2,8 +2,8 @@
 and optimiser (FineCLIP and CLIPSelf train on open_clip).
 
     bash scripts/setup_peer_env.sh                                   # once: .venv-peer with open_clip and torchvision
-    .venv-peer/bin/python benchmarks/peer_open_clip.py --device cpu  # ViT-B/16 at 224 px, batch 2 on the CPU
-    .venv-peer/bin/python benchmarks/peer_open_clip.py --device cuda --dtype bf16   # batch 8 on a GPU
+    .venv-peer/bin/python -m benchmarks.peer_open_clip --device cpu  # ViT-B/16 at 224 px, batch 2 on the CPU
+    .venv-peer/bin/python -m benchmarks.peer_open_clip --device cuda --dtype bf16   # batch 8 on a GPU
 
 Methods, alternating round by round on one fixed batch (random weights):
 - `open_clip`: open_clip's `CLIP` built with HarmoCLIP's geometry (for ViT-B/16 that is open_clip's
@@ -23,17 +23,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
     autocast,
+    benchmark_main,
     finish,
     markdown_table,
     profile_path,
@@ -44,14 +41,14 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from benchmarks.train_step import (  # noqa: E402
+from benchmarks.train_step import (
     StepRunner,
     add_step_arguments,
     resolve_step_arguments,
     variant_config,
     write_step_inputs,
 )
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser
 
 NAME = "peer_open_clip"
 PEER = "open_clip"
@@ -290,7 +287,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Phrase extraction: captions per second of spaCy's batched pipeline (`PhraseExtractor`, `nlp.pipe`) against one
 `nlp(caption)` call per caption, with the same pipeline and the same noun-phrase reading.
 
-    python benchmarks/phrase_extraction.py                # 1,000 COCO-like captions
+    python -m benchmarks.phrase_extraction                # 1,000 COCO-like captions
 
 spaCy runs on the CPU whatever `--device` says. Both methods must return the same phrases (checked).
 """
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
+    benchmark_main,
     finish,
     markdown_table,
     ratio_summary,
@@ -27,8 +24,8 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     time_side_by_side,
 )
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
-from training.data.phrases import PhraseExtractor  # noqa: E402
+from plumbing.command_line import CommandParser
+from training.data.phrases import PhraseExtractor
 
 NAME = "phrase_extraction"
 
@@ -94,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

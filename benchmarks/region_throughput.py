@@ -1,7 +1,7 @@
 """Region embeddings: HarmoCLIP's one pass plus RoIAlign against crop-and-encode, with the same weights.
 
-    python benchmarks/region_throughput.py                      # CPU, ViT-B/16 at 224 px, 1, 4, 16, 64 boxes per image
-    python benchmarks/region_throughput.py --device cuda --dtype bf16
+    python -m benchmarks.region_throughput                      # CPU, ViT-B/16 at 224 px, 1, 4, 16, 64 boxes per image
+    python -m benchmarks.region_throughput --device cuda --dtype bf16
 
 HarmoCLIP (`get_region_features`): one pass of the image encoder per image, RoIAlign of the dense map at every box.
 Crop-and-encode: every box cut from the image with `roi_align` at the model's input size and encoded by
@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
     autocast,
+    benchmark_main,
     build_model,
     finish,
     markdown_table,
@@ -34,8 +31,8 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from modeling_harmoclip.roi_align import roi_align  # noqa: E402
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from modeling_harmoclip.roi_align import roi_align
+from plumbing.command_line import CommandParser
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image
@@ -201,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

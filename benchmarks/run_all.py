@@ -1,8 +1,8 @@
 """Runs every benchmark, each in its own process, and writes one markdown report and one JSON file.
 
-    python benchmarks/run_all.py                               # CPU (or CUDA when present), about 10 minutes on 2 cores
-    python benchmarks/run_all.py --quick                       # small sizes: checks that everything runs
-    python benchmarks/run_all.py --device cuda --dtype bf16    # on a GPU
+    python -m benchmarks.run_all                               # CPU (or CUDA when present), about 10 minutes on 2 cores
+    python -m benchmarks.run_all --quick                       # small sizes: checks that everything runs
+    python -m benchmarks.run_all --device cuda --dtype bf16    # on a GPU
 
 Writes `<output-dir>/<benchmark>.json` for each, `<output-dir>/results.md` (machine, command, every table, the
 targets) and `<output-dir>/results.json` (all results together).
@@ -17,12 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json  # noqa: E402
-from plumbing.atomic_files import write_text_atomic  # noqa: E402
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json
+from plumbing.atomic_files import write_text_atomic
+from plumbing.command_line import CommandParser, run_command
 
 BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
 
@@ -40,11 +37,12 @@ def build_parser() -> CommandParser:
 
 
 def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
-    """Runs benchmarks/<name>.py in a fresh process; returns its JSON result and the seconds it took."""
+    """Runs `python -m benchmarks.<name>` in a fresh process; returns its JSON result and the seconds it took."""
     out = args.output_dir / f"{name}.json"
     command = [
         sys.executable,
-        str(ROOT / "benchmarks" / f"{name}.py"),
+        "-m",
+        f"benchmarks.{name}",
         "--device",
         args.device,
         "--dtype",
@@ -75,7 +73,7 @@ def run_all(argv: list[str] | None = None) -> dict:
     results, durations = {}, {}
     for name in names:
         results[name], durations[name] = run_benchmark(name, args)
-    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])]).strip()
+    command = " ".join(["python -m benchmarks.run_all", *(argv if argv is not None else sys.argv[1:])]).strip()
     first = next(iter(results.values()))
     all_targets = [t for result in results.values() for t in result["targets"]]
     report = [

@@ -1,8 +1,8 @@
 """Training step: time and peak memory per optimiser step for GC only, GC+LRC, GC+LRC+GR with the frozen teacher and
 GC+LRC+GR with the cached teacher.
 
-    python benchmarks/train_step.py --device cuda --dtype bf16   # ViT-B/16 at 224 px, batch 8, 8 boxes per image
-    python benchmarks/train_step.py --device cpu                 # the same at batch 2 (--batch-size 8: ~20 minutes)
+    python -m benchmarks.train_step --device cuda --dtype bf16   # ViT-B/16 at 224 px, batch 8, 8 boxes per image
+    python -m benchmarks.train_step --device cpu                 # the same at batch 2 (--batch-size 8: ~20 minutes)
 
 Each step is the training loop's own (training/train.py): `forward_objective` (teacher targets, forward under the
 Accelerator's autocast, loss terms) + `accelerator.backward` + gradient clipping + AdamW step + logit-scale clamps,
@@ -26,13 +26,11 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     ROOT,
     RssSampler,
     add_common_arguments,
+    benchmark_main,
     current_rss_bytes,
     finish,
     markdown_table,
@@ -47,7 +45,7 @@ from benchmarks.common import (  # noqa: E402
     time_side_by_side,
     write_profile,
 )
-from plumbing.command_line import CommandParser, run_command  # noqa: E402
+from plumbing.command_line import CommandParser
 
 NAME = "train_step"
 TIME_LIMIT = 1.3  # cached HarmoCLIP step time / GC-only step time
@@ -431,7 +429,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return run_command(lambda: run(build_parser().parse_args(argv)))
+    return benchmark_main(build_parser, run, argv)
 
 
 if __name__ == "__main__":

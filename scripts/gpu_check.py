@@ -1,5 +1,5 @@
 """CUDA check of the model and the training loop: fp32 parity of region features with the CPU, a bf16 training
-run of the embedded default on the GPU, and the saved model loaded back. Usage: python scripts/gpu_check.py OUT_DIR"""
+run of the embedded default on the GPU, and the saved model loaded back. Usage: python -m scripts.gpu_check OUT_DIR"""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel  # noqa: E402
-from training.builders import PRESETS  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.train import train  # noqa: E402
+from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
+from training.builders import PRESETS
+from training.config import load_config
+from training.train import train
 
 
 def parity(report: dict) -> None:

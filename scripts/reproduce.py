@@ -1,6 +1,6 @@
 """Reproduction kit: OpenAI's CLIP ViT-B/16 under the reference protocols, beside the published figures.
 
-    python scripts/reproduce.py --workdir repro [--flickr30k-images DIR] [--finetuned MODEL | --train] [--device cuda]
+    python -m scripts.reproduce --workdir repro [--flickr30k-images DIR] [--finetuned MODEL | --train] [--device cuda]
 
 Steps (each skipped when its output exists, so an interrupted run continues):
 1. download OpenAI's ViT-B-16.pt (sha256 checked), COCO val2017 images + panoptic annotations, COCO val2014 images
@@ -30,13 +30,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluation.evaluate import evaluate_command
+from plumbing.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from evaluation.evaluate import evaluate_command  # noqa: E402
-from plumbing.atomic_files import write_text_atomic  # noqa: E402
-
 PUBLISHED = ROOT / "scripts" / "published_figures.json"
 BPE_PATH = ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
@@ -330,7 +327,7 @@ def train(workdir: Path, init_from: Path, extra: list[str]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python scripts/reproduce.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--workdir", type=Path, default=Path("repro"), help="downloads, data, models and results go here"
     )

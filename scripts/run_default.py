@@ -23,16 +23,13 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.eval_data import read_box_manifest  # noqa: E402
-from evaluation.pointing import pointing_game  # noqa: E402
-from evaluation.visualize import draw_boxes, save_query_heatmap  # noqa: E402
-from plumbing.command_line import run_command, setup_logging  # noqa: E402
-from training.config import build_argument_parser, config_from_args  # noqa: E402
-from training.data.synthetic import read_classes  # noqa: E402
-from training.train import train  # noqa: E402
+from evaluation.eval_data import read_box_manifest
+from evaluation.pointing import pointing_game
+from evaluation.visualize import draw_boxes, save_query_heatmap
+from plumbing.command_line import run_command, setup_logging
+from training.config import build_argument_parser, config_from_args
+from training.data.synthetic import read_classes
+from training.train import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml"
 DISPLAY_SCALE = 6  # the 64 px shapes are drawn 6x larger so labels stay readable

@@ -47,7 +47,7 @@ def cell(value: float, digits: int = 3) -> str:
 
 def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *TINY, "--json-out", str(out), *extra]
+    command = [sys.executable, "-m", f"benchmarks.{name}", *TINY, "--json-out", str(out), *extra]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     payload = json.loads(out.read_text())
@@ -269,7 +269,8 @@ def test_data_loading_full_pipeline(tmp_path: Path) -> None:
 def test_run_all_writes_one_report(tmp_path: Path) -> None:
     command = [
         sys.executable,
-        str(ROOT / "benchmarks" / "run_all.py"),
+        "-m",
+        "benchmarks.run_all",
         "--quick",
         "--device",
         "cpu",
@@ -293,7 +294,8 @@ def test_run_all_writes_one_report(tmp_path: Path) -> None:
 def test_run_all_refuses_unknown_benchmarks(tmp_path: Path) -> None:
     command = [
         sys.executable,
-        str(ROOT / "benchmarks" / "run_all.py"),
+        "-m",
+        "benchmarks.run_all",
         "--only",
         "nonsense",
         "--output-dir",

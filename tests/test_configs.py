@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from test_training import ENV, PYTHON, _tiny_model_folder
+from training_runs import ENV, PYTHON, tiny_model_folder
 
 COCO_TRAIN2017_IMAGES = 118_287
 GLOBAL_BATCH = 256  # FineCLIP: 8 GPUs x 32 (scripts/train_vitb16.sh)
@@ -100,7 +100,7 @@ def test_vitl14_336_preset_is_fineclips_vitl_recipe() -> None:
 
 def test_vitl14_336_preset_refuses_a_model_of_another_geometry(tmp_path: Path) -> None:
     """The preset's 336 px / patch 14 against a converted 32 px / patch 8 model: one clear error, before any data."""
-    init = _tiny_model_folder(tmp_path / "init")
+    init = tiny_model_folder(tmp_path / "init")
     command = [
         PYTHON,
         str(ROOT / "training" / "train.py"),

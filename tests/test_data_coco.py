@@ -3,80 +3,11 @@
 import json
 
 import pytest
-from PIL import Image
 
+from data_files import write_coco
 from training.data.coco_synonyms import COCO_SYNONYMS
 from training.data.data_coco import CategoryMatcher, CocoRegionDataset
 from training.data.data_common import SkippedSample
-
-CATEGORIES = [
-    {"id": 1, "name": "person", "supercategory": "person"},
-    {"id": 3, "name": "car", "supercategory": "vehicle"},
-    {"id": 18, "name": "dog", "supercategory": "animal"},
-    {"id": 58, "name": "hot dog", "supercategory": "food"},
-    {"id": 88, "name": "teddy bear", "supercategory": "indoor"},
-]
-
-
-def write_coco(folder, captions_42=("A man and a woman walk two dogs past a red car.",)):
-    images = [
-        {"id": 42, "file_name": "000000000042.jpg", "width": 120, "height": 100},
-        {"id": 7, "file_name": "000000000007.jpg", "width": 90, "height": 90},
-        {"id": 9, "file_name": "000000000009.jpg", "width": 64, "height": 48},
-        {"id": 11, "file_name": "000000000011.jpg", "width": 64, "height": 48},  # no caption: not used
-        {"id": 13, "file_name": "000000000013.jpg", "width": 64, "height": 48},  # image file missing
-    ]
-    (folder / "images").mkdir()
-    for image in images[:4]:
-        Image.new("RGB", (image["width"], image["height"]), (90, 120, 30)).save(folder / "images" / image["file_name"])
-    captions = [(42, text) for text in captions_42] + [
-        (7, "A boy eats a hot dog next to a teddy bear."),
-        (9, "An empty street."),
-        (9, "A quiet  road at night."),
-        (13, "A cat."),
-    ]
-    captions_json = {
-        "info": {},
-        "licenses": [],
-        "images": images,
-        "annotations": [
-            {"id": 100 + i, "image_id": image_id, "caption": text} for i, (image_id, text) in enumerate(captions)
-        ],
-    }
-    boxes = [
-        (42, 1, [60, 0, 20, 40], 0),  # smaller person
-        (42, 1, [0, 0, 50, 80], 0),  # larger person
-        (42, 18, [10, 70, 20, 20], 0),
-        (42, 1, [0, 0, 120, 100], 1),  # crowd: dropped
-        (42, 18, [90, 60, 25, 30], 0),
-        (42, 18, [100, 5, 2, 2], 0),  # too small
-        (42, 3, [30, 50, 40, 30], 0),
-        (7, 1, [0, 0, 40, 90], 0),
-        (7, 18, [60, 60, 20, 20], 0),  # a dog the caption does not mention ("hot dog" is not a dog)
-        (7, 58, [40, 40, 15, 8], 0),
-        (7, 88, [50, 0, 30, 40], 0),
-    ]
-    instances_json = {
-        "info": {},
-        "licenses": [],
-        "images": images,
-        "categories": CATEGORIES,
-        "annotations": [
-            {
-                "id": 500 + i,
-                "image_id": image_id,
-                "category_id": category,
-                "bbox": bbox,
-                "iscrowd": crowd,
-                "area": bbox[2] * bbox[3],
-                "segmentation": [],
-            }
-            for i, (image_id, category, bbox, crowd) in enumerate(boxes)
-        ],
-    }
-    (folder / "captions_train2017.json").write_text(json.dumps(captions_json))
-    (folder / "instances_train2017.json").write_text(json.dumps(instances_json))
-    return folder / "captions_train2017.json", folder / "instances_train2017.json", folder / "images"
 
 
 @pytest.fixture

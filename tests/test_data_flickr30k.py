@@ -1,8 +1,8 @@
 """The Flickr30k Entities source on Sentences/ and Annotations/ files in the distribution's format."""
 
 import pytest
-from PIL import Image
 
+from data_files import WEDDING, WEDDING_XML, write_flickr
 from training.data.data_common import SampleError, SkippedSample
 from training.data.data_flickr30k import (
     EntityBox,
@@ -11,36 +11,6 @@ from training.data.data_flickr30k import (
     parse_entity_annotation,
     parse_entity_sentence,
 )
-
-WEDDING = [
-    "[/EN#255542/people A bearded man] , and [/EN#255543/people a girl] in [/EN#255550/clothing a red dress] are getting married .",
-    "[/EN#255544/people The couple] walks out of [/EN#255549/scene a building] .",
-]
-
-WEDDING_XML = """<annotation>
-  <filename>65567.jpg</filename>
-  <size><width>100</width><height>80</height><depth>3</depth></size>
-  <object><name>255542</name><name>255544</name>
-    <bndbox><xmin>1</xmin><ymin>1</ymin><xmax>40</xmax><ymax>80</ymax></bndbox></object>
-  <object><name>255543</name><name>255544</name>
-    <bndbox><xmin>51</xmin><ymin>11</ymin><xmax>90</xmax><ymax>80</ymax></bndbox></object>
-  <object><name>255550</name>
-    <bndbox><xmin>56</xmin><ymin>41</ymin><xmax>85</xmax><ymax>80</ymax></bndbox></object>
-  <object><name>255549</name><nobndbox>0</nobndbox><scene>1</scene></object>
-  <object><name>255551</name>
-    <bndbox><xmin>91</xmin><ymin>1</ymin><xmax>100</xmax><ymax>20</ymax></bndbox></object>
-</annotation>
-"""
-
-
-def write_flickr(root, sentences=WEDDING, xml=WEDDING_XML, image_id="65567", image=True):
-    for folder in ("Sentences", "Annotations", "flickr30k-images"):
-        (root / folder).mkdir(exist_ok=True)
-    (root / "Sentences" / f"{image_id}.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    (root / "Annotations" / f"{image_id}.xml").write_text(xml, encoding="utf-8")
-    if image:
-        Image.new("RGB", (100, 80), (10, 20, 30)).save(root / "flickr30k-images" / f"{image_id}.jpg")
-    return root
 
 
 def test_sentence_markup_to_clean_caption_and_spans():

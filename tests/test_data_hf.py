@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from test_data_coco import write_coco
-from test_data_flickr30k import write_flickr
+from data_files import write_coco, write_flickr
 from training.data.collate import RegionCollator, collect_samples
 from training.data.data_coco import CocoRegionDataset
 from training.data.data_common import RegionSample, SampleError, SkippedSample

@@ -11,9 +11,15 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from conftest import tiny_harmoclip_model
-from test_modeling import _training_batch
+from model_batches import training_batch
 from training.builders import build_model_and_processor, enable_gradient_checkpointing
 from training.config import TrainConfig
+
+# GC, LRC and GR with text-tower gradients: every path of the training forward runs, and the text tower once per
+# forward (RLA, which encodes each phrase again, is off).
+EVERY_PATH = dict(
+    loss_gc_weight=1.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=1.0, region_text_grad=True
+)
 
 
 def _count_mlp_calls(model: torch.nn.Module) -> dict[str, int]:
@@ -53,13 +59,13 @@ def _loss_and_gradients(model: torch.nn.Module, batch: dict) -> tuple[torch.Tens
     ],
 )
 def test_checkpointed_gradients_equal_plain_ones(dense_mode: str, lexeme_mode: str, lock_embeddings: bool) -> None:
-    plain = tiny_harmoclip_model(dense_mode=dense_mode, lexeme_mode=lexeme_mode)
+    plain = tiny_harmoclip_model(dense_mode=dense_mode, lexeme_mode=lexeme_mode, **EVERY_PATH)
     if lock_embeddings:
         for parameter in plain.vision_model.embeddings.parameters():
             parameter.requires_grad_(False)
     checkpointed = copy.deepcopy(plain)
     enable_gradient_checkpointing(checkpointed)
-    batch = _training_batch(plain)
+    batch = training_batch(plain)
     plain_calls, checkpointed_calls = _count_mlp_calls(plain), _count_mlp_calls(checkpointed)
 
     loss, gradients = _loss_and_gradients(plain, batch)
@@ -81,9 +87,9 @@ def test_checkpointed_gradients_equal_plain_ones(dense_mode: str, lexeme_mode: s
 
 
 def test_no_recomputation_without_gradients_or_in_eval_mode() -> None:
-    model = tiny_harmoclip_model()
+    model = tiny_harmoclip_model(**EVERY_PATH)
     enable_gradient_checkpointing(model)
-    batch = _training_batch(model)
+    batch = training_batch(model)
     calls = _count_mlp_calls(model)
     with torch.no_grad():
         model.train()(**batch, return_loss=True)

@@ -101,3 +101,51 @@ def test_checker_sees_a_forbidden_arrow(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
     modules = [m for _, m in _imported_modules(bad_file)]
     assert modules == ["training", "conversion"]
+
+
+# `accelerate launch` and torchrun run the training script by path; everything else runs as a module or console script.
+RUN_BY_PATH = {"training/train.py"}
+# Still to go: its own rewrite drops the bootstrap.
+BOOTSTRAPS_LEFT = {"benchmarks/harmony.py"}
+
+
+def _touches_sys_path(path: Path) -> bool:
+    """Whether the file changes `sys.path` (an `import`-path bootstrap)."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("insert", "append")
+        ):
+            target = node.func.value
+            if isinstance(target, ast.Attribute) and target.attr == "path" and getattr(target.value, "id", "") == "sys":
+                return True
+    return False
+
+
+def test_commands_run_as_modules_without_sys_path_bootstraps() -> None:
+    bootstrapping = {
+        str(path.relative_to(ROOT))
+        for path in _source_files()
+        if path.relative_to(ROOT).parts[0] != "space" and _touches_sys_path(path)
+    }
+    assert bootstrapping - BOOTSTRAPS_LEFT == RUN_BY_PATH
+
+
+def test_test_modules_share_helpers_through_helper_modules() -> None:
+    """A test module imports helpers from conftest.py or a helper module, never from another test module."""
+    bad = [
+        f"{path.name}:{line} imports {module}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for line, module in _imported_modules(path)
+        if module.startswith("test_")
+    ]
+    assert not bad, "; ".join(bad)
+
+
+def test_the_sys_path_check_sees_a_bootstrap(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nif True:\n    sys.path.insert(0, '..')\n")
+    assert _touches_sys_path(script)
+    script.write_text("import sys\nprint(sys.path)\n")
+    assert not _touches_sys_path(script)

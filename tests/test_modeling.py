@@ -8,29 +8,10 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from conftest import tiny_clip_config, tiny_harmoclip_config, tiny_harmoclip_model
+from model_batches import BOS, EOS, random_captions, random_images, training_batch
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from region_reference import value_path_dense
 from roi_reference import slow_roi_align
-
-VOCAB = tiny_clip_config().text_config.vocab_size
-BOS, EOS = VOCAB - 2, VOCAB - 1
-
-
-def _captions(batch: int, length: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, VOCAB - 2, (batch, length), generator=generator)
-    ids[:, 0] = BOS
-    attention = torch.ones_like(ids)
-    for row in range(batch):  # captions of different lengths, padded after their EOS
-        end = length - 1 - (row % 3)
-        ids[row, end] = EOS
-        ids[row, end + 1 :] = EOS
-        attention[row, end + 1 :] = 0
-    return ids, attention
-
-
-def _images(batch: int, size: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture
@@ -50,8 +31,8 @@ def test_parameter_names_are_clips(pair) -> None:
 
 def test_global_outputs_equal_clip(pair) -> None:
     clip, model = pair
-    ids, attention = _captions(4)
-    pixels = _images(3)
+    ids, attention = random_captions(4)
+    pixels = random_images(3)
     with torch.no_grad():
         for ours, theirs in (
             (
@@ -95,8 +76,8 @@ def test_forward_contract_equals_clip(with_boxes: bool) -> None:
     model = HarmoCLIPModel(tiny_harmoclip_config()).eval()
     model.load_state_dict(clip.state_dict(), strict=False)
     model.set_attn_implementation("eager")
-    ids, attention = _captions(3)
-    pixels = _images(3)
+    ids, attention = random_captions(3)
+    pixels = random_images(3)
     boxes = (
         torch.tensor([[[0.0, 0.0, 0.5, 0.5]], [[0.2, 0.1, 0.9, 0.7]], [[0.5, 0.5, 1.0, 1.0]]]) if with_boxes else None
     )
@@ -135,7 +116,7 @@ def test_forward_contract_equals_clip(with_boxes: bool) -> None:
 
 
 def test_dense_features_follow_the_value_path(tiny_model: HarmoCLIPModel) -> None:
-    pixels = _images(2)
+    pixels = random_images(2)
     dense = tiny_model.get_dense_features(pixels)
     reference = F.normalize(value_path_dense(tiny_model, pixels), dim=1)
     assert dense.shape == (2, 16, 4, 4)
@@ -145,7 +126,7 @@ def test_dense_features_follow_the_value_path(tiny_model: HarmoCLIPModel) -> Non
 
 def test_full_dense_mode_uses_the_ordinary_last_layer() -> None:
     model = tiny_harmoclip_model(dense_mode="full")
-    pixels = _images(1)
+    pixels = random_images(1)
     hidden = model.get_image_features(pixel_values=pixels).last_hidden_state
     patches = model.visual_projection(model.vision_model.post_layernorm(hidden[:, 1:]))
     expected = F.normalize(patches.reshape(1, 4, 4, -1).permute(0, 3, 1, 2), dim=1)
@@ -155,7 +136,7 @@ def test_full_dense_mode_uses_the_ordinary_last_layer() -> None:
 def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> None:
     tiny_model.train()
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 1.0, 1.0]]])
-    tiny_model.get_region_features(_images(1), boxes).sum().backward()
+    tiny_model.get_region_features(random_images(1), boxes).sum().backward()
     last = tiny_model.vision_model.encoder.layers[-1].self_attn
     assert last.v_proj.weight.grad is not None and last.v_proj.weight.grad.abs().sum() > 0
     assert last.q_proj.weight.grad is None  # the value path does not use queries or keys
@@ -163,7 +144,7 @@ def test_gradients_reach_the_value_projection(tiny_model: HarmoCLIPModel) -> Non
 
 def test_region_features_hand_computed_boxes() -> None:
     """Box-aligned boxes pool whole patches: a plain mean of the (normalised, by default) patch vectors."""
-    pixels = _images(2)
+    pixels = random_images(2)
     boxes = torch.tensor(
         [
             [[0.25, 0.5, 0.5, 0.75], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],
@@ -189,7 +170,7 @@ def test_region_pooling_order_against_the_loop_reference() -> None:
     """Default: normalise every patch, RoIAlign (aligned, 1x1, adaptive), normalise (CLIPSelf / FineCLIP "v2")."""
     model = tiny_harmoclip_model()
     assert model.config.region_pooling == "normalize_then_pool"
-    pixels = _images(2, seed=3)
+    pixels = random_images(2, seed=3)
     boxes = torch.tensor(
         [[[0.1, 0.2, 0.7, 0.9], [0.33, 0.05, 0.52, 0.4]], [[0.0, 0.0, 1.0, 1.0], [0.6, 0.55, 0.97, 0.8]]]
     )
@@ -219,12 +200,15 @@ def test_one_image_encoder_pass_whatever_the_number_of_boxes(tiny_model: HarmoCL
             corner = torch.rand(1, count, 2) * 0.5
             boxes = torch.cat([corner, corner + 0.3], dim=-1)
             calls.clear()
-            tiny_model.get_region_features(_images(1), boxes)
+            tiny_model.get_region_features(random_images(1), boxes)
             assert len(calls) == 1
-        ids, attention = _captions(2)
+        ids, attention = random_captions(2)
         calls.clear()
         tiny_model(
-            input_ids=ids, attention_mask=attention, pixel_values=_images(2), boxes=torch.tensor([[[0, 0, 1, 1.0]]] * 2)
+            input_ids=ids,
+            attention_mask=attention,
+            pixel_values=random_images(2),
+            boxes=torch.tensor([[[0, 0, 1, 1.0]]] * 2),
         )
         assert len(calls) == 1  # the global embedding and the regions share the trunk
     finally:
@@ -232,8 +216,8 @@ def test_one_image_encoder_pass_whatever_the_number_of_boxes(tiny_model: HarmoCL
 
 
 def test_forward_with_boxes_keeps_clip_global_embeddings(tiny_model: HarmoCLIPModel) -> None:
-    ids, attention = _captions(2)
-    pixels = _images(2)
+    ids, attention = random_captions(2)
+    pixels = random_images(2)
     boxes = torch.tensor([[[0.1, 0.2, 0.6, 0.9]], [[0.0, 0.0, 1.0, 1.0]]])
     with torch.no_grad():
         plain = tiny_model(input_ids=ids, attention_mask=attention, pixel_values=pixels)
@@ -243,7 +227,7 @@ def test_forward_with_boxes_keeps_clip_global_embeddings(tiny_model: HarmoCLIPMo
 
 
 def test_other_resolutions_with_interpolated_positions(tiny_model: HarmoCLIPModel) -> None:
-    pixels = _images(1, size=48)
+    pixels = random_images(1, size=48)
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])
     with pytest.raises(ValueError):
         tiny_model.get_region_features(pixels, boxes)
@@ -253,7 +237,7 @@ def test_other_resolutions_with_interpolated_positions(tiny_model: HarmoCLIPMode
 
 
 def test_lexemes_mean_pool_the_caption_token_states(tiny_model: HarmoCLIPModel) -> None:
-    ids, attention = _captions(2)
+    ids, attention = random_captions(2)
     mask = torch.zeros(2, 3, ids.shape[1], dtype=torch.bool)
     mask[0, 0, 2:4] = True
     mask[0, 1, 5] = True
@@ -269,7 +253,7 @@ def test_lexemes_mean_pool_the_caption_token_states(tiny_model: HarmoCLIPModel) 
 
 def test_separate_lexeme_mode_encodes_each_phrase_alone() -> None:
     model = tiny_harmoclip_model(lexeme_mode="separate")
-    ids, attention = _captions(1)
+    ids, attention = random_captions(1)
     mask = torch.zeros(1, 2, ids.shape[1], dtype=torch.bool)
     mask[0, 0, 3:5] = True
     lexemes = model.get_lexeme_features(ids, attention, mask)
@@ -281,7 +265,7 @@ def test_separate_lexeme_mode_encodes_each_phrase_alone() -> None:
 
 def test_crop_features_of_the_whole_image_are_its_global_embedding() -> None:
     model = tiny_harmoclip_model()
-    pixels = _images(2)
+    pixels = random_images(2)
     crops = model.get_crop_features(pixels[:, None])  # one crop per image: the image itself
     expected = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     assert (crops[:, 0] - expected).abs().max() <= 1e-5
@@ -290,7 +274,7 @@ def test_crop_features_of_the_whole_image_are_its_global_embedding() -> None:
 def test_crop_features_encode_each_crop_in_chunks_and_zero_masked_rows() -> None:
     """Against a loop that encodes every crop alone; masked crops (which may hold anything) give zero rows."""
     model = tiny_harmoclip_model()
-    crops = _images(6, seed=3).reshape(2, 3, 3, 32, 32)
+    crops = random_images(6, seed=3).reshape(2, 3, 3, 32, 32)
     crops[1, 2] = float("nan")
     mask = torch.tensor([[True, False, True], [True, True, False]])
     embeds = model.get_crop_features(crops, mask, chunk_size=2)
@@ -304,31 +288,9 @@ def test_crop_features_encode_each_crop_in_chunks_and_zero_masked_rows() -> None
         model.get_crop_features(crops, mask[:, :2])
 
 
-def _training_batch(model: HarmoCLIPModel):
-    ids, attention = _captions(2)
-    pixels = _images(2)
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [[0.2, 0.2, 0.8, 0.8], [0.0, 0.0, 0.0, 0.0]]])
-    box_mask = torch.tensor([[True, True], [True, False]])
-    phrase_mask = torch.zeros(2, 2, ids.shape[1], dtype=torch.bool)
-    phrase_mask[0, 0, 1:3] = True
-    phrase_mask[1, 0, 4:6] = True
-    phrase_ids = torch.tensor([[11, -1], [12, -1]])  # box (0, 1) has no phrase, box (1, 1) is padding
-    teacher = model.get_crop_features(_images(4, seed=2).reshape(2, 2, 3, 32, 32), box_mask)
-    return dict(
-        input_ids=ids,
-        attention_mask=attention,
-        pixel_values=pixels,
-        boxes=boxes,
-        box_mask=box_mask,
-        phrase_token_mask=phrase_mask,
-        phrase_ids=phrase_ids,
-        teacher_region_embeds=teacher,
-    )
-
-
 def test_losses_are_weighted_and_reported_per_term() -> None:
     model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_rla_weight=0.0, loss_gr_weight=2.0)
-    batch = _training_batch(model)
+    batch = training_batch(model)
     out = model(**batch, return_loss=True)
     assert out.linked_mask.tolist() == [[True, False], [True, False]]
     assert out.region_mask.tolist() == [[True, True], [True, False]]
@@ -362,7 +324,7 @@ def test_region_temperature_modes(mode: str) -> None:
     with torch.no_grad():  # tell the two parameters apart
         model.logit_scale.fill_(4.0)
         model.region_logit_scale.fill_(1.5)
-    batch = _training_batch(model)
+    batch = training_batch(model)
     out = model(**batch, return_loss=True)
     used = model.logit_scale if mode == "shared" else model.region_logit_scale
     assert model.lrc_rla_logit_scale is used
@@ -410,7 +372,7 @@ def test_forward_loss_is_each_term_at_its_own_temperature() -> None:
     model = tiny_harmoclip_model(region_logit_scale_mode="separate", region_logit_scale_init_value=1.0, **weights)
     with torch.no_grad():
         model.logit_scale.fill_(3.5)
-    batch = _training_batch(model)
+    batch = training_batch(model)
     out = model(**batch, return_loss=True)
     linked, valid = out.linked_mask, out.region_mask
     ids = batch["phrase_ids"][linked]
@@ -442,7 +404,7 @@ def test_region_language_alignment_encodes_each_phrase_alone() -> None:
     from modeling_harmoclip.losses import region_language_alignment_loss
 
     model = tiny_harmoclip_model(loss_gc_weight=1.0, loss_lrc_weight=0.5, loss_gr_weight=0.0, loss_rla_weight=3.0)
-    batch = _training_batch(model)
+    batch = training_batch(model)
     out = model(**batch, return_loss=True)
     ids = batch["input_ids"]
     for (b, n), (start, end) in (((0, 0), (1, 3)), ((1, 0), (4, 6))):
@@ -474,7 +436,7 @@ def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(le
     with_grad = tiny_harmoclip_model(lexeme_mode=lexeme_mode, region_text_grad=True, **settings)
     without = tiny_harmoclip_model(lexeme_mode=lexeme_mode, region_text_grad=False, **settings)
     without.load_state_dict(with_grad.state_dict())
-    batch = _training_batch(with_grad)
+    batch = training_batch(with_grad)
     losses = []
     for model in (with_grad, without):
         model.zero_grad()
@@ -493,13 +455,13 @@ def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(le
 
 def test_zero_weight_terms_are_not_computed() -> None:
     model = tiny_harmoclip_model(loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_rla_weight=0.0, loss_gr_weight=0.0)
-    out = model(**_training_batch(model), return_loss=True)
+    out = model(**training_batch(model), return_loss=True)
     assert out.loss_gc is None and out.loss_gr is None and out.loss_rla is None and out.loss_lrc is not None
     assert torch.allclose(out.loss, out.loss_lrc)
 
 
 def test_no_loss_without_return_loss(tiny_model: HarmoCLIPModel) -> None:
-    out = tiny_model(**_training_batch(tiny_model))
+    out = tiny_model(**training_batch(tiny_model))
     assert out.loss is None and out.loss_gc is None and out.region_embeds is not None
 
 
@@ -524,7 +486,7 @@ def test_no_loss_without_return_loss(tiny_model: HarmoCLIPModel) -> None:
 )
 def test_bad_input_names_the_argument_and_index(change, message) -> None:
     model = tiny_harmoclip_model()
-    batch = _training_batch(model)
+    batch = training_batch(model)
     change(batch)
     with pytest.raises(ValueError, match=message):
         model(**batch, return_loss=True)
@@ -532,7 +494,7 @@ def test_bad_input_names_the_argument_and_index(change, message) -> None:
 
 def test_masked_boxes_may_hold_anything(tiny_model: HarmoCLIPModel) -> None:
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [float("nan"), 0.0, -1.0, 0.0]]])
-    regions = tiny_model.get_region_features(_images(1), boxes, torch.tensor([[True, False]]))
+    regions = tiny_model.get_region_features(random_images(1), boxes, torch.tensor([[True, False]]))
     assert torch.isfinite(regions).all() and regions[0, 1].abs().sum() == 0
 
 
@@ -564,7 +526,7 @@ def test_config_validation_and_from_clip_config() -> None:
 
 def test_bfloat16_autocast_keeps_regions_in_float32(tiny_model: HarmoCLIPModel) -> None:
     """Under mixed precision the RoIAlign and the normalisation still run in float32."""
-    pixels = _images(2)
+    pixels = random_images(2)
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.2, 0.1, 0.9, 0.7]]] * 2)
     reference = tiny_model.get_region_features(pixels, boxes)
     with torch.autocast("cpu", dtype=torch.bfloat16):

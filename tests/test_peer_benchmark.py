@@ -16,10 +16,10 @@ import torch
 
 from benchmarks.peer_open_clip import open_clip_geometry, pad_captions
 from conftest import ROOT, tiny_harmoclip_model
-from test_modeling import _training_batch
-from test_training import ENV
+from model_batches import training_batch
+from training_runs import ENV
 
-SCRIPT = ROOT / "benchmarks" / "peer_open_clip.py"
+MODULE = "benchmarks.peer_open_clip"  # run as a module from the project root
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 
 
@@ -58,7 +58,7 @@ def test_vitb16_geometry_is_open_clips_vit_b_16_quickgelu() -> None:
 def test_captions_padded_to_the_context_give_the_same_embeddings_and_loss() -> None:
     """What makes the 77-token rows the same computation as the training collator's, on open_clip's shapes."""
     model = tiny_harmoclip_model()
-    batch = _training_batch(model)
+    batch = training_batch(model)
     padded = pad_captions(batch, 77, model.config.text_config.pad_token_id)
     assert (
         padded["input_ids"].shape[1] == padded["attention_mask"].shape[1] == padded["phrase_token_mask"].shape[2] == 77
@@ -77,7 +77,7 @@ def test_captions_padded_to_the_context_give_the_same_embeddings_and_loss() -> N
 )
 def test_without_open_clip_it_says_how_to_get_the_environment() -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", MODULE, "--quick"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
     assert "open_clip is not installed" in result.stderr and "scripts/setup_peer_env.sh" in result.stderr
@@ -92,7 +92,8 @@ def test_tiny_run_in_the_peer_environment(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             str(PEER_PYTHON),
-            str(SCRIPT),
+            "-m",
+            MODULE,
             "--quick",
             "--device",
             "cpu",

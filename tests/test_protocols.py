@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionModel
 
 from conftest import tiny_harmoclip_model, tiny_processor
+from data_files import PANOPTIC_CATEGORIES as CATEGORIES
+from data_files import write_panoptic_standin
 from evaluation.embeddings import compute_text_embeddings
 from evaluation.evaluate import evaluate_command
 from evaluation.metrics import classification_metrics
@@ -141,81 +143,10 @@ def test_mean_per_class_on_a_hand_built_confusion():
 
 # ---------------------------------------------------------------------------------------------------- stand-in data
 
-CATEGORIES = [  # COCO panoptic style: non-contiguous ids, things and stuff
-    {"id": 1, "name": "person", "isthing": 1, "supercategory": "person"},
-    {"id": 5, "name": "airplane", "isthing": 1, "supercategory": "vehicle"},
-    {"id": 187, "name": "sky-other-merged", "isthing": 0, "supercategory": "sky"},
-    {"id": 199, "name": "wall-other-merged", "isthing": 0, "supercategory": "wall"},
-]
-IMAGE_SIZES = {397133: (80, 60), 37777: (60, 100), 252219: (64, 64)}
-
-
-def _rgb(segment_id: int) -> tuple[int, int, int]:
-    return segment_id % 256, segment_id // 256 % 256, segment_id // 65536
-
 
 @pytest.fixture
 def panoptic(tmp_path) -> Path:
     return write_panoptic_standin(tmp_path)
-
-
-def write_panoptic_standin(tmp_path: Path) -> Path:
-    """`annotations/panoptic_val2017.json` + `annotations/panoptic_val2017/*.png` + `val2017/*.jpg` under `tmp_path`.
-
-    Image 397133 (80 x 60): sky (rows 0-19, stuff), wall (rows 20-59, x 0-39, stuff), a person (json box), a crowd
-    airplane (kept), a 5 x 5 person (area 25 < 64: left out). Image 37777 (60 x 100): a wall with a 3-pixel sliver of
-    it elsewhere (its box spans both), an airplane. Image 252219: a 6 x 6 sky (left out), so the image has no box.
-    """
-    annotations_dir = tmp_path / "annotations"
-    png_dir = annotations_dir / "panoptic_val2017"
-    png_dir.mkdir(parents=True)
-    (tmp_path / "val2017").mkdir()
-    layout = {  # image id -> [(segment id, category, drawn rectangle (x0, y0, x1, y1) inclusive or None, json bbox, crowd)]
-        397133: [
-            (2000, 187, (0, 0, 79, 19), None, 0),
-            (3000, 199, (0, 20, 39, 59), None, 0),
-            (4000, 1, (45, 25, 64, 54), [45, 25, 20, 30], 0),
-            (5000, 5, (66, 22, 79, 40), [66, 22, 14, 19], 1),
-            (6000, 1, (41, 50, 45, 54), [41, 50, 5, 5], 0),
-        ],
-        37777: [
-            (7000, 199, (0, 0, 29, 69), None, 0),
-            (7000, 199, (50, 95, 52, 95), None, 0),
-            (8000, 5, (30, 10, 59, 49), [30.5, 10, 29.5, 40], 0),
-        ],
-        252219: [(9000, 187, (0, 0, 5, 5), None, 0)],
-    }
-    images, annotations = [], []
-    for image_id, segments in layout.items():
-        width, height = IMAGE_SIZES[image_id]
-        photo = Image.new("RGB", (width, height), (90, 140, 200))
-        segmentation = Image.new("RGB", (width, height), (0, 0, 0))
-        draw_photo, draw_segm = ImageDraw.Draw(photo), ImageDraw.Draw(segmentation)
-        infos = {}
-        for segment_id, category, rectangle, bbox, crowd in segments:
-            draw_segm.rectangle(rectangle, fill=_rgb(segment_id))
-            draw_photo.rectangle(rectangle, fill=((segment_id // 40) % 256, (category * 37) % 256, 60))
-            infos.setdefault(
-                segment_id,
-                {
-                    "id": segment_id,
-                    "category_id": category,
-                    "iscrowd": crowd,
-                    "area": 1,
-                    "bbox": bbox
-                    or [rectangle[0], rectangle[1], rectangle[2] - rectangle[0] + 1, rectangle[3] - rectangle[1] + 1],
-                },
-            )
-        file_name = f"{image_id:012d}"
-        photo.save(tmp_path / "val2017" / f"{file_name}.jpg", quality=95)
-        segmentation.save(png_dir / f"{file_name}.png")
-        images.append({"id": image_id, "file_name": f"{file_name}.jpg", "width": width, "height": height})
-        annotations.append(
-            {"image_id": image_id, "file_name": f"{file_name}.png", "segments_info": list(infos.values())}
-        )
-    path = annotations_dir / "panoptic_val2017.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
-    return path
 
 
 def test_mask_box_uses_inclusive_extremes():

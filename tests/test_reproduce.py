@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from clip_reference import ReferenceCLIP
+from data_files import write_panoptic_standin
 from scripts import reproduce
-from test_protocols import write_panoptic_standin
 
 
 def test_unreachable_url_fails_with_one_clear_line(tmp_path):

@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,33 +15,16 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import ROOT
-
-PYTHON = sys.executable
-# Subprocesses import this checkout (not whichever copy of the project is installed).
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-BIN = Path(sys.executable).parent
-
-# A few seconds per run on 2 cores: 32 px images, 16 training images, 4 per batch.
-SMALL = [
-    "--synthetic_num_train",
-    "16",
-    "--synthetic_num_val",
-    "8",
-    "--synthetic_image_size",
-    "32",
-    "--image_size",
-    "32",
-    "--batch_size",
-    "4",
-    "--log_every",
-    "1",
-    "--warmup_steps",
-    "1",
-    "--evaluate_at_end",
-    "false",
-    "--report_to",
-    "none",
-]
+from training_runs import (
+    BIN,
+    ENV,
+    PYTHON,
+    free_port,
+    kill_after_checkpoint,
+    read_metrics,
+    tiny_model_folder,
+    training_command,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,34 +33,6 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("data") / "synthetic"
     return generate_synthetic_dataset(folder, SyntheticSettings(num_train=16, num_val=8, seed=0, image_size=32))
-
-
-def training_command(launcher: list[str], output_dir: Path, synthetic_dir: Path, *extra: str) -> list[str]:
-    """training/train.py on the shipped config, made small (`SMALL`), on `synthetic_dir`, writing to `output_dir`."""
-    return [
-        *launcher,
-        str(ROOT / "training" / "train.py"),
-        "--config",
-        str(ROOT / "configs" / "synthetic_tiny.yaml"),
-        *SMALL,
-        "--synthetic_dir",
-        str(synthetic_dir),
-        "--output_dir",
-        str(output_dir),
-        *extra,
-    ]
-
-
-def kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, timeout: float = 240) -> None:
-    """SIGKILLs the training `process` as soon as `checkpoint` is complete (its trainer_state.json written): a crash
-    right after a checkpoint. Fails if the run ends first or no checkpoint comes within `timeout` seconds."""
-    deadline = time.time() + timeout
-    while not (checkpoint / "trainer_state.json").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
 
 
 def run_training(
@@ -95,17 +45,6 @@ def run_training(
 
 
 TERMS = ("gc", "lrc", "rla", "gr")
-
-
-def free_port() -> str:
-    """A free TCP port on 127.0.0.1 for torchrun's rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_script_run_saves_a_hub_ready_model(tmp_path: Path, synthetic_dir: Path) -> None:
@@ -309,26 +248,13 @@ def test_config_errors_name_the_option(tmp_path: Path) -> None:
     assert config.batch_size == 3 and config.lock_text is True and config.init_from is None
 
 
-def _tiny_model_folder(folder: Path) -> Path:
-    """A tiny HarmoCLIP folder with CLIP's crop preprocessing, as the converter writes one."""
-    from conftest import BPE_PATH, TINY_MERGES, tiny_harmoclip_model
-    from conversion.processor_files import make_image_processor, save_harmoclip_processor, tokenizer_from_bpe
-
-    model = tiny_harmoclip_model(seed=1)
-    model.save_pretrained(folder)
-    tokenizer = tokenizer_from_bpe(BPE_PATH, model.config.text_config.vocab_size, 77)
-    assert len(tokenizer) == 512 + TINY_MERGES + 2
-    save_harmoclip_processor(folder, tokenizer, make_image_processor(32))
-    return folder
-
-
 def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
     """configs/vitb16_finetune.yaml's path (COCO captions + instances, init_from a converted folder, bf16) on a tiny
     model; a missing image is skipped and reported with its path."""
-    from test_data_coco import write_coco
+    from data_files import write_coco
 
     captions, instances, images = write_coco(tmp_path)
-    init = _tiny_model_folder(tmp_path / "init")
+    init = tiny_model_folder(tmp_path / "init")
     out = tmp_path / "finetune"
     command = [
         PYTHON,

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from test_training import BIN, ENV, PYTHON, SMALL, free_port, kill_after_checkpoint, read_metrics
 from training.data.prepare import build_parser, prepare
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
+from training_runs import BIN, ENV, PYTHON, SMALL, free_port, kill_after_checkpoint, read_metrics
 
 
 def prepare_main(argv: list[str]):

@@ -1,6 +1,6 @@
 """Compute the GR teacher's crop embeddings once, ahead of training, so that GR costs nothing at training time.
 
-    python training/cache_teacher.py --config configs/synthetic_tiny.yaml --cache-dir outputs/teacher_cache
+    python -m training.cache_teacher --config configs/synthetic_tiny.yaml --cache-dir outputs/teacher_cache
     python training/train.py --config configs/synthetic_tiny.yaml --gr_teacher cached --teacher_cache outputs/teacher_cache
 
 The teacher is the run's starting weights (`init_from`, or the from-scratch initialisation of `seed`), the boxes are
@@ -23,20 +23,17 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the project root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from plumbing.atomic_files import atomic_directory  # noqa: E402
-from plumbing.command_line import run_command, setup_logging  # noqa: E402
-from training.builders import (  # noqa: E402
+from plumbing.atomic_files import atomic_directory
+from plumbing.command_line import run_command, setup_logging
+from training.builders import (
     build_dataset_for_split,
     build_datasets,
     build_model_and_processor,
     region_collator,
     teacher_cache_settings,
 )
-from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
-from training.teacher import INDEX_FILE  # noqa: E402
+from training.config import TrainConfig, build_argument_parser, config_from_args
+from training.teacher import INDEX_FILE
 
 logger = logging.getLogger("harmoclip.cache_teacher")
 
