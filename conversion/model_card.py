@@ -240,6 +240,10 @@ def render_model_card(
         "lexeme_mode": f"`{config.lexeme_mode}`",
         "region_pooling": f"`{config.region_pooling}`",
         "region_logit_scale_mode": f"`{config.region_logit_scale_mode}`",
+        "region_logit_scale_start": "unused (the global `logit_scale`)"
+        if config.region_logit_scale_mode == "shared"
+        else f"{config.region_logit_scale_init_value:.4g} (log scale)",
+        "lrc_mask_categories": "yes" if config.lrc_mask_categories else "no (only those of the same phrase text)",
         "datasets_text": ", ".join(info.datasets) if info.datasets else "not recorded",
         "evaluation": evaluation_markdown(eval_rows),
         **info.extra,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import run_isolated
+from conftest import run_isolated, tiny_harmoclip_model
 from conversion.model_card import NOT_EVALUATED, CardInfo, parse_eval_results
 from conversion.processor_files import make_image_processor, save_harmoclip_processor
 from conversion.publish import files_to_commit, main, publish, validate_repo_id, validate_revision
@@ -52,9 +52,10 @@ class RecordingHubApi:
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny_model, tiny_tokenizer) -> Path:
+def model_dir(tmp_path, tiny_tokenizer) -> Path:
+    """A saved tiny model whose recipe differs from the shipped one: the card must show the saved config's."""
     folder = tmp_path / "harmoclip"
-    tiny_model.save_pretrained(folder)
+    tiny_harmoclip_model(loss_lrc_weight=1.0, loss_rla_weight=0.0, region_text_grad=True).save_pretrained(folder)
     save_harmoclip_processor(folder, tiny_tokenizer, make_image_processor(32))
     (folder / "optimizer.pt").write_bytes(b"training state, not for the Hub")
     return folder
@@ -157,6 +158,8 @@ def test_model_card_carries_metadata_and_evaluation(model_dir, eval_json, tmp_pa
     assert "| Region temperature (`region_logit_scale_mode`) | `shared` |" in card.text
     assert "| Loss weights GC / LRC / RLA / GR | 1 / 1 / 0 / 1 |" in card.text  # the saved model's config
     assert "| Region terms train the text tower (`region_text_grad`) | yes |" in card.text
+    assert "| Region temperature at the start of training (`region_logit_scale_init_value`) | unused" in card.text
+    assert "| Same-category negatives left out of LRC / RLA (`lrc_mask_categories`) | yes |" in card.text
     assert "[org/harmoclip-tiny-clip](https://huggingface.co/org/harmoclip-tiny-clip)" in card.text  # links the export
 
     # The export's own repository: its own card, with the widget, linking back; only the global tasks' figures.
