@@ -1,16 +1,17 @@
 """The pointing game: a box is a hit when the peak of its label's map lies inside it; checked on hand-made maps, and
-on a tiny model against the maps the pipeline draws."""
+on a tiny model against maps and hits computed here from the model's dense features and text tower."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import tiny_harmoclip_model, tiny_processor
 from evaluation.eval_data import BoxClassificationData, BoxImage
 from evaluation.pointing import pointing_game, pointing_hits
-from modeling_harmoclip.pipeline_harmoclip import dense_probabilities, dense_similarity
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
 
 
 def test_hits_on_hand_made_maps() -> None:
@@ -30,7 +31,7 @@ def test_hits_on_hand_made_maps() -> None:
         pointing_hits(maps[0], [[0, 0, 1, 1]], [0], (80, 40))
 
 
-def test_game_scores_the_pipelines_maps(tiny_tokenizer, tmp_path) -> None:
+def test_game_scores_hand_computed_maps(tiny_tokenizer, tmp_path) -> None:
     model = tiny_harmoclip_model(seed=4)
     processor = tiny_processor(tiny_tokenizer)
     classes = ["red square", "blue circle", "green cross"]
@@ -44,13 +45,31 @@ def test_game_scores_the_pipelines_maps(tiny_tokenizer, tmp_path) -> None:
         classes,
     )
     result = pointing_game(model, processor, data)
+    # Reference, written out: the patch embeddings of the square-resized image, each class's prompts encoded one by
+    # one and averaged, both maps, and each box's hit from its label's peak patch centre in image pixels.
+    with torch.no_grad():
+        dense = model.get_dense_features(processor.as_region_mode()(images=image)["pixel_values"])[0]
+        class_embeds = []
+        for name in classes:
+            prompts = [template.format(name) for template in DEFAULT_TEMPLATES]
+            embeds = [
+                F.normalize(
+                    model.get_text_features(**processor.tokenizer([prompt], return_tensors="pt")).pooler_output, dim=-1
+                )[0]
+                for prompt in prompts
+            ]
+            class_embeds.append(F.normalize(torch.stack(embeds).mean(0), dim=0))
+        cosine = torch.einsum("dhw,ld->lhw", dense, torch.stack(class_embeds))
+        maps = {"cosine": cosine, "probability": (model.logit_scale.exp() * cosine).softmax(dim=0)}
     expected = {}
-    for kind, maps in (
-        ("cosine", dense_similarity(model, processor, image, classes)),
-        ("probability", dense_probabilities(model, processor, image, classes)),
-    ):
-        hits = pointing_hits(maps, boxes, labels, image.size)
-        expected[kind] = 100.0 * (sum(hits) + hits[0]) / 4
+    height, width = dense.shape[1:]
+    for kind, label_maps in maps.items():
+        hits = []
+        for box, label in zip(boxes, labels):
+            peak = int(label_maps[label].flatten().argmax())
+            x, y = (peak % width + 0.5) * 64 / width, (peak // width + 0.5) * 48 / height
+            hits.append(box[0] <= x <= box[2] and box[1] <= y <= box[3])
+        expected[kind] = 100.0 * (sum(hits) + hits[0]) / 4  # the second image holds the first box again
     assert result == {"cosine": expected["cosine"], "probability": expected["probability"], "num_boxes": 4}
     assert result["cosine"] >= 25.0  # the whole-image box always holds the peak
     with pytest.raises(ValueError, match="holds no labelled boxes"):
