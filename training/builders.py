@@ -140,13 +140,15 @@ def _build_model_and_processor(config: TrainConfig) -> tuple[HarmoCLIPModel, Har
                 f"`init_from` {config.init_from!r} ({vision.image_size}/{vision.patch_size}): set them to the model's"
             )
         model.config._check_harmoclip_settings()
-        processor = load_processor(config.init_from, region_mode=config.region_mode)
+        processor = load_processor(config.init_from, region_mode=config.processor_region_mode)
         return model, processor
     torch.manual_seed(config.seed)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = build_tokenizer(config, Path(folder))
     processor = HarmoCLIPProcessor(
-        image_processor=clip_image_processor(config.image_size), tokenizer=tokenizer, region_mode=config.region_mode
+        image_processor=clip_image_processor(config.image_size),
+        tokenizer=tokenizer,
+        region_mode=config.processor_region_mode,
     )
     return HarmoCLIPModel(scratch_model_config(config, len(tokenizer))), processor
 

@@ -89,7 +89,7 @@ class TrainConfig(RecipeSettings):
     patch_size: int = 8
     tokenizer_bpe: str = str(PROJECT_ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz")  # shipped with the project
     tokenizer_num_merges: int | None = 2000  # from scratch: a small vocabulary from OpenAI's first merges
-    region_mode: bool = True  # processor geometry: square resize without crop (what region tasks want)
+    processor_region_mode: bool = True  # the processor's geometry: square resize without crop (what region tasks want)
     teacher_cache: str | None = None  # with gr_teacher "cached": the folder written by training/cache_teacher.py
     # ---- optimisation
     seed: int = 0
