@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 
@@ -92,6 +93,48 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def measure_box_count(
+    methods: dict[str, Any], args: argparse.Namespace, num_images: int, count: int
+) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """Both methods timed side by side at `count` boxes per image: the JSON result, the speed-up target and the
+    table row."""
+    times = time_side_by_side(
+        methods,
+        args.device,
+        args.repeats,
+        warmup=args.warmup if args.device.type == "cuda" else 0,
+        progress=f"{NAME} {count} boxes",
+    )
+    ours, theirs = summarize(times["harmoclip"]), summarize(times["crop_and_encode"])
+    speedup = ratio_summary(times["crop_and_encode"], times["harmoclip"])
+    total_boxes = num_images * count
+    result = {
+        "boxes_per_image": count,
+        "images": num_images,
+        "harmoclip": ours,
+        "crop_and_encode": theirs,
+        "harmoclip_boxes_per_s": total_boxes / ours["median_s"],
+        "crop_boxes_per_s": total_boxes / theirs["median_s"],
+        "speedup": speedup,
+    }
+    wanted = TARGET_FACTOR * count
+    goal = target(
+        f"region speed-up at {count} boxes/image", f">= {wanted:g} (0.9 x N)", speedup["median"], wanted, True
+    )
+    row = [
+        count,
+        total_boxes / ours["median_s"],
+        total_boxes / theirs["median_s"],
+        ours["median_s"] * 1e3,
+        theirs["median_s"] * 1e3,
+        f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+        wanted,
+        speedup["median"] >= wanted,
+        f"{max(ours['spread'], theirs['spread']):.0%}",
+    ]
+    return result, goal, row
+
+
 def run(args: argparse.Namespace) -> dict:
     args = resolve_common(args)
     preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
@@ -121,48 +164,11 @@ def run(args: argparse.Namespace) -> dict:
     time_side_by_side(first, args.device, repeats=0, warmup=args.warmup)
     results, targets, rows = [], [], []
     for count in box_counts:
-        boxes = random_boxes(num_images, count, generator).to(args.device)
-        methods = methods_for(boxes)
-        times = time_side_by_side(
-            methods,
-            args.device,
-            args.repeats,
-            warmup=args.warmup if args.device.type == "cuda" else 0,
-            progress=f"{NAME} {count} boxes",
-        )
-        ours, theirs = summarize(times["harmoclip"]), summarize(times["crop_and_encode"])
-        speedup = ratio_summary(times["crop_and_encode"], times["harmoclip"])
-        total_boxes = num_images * count
-        results.append(
-            {
-                "boxes_per_image": count,
-                "images": num_images,
-                "harmoclip": ours,
-                "crop_and_encode": theirs,
-                "harmoclip_boxes_per_s": total_boxes / ours["median_s"],
-                "crop_boxes_per_s": total_boxes / theirs["median_s"],
-                "speedup": speedup,
-            }
-        )
-        wanted = TARGET_FACTOR * count
-        targets.append(
-            target(
-                f"region speed-up at {count} boxes/image", f">= {wanted:g} (0.9 x N)", speedup["median"], wanted, True
-            )
-        )
-        rows.append(
-            [
-                count,
-                total_boxes / ours["median_s"],
-                total_boxes / theirs["median_s"],
-                ours["median_s"] * 1e3,
-                theirs["median_s"] * 1e3,
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                wanted,
-                speedup["median"] >= wanted,
-                f"{max(ours['spread'], theirs['spread']):.0%}",
-            ]
-        )
+        methods = methods_for(random_boxes(num_images, count, generator).to(args.device))
+        result, goal, row = measure_box_count(methods, args, num_images, count)
+        results.append(result)
+        targets.append(goal)
+        rows.append(row)
     if args.profile:  # one call of each method at the largest box count
         for name, method in methods.items():
             write_profile(method, args.device, profile_path(args, NAME, f"{name}-{box_counts[-1]}boxes"))
