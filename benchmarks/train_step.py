@@ -321,13 +321,11 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_step_arguments(args)
-    if args.memory_of:
-        args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
-        return {}
-
-    variants = list(VARIANTS)
+def measure_variants(
+    args: argparse.Namespace, variants: list[str]
+) -> tuple[dict[str, list[float]], dict[str, dict[str, float]], int, dict[str, dict[str, Any]]]:
+    """Every variant's step timed side by side on the same inputs (profiled with `--profile`), then its peak memory in
+    a fresh process; returns the step times, each variant's last loss terms, the boxes in a batch and the memory."""
     with temporary_folder("harmoclip-bench-") as folder:
         manifest, cache_dir = write_step_inputs(args, folder)
         runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in variants}, args.device)
@@ -355,6 +353,17 @@ def run(args: argparse.Namespace) -> dict:
             else {name: measure_memory_in_fresh_process(args, manifest, cache_dir, name, folder) for name in variants}
         )
 
+    return times, terms, boxes_in_batch, memory
+
+
+def run(args: argparse.Namespace) -> dict:
+    args = resolve_step_arguments(args)
+    if args.memory_of:
+        args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
+        return {}
+
+    variants = list(VARIANTS)
+    times, terms, boxes_in_batch, memory = measure_variants(args, variants)
     baseline = summarize(times["GC"])
     results, rows = [], []
     for name in variants:
