@@ -22,6 +22,7 @@ so that one can tell how many workers a GPU that trains at a given rate needs. I
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,43 @@ def write_jpeg_sources(folder: Path, num_train: int, size: int, seed: int) -> tu
     return manifest, folder / "captions.json", folder / "instances.json"
 
 
+def jpeg224_rates(
+    times: dict[str, list[float]], cpu_seconds: dict[str, list[float]], samples: int
+) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """The JSON results and table rows of the `jpeg224` rounds: per "<source>, <w> workers" method its rate, its rate
+    per worker and, read without workers, its samples per CPU second of the main process."""
+    results, rows = [], []
+    for method, seconds in times.items():
+        summary = summarize(seconds)
+        source, w = method.rsplit(", ", 1)[0], int(method.rsplit(", ", 1)[1].split()[0])
+        rate = samples / summary["median_s"]
+        per_worker = rate / max(w, 1)
+        per_cpu_second = samples / statistics.median(cpu_seconds[source]) if w == 0 and source in cpu_seconds else None
+        results.append(
+            {
+                "method": method,
+                "num_workers": w,
+                **summary,
+                "samples_per_s": rate,
+                "samples_per_s_per_worker": per_worker,
+                "samples_per_cpu_second": per_cpu_second,
+            }
+        )
+        rows.append(
+            [
+                source,
+                w,
+                rate,
+                per_worker,
+                per_cpu_second if per_cpu_second is not None else "-",
+                f"{summary['spread']:.0%}",
+            ]
+        )
+    return results, rows
+
+
 def run_jpeg224(args: argparse.Namespace) -> dict:
     """The `--pipeline jpeg224` measurement (see the module docstring)."""
-    import statistics
     import time
 
     from torch.utils.data import DataLoader
@@ -320,33 +355,7 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         times = time_side_by_side(methods, args.device, args.repeats, args.warmup, progress=NAME)
 
     samples = batches * batch_size
-    results, rows = [], []
-    for method, seconds in times.items():
-        summary = summarize(seconds)
-        source, w = method.rsplit(", ", 1)[0], int(method.rsplit(", ", 1)[1].split()[0])
-        rate = samples / summary["median_s"]
-        per_worker = rate / max(w, 1)
-        per_cpu_second = samples / statistics.median(cpu_seconds[source]) if w == 0 and source in cpu_seconds else None
-        results.append(
-            {
-                "method": method,
-                "num_workers": w,
-                **summary,
-                "samples_per_s": rate,
-                "samples_per_s_per_worker": per_worker,
-                "samples_per_cpu_second": per_cpu_second,
-            }
-        )
-        rows.append(
-            [
-                source,
-                w,
-                rate,
-                per_worker,
-                per_cpu_second if per_cpu_second is not None else "-",
-                f"{summary['spread']:.0%}",
-            ]
-        )
+    results, rows = jpeg224_rates(times, cpu_seconds, samples)
     table = markdown_table(
         [
             "source",
