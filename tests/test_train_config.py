@@ -249,3 +249,10 @@ def test_the_model_records_the_recipe_and_the_region_temperature_it_starts_from(
     assert float(from_global.region_logit_scale) == pytest.approx(3.0)
     assert from_global.config.region_logit_scale_init_value == pytest.approx(3.0)  # what training started from
     assert from_global.config.loss_lrc_weight == follow.loss_lrc_weight == 0.0  # the run's recipe, not the folder's
+
+
+def test_a_renamed_option_names_its_new_name(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"unknown option\(s\) \['region_mode'\] \(region_mode is now processor_region_mode\)"
+    ):
+        load_config(write_yaml(tmp_path, "region_mode: true\n"))

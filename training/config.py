@@ -45,6 +45,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "flickr_category": ("type", "chain"),
 }
 
+# Options that were renamed: a config file that still uses the old name is told the new one.
+RENAMED = {
+    "region_logit_scale_init": "region_logit_scale_init_value",  # the one knob, shared with the model config
+    "region_mode": "processor_region_mode",
+}
+
 # The training recipe's fields (loss weights, region settings, teacher), taken from the model config with its
 # defaults (`RECIPE_FIELDS`): the recipe is stated once, and `harmoclip_settings` passes it back to the model.
 RecipeSettings = dataclasses.make_dataclass(
@@ -263,7 +269,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(loaded).__name__}")
         unknown = sorted(set(loaded) - known)
         if unknown:
-            raise ValueError(f"config file {path}: unknown option(s) {unknown}")
+            renamed = [f"{name} is now {RENAMED[name]}" for name in unknown if name in RENAMED]
+            raise ValueError(
+                f"config file {path}: unknown option(s) {unknown}" + (f" ({'; '.join(renamed)})" if renamed else "")
+            )
         values.update(loaded)
     for key, value in (overrides or {}).items():
         if key not in known:
