@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import tiny_processor
+from conftest import tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip.processing_harmoclip import phrase_id
 from training.data.collate import METADATA_KEYS, RegionCollator, collect_samples, model_inputs, padded_box_indices
 from training.data.data_common import RegionSample, SkippedSample
@@ -114,7 +114,7 @@ def _sample(caption: str, phrases: list[str], categories: list[str | None], seed
     )
 
 
-def test_same_category_negatives_reach_the_loss(processor, tiny_model):
+def test_same_category_negatives_reach_the_loss(processor):
     """ "a man" and "a person" are both COCO persons: LRC leaves each out of the other's softmax; the two "a red
     kite" without category fall back to the phrase text."""
     samples = [
@@ -124,6 +124,7 @@ def test_same_category_negatives_reach_the_loss(processor, tiny_model):
         _sample("a red kite and a kite", ["a red kite", "a kite"], [None, None], 3),
     ]
     batch = RegionCollator(processor)(samples)
+    tiny_model = tiny_harmoclip_model(loss_lrc_weight=1.0)  # LRC on (the shipped recipe has it off)
     person, dog = phrase_id("person"), phrase_id("dog")
     assert batch["category_ids"].tolist() == [[person, -1], [person, dog], [-1, -1], [-1, -1]]
     with torch.no_grad():
