@@ -66,6 +66,42 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def loader_rates(
+    times: dict[str, list[float]], workers: list[int], samples_per_epoch: int, step_rate: float
+) -> tuple[list[dict[str, Any]], list[list[Any]], list[dict[str, Any]]]:
+    """Per number of workers: the loader's rate against the training step's (`step_rate` samples/s) as JSON results,
+    table rows and keep-up targets."""
+    results, rows, targets = [], [], []
+    for w in workers:
+        summary = summarize(times[f"loader, {w} workers"])
+        rate = samples_per_epoch / summary["median_s"]
+        # With 0 workers the loop loads then steps, one after the other; with workers loading overlaps the step.
+        loading_share = (1 / rate) / (1 / rate + 1 / step_rate) if w == 0 else None
+        results.append(
+            {
+                "method": f"loader, {w} workers",
+                "num_workers": w,
+                **summary,
+                "samples_per_s": rate,
+                "ratio_to_step": rate / step_rate,
+                "loading_share_of_loop": loading_share,
+            }
+        )
+        rows.append(
+            [
+                f"DataLoader, {w} workers",
+                rate,
+                f"{summary['spread']:.0%}",
+                rate / step_rate,
+                f"{loading_share:.0%}" if loading_share is not None else "overlapped",
+            ]
+        )
+        targets.append(
+            target(f"loader ({w} workers) samples/s / step samples/s", ">= 1 (keeps up)", rate / step_rate, 1.0, True)
+        )
+    return results, rows, targets
+
+
 def run(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
@@ -122,34 +158,7 @@ def run(args: argparse.Namespace) -> dict:
 
     step = summarize(times["training step"])
     step_rate = args.steps_per_round * config.batch_size / step["median_s"]
-    results, rows, targets = [], [], []
-    for w in workers:
-        summary = summarize(times[f"loader, {w} workers"])
-        rate = samples_per_epoch / summary["median_s"]
-        # With 0 workers the loop loads then steps, one after the other; with workers loading overlaps the step.
-        loading_share = (1 / rate) / (1 / rate + 1 / step_rate) if w == 0 else None
-        results.append(
-            {
-                "method": f"loader, {w} workers",
-                "num_workers": w,
-                **summary,
-                "samples_per_s": rate,
-                "ratio_to_step": rate / step_rate,
-                "loading_share_of_loop": loading_share,
-            }
-        )
-        rows.append(
-            [
-                f"DataLoader, {w} workers",
-                rate,
-                f"{summary['spread']:.0%}",
-                rate / step_rate,
-                f"{loading_share:.0%}" if loading_share is not None else "overlapped",
-            ]
-        )
-        targets.append(
-            target(f"loader ({w} workers) samples/s / step samples/s", ">= 1 (keeps up)", rate / step_rate, 1.0, True)
-        )
+    results, rows, targets = loader_rates(times, workers, samples_per_epoch, step_rate)
     results.append(
         {"method": "training step", **step, "samples_per_s": step_rate, "loss_terms": runner.last_terms.get("default")}
     )
