@@ -7,6 +7,7 @@ COCO RLE in its region's "mask"; everything else is background).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,3 +167,37 @@ __all__ = [
     "evaluate_segmentation",
     "segmentation_markdown",
 ]
+
+
+def draw_segments(
+    image: Image.Image, segments: Sequence[dict[str, Any]], out_path: str | Path | None = None, alpha: float = 0.55
+) -> Image.Image:
+    """The `image-segmentation` pipeline's results (`{"label", "score", "mask"}`, masks of any size, read nearest)
+    overlaid on `image` in distinct colours, with a legend of the labels and scores; written as PNG when `out_path` is
+    given. Returns the RGB picture at `image`'s size."""
+    from PIL import ImageDraw, ImageFont
+
+    from plumbing.atomic_files import write_bytes_atomic
+
+    from .visualize import BOX_COLOURS
+
+    picture = np.asarray(image.convert("RGB")).astype(np.float32)
+    for index, segment in enumerate(segments):
+        mask = np.asarray(segment["mask"].resize(image.size, Image.NEAREST)) > 0
+        colour = np.array(BOX_COLOURS[index % len(BOX_COLOURS)], dtype=np.float32)
+        picture[mask] = (1 - alpha) * picture[mask] + alpha * colour
+    result = Image.fromarray(picture.round().astype(np.uint8))
+    draw, font = ImageDraw.Draw(result), ImageFont.load_default()
+    for index, segment in enumerate(segments):
+        text = f"{segment['label']} {segment['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        y = 2 + index * (bottom - top + 4)
+        draw.rectangle([2, y, 6 + right - left, y + bottom - top + 2], fill=BOX_COLOURS[index % len(BOX_COLOURS)])
+        draw.text((4 - left, y + 1 - top), text, fill=(255, 255, 255), font=font)
+    if out_path is not None:
+        if Path(out_path).suffix.lower() != ".png":
+            raise ValueError(f"`out_path` must end in .png, got {out_path}")
+        buffer = io.BytesIO()
+        result.save(buffer, format="PNG")
+        write_bytes_atomic(out_path, buffer.getvalue())
+    return result
