@@ -159,14 +159,16 @@ class _DenseLabelPipeline(Pipeline):
         # "scores" first: the pipeline's batch splitter reads the batch size from the first entry.
         return {key: value for key, value in outputs.items()} | {"target_size": model_inputs["target_size"]}
 
-    def _sanitize_shared(
+    def _sanitize_parameters(
         self,
-        label_embeds: Any,
-        background_embed: Any,
-        image_size: Any,
-        interpolate_pos_encoding: Any,
-        timeout: Any,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        candidate_labels: list[str] | None = None,
+        label_embeds: torch.Tensor | None = None,
+        background_embed: torch.Tensor | None = None,
+        threshold: float | None = None,
+        image_size: int | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         preprocess: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
         if image_size is not None:
             preprocess["image_size"] = self.check_image_size(image_size)
@@ -177,7 +179,10 @@ class _DenseLabelPipeline(Pipeline):
             if not isinstance(interpolate_pos_encoding, bool):
                 raise TypeError(f"`interpolate_pos_encoding` must be a bool, got {interpolate_pos_encoding!r}")
             forward["interpolate_pos_encoding"] = interpolate_pos_encoding
-        return preprocess, forward
+        postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
+        if threshold is not None:
+            postprocess["threshold"] = check_threshold(threshold)
+        return preprocess, forward, postprocess
 
 
 class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
@@ -214,12 +219,9 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
         interpolate_pos_encoding: bool | None = None,
         timeout: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        preprocess, forward = self._sanitize_shared(
-            label_embeds, background_embed, image_size, interpolate_pos_encoding, timeout
+        preprocess, forward, postprocess = super()._sanitize_parameters(
+            candidate_labels, label_embeds, background_embed, threshold, image_size, interpolate_pos_encoding, timeout
         )
-        postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
-        if threshold is not None:
-            postprocess["threshold"] = check_threshold(threshold)
         if top_k is not _UNSET:
             if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
                 raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
@@ -270,24 +272,6 @@ class DenseSegmentationPipeline(_DenseLabelPipeline):
     """
 
     task_name = SEGMENTATION_TASK
-
-    def _sanitize_parameters(
-        self,
-        candidate_labels: list[str] | None = None,
-        label_embeds: torch.Tensor | None = None,
-        background_embed: torch.Tensor | None = None,
-        threshold: float | None = None,
-        image_size: int | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        timeout: float | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        preprocess, forward = self._sanitize_shared(
-            label_embeds, background_embed, image_size, interpolate_pos_encoding, timeout
-        )
-        postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
-        if threshold is not None:
-            postprocess["threshold"] = check_threshold(threshold)
-        return preprocess, forward, postprocess
 
     def preprocess(self, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if inputs.get("boxes") is not None:
