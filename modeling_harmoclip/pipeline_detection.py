@@ -94,6 +94,8 @@ class _DenseLabelPipeline(Pipeline):
     def __call__(self, image: Any, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
         if candidate_labels is None:
             raise ValueError(f"the {self.task_name} pipeline needs `candidate_labels`, a list of label names")
+        if isinstance(candidate_labels, str):  # the stock pipelines' comma-separated form
+            candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
         candidate_labels = check_strings(candidate_labels, "candidate_labels")
         boxes = kwargs.pop("boxes", None)
         if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):

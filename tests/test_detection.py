@@ -284,6 +284,7 @@ def test_detection_pipeline_output_format_options_and_user_boxes(pipelines) -> N
         box = item["box"]
         assert 0 <= box["xmin"] < box["xmax"] <= WIDTH and 0 <= box["ymin"] < box["ymax"] <= HEIGHT
     assert detector(_picture(), candidate_labels=LABELS, threshold=0.0, top_k=3) == results[:3]
+    assert detector(_picture(), candidate_labels=" red square,blue circle ", threshold=0.0) == results  # stock form
     above = detector(_picture(), candidate_labels=LABELS, threshold=0.5)
     assert above == [item for item in results if item["score"] >= 0.5]
     # The user's boxes come back in their own pixels, each with each label above the threshold.
