@@ -26,9 +26,11 @@ from transformers.utils import ModelOutput
 from .modeling_harmoclip import check_boxes
 
 # Each label's probability map is cut at these levels; every connected region above a level is a proposal.
-MAP_THRESHOLDS = (0.3, 0.5, 0.7)
-# Sliding windows as fractions of the image side, each moved by half its side.
-WINDOW_SCALES = (1.0, 0.5, 0.25)
+MAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
+# Sliding windows as fractions of the image side, each moved by half its side. Only the whole image by default: on
+# the synthetic held-out split (the first 100 images, the main job's model) windows of 1/2 and 1/4 lowered AP50 from
+# 13.6 to 11.0, and the lower map levels 0.1 and 0.2 raised it from 13.6 to 17.9; `window_scales` adds windows back.
+WINDOW_SCALES = (1.0,)
 MAX_PROPOSALS = 400
 NMS_IOU = 0.5
 BACKGROUND = -1  # the label-map value of background pixels

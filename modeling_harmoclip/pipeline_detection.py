@@ -29,7 +29,7 @@ from transformers import Pipeline
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import load_image
 
-from .detection import NMS_IOU, check_threshold, detect_objects
+from .detection import MAP_THRESHOLDS, NMS_IOU, WINDOW_SCALES, check_threshold, detect_objects
 from .pipeline_harmoclip import DEFAULT_TEMPLATES, label_embeddings
 from .processing_harmoclip import check_strings, original_image_size
 
@@ -146,6 +146,8 @@ class _DenseLabelPipeline(Pipeline):
         label_embeds: torch.Tensor,
         background_embed: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        map_thresholds: Sequence[float] = MAP_THRESHOLDS,
+        window_scales: Sequence[float] = WINDOW_SCALES,
     ) -> dict[str, Any]:
         pixel_values = model_inputs["pixel_values"]
         outputs = detect_objects(
@@ -157,6 +159,8 @@ class _DenseLabelPipeline(Pipeline):
             model_inputs.get("box_mask"),
             interpolate_pos_encoding=interpolate_pos_encoding
             or pixel_values.shape[-1] != self.model.config.vision_config.image_size,
+            map_thresholds=map_thresholds,
+            window_scales=window_scales,
         )
         # "scores" first: the pipeline's batch splitter reads the batch size from the first entry.
         return {key: value for key, value in outputs.items()} | {"target_size": model_inputs["target_size"]}
@@ -199,6 +203,8 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
         boxes: the user's proposals `[[x1, y1, x2, y2], ...]` in the image's pixels (e.g. from SAM or a detector),
             scored instead of the model's own.
         nms_threshold: class-wise NMS IoU (default 0.5; None: none).
+        map_thresholds: the levels each label's map is cut at for proposals (default 0.1, 0.2, 0.3, 0.5, 0.7);
+            window_scales: square windows added, as fractions of the image side (default only the whole image).
         background_label: the label competing as background (default "background"; None: none).
         templates: prompt templates with '{}' (default `DEFAULT_TEMPLATES`); image_size: the model's input side (a
             multiple of the patch size; the position embedding is interpolated); batch_size: images per encoder pass.
@@ -217,6 +223,8 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
         threshold: float | None = None,
         top_k: int | None = _UNSET,
         nms_threshold: float | None = _UNSET,
+        map_thresholds: Sequence[float] | None = None,
+        window_scales: Sequence[float] | None = None,
         image_size: int | None = None,
         interpolate_pos_encoding: bool | None = None,
         timeout: float | None = None,
@@ -224,6 +232,11 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
         preprocess, forward, postprocess = super()._sanitize_parameters(
             candidate_labels, label_embeds, background_embed, threshold, image_size, interpolate_pos_encoding, timeout
         )
+        for name, levels in (("map_thresholds", map_thresholds), ("window_scales", window_scales)):
+            if levels is not None:
+                if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+                    raise TypeError(f"`{name}` must be a list of numbers, got {levels!r}")
+                forward[name] = tuple(levels)
         if top_k is not _UNSET:
             if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
                 raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")

@@ -287,6 +287,12 @@ def test_detection_pipeline_output_format_options_and_user_boxes(pipelines) -> N
     assert detector(_picture(), candidate_labels=" red square,blue circle ", threshold=0.0) == results  # stock form
     above = detector(_picture(), candidate_labels=LABELS, threshold=0.5)
     assert above == [item for item in results if item["score"] >= 0.5]
+    # Windows as proposals too: each of the nine half-side windows comes back, with every label.
+    windows = detector(_picture(), candidate_labels=LABELS, threshold=0.0, nms_threshold=None, window_scales=(0.5,))
+    found = {tuple(item["box"].values()) for item in windows}
+    for x in (0.0, 160.0, 320.0):
+        for y in (0.0, 90.0, 180.0):
+            assert (x, y, x + 320.0, y + 180.0) in found
     # The user's boxes come back in their own pixels, each with each label above the threshold.
     mine = detector(_picture(), candidate_labels=LABELS, boxes=[RED_BOX, BLUE_BOX], threshold=0.0, nms_threshold=None)
     assert sorted(tuple(item["box"].values()) for item in mine) == sorted([tuple(RED_BOX), tuple(BLUE_BOX)] * 2)
@@ -370,6 +376,8 @@ def test_segmentation_pipeline_masks_at_the_image_size(pipelines) -> None:
         ),
         ("detect", dict(candidate_labels=LABELS, top_k=0), ValueError, "`top_k` must be a positive int or None, got 0"),
         ("detect", dict(candidate_labels=LABELS, boxes=[]), ValueError, "`boxes` must hold at least one"),
+        ("detect", dict(candidate_labels=LABELS, window_scales="big"), TypeError, "`window_scales` must be a list"),
+        ("detect", dict(candidate_labels=LABELS, map_thresholds=[2]), ValueError, r"`map_thresholds` must be a num"),
         (
             "detect",
             dict(candidate_labels=["background"]),
