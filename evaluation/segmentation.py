@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.detection import BACKGROUND, detect_objects
+from modeling_harmoclip.detection import BACKGROUND, SEGMENTATION_THRESHOLD, detect_objects
 from modeling_harmoclip.pipeline_detection import DEFAULT_BACKGROUND, encode_candidates
 from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
 
@@ -83,7 +83,7 @@ def evaluate_segmentation(
     class_names: Sequence[str] | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     background_label: str | None = DEFAULT_BACKGROUND,
-    threshold: float = 0.0,
+    threshold: float = SEGMENTATION_THRESHOLD,
     image_size: int | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:

@@ -29,7 +29,14 @@ from transformers import Pipeline
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import load_image
 
-from .detection import MAP_THRESHOLDS, NMS_IOU, WINDOW_SCALES, check_threshold, detect_objects
+from .detection import (
+    MAP_THRESHOLDS,
+    NMS_IOU,
+    SEGMENTATION_THRESHOLD,
+    WINDOW_SCALES,
+    check_threshold,
+    detect_objects,
+)
 from .pipeline_harmoclip import DEFAULT_TEMPLATES, label_embeddings
 from .processing_harmoclip import check_strings, original_image_size
 
@@ -276,8 +283,8 @@ class DenseSegmentationPipeline(_DenseLabelPipeline):
 
     Args (call):
         candidate_labels: the label names (required).
-        threshold: the least probability a pixel's best label needs, in [0, 1] (default 0: the background label alone
-            decides, see `HarmoCLIPProcessor.post_process_semantic_segmentation`).
+        threshold: the least probability a pixel's best label needs, in [0, 1] (default 0.3, `SEGMENTATION_THRESHOLD`;
+            0: the background label alone decides, see `HarmoCLIPProcessor.post_process_semantic_segmentation`).
         background_label, templates, batch_size: as in `ZeroShotRegionDetectionPipeline`.
         image_size: the model's input side for finer maps (a multiple of the patch size; CLIPSelf evaluates dense tasks
             at 1024 px); interpolate_pos_encoding: forced on whenever `image_size` differs from the model's own.
@@ -294,7 +301,7 @@ class DenseSegmentationPipeline(_DenseLabelPipeline):
         return super().preprocess(inputs, **kwargs)
 
     def postprocess(
-        self, model_outputs: dict[str, Any], candidate_labels: list[str], threshold: float = 0.0
+        self, model_outputs: dict[str, Any], candidate_labels: list[str], threshold: float = SEGMENTATION_THRESHOLD
     ) -> list[dict[str, Any]]:
         label_map, probabilities = self.processor.post_process_semantic_segmentation(
             model_outputs, model_outputs["target_size"].tolist(), threshold, return_probabilities=True

@@ -330,7 +330,7 @@ def test_pipelines_batch_size_gives_the_results_of_one_at_a_time(pipelines) -> N
 
 def test_segmentation_pipeline_masks_at_the_image_size(pipelines) -> None:
     detector, segmenter = pipelines
-    results = segmenter(_picture(), candidate_labels=LABELS, background_label=None)
+    results = segmenter(_picture(), candidate_labels=LABELS, background_label=None, threshold=0.0)
     assert results and all(set(item) == {"score", "label", "mask"} for item in results)
     union = torch.zeros(HEIGHT, WIDTH, dtype=torch.int64)
     for item in results:
@@ -338,7 +338,7 @@ def test_segmentation_pipeline_masks_at_the_image_size(pipelines) -> None:
         union += torch.from_numpy(np.asarray(item["mask"]) > 0).long()
     assert (union == 1).all()  # without a background every pixel has exactly one label
     # The label map of the processor, from the model's maps at a finer input (interpolated position embedding).
-    fine = segmenter(_picture(), candidate_labels=LABELS, image_size=64)
+    fine = segmenter(_picture(), candidate_labels=LABELS, image_size=64, threshold=0.0)
     batch = detector.processor(images=_picture(), size={"height": 64, "width": 64}, return_tensors="pt")
     label_embeds, background = encode_candidates(detector.model, detector.tokenizer, LABELS)
     outputs = detect_objects(
