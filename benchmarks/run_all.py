@@ -21,7 +21,14 @@ from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, target
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, run_command
 
-BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
+BENCHMARKS = (
+    "region_throughput",
+    "detection_throughput",
+    "global_overhead",
+    "train_step",
+    "phrase_extraction",
+    "data_loading",
+)
 
 
 def build_parser() -> CommandParser:

@@ -4,6 +4,8 @@ Command:
 
     python -m evaluation.evaluate --model PATH --task retrieval --data dataset_flickr30k.json --image-root flickr30k-images
     python -m evaluation.evaluate --model PATH --task boxcls --data annotations/instances_val2017.json --image-root val2017
+    python -m evaluation.evaluate --model PATH --task detection --data annotations/instances_val2017.json --image-root val2017
+    python -m evaluation.evaluate --model PATH --task segmentation --data outputs/synthetic/val.jsonl
 
 writes ``--out`` (JSON: every figure, the settings, the command line), a markdown table next to it (same name, `.md`,
 also printed) and a log (`.log`). The functions below also take a model and processor in memory, so a training loop
@@ -16,6 +18,9 @@ prompt ensemble the `region-classification` pipeline uses) with
 - ``crop``: the crop-and-encode baseline, `get_crop_features` of each box's crop of the original image (enlarged
   ``--crop-scale`` times about its centre, 1.5 as CLIPSelf's baseline, clipped to the image, resized to the model's
   input size by the processor in the loader's workers).
+
+Detection (COCO mAP / AP50 by pycocotools, objects found with no boxes given) and segmentation (mIoU of the label maps)
+are `evaluation.detection` and `evaluation.segmentation`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
 
+from .detection import DENSE_TASKS, run_dense_task
 from .embeddings import (
     BOX_METHODS,
     EvalMode,
@@ -250,7 +256,7 @@ def run_evaluation(
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
-    parser.add_argument("--task", required=True, choices=("retrieval", "boxcls"))
+    parser.add_argument("--task", required=True, choices=("retrieval", "boxcls", *DENSE_TASKS))
     parser.add_argument(
         "--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json"
     )
@@ -301,6 +307,11 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument(
         "--save-class-embeddings", default=None, help="with --protocol boxcls: write the class embeddings here (.npy)"
+    )
+    parser.add_argument(
+        "--baseline-model",
+        default=None,
+        help="detection: a second model (e.g. trained with GC only) whose own proposals and regions are scored too",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -422,6 +433,18 @@ def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
         check_protocol_arguments(args)
         model, processor = load_model_and_processor(args.model, args.device)
+        if args.task in DENSE_TASKS:
+            if args.protocol or args.baseline_model and args.task != "detection":
+                raise ValueError(f"--task {args.task} takes no --protocol, and --baseline-model only with detection")
+            baseline = load_model_and_processor(args.baseline_model, args.device) if args.baseline_model else None
+            report, markdown = run_dense_task(
+                model, processor, args.task, args.data, args.image_root, baseline, command
+            )
+            markdown += "\nCommand:\n\n```\n" + command + "\n```\n"
+            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), markdown)
+            print(markdown)
+            return report
         if args.protocol:
             report = run_protocol_evaluation(model, processor, args, split, command)
         else:

@@ -13,6 +13,7 @@ from .losses import (
     lexeme_region_contrastive_loss,
 )
 from .modeling_harmoclip import HarmoCLIPModel, HarmoCLIPOutput
+from .pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
 from .pipeline_harmoclip import RegionClassificationPipeline
 from .processing_harmoclip import HarmoCLIPProcessor
 from .roi_align import roi_align
@@ -23,6 +24,8 @@ __all__ = [
     "HarmoCLIPOutput",
     "HarmoCLIPProcessor",
     "RegionClassificationPipeline",
+    "ZeroShotRegionDetectionPipeline",
+    "DenseSegmentationPipeline",
     "harmoclip_loss",
     "HarmoCLIPLoss",
     "roi_align",

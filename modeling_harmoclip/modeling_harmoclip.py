@@ -153,12 +153,15 @@ class HarmoCLIPModel(CLIPModel):
             f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
         )
         self.config.auto_map = auto_map
-        # The region-classification pipeline ships with the model: its config entry, and its file beside the code.
+        # The region-classification, detection and segmentation pipelines ship with the model: their config entries,
+        # and their files beside the code.
+        from .pipeline_detection import ZeroShotRegionDetectionPipeline, detection_pipelines_entry
         from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
 
-        self.config.custom_pipelines = custom_pipelines_entry()
+        self.config.custom_pipelines = custom_pipelines_entry() | detection_pipelines_entry()
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        custom_object_save(RegionClassificationPipeline, save_directory)
+        for pipeline_class in (RegionClassificationPipeline, ZeroShotRegionDetectionPipeline):
+            custom_object_save(pipeline_class, save_directory)
         return result
 
     # ------------------------------------------------------------------ vision: trunk, dense map, regions

@@ -52,6 +52,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
+from .detection import NMS_IOU, check_target_sizes, select_detections, semantic_label_map
 from .roi_align import enlarge_boxes
 
 # CLIP's text context: 77 positions, including the start and end tokens.
@@ -606,6 +607,92 @@ class HarmoCLIPProcessor(ProcessorMixin):
                     }
                 )
             results.append(image_results)
+        return results
+
+    # ------------------------------------------------------------------ detection and segmentation
+
+    def post_process_object_detection(
+        self,
+        outputs: Any,
+        threshold: float = 0.1,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        nms_threshold: float | None = NMS_IOU,
+        top_k: int | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections in the original images' pixels from `detection.detect_objects`'s output (OWLv2's signature).
+
+        Args:
+            outputs: a `HarmoCLIPDetectionOutput` (`scores` (B, N, L), `pred_boxes` (B, N, 4) normalised xyxy in the
+                frame of `pixel_values`, `box_mask` (B, N)).
+            threshold: the least score kept, in [0, 1].
+            target_sizes: per image its original (height, width); None leaves boxes normalised to the model's frame.
+                Boxes go back through this processor's resize and crop (`BoxGeometry.to_original`), so non-square
+                images come back right; a call made with other `size` settings than the processor's own must keep the
+                image's whole frame (a crop-free resize, as the region preset does).
+            nms_threshold: class-wise NMS IoU (None: none); top_k: detections kept per image (all if None).
+        Returns:
+            Per image `{"scores": (K,), "labels": (K,) int64 indices of the candidate labels, "boxes": (K, 4) xyxy}`,
+            best first.
+        """
+        scores, boxes, box_mask = outputs["scores"], outputs["pred_boxes"], outputs.get("box_mask")
+        sizes = check_target_sizes(target_sizes, len(scores)) if target_sizes is not None else None
+        results = []
+        for index in range(len(scores)):
+            found = select_detections(
+                scores[index],
+                boxes[index],
+                box_mask[index] if box_mask is not None else None,
+                threshold,
+                nms_threshold,
+                top_k,
+            )
+            if sizes is not None:
+                found["boxes"] = self._inverse_geometry(*sizes[index]).to_original(found["boxes"].double()).float()
+            results.append(found)
+        return results
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        threshold: float = 0.0,
+        return_probabilities: bool = False,
+    ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
+        """Label maps at the original images' size from `detection.detect_objects`'s `dense_probabilities`.
+
+        Each image's patch probabilities are read bilinearly at every target pixel's centre through this processor's
+        resize and crop (`BoxGeometry`), then each pixel gets its best label's index, or -1 (background) where the
+        background's probability beats it, where it is below `threshold`, or where the pixel was cut off by a crop.
+
+        Args:
+            outputs: a `HarmoCLIPDetectionOutput`; target_sizes: per image its (height, width); None: the patch grid.
+            threshold: the least label probability a pixel needs, in [0, 1].
+            return_probabilities: also return each image's (L, H, W) upsampled label probabilities.
+        Returns:
+            Per image an (H, W) int64 label map (or `(label_map, probabilities)`).
+        """
+        probabilities = outputs["dense_probabilities"]
+        background = outputs.get("background_probabilities")
+        batch, _, grid_height, grid_width = probabilities.shape
+        sizes = check_target_sizes(target_sizes, batch) if target_sizes is not None else None
+        results = []
+        for index in range(batch):
+            if sizes is None:  # the patch grid itself: pixel centres of the frame
+                frame_x = (torch.arange(grid_width) + 0.5) / grid_width
+                frame_y = (torch.arange(grid_height) + 0.5) / grid_height
+            else:
+                height, width = sizes[index]
+                geometry = self._inverse_geometry(height, width)
+                frame_x = ((torch.arange(width) + 0.5) * geometry.scale_x + geometry.shift_x) / geometry.width
+                frame_y = ((torch.arange(height) + 0.5) * geometry.scale_y + geometry.shift_y) / geometry.height
+            label_map, upsampled = semantic_label_map(
+                probabilities[index],
+                background[index] if background is not None else None,
+                frame_x.double(),
+                frame_y.double(),
+                threshold,
+            )
+            results.append((label_map, upsampled) if return_probabilities else label_map)
         return results
 
     def _inverse_geometry(self, height: int, width: int) -> BoxGeometry:

@@ -6,7 +6,10 @@
 4. save the Hub-ready folder (weights, config, processor, remote code);
 5. load it back as the `region-classification` pipeline with `trust_remote_code=True` (the code comes from the
    folder), classify the boxes of one held-out image, and draw them (PNG), with the heatmap of one label (its
-   probability among the classes at each patch); score such heatmaps over the whole held-out split (pointing game).
+   probability among the classes at each patch); score such heatmaps over the whole held-out split (pointing game);
+6. find the objects of that image with no boxes given (the `zero-shot-object-detection` and `image-segmentation`
+   pipelines, remote code too), draw them (`detections.png`, `segmentation.png`), and score detection on the whole
+   held-out split with pycocotools (AP50, dense region scoring) and segmentation by mIoU.
 
     python -m scripts.run_default                       # the embedded default
     python -m scripts.run_default --max_steps 50        # any training option can be overridden
@@ -23,16 +26,20 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
+from evaluation.detection import evaluate_detection, read_detection_data
 from evaluation.eval_data import read_box_manifest
 from evaluation.pointing import pointing_game
+from evaluation.segmentation import draw_segments, evaluate_segmentation
 from evaluation.visualize import draw_boxes, save_query_heatmap
 from plumbing.command_line import run_command, setup_logging
 from training.config import build_argument_parser, config_from_args
-from training.data.synthetic import read_classes
+from training.data.synthetic import add_missing_masks, read_classes
 from training.train import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic_tiny.yaml"
 DISPLAY_SCALE = 6  # the 64 px shapes are drawn 6x larger so labels stay readable
+SHOWN_DETECTIONS = 8  # at most this many objects drawn in detections.png, those scoring at least:
+SHOWN_THRESHOLD = 0.3
 
 logger = logging.getLogger("harmoclip.run_default")
 
@@ -73,6 +80,46 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
     }
 
 
+def find_held_out_objects(model_dir: Path, data_dir: Path, output_dir: Path, index: int = 0) -> dict:
+    """Loads the saved folder as the `zero-shot-object-detection` and `image-segmentation` pipelines (remote code),
+    finds and outlines the objects of held-out image `index` among all classes with no boxes given (PNGs), and scores
+    detection (pycocotools AP, dense region scoring) and segmentation (mIoU) over the held-out split."""
+    add_missing_masks(data_dir)  # a data set generated before masks were written gets them (atomically)
+    detector = pipeline("zero-shot-object-detection", model=str(model_dir), trust_remote_code=True, device=-1)
+    segmenter = pipeline("image-segmentation", model=str(model_dir), trust_remote_code=True, device=-1)
+    record = json.loads((data_dir / "val.jsonl").read_text().splitlines()[index])
+    image = Image.open(data_dir / record["image"]).convert("RGB")
+    classes = read_classes(data_dir)
+    found = detector(image, candidate_labels=classes, threshold=SHOWN_THRESHOLD, top_k=SHOWN_DETECTIONS)
+    large = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.NEAREST)
+    draw_boxes(
+        large,
+        [
+            [found_object["box"][key] * DISPLAY_SCALE for key in ("xmin", "ymin", "xmax", "ymax")]
+            for found_object in found
+        ],
+        [found_object["label"] for found_object in found],
+        [found_object["score"] for found_object in found],
+        output_dir / "detections.png",
+    )
+    segments = segmenter(image, candidate_labels=classes)
+    draw_segments(large, segments, output_dir / "segmentation.png")
+    with torch.no_grad():
+        detection = evaluate_detection(
+            detector.model, detector.processor, read_detection_data(data_dir / "val.jsonl"), scorers=("dense",)
+        )
+        segmentation = evaluate_segmentation(segmenter.model, segmenter.processor, data_dir / "val.jsonl")
+    return {
+        "image": str(data_dir / record["image"]),
+        "truth": [{"box": region["box"], "label": region["label"]} for region in record["regions"]],
+        "found": found,
+        "segments": [{"label": segment["label"], "score": segment["score"]} for segment in segments],
+        "detection": {key: detection["dense"][key] for key in ("mAP", "AP50", "AP75")}
+        | {"num_images": detection["num_images"], "num_objects": detection["num_objects"]},
+        "segmentation": {key: segmentation[key] for key in ("mIoU", "background_IoU", "pixel_accuracy", "num_images")},
+    }
+
+
 def run_main_job(argv: list[str] | None = None) -> dict:
     """Trains, evaluates, saves and demonstrates the model; returns the demo's predictions."""
     parser = build_argument_parser(__doc__.split("\n\n")[0])
@@ -81,6 +128,7 @@ def run_main_job(argv: list[str] | None = None) -> dict:
     model_dir = train(config)
     output_dir = Path(config.output_dir)
     demo = classify_held_out_image(model_dir, Path(config.synthetic_dir), output_dir)
+    demo["objects"] = find_held_out_objects(model_dir, Path(config.synthetic_dir), output_dir)
     (output_dir / "predictions.json").write_text(json.dumps(demo, indent=2))
 
     evaluation = (
@@ -105,6 +153,13 @@ def run_main_job(argv: list[str] | None = None) -> dict:
         f"label's probability among the classes, {pointing['cosine']:.1f} with raw cosine similarity "
         f"({pointing['num_boxes']} boxes)"
     )
+    objects = demo["objects"]
+    lines.append(
+        f"held-out detection with no boxes given (pycocotools, all {len(read_classes(config.synthetic_dir))} classes): "
+        f"AP50 {objects['detection']['AP50']:.1f}, mAP {objects['detection']['mAP']:.1f} "
+        f"({objects['detection']['num_objects']} objects in {objects['detection']['num_images']} images); "
+        f"segmentation mIoU {objects['segmentation']['mIoU']:.1f}"
+    )
     for item in demo["boxes"]:
         lines.append(
             f"  box {item['box']}: truth '{item['truth']}', predicted '{item['predicted'][0]}' ({item['scores'][0]:.2f})"
@@ -119,6 +174,8 @@ def run_main_job(argv: list[str] | None = None) -> dict:
         ("evaluation (JSON, markdown)", f"{output_dir / 'eval.json'}, {output_dir / 'eval.md'}"),
         ("labelled boxes of a held-out image", output_dir / "predictions.png"),
         (f"heatmap of '{demo['heatmap_query']}' (its probability among the classes)", output_dir / "heatmap.png"),
+        ("objects of that image found with no boxes given", output_dir / "detections.png"),
+        ("its label map (image-segmentation pipeline)", output_dir / "segmentation.png"),
     ]
     lines += ["", "Outputs:"] + [f"  {name}: {path}" for name, path in places]
     print("\n".join(lines))

@@ -1,5 +1,5 @@
-"""HarmoCLIP demo: classify boxes of an image among free-text labels, rank the labels for the whole image, and see
-where a label matches in the dense features.
+"""HarmoCLIP demo: find objects by name, classify boxes of an image among free-text labels, rank the labels for the
+whole image, and see where a label matches in the dense features.
 
 The model comes from `HARMOCLIP_MODEL` (a Hub id or a local folder), loaded with `trust_remote_code=True`; without it,
 from the folder the repository's tiny training run writes (`outputs/synthetic_tiny/model`) when this file sits in the
@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 from huggingface_hub import metadata_load
-from region_demo import BOX_SOURCES, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
+from region_demo import BOX_SOURCES, FOUND_OBJECTS, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
 from transformers import pipeline
 
 logger = logging.getLogger("harmoclip.space")
@@ -25,11 +25,43 @@ logger = logging.getLogger("harmoclip.space")
 SPACE_DIR = Path(__file__).resolve().parent
 # What `python training/train.py --config configs/synthetic_tiny.yaml` writes, when the Space runs from the repository.
 REPOSITORY_MODEL = SPACE_DIR.parent / "outputs" / "synthetic_tiny" / "model"
+EXAMPLE_LABELS = "red square, white cross, green circle, white circle, blue triangle, yellow cross"
+# One held-out image of the default model's shapes per mode (256 px copies of 64 px images), with its inputs:
+# image, labels, typed boxes, box source, grid cells, heatmap label, labels per box.
+EXAMPLES = [
+    [
+        str(SPACE_DIR / "examples" / "held_out_0.png"),
+        EXAMPLE_LABELS,
+        "",
+        FOUND_OBJECTS,
+        3,
+        "",
+        3,
+    ],
+    [
+        str(SPACE_DIR / "examples" / "held_out_0.png"),
+        EXAMPLE_LABELS,
+        "24, 44, 76, 96\n8, 148, 60, 200\n148, 48, 216, 116",
+        TYPED_BOXES,
+        3,
+        "red square",
+        3,
+    ],
+    [
+        str(SPACE_DIR / "examples" / "held_out_1.png"),
+        "yellow square, yellow circle, red circle, blue circle, green cross",
+        "",
+        GRID_BOXES,
+        2,
+        "",
+        3,
+    ],
+]
 
 INTRO = """
 # HarmoCLIP: regions and labels
 
-Upload an image, give candidate labels, and choose boxes. Each box is classified among the labels from its
+Upload an image (or click an example below), give candidate labels, and choose boxes. Each box is classified among the labels from its
 **region embedding** (one pass of the image encoder, RoIAlign over the dense patch features); the labels are also
 ranked for the **whole image** (CLIP's zero-shot classification), and the **heatmap** shows, at every patch, the
 probability of one label among your labels (bright: this label rather than another). The image is resized to a square without cropping, so the model sees all of it.
@@ -37,8 +69,9 @@ probability of one label among your labels (bright: this label rather than anoth
 Boxes:
 - **Typed boxes**: one per line, `x1, y1, x2, y2` in the image's pixels (origin at the top left).
 - **Grid**: the image cut into N x N equal cells.
-- **Salient regions**: patches whose dense feature differs from the image's average patch feature (above the mean
-  of `1 - cosine`), grouped into 4-connected regions; each region's bounding box is classified (largest 8).
+- **Find objects (labels only)**: no boxes needed: the model's `zero-shot-object-detection` pipeline proposes boxes
+  from its own label maps (connected regions of each label's probability, plus windows), scores each by its region
+  embedding, keeps the best per object (NMS) and those scoring 0.3 or more (at most 8); they are then classified.
 """
 
 
@@ -55,9 +88,12 @@ def default_model_source() -> str:
 
 
 def load_demo(source: str) -> RegionDemo:
-    """The model's `region-classification` pipeline (its remote code; region preset: square resize, no crop) from a
-    Hub id or a local folder."""
-    return RegionDemo(pipeline("region-classification", model=source, trust_remote_code=True))
+    """The model's `region-classification` and `zero-shot-object-detection` pipelines (its remote code; region
+    preset: square resize, no crop) from a Hub id or a local folder."""
+    return RegionDemo(
+        pipeline("region-classification", model=source, trust_remote_code=True),
+        pipeline("zero-shot-object-detection", model=source, trust_remote_code=True),
+    )
 
 
 def empty_outputs(message: str) -> tuple[Any, ...]:
@@ -138,10 +174,18 @@ def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
                 heatmap = gr.Image(
                     type="pil", label="Heatmap: the label's probability at each patch", elem_id="heatmap", format="png"
                 )
-        run.click(
-            lambda *values: page_outputs(demo, *values),
-            inputs=[image, labels, boxes, box_source, grid_cells, heatmap_label, top_k],
-            outputs=[labelled, table, ranking, heatmap, status],
+        inputs = [image, labels, boxes, box_source, grid_cells, heatmap_label, top_k]
+        outputs = [labelled, table, ranking, heatmap, status]
+        run.click(lambda *values: page_outputs(demo, *values), inputs=inputs, outputs=outputs)
+        gr.Examples(
+            examples=EXAMPLES,
+            inputs=inputs,
+            outputs=outputs,
+            fn=lambda *values: page_outputs(demo, *values),
+            run_on_click=True,
+            cache_examples=False,
+            label="Examples: held-out images, one per mode (click to run)",
+            elem_id="examples",
         )
     return app
 

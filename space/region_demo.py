@@ -1,10 +1,11 @@
 """What the demo computes, apart from the web page: input parsing, the model calls, and the pictures and tables.
 
-All model logic comes from the model repository's own code, the `region-classification` pipeline loaded with
-`trust_remote_code=True`: the pipeline call classifies the boxes, its `encode_labels` gives the prompt-ensembled
-label embeddings and its `dense_probabilities` the heatmaps; `model.get_image_features` and `model.get_dense_features`
-give the global ranking and the salient regions. The pipeline's processor resizes images to a square without
-cropping, so every box, the global ranking and the heatmap see the whole image.
+All model logic comes from the model repository's own code, its pipelines loaded with `trust_remote_code=True`: the
+`region-classification` call classifies the boxes, its `encode_labels` gives the prompt-ensembled label embeddings and
+its `dense_probabilities` the heatmaps; the `zero-shot-object-detection` call finds the objects when only labels are
+typed (proposals from the model's own label maps); `model.get_image_features` gives the global ranking. The
+pipelines' processor resizes images to a square without cropping, so every box, the global ranking and the heatmap
+see the whole image.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from box_proposals import grid_boxes, saliency_map, salient_region_boxes
+from box_proposals import grid_boxes
 from demo_drawing import label_boxes, overlay_heatmap
 from PIL import Image
 
 TYPED_BOXES = "Typed boxes"
 GRID_BOXES = "Grid"
-SALIENT_BOXES = "Salient regions"
-BOX_SOURCES = (TYPED_BOXES, GRID_BOXES, SALIENT_BOXES)
+FOUND_OBJECTS = "Find objects (labels only)"
+BOX_SOURCES = (TYPED_BOXES, GRID_BOXES, FOUND_OBJECTS)
+FIND_THRESHOLD = 0.3  # the least score of an object found with no boxes given
 MAX_BOXES = 64
 MAX_LABELS = 100
 TABLE_HEADERS = ["box (x1, y1, x2, y2)", "top labels", "scores"]
@@ -98,20 +100,16 @@ class DemoResult:
 class RegionDemo:
     """Region classification, global zero-shot ranking and dense heatmaps with one `region-classification` pipeline."""
 
-    def __init__(self, classifier: Any):
+    def __init__(self, classifier: Any, detector: Any = None):
         self.classifier = classifier
+        self.detector = detector  # the model's `zero-shot-object-detection` pipeline, for FOUND_OBJECTS
+        self.find_threshold = FIND_THRESHOLD
         self.model = classifier.model.eval()
         self.processor = classifier.processor  # the region preset: square resize, no crop
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device  # the Space has the model's code only through the pipeline
-
-    @torch.no_grad()
-    def dense_features(self, image: Image.Image) -> np.ndarray:
-        """(D, h, w) L2-normalised patch embeddings of the whole image."""
-        pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
-        return self.model.get_dense_features(pixel_values)[0].float().cpu().numpy()
 
     @torch.no_grad()
     def rank_labels(self, image: Image.Image, labels: list[str]) -> dict[str, float]:
@@ -134,8 +132,20 @@ class RegionDemo:
         candidates = labels if query in labels else [*labels, query]
         return self.classifier.dense_probabilities(image, candidates)[candidates.index(query)].numpy()
 
+    def find_objects(self, image: Image.Image, labels: list[str]) -> list[list[float]]:
+        """Boxes (image pixels) of the objects the detection pipeline finds among `labels` (scoring at least
+        `find_threshold`), best first, at most 8."""
+        if self.detector is None:
+            raise DemoInputError("This demo was started without the detection pipeline: type boxes or use the grid.")
+        found = self.detector(image, candidate_labels=labels, threshold=self.find_threshold, top_k=8)
+        if not found:
+            raise DemoInputError(
+                f"No object scores {self.find_threshold} or more among these labels: try other labels, or type boxes."
+            )
+        return [[item["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for item in found]
+
     def propose_boxes(
-        self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int
+        self, image: Image.Image, source: str, boxes_text: str | None, grid_cells: int, labels: list[str] = ()
     ) -> list[list[float]]:
         width, height = image.size
         if source == TYPED_BOXES:
@@ -147,11 +157,8 @@ class RegionDemo:
             return boxes
         if source == GRID_BOXES:
             return grid_boxes(width, height, int(grid_cells))
-        if source == SALIENT_BOXES:
-            boxes = salient_region_boxes(saliency_map(self.dense_features(image)), width, height)
-            if not boxes:
-                raise DemoInputError("No salient region stands out in this image: type boxes or use the grid.")
-            return boxes
+        if source == FOUND_OBJECTS:
+            return self.find_objects(image, list(labels))
         raise DemoInputError(f"Unknown box source {source!r}: choose one of {', '.join(BOX_SOURCES)}.")
 
     def run(
@@ -175,7 +182,7 @@ class RegionDemo:
         labels = parse_labels(labels_text)
         if box_source == TYPED_BOXES:
             parse_boxes(boxes_text, *image.size)  # report malformed lines before any model call
-        boxes = self.propose_boxes(image, box_source, boxes_text, grid_cells)
+        boxes = self.propose_boxes(image, box_source, boxes_text, grid_cells, labels)
         regions = self.classifier(image, boxes=boxes, candidate_labels=labels, top_k=min(int(top_k), len(labels)))
         boxes = [[region["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for region in regions]  # image pixels
         captions = [f"{region['label']} {region['score']:.2f}" for region in regions]

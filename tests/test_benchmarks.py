@@ -111,6 +111,24 @@ def test_region_throughput(tmp_path: Path) -> None:
         assert printed[5].startswith(f"{row['speedup']['median']:.2f} (") and printed[7] == cell(target_item["met"])
 
 
+def test_detection_throughput(tmp_path: Path) -> None:
+    payload = run_script("detection_throughput", tmp_path, "--labels", "3", "--images", "2", "--repeats", "2")
+    (row,) = payload["results"]
+    ours, theirs = check_summary(row["harmoclip"], 2), check_summary(row["crop_and_encode"], 2)
+    check_ratio(row["speedup"], theirs, ours)
+    assert row["images"] == 2 and row["labels"] == 3 and 1 <= row["proposals_per_image"] <= 8
+    assert row["harmoclip_images_per_s"] == pytest.approx(2 / statistics.median(ours), rel=1e-12)
+    assert row["crop_images_per_s"] == pytest.approx(2 / statistics.median(theirs), rel=1e-12)
+    (printed,) = table_rows(payload["markdown"], "proposals/image")
+    assert printed[:4] == [
+        cell(row["proposals_per_image"]),
+        "3",
+        cell(row["harmoclip_images_per_s"]),
+        cell(row["crop_images_per_s"]),
+    ]
+    assert printed[6].startswith(f"{row['speedup']['median']:.2f} (")
+
+
 def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -> None:
     from benchmarks.region_throughput import crop_and_encode
 

@@ -524,11 +524,9 @@ def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_mod
 def test_command_rejects_mistakes_in_one_line(tmp_path, capsys):
     from evaluation.evaluate import main
 
-    assert main(["--model", "m", "--task", "segmentation", "--data", "d"]) == 2
+    assert main(["--model", "m", "--task", "captioning", "--data", "d"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err.startswith("error: argument --task: invalid choice: 'segmentation'") and len(err.strip().splitlines()) == 1
-    )
+    assert err.startswith("error: argument --task: invalid choice: 'captioning'") and len(err.strip().splitlines()) == 1
     assert main(["--model", "m", "--task", "retrieval", "--data", str(tmp_path / "missing.json")]) == 1
     err = capsys.readouterr().err
     assert err == f"error: `--data`: file not found: {tmp_path / 'missing.json'}\n"

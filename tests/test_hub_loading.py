@@ -18,6 +18,8 @@ CODE_FILES = {
     "losses.py",
     "roi_align.py",
     "pipeline_harmoclip.py",
+    "pipeline_detection.py",
+    "detection.py",
     "processing_harmoclip.py",
 }
 
@@ -71,7 +73,17 @@ def test_save_pretrained_writes_weights_config_and_code(tmp_path: Path) -> None:
             "impl": "pipeline_harmoclip.RegionClassificationPipeline",
             "pt": ["AutoModel"],
             "type": "multimodal",
-        }
+        },
+        "zero-shot-object-detection": {
+            "impl": "pipeline_detection.ZeroShotRegionDetectionPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        },
+        "image-segmentation": {
+            "impl": "pipeline_detection.DenseSegmentationPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        },
     }
     assert "region_logit_scale" in load_file(folder / "model.safetensors")
     for name in CODE_FILES:  # remote code imports only torch, transformers, the standard library and siblings

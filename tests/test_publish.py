@@ -28,6 +28,8 @@ MODEL_FILES = {
     "roi_align.py",
     "processing_harmoclip.py",
     "pipeline_harmoclip.py",
+    "pipeline_detection.py",
+    "detection.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "processor_config.json",

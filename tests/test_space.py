@@ -46,7 +46,10 @@ def model_dir(tmp_path_factory, tiny_tokenizer):
 def demo(model_dir):
     from transformers import pipeline
 
-    return region_demo.RegionDemo(pipeline("region-classification", model=str(model_dir), trust_remote_code=True))
+    return region_demo.RegionDemo(
+        pipeline("region-classification", model=str(model_dir), trust_remote_code=True),
+        pipeline("zero-shot-object-detection", model=str(model_dir), trust_remote_code=True),
+    )
 
 
 def _reference_labels(demo, labels: list[str]) -> torch.Tensor:
@@ -116,38 +119,6 @@ def test_grid_boxes_tile_the_image_row_by_row():
     assert np.isclose(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum(), 97 * 61)
     with pytest.raises(ValueError, match="`cells` must be a positive int"):
         box_proposals.grid_boxes(10, 10, 0)
-
-
-def test_saliency_is_one_minus_cosine_with_the_mean_patch_feature():
-    generator = torch.Generator().manual_seed(0)
-    dense = torch.nn.functional.normalize(torch.randn(8, 3, 5, generator=generator, dtype=torch.float64), dim=0)
-    mean = torch.nn.functional.normalize(dense.flatten(1).mean(dim=1), dim=0)
-    expected = 1 - torch.nn.functional.cosine_similarity(dense.flatten(1).t(), mean[None], dim=1).reshape(3, 5)
-    np.testing.assert_allclose(box_proposals.saliency_map(dense.numpy()), expected.numpy(), atol=1e-12)
-
-    background = np.zeros((4, 3, 3))
-    background[0] = 1.0
-    background[:, 1, 2] = [0.0, 1.0, 0.0, 0.0]  # one patch unlike the rest
-    saliency = box_proposals.saliency_map(background)
-    assert np.unravel_index(saliency.argmax(), saliency.shape) == (1, 2)
-
-
-def test_salient_region_boxes_bound_the_connected_regions_largest_first():
-    saliency = np.zeros((4, 6))
-    saliency[0:2, 3:6] = 1.0  # 6 cells, top right
-    saliency[3, 0] = saliency[2, 0] = 1.0  # 2 cells, bottom left
-    saliency[0, 0] = 0.9  # 1 cell, diagonal to nothing
-    boxes = box_proposals.salient_region_boxes(saliency, 120, 80)  # 20 x 20 pixel cells
-    assert boxes == [[60, 0, 120, 40], [0, 40, 20, 80], [0, 0, 20, 20]]
-    assert box_proposals.salient_region_boxes(saliency, 120, 80, max_regions=1) == [[60, 0, 120, 40]]
-    assert box_proposals.salient_region_boxes(np.ones((3, 3)), 30, 30) == []
-
-
-def test_connected_regions_use_four_neighbours():
-    mask = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=bool)
-    regions = box_proposals.connected_regions(mask)
-    assert sorted(map(sorted, regions)) == [[(0, 0)], [(0, 2)], [(1, 1), (2, 0), (2, 1)]]
-    assert len(regions[0]) == 3
 
 
 # ---------------------------------------------------------------------------------------------- pictures
@@ -246,16 +217,40 @@ def test_heatmap_is_the_chosen_labels_probability_among_the_labels(demo):
     assert demo.probability_map(image, "a cat", labels).shape == (4, 4)  # a label outside the list is added
 
 
-def test_automatic_boxes_come_from_the_grid_and_the_saliency_map(demo):
+def test_automatic_boxes_come_from_the_grid_and_the_detection_pipeline(demo):
     image = scene_image()
     grid = demo.run(image, LABELS_TEXT, "ignored, not a box", region_demo.GRID_BOXES, grid_cells=2)
     assert grid.boxes == box_proposals.grid_boxes(WIDTH, HEIGHT, 2)
     assert len(grid.table) == 4 and all(row[1].split(", ")[0] in LABELS for row in grid.table)
 
-    salient = demo.run(np.asarray(image), LABELS_TEXT, "", region_demo.SALIENT_BOXES)  # arrays are accepted too
-    expected = box_proposals.salient_region_boxes(box_proposals.saliency_map(demo.dense_features(image)), WIDTH, HEIGHT)
-    assert salient.boxes == expected and 1 <= len(expected) <= 8
-    assert all(0 <= x1 < x2 <= WIDTH and 0 <= y1 < y2 <= HEIGHT for x1, y1, x2, y2 in salient.boxes)
+    demo.find_threshold = 0.0  # the tiny random model scores nothing high: keep its best 8
+    try:
+        found = demo.run(np.asarray(image), LABELS_TEXT, "", region_demo.FOUND_OBJECTS)  # arrays are accepted too
+    finally:
+        demo.find_threshold = region_demo.FIND_THRESHOLD
+    expected = demo.detector(image, candidate_labels=LABELS, threshold=0.0, top_k=8)
+    assert found.boxes == [[item["box"][key] for key in ("xmin", "ymin", "xmax", "ymax")] for item in expected]
+    assert len(found.boxes) == 8
+    assert all(0 <= x1 < x2 <= WIDTH and 0 <= y1 < y2 <= HEIGHT for x1, y1, x2, y2 in found.boxes)
+    with pytest.raises(DemoInputError, match="No object scores 1.0 or more among these labels"):
+        demo.find_threshold = 1.0
+        try:
+            demo.run(image, LABELS_TEXT, "", region_demo.FOUND_OBJECTS)
+        finally:
+            demo.find_threshold = region_demo.FIND_THRESHOLD
+
+
+def test_every_example_runs_in_one_click(app, demo):
+    modes = [row[3] for row in app.EXAMPLES]
+    assert set(modes) == set(region_demo.BOX_SOURCES)
+    demo.find_threshold = 0.0
+    try:
+        for row in app.EXAMPLES:
+            image = Image.open(row[0])
+            labelled, table, ranking, heatmap, status = app.page_outputs(demo, image, *row[1:])
+            assert status.startswith("Classified") and labelled.size == image.size and table["data"], status
+    finally:
+        demo.find_threshold = region_demo.FIND_THRESHOLD
 
 
 @pytest.mark.parametrize(
@@ -397,10 +392,10 @@ import app
 source = app.default_model_source()
 assert source == {str(model_dir)!r}, source
 demo = app.load_demo(source)
-outputs = app.page_outputs(demo, Image.open({str(tmp_path / "scene.png")!r}), {LABELS_TEXT!r}, {BOXES_TEXT!r}, "Salient regions", 3, "", 3)
+outputs = app.page_outputs(demo, Image.open({str(tmp_path / "scene.png")!r}), {LABELS_TEXT!r}, {BOXES_TEXT!r}, "Grid", 3, "", 3)
 print(outputs[4])
 """,
         cwd=tmp_path,
         env={"HARMOCLIP_MODEL": str(model_dir), "GRADIO_ANALYTICS_ENABLED": "False"},
     )
-    assert "box(es) (salient regions) among 3 label(s)" in result.stdout
+    assert "Classified 9 box(es) (grid) among 3 label(s)" in result.stdout

@@ -10,6 +10,7 @@ writes, atomically (a temporary folder renamed into place):
     DIR/classes.json           the box classes, "red circle", ... (colour x shape)
     DIR/held_out.json          the classes held out of the training split (never drawn there, so never in a caption)
     DIR/train.jsonl, val.jsonl manifests in `data_jsonl`'s format; each region also has its "label" (its class)
+                               and its "mask" (the shape's pixels, COCO RLE: `object_mask_rle`)
     DIR/images/<split>/<n>.png
 
 Every image shows `min_shapes` to `max_shapes` shapes of distinct classes that do not touch; its caption describes
@@ -36,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from plumbing.atomic_files import atomic_directory
+from plumbing.atomic_files import atomic_directory, write_text_atomic
 from plumbing.command_line import CommandParser, run_command
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -150,6 +151,38 @@ def draw_shape(
         raise ValueError(f"unknown shape {shape!r}")
 
 
+def object_mask_rle(shape: str, box: tuple[int, int, int, int] | list[int], image_size: int) -> dict:
+    """The pixels `draw_shape` paints for one object, as COCO's run-length encoding (`pycocotools.mask.encode` of an
+    `image_size` x `image_size` mask, `counts` as text so that it fits in JSON): `{"size": [h, w], "counts": str}`."""
+    from pycocotools import mask as mask_utils
+
+    canvas = Image.new("L", (image_size, image_size), 0)
+    draw_shape(ImageDraw.Draw(canvas), shape, tuple(box), 255)
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(canvas) > 0))
+    return {"size": [int(value) for value in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def add_missing_masks(folder: str | Path) -> int:
+    """Gives every region of a data set made before masks were written its `object_mask_rle` (the same pixels, drawn
+    again from its label's shape and its box); each manifest is replaced atomically. Returns the regions completed."""
+
+    folder = Path(folder)
+    size = int((read_settings(folder) or {}).get("image_size", SyntheticSettings.image_size))
+    added = 0
+    for split in SPLITS:
+        path = folder / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        missing = [region for record in records for region in record["regions"] if "mask" not in region]
+        for region in missing:
+            region["mask"] = object_mask_rle(region["label"].split()[-1], region["box"], size)
+        if missing:
+            write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+            added += len(missing)
+    return added
+
+
 def render_sample(settings: SyntheticSettings, split: str, index: int, attempt: int = 0) -> tuple[Image.Image, dict]:
     """Image `index` of `split` (its `attempt`-th draw) and its manifest record (image path left to the caller)."""
     if split not in SPLITS:
@@ -189,7 +222,15 @@ def render_sample(settings: SyntheticSettings, split: str, index: int, attempt: 
     regions = []
     for (box, colour, shape), phrase, span in zip(placed, phrases, spans):
         draw_shape(draw, shape, box, COLOURS[colour])
-        regions.append({"box": list(box), "phrase": phrase, "span": list(span), "label": f"{colour} {shape}"})
+        regions.append(
+            {
+                "box": list(box),
+                "phrase": phrase,
+                "span": list(span),
+                "label": f"{colour} {shape}",
+                "mask": object_mask_rle(shape, box, size),
+            }
+        )
     return image, {"id": f"{split}/{index:06d}", "caption": caption, "regions": regions}
 
 

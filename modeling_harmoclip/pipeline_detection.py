@@ -1,0 +1,342 @@
+"""Finding and outlining objects by name with HarmoCLIP, in transformers' own task formats: the
+`zero-shot-object-detection` and `image-segmentation` pipelines that ship with every saved model.
+
+    from transformers import pipeline
+
+    detector = pipeline("zero-shot-object-detection", model="org/harmoclip-vitb16", trust_remote_code=True)
+    detector("street.jpg", candidate_labels=["dog", "bicycle"], threshold=0.3)
+    # [{"score": 0.81, "label": "dog", "box": {"xmin": 12.0, "ymin": 20.5, "xmax": 198.0, "ymax": 305.0}}, ...]
+
+    segmenter = pipeline("image-segmentation", model="org/harmoclip-vitb16", trust_remote_code=True)
+    segmenter("street.jpg", candidate_labels=["dog", "bicycle"], image_size=448)
+    # [{"score": 0.74, "label": "dog", "mask": <PIL.Image.Image mode=L, the image's size>}, ...]
+
+Both read one pass of the image encoder (`detection.detect_objects`): the label maps, the proposals drawn from them (or
+the user's `boxes=`) and the region embedding of every box. Labels are encoded by `pipeline_harmoclip.label_embeddings`,
+as region classification encodes them. `HarmoCLIPModel.save_pretrained` writes both tasks into the config's
+`custom_pipelines` and copies this file, so `pipeline(task, model=folder_or_hub_id, trust_remote_code=True)` loads them
+where the project is not installed. In one process with a model already loaded, build them directly:
+`ZeroShotRegionDetectionPipeline(model=model, processor=processor)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import Pipeline
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import load_image
+
+from .detection import (
+    MAP_THRESHOLDS,
+    NMS_IOU,
+    SEGMENTATION_THRESHOLD,
+    WINDOW_SCALES,
+    check_threshold,
+    detect_objects,
+)
+from .pipeline_harmoclip import DEFAULT_TEMPLATES, label_embeddings
+from .processing_harmoclip import check_strings, original_image_size
+
+DETECTION_TASK = "zero-shot-object-detection"
+SEGMENTATION_TASK = "image-segmentation"
+# The label that competes with the candidates in every softmax and is then dropped (see `detection`'s docstring).
+DEFAULT_BACKGROUND = "background"
+_UNSET: Any = object()
+
+
+def encode_candidates(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    candidate_labels: Sequence[str],
+    background_label: str | None = DEFAULT_BACKGROUND,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(L, D) candidate label embeddings and the (D,) background's (None without a background label), from one
+    `label_embeddings` call."""
+    candidate_labels = check_strings(candidate_labels, "candidate_labels")
+    if background_label is not None:
+        if not isinstance(background_label, str) or not background_label.strip():
+            raise ValueError(f"`background_label` must be a non-empty string or None, got {background_label!r}")
+        if background_label in candidate_labels:
+            raise ValueError(
+                f"`background_label` {background_label!r} is also a candidate label; choose another or None"
+            )
+    names = candidate_labels + ([background_label] if background_label is not None else [])
+    embeds = label_embeddings(model, tokenizer, names, templates)
+    if background_label is None:
+        return embeds, None
+    return embeds[:-1], embeds[-1]
+
+
+class _DenseLabelPipeline(Pipeline):
+    """What detection and segmentation share: images (optionally at another `image_size`) in, one encoder pass through
+    `detect_objects` per batch, label embeddings encoded once per call."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    task_name = ""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not callable(getattr(self.processor, "as_region_mode", None)):
+            raise TypeError(
+                f"the {self.task_name} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
+            )
+        # The whole image must be seen: the square, crop-free preset.
+        self.processor = self.processor.as_region_mode()
+        self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
+
+    def check_image_size(self, image_size: Any) -> int:
+        """A positive multiple of the patch size (the model's input side for finer maps)."""
+        patch = self.model.config.vision_config.patch_size
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < patch or image_size % patch:
+            raise ValueError(f"`image_size` must be a positive multiple of the patch size {patch}, got {image_size!r}")
+        return image_size
+
+    def __call__(self, image: Any, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        if candidate_labels is None:
+            raise ValueError(f"the {self.task_name} pipeline needs `candidate_labels`, a list of label names")
+        if isinstance(candidate_labels, str):  # the stock pipelines' comma-separated form
+            candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
+        candidate_labels = check_strings(candidate_labels, "candidate_labels")
+        boxes = kwargs.pop("boxes", None)
+        if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
+            if boxes is not None:
+                raise ValueError("give `boxes` inside each {'image': ..., 'boxes': ...} item, not as an argument")
+            inputs: Any = [dict(item) for item in image]
+        elif isinstance(image, (list, tuple)):
+            if boxes is not None:
+                raise ValueError("with several images give `boxes` inside {'image': ..., 'boxes': ...} items")
+            inputs = [{"image": item} for item in image]
+        else:
+            inputs = {"image": image, "boxes": boxes}
+        label_embeds, background_embed = encode_candidates(
+            self.model,
+            self.tokenizer,
+            candidate_labels,
+            kwargs.pop("background_label", DEFAULT_BACKGROUND),
+            kwargs.pop("templates", DEFAULT_TEMPLATES),
+        )
+        kwargs.update(label_embeds=label_embeds, background_embed=background_embed)
+        return super().__call__(inputs, candidate_labels=candidate_labels, **kwargs)
+
+    def preprocess(
+        self, inputs: dict[str, Any], image_size: int | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        image, boxes = inputs.get("image"), inputs.get("boxes")
+        if image is None:
+            raise ValueError(f"the {self.task_name} pipeline needs an image, got None")
+        if isinstance(image, str):
+            image = load_image(image, timeout=timeout)
+        options = {"size": {"height": image_size, "width": image_size}} if image_size is not None else {}
+        if boxes is not None and len(boxes) == 0:
+            raise ValueError(
+                f"`boxes` must hold at least one [x1, y1, x2, y2] box in the image's pixels, got {boxes!r}"
+            )
+        batch = self.processor(images=image, boxes=boxes, return_tensors="pt", **options)
+        model_inputs = {
+            "pixel_values": batch["pixel_values"].to(self.model.dtype),
+            "target_size": torch.tensor([original_image_size(image)]),
+        }
+        if boxes is not None:
+            model_inputs.update(boxes=batch["boxes"], box_mask=batch["box_mask"])
+        return model_inputs
+
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        label_embeds: torch.Tensor,
+        background_embed: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        map_thresholds: Sequence[float] = MAP_THRESHOLDS,
+        window_scales: Sequence[float] = WINDOW_SCALES,
+    ) -> dict[str, Any]:
+        pixel_values = model_inputs["pixel_values"]
+        outputs = detect_objects(
+            self.model,
+            pixel_values,
+            label_embeds,
+            background_embed,
+            model_inputs.get("boxes"),
+            model_inputs.get("box_mask"),
+            interpolate_pos_encoding=interpolate_pos_encoding
+            or pixel_values.shape[-1] != self.model.config.vision_config.image_size,
+            map_thresholds=map_thresholds,
+            window_scales=window_scales,
+        )
+        # "scores" first: the pipeline's batch splitter reads the batch size from the first entry.
+        return {key: value for key, value in outputs.items()} | {"target_size": model_inputs["target_size"]}
+
+    def _sanitize_parameters(
+        self,
+        candidate_labels: list[str] | None = None,
+        label_embeds: torch.Tensor | None = None,
+        background_embed: torch.Tensor | None = None,
+        threshold: float | None = None,
+        image_size: int | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        preprocess: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        if image_size is not None:
+            preprocess["image_size"] = self.check_image_size(image_size)
+        forward: dict[str, Any] = {}
+        if label_embeds is not None:
+            forward.update(label_embeds=label_embeds, background_embed=background_embed)
+        if interpolate_pos_encoding is not None:
+            if not isinstance(interpolate_pos_encoding, bool):
+                raise TypeError(f"`interpolate_pos_encoding` must be a bool, got {interpolate_pos_encoding!r}")
+            forward["interpolate_pos_encoding"] = interpolate_pos_encoding
+        postprocess: dict[str, Any] = {"candidate_labels": candidate_labels} if candidate_labels is not None else {}
+        if threshold is not None:
+            postprocess["threshold"] = check_threshold(threshold)
+        return preprocess, forward, postprocess
+
+
+class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
+    """Finds objects by name, with no boxes given (proposals from the model's label maps) or in the user's boxes.
+
+    Call: `detector(image, candidate_labels=[...])`, `detector([image, ...], candidate_labels=[...])`, or a list of
+    `{"image": ..., "boxes": [...]}` items.
+
+    Args (call):
+        candidate_labels: the label names (required).
+        threshold: the least score kept, in [0, 1] (default 0.1); top_k: detections kept per image (all if None).
+        boxes: the user's proposals `[[x1, y1, x2, y2], ...]` in the image's pixels (e.g. from SAM or a detector),
+            scored instead of the model's own.
+        nms_threshold: class-wise NMS IoU (default 0.5; None: none).
+        map_thresholds: the levels each label's map is cut at for proposals (default 0.1, 0.2, 0.3, 0.5, 0.7);
+            window_scales: square windows added, as fractions of the image side (default only the whole image).
+        background_label: the label competing as background (default "background"; None: none).
+        templates: prompt templates with '{}' (default `DEFAULT_TEMPLATES`); image_size: the model's input side (a
+            multiple of the patch size; the position embedding is interpolated); batch_size: images per encoder pass.
+    Returns:
+        Per image a list `[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}]` in the image's pixels, best
+        first (a list of such lists for a list of images).
+    """
+
+    task_name = DETECTION_TASK
+
+    def _sanitize_parameters(
+        self,
+        candidate_labels: list[str] | None = None,
+        label_embeds: torch.Tensor | None = None,
+        background_embed: torch.Tensor | None = None,
+        threshold: float | None = None,
+        top_k: int | None = _UNSET,
+        nms_threshold: float | None = _UNSET,
+        map_thresholds: Sequence[float] | None = None,
+        window_scales: Sequence[float] | None = None,
+        image_size: int | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        preprocess, forward, postprocess = super()._sanitize_parameters(
+            candidate_labels, label_embeds, background_embed, threshold, image_size, interpolate_pos_encoding, timeout
+        )
+        for name, levels in (("map_thresholds", map_thresholds), ("window_scales", window_scales)):
+            if levels is not None:
+                if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+                    raise TypeError(f"`{name}` must be a list of numbers, got {levels!r}")
+                forward[name] = tuple(levels)
+        if top_k is not _UNSET:
+            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+                raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
+            postprocess["top_k"] = top_k
+        if nms_threshold is not _UNSET:
+            postprocess["nms_threshold"] = (
+                None if nms_threshold is None else check_threshold(nms_threshold, "nms_threshold")
+            )
+        return preprocess, forward, postprocess
+
+    def postprocess(
+        self,
+        model_outputs: dict[str, Any],
+        candidate_labels: list[str],
+        threshold: float = 0.1,
+        top_k: int | None = None,
+        nms_threshold: float | None = NMS_IOU,
+    ) -> list[dict[str, Any]]:
+        found = self.processor.post_process_object_detection(
+            model_outputs, threshold, model_outputs["target_size"].tolist(), nms_threshold, top_k
+        )[0]
+        return [
+            {
+                "score": float(score),
+                "label": candidate_labels[int(label)],
+                # Rounded to 1/1000 pixel: the float32 round trip through normalised boxes leaves noise below that.
+                "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(value, 3) for value in box.tolist()))),
+            }
+            for score, label, box in zip(found["scores"], found["labels"], found["boxes"])
+        ]
+
+
+class DenseSegmentationPipeline(_DenseLabelPipeline):
+    """Outlines objects by name: per label found, its mask at the image's size, from the model's upsampled label maps.
+
+    Call: `segmenter(image, candidate_labels=[...])` or a list of images.
+
+    Args (call):
+        candidate_labels: the label names (required).
+        threshold: the least probability a pixel's best label needs, in [0, 1] (default 0.3, `SEGMENTATION_THRESHOLD`;
+            0: the background label alone decides, see `HarmoCLIPProcessor.post_process_semantic_segmentation`).
+        background_label, templates, batch_size: as in `ZeroShotRegionDetectionPipeline`.
+        image_size: the model's input side for finer maps (a multiple of the patch size; CLIPSelf evaluates dense tasks
+            at 1024 px); interpolate_pos_encoding: forced on whenever `image_size` differs from the model's own.
+    Returns:
+        Per image a list `[{"score", "label", "mask"}]`, one per label that wins at least one pixel, in label order:
+        `mask` a PIL image (mode "L", 255 inside) of the original size, `score` the label's mean probability over it.
+    """
+
+    task_name = SEGMENTATION_TASK
+
+    def preprocess(self, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if inputs.get("boxes") is not None:
+            raise ValueError(f"the {SEGMENTATION_TASK} pipeline takes no `boxes`")
+        return super().preprocess(inputs, **kwargs)
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], candidate_labels: list[str], threshold: float = SEGMENTATION_THRESHOLD
+    ) -> list[dict[str, Any]]:
+        label_map, probabilities = self.processor.post_process_semantic_segmentation(
+            model_outputs, model_outputs["target_size"].tolist(), threshold, return_probabilities=True
+        )[0]
+        results = []
+        for label in label_map.unique().tolist():
+            if label < 0:
+                continue
+            inside = label_map == label
+            mask = to_pil_image((inside.to(torch.uint8) * 255).numpy()[..., None]).convert("L")
+            score = float(probabilities[label][inside].mean())
+            results.append({"score": score, "label": candidate_labels[label], "mask": mask})
+        return results
+
+
+PIPELINE_CLASSES = {DETECTION_TASK: ZeroShotRegionDetectionPipeline, SEGMENTATION_TASK: DenseSegmentationPipeline}
+
+
+def detection_pipelines_entry() -> dict[str, dict[str, Any]]:
+    """The config's `custom_pipelines` entries that make `pipeline(task, ..., trust_remote_code=True)` load these
+    pipelines from a saved folder or Hub repository (they take precedence over transformers' own for that model)."""
+    module = __name__.split(".")[-1]
+    return {
+        task: {"impl": f"{module}.{pipeline_class.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
+        for task, pipeline_class in PIPELINE_CLASSES.items()
+    }
+
+
+__all__ = [
+    "DETECTION_TASK",
+    "SEGMENTATION_TASK",
+    "DEFAULT_BACKGROUND",
+    "ZeroShotRegionDetectionPipeline",
+    "DenseSegmentationPipeline",
+    "PIPELINE_CLASSES",
+    "encode_candidates",
+    "detection_pipelines_entry",
+]
