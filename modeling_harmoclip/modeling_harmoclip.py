@@ -243,6 +243,26 @@ class HarmoCLIPModel(CLIPModel):
         )
         return self._pool_regions(dense, boxes, box_mask)
 
+    def get_region_and_dense_features(
+        self,
+        pixel_values: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`get_region_features` and `get_dense_features` from one pass of the image encoder (what the exported
+        region graph computes).
+
+        Returns:
+            region_embeds (B, N, D) float32, L2-normalised, zeros for masked boxes; dense (B, D, H/patch, W/patch)
+            L2-normalised per location.
+        """
+        box_mask = check_boxes(boxes, box_mask)
+        dense = self._dense_from_trunk(
+            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
+        )
+        return self._pool_regions(dense, boxes, box_mask), F.normalize(dense, dim=1, eps=1e-12)
+
     def compiled_region_features(self, **compile_options: Any) -> Callable[..., torch.Tensor]:
         """`get_region_features` under `torch.compile(**compile_options)` (one graph, no graph break), with the box
         value checks of `check_boxes` run eagerly before the compiled part.
