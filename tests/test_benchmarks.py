@@ -145,12 +145,21 @@ def test_global_overhead(tmp_path: Path) -> None:
 def test_train_step(tmp_path: Path) -> None:
     payload = run_script("train_step", tmp_path, "--batch-size", "2", "--boxes", "3")
     results = {row["variant"]: row for row in payload["results"]}
-    assert list(results) == ["GC", "GC+LRC", "GC+LRC+GR frozen", "GC+LRC+GR cached"]
+    assert list(results) == [
+        "GC",
+        "GC+RLA",
+        "GC+RLA+GR frozen",
+        "GC+RLA+GR cached",
+        "GC+LRC",
+        "GC+LRC+GR cached",
+    ]
     terms = {name: set(row["loss_terms"]) - {"loss"} for name, row in results.items()}
     assert terms == {
         "GC": {"loss_gc"},
+        "GC+RLA": {"loss_gc", "loss_rla"},
+        "GC+RLA+GR frozen": {"loss_gc", "loss_rla", "loss_gr"},
+        "GC+RLA+GR cached": {"loss_gc", "loss_rla", "loss_gr"},
         "GC+LRC": {"loss_gc", "loss_lrc"},
-        "GC+LRC+GR frozen": {"loss_gc", "loss_lrc", "loss_gr"},
         "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"},
     }
     assert payload["settings"]["boxes_in_batch"] == 6
@@ -165,16 +174,34 @@ def test_train_step(tmp_path: Path) -> None:
             row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
         )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
-    cached = results["GC+LRC+GR cached"]
+    cached = results["GC+RLA+GR cached"]
     assert [t["value"] for t in payload["targets"]] == [
         cached["time_ratio_to_gc"]["median"],
         cached["memory_ratio_to_gc"],
     ]
     assert [t["name"] for t in payload["targets"]] == [
-        "cached HarmoCLIP step time / GC-only",
-        "cached HarmoCLIP peak memory / GC-only",
+        "GC+RLA+GR cached step time / GC-only",
+        "GC+RLA+GR cached peak memory / GC-only",
     ]
-    assert len(table_rows(payload["markdown"], "variant")) == 4
+    assert len(table_rows(payload["markdown"], "variant")) == 6
+
+
+def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
+    """`--variants` runs a subset (GC always, as the baseline); "GC+RLA+GR frozen" is TrainConfig's default recipe."""
+    from benchmarks.train_step import VARIANTS, selected_variants
+    from training.config import TrainConfig
+
+    defaults = TrainConfig()
+    shipped = VARIANTS["GC+RLA+GR frozen"]
+    assert {key: getattr(defaults, key) for key in shipped} == shipped
+    assert selected_variants("GC+RLA") == ["GC", "GC+RLA"]
+    with pytest.raises(ValueError, match=r"--variants: unknown variant\(s\) \['GC\+XYZ'\]"):
+        selected_variants("GC+XYZ")
+    payload = run_script(
+        "train_step", tmp_path, "--batch-size", "2", "--boxes", "2", "--variants", "GC+RLA", "--skip-memory"
+    )
+    assert [row["variant"] for row in payload["results"]] == ["GC", "GC+RLA"]
+    assert payload["targets"] == []
 
 
 def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) -> None:
@@ -189,8 +216,8 @@ def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) ->
     manifest = write_region_manifest(tmp_path / "data", 2, 3, 64, seed=0)
     assert [len(json.loads(line)["regions"]) for line in manifest.read_text().splitlines()] == [3, 3]
     cache_dir = tmp_path / "cache"
-    build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
-    names = ["GC+LRC+GR frozen", "GC+LRC+GR cached"]
+    build_teacher_cache_folder(variant_config(args, "GC+RLA+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
+    names = ["GC+RLA+GR frozen", "GC+RLA+GR cached"]
     runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in names}, torch.device("cpu"))
     frozen, cached = (
         teacher_targets(
