@@ -24,7 +24,15 @@ from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, target
 from plumbing.atomic_files import write_text_atomic  # noqa: E402
 from plumbing.command_line import CommandParser, run_command  # noqa: E402
 
-BENCHMARKS = ("region_throughput", "global_overhead", "train_step", "phrase_extraction", "data_loading")
+BENCHMARKS = (
+    "region_throughput",
+    "global_overhead",
+    "train_step",
+    "phrase_extraction",
+    "data_loading",
+    "pipeline_throughput",
+    "compile_speed",
+)
 
 
 def build_parser() -> CommandParser:

@@ -111,6 +111,37 @@ def test_region_throughput(tmp_path: Path) -> None:
         assert printed[5].startswith(f"{row['speedup']['median']:.2f} (") and printed[7] == cell(target_item["met"])
 
 
+def test_pipeline_throughput(tmp_path: Path) -> None:
+    payload = run_script("pipeline_throughput", tmp_path, "--images", "3", "--batch-sizes", "1,2", "--repeats", "2")
+    methods = [row["method"] for row in payload["results"]]
+    assert methods == ["per image", "per image, labels encoded each call", "batch_size=1", "batch_size=2"]
+    assert payload["settings"]["images"] == 3 and len(payload["settings"]["boxes_per_image"]) == 3
+    per_image = check_summary(payload["results"][0]["time"], 2)
+    table = table_rows(payload["markdown"], "geometry")
+    for row, printed in zip(payload["results"], table, strict=True):
+        seconds = check_summary(row["time"], 2)
+        check_ratio(row["speedup_over_per_image"], per_image, seconds)
+        assert row["images_per_s"] == pytest.approx(3 / statistics.median(seconds), rel=1e-12)
+        assert printed[:3] == ["tiny", row["method"], cell(row["images_per_s"])]
+
+
+def test_compile_speed(tmp_path: Path) -> None:
+    payload = run_script("compile_speed", tmp_path, "--backend", "aot_eager", "--boxes", "3", "--repeats", "2")
+    assert [row["method"] for row in payload["results"]] == ["get_region_features", "get_dense_features"]
+    assert payload["settings"]["backend"] == "aot_eager" and payload["settings"]["images_per_call"] == 1
+    table = table_rows(payload["markdown"], "call")
+    for row, printed in zip(payload["results"], table, strict=True):
+        eager, compiled = check_summary(row["eager"], 2), check_summary(row["compiled"], 2)
+        check_ratio(row["speedup"], eager, compiled)
+        assert row["max_abs_diff"] <= 1e-5 and row["compile_s"] > 0
+        assert row["images_per_s_compiled"] == pytest.approx(1 / statistics.median(compiled), rel=1e-12)
+        assert printed[:3] == [
+            row["method"],
+            cell(row["eager"]["median_s"] * 1e3),
+            cell(row["compiled"]["median_s"] * 1e3),
+        ]
+
+
 def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -> None:
     from benchmarks.region_throughput import crop_and_encode
 
@@ -260,7 +291,7 @@ def test_data_loading(tmp_path: Path) -> None:
         per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
     )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
-    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}  # the shipped config: all three terms
+    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_rla", "loss_gr"}  # the shipped recipe: GC+RLA+GR
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:
