@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from conftest import tiny_harmoclip_model
+from conftest import ROOT, tiny_harmoclip_model
 from conversion.export_onnx import main
-from conversion.processor_files import make_image_processor, save_processor
+from conversion.processor_files import make_image_processor, save_harmoclip_processor
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def exported(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("onnx")
     model = tiny_harmoclip_model(seed=3)
     model.save_pretrained(root / "model")
-    save_processor(root / "model", tiny_tokenizer, make_image_processor(32))
+    save_harmoclip_processor(root / "model", tiny_tokenizer, make_image_processor(32))
     assert main(["--model", str(root / "model"), "--output-dir", str(root / "onnx")]) == 0
     return model, root
 
@@ -76,7 +79,7 @@ def test_manifest_records_the_graphs_and_the_check(exported) -> None:
         "outputs": ["region_embeds", "dense_features"],
     }
     assert manifest["text"]["outputs"] == ["text_embeds"]
-    assert manifest["logit_scale"] == pytest.approx(float(model.logit_scale.exp()))
+    assert manifest["logit_scale"] == pytest.approx(float(model.logit_scale.detach().exp()))
     assert max(manifest["check"].values()) <= 1e-4
 
 
@@ -91,3 +94,27 @@ def test_export_refuses_an_existing_output_and_a_folder_that_is_not_harmoclip(ex
     assert main(["--model", str(tmp_path / "other"), "--output-dir", str(tmp_path / "out")]) == 1
     assert "expected model_type 'harmoclip'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_documented_onnxruntime_example_runs_and_matches_pytorch(exported, tmp_path, monkeypatch, capsys) -> None:
+    """docs/inference.md's onnxruntime example, run as written on the tiny export, gives the model's own scores."""
+    model, root = exported
+    page = (ROOT / "docs" / "inference.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "onnxruntime" in block)
+    (tmp_path / "harmoclip-vitb16").symlink_to(root / "model")
+    (tmp_path / "harmoclip-vitb16-onnx").symlink_to(root / "onnx")
+    Image.new("RGB", (480, 360), (90, 140, 30)).save(tmp_path / "street.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "docs/inference.md", "exec"), namespace)
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # one line per box
+
+    from modeling_harmoclip.pipeline_harmoclip import label_embeddings, label_probabilities
+
+    processor = namespace["processor"]
+    inputs = processor(images=Image.open(Path("street.jpg")), boxes=[[10, 20, 200, 310], [220, 40, 400, 300]])
+    with torch.no_grad():
+        regions = model.get_region_features(inputs["pixel_values"], inputs["boxes"], inputs["box_mask"])
+        labels = label_embeddings(model, processor.tokenizer, namespace["labels"], namespace["templates"])
+        expected = label_probabilities(regions, labels, model.logit_scale.exp())[0]
+    assert np.abs(namespace["probabilities"] - expected.numpy()).max() <= 1e-4
