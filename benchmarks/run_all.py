@@ -28,6 +28,8 @@ BENCHMARKS = (
     "train_step",
     "phrase_extraction",
     "data_loading",
+    "pipeline_throughput",
+    "compile_speed",
 )
 
 

@@ -15,6 +15,7 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -82,7 +83,10 @@ def _normalize(embeds: torch.Tensor) -> torch.Tensor:
 def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = "boxes") -> torch.Tensor:
     """Validates (B, N, 4) xyxy boxes and returns the (B, N) bool mask of valid boxes.
 
-    Raises `ValueError` naming the argument and the first offending (image, box) index.
+    Raises `ValueError` naming the argument and the first offending (image, box) index. The shape checks always run;
+    the value checks (finite, not inverted) read the boxes on the host, so inside `torch.compile` / `torch.export`
+    they are left out (no graph break): run this function eagerly before the compiled call, as
+    `HarmoCLIPModel.compiled_region_features` does.
     """
     if not isinstance(boxes, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, N, 4), got {type(boxes).__name__}")
@@ -95,6 +99,8 @@ def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = 
             shape = tuple(box_mask.shape) if isinstance(box_mask, torch.Tensor) else type(box_mask).__name__
             raise ValueError(f"`box_mask` must have shape {tuple(boxes.shape[:2])} to match `{name}`, got {shape}")
         box_mask = box_mask.to(device=boxes.device, dtype=torch.bool)
+    if torch.compiler.is_compiling():
+        return box_mask
     bad_value = ~torch.isfinite(boxes).all(dim=-1) & box_mask
     inverted = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])) & box_mask
     if (bad_value | inverted).any():  # one host synchronisation for both checks
@@ -239,6 +245,42 @@ class HarmoCLIPModel(CLIPModel):
             self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
         )
         return self._pool_regions(dense, boxes, box_mask)
+
+    def get_region_and_dense_features(
+        self,
+        pixel_values: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`get_region_features` and `get_dense_features` from one pass of the image encoder (what the exported
+        region graph computes).
+
+        Returns:
+            region_embeds (B, N, D) float32, L2-normalised, zeros for masked boxes; dense (B, D, H/patch, W/patch)
+            L2-normalised per location.
+        """
+        box_mask = check_boxes(boxes, box_mask)
+        dense = self._dense_from_trunk(
+            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
+        )
+        return self._pool_regions(dense, boxes, box_mask), F.normalize(dense, dim=1, eps=1e-12)
+
+    def compiled_region_features(self, **compile_options: Any) -> Callable[..., torch.Tensor]:
+        """`get_region_features` under `torch.compile(**compile_options)` (one graph, no graph break), with the box
+        value checks of `check_boxes` run eagerly before the compiled part.
+
+        A new number of boxes or images recompiles once (or pass `dynamic=True`). Returns a callable
+        ``(pixel_values (B, 3, H, W), boxes (B, N, 4), box_mask (B, N) | None) -> (B, N, D)``.
+        """
+        compiled = torch.compile(self.get_region_features, **compile_options)
+
+        def region_features(
+            pixel_values: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            return compiled(pixel_values, boxes, check_boxes(boxes, box_mask))
+
+        return region_features
 
     def get_crop_features(
         self,

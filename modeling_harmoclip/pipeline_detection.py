@@ -12,8 +12,8 @@
     # [{"score": 0.74, "label": "dog", "mask": <PIL.Image.Image mode=L, the image's size>}, ...]
 
 Both read one pass of the image encoder (`detection.detect_objects`): the label maps, the proposals drawn from them (or
-the user's `boxes=`) and the region embedding of every box. Labels are encoded by `pipeline_harmoclip.label_embeddings`,
-as region classification encodes them. `HarmoCLIPModel.save_pretrained` writes both tasks into the config's
+the user's `boxes=`) and the region embedding of every box. Labels go through `pipeline_harmoclip.resolve_label_embeddings`
+as region classification's do: reused across calls, or the caller's `label_embeds=`. `HarmoCLIPModel.save_pretrained` writes both tasks into the config's
 `custom_pipelines` and copies this file, so `pipeline(task, model=folder_or_hub_id, trust_remote_code=True)` loads them
 where the project is not installed. In one process with a model already loaded, build them directly:
 `ZeroShotRegionDetectionPipeline(model=model, processor=processor)`.
@@ -37,7 +37,7 @@ from .detection import (
     check_threshold,
     detect_objects,
 )
-from .pipeline_harmoclip import DEFAULT_TEMPLATES, label_embeddings
+from .pipeline_harmoclip import DEFAULT_TEMPLATES, resolve_label_embeddings
 from .processing_harmoclip import check_strings, original_image_size
 
 DETECTION_TASK = "zero-shot-object-detection"
@@ -53,9 +53,11 @@ def encode_candidates(
     candidate_labels: Sequence[str],
     background_label: str | None = DEFAULT_BACKGROUND,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    label_embeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(L, D) candidate label embeddings and the (D,) background's (None without a background label), from one
-    `label_embeddings` call."""
+    """(L, D) candidate label embeddings and the (D,) background's (None without a background label), both through
+    `resolve_label_embeddings`: the caller's `label_embeds` for the candidates when given, otherwise reused across
+    calls like every pipeline's."""
     candidate_labels = check_strings(candidate_labels, "candidate_labels")
     if background_label is not None:
         if not isinstance(background_label, str) or not background_label.strip():
@@ -64,11 +66,10 @@ def encode_candidates(
             raise ValueError(
                 f"`background_label` {background_label!r} is also a candidate label; choose another or None"
             )
-    names = candidate_labels + ([background_label] if background_label is not None else [])
-    embeds = label_embeddings(model, tokenizer, names, templates)
+    embeds = resolve_label_embeddings(model, tokenizer, candidate_labels, templates, label_embeds)
     if background_label is None:
         return embeds, None
-    return embeds[:-1], embeds[-1]
+    return embeds, resolve_label_embeddings(model, tokenizer, [background_label], templates)[0]
 
 
 class _DenseLabelPipeline(Pipeline):
@@ -121,6 +122,7 @@ class _DenseLabelPipeline(Pipeline):
             candidate_labels,
             kwargs.pop("background_label", DEFAULT_BACKGROUND),
             kwargs.pop("templates", DEFAULT_TEMPLATES),
+            kwargs.pop("label_embeds", None),
         )
         kwargs.update(label_embeds=label_embeds, background_embed=background_embed)
         return super().__call__(inputs, candidate_labels=candidate_labels, **kwargs)

@@ -15,6 +15,8 @@ classification, its pictures and the demo Space call the functions below, so the
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -40,6 +42,8 @@ DEFAULT_TEMPLATES = (
 )
 # Prompts encoded per text-tower call: bounds activation memory whatever the number of labels and templates.
 TEXT_BATCH_SIZE = 256
+# Label embeddings kept per model by `resolve_label_embeddings` (least recently used dropped first).
+LABEL_CACHE_SIZE = 32
 # "Not given" for `top_k`, whose None means "every label".
 _UNSET: Any = object()
 
@@ -120,6 +124,76 @@ def label_embeddings(
     )
 
 
+# model -> {(labels, templates, tokenizer id, weights state): (tokenizer, (L, D) embeddings)}; an entry goes with its
+# model. The tokenizer is kept in the entry so that its id cannot be reused by another tokenizer while cached.
+_LABEL_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
+
+
+def _weights_state(model: torch.nn.Module) -> tuple[Any, ...]:
+    """What says the model's weights changed: the sum of the parameters' version counters (every in-place update,
+    an optimizer step or `load_state_dict`, raises one), and the first parameter's storage, device and dtype (`.to`,
+    `.half()`)."""
+    parameters = list(model.parameters())
+    first = parameters[0]
+    return sum(parameter._version for parameter in parameters), first.data_ptr(), first.device, first.dtype
+
+
+def clear_label_cache(model: torch.nn.Module | None = None) -> None:
+    """Forgets the label embeddings `resolve_label_embeddings` keeps for `model` (every model if None): needed only
+    after changing weights behind autograd's back (through `.data`), which the cache cannot see."""
+    if model is None:
+        _LABEL_CACHE.clear()
+    else:
+        _LABEL_CACHE.pop(model, None)
+
+
+def resolve_label_embeddings(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    labels: Sequence[str],
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    label_embeds: torch.Tensor | None = None,
+    cache: bool = True,
+) -> torch.Tensor:
+    """The labels' prompt-ensembled embeddings, computed once and reused: the one place every pipeline gets them.
+
+    Args:
+        model, tokenizer: as for `label_embeddings`; labels: the L label names; templates: prompts with '{}'.
+        label_embeds: (L, D) embeddings the caller computed already (`label_embeddings`); used as given (checked
+            and moved to the model's device), nothing is encoded.
+        cache: reuse the embeddings of an earlier call with the same model, tokenizer, labels and templates, as long
+            as the model's weights have not changed since (see `_weights_state`; `clear_label_cache` for the rest).
+    Returns:
+        (L, D) float32 on the model's device, L2-normalised (a copy: changing it leaves the cache alone).
+    """
+    labels = check_strings(labels, "labels")
+    templates = check_templates(templates)
+    device = model_device(model)
+    if label_embeds is not None:
+        dim = getattr(model.config, "projection_dim", None)
+        if not isinstance(label_embeds, torch.Tensor) or label_embeds.dim() != 2:
+            shape = tuple(label_embeds.shape) if isinstance(label_embeds, torch.Tensor) else type(label_embeds).__name__
+            raise ValueError(f"`label_embeds` must be a ({len(labels)}, D) tensor, got {shape}")
+        if label_embeds.shape[0] != len(labels) or (dim is not None and label_embeds.shape[1] != dim):
+            raise ValueError(
+                f"`label_embeds` must have shape ({len(labels)}, {dim}) for {len(labels)} labels, got "
+                f"{tuple(label_embeds.shape)}"
+            )
+        return label_embeds.detach().to(device=device, dtype=torch.float32)
+    if not cache:
+        return label_embeddings(model, tokenizer, labels, templates)
+    entries = _LABEL_CACHE.setdefault(model, OrderedDict())
+    key = (tuple(labels), tuple(templates), id(tokenizer), _weights_state(model))
+    if key in entries:
+        entries.move_to_end(key)
+        return entries[key][1].clone()
+    embeds = label_embeddings(model, tokenizer, labels, templates)
+    entries[key] = (tokenizer, embeds)
+    while len(entries) > LABEL_CACHE_SIZE:
+        entries.popitem(last=False)
+    return embeds.clone()
+
+
 def label_probabilities(
     embeds: torch.Tensor, label_embeds: torch.Tensor, logit_scale: torch.Tensor | float
 ) -> torch.Tensor:
@@ -156,20 +230,15 @@ def dense_similarity(
 
     Args:
         model: a HarmoCLIP model; processor: its `HarmoCLIPProcessor`; image: a PIL image, array or tensor.
-        label_embeds: (L, D) the labels' embeddings from `label_embeddings`, when already computed (many images).
+        label_embeds: (L, D) the labels' embeddings from `label_embeddings`, when already computed; otherwise
+            `resolve_label_embeddings` computes them once per model, labels and templates.
     Returns:
         (L, h, w) float32 on the CPU, h x w the patch grid.
     """
     pixel_values = processor.as_region_mode()(images=image, return_tensors="pt")["pixel_values"]
     parameter = next(model.parameters())
     dense = model.get_dense_features(pixel_values.to(device=parameter.device, dtype=parameter.dtype))[0]  # (D, h, w)
-    if label_embeds is None:
-        label_embeds = label_embeddings(model, processor.tokenizer, labels, templates)
-    elif label_embeds.shape != (len(labels), dense.shape[0]):
-        raise ValueError(
-            f"`label_embeds` must have shape ({len(labels)}, {dense.shape[0]}) for {len(labels)} labels, "
-            f"got {tuple(label_embeds.shape)}"
-        )
+    label_embeds = resolve_label_embeddings(model, processor.tokenizer, labels, templates, label_embeds)
     return torch.einsum("dhw,ld->lhw", dense.float(), label_embeds.float().to(dense.device)).cpu()
 
 
@@ -180,6 +249,7 @@ def dense_probabilities(
     image: Any,
     labels: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,
+    label_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Label maps: for every patch of `image`, the softmax over `labels` of ``logit_scale * cos(patch, label)``, the
     scoring region classification gives a box (`label_probabilities`), here per patch (a zero-shot segmentation).
@@ -191,7 +261,9 @@ def dense_probabilities(
     Returns:
         (L, h, w) float32 on the CPU, summing to 1 over L at every patch; h x w the patch grid.
     """
-    return similarity_to_probabilities(dense_similarity(model, processor, image, labels, templates), model)
+    return similarity_to_probabilities(
+        dense_similarity(model, processor, image, labels, templates, label_embeds), model
+    )
 
 
 def similarity_to_probabilities(similarity: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -205,7 +277,9 @@ class RegionClassificationPipeline(Pipeline):
     of the image encoder for all boxes).
 
     Call: `classifier(image, boxes=[[x1, y1, x2, y2], ...], candidate_labels=[...])`, or a list of
-    `{"image": ..., "boxes": [...]}` for several images (the labels are encoded once per call).
+    `{"image": ..., "boxes": [...]}` for several images, `batch_size=` images per pass of the image encoder (images
+    with fewer boxes are padded with `box_mask`; the results equal one image per pass). The labels are encoded once
+    per model, labels and templates and reused by later calls (`resolve_label_embeddings`).
 
     Args (call):
         image: a path, URL, PIL image, array or tensor.
@@ -213,6 +287,9 @@ class RegionClassificationPipeline(Pipeline):
         candidate_labels: the label names.
         templates: prompt templates with '{}' (default `DEFAULT_TEMPLATES`, a prompt ensemble).
         top_k: labels kept per box (default 5; all if None).
+        label_embeds: (L, D) embeddings of `candidate_labels` computed already (`label_embeddings`); nothing is
+            encoded.
+        batch_size: images per forward pass (transformers' pipeline batching; default 1).
     Returns:
         Per image a list, one dict per box in box order: `{"box": {"xmin", "ymin", "xmax", "ymax"}` in the image's
         pixels, `"label"` / `"score"`: the best label and its probability, `"labels"` / `"scores"`: the `top_k` best,
@@ -235,8 +312,9 @@ class RegionClassificationPipeline(Pipeline):
         self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
 
     def encode_labels(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
-        """(L, D) prompt-ensembled label embeddings (`label_embeddings`) on the model's device."""
-        return label_embeddings(self.model, self.tokenizer, labels, templates)
+        """(L, D) prompt-ensembled label embeddings on the model's device, reused across calls
+        (`resolve_label_embeddings`)."""
+        return resolve_label_embeddings(self.model, self.tokenizer, labels, templates)
 
     def label_probabilities(self, embeds: torch.Tensor, label_embeds: torch.Tensor) -> torch.Tensor:
         """(..., L) probabilities of (..., D) region or image embeddings among (L, D) labels, at the model's
@@ -268,7 +346,9 @@ class RegionClassificationPipeline(Pipeline):
         else:
             inputs = {"image": image, "boxes": boxes}
         templates = kwargs.pop("templates", DEFAULT_TEMPLATES)
-        kwargs["label_embeds"] = self.encode_labels(candidate_labels, templates)
+        kwargs["label_embeds"] = resolve_label_embeddings(
+            self.model, self.tokenizer, candidate_labels, templates, kwargs.pop("label_embeds", None)
+        )
         return super().__call__(inputs, candidate_labels=candidate_labels, **kwargs)
 
     def _sanitize_parameters(
@@ -355,6 +435,8 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "RegionClassificationPipeline",
     "label_embeddings",
+    "resolve_label_embeddings",
+    "clear_label_cache",
     "prompt_ensemble_embeddings",
     "label_probabilities",
     "dense_probabilities",

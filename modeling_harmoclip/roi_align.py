@@ -32,29 +32,33 @@ def _as_roi_tensor(boxes: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor
 
 
 def _axis_weights(
-    start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, pooled: int, size: int, max_grid: int
+    start: torch.Tensor, bin_size: torch.Tensor, grid: torch.Tensor, pooled: int, size: int, num_samples: int
 ) -> torch.Tensor:
     """Summed bilinear weights along one axis.
+
+    Each bin's sample points are enumerated from the first one that can reach the map (coordinate >= -1), so
+    `num_samples` only has to cover the points that fall on the map, not the whole bin.
 
     Args:
         start, bin_size, grid: (K,) RoI start coordinate, bin size and number of sample points per bin.
         pooled: number of output bins along this axis; size: length of the input map along it.
-        max_grid: the largest entry of `grid` (the sample axis is padded to it and masked).
+        num_samples: sample points enumerated per bin (see `_samples_per_bin`).
     Returns:
         (K, pooled, size) weights; row ``p`` sums the interpolation weights of bin ``p``'s sample points.
     """
     num_rois = start.shape[0]
     device = start.device
     bins = torch.arange(pooled, device=device, dtype=start.dtype)
-    samples = torch.arange(max_grid, device=device, dtype=start.dtype)
+    samples = torch.arange(num_samples, device=device, dtype=start.dtype)
     grid_f = grid.clamp(min=1).to(start.dtype)
-    # (K, pooled, max_grid) sample coordinates, as torchvision places them.
-    coords = (
-        start[:, None, None]
-        + bins[None, :, None] * bin_size[:, None, None]
-        + (samples[None, None, :] + 0.5) * (bin_size / grid_f)[:, None, None]
-    )
-    valid = samples[None, None, :] < grid[:, None, None]
+    step = (bin_size / grid_f)[:, None, None]
+    bin_start = start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]  # (K, pooled, 1)
+    # First sample index whose point may lie at or after -1 (floor: one early at most, which `inside` drops).
+    first = ((-1.0 - bin_start) / step - 0.5).floor().clamp(min=0.0)
+    samples = first + samples[None, None, :]  # (K, pooled, num_samples)
+    # (K, pooled, num_samples) sample coordinates, as torchvision places them.
+    coords = bin_start + (samples + 0.5) * step
+    valid = samples < grid[:, None, None]
     # Points more than one pixel outside the map contribute zero; the rest are clamped onto it.
     inside = (coords >= -1.0) & (coords <= size)
     coords = coords.clamp(min=0.0)
@@ -70,6 +74,26 @@ def _axis_weights(
     return weights
 
 
+def _samples_per_bin(
+    grid_h: torch.Tensor, grid_w: torch.Tensor, sampling_ratio: int, height: int, width: int
+) -> tuple[int, int]:
+    """Sample points to enumerate per bin along each axis, for (K,) grids on an (H, W) map.
+
+    With a fixed `sampling_ratio`, that ratio. With the adaptive grid (``ceil(bin_size)`` points, spaced more than
+    half a pixel apart once a bin is wider than a pixel), at most ``2 * size + 3`` of a bin's points fall on the
+    window [-1, size] that can contribute: ``2 * size + 4`` is a bound known without looking at the boxes, which is
+    what `torch.compile` and `torch.export` use (no host synchronisation, no graph break). Eagerly, one host
+    synchronisation reads the largest grids, which are smaller for boxes of ordinary size.
+    """
+    if sampling_ratio > 0:
+        return sampling_ratio, sampling_ratio
+    bound_h, bound_w = 2 * height + 4, 2 * width + 4
+    if torch.compiler.is_compiling():
+        return bound_h, bound_w
+    largest_h, largest_w = torch.stack([grid_h.max(), grid_w.max()]).tolist()
+    return min(max(largest_h, 1), bound_h), min(max(largest_w, 1), bound_w)
+
+
 def _bin_weights(
     boxes: torch.Tensor,
     output_size: tuple[int, int],
@@ -79,10 +103,7 @@ def _bin_weights(
     height: int,
     width: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-axis weights of RoIs (K, 4) xyxy: (K, out_h, H) (already divided by the sample count) and (K, out_w, W).
-
-    One host synchronisation: the largest adaptive sampling grid, which sizes the sample axis.
-    """
+    """Per-axis weights of RoIs (K, 4) xyxy: (K, out_h, H) (already divided by the sample count) and (K, out_w, W)."""
     out_h, out_w = output_size
     offset = 0.5 if aligned else 0.0
     x1 = boxes[:, 0] * spatial_scale - offset
@@ -99,9 +120,9 @@ def _bin_weights(
         grid_h = torch.ceil(roi_h / out_h).long()
         grid_w = torch.ceil(roi_w / out_w).long()
     count = (grid_h * grid_w).clamp(min=1).to(boxes.dtype)
-    max_grid_h, max_grid_w = (max(int(value), 1) for value in torch.stack([grid_h.max(), grid_w.max()]).tolist())
-    weights_y = _axis_weights(y1, roi_h / out_h, grid_h, out_h, height, max_grid_h) / count[:, None, None]
-    weights_x = _axis_weights(x1, roi_w / out_w, grid_w, out_w, width, max_grid_w)
+    samples_h, samples_w = _samples_per_bin(grid_h, grid_w, sampling_ratio, height, width)
+    weights_y = _axis_weights(y1, roi_h / out_h, grid_h, out_h, height, samples_h) / count[:, None, None]
+    weights_x = _axis_weights(x1, roi_w / out_w, grid_w, out_w, width, samples_w)
     return weights_y, weights_x
 
 

@@ -1,5 +1,6 @@
-"""CUDA check of the model and the training loop: fp32 parity of region features with the CPU, a bf16 training
-run of the embedded default on the GPU, and the saved model loaded back. Usage: python -m scripts.gpu_check OUT_DIR"""
+"""CUDA check of the model and the training loop: fp32 parity of region features with the CPU (eager and compiled), a
+bf16 training run of the embedded default on the GPU, and the saved model loaded back.
+Usage: python -m scripts.gpu_check OUT_DIR"""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def parity(report: dict) -> None:
     boxes = torch.rand(2, 16, 2) * 0.6
     boxes = torch.cat([boxes, boxes + 0.1 + torch.rand(2, 16, 2) * 0.3], dim=-1)
     with torch.no_grad():
+        compiled_cpu = model.compiled_region_features(fullgraph=True)(pixels, boxes)
         cpu_regions = model.get_region_features(pixels, boxes)
         cpu_global = model.get_image_features(pixel_values=pixels).pooler_output
         model.cuda()
@@ -37,11 +39,17 @@ def parity(report: dict) -> None:
         gpu_global = model.get_image_features(pixel_values=pixels.cuda()).pooler_output.cpu()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16_regions = model.get_region_features(pixels.cuda(), boxes.cuda()).float().cpu()
+            compiled_bf16 = model.compiled_region_features(fullgraph=True)(pixels.cuda(), boxes.cuda()).float().cpu()
     report["parity"] = {
         "fp32_region_max_abs_diff": float((cpu_regions - gpu_regions).abs().max()),
         "fp32_global_max_abs_diff": float((cpu_global - gpu_global).abs().max()),
         "bf16_region_min_cosine_to_fp32": float(
             torch.nn.functional.cosine_similarity(bf16_regions, cpu_regions, dim=-1).min()
+        ),
+        # torch.compile (inductor, one graph): on the CPU in fp32, and on the GPU under bf16 autocast.
+        "compiled_cpu_fp32_region_max_abs_diff": float((compiled_cpu - cpu_regions).abs().max()),
+        "compiled_bf16_region_min_cosine_to_fp32": float(
+            torch.nn.functional.cosine_similarity(compiled_bf16, cpu_regions, dim=-1).min()
         ),
     }
 

@@ -129,6 +129,37 @@ def test_detection_throughput(tmp_path: Path) -> None:
     assert printed[6].startswith(f"{row['speedup']['median']:.2f} (")
 
 
+def test_pipeline_throughput(tmp_path: Path) -> None:
+    payload = run_script("pipeline_throughput", tmp_path, "--images", "3", "--batch-sizes", "1,2", "--repeats", "2")
+    methods = [row["method"] for row in payload["results"]]
+    assert methods == ["per image", "per image, labels encoded each call", "batch_size=1", "batch_size=2"]
+    assert payload["settings"]["images"] == 3 and len(payload["settings"]["boxes_per_image"]) == 3
+    per_image = check_summary(payload["results"][0]["time"], 2)
+    table = table_rows(payload["markdown"], "geometry")
+    for row, printed in zip(payload["results"], table, strict=True):
+        seconds = check_summary(row["time"], 2)
+        check_ratio(row["speedup_over_per_image"], per_image, seconds)
+        assert row["images_per_s"] == pytest.approx(3 / statistics.median(seconds), rel=1e-12)
+        assert printed[:3] == ["tiny", row["method"], cell(row["images_per_s"])]
+
+
+def test_compile_speed(tmp_path: Path) -> None:
+    payload = run_script("compile_speed", tmp_path, "--backend", "aot_eager", "--boxes", "3", "--repeats", "2")
+    assert [row["method"] for row in payload["results"]] == ["get_region_features", "get_dense_features"]
+    assert payload["settings"]["backend"] == "aot_eager" and payload["settings"]["images_per_call"] == 1
+    table = table_rows(payload["markdown"], "call")
+    for row, printed in zip(payload["results"], table, strict=True):
+        eager, compiled = check_summary(row["eager"], 2), check_summary(row["compiled"], 2)
+        check_ratio(row["speedup"], eager, compiled)
+        assert row["max_abs_diff"] <= 1e-5 and row["compile_s"] > 0
+        assert row["images_per_s_compiled"] == pytest.approx(1 / statistics.median(compiled), rel=1e-12)
+        assert printed[:3] == [
+            row["method"],
+            cell(row["eager"]["median_s"] * 1e3),
+            cell(row["compiled"]["median_s"] * 1e3),
+        ]
+
+
 def test_crop_and_encode_of_the_whole_image_is_the_image_embedding(tiny_model) -> None:
     from benchmarks.region_throughput import crop_and_encode
 
@@ -163,12 +194,21 @@ def test_global_overhead(tmp_path: Path) -> None:
 def test_train_step(tmp_path: Path) -> None:
     payload = run_script("train_step", tmp_path, "--batch-size", "2", "--boxes", "3")
     results = {row["variant"]: row for row in payload["results"]}
-    assert list(results) == ["GC", "GC+LRC", "GC+LRC+GR frozen", "GC+LRC+GR cached"]
+    assert list(results) == [
+        "GC",
+        "GC+RLA",
+        "GC+RLA+GR frozen",
+        "GC+RLA+GR cached",
+        "GC+LRC",
+        "GC+LRC+GR cached",
+    ]
     terms = {name: set(row["loss_terms"]) - {"loss"} for name, row in results.items()}
     assert terms == {
         "GC": {"loss_gc"},
+        "GC+RLA": {"loss_gc", "loss_rla"},
+        "GC+RLA+GR frozen": {"loss_gc", "loss_rla", "loss_gr"},
+        "GC+RLA+GR cached": {"loss_gc", "loss_rla", "loss_gr"},
         "GC+LRC": {"loss_gc", "loss_lrc"},
-        "GC+LRC+GR frozen": {"loss_gc", "loss_lrc", "loss_gr"},
         "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"},
     }
     assert payload["settings"]["boxes_in_batch"] == 6
@@ -183,16 +223,34 @@ def test_train_step(tmp_path: Path) -> None:
             row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
         )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
-    cached = results["GC+LRC+GR cached"]
+    cached = results["GC+RLA+GR cached"]
     assert [t["value"] for t in payload["targets"]] == [
         cached["time_ratio_to_gc"]["median"],
         cached["memory_ratio_to_gc"],
     ]
     assert [t["name"] for t in payload["targets"]] == [
-        "cached HarmoCLIP step time / GC-only",
-        "cached HarmoCLIP peak memory / GC-only",
+        "GC+RLA+GR cached step time / GC-only",
+        "GC+RLA+GR cached peak memory / GC-only",
     ]
-    assert len(table_rows(payload["markdown"], "variant")) == 4
+    assert len(table_rows(payload["markdown"], "variant")) == 6
+
+
+def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
+    """`--variants` runs a subset (GC always, as the baseline); "GC+RLA+GR frozen" is TrainConfig's default recipe."""
+    from benchmarks.train_step import VARIANTS, selected_variants
+    from training.config import TrainConfig
+
+    defaults = TrainConfig()
+    shipped = VARIANTS["GC+RLA+GR frozen"]
+    assert {key: getattr(defaults, key) for key in shipped} == shipped
+    assert selected_variants("GC+RLA") == ["GC", "GC+RLA"]
+    with pytest.raises(ValueError, match=r"--variants: unknown variant\(s\) \['GC\+XYZ'\]"):
+        selected_variants("GC+XYZ")
+    payload = run_script(
+        "train_step", tmp_path, "--batch-size", "2", "--boxes", "2", "--variants", "GC+RLA", "--skip-memory"
+    )
+    assert [row["variant"] for row in payload["results"]] == ["GC", "GC+RLA"]
+    assert payload["targets"] == []
 
 
 def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) -> None:
@@ -207,8 +265,8 @@ def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) ->
     manifest = write_region_manifest(tmp_path / "data", 2, 3, 64, seed=0)
     assert [len(json.loads(line)["regions"]) for line in manifest.read_text().splitlines()] == [3, 3]
     cache_dir = tmp_path / "cache"
-    build_teacher_cache_folder(variant_config(args, "GC+LRC+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
-    names = ["GC+LRC+GR frozen", "GC+LRC+GR cached"]
+    build_teacher_cache_folder(variant_config(args, "GC+RLA+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
+    names = ["GC+RLA+GR frozen", "GC+RLA+GR cached"]
     runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in names}, torch.device("cpu"))
     frozen, cached = (
         teacher_targets(
@@ -251,7 +309,7 @@ def test_data_loading(tmp_path: Path) -> None:
         per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
     )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
-    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_lrc", "loss_gr"}  # the shipped config: all three terms
+    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_rla", "loss_gr"}  # the shipped recipe: GC+RLA+GR
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:
