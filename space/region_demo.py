@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from box_proposals import grid_boxes, saliency_map, salient_region_boxes
 from demo_drawing import label_boxes, overlay_heatmap
-from PIL import Image
+from PIL import Image, ImageOps
 
 TYPED_BOXES = "Typed boxes"
 GRID_BOXES = "Grid"
@@ -108,6 +108,12 @@ class RegionDemo:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
+    def read_image(self, image: Image.Image) -> Image.Image:
+        """`image` in the frame the pipeline reads it (upright: EXIF orientation applied, RGB). A model published before
+        its pipeline had `read_image` gets the same frame from PIL directly."""
+        reader = getattr(self.classifier, "read_image", None)
+        return reader(image) if reader is not None else ImageOps.exif_transpose(image).convert("RGB")
+
     def dense_features(self, image: Image.Image) -> np.ndarray:
         """(D, h, w) L2-normalised patch embeddings of the whole image."""
         pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
@@ -171,7 +177,10 @@ class RegionDemo:
         """
         if image is None:
             raise DemoInputError("Upload an image first.")
-        image = (Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image).convert("RGB")
+        image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
+        # The pipeline's own reading (upright: EXIF orientation applied, RGB): boxes are typed, checked and drawn in
+        # the frame the model sees.
+        image = self.read_image(image)
         labels = parse_labels(labels_text)
         if box_source == TYPED_BOXES:
             parse_boxes(boxes_text, *image.size)  # report malformed lines before any model call
