@@ -107,13 +107,13 @@ class RegionDemo:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def read_image(self, image: Image.Image) -> Image.Image:
         """`image` in the frame the pipeline reads it (upright: EXIF orientation applied, RGB). A model published before
         its pipeline had `read_image` gets the same frame from PIL directly."""
         reader = getattr(self.classifier, "read_image", None)
         return reader(image) if reader is not None else ImageOps.exif_transpose(image).convert("RGB")
 
+    @torch.no_grad()
     def dense_features(self, image: Image.Image) -> np.ndarray:
         """(D, h, w) L2-normalised patch embeddings of the whole image."""
         pixel_values = self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.device)
