@@ -72,6 +72,25 @@ def recover_interrupted_write(target: Path) -> None:
             logger.warning("removed %s, the incomplete output of an interrupted write of %s", staging, target)
 
 
+def move_folder_into_place(complete: Path, target: Path, backup: Path) -> None:
+    """Renames the folder `complete` to `target`. A previous `target` is first renamed to `backup` and deleted only once
+    the new one is in place (renamed back if that fails): at every instant one complete version exists, under `target`
+    or, for the instant of the swap, under `backup`."""
+    previous = None
+    if target.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+        os.rename(target, backup)
+        previous = backup
+    try:
+        os.rename(complete, target)
+    except BaseException:
+        if previous is not None:
+            os.rename(previous, target)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty staging folder; when the block succeeds, the staging folder becomes `target`.
@@ -91,18 +110,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     try:
         yield staging
         check_output_dir(target, overwrite)  # another process may have created it meanwhile
-        backup = None
-        if target.exists():
-            backup = target.parent / f".{target.name}.previous-{tag}"
-            os.rename(target, backup)
-        try:
-            os.rename(staging, target)
-        except BaseException:
-            if backup is not None:
-                os.rename(backup, target)
-            raise
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        move_folder_into_place(staging, target, target.parent / f".{target.name}.previous-{tag}")
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -139,4 +147,11 @@ def save_model_atomically(model: Any, processor: Any, folder: str | Path) -> Pat
     return Path(folder)
 
 
-__all__ = ["atomic_directory", "check_output_dir", "write_bytes_atomic", "write_text_atomic", "save_model_atomically"]
+__all__ = [
+    "atomic_directory",
+    "check_output_dir",
+    "move_folder_into_place",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "save_model_atomically",
+]

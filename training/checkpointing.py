@@ -17,7 +17,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from plumbing.atomic_files import write_text_atomic
+from plumbing.atomic_files import move_folder_into_place, write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 PROCESS_FILE = "process_{:05d}.json"
@@ -31,7 +31,7 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first. A step's previous checkpoint set aside while it was being replaced
-    (`.old-step_...`, see `replace_folder`) counts where the run was killed before the new one took its place."""
+    (`.old-step_...`, see `move_folder_into_place`) counts where the run was killed before the new one took its place."""
     folder = checkpoint_dir(output_dir)
     if not folder.is_dir():
         return []
@@ -91,7 +91,8 @@ def save_checkpoint(
                 json.dump({"step": step, **state}, handle, indent=2)
                 handle.flush()
                 os.fsync(handle.fileno())
-            replace_folder(temporary, final)
+            # A step saved before (a resumed run) is set aside, not deleted, until the new one is in place.
+            move_folder_into_place(temporary, final, final.with_name(f".old-{final.name}"))
     except BaseException:  # a full disk, an error: the incomplete folder goes, the previous checkpoints stay
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -100,24 +101,6 @@ def save_checkpoint(
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
-
-
-def replace_folder(complete: Path, final: Path) -> None:
-    """Renames the complete folder `complete` to `final`. A `final` saved before (the same step, by a resumed run) is
-    moved aside first and deleted only once the new one is in place (put back if the rename fails), so that at every
-    instant one complete checkpoint of the step exists."""
-    previous = final.with_name(f".old-{final.name}") if final.exists() else None
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(final, previous)
-    try:
-        os.replace(complete, final)
-    except BaseException:
-        if previous is not None:
-            os.rename(previous, final)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
