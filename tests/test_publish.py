@@ -27,6 +27,7 @@ MODEL_FILES = {
     "losses.py",
     "roi_align.py",
     "processing_harmoclip.py",
+    "image_io.py",
     "pipeline_harmoclip.py",
     "tokenizer.json",
     "tokenizer_config.json",
