@@ -335,3 +335,14 @@ def test_write_text_atomic_keeps_the_previous_file(tmp_path: Path, monkeypatch) 
     with pytest.raises(InjectedFault):
         write_text_atomic(path, "new")
     assert path.read_text() == "old" and leftovers(tmp_path, path) == []
+
+
+def test_checkpoints_beyond_keep_are_pruned_after_each_save(tmp_path: Path) -> None:
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(3, 2))
+    for step in range(1, 5):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        save_checkpoint(accelerator, tmp_path, step, {"epoch": 0, "batch_in_epoch": step}, keep=2)
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["step_00000003", "step_00000004"]

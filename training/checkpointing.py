@@ -97,6 +97,7 @@ def save_checkpoint(
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
+    if accelerator.is_main_process:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
