@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from transformers.image_utils import load_image as load_remote_image
@@ -54,7 +53,8 @@ def read_image(source: Any, name: str | None = None, timeout: float | None = Non
     """The image in `source`, upright and RGB (a `PIL.Image.Image`, fully decoded).
 
     Args:
-        source: a path (str or `Path`), an http(s) URL, the file's bytes, a binary file object, or a PIL image.
+        source: a path (str or `Path`), an http(s) URL, a base64 string or data URI (as transformers' `load_image`
+            takes them), the file's bytes, a binary file object, or a PIL image.
         name: what an error calls the image (default: the path, or the file object's name).
         timeout: seconds to wait for a URL.
 
@@ -67,22 +67,25 @@ def read_image(source: Any, name: str | None = None, timeout: float | None = Non
 
     where = name or image_name(source)
     if isinstance(source, PIL.Image.Image):
+        if source.mode == "RGB" and source.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return source  # already upright RGB (the common case in the processor): no copy
         return upright_rgb(source)
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str) and not os.path.isfile(source):
+        # A URL, or transformers' other string forms (base64, data URI); anything else is a missing file.
+        is_url = source.startswith(("http://", "https://"))
         try:
             return upright_rgb(load_remote_image(source, timeout=timeout))
         except Exception as error:  # network and decoding errors alike: one line
-            raise ImageReadError(f"cannot read image {where}: {type(error).__name__}: {error}") from None
+            reason = f"{type(error).__name__}: {error}".splitlines()[0] if is_url else "no such file"
+            raise ImageReadError(f"cannot read image {where}: {reason}") from None
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
-    elif isinstance(source, os.PathLike):
-        source = os.fspath(source)
     elif not isinstance(source, str) and not hasattr(source, "read"):
         raise TypeError(
             f"image must be a path, URL, bytes, binary file or PIL image, got {type(source).__name__} for {where}"
         )
-    if isinstance(source, str) and not Path(source).is_file():
-        raise ImageReadError(f"cannot read image {where}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)

@@ -8,6 +8,7 @@ displayed 200 wide and 320 high. The reference upright pixels are the stored pix
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def assert_upright(image: Image.Image) -> None:
 
 
 def test_read_image_is_upright_from_a_path_bytes_a_file_or_an_opened_image(rotated_jpeg: Path) -> None:
-    for source in (rotated_jpeg, str(rotated_jpeg), rotated_jpeg.read_bytes(), Image.open(rotated_jpeg)):
+    encoded = base64.b64encode(rotated_jpeg.read_bytes()).decode()
+    for source in (rotated_jpeg, str(rotated_jpeg), rotated_jpeg.read_bytes(), Image.open(rotated_jpeg), encoded):
         assert_upright(read_image(source))
+    plain = Image.fromarray(upright_reference())
+    assert read_image(plain) is plain  # already upright RGB: passed through, not copied
     with open(rotated_jpeg, "rb") as handle:
         assert_upright(read_image(handle))
     once = read_image(rotated_jpeg)
