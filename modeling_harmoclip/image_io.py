@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from transformers.image_utils import load_image as load_remote_image
@@ -86,12 +88,32 @@ def read_image(source: Any, name: str | None = None, timeout: float | None = Non
         raise TypeError(
             f"image must be a path, URL, bytes, binary file or PIL image, got {type(source).__name__} for {where}"
         )
+    with one_line_errors(where):
+        with PIL.Image.open(source) as image:
+            image.load()  # decode now: a truncated file fails here, naming it, not later in a transform
+            return upright_rgb(image)
+
+
+def check_image_bytes(data: bytes, name: str) -> None:
+    """Checks, without decoding the pixels, that `data` is an image PIL identifies, within PIL's pixel limit and whose
+    structure verifies (`Image.verify`): data preparation's cheap check. A truncated file can pass it; `read_image`
+    still reports it when the image is read. Raises `ImageReadError` in one line naming `name`."""
+    import PIL.Image
+
+    with one_line_errors(name):
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            image.verify()
+
+
+@contextmanager
+def one_line_errors(where: str) -> Iterator[None]:
+    """Turns what PIL raises for an unusable image (and its decompression-bomb warning) into one `ImageReadError`."""
+    import PIL.Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(source) as image:
-                image.load()  # decode now: a truncated file fails here, naming it, not later in a transform
-                return upright_rgb(image)
+            yield
     except (PIL.Image.DecompressionBombWarning, PIL.Image.DecompressionBombError) as error:
         limit = PIL.Image.MAX_IMAGE_PIXELS
         raise ImageReadError(

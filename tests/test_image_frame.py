@@ -21,7 +21,7 @@ from transformers import pipeline
 
 from conftest import run_isolated, tiny_harmoclip_model, tiny_processor
 from evaluation.eval_data import ImageBoxDataset, load_image
-from modeling_harmoclip.image_io import ImageReadError, read_image
+from modeling_harmoclip.image_io import ImageReadError, check_image_bytes, read_image
 from modeling_harmoclip.pipeline_harmoclip import PIPELINE_TASK
 from space_support import space_module
 from training.data.data_common import SkippedSample
@@ -176,6 +176,10 @@ def test_unreadable_images_get_one_line_naming_the_file(tmp_path: Path, rotated_
                 reader(tmp_path / name)
             message = str(caught.value)
             assert "\n" not in message and str(tmp_path / name) in message and reason in message, message
+    # Data preparation's cheap check (no decoding) names the file in the same words.
+    with pytest.raises(ImageReadError, match="notes.jpg: not an image file"):
+        check_image_bytes((tmp_path / "notes.jpg").read_bytes(), str(tmp_path / "notes.jpg"))
+    check_image_bytes(rotated_jpeg.read_bytes(), str(rotated_jpeg))
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"image": name, "caption": "x"}) + "\n" for name in cases))
     for index, (name, reason) in enumerate(cases.items()):
@@ -191,5 +195,7 @@ def test_images_over_the_pixel_limit_are_refused_in_one_line(rotated_jpeg: Path,
         with pytest.raises(ImageReadError, match=f"decompression-bomb limit of {limit} pixels") as caught:
             read_image(rotated_jpeg)
         assert "\n" not in str(caught.value) and str(rotated_jpeg) in str(caught.value)
+        with pytest.raises(ImageReadError, match="decompression-bomb limit"):
+            check_image_bytes(rotated_jpeg.read_bytes(), str(rotated_jpeg))
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", pixels)
     assert_upright(read_image(rotated_jpeg))

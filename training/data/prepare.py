@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.image_io import ImageReadError, read_image
+from modeling_harmoclip.image_io import ImageReadError, check_image_bytes, read_image
 from plumbing.atomic_files import atomic_directory
 from plumbing.command_line import CommandParser, run_command
 
@@ -189,14 +189,14 @@ def region_row(box, spans: list[list[int] | None], label: str | None) -> dict[st
 
 
 def read_image_bytes(path: Path) -> bytes:
-    """The file's bytes as they are (EXIF orientation kept: training reads them upright), after checking that they
-    decode whole as every entry point reads them (`read_image`); `SampleError` in one line otherwise."""
+    """The file's bytes as they are (EXIF orientation kept: training reads them upright), after the cheap check that
+    PIL identifies and verifies them without decoding (`check_image_bytes`); `SampleError` in one line otherwise."""
     try:
         data = path.read_bytes()
     except OSError as error:
         raise SampleError(f"cannot read image {path}: {type(error).__name__}: {error.strerror or error}") from error
     try:
-        read_image(data, name=str(path))
+        check_image_bytes(data, str(path))
     except ImageReadError as error:
         raise SampleError(str(error)) from error
     return data
