@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from modeling_harmoclip.image_io import read_image
 from plumbing.json_files import read_json
 
 FORMATS = ("karpathy", "jsonl", "caption-list", "coco-instances", "coco-panoptic")
@@ -344,12 +345,9 @@ def read_box_data(
 
 
 def load_image(path: Path) -> Image.Image:
-    """Opens an image as RGB, with an error naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (FileNotFoundError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    """The image at `path`, upright RGB as every entry point reads it (`modeling_harmoclip.image_io.read_image`);
+    a one-line `ValueError` naming the file when it cannot be read."""
+    return read_image(path)
 
 
 class ImageBoxDataset(Dataset):

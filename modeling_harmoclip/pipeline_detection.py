@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from transformers import Pipeline
 from transformers.image_transforms import to_pil_image
-from transformers.image_utils import load_image
 
 from .detection import (
     MAP_THRESHOLDS,
@@ -37,6 +36,7 @@ from .detection import (
     check_threshold,
     detect_objects,
 )
+from .image_io import read_image
 from .pipeline_harmoclip import DEFAULT_TEMPLATES, resolve_label_embeddings
 from .processing_harmoclip import check_strings, original_image_size
 
@@ -133,8 +133,7 @@ class _DenseLabelPipeline(Pipeline):
         image, boxes = inputs.get("image"), inputs.get("boxes")
         if image is None:
             raise ValueError(f"the {self.task_name} pipeline needs an image, got None")
-        if isinstance(image, str):
-            image = load_image(image, timeout=timeout)
+        image = read_image(image, timeout=timeout)  # upright (EXIF applied), as every entry point; unreadable: one line
         options = {"size": {"height": image_size, "width": image_size}} if image_size is not None else {}
         if boxes is not None and len(boxes) == 0:
             raise ValueError(

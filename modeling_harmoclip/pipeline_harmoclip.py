@@ -15,6 +15,7 @@ classification, its pictures and the demo Space call the functions below, so the
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -23,9 +24,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, Pipeline
-from transformers.image_utils import load_image
+from transformers.image_utils import is_pil_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .image_io import read_image
 from .processing_harmoclip import check_strings, original_image_size
 
 PIPELINE_TASK = "region-classification"
@@ -311,6 +313,12 @@ class RegionClassificationPipeline(Pipeline):
         self.processor = self.processor.as_region_mode()
         self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
 
+    @staticmethod
+    def read_image(image: Any, timeout: float | None = None) -> Any:
+        """The image (path, URL or PIL image) as this pipeline reads it: upright RGB (`image_io.read_image`). Callers
+        that draw on the image or check boxes against its size (the Space) use this frame."""
+        return read_image(image, timeout=timeout)
+
     def encode_labels(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
         """(L, D) prompt-ensembled label embeddings on the model's device, reused across calls
         (`resolve_label_embeddings`)."""
@@ -374,8 +382,8 @@ class RegionClassificationPipeline(Pipeline):
         image, boxes = inputs.get("image"), inputs.get("boxes")
         if image is None:
             raise ValueError(f"the {PIPELINE_TASK} pipeline needs an image, got None")
-        if isinstance(image, str):
-            image = load_image(image, timeout=timeout)
+        if isinstance(image, (str, os.PathLike)) or is_pil_image(image):
+            image = self.read_image(image, timeout=timeout)  # upright (EXIF applied); unreadable: one line
         if boxes is None or len(boxes) == 0:
             raise ValueError(
                 f"`boxes` must hold at least one [x1, y1, x2, y2] box in the image's pixels, got {boxes!r}"

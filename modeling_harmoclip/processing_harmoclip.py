@@ -47,12 +47,14 @@ from transformers.image_utils import (
     get_image_size,
     get_image_size_for_max_height_width,
     infer_channel_dimension_format,
+    is_pil_image,
     is_valid_image,
 )
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from .detection import NMS_IOU, check_target_sizes, select_detections, semantic_label_map
+from .image_io import read_image
 from .roi_align import enlarge_boxes
 
 # CLIP's text context: 77 positions, including the start and end tokens.
@@ -286,6 +288,9 @@ class HarmoCLIPProcessor(ProcessorMixin):
                 images = list(images)
             else:
                 raise TypeError(f"`images` must be an image or a list of images, got {type(images).__name__}")
+            # PIL images in the displayed frame (EXIF orientation applied), as every entry point reads them: boxes,
+            # crops and sizes below are in that frame.
+            images = [read_image(image) if is_pil_image(image) else image for image in images]
         if text is not None:
             if isinstance(text, str):
                 text = [text]

@@ -35,6 +35,7 @@ from plumbing.atomic_files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "scripts" / "published_figures.json"
+NO_COMPARABLE_FIGURE = "no comparable published figure known"
 BPE_PATH = ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 CLIP_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 CLIP_URL = f"https://openaipublic.azureedge.net/clip/models/{CLIP_SHA256}/ViT-B-16.pt"
@@ -258,7 +259,8 @@ def _lookup(results: dict, key: str) -> float | None:
 
 def compare(results_dirs: dict[str, Path], published: dict, tolerance: float | None = None) -> tuple[list[dict], str]:
     """Rows of `published` for the models in `results_dirs`, with our figure, the difference and a status:
-    "ok" (within tolerance), "DIFFERS", "not published here" (no figure recorded) or "not run" (no result)."""
+    "ok" (within tolerance), "DIFFERS", "no comparable published figure known" (`published` null; the row's `note`
+    says why and is printed in place of a source) or "not run" (no result)."""
     tolerance = float(published["tolerance"] if tolerance is None else tolerance)
     rows = []
     for row in published["rows"]:
@@ -271,7 +273,7 @@ def compare(results_dirs: dict[str, Path], published: dict, tolerance: float | N
         if ours is None:
             status = "not run"
         elif reference is None:
-            status = "not published here"
+            status = NO_COMPARABLE_FIGURE
         else:
             status = "ok" if abs(difference) <= tolerance else "DIFFERS"
         rows.append({**row, "ours": ours, "difference": difference, "status": status})
@@ -280,13 +282,14 @@ def compare(results_dirs: dict[str, Path], published: dict, tolerance: float | N
         return "-" if value is None else f"{value:.2f}"
 
     lines = [
-        f"Tolerance: {tolerance:g} points.",
+        f"Tolerance: {tolerance:g} points. Backbones and protocols of the published rows: docs/published_figures.md.",
         "",
-        "| model | figure | ours | published | difference | status | source |",
+        "| model | figure | ours | published | difference | status | source (or why none) |",
         "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['model']} | {r['label']} | {cell(r['ours'])} | {cell(r.get('published'))} | {cell(r['difference'])} | {r['status']} | {r['source']} |"
+        f"| {r['model']} | {r['label']} | {cell(r['ours'])} | {cell(r.get('published'))} | {cell(r['difference'])} "
+        f"| {r['status']} | {r.get('source') or r.get('note', '')} |"
         for r in rows
     ]
     return rows, "\n".join(lines) + "\n"

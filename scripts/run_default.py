@@ -49,7 +49,7 @@ def classify_held_out_image(model_dir: Path, data_dir: Path, output_dir: Path, i
     image `index`."""
     classifier = pipeline("region-classification", model=str(model_dir), trust_remote_code=True, device=-1)
     record = json.loads((data_dir / "val.jsonl").read_text().splitlines()[index])
-    image = Image.open(data_dir / record["image"]).convert("RGB")
+    image = classifier.read_image(str(data_dir / record["image"]))  # the frame the pipeline reads it in
     boxes = [region["box"] for region in record["regions"]]
     classes = read_classes(data_dir)
     predictions = classifier(image, boxes=boxes, candidate_labels=classes, top_k=3)

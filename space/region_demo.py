@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from box_proposals import grid_boxes
 from demo_drawing import label_boxes, overlay_heatmap
-from PIL import Image
+from PIL import Image, ImageOps
 
 TYPED_BOXES = "Typed boxes"
 GRID_BOXES = "Grid"
@@ -111,6 +111,12 @@ class RegionDemo:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device  # the Space has the model's code only through the pipeline
 
+    def read_image(self, image: Image.Image) -> Image.Image:
+        """`image` in the frame the pipeline reads it (upright: EXIF orientation applied, RGB). A model published before
+        its pipeline had `read_image` gets the same frame from PIL directly."""
+        reader = getattr(self.classifier, "read_image", None)
+        return reader(image) if reader is not None else ImageOps.exif_transpose(image).convert("RGB")
+
     @torch.no_grad()
     def rank_labels(self, image: Image.Image, labels: list[str]) -> dict[str, float]:
         """Zero-shot probabilities of `labels` for the whole image (softmax at the model's temperature), best first."""
@@ -178,7 +184,10 @@ class RegionDemo:
         """
         if image is None:
             raise DemoInputError("Upload an image first.")
-        image = (Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image).convert("RGB")
+        image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
+        # The pipeline's own reading (upright: EXIF orientation applied, RGB): boxes are typed, checked and drawn in
+        # the frame the model sees.
+        image = self.read_image(image)
         labels = parse_labels(labels_text)
         if box_source == TYPED_BOXES:
             parse_boxes(boxes_text, *image.size)  # report malformed lines before any model call

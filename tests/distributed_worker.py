@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from conftest import tiny_clip_config, tiny_harmoclip_model
 from training.config import TrainConfig
 from training.teacher import frozen_copy
-from training.train import forward_objective, lock_parameters
+from training.train import end_distributed_run, forward_objective, lock_parameters
 
 GLOBAL_BATCH = 6
 
@@ -87,6 +87,7 @@ def main() -> None:
     grads = {
         name: parameter.grad.clone() for name, parameter in unwrapped.named_parameters() if parameter.grad is not None
     }
+    end_distributed_run(accelerator)
     if accelerator.is_main_process:
         torch.save({"losses": losses, "grads": grads, "processes": accelerator.num_processes}, args.out)
 

@@ -14,6 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch.distributed
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from transformers import CLIPTokenizer
@@ -23,7 +24,7 @@ from conversion.clip_vocab import write_clip_tokenizer_files
 from training.builders import build_datasets
 from training.config import TrainConfig
 from training.data.collate import RegionCollator
-from training.train import TrainingBatches, build_loader
+from training.train import TrainingBatches, build_loader, end_distributed_run
 
 
 def main() -> None:
@@ -50,19 +51,22 @@ def main() -> None:
         config, train_set, RegionCollator(processor), accelerator.num_processes, accelerator.process_index
     )
     stream = TrainingBatches(loader, sampler, train_set, accelerator, config)
+    batches = iter(stream)
     epoch0, epoch1 = [], 0
-    for batch in stream:
+    for batch in batches:
         if stream.epoch == 0:
             epoch0.append(list(batch["image_ids"]))
         else:
             epoch1 += 1
             break
     gathered = gather_object([{"epoch0": epoch0, "epoch1_batches": epoch1}])
+    end_distributed_run(accelerator, batches)
     if accelerator.is_main_process:
         result = {
             "processes": accelerator.num_processes,
             "epoch0": [g["epoch0"] for g in gathered],
             "epoch1_batches": [g["epoch1_batches"] for g in gathered],
+            "process_group_left": torch.distributed.is_initialized(),
         }
         Path(args.out).write_text(json.dumps(result))
 

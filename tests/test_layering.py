@@ -40,6 +40,10 @@ ALLOWED = {
 }
 # Third-party packages the Hub remote code may import at top level wherever the model is loaded.
 MODELING_THIRD_PARTY = {"torch", "transformers"}
+# Pillow, for the one image reader (image_io.py) only, inside its functions: it is transformers' own vision dependency
+# (its `load_image` and PIL-backed image processors need it), so it is there wherever images are processed, and
+# loading the model alone never imports it.
+MODELING_IMAGE_READER = {"image_io.py": {"PIL"}}
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -81,8 +85,26 @@ def test_imports_follow_the_layers(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name)
 def test_remote_code_imports_only_torch_transformers_stdlib(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"modeling_harmoclip", "__future__"}
+    allowed |= MODELING_IMAGE_READER.get(path.name, set())
     bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]
     assert not bad, "; ".join(bad)
+
+
+def test_remote_code_imports_pillow_only_inside_functions() -> None:
+    """The image reader's Pillow imports are in its functions: importing the module needs torch and transformers only."""
+    for name, modules in MODELING_IMAGE_READER.items():
+        tree = ast.parse((ROOT / "modeling_harmoclip" / name).read_text())
+        top_level = [
+            node.lineno
+            for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            and {
+                (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+                for alias in node.names
+            }
+            & modules
+        ]
+        assert not top_level, f"{name} imports {modules} at top level (lines {top_level})"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "plumbing").glob("*.py")), ids=lambda p: p.name)

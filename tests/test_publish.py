@@ -27,6 +27,7 @@ MODEL_FILES = {
     "losses.py",
     "roi_align.py",
     "processing_harmoclip.py",
+    "image_io.py",
     "pipeline_harmoclip.py",
     "pipeline_detection.py",
     "detection.py",

@@ -112,7 +112,8 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
         "--flickr30k-images",
         str(tmp_path / "flickr30k-images"),
     ]
-    assert reproduce.main(argv) == 0
+    # The tiny stand-ins are far from the published ViT-B/16 Flickr30k figures: flagged, exit status 1.
+    assert reproduce.main(argv) == 1
     results = workdir / "results" / "pretrained"
     assert sorted(path.name for path in results.glob("*.json")) == [
         "boxcls_clipself.json",
@@ -126,8 +127,10 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
     assert clipself["settings"]["class_embeddings_from"] == str(embeddings) and embeddings.exists()
     printed = capsys.readouterr().out
     assert (
-        "| pretrained | box cls, fineclip protocol, mean-class Top-1 |" in printed and "not published here" in printed
+        "| pretrained | box cls, fineclip protocol, mean-class Top-1 |" in printed
+        and f"| {reproduce.NO_COMPARABLE_FIGURE} | FineCLIP's own box table" in printed
     )
+    assert "| pretrained | Flickr30k 1k test, image->text R@1 |" in printed and "| 82.20 |" in printed
 
     # The comparison flags a figure beyond the tolerance and passes one within it.
     ours = json.loads((results / "boxcls_fineclip.json").read_text())["results"]["dense"]["mean_class_top1"]
@@ -171,12 +174,39 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
 
 
 def test_published_figures_file_is_well_formed():
+    """Every figure recorded has its source table and protocol; every other row says why none is comparable."""
     published = json.loads(reproduce.PUBLISHED.read_text())
     assert published["tolerance"] > 0
     for row in published["rows"]:
-        assert row["model"] in ("pretrained", "finetuned") and row["source"]
+        assert row["model"] in ("pretrained", "finetuned") and row["protocol"]
         assert row["result"] in ("boxcls_fineclip", "boxcls_clipself", "retrieval_flickr30k", "retrieval_coco")
-        assert row["published"] is None or isinstance(row["published"], (int, float))
+        if row["published"] is None:
+            assert row["note"] and "source" not in row
+        else:
+            assert isinstance(row["published"], (int, float)) and "Table" in row["source"]
+    recorded = {
+        (row["model"], row["key"]): row["published"] for row in published["rows"] if row["published"] is not None
+    }
+    # Only FG-CLIP 2's Flickr30k figures of the pre-trained OpenAI ViT-B/16 match a protocol this kit runs
+    # (its COCO rows are on another image set; FineCLIP's published ViT-B/16 is EVA02-CLIP).
+    assert recorded == {("pretrained", "i2t_R@1"): 82.2, ("pretrained", "t2i_R@1"): 62.1}
+    assert all(row["result"] == "retrieval_flickr30k" for row in published["rows"] if row["published"] is not None)
+
+
+def test_rows_without_a_comparable_figure_say_so_with_their_reason(tmp_path):
+    results = tmp_path / "pretrained"
+    results.mkdir()
+    figures = {"i2t_R@1": 81.9, "t2i_R@1": 64.0}
+    (results / "retrieval_flickr30k.json").write_text(json.dumps({"results": figures}))
+    (results / "retrieval_coco.json").write_text(json.dumps({"results": figures}))
+    rows, table = reproduce.compare({"pretrained": results}, json.loads(reproduce.PUBLISHED.read_text()))
+    by_label = {row["label"]: row for row in rows}
+    assert by_label["Flickr30k 1k test, image->text R@1"]["status"] == "ok"  # 81.9 vs 82.2
+    assert by_label["Flickr30k 1k test, text->image R@1"]["status"] == "DIFFERS"  # 64.0 vs 62.1
+    coco = by_label["COCO 5k test, image->text R@1"]
+    assert coco["status"] == reproduce.NO_COMPARABLE_FIGURE and "MSCOCO validation set" in coco["note"]
+    assert f"| {reproduce.NO_COMPARABLE_FIGURE} | FG-CLIP 2 Table 4 reports" in table
+    assert by_label["box cls, fineclip protocol, mean-class Top-1"]["status"] == "not run"
 
 
 def test_training_step_runs_the_shipped_config_once(tmp_path, monkeypatch):

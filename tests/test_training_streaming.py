@@ -82,10 +82,12 @@ def test_two_processes_read_every_row_once_per_epoch(tmp_path: Path, shards) -> 
     assert not set(first) & set(second)
     assert sorted(first + second) == [f"train/{i:06d}" for i in range(16)]
     assert even["epoch1_batches"] == [1, 1]
+    assert even["process_group_left"] is False  # the teardown destroyed it (see `end_distributed_run`)
     # Shards of 5, 5, 5 and 1 rows: 10 rows for one process, 6 for the other. The epoch ends for both when the second
     # runs out (3 batches each), without a hang, and no row is read twice.
     uneven = run_stream_worker(shards["uneven"], tmp_path / "uneven.json")
     assert [len(ids) for ids in uneven["epoch0"]] == [3, 3] and uneven["epoch1_batches"] == [1, 1]
+    assert uneven["process_group_left"] is False
     first, second = ([i for batch in ids for i in batch] for ids in uneven["epoch0"])
     assert len(set(first + second)) == 12
 

@@ -8,6 +8,7 @@ as checkpoints, so a run killed while saving resumes from the previous one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,11 +17,12 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from plumbing.atomic_files import write_text_atomic
+from plumbing.atomic_files import move_folder_into_place, write_text_atomic
 
 STATE_FILE = "trainer_state.json"
 PROCESS_FILE = "process_{:05d}.json"
 _PATTERN = re.compile(r"^step_(\d{8})$")
+logger = logging.getLogger("harmoclip.checkpointing")
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -28,16 +30,32 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first. A step's previous checkpoint set aside while it was being replaced
+    (`.old-step_...`, see `move_folder_into_place`) counts where the run was killed before the new one took its place."""
     folder = checkpoint_dir(output_dir)
     if not folder.is_dir():
         return []
-    found = [path for path in folder.iterdir() if _PATTERN.match(path.name) and (path / STATE_FILE).is_file()]
-    return sorted(found, key=lambda path: int(_PATTERN.match(path.name).group(1)))
+    found: dict[int, Path] = {}
+    for path in sorted(folder.iterdir(), key=lambda path: path.name.startswith(".old-")):  # step_ before .old-step_
+        match = _PATTERN.match(path.name.removeprefix(".old-"))
+        if match and (path / STATE_FILE).is_file():
+            found.setdefault(int(match.group(1)), path)
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint; the incomplete ones a killed run left (no `trainer_state.json`) are named in one
+    log line and passed over."""
     found = list_checkpoints(output_dir)
+    folder = checkpoint_dir(output_dir)
+    if folder.is_dir():
+        incomplete = sorted(
+            path.name for path in folder.iterdir() if path.is_dir() and path not in found and "step_" in path.name
+        )
+        if incomplete:
+            logger.warning(
+                "checkpoints in %s left incomplete by an interrupted save, passed over: %s", folder, incomplete
+            )
     return found[-1] if found else None
 
 
@@ -61,20 +79,25 @@ def save_checkpoint(
         if temporary.exists():  # left over by a run killed while saving
             shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if process_state is not None:
-        payload = {"num_processes": accelerator.num_processes, **process_state}
-        write_text_atomic(temporary / PROCESS_FILE.format(accelerator.process_index), json.dumps(payload, indent=2))
+    try:
+        accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
+        if process_state is not None:
+            payload = {"num_processes": accelerator.num_processes, **process_state}
+            write_text_atomic(temporary / PROCESS_FILE.format(accelerator.process_index), json.dumps(payload, indent=2))
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with open(temporary / STATE_FILE, "w") as handle:
+                json.dump({"step": step, **state}, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # A step saved before (a resumed run) is set aside, not deleted, until the new one is in place.
+            move_folder_into_place(temporary, final, final.with_name(f".old-{final.name}"))
+    except BaseException:  # a full disk, an error: the incomplete folder goes, the previous checkpoints stay
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        with open(temporary / STATE_FILE, "w") as handle:
-            json.dump({"step": step, **state}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if final.exists():  # the same step saved before (e.g. a resumed run): replace it only now
-            shutil.rmtree(final)
-        os.replace(temporary, final)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

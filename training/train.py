@@ -256,10 +256,27 @@ def train(config: TrainConfig) -> Path:
         project_dir=str(output_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)],
     )
-    if not accelerator.is_main_process:
-        return run_training(config, accelerator)
-    with log_to_file(output_dir / "train.log"):
-        return run_training(config, accelerator)
+    try:
+        if not accelerator.is_main_process:
+            return run_training(config, accelerator)
+        with log_to_file(output_dir / "train.log"):
+            return run_training(config, accelerator)
+    finally:
+        end_distributed_run(accelerator)
+
+
+def end_distributed_run(accelerator: Accelerator, batches: Iterator[Any] | None = None) -> None:
+    """Tears a run down while the interpreter is still whole: closes the batch stream, then destroys the process group.
+
+    A run that stops at `max_steps`, on an error or early leaves its stream mid-epoch; closing it ends the DataLoader
+    iterator (and its workers) now. Destroying the process group joins gloo's worker threads: left to interpreter
+    exit, a thread still finishing the last collective can find the interpreter gone and abort the process
+    ("terminate called without an active exception", SIGABRT), and torchrun then stops the other processes. Safe to
+    call more than once; a run without a process group only closes its stream.
+    """
+    if batches is not None and hasattr(batches, "close"):
+        batches.close()
+    accelerator.state.destroy_process_group()
 
 
 @dataclass
@@ -475,6 +492,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             save_checkpoint(accelerator, output_dir, run.step, state, config.keep_checkpoints, process_state)
 
     progress.close()
+    batches.close()  # `max_steps` may fall mid-epoch: end the stream (and its DataLoader workers) before saving
     stream.report()
     model_dir = output_dir / "model"
     if accelerator.is_main_process:

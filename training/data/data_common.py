@@ -13,7 +13,6 @@ process can count it (counts kept in the data set object would be lost in the Da
 
 from __future__ import annotations
 
-import io
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+
+from modeling_harmoclip.image_io import ImageReadError, read_image
 
 DEFAULT_MAX_BOXES = 20
 DEFAULT_MIN_BOX_SIZE = 4.0  # pixels of the original image, on the box's shorter side
@@ -79,13 +80,6 @@ class SkippedSample:
 
     path: str
     reason: str
-
-
-def open_rgb_image(path: str | Path | io.BytesIO) -> Image.Image:
-    """The image at `path` (or in a file object), fully decoded and converted to RGB (a truncated file fails here, not later)."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
 
 
 def validate_box(box, where: str) -> tuple[float, float, float, float]:
@@ -212,11 +206,10 @@ class RegionDataset(Dataset, ABC):
     ) -> RegionSample:
         """Opens the image (from `image_bytes` where given, `image_path` then only names it) and applies the box
         selection: the common last step of `load`."""
-        try:
-            image = open_rgb_image(io.BytesIO(image_bytes) if image_bytes is not None else image_path)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            # PIL raises OSError (missing, unidentified or truncated file) and SyntaxError/ValueError for some corrupt ones
-            raise SampleError(f"cannot read image: {type(error).__name__}: {error}", path=str(image_path)) from error
+        try:  # upright RGB, the frame of every entry point (modeling_harmoclip/image_io.py)
+            image = read_image(image_bytes if image_bytes is not None else image_path, name=str(image_path))
+        except ImageReadError as error:
+            raise SampleError(str(error), path=str(image_path)) from error
         kept, num_small, num_over = select_regions(
             regions, image.width, image.height, self.max_boxes, self.min_box_size
         )

@@ -33,9 +33,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm.auto import tqdm
 
+from modeling_harmoclip.image_io import ImageReadError, check_image_bytes, read_image
 from plumbing.atomic_files import atomic_directory
 from plumbing.command_line import CommandParser, run_command
 
@@ -189,13 +189,16 @@ def region_row(box, spans: list[list[int] | None], label: str | None) -> dict[st
 
 
 def read_image_bytes(path: Path) -> bytes:
-    """The file's bytes, after checking that PIL can identify and verify it (`SampleError` otherwise)."""
+    """The file's bytes as they are (EXIF orientation kept: training reads them upright), after the cheap check that
+    PIL identifies and verifies them without decoding (`check_image_bytes`); `SampleError` in one line otherwise."""
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise SampleError(f"{path}: cannot read image: {type(error).__name__}: {error}") from error
+    except OSError as error:
+        raise SampleError(f"cannot read image {path}: {type(error).__name__}: {error.strerror or error}") from error
+    try:
+        check_image_bytes(data, str(path))
+    except ImageReadError as error:
+        raise SampleError(str(error)) from error
     return data
 
 
@@ -279,9 +282,10 @@ class WebDatasetShards:
 
 
 def reencode(data: bytes, extension: str) -> bytes:
-    with Image.open(io.BytesIO(data)) as image:
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(extension, extension.upper()))
+    """The image re-encoded as `extension`, upright: the EXIF orientation is applied to the pixels (re-encoding drops
+    the tag), so the boxes keep meaning the same pixels."""
+    buffer = io.BytesIO()
+    read_image(data).save(buffer, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(extension, extension.upper()))
     return buffer.getvalue()
 
 
