@@ -195,6 +195,18 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert twin["per_seed"][0]["folder"] == rows["gc-lrc-gr"]["folder"] and not list((out / "runs").glob("twin-*"))
 
 
+def test_pretrain_only_measures_the_property_of_the_cached_models(first_run, capsys) -> None:
+    out, report = first_run
+    only = run_harmony(["--quick", "--out", str(out), "--pretrain-only"])
+    assert [row["key"] for row in only["rows"]] == [PRETRAINED.key]
+    assert all(record["reused"] for record in only["rows"][0]["per_seed"])  # trained once, by the first run
+    assert only["conclusion"]["verdict"] is None
+    prop = only["conclusion"]["property"]
+    crop, dense = (report["rows"][0]["figures"][name]["mean"] for name in ("box_top1_crop", "box_top1_dense"))
+    assert prop["crop_top1"] == crop and prop["dense_top1"] == dense
+    assert capsys.readouterr().out.startswith("Pre-trained toy CLIP (the starting model of every row)")
+
+
 def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     settings = HarmonySettings(**QUICK_SETTINGS)
     gc = FINETUNE_CONFIGURATIONS[0]

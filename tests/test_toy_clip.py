@@ -127,16 +127,18 @@ def test_recipe_trains_on_a_jsonl_manifest(tmp_path: Path) -> None:
         )
     manifest.write_text("\n".join(lines) + "\n")
     recipe = yaml.safe_load(RECIPE.read_text())
-    assert recipe["object_views"] > 0 and recipe["loss_lrc_weight"] == recipe["loss_gr_weight"] == 0
+    assert recipe["loss_lrc_weight"] == recipe["loss_rla_weight"] == recipe["loss_gr_weight"] == 0  # GC only
     out = tmp_path / "run"
     argv = ["--config", str(RECIPE), "--data_format", "jsonl", "--train_data", str(manifest)]
     argv += ["--model_preset", "micro", "--image_size", "32", "--batch_size", "4", "--max_steps", "2"]
-    argv += ["--warmup_steps", "1", "--evaluate_at_end", "false", "--report_to", "none", "--output_dir", str(out)]
-    assert main(argv) == 0
+    argv += ["--warmup_steps", "1", "--evaluate_at_end", "false", "--report_to", "none"]
+    assert main([*argv, "--output_dir", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (out / "model" / "model.safetensors").is_file()
-    assert saved["object_views"] == recipe["object_views"] and saved["data_format"] == "jsonl"
-    # The recipe's views come from the manifest's own boxes and phrases.
-    config = load_config(RECIPE, {"data_format": "jsonl", "train_data": str(manifest)})
+    assert saved["data_format"] == "jsonl" and saved["max_steps"] == 2 and saved["loss_gc_weight"] == 1.0
+    # With object-centric views on: they come from the manifest's own boxes and phrases.
+    assert main([*argv, "--object_views", "1", "--output_dir", str(tmp_path / "views")]) == 0
+    assert json.loads((tmp_path / "views" / "config.json").read_text())["object_views"] == 1.0
+    config = load_config(RECIPE, {"data_format": "jsonl", "train_data": str(manifest), "object_views": 1.0})
     mix = ObjectViewMix(JsonlRegionDataset(manifest), config.object_views, config.object_view_scale, seed=0)
-    assert any(mix[i].caption.startswith("thing ") and len(mix[i].boxes) == 1 for i in range(len(mix)))
+    assert all(mix[i].caption.startswith("thing ") and len(mix[i].boxes) == 1 for i in range(len(mix)))

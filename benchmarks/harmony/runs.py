@@ -109,7 +109,7 @@ def finetune_config(
     values.update(
         init_from=str(init_from) if init_from else None,
         gr_crop_scale=settings.gr_crop_scale,
-        **{name: configuration.value(name) for name in configuration.values()},
+        **configuration.values(),
         batch_size=settings.finetune_batch_size,
         max_steps=steps,
         learning_rate=settings.finetune_learning_rate,
@@ -365,7 +365,7 @@ def run_seeds(
         records[PRETRAINED.key].append(pretrained)
         progress.update(1)
         cache = None
-        if settings.cache_teacher and any(uses_frozen_teacher(c.values() | c.fields) for c in configurations):
+        if settings.cache_teacher and any(uses_frozen_teacher(c.values()) for c in configurations):
             cache = teacher_cache_for(settings, out, Path(pretrained["model"]), pretrain_fingerprint, seed)
         done: dict[
             str, dict[str, Any]
