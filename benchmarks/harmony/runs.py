@@ -21,7 +21,15 @@ from plumbing.atomic_files import write_text_atomic
 from training.config import PROJECT_ROOT, TrainConfig, load_config
 from training.data.synthetic import read_held_out
 
-from .rows import FINETUNE_CONFIGURATIONS, PRETRAINED, Configuration, HarmonySettings, loss_names, uses_frozen_teacher
+from .rows import (
+    FINETUNE_CONFIGURATIONS,
+    LOSS_NAMES,
+    PRETRAINED,
+    Configuration,
+    HarmonySettings,
+    loss_names,
+    uses_frozen_teacher,
+)
 
 logger = logging.getLogger("harmoclip.harmony")
 
@@ -308,7 +316,7 @@ def run_row(
         "key": configuration.key,
         "label": configuration.label,
         "losses": loss_names(config.to_dict()),
-        "loss_weights": {name: float(getattr(config, f"loss_{name}_weight")) for name in ("gc", "lrc", "rla", "gr")},
+        "loss_weights": {name: float(getattr(config, f"loss_{name}_weight")) for name in LOSS_NAMES},
         "fields": configuration.fields,
         "seed": config.seed,
         "fingerprint": row_fingerprint,
