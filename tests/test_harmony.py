@@ -1,6 +1,7 @@
 """The harmony benchmark, end to end at its --quick size: every row of every seed trained from that seed's one
-pre-trained model, evaluated, aggregated over seeds, reported (JSON, markdown, PNG), and reused when the command runs
-again; the aggregation and the seen / held-out split on hand numbers. Which configuration wins is not tested."""
+pre-trained model, evaluated, aggregated over seeds, reported (JSON, markdown, PNG) with a "not informative" verdict,
+and reused when the command runs again; the statistics, the verdict and the seen / held-out split on hand numbers.
+Which configuration wins is not tested."""
 
 from __future__ import annotations
 
@@ -10,27 +11,34 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchmarks.harmony import (
+from benchmarks.harmony.command_line import build_parser, main, run_harmony, settings_from_args
+from benchmarks.harmony.report import markdown_table
+from benchmarks.harmony.rows import (
     CONFIGURATION_KEYS,
     FINETUNE_CONFIGURATIONS,
     PRETRAINED,
     QUICK_SETTINGS,
     HarmonySettings,
-    _train_config,
+    gr_enabled,
+    parse_row,
+)
+from benchmarks.harmony.runs import finetune_config, fingerprint, group_top1, pretrain_config
+from benchmarks.harmony.statistics import (
     aggregate_rows,
-    fingerprint,
-    goal_verdict,
-    group_top1,
-    main,
-    markdown_table,
+    clip_property,
+    conclude,
     mean_sd,
     paired_differences,
-    parse_row,
-    run_harmony,
+    proportion_standard_error,
+    rule_verdict,
+    t_interval,
+    t_quantile_975,
 )
+from conftest import ROOT
 
 FIGURES = (
     "i2t_R@1",
@@ -113,6 +121,10 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
         i2t = row["figures"]["i2t_R@1"]
         assert f"| {row['label']} | {row['losses']} | {i2t['mean']:.1f} ± {i2t['sd']:.1f} |" in table
     assert saved["command"] in table
+    # A smoke run settles nothing, and says so at the top rather than "met".
+    assert table.splitlines()[0].startswith("Goal (") and "**not informative**" in table.splitlines()[0]
+    assert saved["conclusion"]["verdict"] == "not informative" and saved["conclusion"]["reasons"]
+    assert table.index("Pre-trained toy CLIP") < table.index("| configuration | losses |")
     with Image.open(out / "harmony.png") as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 300
     assert "command: python -m benchmarks.harmony --quick" in (out / "harmony.log").read_text()
@@ -156,7 +168,7 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
             "--row",
             "rla:loss_gc_weight=1,loss_lrc_weight=0,loss_rla_weight=1,loss_gr_weight=1",
             "--row",
-            "same:loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none",
+            "same:loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1",
         ]
     )
     rows = {row["key"]: row["per_seed"][0] for row in extra["rows"]}
@@ -174,8 +186,7 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
             "--seeds",
             str(SEEDS[0]),
             "--row",
-            "twin:"
-            + "loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1,region_logit_scale_init=none",
+            "twin:" + "loss_gc_weight=1,loss_lrc_weight=1,loss_rla_weight=0,loss_gr_weight=1",
         ]
     )
     twin = {row["key"]: row for row in later["rows"]}["twin"]
@@ -183,24 +194,54 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert twin["per_seed"][0]["folder"] == rows["gc-lrc-gr"]["folder"] and not list((out / "runs").glob("twin-*"))
 
 
+def test_pretrain_only_measures_the_property_of_the_cached_models(first_run, capsys) -> None:
+    out, report = first_run
+    only = run_harmony(["--quick", "--out", str(out), "--pretrain-only"])
+    assert [row["key"] for row in only["rows"]] == [PRETRAINED.key]
+    assert all(record["reused"] for record in only["rows"][0]["per_seed"])  # trained once, by the first run
+    assert only["conclusion"]["verdict"] is None
+    prop = only["conclusion"]["property"]
+    crop, dense = (report["rows"][0]["figures"][name]["mean"] for name in ("box_top1_crop", "box_top1_dense"))
+    assert prop["crop_top1"] == crop and prop["dense_top1"] == dense
+    assert capsys.readouterr().out.startswith("Pre-trained toy CLIP (the starting model of every row)")
+
+
 def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     settings = HarmonySettings(**QUICK_SETTINGS)
     gc = FINETUNE_CONFIGURATIONS[0]
-    here = _train_config(settings, tmp_path / "a", gc, "finetune", tmp_path / "a" / "model", tmp_path / "a" / "run", 0)
-    there = _train_config(settings, tmp_path / "b", gc, "finetune", tmp_path / "b" / "model", tmp_path / "b" / "run", 0)
+    here = finetune_config(settings, tmp_path / "a", gc, tmp_path / "a" / "model", tmp_path / "a" / "run", 0)
+    there = finetune_config(settings, tmp_path / "b", gc, tmp_path / "b" / "model", tmp_path / "b" / "run", 0)
     assert fingerprint(here, "p") == fingerprint(there, "p")
     assert fingerprint(here, "p") != fingerprint(here, "other pre-trained model")
-    longer = _train_config(dataclasses.replace(settings, finetune_steps=3), tmp_path, gc, "finetune", None, tmp_path, 0)
+    longer = finetune_config(dataclasses.replace(settings, finetune_steps=3), tmp_path, gc, None, tmp_path, 0)
     assert fingerprint(longer, "p") != fingerprint(here, "p")
-    assert fingerprint(_train_config(settings, tmp_path, gc, "finetune", None, tmp_path, 1), "p") != fingerprint(
-        here, "p"
-    )
+    assert fingerprint(finetune_config(settings, tmp_path, gc, None, tmp_path, 1), "p") != fingerprint(here, "p")
     assert fingerprint(
-        _train_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], "finetune", None, tmp_path, 0), "p"
+        finetune_config(settings, tmp_path, FINETUNE_CONFIGURATIONS[1], None, tmp_path, 0), "p"
     ) != fingerprint(here, "p")
     # An option added later leaves runs made before it reusable at the value that trains as they did, not otherwise.
     assert fingerprint(dataclasses.replace(here, region_text_grad=True), "p") == fingerprint(here, "p")
     assert fingerprint(dataclasses.replace(here, region_text_grad=False), "p") != fingerprint(here, "p")
+    assert fingerprint(dataclasses.replace(here, object_views=0.0), "p") == fingerprint(here, "p")
+    # Pre-training follows the recipe file, with the benchmark's data and model and the pretrain_* options given.
+    recipe = yaml.safe_load((ROOT / "configs" / "toy_clip_pretrain.yaml").read_text())
+    pretrain = pretrain_config(HarmonySettings(), tmp_path, tmp_path / "run", 0)
+    assert pretrain.max_steps == recipe["max_steps"] and pretrain.object_views == recipe["object_views"]
+    assert pretrain.synthetic_num_val == HarmonySettings.synthetic_num_val and pretrain.init_from is None
+    other = tmp_path / "recipe.yaml"
+    other.write_text(yaml.safe_dump({**recipe, "object_views": 0.25}))
+    changed = pretrain_config(HarmonySettings(pretrain_recipe=str(other)), tmp_path, tmp_path / "run", 0)
+    assert changed.object_views == 0.25 and fingerprint(changed) != fingerprint(pretrain)
+    shorter = pretrain_config(HarmonySettings(pretrain_steps=7), tmp_path, tmp_path / "run", 0)
+    assert shorter.max_steps == 7 and shorter.checkpoint_every == 3
+
+
+def test_gr_rule_is_one_place() -> None:
+    by_key = {configuration.key: configuration for configuration in FINETUNE_CONFIGURATIONS}
+    assert gr_enabled(by_key["gr"].values()) and not gr_enabled(by_key["gc-lrc"].values())
+    assert not gr_enabled({**by_key["gr"].values(), "gr_teacher": "none"})
+    assert by_key["gc-rla-gr"].losses == "GC+RLA+GR" and by_key["gc-rla"].losses == "GC+RLA"
+    assert parse_row("off:gr_teacher=none").losses == "GC+LRC"  # a weight without a teacher trains no GR
 
 
 def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
@@ -217,9 +258,31 @@ def test_bad_settings_are_named(tmp_path: Path, capsys) -> None:
     assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "learning_rate" in err and len(err.strip().splitlines()) == 1
-    assert main(["--finetune-steps", "many"]) == 2
-    assert capsys.readouterr().err == "error: argument --finetune-steps/--finetune_steps: invalid int value: 'many'\n"
+    config.write_text("finetune_steps: many\n")
+    assert main(["--config", str(config), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: config file {config}: `finetune_steps`: expected int, got 'many'\n"
+    assert main(["--finetune-steps", "many"]) == 1
+    assert capsys.readouterr().err == "error: option `--finetune_steps`: expected int, got 'many'\n"
+    assert main(["--configurations", "lrc-only"]) == 2
+    assert "invalid choice: 'lrc-only'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_options_are_read_as_their_types(tmp_path: Path) -> None:
+    def parse(*argv: str) -> HarmonySettings:
+        return settings_from_args(build_parser().parse_args(list(argv)))
+
+    # `type=bool` read any non-empty string, "false" included, as True.
+    assert parse("--cache-teacher", "false").cache_teacher is False
+    assert parse("--cache_teacher", "true").cache_teacher is True
+    assert HarmonySettings().cache_teacher is True and parse().cache_teacher is True
+    settings = parse("--seeds", "3", "4", "--finetune-learning-rate", "1e-5", "--pretrain-steps", "none")
+    assert settings.seeds == (3, 4) and settings.finetune_learning_rate == 1e-5 and settings.pretrain_steps is None
+    assert parse("--quick", "--pretrain-steps", "3").pretrain_steps == 3 and parse("--quick").finetune_steps == 2
+    config = tmp_path / "settings.yaml"
+    config.write_text("cache_teacher: false\nseeds: [5, 6]\nfinetune_steps: 9\n")
+    from_file = parse("--config", str(config), "--finetune-steps", "8")
+    assert from_file.cache_teacher is False and from_file.seeds == (5, 6) and from_file.finetune_steps == 8
 
 
 def test_mean_and_sample_sd_by_hand() -> None:
@@ -250,7 +313,14 @@ def test_mean_and_sample_sd_by_hand() -> None:
     }
 
 
-def _row(key: str, seeds: list[int], mean_r1: list[float | None], held_out: list[float]) -> dict:
+def _row(
+    key: str,
+    seeds: list[int],
+    mean_r1: list[float | None],
+    held_out: list[float | None],
+    crop: list[float] | None = None,
+    dense: list[float] | None = None,
+) -> dict:
     return aggregate_rows(
         [
             {
@@ -260,9 +330,15 @@ def _row(key: str, seeds: list[int], mean_r1: list[float | None], held_out: list
                 "loss_weights": {},
                 "fields": {},
                 "seed": seed,
-                "figures": {**dict.fromkeys(FIGURES), "mean_R@1": r1, "box_top1_dense_held_out": top1},
+                "figures": {
+                    **dict.fromkeys(FIGURES),
+                    "mean_R@1": r1,
+                    "box_top1_dense_held_out": top1,
+                    "box_top1_crop": None if crop is None else crop[number],
+                    "box_top1_dense": None if dense is None else dense[number],
+                },
             }
-            for seed, r1, top1 in zip(seeds, mean_r1, held_out)
+            for number, (seed, r1, top1) in enumerate(zip(seeds, mean_r1, held_out))
         ]
     )
 
@@ -274,44 +350,110 @@ def test_paired_differences_are_taken_seed_by_seed() -> None:
     harmo = _row("harmoclip", [2, 0, 1], [39.0, 19.0, 29.0], [9.0, 9.0, 9.0])
     partial = _row("gr", [1, 3], [35.0, 50.0], [7.0, 7.0])
     differences = paired_differences([gc, harmo, partial], "mean_R@1", "gc")
-    assert differences["gc"] == {"mean": 0.0, "sd": 0.0, "n": 3, "per_seed": [0.0, 0.0, 0.0]}
-    assert differences["harmoclip"] == {"mean": -1.0, "sd": 0.0, "n": 3, "per_seed": [-1.0, -1.0, -1.0]}
-    assert differences["gr"] == {"mean": 5.0, "sd": 0.0, "n": 1, "per_seed": [5.0, None]}
+    assert differences["gc"] == {"mean": 0.0, "sd": 0.0, "n": 3, "low": 0.0, "high": 0.0, "per_seed": [0.0] * 3}
+    assert differences["harmoclip"] == {
+        "mean": -1.0,
+        "sd": 0.0,
+        "n": 3,
+        "low": -1.0,
+        "high": -1.0,
+        "per_seed": [-1.0, -1.0, -1.0],
+    }
+    assert differences["gr"] == {"mean": 5.0, "sd": 0.0, "n": 1, "low": None, "high": None, "per_seed": [5.0, None]}
     assert paired_differences([harmo], "mean_R@1", "gc") == {}
 
 
-def test_goal_verdict_on_hand_numbers() -> None:
-    gc = _row("gc", [0, 1], [30.0, 32.0], [4.0, 6.0])  # mean R@1 31
-    gr = _row("gr", [0, 1], [10.0, 12.0], [20.0, 22.0])  # held-out 21
-    gc_gr = _row("gc-gr", [0, 1], [30.0, 30.0], [24.0, 26.0])  # held-out 25: the best region-only row
-    exactly = _row("harmoclip", [0, 1], [29.5, 30.5], [25.0, 25.0])  # -1.0 and +0.0: both met, at the edges
-    verdict = goal_verdict([gc, gr, gc_gr, exactly])
-    assert verdict == {
-        "global_gap": -1.0,
-        "global_met": True,
-        "region_reference": "gc-gr",
-        "region_gap": 0.0,
-        "region_met": True,
-        "met": True,
+def test_t_interval_and_standard_error_by_hand() -> None:
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(4) == 2.776 and t_quantile_975(100) == 1.96
+    interval = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3: half-width 4.303 / sqrt(3)
+    assert interval["mean"] == 2.0 and interval["sd"] == 1.0
+    assert interval["low"] == pytest.approx(2 - 4.303 / 3**0.5) and interval["high"] == pytest.approx(
+        2 + 4.303 / 3**0.5
+    )
+    assert t_interval([4.0])["low"] is None and t_interval([None, None])["mean"] is None
+    assert proportion_standard_error(50.0, 100) == pytest.approx(5.0)  # sqrt(0.25 / 100) = 5 points
+    assert proportion_standard_error(10.0, 900) == pytest.approx(1.0)  # sqrt(0.09 / 900)
+    assert proportion_standard_error(None, 10) is None and proportion_standard_error(50.0, 0) is None
+    with pytest.raises(ValueError, match="degrees_of_freedom"):
+        t_quantile_975(0)
+
+
+def _pretrained(crop: list[float], dense: list[float], r1: list[float]) -> dict:
+    rows = _row("pretrained", list(range(len(crop))), r1, [None] * len(crop), crop=crop, dense=dense)
+    return rows
+
+
+def test_property_needs_crops_well_above_dense_and_retrieval_above_chance() -> None:
+    has = clip_property(_pretrained([30.0, 36.0], [20.0, 20.0], [10.0, 12.0]), chance_r1=0.5)
+    assert has["crop_over_dense"] == pytest.approx(33 / 20) and has["crop_over_dense_per_seed"] == [1.5, 1.8]
+    assert has["crop_met"] and has["retrieval_met"] and has["met"]
+    # The benchmark as it was: dense-region Top-1 above crop-and-encode.
+    lacks = clip_property(_pretrained([18.4, 15.7], [22.4, 22.2], [10.0, 12.0]), chance_r1=0.5)
+    assert not lacks["crop_met"] and lacks["retrieval_met"] and not lacks["met"]
+    near_chance = clip_property(_pretrained([30.0, 36.0], [20.0, 20.0], [2.0, 2.9]), chance_r1=0.5)
+    assert near_chance["crop_met"] and not near_chance["retrieval_met"]  # 2.45 < 5 x 0.5
+
+
+def _rows_for_rule(harmoclip_held_out: list[float]) -> list[dict]:
+    return [
+        _pretrained([30.0, 36.0, 33.0], [20.0, 20.0, 20.0], [10.0, 12.0, 11.0]),
+        _row("gc", [0, 1, 2], [30.0, 32.0, 34.0], [10.0, 12.0, 14.0]),
+        _row("gr", [0, 1, 2], [10.0, 10.0, 10.0], [20.0, 21.0, 22.0]),
+        _row("gc-gr", [0, 1, 2], [30.0, 31.0, 32.0], [22.0, 23.0, 24.0]),
+        _row("harmoclip", [0, 1, 2], [29.5, 31.5, 33.5], harmoclip_held_out),
+    ]
+
+
+def test_rule_and_verdict_on_hand_numbers() -> None:
+    # Global: -0.5 every seed (within 1 point); held-out: +15, +6 [+3.5, +8.5] and +4 [+1.5, +6.5] above the three.
+    rows = _rows_for_rule([25.0, 27.0, 29.0])
+    conclusion = conclude(rows, chance_r1=0.5)
+    rule = conclusion["rules"]["harmoclip"]
+    assert rule["verdict"] == "met" and rule["met_on_means"] and conclusion["verdict"] == "met"
+    assert conclusion["reasons"] == [] and conclusion["property"]["met"]
+    assert rule["checks"]["global"]["mean"] == pytest.approx(-0.5) and rule["checks"]["global"]["state"] == "met"
+    vs_gc_gr = rule["checks"]["region_vs_gc-gr"]
+    assert vs_gc_gr["low"] == pytest.approx(4 - 4.303 / 3**0.5) and vs_gc_gr["state"] == "met"
+    # GR only against the others: far below GC only's R@1, settled.
+    assert conclusion["rules"]["gr"]["checks"]["global"]["state"] == "not met"
+    assert "region_vs_gr" not in conclusion["rules"]["gr"]["checks"]  # not compared with itself
+    # +0, +2, +1 over GC+GR: the interval straddles 0, nothing settled although the means say met.
+    unsettled = conclude(_rows_for_rule([22.0, 25.0, 25.0]), chance_r1=0.5)
+    assert unsettled["rules"]["harmoclip"]["met_on_means"] and unsettled["verdict"] == "not informative"
+    assert "more seeds" in unsettled["reasons"][0]
+    # -2 every seed against GC+GR: settled against.
+    assert conclude(_rows_for_rule([20.0, 21.0, 22.0]), chance_r1=0.5)["verdict"] == "not met"
+    # Without the property the verdict is not informative, whatever the rows say.
+    rows[0] = _pretrained([18.4, 15.7, 15.7], [22.4, 22.2, 20.3], [10.0, 12.0, 11.0])
+    lacking = conclude(rows, chance_r1=0.5)
+    assert lacking["rules"]["harmoclip"]["verdict"] == "met" and lacking["verdict"] == "not informative"
+    assert "lacks CLIP's property" in lacking["reasons"][0]
+    # Rows that cannot be told apart, and a row missing.
+    same = [rows[0], *(_row(key, [0, 1, 2], [30.0] * 3, [10.0] * 3) for key in ("gc", "gr", "gc-gr", "harmoclip"))]
+    assert any("tell rows apart" in reason for reason in conclude(same, chance_r1=0.5)["reasons"])
+    assert conclude(rows[:2], chance_r1=0.5)["verdict"] is None
+    assert rule_verdict({"mean_R@1": {}}, {}, "harmoclip") is None
+
+
+def test_report_puts_the_verdict_and_the_property_first() -> None:
+    from benchmarks.harmony.report import build_report
+
+    rows = _rows_for_rule([22.0, 25.0, 25.0])
+    records = {row["key"]: row["per_seed"] for row in rows}
+    for per_seed in records.values():
+        for record in per_seed:
+            record["figures"]["num_boxes_held_out"] = 100
+    settings = {
+        "seeds": [0, 1, 2],
+        "synthetic_num_val": 10,
+        "synthetic_held_out": 2,
+        "pretrain_recipe": "configs/toy_clip_pretrain.yaml",
+        "finetune_steps": 3,
+        "finetune_batch_size": 2,
+        "finetune_learning_rate": 1e-4,
     }
-    short = _row("harmoclip", [0, 1], [29.0, 30.8], [30.0, 30.0])  # -1.1: the global side fails
-    verdict = goal_verdict([gc, gr, gc_gr, short])
-    assert verdict["global_met"] is False and verdict["region_met"] is True and verdict["met"] is False
-    assert goal_verdict([gc, gr]) is None  # no HarmoCLIP row
-    report = {
-        "settings": {
-            "seeds": [0, 1],
-            "synthetic_num_val": 10,
-            "synthetic_held_out": 2,
-            "pretrain_steps": 5,
-            "finetune_steps": 3,
-            "finetune_batch_size": 2,
-            "finetune_learning_rate": 1e-4,
-        },
-        "rows": [gc, gr, gc_gr, short],
-        "paired_mean_R@1_vs_gc": paired_differences([gc, gr, gc_gr, short], "mean_R@1", "gc"),
-        "goal": verdict,
-        "chance": {"num_boxes": 30, "num_classes": 4, "num_held_out_boxes": 10, "R@1": 10.0, "box_top1": 25.0},
+    chance = {"num_boxes": 30, "num_classes": 4, "num_held_out_boxes": 100, "R@1": 0.5, "box_top1": 25.0}
+    extra = {
         "environment": {
             "device": "cpu",
             "torch_threads": 1,
@@ -320,12 +462,20 @@ def test_goal_verdict_on_hand_numbers() -> None:
         },
         "wall_seconds": 60.0,
         "rows_reused": 0,
-        "rows_run": 8,
+        "rows_run": 15,
         "command": "python -m benchmarks.harmony",
     }
+    report = build_report(records, settings, chance, {"max_steps": 5, "losses": "GC", "object_views": 0.5}, extra)
     table = markdown_table(report)
-    assert "| HARMOCLIP | GC |" in table and "| -1.1 ± 0.1 |" in table.split("| HARMOCLIP | GC |")[1].splitlines()[0]
-    assert "**not met**" in table and "Mean R@1 -1.1 against GC only (not met)" in table
+    first, *_ = table.splitlines()
+    assert first.startswith("Goal (") and "**not informative**" in first
+    assert table.index("Pre-trained toy CLIP") < table.index("| configuration | losses |")
+    assert "1.65 times" in table and "more seeds" in table
+    assert "| HARMOCLIP | -0.5 [-0.5, -0.5] | - | +12.0 [" in table  # global, seen (no figure), held-out vs GC
+    # Held-out sample standard error: sqrt(p (1 - p) / 100) at p = 0.22, 0.25, 0.25.
+    expected = sum(100 * (p * (1 - p) / 100) ** 0.5 for p in (0.22, 0.25, 0.25)) / 3
+    assert report["held_out_standard_error"]["harmoclip"]["mean"] == pytest.approx(expected)
+    assert f"harmoclip {expected:.1f} (seeds' sd" in table
 
 
 def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:
@@ -337,9 +487,9 @@ def test_seen_and_held_out_top1_weigh_classes_by_their_boxes() -> None:
 
 
 def test_extra_rows_are_parsed_with_the_fields_types() -> None:
-    row = parse_row("t100:region_logit_scale_init=4.6,loss_rla_weight=1,gr_teacher=self")
+    row = parse_row("t100:region_logit_scale_init_value=4.6,loss_rla_weight=1,gr_teacher=self")
     assert row.key == "t100" and row.fields == {
-        "region_logit_scale_init": 4.6,
+        "region_logit_scale_init_value": 4.6,
         "loss_rla_weight": 1.0,
         "gr_teacher": "self",
     }

@@ -127,8 +127,6 @@ def test_checker_sees_a_forbidden_arrow(tmp_path: Path, monkeypatch: pytest.Monk
 
 # `accelerate launch` and torchrun run the training script by path; everything else runs as a module or console script.
 RUN_BY_PATH = {"training/train.py"}
-# Still to go: its own rewrite drops the bootstrap.
-BOOTSTRAPS_LEFT = {"benchmarks/harmony.py"}
 
 
 def _touches_sys_path(path: Path) -> bool:
@@ -151,7 +149,7 @@ def test_commands_run_as_modules_without_sys_path_bootstraps() -> None:
         for path in _source_files()
         if path.relative_to(ROOT).parts[0] != "space" and _touches_sys_path(path)
     }
-    assert bootstrapping - BOOTSTRAPS_LEFT == RUN_BY_PATH
+    assert bootstrapping == RUN_BY_PATH
 
 
 def test_test_modules_share_helpers_through_helper_modules() -> None:

@@ -22,6 +22,7 @@ from training.config import TrainConfig
 from training.data.collate import RegionCollator
 from training.data.data_hf import HFRegionDataset
 from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
+from training.data.object_views import ObjectViewMix
 from training.data.streaming import RegionStream
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 from training.teacher import TeacherCache
@@ -29,7 +30,7 @@ from training.teacher import TeacherCache
 logger = logging.getLogger(__name__)
 
 # Tower sizes of the from-scratch presets. "tiny" learns the synthetic shapes in a few CPU minutes; "micro" is for
-# smoke runs of whole pipelines (tests, `benchmarks/harmony.py --quick`), where only the plumbing matters.
+# smoke runs of whole pipelines (tests, `python -m benchmarks.harmony --quick`), where only the plumbing matters.
 PRESETS: dict[str, dict[str, Any]] = {
     "micro": dict(
         text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
@@ -232,6 +233,8 @@ def build_datasets(
         if config.data_format == "synthetic":
             generate_synthetic_dataset(config.synthetic_dir, synthetic_settings(config))
         train_set, val_set = build_dataset_for_split(config, "train"), build_dataset_for_split(config, "val")
+    if config.object_views > 0:
+        train_set = ObjectViewMix(train_set, config.object_views, config.object_view_scale, seed=config.seed)
     return train_set, val_set, region_collator(config, processor)
 
 

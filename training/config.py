@@ -28,6 +28,7 @@ from modeling_harmoclip.configuration_harmoclip import (
 )
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value, type_name
+from training.data.object_views import check_object_view_options
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -88,6 +89,10 @@ class TrainConfig(RecipeSettings):
     min_box_size: float = 4.0
     strict: bool = False
     num_workers: int = 0
+    # Object-centric views (training/data/object_views.py): this fraction of the training samples becomes the crop of one
+    # of its phrase-linked boxes (enlarged `object_view_scale` times), captioned with the box's phrase alone.
+    object_views: float = 0.0
+    object_view_scale: float = 1.5
     # ---- model
     init_from: str | None = None  # a HarmoCLIP or CLIP folder (conversion/convert_clip.py makes one)
     model_preset: str = "tiny"  # from scratch: "tiny" (CPU minutes), "vit-b-16", or "micro" (smoke runs)
@@ -186,6 +191,13 @@ class TrainConfig(RecipeSettings):
             and all(isinstance(k, str) and isinstance(v, str) for k, v in self.hf_columns.items())
         ):
             raise ValueError(f"config `hf_columns` must map field names to column names, got {self.hf_columns!r}")
+        check_object_view_options(self.object_views, self.object_view_scale)
+        if self.object_views > 0 and self.streaming:
+            raise ValueError("config `object_views` needs a map-style data set: it does not apply with `streaming`")
+        if self.object_views > 0 and self.gr_teacher == "cached" and self.loss_gr_weight > 0:
+            raise ValueError(
+                "config `object_views` does not apply with gr_teacher='cached': the cache holds no views' crops"
+            )
         if self.streaming and self.data_format != "hf":
             raise ValueError(f"config `streaming` needs data_format='hf', got data_format={self.data_format!r}")
         if self.gr_enabled and self.gr_teacher == "cached" and not self.teacher_cache:

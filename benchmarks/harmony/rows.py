@@ -1,0 +1,239 @@
+"""Rows and settings of the harmony benchmark: what each row trains, and everything the figures depend on.
+
+The row fields (`RECIPE_FIELDS`) and the rule that says whether a row trains GR (`gr_enabled`) are the model config's
+(`modeling_harmoclip.configuration_harmoclip`), reached from here and nowhere else in the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS
+from modeling_harmoclip.configuration_harmoclip import gr_enabled as recipe_gr_enabled
+from training.config import TrainConfig, config_field_value
+
+PRETRAIN_RECIPE = "configs/toy_clip_pretrain.yaml"  # the toy CLIP every row starts from (docs/toy_clip.md)
+
+# A row's fields are the recipe's (`RECIPE_FIELDS`, stated once in the model config).
+LOSS_NAMES = ("gc", "lrc", "rla", "gr")
+
+
+def gr_enabled(values: Mapping[str, Any]) -> bool:
+    """Whether a row with these `TrainConfig` field values trains the GR term: the project's one rule
+    (`configuration_harmoclip.gr_enabled`), read from a mapping."""
+    return recipe_gr_enabled(types.SimpleNamespace(**values))
+
+
+def uses_frozen_teacher(values: Mapping[str, Any]) -> bool:
+    """Whether GR's teacher is a frozen copy of the starting model (its crop embeddings can then be cached)."""
+    return gr_enabled(values) and values["gr_teacher"] == "frozen"
+
+
+def loss_names(values: Mapping[str, Any]) -> str:
+    """ "GC+RLA+GR": the terms these field values train."""
+    on = {name: values[f"loss_{name}_weight"] > 0 for name in LOSS_NAMES}
+    on["gr"] = gr_enabled(values)
+    return "+".join(name.upper() for name in LOSS_NAMES if on[name])
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One row of the benchmark: a key for folders, a label for the table, and the `TrainConfig` fields it sets (loss
+    weights first; anything else, e.g. the teacher, is an ablation). Fields not set keep the benchmark's values
+    (`BASE_FIELDS`, then `HarmonySettings`), never `TrainConfig`'s defaults: only the HarmoCLIP row follows those."""
+
+    key: str
+    label: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> Any:
+        return self.fields.get(name, BASE_FIELDS.get(name, getattr(TrainConfig, name)))
+
+    def values(self) -> dict[str, Any]:
+        """The row's value of every recipe field."""
+        return {name: self.value(name) for name in RECIPE_FIELDS}
+
+    @property
+    def losses(self) -> str:
+        return loss_names(self.values())
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {name: float(self.value(f"loss_{name}_weight")) for name in LOSS_NAMES}
+
+
+def _weights(gc: float, lrc: float, gr: float, rla: float = 0.0) -> dict[str, float]:
+    return {"loss_gc_weight": gc, "loss_lrc_weight": lrc, "loss_gr_weight": gr, "loss_rla_weight": rla}
+
+
+# What a row starts from (GC+LRC+GR under a frozen teacher, the region temperature as loaded), whatever TrainConfig's
+# defaults become: rows keep their meaning, and their finished runs stay reusable, when the defaults change.
+BASE_FIELDS: dict[str, Any] = {
+    **_weights(1.0, 1.0, 1.0, 0.0),
+    "gr_teacher": "frozen",
+    "region_text_grad": True,
+}
+PRETRAINED = Configuration("pretrained", "pre-trained toy CLIP (reference)", _weights(1.0, 0.0, 0.0))
+GC_ONLY = Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0))
+FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
+    GC_ONLY,
+    Configuration("gr", "GR only (CLIPSelf-like)", _weights(0.0, 0.0, 1.0)),
+    Configuration("gc-gr", "GC+GR (FineCLIP-like, no region captions)", _weights(1.0, 0.0, 1.0)),
+    Configuration("gc-lrc", "GC+LRC", _weights(1.0, 1.0, 0.0)),
+    Configuration("gc-lrc-gr", "GC+LRC+GR (the paper's three terms)", _weights(1.0, 1.0, 1.0)),
+    # The steps the current defaults came from: LRC replaced by RLA at 0.5, then the region terms' text gradients off.
+    Configuration("gc-rla-gr", "GC+RLA 0.5+GR, region text gradients on", _weights(1.0, 0.0, 1.0, 0.5)),
+    Configuration(
+        "gc-rla",
+        "GC+RLA 0.5, no region text gradients",
+        {**_weights(1.0, 0.0, 0.0, 0.5), "region_text_grad": False},
+    ),
+    Configuration(
+        "harmoclip", "HarmoCLIP (TrainConfig defaults)", {name: getattr(TrainConfig, name) for name in RECIPE_FIELDS}
+    ),
+)
+CONFIGURATION_KEYS = tuple(configuration.key for configuration in FINETUNE_CONFIGURATIONS)
+GOAL_ROW = "harmoclip"  # the row of TrainConfig's defaults, which the goal is about
+REGION_REFERENCES = ("gc", "gr", "gc-gr")  # the rows a default must beat on held-out regions
+# Fields a row may not set: they are the benchmark's (same data, same pre-trained model, same budget for every row).
+BENCHMARK_FIELDS = (
+    "data_format",
+    "synthetic_dir",
+    "synthetic_num_train",
+    "synthetic_num_val",
+    "synthetic_image_size",
+    "synthetic_min_shapes",
+    "synthetic_held_out",
+    "init_from",
+    "model_preset",
+    "image_size",
+    "patch_size",
+    "seed",
+    "batch_size",
+    "max_steps",
+    "learning_rate",
+    "warmup_steps",
+    "output_dir",
+)
+
+
+def parse_row(text: str) -> Configuration:
+    """``"key:field=value,field=value"`` -> an extra row (an ablation); values are read as the field's type."""
+    key, _, assignments = text.partition(":")
+    if not key or not key.replace("-", "").replace("_", "").isalnum() or key in CONFIGURATION_KEYS + (PRETRAINED.key,):
+        raise ValueError(f"--row {text!r}: the key must be a new name of letters, digits, '-' or '_', got {key!r}")
+    fields: dict[str, Any] = {}
+    for assignment in filter(None, assignments.split(",")):
+        name, equals, value = assignment.partition("=")
+        name = name.strip()
+        if not equals or name in BENCHMARK_FIELDS:
+            raise ValueError(
+                f"--row {text!r}: {assignment!r} must be field=value with a field other than {list(BENCHMARK_FIELDS)}"
+            )
+        fields[name] = config_field_value(name, value.strip())
+    if not fields:
+        raise ValueError(f"--row {text!r}: give at least one field=value after the key")
+    return Configuration(key, f"{key} ({', '.join(f'{name}={value}' for name, value in fields.items())})", fields)
+
+
+@dataclass
+class HarmonySettings:
+    """Everything the benchmark's figures depend on. The defaults are the evidence run (5 seeds; docs/toy_clip.md says
+    what each part costs on 2 CPU cores)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # ---- data: the synthetic shapes (training/data/synthetic.py)
+    synthetic_num_train: int = 2000
+    synthetic_num_val: int = 300
+    synthetic_image_size: int = 64
+    synthetic_min_shapes: int = 2
+    synthetic_held_out: int = 4
+    # ---- model: a from-scratch preset of training/builders.py
+    model_preset: str = "tiny"
+    image_size: int = 64
+    patch_size: int = 8
+    # ---- pre-training: the toy CLIP recipe (a TrainConfig YAML); the options below, when given, override it
+    pretrain_recipe: str = PRETRAIN_RECIPE
+    pretrain_steps: int | None = None
+    pretrain_batch_size: int | None = None
+    pretrain_learning_rate: float | None = None
+    pretrain_warmup_steps: int | None = None
+    # ---- fine-tuning (the same budget for every configuration)
+    finetune_steps: int = 60
+    finetune_batch_size: int = 32
+    finetune_learning_rate: float = 1e-4
+    finetune_warmup_steps: int = 6
+    weight_decay: float = 0.1
+    gr_crop_scale: float = 1.5
+    # The frozen GR teacher's crop embeddings computed once per seed (training/cache_teacher.py): the same targets
+    # as computing them at every step, for a fraction of the cost.
+    cache_teacher: bool = True
+    # ---- evaluation and rows
+    eval_batch_size: int = 64
+    configurations: tuple[str, ...] = CONFIGURATION_KEYS
+    rows: tuple[str, ...] = ()  # extra rows, "key:field=value,...": see `parse_row`
+
+    def __post_init__(self) -> None:
+        self.configurations = tuple(self.configurations)
+        self.rows = tuple(self.rows)
+        self.seeds = tuple(int(seed) for seed in self.seeds)
+        unknown = [key for key in self.configurations if key not in CONFIGURATION_KEYS]
+        if unknown or not (self.configurations or self.rows):
+            raise ValueError(
+                f"`configurations` must be a subset of {list(CONFIGURATION_KEYS)} (or give `rows`), got {list(self.configurations)}"
+            )
+        if len(set(self.configurations)) != len(self.configurations):
+            raise ValueError(f"`configurations` lists a configuration twice: {list(self.configurations)}")
+        extra = [parse_row(row).key for row in self.rows]
+        if len(set(extra)) != len(extra):
+            raise ValueError(f"`rows` uses a key twice: {extra}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` must be distinct and at least one, got {list(self.seeds)}")
+        for name in (
+            "synthetic_num_train",
+            "synthetic_num_val",
+            "pretrain_steps",
+            "pretrain_batch_size",
+            "finetune_steps",
+            "finetune_batch_size",
+            "eval_batch_size",
+        ):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
+        for name in ("pretrain_batch_size", "finetune_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) > self.synthetic_num_train:
+                raise ValueError(
+                    f"`{name}` ({getattr(self, name)}) exceeds `synthetic_num_train` ({self.synthetic_num_train})"
+                )
+
+    def finetune_configurations(self) -> list[Configuration]:
+        return [c for c in FINETUNE_CONFIGURATIONS if c.key in self.configurations] + [
+            parse_row(row) for row in self.rows
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.update(configurations=list(self.configurations), rows=list(self.rows), seeds=list(self.seeds))
+        return values
+
+
+# A smoke run of the whole pipeline in a few minutes (figures are meaningless at this size, and the report says so).
+QUICK_SETTINGS: dict[str, Any] = dict(
+    seeds=(0, 1),
+    synthetic_num_train=8,
+    synthetic_num_val=8,
+    synthetic_image_size=32,
+    model_preset="micro",
+    image_size=32,
+    pretrain_steps=2,
+    pretrain_batch_size=4,
+    pretrain_warmup_steps=1,
+    finetune_steps=2,
+    finetune_batch_size=4,
+    finetune_warmup_steps=1,
+    eval_batch_size=8,
+)

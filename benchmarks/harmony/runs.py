@@ -1,0 +1,426 @@
+"""Runs and fingerprints of the harmony benchmark: each row's `TrainConfig`, the hash that names its folder, training
+or reusing it, its evaluation, and the loop over seeds and rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES
+from plumbing.atomic_files import write_text_atomic
+from training.config import PROJECT_ROOT, TrainConfig, load_config
+from training.data.synthetic import read_held_out
+
+from .rows import (
+    FINETUNE_CONFIGURATIONS,
+    LOSS_NAMES,
+    PRETRAINED,
+    Configuration,
+    HarmonySettings,
+    loss_names,
+    uses_frozen_teacher,
+)
+
+logger = logging.getLogger("harmoclip.harmony")
+
+ROW_FILE = "row.json"  # written last in a row's folder: the row is finished
+
+
+def synthetic_folder(settings: HarmonySettings, out: Path, seed: int) -> Path:
+    """The data set's folder, named by its settings (one folder per distinct data set)."""
+    return out / (
+        f"synthetic-{settings.synthetic_num_train}-{settings.synthetic_num_val}-{settings.synthetic_image_size}px-"
+        f"min{settings.synthetic_min_shapes}-heldout{settings.synthetic_held_out}-seed{seed}"
+    )
+
+
+def recipe_path(settings: HarmonySettings) -> Path:
+    """The pre-training recipe's file: as given, else relative to the project root."""
+    path = Path(settings.pretrain_recipe)
+    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"`pretrain_recipe`: file not found: {settings.pretrain_recipe}")
+    return path
+
+
+def _benchmark_values(settings: HarmonySettings, out: Path, output_dir: Path, seed: int, steps: int) -> dict[str, Any]:
+    """The fields every run of a seed shares: the data, the model's shape, the places and the logging."""
+    return dict(
+        data_format="synthetic",
+        train_data=None,
+        val_data=None,
+        synthetic_dir=str(synthetic_folder(settings, out, seed)),
+        synthetic_num_train=settings.synthetic_num_train,
+        synthetic_num_val=settings.synthetic_num_val,
+        synthetic_image_size=settings.synthetic_image_size,
+        synthetic_min_shapes=settings.synthetic_min_shapes,
+        synthetic_held_out=settings.synthetic_held_out,
+        model_preset=settings.model_preset,
+        image_size=settings.image_size,
+        patch_size=settings.patch_size,
+        seed=seed,
+        output_dir=str(output_dir),
+        log_every=max(1, min(10, steps // 10)),
+        checkpoint_every=max(1, steps // 2),
+        keep_checkpoints=1,
+        resume=True,
+        evaluate_at_end=False,
+        eval_batch_size=settings.eval_batch_size,
+        report_to="none",
+    )
+
+
+def pretrain_config(settings: HarmonySettings, out: Path, output_dir: Path, seed: int) -> TrainConfig:
+    """The seed's pre-training: the recipe (`pretrain_recipe`) on the benchmark's data and model, with the
+    `pretrain_*` settings that are given."""
+    recipe = load_config(recipe_path(settings))
+    overrides = {
+        name: value
+        for name, value in (
+            ("max_steps", settings.pretrain_steps),
+            ("batch_size", settings.pretrain_batch_size),
+            ("learning_rate", settings.pretrain_learning_rate),
+            ("warmup_steps", settings.pretrain_warmup_steps),
+        )
+        if value is not None
+    }
+    steps = overrides.get("max_steps", recipe.max_steps)
+    values = _benchmark_values(settings, out, output_dir, seed, steps)
+    values.update(overrides, init_from=None, extra={"harmony_row": PRETRAINED.key, "harmony_stage": "pretrain"})
+    return dataclasses.replace(recipe, **values)
+
+
+def finetune_config(
+    settings: HarmonySettings,
+    out: Path,
+    configuration: Configuration,
+    init_from: Path | None,
+    output_dir: Path,
+    seed: int,
+    teacher_cache: Path | None = None,
+) -> TrainConfig:
+    """One row's fine-tuning of the seed's pre-trained model (`init_from`): the benchmark's budget, the row's fields;
+    a frozen teacher is replaced by its cached embeddings where `teacher_cache` is given (the same targets)."""
+    steps = settings.finetune_steps
+    values: dict[str, Any] = _benchmark_values(settings, out, output_dir, seed, steps)
+    values.update(
+        init_from=str(init_from) if init_from else None,
+        **configuration.values(),
+        batch_size=settings.finetune_batch_size,
+        max_steps=steps,
+        learning_rate=settings.finetune_learning_rate,
+        warmup_steps=settings.finetune_warmup_steps,
+        weight_decay=settings.weight_decay,
+        extra={"harmony_row": configuration.key, "harmony_stage": "finetune"},
+    )
+    values["gr_crop_scale"] = settings.gr_crop_scale  # a recipe field the benchmark sets, unless the row does
+    values.update(configuration.fields)
+    if teacher_cache is not None and uses_frozen_teacher(values):
+        values.update(gr_teacher="cached", teacher_cache=str(teacher_cache))
+    return TrainConfig(**values)
+
+
+def teacher_cache_for(
+    settings: HarmonySettings, out: Path, pretrained_model: Path, pretrain_fingerprint: str, seed: int
+) -> Path:
+    """The frozen teacher's crop embeddings of the seed's training boxes under its pre-trained model (built once)."""
+    from training.cache_teacher import build_teacher_cache_folder
+    from training.teacher import INDEX_FILE
+
+    folder = out / "runs" / f"teacher-cache-{pretrain_fingerprint}"
+    if not (folder / INDEX_FILE).is_file():
+        config = finetune_config(
+            settings, out, FINETUNE_CONFIGURATIONS[0], pretrained_model, out / "runs" / "pending", seed
+        )
+        build_teacher_cache_folder(config, folder, batch_size=settings.eval_batch_size, overwrite=True)
+    return folder
+
+
+# Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
+_NOT_FINGERPRINTED = (
+    "synthetic_dir",
+    "output_dir",
+    "init_from",
+    "teacher_cache",
+    "tokenizer_bpe",
+    "resume",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "report_to",
+    "evaluate_at_end",
+    "num_workers",
+    "extra",
+)
+# Options added after runs were made, with the value that trains as before they existed: at that value they are left
+# out of the fingerprint, so finished runs stay reusable; any other value is a new recipe.
+_ADDED_LATER: dict[str, Any] = {"region_text_grad": True, "object_views": 0.0, "object_view_scale": 1.5}
+_UNSET = object()
+
+
+def fingerprint(config: TrainConfig, parent: str | None = None) -> str:
+    """A short hash of what a row's model and figures depend on: its training settings, the fingerprint of the model
+    it starts from (`parent`) and the evaluation protocol."""
+    recipe = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in _NOT_FINGERPRINTED and _ADDED_LATER.get(key, _UNSET) != value
+    }
+    recipe.update(parent=parent, eval_methods=list(BOX_METHODS), eval_templates=list(DEFAULT_TEMPLATES))
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def group_top1(per_class_top1: Sequence[float | None], counts: Sequence[int], members: Sequence[bool]) -> float | None:
+    """Top-1 (%) over the boxes of the classes in a group, from per-class Top-1 (%) and per-class box counts: the
+    box-weighted mean of the members' per-class figures (None if the group has no box)."""
+    total = sum(count for count, member in zip(counts, members) if member)
+    if total == 0:
+        return None
+    hits = sum((top1 or 0.0) * count for top1, count, member in zip(per_class_top1, counts, members) if member)
+    return hits / total
+
+
+def summarize(
+    evaluation: dict[str, Any], class_counts: Sequence[int] | None = None, held_out: Sequence[bool] | None = None
+) -> dict[str, float | None]:
+    """The benchmark's figures (percent) from `evaluate_model`'s {task: results}; with the held-out split's box count
+    per class and which classes were held out of training, box Top-1 on seen and on held-out combinations too, and
+    the number of boxes of each group (`num_boxes_seen`, `num_boxes_held_out`)."""
+    retrieval, boxcls = evaluation["retrieval"], evaluation["boxcls"]
+    figures: dict[str, float | None] = {
+        "i2t_R@1": float(retrieval["i2t_R@1"]),
+        "t2i_R@1": float(retrieval["t2i_R@1"]),
+        "box_top1_dense": float(boxcls["dense"]["top1"]),
+        "box_top1_crop": float(boxcls["crop"]["top1"]),
+        "box_mean_class_top1_dense": float(boxcls["dense"]["mean_class_top1"]),
+        "i2t_R@5": float(retrieval["i2t_R@5"]),
+        "t2i_R@5": float(retrieval["t2i_R@5"]),
+    }
+    figures["mean_R@1"] = (figures["i2t_R@1"] + figures["t2i_R@1"]) / 2
+    for group, members in (
+        ("seen", None if held_out is None else [not h for h in held_out]),
+        ("held_out", held_out),
+    ):
+        for method in ("dense", "crop"):
+            figures[f"box_top1_{method}_{group}"] = (
+                None
+                if members is None or class_counts is None
+                else group_top1(boxcls[method]["per_class_top1"], class_counts, members)
+            )
+        figures[f"num_boxes_{group}"] = (
+            None if members is None or class_counts is None else sum(c for c, m in zip(class_counts, members) if m)
+        )
+    return figures
+
+
+def class_counts_and_held_out(data_dir: Path, class_names: Sequence[str]) -> tuple[list[int], list[bool]]:
+    """Per class of `class_names` (the evaluation's order): the held-out split's box count, and whether the training
+    split never saw the class."""
+    held = set(read_held_out(data_dir))
+    counts = {name: 0 for name in class_names}
+    for line in (data_dir / "val.jsonl").read_text().splitlines():
+        for region in json.loads(line)["regions"]:
+            counts[region["label"]] += 1
+    return [counts[name] for name in class_names], [name in held for name in class_names]
+
+
+def evaluated_class_names(folder: Path) -> list[str]:
+    """The classes of a row's box classification, in the order of its per-class figures."""
+    return json.loads((folder / "eval.json").read_text())["tasks"]["boxcls"]["settings"]["class_names"]
+
+
+def chance_levels(pretrained_folders: Sequence[Path], data_dirs: Sequence[Path]) -> dict[str, Any]:
+    """Chance R@1 (one correct image among N) and box Top-1 (1 / classes), from the reference rows' evaluations (box
+    counts averaged over seeds)."""
+    tasks = [json.loads((folder / "eval.json").read_text())["tasks"] for folder in pretrained_folders]
+    num_images = tasks[0]["retrieval"]["results"]["num_images"]
+    num_classes = len(tasks[0]["boxcls"]["settings"]["class_names"])
+    held_out_boxes = [
+        sum(count for count, held in zip(*class_counts_and_held_out(data_dir, evaluated_class_names(folder))) if held)
+        for folder, data_dir in zip(pretrained_folders, data_dirs)
+    ]
+    return {
+        "R@1": 100.0 / num_images,
+        "box_top1": 100.0 / num_classes,
+        "num_classes": num_classes,
+        "num_boxes": round(sum(task["boxcls"]["results"]["num_boxes"] for task in tasks) / len(tasks)),
+        "num_held_out_boxes": round(sum(held_out_boxes) / len(held_out_boxes)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+
+
+def read_finished_row(folder: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The record of a finished row in `folder` made with `expected_fingerprint`, else None."""
+    path = folder / ROW_FILE
+    if not path.is_file() or not (folder / "model" / "config.json").is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if record.get("fingerprint") == expected_fingerprint else None
+
+
+def run_row(
+    configuration: Configuration, config: TrainConfig, row_fingerprint: str, show_progress: bool = True
+) -> dict[str, Any]:
+    """Trains (or resumes) and evaluates one row of one seed, or reuses it when finished. Returns the row's record."""
+    from modeling_harmoclip import HarmoCLIPModel
+    from training.builders import evaluate_model, load_processor
+    from training.train import train
+
+    folder = Path(config.output_dir)
+    record = read_finished_row(folder, row_fingerprint)
+    if record is not None:
+        logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
+        # The places as seen from here: the record keeps those of the run that made it (another `--out` spelling or
+        # working directory), which the report would otherwise follow.
+        model = folder / Path(record["model"]).relative_to(record["folder"])
+        return {**record, "folder": str(folder), "model": str(model), "reused": True}
+    logger.info(
+        "%s, seed %d: training in %s (losses %s, %d steps)",
+        configuration.label,
+        config.seed,
+        folder,
+        loss_names(config.to_dict()),
+        config.max_steps,
+    )
+    started, cpu_started = time.perf_counter(), time.process_time()
+    model_dir = train(config)
+    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    # Evaluate the saved folder (what a user would load), not the in-memory weights.
+    model = HarmoCLIPModel.from_pretrained(model_dir).eval()
+    processor = load_processor(model_dir, region_mode=config.processor_region_mode)
+    started = time.perf_counter()
+    evaluation = evaluate_model(model, processor, config, folder, show_progress=show_progress)
+    eval_seconds = time.perf_counter() - started
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model is saved; optimiser states are not needed
+    counts, held_out = class_counts_and_held_out(Path(config.synthetic_dir), evaluated_class_names(folder))
+    record = {
+        "key": configuration.key,
+        "label": configuration.label,
+        "losses": loss_names(config.to_dict()),
+        "loss_weights": {name: float(getattr(config, f"loss_{name}_weight")) for name in LOSS_NAMES},
+        "fields": configuration.fields,
+        "seed": config.seed,
+        "fingerprint": row_fingerprint,
+        "folder": str(folder),
+        "model": str(model_dir),
+        "init_from": config.init_from,
+        "figures": summarize(evaluation, counts, held_out),
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "eval_seconds": eval_seconds,
+        "train_config": config.to_dict(),
+    }
+    write_text_atomic(folder / ROW_FILE, json.dumps(record, indent=2) + "\n")
+    logger.info(
+        "%s, seed %d: %s (train %.0f s, eval %.0f s)",
+        configuration.label,
+        config.seed,
+        json.dumps(record["figures"]),
+        train_seconds,
+        eval_seconds,
+    )
+    return {**record, "reused": False}
+
+
+def pretrain_seed(
+    settings: HarmonySettings, out: Path, seed: int, show_progress: bool = True
+) -> tuple[dict[str, Any], str]:
+    """The seed's pre-trained toy CLIP, trained once and reused after (its folder is named by its fingerprint):
+    (its record, its fingerprint)."""
+    runs = out / "runs"
+    config = pretrain_config(settings, out, runs / "pending", seed)
+    pretrain_fingerprint = fingerprint(config)
+    config = dataclasses.replace(config, output_dir=str(runs / f"{PRETRAINED.key}-{pretrain_fingerprint}"))
+    return run_row(PRETRAINED, config, pretrain_fingerprint, show_progress), pretrain_fingerprint
+
+
+def run_seeds(
+    settings: HarmonySettings, out: Path, show_progress: bool = True, pretrain_only: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """For each seed: pre-trains (or reuses) its toy CLIP, then fine-tunes (or reuses) and evaluates every row from
+    it (none with `pretrain_only`). Returns {row key: [its record per seed]}, the pre-trained reference first."""
+    runs = out / "runs"
+    configurations = [] if pretrain_only else settings.finetune_configurations()
+    progress = tqdm(
+        total=len(settings.seeds) * (1 + len(configurations)),
+        desc="harmony rows",
+        unit="row",
+        disable=not show_progress,
+        dynamic_ncols=True,
+    )
+    records: dict[str, list[dict[str, Any]]] = {PRETRAINED.key: [], **{c.key: [] for c in configurations}}
+    for seed in settings.seeds:
+        pretrained, pretrain_fingerprint = pretrain_seed(settings, out, seed, show_progress)
+        records[PRETRAINED.key].append(pretrained)
+        progress.update(1)
+        cache = None
+        if settings.cache_teacher and any(uses_frozen_teacher(c.values()) for c in configurations):
+            cache = teacher_cache_for(settings, out, Path(pretrained["model"]), pretrain_fingerprint, seed)
+        done: dict[
+            str, dict[str, Any]
+        ] = {}  # fingerprint -> record: a row equal to an earlier one is not trained twice
+        for configuration in configurations:
+            config = finetune_config(
+                settings, out, configuration, Path(pretrained["model"]), runs / "pending", seed, cache
+            )
+            row_fingerprint = fingerprint(config, parent=pretrain_fingerprint)
+            if row_fingerprint in done:
+                logger.info(
+                    "%s, seed %d: the same training as %s, figures shared",
+                    configuration.label,
+                    seed,
+                    done[row_fingerprint]["label"],
+                )
+                record = {
+                    **done[row_fingerprint],
+                    "key": configuration.key,
+                    "label": configuration.label,
+                    "same_as": done[row_fingerprint]["key"],
+                }
+            else:
+                folder = runs / f"{configuration.key}-{row_fingerprint}"
+                if not folder.exists():  # the same training finished earlier under another row's name
+                    folder = next(
+                        (f for f in sorted(runs.glob(f"*-{row_fingerprint}")) if read_finished_row(f, row_fingerprint)),
+                        folder,
+                    )
+                config = dataclasses.replace(config, output_dir=str(folder))
+                record = run_row(configuration, config, row_fingerprint, show_progress)
+                record = done[row_fingerprint] = {**record, "key": configuration.key, "label": configuration.label}
+            records[configuration.key].append(record)
+            progress.update(1)
+    progress.close()
+    return records
+
+
+def environment(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """What the wall-clock time depends on: threads, cores, OpenMP's wait policy, other jobs (load averages)."""
+    import torch
+
+    return {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": [round(value, 2) for value in load_at_start],
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+    }

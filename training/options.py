@@ -1,0 +1,78 @@
+"""Command-line options for the fields of any settings dataclass, typed as `TrainConfig`'s are (training/config.py).
+
+    add_dataclass_options(parser, MySettings, skip=("rows",))
+    values = dataclass_values(MySettings, vars(parser.parse_args(argv)))
+
+Values stay strings on the command line and are read as their field's type afterwards by `coerce_value` ("false" is
+False, "1e-4" a float, "none" None for an optional field); a tuple field takes one or more values, each read as the
+tuple's item type. A bad value is a `ValueError` naming the option and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from plumbing.command_line import CommandParser
+from plumbing.typed_values import coerce_value, type_name
+
+
+def _default(item: dataclasses.Field) -> Any:
+    return item.default if item.default is not dataclasses.MISSING else item.default_factory()
+
+
+def _item_type(annotation: Any) -> Any | None:
+    """The item type of a `tuple[X, ...]` annotation, else None."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is tuple else None
+
+
+def add_dataclass_options(
+    parser: CommandParser,
+    cls: type,
+    skip: Iterable[str] = (),
+    choices: Mapping[str, Iterable[str]] | None = None,
+    help: Mapping[str, str] | None = None,
+) -> None:
+    """One option per field of dataclass `cls` not in `skip` (`--field_name` and `--field-name`), default None (not
+    given); `choices` and `help` per field name."""
+    hints, skip, choices, help = typing.get_type_hints(cls), set(skip), dict(choices or {}), dict(help or {})
+    for item in dataclasses.fields(cls):
+        if item.name in skip:
+            continue
+        flags = [f"--{item.name.replace('_', '-')}"] + ([f"--{item.name}"] if "_" in item.name else [])
+        multiple = _item_type(hints[item.name]) is not None
+        parser.add_argument(
+            *flags,
+            dest=item.name,
+            default=None,
+            nargs="+" if multiple else None,
+            choices=tuple(choices[item.name]) if item.name in choices else None,
+            metavar=None if item.name in choices else type_name(_item_type(hints[item.name]) or hints[item.name]),
+            help=help.get(item.name, f"default: {_default(item)!r}"),
+        )
+
+
+def dataclass_field_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """`value` (a string, a YAML value, or a list of them for a tuple field) as the type of field `name` of `cls`."""
+    annotation = typing.get_type_hints(cls)[name]
+    item = _item_type(annotation)
+    if item is None:
+        return coerce_value(name, value, annotation, where=where)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = [value]  # one value of a tuple field, from a YAML scalar
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected a list of {type_name(item)}, got {value!r}")
+    return tuple(coerce_value(name, part, item, where=where) for part in value)
+
+
+def dataclass_values(cls: type, given: Mapping[str, Any], where: str = "option `--{name}`") -> dict[str, Any]:
+    """The values in `given` (e.g. `vars(args)`) of fields of `cls` that are not None, read as their field's types;
+    `where` names the source in errors, with `{name}` for the field."""
+    names = {item.name for item in dataclasses.fields(cls)}
+    return {
+        name: dataclass_field_value(cls, name, value, where.format(name=name))
+        for name, value in given.items()
+        if name in names and value is not None
+    }
