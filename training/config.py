@@ -27,8 +27,9 @@ from modeling_harmoclip.configuration_harmoclip import (
     recipe_defaults,
 )
 from plumbing.command_line import CommandParser
-from plumbing.typed_values import coerce_value, type_name
+from plumbing.typed_values import coerce_value
 from training.data.object_views import check_object_view_options
+from training.options import add_dataclass_options, dataclass_values
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -294,32 +295,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def build_argument_parser(description: str) -> CommandParser:
-    """`--config PATH` plus one option per config field (underscores or dashes); values stay strings until
-    `config_from_args` reads them as their field's type."""
+    """`--config PATH` plus one option per config field (underscores or dashes, `training.options`); values stay
+    strings until `config_from_args` reads them as their field's type."""
     parser = CommandParser(description=description)
     parser.add_argument("--config", help="YAML file of options (configs/*.yaml); command-line options override it")
-    hints = _field_types()
-    for item in dataclasses.fields(TrainConfig):
-        if item.name == "extra":
-            continue
-        flags = [f"--{item.name}"] + ([f"--{item.name.replace('_', '-')}"] if "_" in item.name else [])
-        parser.add_argument(
-            *flags,
-            dest=item.name,
-            default=None,
-            choices=CHOICES.get(item.name),
-            metavar=None if item.name in CHOICES else type_name(hints[item.name]),
-            help=f"default: {item.default!r}",
-        )
+    add_dataclass_options(parser, TrainConfig, skip=("extra",), choices=CHOICES)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config of `--config` with the options given on the command line (typed and checked by `TrainConfig`)."""
-    hints = _field_types()
-    overrides = {
-        name: coerce_value(name, value, hints[name], where=f"option `--{name}`")
-        for name, value in vars(args).items()
-        if name in hints and value is not None
-    }
+    overrides = dataclass_values(TrainConfig, {k: v for k, v in vars(args).items() if k != "extra"})
     return load_config(args.config, overrides)

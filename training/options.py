@@ -35,13 +35,13 @@ def add_dataclass_options(
     choices: Mapping[str, Iterable[str]] | None = None,
     help: Mapping[str, str] | None = None,
 ) -> None:
-    """One option per field of dataclass `cls` not in `skip` (`--field_name` and `--field-name`), default None (not
+    """One option per field of dataclass `cls` not in `skip` (`--field_name` and `--field-name`, the field's name first), default None (not
     given); `choices` and `help` per field name."""
     hints, skip, choices, help = typing.get_type_hints(cls), set(skip), dict(choices or {}), dict(help or {})
     for item in dataclasses.fields(cls):
         if item.name in skip:
             continue
-        flags = [f"--{item.name.replace('_', '-')}"] + ([f"--{item.name}"] if "_" in item.name else [])
+        flags = [f"--{item.name}"] + ([f"--{item.name.replace('_', '-')}"] if "_" in item.name else [])
         multiple = _item_type(hints[item.name]) is not None
         parser.add_argument(
             *flags,
