@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import Pipeline
 from transformers.image_transforms import to_pil_image
 
 from .detection import (
@@ -36,8 +35,7 @@ from .detection import (
     check_threshold,
     detect_objects,
 )
-from .image_io import read_image
-from .pipeline_harmoclip import DEFAULT_TEMPLATES, resolve_label_embeddings
+from .pipeline_harmoclip import DEFAULT_TEMPLATES, RegionPresetPipeline, resolve_label_embeddings
 from .processing_harmoclip import check_strings, original_image_size
 
 DETECTION_TASK = "zero-shot-object-detection"
@@ -72,25 +70,9 @@ def encode_candidates(
     return embeds, resolve_label_embeddings(model, tokenizer, [background_label], templates)[0]
 
 
-class _DenseLabelPipeline(Pipeline):
+class _DenseLabelPipeline(RegionPresetPipeline):
     """What detection and segmentation share: images (optionally at another `image_size`) in, one encoder pass through
-    `detect_objects` per batch, label embeddings encoded once per call."""
-
-    _load_processor = True
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-    task_name = ""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        if not callable(getattr(self.processor, "as_region_mode", None)):
-            raise TypeError(
-                f"the {self.task_name} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
-            )
-        # The whole image must be seen: the square, crop-free preset.
-        self.processor = self.processor.as_region_mode()
-        self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
+    `detect_objects` per batch, label embeddings reused across calls (`resolve_label_embeddings`)."""
 
     def check_image_size(self, image_size: Any) -> int:
         """A positive multiple of the patch size (the model's input side for finer maps)."""
@@ -133,7 +115,9 @@ class _DenseLabelPipeline(Pipeline):
         image, boxes = inputs.get("image"), inputs.get("boxes")
         if image is None:
             raise ValueError(f"the {self.task_name} pipeline needs an image, got None")
-        image = read_image(image, timeout=timeout)  # upright (EXIF applied), as every entry point; unreadable: one line
+        image = self.read_image(
+            image, timeout=timeout
+        )  # upright (EXIF applied), as every entry point; unreadable: one line
         options = {"size": {"height": image_size, "width": image_size}} if image_size is not None else {}
         if boxes is not None and len(boxes) == 0:
             raise ValueError(

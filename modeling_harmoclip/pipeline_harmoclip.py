@@ -274,7 +274,33 @@ def similarity_to_probabilities(similarity: torch.Tensor, model: torch.nn.Module
     return (model.logit_scale.exp().item() * similarity).softmax(dim=0)
 
 
-class RegionClassificationPipeline(Pipeline):
+class RegionPresetPipeline(Pipeline):
+    """What every HarmoCLIP pipeline shares: a `HarmoCLIPProcessor` switched to its square, crop-free region preset
+    (no box or object is ever cut by a centre crop, the whole image is seen), and images read upright."""
+
+    _load_processor = True
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    task_name = ""  # the subclass's task, for error messages
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not callable(getattr(self.processor, "as_region_mode", None)):
+            raise TypeError(
+                f"the {self.task_name} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
+            )
+        self.processor = self.processor.as_region_mode()
+        self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
+
+    @staticmethod
+    def read_image(image: Any, timeout: float | None = None) -> Any:
+        """The image (path, URL or PIL image) as this pipeline reads it: upright RGB (`image_io.read_image`). Callers
+        that draw on the image or check boxes against its size (the Space) use this frame."""
+        return read_image(image, timeout=timeout)
+
+
+class RegionClassificationPipeline(RegionPresetPipeline):
     """Labels given boxes of an image among free-text candidate labels, from HarmoCLIP's region embeddings (one pass
     of the image encoder for all boxes).
 
@@ -298,26 +324,7 @@ class RegionClassificationPipeline(Pipeline):
         best first}`. Boxes left empty inside the image are dropped with a warning.
     """
 
-    _load_processor = True
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_feature_extractor = False
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        if not callable(getattr(self.processor, "as_region_mode", None)):
-            raise TypeError(
-                f"the {PIPELINE_TASK} pipeline needs a HarmoCLIPProcessor, got {type(self.processor).__name__}"
-            )
-        # Boxes must never be cut by a centre crop: the square, crop-free preset.
-        self.processor = self.processor.as_region_mode()
-        self.tokenizer, self.image_processor = self.processor.tokenizer, self.processor.image_processor
-
-    @staticmethod
-    def read_image(image: Any, timeout: float | None = None) -> Any:
-        """The image (path, URL or PIL image) as this pipeline reads it: upright RGB (`image_io.read_image`). Callers
-        that draw on the image or check boxes against its size (the Space) use this frame."""
-        return read_image(image, timeout=timeout)
+    task_name = PIPELINE_TASK
 
     def encode_labels(self, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
         """(L, D) prompt-ensembled label embeddings on the model's device, reused across calls
@@ -441,6 +448,7 @@ if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
 __all__ = [
     "PIPELINE_TASK",
     "DEFAULT_TEMPLATES",
+    "RegionPresetPipeline",
     "RegionClassificationPipeline",
     "label_embeddings",
     "resolve_label_embeddings",
