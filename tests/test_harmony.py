@@ -503,3 +503,15 @@ def test_extra_rows_are_parsed_with_the_fields_types() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             parse_row(bad)
+
+
+def test_a_settings_file_that_is_not_yaml_or_names_unknown_settings_is_refused_in_one_line(tmp_path: Path) -> None:
+    from benchmarks.harmony.command_line import build_parser, settings_from_args
+
+    bad, unknown = tmp_path / "bad.yaml", tmp_path / "unknown.yaml"
+    bad.write_text("seeds: [0, 1\n")
+    unknown.write_text("seeds: [0]\nsteps: 3\n")
+    with pytest.raises(ValueError, match=f"^config file {bad} is not valid YAML: [^\n]*$"):
+        settings_from_args(build_parser().parse_args(["--config", str(bad)]))
+    with pytest.raises(ValueError, match=rf"^config file {unknown}: unknown setting\(s\) \['steps'\]; known: \["):
+        settings_from_args(build_parser().parse_args(["--config", str(unknown)]))

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from modeling_harmoclip.configuration_harmoclip import (
     RECIPE_CHOICES,
     RECIPE_FIELDS,
@@ -29,7 +27,7 @@ from modeling_harmoclip.configuration_harmoclip import (
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value
 from training.data.object_views import check_object_view_options
-from training.options import add_dataclass_options, dataclass_values
+from training.options import add_dataclass_options, dataclass_values, read_settings_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -271,22 +269,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     known = {item.name for item in dataclasses.fields(TrainConfig)}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(loaded).__name__}")
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            renamed = [f"{name} is now {RENAMED[name]}" for name in unknown if name in RENAMED]
-            raise ValueError(
-                f"config file {path}: unknown option(s) {unknown}" + (f" ({'; '.join(renamed)})" if renamed else "")
-            )
-        values.update(loaded)
+        values.update(read_settings_file(path, known, renamed=RENAMED))
     for key, value in (overrides or {}).items():
         if key not in known:
             raise ValueError(f"unknown option {key!r}")

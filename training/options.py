@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value, type_name
@@ -76,3 +79,34 @@ def dataclass_values(cls: type, given: Mapping[str, Any], where: str = "option `
         for name, value in given.items()
         if name in names and value is not None
     }
+
+
+def read_settings_file(
+    path: str | Path,
+    known: Iterable[str],
+    noun: str = "option",
+    renamed: Mapping[str, str] | None = None,
+    list_known: bool = False,
+) -> dict[str, Any]:
+    """The mapping of `noun`: value a YAML settings file holds, its values as written (read them with
+    `dataclass_values`). Raises `FileNotFoundError` or one-line `ValueError`s: not valid YAML, not a mapping, or keys
+    that are not in `known` (a key in `renamed` is told its new name; `list_known` lists the known ones)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path} must hold a mapping of {noun}: value, got {type(loaded).__name__}")
+    known, renamed = set(known), dict(renamed or {})
+    unknown = sorted(set(loaded) - known)
+    if unknown:
+        moved = [f"{name} is now {renamed[name]}" for name in unknown if name in renamed]
+        raise ValueError(
+            f"config file {path}: unknown {noun}(s) {unknown}"
+            + (f" ({'; '.join(moved)})" if moved else "")
+            + (f"; known: {sorted(known)}" if list_known else "")
+        )
+    return loaded

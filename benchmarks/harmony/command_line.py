@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
-from training.options import add_dataclass_options, dataclass_values
+from training.options import add_dataclass_options, dataclass_values, read_settings_file
 
 from . import __doc__ as PACKAGE_DOC
 from .report import RESULTS_NAME, build_report, markdown_table, property_lines, write_outputs
@@ -99,16 +97,9 @@ def settings_from_args(args: Any) -> HarmonySettings:
     """Defaults, then `--quick`, then the YAML file, then the options given; every value read as its field's type."""
     values: dict[str, Any] = dict(QUICK_SETTINGS) if args.quick else {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
+        if not Path(args.config).is_file():
             raise FileNotFoundError(f"`--config`: file not found: {args.config}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {args.config} must hold a mapping of setting: value")
-        known = set(HarmonySettings.__dataclass_fields__)
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"config file {args.config}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        loaded = read_settings_file(args.config, HarmonySettings.__dataclass_fields__, "setting", list_known=True)
         values.update(dataclass_values(HarmonySettings, loaded, where=f"config file {args.config}: `{{name}}`"))
     values.update(dataclass_values(HarmonySettings, vars(args)))
     return HarmonySettings(**values)
