@@ -163,7 +163,12 @@ def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
     worker = ROOT / "tests" / "distributed_worker.py"
     env = ENV
     subprocess.run(
-        [PYTHON, str(worker), "--out", str(tmp_path / "one.pt")], cwd=ROOT, env=env, check=True, capture_output=True
+        [PYTHON, str(worker), "--out", str(tmp_path / "one.pt")],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     subprocess.run(
         [
@@ -180,6 +185,7 @@ def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
         env=env,
         check=True,
         capture_output=True,
+        timeout=300,  # a hung teardown fails here instead of holding the suite
     )
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["processes"], two["processes"]) == (1, 2)

@@ -265,6 +265,9 @@ def train(config: TrainConfig) -> Path:
         end_distributed_run(accelerator)
 
 
+TEARDOWN_PAUSE_S = 0.25  # see `end_distributed_run`
+
+
 def end_distributed_run(accelerator: Accelerator, batches: Iterator[Any] | None = None) -> None:
     """Tears a run down while the interpreter is still whole: closes the batch stream, then destroys the process group.
 
@@ -272,10 +275,17 @@ def end_distributed_run(accelerator: Accelerator, batches: Iterator[Any] | None 
     iterator (and its workers) now. Destroying the process group joins gloo's worker threads: left to interpreter
     exit, a thread still finishing the last collective can find the interpreter gone and abort the process
     ("terminate called without an active exception", SIGABRT), and torchrun then stops the other processes. Safe to
-    call more than once; a run without a process group only closes its stream.
+    call more than once; a run without a process group only closes its stream. Called after the last collective of
+    every process (the end of a run, or an error), it waits for none of the other processes.
     """
     if batches is not None and hasattr(batches, "close"):
         batches.close()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # gloo's worker threads destroy each finished collective on their own thread, and one that holds a tensor
+        # made in Python takes the GIL to free it. The process group's last reference is the DDP model's reducer,
+        # which Python frees later with the GIL held; its destructor joins those threads, so a thread still waiting
+        # for the GIL then waits forever (a hang seen under load). A pause with the GIL released lets them finish.
+        time.sleep(TEARDOWN_PAUSE_S)
     accelerator.state.destroy_process_group()
 
 
