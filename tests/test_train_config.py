@@ -81,6 +81,26 @@ def test_command_line_values_are_typed_and_named() -> None:
         parser.parse_args(["--dense_mode", "values"])
 
 
+def test_eval_templates_are_a_list_of_prompts_with_a_place_for_the_class(tmp_path: Path) -> None:
+    assert TrainConfig().eval_templates == ()  # the default ensemble
+    assert load_config(write_yaml(tmp_path, 'eval_templates: ["{}", "a {}"]\n')).eval_templates == ("{}", "a {}")
+    assert load_config(write_yaml(tmp_path, "eval_templates: 'a {}'\n")).eval_templates == ("a {}",)
+    parser = build_argument_parser("test")
+    args = parser.parse_args(["--eval_templates", "{}", "a big {}", "--report_to", "none"])
+    assert config_from_args(args).eval_templates == ("{}", "a big {}")
+    for text, message in (
+        (
+            "eval_templates: ['a photo']\n",
+            "config `eval_templates`[0] must contain '{}' where the class name goes, got 'a photo'",
+        ),
+        ("eval_templates: [3]\n", "config `eval_templates`: expected str, got 3"),
+        ("eval_templates: {a: 1}\n", "config `eval_templates`: expected a list of str, got {'a': 1}"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            load_config(write_yaml(tmp_path, text))
+        assert str(caught.value) == message
+
+
 def test_synthetic_data_ignores_no_data_file() -> None:
     with pytest.raises(
         ValueError, match=r"config `train_data` \('missing.jsonl'\) is not read with data_format='synthetic'"

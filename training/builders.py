@@ -24,7 +24,7 @@ from training.data.data_hf import HFRegionDataset
 from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, JsonlRegionDataset, RegionDataset
 from training.data.object_views import ObjectViewMix
 from training.data.streaming import RegionStream
-from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
+from training.data.synthetic import VOCABULARIES, SyntheticSettings, generate_synthetic_dataset
 from training.teacher import TeacherCache
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ def synthetic_settings(config: TrainConfig) -> SyntheticSettings:
         num_val=config.synthetic_num_val,
         seed=config.seed,
         image_size=config.synthetic_image_size,
+        colours=VOCABULARIES[config.synthetic_vocabulary][0],
+        shapes=VOCABULARIES[config.synthetic_vocabulary][1],
         min_shapes=config.synthetic_min_shapes,
         held_out=config.synthetic_held_out,
     )
@@ -317,6 +319,7 @@ def evaluate_model(
             model_name=str(Path(config.output_dir) / "model"),
             command="training/train.py (end of training)",
             show_progress=show_progress,
+            **({"templates": list(config.eval_templates)} if config.eval_templates else {}),
         )
     if reports:
         write_text_atomic(output_dir / "eval.json", json.dumps({"tasks": reports}, indent=2) + "\n")

@@ -27,7 +27,7 @@ from modeling_harmoclip.configuration_harmoclip import (
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value
 from training.data.object_views import check_object_view_options
-from training.options import add_dataclass_options, dataclass_values, read_settings_file
+from training.options import add_dataclass_options, dataclass_field_value, dataclass_values, read_settings_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     **RECIPE_CHOICES,
     "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
     "flickr_category": ("type", "chain"),
+    "synthetic_vocabulary": ("basic", "rich"),
 }
 
 # Options that were renamed: a config file that still uses the old name is told the new one.
@@ -79,6 +80,7 @@ class TrainConfig(RecipeSettings):
     synthetic_image_size: int = 64
     synthetic_min_shapes: int = 1
     synthetic_held_out: int = 0  # colour-shape combinations kept out of the training split (open-vocabulary test)
+    synthetic_vocabulary: str = "basic"  # colours x shapes: "basic" 5 x 4, "rich" 9 x 7 (training/data/synthetic.py)
     # hf: a `save_to_disk` folder, or a folder / glob of Parquet files or WebDataset tars (training/data/data_hf.py)
     streaming: bool = False  # hf: read as a stream, each process its own shards (training/data/streaming.py)
     shuffle_buffer: int = 0  # hf streaming: rows in the shuffle buffer (0: shard order only; resumes exactly)
@@ -130,6 +132,10 @@ class TrainConfig(RecipeSettings):
     eval_boxcls_data: str | None = None  # COCO instances/panoptic json or JSONL with labels (default: likewise)
     eval_image_root: str | None = None
     eval_batch_size: int = 64
+    # Box-classification prompts, each with '{}' for the class name; empty: the ImageNet-style ensemble
+    # (DEFAULT_TEMPLATES). A model pre-trained from scratch knows only its captions' language and is asked in it
+    # (configs/toy_clip_pretrain.yaml: the bare phrase, as its object-centric views are captioned).
+    eval_templates: tuple[str, ...] = ()
     report_to: str = "tensorboard"  # comma-separated trackers (TRACKERS: tensorboard, wandb, mlflow, ...), or "none"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the run's config.json
 
@@ -139,7 +145,17 @@ class TrainConfig(RecipeSettings):
     def validate(self) -> None:
         hints = _field_types()
         for item in dataclasses.fields(self):  # types first: a YAML file or a caller may pass anything
-            setattr(self, item.name, coerce_value(item.name, getattr(self, item.name), hints[item.name]))
+            value = getattr(self, item.name)
+            if typing.get_origin(hints[item.name]) is tuple:
+                value = dataclass_field_value(TrainConfig, item.name, value, f"config `{item.name}`")
+            else:
+                value = coerce_value(item.name, value, hints[item.name])
+            setattr(self, item.name, value)
+        for index, template in enumerate(self.eval_templates):
+            if "{}" not in template:
+                raise ValueError(
+                    f"config `eval_templates`[{index}] must contain '{{}}' where the class name goes, got {template!r}"
+                )
         self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
