@@ -10,6 +10,7 @@ from training.data.data_jsonl import JsonlRegionDataset
 from training.data.synthetic import (
     COLOURS,
     SIZE_WORDS,
+    VOCABULARIES,
     SyntheticSettings,
     class_names,
     generate_synthetic_dataset,
@@ -23,6 +24,8 @@ from training.data.synthetic import (
 
 # Expected share of its box a shape fills: square 1, disc pi/4, triangle 1/2, cross 5/9 (pixelised).
 FILL_RANGES = {"square": (1.0, 1.0), "circle": (0.70, 0.86), "triangle": (0.42, 0.65), "cross": (0.45, 0.70)}
+# The richer vocabulary's: ring (a disc less its inner half), diamond 1/2, star (stretched to its box) about 0.38.
+RICH_FILL_RANGES = {**FILL_RANGES, "ring": (0.40, 0.65), "diamond": (0.42, 0.58), "star": (0.30, 0.46)}
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,13 @@ def small_set(tmp_path_factory):
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "shapes", settings), settings
 
 
-def test_boxes_match_the_drawn_pixels():
-    settings = SyntheticSettings(num_train=1, num_val=1, seed=7, image_size=64)
+@pytest.mark.parametrize("vocabulary", ["basic", "rich"])
+def test_boxes_match_the_drawn_pixels(vocabulary):
+    colours, shapes = VOCABULARIES[vocabulary]
+    settings = SyntheticSettings(num_train=1, num_val=1, seed=7, image_size=64, colours=colours, shapes=shapes)
+    fill_ranges = {shape: RICH_FILL_RANGES[shape] for shape in shapes}
     shapes_seen = set()
-    for index in range(25):
+    for index in range(25 if vocabulary == "basic" else 60):
         image, record = render_sample(settings, "train", index)
         pixels = np.asarray(image).astype(int)
         assert 1 <= len(record["regions"]) <= settings.max_shapes
@@ -51,7 +57,7 @@ def test_boxes_match_the_drawn_pixels():
             top, left = max(y1 - 1, 0), max(x1 - 1, 0)
             assert [xs.min() + left, ys.min() + top, xs.max() + left + 1, ys.max() + top + 1] == [x1, y1, x2, y2]
             fill = mask.sum() / ((x2 - x1) * (y2 - y1))
-            low, high = FILL_RANGES[shape]
+            low, high = fill_ranges[shape]
             assert low <= fill <= high, (shape, fill)
             in_some_box[y1:y2, x1:x2] = True
         # no shape colour outside the boxes: the grey background never takes a shape's colour
@@ -59,7 +65,7 @@ def test_boxes_match_the_drawn_pixels():
         for value in COLOURS.values():
             any_colour |= (pixels == value).all(-1)
         assert not (any_colour & ~in_some_box).any()
-    assert shapes_seen == set(FILL_RANGES)
+    assert shapes_seen == set(fill_ranges)
 
 
 def test_caption_spans_name_each_box():
@@ -90,9 +96,13 @@ def test_deterministic_per_seed_and_split():
 
 
 def test_vocabulary_tokenizes_to_few_tokens(tiny_tokenizer):
-    for name in class_names(SyntheticSettings()):
+    colours, shapes = VOCABULARIES["rich"]
+    assert VOCABULARIES["basic"] == (SyntheticSettings().colours, SyntheticSettings().shapes)  # the default data set
+    assert set(VOCABULARIES["basic"][0]) < set(colours) and set(VOCABULARIES["basic"][1]) < set(shapes)
+    basic = set(class_names(SyntheticSettings()))
+    for name in class_names(SyntheticSettings(colours=colours, shapes=shapes)):
         for word in name.split():
-            assert len(tiny_tokenizer.tokenize(word)) <= 3, word
+            assert len(tiny_tokenizer.tokenize(word)) <= (3 if name in basic else 4), word  # "diamond": 4
     assert tiny_tokenizer.tokenize("a red circle and a blue square")[:2] == ["a</w>", "red</w>"]
 
 
@@ -189,6 +199,26 @@ def test_command_line(tmp_path, capsys):
     assert main(["--out", str(out), "--num-train", "3", "--num-val", "1", "--seed", "4", "--image-size", "40"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(out) in err and len(err.strip().splitlines()) == 1
+    rich = tmp_path / "rich"
+    assert (
+        main(["--out", str(rich), "--num-train", "2", "--num-val", "1", "--vocabulary", "rich", "--held-out", "4"]) == 0
+    )
+    assert len(read_classes(rich)) == 9 * 7 and len(read_held_out(rich)) == 4
+
+
+def test_training_config_names_the_vocabulary():
+    from training.builders import synthetic_settings
+    from training.config import TrainConfig
+
+    rich = synthetic_settings(TrainConfig(synthetic_vocabulary="rich", synthetic_held_out=4))
+    assert (rich.colours, rich.shapes) == VOCABULARIES["rich"] and rich.held_out == 4
+    assert (synthetic_settings(TrainConfig()).colours, synthetic_settings(TrainConfig()).shapes) == VOCABULARIES[
+        "basic"
+    ]
+    with pytest.raises(
+        ValueError, match=r"config `synthetic_vocabulary` must be one of \('basic', 'rich'\), got 'huge'"
+    ):
+        TrainConfig(synthetic_vocabulary="huge")
 
 
 def test_bad_settings():

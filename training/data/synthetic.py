@@ -21,16 +21,18 @@ at most one of them, so every word stays seen in training) never appear in the t
 draws half of its shapes from them, half from the seen ones. Captions are unique within a split (a sample whose
 caption is taken is drawn again), so retrieval R@1 can reach 100. Sample `index` is a function of (seed, split, index,
 attempt), `attempt` being the number of redraws. The words were chosen to be single tokens or a few in CLIP's
-vocabulary, even one cut to its first 2,000 merges.
+vocabulary, even one cut to its first 2,000 merges. Two vocabularies (`VOCABULARIES`, `--vocabulary`): "basic", the
+default data set's 5 colours x 4 shapes, and "rich", 9 x 7 (adding orange, purple, pink, black; ring, diamond, star).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +48,19 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 230),
     "yellow": (240, 220, 40),
     "white": (250, 250, 250),
+    # the richer vocabulary's colours, each far from the others and from the grey background
+    "orange": (245, 140, 20),
+    "purple": (140, 50, 200),
+    "pink": (250, 140, 210),
+    "black": (10, 10, 10),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond", "star")
+# Named vocabularies (colours, shapes): "basic" is the default data set's; "rich" has more of both, so that each
+# held-out combination's colour and shape are seen in more others.
+VOCABULARIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "basic": (tuple(COLOURS)[:5], SHAPES[:4]),
+    "rich": (tuple(COLOURS), SHAPES),
+}
 SPLITS = ("train", "val")
 BACKGROUND_GREY = (70, 170)  # plain grey level range; noise stays within NOISE_LIMIT of it, far from every colour
 NOISE_LIMIT = 20
@@ -64,8 +77,8 @@ class SyntheticSettings:
     seed: int = 0
     image_size: int = 64
     max_shapes: int = 4
-    colours: tuple[str, ...] = field(default_factory=lambda: tuple(COLOURS))
-    shapes: tuple[str, ...] = SHAPES
+    colours: tuple[str, ...] = VOCABULARIES["basic"][0]
+    shapes: tuple[str, ...] = VOCABULARIES["basic"][1]
     min_shapes: int = 1
     held_out: int = 0  # colour-shape combinations never in the training split
     unique_captions: bool = True
@@ -147,6 +160,25 @@ def draw_shape(
         bar = max(1, (x2 - x1) // 3)
         draw.rectangle([x1, y1 + bar, right, bottom - bar], fill=colour)
         draw.rectangle([x1 + bar, y1, right - bar, bottom], fill=colour)
+    elif shape == "ring":
+        draw.ellipse([x1, y1, right, bottom], outline=colour, width=max(1, (x2 - x1) // 4))
+    elif shape == "diamond":
+        middle_x, middle_y = (x1 + right) / 2, (y1 + bottom) / 2
+        draw.polygon([(middle_x, y1), (right, middle_y), (middle_x, bottom), (x1, middle_y)], fill=colour)
+    elif shape == "star":  # five points, the inner radius 0.4 of the outer, stretched to fill the box
+        unit = [
+            (
+                (1.0 if k % 2 == 0 else 0.4) * math.sin(math.pi * k / 5),
+                -(1.0 if k % 2 == 0 else 0.4) * math.cos(math.pi * k / 5),
+            )
+            for k in range(10)
+        ]
+        (low_x, high_x), (low_y, high_y) = ((min(axis), max(axis)) for axis in zip(*unit))
+        points = [
+            (x1 + (x - low_x) / (high_x - low_x) * (right - x1), y1 + (y - low_y) / (high_y - low_y) * (bottom - y1))
+            for x, y in unit
+        ]
+        draw.polygon(points, fill=colour)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -322,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             help="colour-shape combinations kept out of the training split",
         )
         parser.add_argument(
+            "--vocabulary",
+            choices=tuple(VOCABULARIES),
+            default="basic",
+            help="colours and shapes: basic (5 x 4) or rich (9 x 7)",
+        )
+        parser.add_argument(
             "--overwrite", action="store_true", help="replace an existing folder made with other settings"
         )
         args = parser.parse_args(argv)
@@ -331,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.image_size,
             args.max_shapes,
+            colours=VOCABULARIES[args.vocabulary][0],
+            shapes=VOCABULARIES[args.vocabulary][1],
             min_shapes=args.min_shapes,
             held_out=args.held_out,
         )
