@@ -39,6 +39,7 @@ from benchmarks.harmony.statistics import (
     t_quantile_975,
 )
 from conftest import ROOT
+from evaluation.evaluate import DEFAULT_TEMPLATES
 
 FIGURES = (
     "i2t_R@1",
@@ -121,6 +122,11 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
         i2t = row["figures"]["i2t_R@1"]
         assert f"| {row['label']} | {row['losses']} | {i2t['mean']:.1f} ± {i2t['sd']:.1f} |" in table
     assert saved["command"] in table
+    prompts = yaml.safe_load((ROOT / "configs" / "toy_clip_pretrain.yaml").read_text())["eval_templates"]
+    assert saved["pretrain"]["eval_templates"] == prompts
+    assert f"with the prompt(s) {', '.join(repr(p) for p in prompts)}." in table
+    evaluated = json.loads((Path(saved["rows"][1]["per_seed"][0]["folder"]) / "eval.json").read_text())
+    assert evaluated["tasks"]["boxcls"]["settings"]["templates"] == prompts
     # A smoke run settles nothing, and says so at the top rather than "met".
     assert table.splitlines()[0].startswith("Goal (") and "**not informative**" in table.splitlines()[0]
     assert saved["conclusion"]["verdict"] == "not informative" and saved["conclusion"]["reasons"]
@@ -234,6 +240,21 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     assert changed.object_views == 0.25 and fingerprint(changed) != fingerprint(pretrain)
     shorter = pretrain_config(HarmonySettings(pretrain_steps=7), tmp_path, tmp_path / "run", 0)
     assert shorter.max_steps == 7 and shorter.checkpoint_every == 3
+    # Every row is evaluated with the recipe's prompts (the toy CLIP's caption language), which the fingerprint holds.
+    assert recipe["eval_templates"] and pretrain.eval_templates == tuple(recipe["eval_templates"])
+    assert finetune_config(HarmonySettings(), tmp_path, gc, None, tmp_path, 0).eval_templates == pretrain.eval_templates
+    other.write_text(yaml.safe_dump({**recipe, "eval_templates": ["a {}"]}))
+    asked = HarmonySettings(pretrain_recipe=str(other))
+    row = finetune_config(asked, tmp_path, gc, None, tmp_path, 0)
+    assert row.eval_templates == ("a {}",) and pretrain_config(asked, tmp_path, tmp_path / "run", 0).eval_templates == (
+        "a {}",
+    )
+    default_row = finetune_config(HarmonySettings(), tmp_path, gc, None, tmp_path, 0)
+    assert fingerprint(row, "p") != fingerprint(default_row, "p")
+    # Without prompts in the recipe the default ensemble is asked, and fingerprinted as it was before the option.
+    assert fingerprint(dataclasses.replace(default_row, eval_templates=()), "p") == fingerprint(
+        dataclasses.replace(default_row, eval_templates=tuple(DEFAULT_TEMPLATES)), "p"
+    )
 
 
 def test_gr_rule_is_one_place() -> None:
@@ -465,12 +486,14 @@ def test_report_puts_the_verdict_and_the_property_first() -> None:
         "rows_run": 15,
         "command": "python -m benchmarks.harmony",
     }
-    report = build_report(records, settings, chance, {"max_steps": 5, "losses": "GC", "object_views": 0.5}, extra)
+    pretrain = {"max_steps": 5, "losses": "GC", "object_views": 0.5, "eval_templates": ["{}", "a {}"]}
+    report = build_report(records, settings, chance, pretrain, extra)
     table = markdown_table(report)
     first, *_ = table.splitlines()
     assert first.startswith("Goal (") and "**not informative**" in first
     assert table.index("Pre-trained toy CLIP") < table.index("| configuration | losses |")
     assert "1.65 times" in table and "more seeds" in table
+    assert "Box Top-1 asks for each class with the prompt(s) '{}', 'a {}'." in table
     assert "| HARMOCLIP | -0.5 [-0.5, -0.5] | - | +12.0 [" in table  # global, seen (no figure), held-out vs GC
     # Held-out sample standard error: sqrt(p (1 - p) / 100) at p = 0.22, 0.25, 0.25.
     expected = sum(100 * (p * (1 - p) / 100) ** 0.5 for p in (0.22, 0.25, 0.25)) / 3
@@ -500,6 +523,7 @@ def test_extra_rows_are_parsed_with_the_fields_types() -> None:
         ("x", "at least one"),
         ("x:loss_rla_weight", "field=value"),
         ("x:no_such_field=1", "unknown option"),
+        ("x:eval_templates={}", "field other than"),  # the benchmark's, the same for every row
     ):
         with pytest.raises(ValueError, match=match):
             parse_row(bad)

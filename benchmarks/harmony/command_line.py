@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.evaluate import DEFAULT_TEMPLATES
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
+from training.data.synthetic import VOCABULARIES
 from training.options import add_dataclass_options, dataclass_values, read_settings_file
 
 from . import __doc__ as PACKAGE_DOC
@@ -39,6 +41,7 @@ def run_benchmark(
         "max_steps": first_pretrain["max_steps"],
         "losses": loss_names(first_pretrain),
         "object_views": first_pretrain.get("object_views", 0.0),
+        "eval_templates": list(first_pretrain.get("eval_templates") or DEFAULT_TEMPLATES),
         "train_seconds_per_seed": [record["train_seconds"] for record in records[PRETRAINED.key]],
     }
     chance = chance_levels(
@@ -79,7 +82,7 @@ def build_parser() -> CommandParser:
         parser,
         HarmonySettings,
         skip=("rows",),
-        choices={"configurations": CONFIGURATION_KEYS},
+        choices={"configurations": CONFIGURATION_KEYS, "synthetic_vocabulary": tuple(VOCABULARIES)},
         help={"configurations": f"fine-tuning rows (default: all of {' '.join(CONFIGURATION_KEYS)})"},
     )
     parser.add_argument(

@@ -129,6 +129,16 @@ def standard_error_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def pretrain_prompts(pretrain: dict[str, Any]) -> str:
+    """The box-classification prompts as written in the report: each one quoted, or the size of the ensemble."""
+    templates = pretrain.get("eval_templates") or []
+    if not templates:
+        return "of the evaluation's default"
+    if len(templates) > 3:
+        return f"of an ensemble of {len(templates)} ({templates[0]!r}, ...)"
+    return ", ".join(repr(template) for template in templates)
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The verdict, the property, the table of every row (mean ± sd over seeds), the differences against GC only,
     chance levels, the protocol and the command."""
@@ -155,7 +165,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Every fine-tuned row starts from the same pre-trained toy CLIP of its seed ({settings['pretrain_recipe']}: "
         f"{pretrain.get('max_steps', '?')} steps of {pretrain.get('losses', '?')} from scratch, object views "
         f"{pretrain.get('object_views', '?')}) with the same budget: {settings['finetune_steps']} steps of batch "
-        f"{settings['finetune_batch_size']} at learning rate {settings['finetune_learning_rate']:g}.",
+        f"{settings['finetune_batch_size']} at learning rate {settings['finetune_learning_rate']:g}. "
+        f"Box Top-1 asks for each class with the prompt(s) {pretrain_prompts(pretrain)}.",
         "",
         *delta_table(report),
         *standard_error_lines(report),

@@ -15,6 +15,7 @@ from typing import Any
 from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS
 from modeling_harmoclip.configuration_harmoclip import gr_enabled as recipe_gr_enabled
 from training.config import TrainConfig, config_field_value
+from training.data.synthetic import VOCABULARIES
 
 PRETRAIN_RECIPE = "configs/toy_clip_pretrain.yaml"  # the toy CLIP every row starts from (docs/toy_clip.md)
 
@@ -108,6 +109,7 @@ BENCHMARK_FIELDS = (
     "synthetic_image_size",
     "synthetic_min_shapes",
     "synthetic_held_out",
+    "synthetic_vocabulary",
     "init_from",
     "model_preset",
     "image_size",
@@ -118,6 +120,7 @@ BENCHMARK_FIELDS = (
     "learning_rate",
     "warmup_steps",
     "output_dir",
+    "eval_templates",
 )
 
 
@@ -152,6 +155,7 @@ class HarmonySettings:
     synthetic_image_size: int = 64
     synthetic_min_shapes: int = 2
     synthetic_held_out: int = 4
+    synthetic_vocabulary: str = "basic"  # "rich": 9 colours x 7 shapes (training/data/synthetic.py VOCABULARIES)
     # ---- model: a from-scratch preset of training/builders.py
     model_preset: str = "tiny"
     image_size: int = 64
@@ -204,6 +208,10 @@ class HarmonySettings:
         ):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
+        if self.synthetic_vocabulary not in VOCABULARIES:
+            raise ValueError(
+                f"`synthetic_vocabulary` must be one of {tuple(VOCABULARIES)}, got {self.synthetic_vocabulary!r}"
+            )
         for name in ("pretrain_batch_size", "finetune_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) > self.synthetic_num_train:
                 raise ValueError(

@@ -40,7 +40,9 @@ def synthetic_folder(settings: HarmonySettings, out: Path, seed: int) -> Path:
     """The data set's folder, named by its settings (one folder per distinct data set)."""
     return out / (
         f"synthetic-{settings.synthetic_num_train}-{settings.synthetic_num_val}-{settings.synthetic_image_size}px-"
-        f"min{settings.synthetic_min_shapes}-heldout{settings.synthetic_held_out}-seed{seed}"
+        f"min{settings.synthetic_min_shapes}-heldout{settings.synthetic_held_out}"
+        + ("" if settings.synthetic_vocabulary == "basic" else f"-{settings.synthetic_vocabulary}")
+        + f"-seed{seed}"
     )
 
 
@@ -54,8 +56,15 @@ def recipe_path(settings: HarmonySettings) -> Path:
     return path
 
 
+def evaluation_templates(settings: HarmonySettings) -> tuple[str, ...]:
+    """The box-classification prompts of every row: the pre-training recipe's `eval_templates` (the toy CLIP's own
+    caption language), else the default ensemble."""
+    return load_config(recipe_path(settings)).eval_templates or tuple(DEFAULT_TEMPLATES)
+
+
 def _benchmark_values(settings: HarmonySettings, out: Path, output_dir: Path, seed: int, steps: int) -> dict[str, Any]:
-    """The fields every run of a seed shares: the data, the model's shape, the places and the logging."""
+    """The fields every run of a seed shares: the data, the model's shape, the evaluation's prompts, the places and
+    the logging."""
     return dict(
         data_format="synthetic",
         train_data=None,
@@ -66,6 +75,7 @@ def _benchmark_values(settings: HarmonySettings, out: Path, output_dir: Path, se
         synthetic_image_size=settings.synthetic_image_size,
         synthetic_min_shapes=settings.synthetic_min_shapes,
         synthetic_held_out=settings.synthetic_held_out,
+        synthetic_vocabulary=settings.synthetic_vocabulary,
         model_preset=settings.model_preset,
         image_size=settings.image_size,
         patch_size=settings.patch_size,
@@ -77,6 +87,7 @@ def _benchmark_values(settings: HarmonySettings, out: Path, output_dir: Path, se
         resume=True,
         evaluate_at_end=False,
         eval_batch_size=settings.eval_batch_size,
+        eval_templates=evaluation_templates(settings),
         report_to="none",
     )
 
@@ -149,6 +160,7 @@ def teacher_cache_for(
 
 # Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
 _NOT_FINGERPRINTED = (
+    "eval_templates",  # in the evaluation protocol below, with the default spelled out
     "synthetic_dir",
     "output_dir",
     "init_from",
@@ -165,7 +177,12 @@ _NOT_FINGERPRINTED = (
 )
 # Options added after runs were made, with the value that trains as before they existed: at that value they are left
 # out of the fingerprint, so finished runs stay reusable; any other value is a new recipe.
-_ADDED_LATER: dict[str, Any] = {"region_text_grad": True, "object_views": 0.0, "object_view_scale": 1.5}
+_ADDED_LATER: dict[str, Any] = {
+    "region_text_grad": True,
+    "object_views": 0.0,
+    "object_view_scale": 1.5,
+    "synthetic_vocabulary": "basic",
+}
 _UNSET = object()
 
 
@@ -177,7 +194,9 @@ def fingerprint(config: TrainConfig, parent: str | None = None) -> str:
         for key, value in config.to_dict().items()
         if key not in _NOT_FINGERPRINTED and _ADDED_LATER.get(key, _UNSET) != value
     }
-    recipe.update(parent=parent, eval_methods=list(BOX_METHODS), eval_templates=list(DEFAULT_TEMPLATES))
+    recipe.update(
+        parent=parent, eval_methods=list(BOX_METHODS), eval_templates=list(config.eval_templates or DEFAULT_TEMPLATES)
+    )
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
