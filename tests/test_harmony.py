@@ -26,7 +26,7 @@ from benchmarks.harmony.rows import (
     gr_enabled,
     parse_row,
 )
-from benchmarks.harmony.runs import finetune_config, fingerprint, group_top1, pretrain_config
+from benchmarks.harmony.runs import finetune_config, fingerprint, group_top1, pretrain_config, synthetic_folder
 from benchmarks.harmony.statistics import (
     aggregate_rows,
     clip_property,
@@ -251,6 +251,22 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     )
     default_row = finetune_config(HarmonySettings(), tmp_path, gc, None, tmp_path, 0)
     assert fingerprint(row, "p") != fingerprint(default_row, "p")
+    # The richer vocabulary is another world: its own data folder, passed to every run of it; the basic one keeps its
+    # folder names and fingerprints.
+    rich = HarmonySettings(synthetic_vocabulary="rich")
+    assert synthetic_folder(rich, tmp_path, 3).name == "synthetic-2000-300-64px-min2-heldout4-rich-seed3"
+    assert synthetic_folder(HarmonySettings(), tmp_path, 3).name == "synthetic-2000-300-64px-min2-heldout4-seed3"
+    rich_row = finetune_config(rich, tmp_path, gc, None, tmp_path, 0)
+    assert (
+        rich_row.synthetic_vocabulary == "rich"
+        and pretrain_config(rich, tmp_path, tmp_path, 0).synthetic_vocabulary == "rich"
+    )
+    assert fingerprint(rich_row, "p") != fingerprint(default_row, "p")
+    assert fingerprint(dataclasses.replace(default_row, synthetic_vocabulary="basic"), "p") == fingerprint(
+        default_row, "p"
+    )
+    with pytest.raises(ValueError, match="`synthetic_vocabulary` must be one of \\('basic', 'rich'\\), got 'huge'"):
+        HarmonySettings(synthetic_vocabulary="huge")
     # Without prompts in the recipe the default ensemble is asked, and fingerprinted as it was before the option.
     assert fingerprint(dataclasses.replace(default_row, eval_templates=()), "p") == fingerprint(
         dataclasses.replace(default_row, eval_templates=tuple(DEFAULT_TEMPLATES)), "p"
