@@ -2,7 +2,7 @@
 
 `--pipeline synthetic` (default): samples per second of the training DataLoader on the synthetic shapes set, against
 what the training step consumes, both with the shipped default config (configs/synthetic_tiny.yaml: tiny model,
-64 px, batch 64) with the losses of the shipped recipe, GC+RLA+GR under the frozen teacher (`LOSSES`: the teacher's
+64 px, batch 64) with the losses of the shipped recipe, GC+GR under the frozen teacher (`LOSSES`: the teacher's
 crops are what loading costs most; the main job itself trains without GR). The loader is the one training/train.py builds (JSONL data set of
 the generated set, `ShardedShuffleSampler`, `RegionCollator` with the processor, which also cuts the frozen teacher's
 crops, `drop_last`); a round reads one whole epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
@@ -46,7 +46,7 @@ NAME = "data_loading"
 DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
 # The losses of a fine-tuning run (every weight given): GR under the frozen teacher makes the loader cut crops.
 LOSSES: dict[str, Any] = dict(
-    loss_gc_weight=1.0, loss_lrc_weight=0.0, loss_rla_weight=0.5, loss_gr_weight=1.0, gr_teacher="frozen"
+    loss_gc_weight=1.0, loss_lrc_weight=0.0, loss_rla_weight=0.0, loss_gr_weight=1.0, gr_teacher="frozen"
 )
 
 

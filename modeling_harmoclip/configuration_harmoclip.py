@@ -110,8 +110,9 @@ class HarmoCLIPConfig(CLIPConfig):
         Weight of the global contrastive loss (CLIP's image-caption InfoNCE).
     loss_lrc_weight (`float`, defaults to 0.0):
         Weight of the lexeme-region contrastive loss (regions against their phrases' token states in the caption).
-    loss_rla_weight (`float`, defaults to 0.5):
+    loss_rla_weight (`float`, defaults to 0.0):
         Weight of the region-language alignment loss: regions against their phrases encoded alone (sentence level).
+        Off in the shipped recipe (GC + GR), the best trade-off the toy harmony benchmark found (docs/toy_clip.md).
     loss_gr_weight (`float`, defaults to 1.0):
         Weight of the global-region alignment loss (regions against a teacher's embeddings of their crops).
     gr_teacher (`str`, defaults to `"frozen"`):
@@ -146,7 +147,7 @@ class HarmoCLIPConfig(CLIPConfig):
     region_pooling: str = "normalize_then_pool"
     loss_gc_weight: float = 1.0
     loss_lrc_weight: float = 0.0
-    loss_rla_weight: float = 0.5
+    loss_rla_weight: float = 0.0
     loss_gr_weight: float = 1.0
     gr_teacher: str = "frozen"
     gr_crop_scale: float = 1.5

@@ -197,8 +197,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert list(results) == [
         "GC",
         "GC+RLA",
-        "GC+RLA+GR frozen",
-        "GC+RLA+GR cached",
+        "GC+GR frozen",
+        "GC+GR cached",
         "GC+LRC",
         "GC+LRC+GR cached",
     ]
@@ -206,8 +206,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert terms == {
         "GC": {"loss_gc"},
         "GC+RLA": {"loss_gc", "loss_rla"},
-        "GC+RLA+GR frozen": {"loss_gc", "loss_rla", "loss_gr"},
-        "GC+RLA+GR cached": {"loss_gc", "loss_rla", "loss_gr"},
+        "GC+GR frozen": {"loss_gc", "loss_gr"},
+        "GC+GR cached": {"loss_gc", "loss_gr"},
         "GC+LRC": {"loss_gc", "loss_lrc"},
         "GC+LRC+GR cached": {"loss_gc", "loss_lrc", "loss_gr"},
     }
@@ -223,25 +223,25 @@ def test_train_step(tmp_path: Path) -> None:
             row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
         )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
-    cached = results["GC+RLA+GR cached"]
+    cached = results["GC+GR cached"]
     assert [t["value"] for t in payload["targets"]] == [
         cached["time_ratio_to_gc"]["median"],
         cached["memory_ratio_to_gc"],
     ]
     assert [t["name"] for t in payload["targets"]] == [
-        "GC+RLA+GR cached step time / GC-only",
-        "GC+RLA+GR cached peak memory / GC-only",
+        "GC+GR cached step time / GC-only",
+        "GC+GR cached peak memory / GC-only",
     ]
     assert len(table_rows(payload["markdown"], "variant")) == 6
 
 
 def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
-    """`--variants` runs a subset (GC always, as the baseline); "GC+RLA+GR frozen" is TrainConfig's default recipe."""
+    """`--variants` runs a subset (GC always, as the baseline); "GC+GR frozen" is TrainConfig's default recipe."""
     from benchmarks.train_step import VARIANTS, selected_variants
     from training.config import TrainConfig
 
     defaults = TrainConfig()
-    shipped = VARIANTS["GC+RLA+GR frozen"]
+    shipped = VARIANTS["GC+GR frozen"]
     assert {key: getattr(defaults, key) for key in shipped} == shipped
     assert selected_variants("GC+RLA") == ["GC", "GC+RLA"]
     with pytest.raises(ValueError, match=r"--variants: unknown variant\(s\) \['GC\+XYZ'\]"):
@@ -265,8 +265,8 @@ def test_the_cached_teacher_holds_the_frozen_teachers_targets(tmp_path: Path) ->
     manifest = write_region_manifest(tmp_path / "data", 2, 3, 64, seed=0)
     assert [len(json.loads(line)["regions"]) for line in manifest.read_text().splitlines()] == [3, 3]
     cache_dir = tmp_path / "cache"
-    build_teacher_cache_folder(variant_config(args, "GC+RLA+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
-    names = ["GC+RLA+GR frozen", "GC+RLA+GR cached"]
+    build_teacher_cache_folder(variant_config(args, "GC+GR cached", manifest, cache_dir), cache_dir, batch_size=2)
+    names = ["GC+GR frozen", "GC+GR cached"]
     runner = StepRunner({name: variant_config(args, name, manifest, cache_dir) for name in names}, torch.device("cpu"))
     frozen, cached = (
         teacher_targets(
@@ -309,7 +309,7 @@ def test_data_loading(tmp_path: Path) -> None:
         per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
     )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
-    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_rla", "loss_gr"}  # the shipped recipe: GC+RLA+GR
+    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_gr"}  # the shipped recipe: GC+GR
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:

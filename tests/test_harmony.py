@@ -35,6 +35,7 @@ from benchmarks.harmony.statistics import (
     paired_differences,
     proportion_standard_error,
     rule_verdict,
+    same_training,
     t_interval,
     t_quantile_975,
 )
@@ -470,6 +471,25 @@ def test_rule_and_verdict_on_hand_numbers() -> None:
     assert any("tell rows apart" in reason for reason in conclude(same, chance_r1=0.5)["reasons"])
     assert conclude(rows[:2], chance_r1=0.5)["verdict"] is None
     assert rule_verdict({"mean_R@1": {}}, {}, "harmoclip") is None
+
+
+def test_defaults_trained_as_a_reference_row_are_not_asked_to_beat_it() -> None:
+    # Defaults that are GC+GR: the same fingerprints, the same figures. Against GC+GR itself the difference is 0, so
+    # the rule leaves that reference out (a row cannot beat itself) and compares with GC only and GR only.
+    rows = _rows_for_rule([22.0, 23.0, 24.0])
+    gc_gr, harmoclip = rows[3], rows[4]
+    harmoclip["figures"]["mean_R@1"] = gc_gr["figures"]["mean_R@1"]
+    for mine, theirs in zip(harmoclip["per_seed"], gc_gr["per_seed"]):
+        mine["fingerprint"] = theirs["fingerprint"] = f"f{theirs['seed']}"
+        mine["figures"] = theirs["figures"]
+    harmoclip["figures"] = gc_gr["figures"]
+    assert same_training(rows, "harmoclip") == ["gc-gr"] and same_training(rows, "gc") == []
+    rule = conclude(rows, chance_r1=0.5)["rules"]["harmoclip"]
+    assert set(rule["checks"]) == {"global", "region_vs_gc", "region_vs_gr"} and rule["met_on_means"]
+    # Another fingerprint on one seed: another training, compared as before (and not above GC+GR: +0).
+    harmoclip["per_seed"][0] = {**harmoclip["per_seed"][0], "fingerprint": "other"}
+    rule = conclude(rows, chance_r1=0.5)["rules"]["harmoclip"]
+    assert "region_vs_gc-gr" in rule["checks"] and not rule["met_on_means"]
 
 
 def test_report_puts_the_verdict_and_the_property_first() -> None:

@@ -186,9 +186,10 @@ def test_the_recipe_is_the_model_configs_fields_and_defaults() -> None:
     assert {name: getattr(train_defaults, name) for name in RECIPE_FIELDS} == {
         name: getattr(model_defaults, name) for name in RECIPE_FIELDS
     }
-    # The shipped recipe: GC 1, RLA 0.5, GR 1 under the frozen teacher, LRC off, region terms without text gradients.
+    # The shipped recipe: GC 1, GR 1 under the frozen teacher, the phrase terms (LRC, RLA) off, region terms without
+    # text gradients.
     assert (model_defaults.loss_gc_weight, model_defaults.loss_lrc_weight) == (1.0, 0.0)
-    assert (model_defaults.loss_rla_weight, model_defaults.loss_gr_weight) == (0.5, 1.0)
+    assert (model_defaults.loss_rla_weight, model_defaults.loss_gr_weight) == (0.0, 1.0)
     assert model_defaults.gr_teacher == "frozen" and model_defaults.region_text_grad is False
     custom = TrainConfig(loss_lrc_weight=0.25, region_text_grad=True, lrc_mask_categories=False)
     assert harmoclip_settings(custom) == {name: getattr(custom, name) for name in RECIPE_FIELDS}

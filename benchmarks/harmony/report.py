@@ -107,7 +107,7 @@ def delta_table(report: dict[str, Any]) -> list[str]:
         "Paired by seed: each row's figure minus GC only's on the same seed (same data, same pre-trained model), "
         "mean [95 % t interval over seeds]. The rule: global Δ within "
         f"{GLOBAL_TOLERANCE:g} point and held-out region Top-1 above each of "
-        f"{', '.join(REGION_REFERENCES)} (other than the row itself); 'rule' settles each comparison by its interval "
+        f"{', '.join(REGION_REFERENCES)} (other than the row itself and a row trained the same way); 'rule' settles each comparison by its interval "
         "(met, not met, or not informative where an interval straddles its bound), 'rule on means' uses the means "
         "alone.",
         "",

@@ -7,7 +7,7 @@ Every figure is in percent. A row is {"key", "seeds", "figures": {name: {"mean",
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from .rows import GC_ONLY, GOAL_ROW, PRETRAINED, REGION_REFERENCES
@@ -144,15 +144,19 @@ def rows_identical(rows: Sequence[dict[str, Any]]) -> bool:
 
 
 def rule_verdict(
-    deltas: dict[str, dict[str, dict[str, Any]]], region: dict[str, dict[str, dict[str, Any]]], candidate: str
+    deltas: dict[str, dict[str, dict[str, Any]]],
+    region: dict[str, dict[str, dict[str, Any]]],
+    candidate: str,
+    same_training: Collection[str] = (),
 ) -> dict[str, Any] | None:
     """The stricter rule for `candidate`: mean R@1 within `GLOBAL_TOLERANCE` of GC only's, and a higher held-out region
-    Top-1 than each of `REGION_REFERENCES` (other than itself). `deltas`: `deltas_against_gc`; `region`: {reference:
+    Top-1 than each of `REGION_REFERENCES` other than itself and the rows in `same_training` (the same training under
+    another name, e.g. defaults that are GC+GR: a row cannot beat itself). `deltas`: `deltas_against_gc`; `region`: {reference:
     paired_differences of the held-out region figure against that reference}. Each comparison is "met", "not met" or
     "unresolved" (its 95 % t interval straddles the bound); the rule is met when all are met, not met when one is
     not met, else "not informative". None when a row it needs is missing."""
     global_delta = deltas[GLOBAL_FIGURE].get(candidate)
-    references = [key for key in REGION_REFERENCES if key != candidate]
+    references = [key for key in REGION_REFERENCES if key != candidate and key not in same_training]
     if (
         global_delta is None
         or global_delta["mean"] is None
@@ -204,6 +208,19 @@ def region_differences(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, di
     }
 
 
+def same_training(rows: Sequence[dict[str, Any]], candidate: str) -> list[str]:
+    """The keys of the other rows trained exactly as `candidate` on every seed (the same fingerprints)."""
+
+    def fingerprints(row: dict[str, Any]) -> list[Any]:
+        return [record.get("fingerprint") for record in row.get("per_seed", [])]
+
+    row = next(row for row in rows if row["key"] == candidate)
+    mine = fingerprints(row)
+    if not mine or None in mine:
+        return []
+    return [other["key"] for other in rows if other["key"] != candidate and fingerprints(other) == mine]
+
+
 def conclude(rows: Sequence[dict[str, Any]], chance_r1: float) -> dict[str, Any]:
     """The benchmark's verdict: the pre-trained model's property, the rule for every fine-tuned row, and for
     `GOAL_ROW` the verdict, "not informative" with its reasons when the property is missing, when fewer than 2 seeds
@@ -214,7 +231,8 @@ def conclude(rows: Sequence[dict[str, Any]], chance_r1: float) -> dict[str, Any]
     rules = {
         row["key"]: verdict
         for row in rows
-        if row["key"] != PRETRAINED.key and (verdict := rule_verdict(deltas, region, row["key"])) is not None
+        if row["key"] != PRETRAINED.key
+        and (verdict := rule_verdict(deltas, region, row["key"], same_training(rows, row["key"]))) is not None
     }
     reasons = []
     if not prop["crop_met"]:
