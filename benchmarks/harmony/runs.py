@@ -22,6 +22,7 @@ from training.config import PROJECT_ROOT, TrainConfig, load_config
 from training.data.synthetic import read_held_out
 
 from .rows import (
+    BASE_FIELDS,
     FINETUNE_CONFIGURATIONS,
     LOSS_NAMES,
     PRETRAINED,
@@ -137,6 +138,10 @@ def finetune_config(
     )
     values["gr_crop_scale"] = settings.gr_crop_scale  # a recipe field the benchmark sets, unless the row does
     values.update(configuration.fields)
+    if not (values["loss_lrc_weight"] > 0 or values["loss_rla_weight"] > 0):
+        # No phrase term, so no region-term text gradients whatever the flag: it takes the base value, so that the
+        # same training has one fingerprint (defaults that are GC+GR share the GC+GR row's run).
+        values["region_text_grad"] = BASE_FIELDS["region_text_grad"]
     if teacher_cache is not None and uses_frozen_teacher(values):
         values.update(gr_teacher="cached", teacher_cache=str(teacher_cache))
     return TrainConfig(**values)
