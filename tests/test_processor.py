@@ -335,7 +335,7 @@ def test_boxes_need_images_and_images_must_be_images(processor):
 
 def test_outputs_feed_the_model_with_all_losses(processor):
     """The processor's batch is exactly what `HarmoCLIPModel.forward` takes, incl. phrase ids for LRC."""
-    model = tiny_harmoclip_model(seed=1, loss_lrc_weight=1.0).train()  # LRC and RLA on
+    model = tiny_harmoclip_model(seed=1, loss_lrc_weight=1.0, loss_rla_weight=0.5).train()  # LRC and RLA on
     captions = ["A dog chases a RED ball.", "Two  cats sleep on a sofa"]
     inputs = processor(
         images=[Image.new("RGB", (60, 40), (120, 30, 30)), Image.new("RGB", (30, 45), (20, 90, 160))],

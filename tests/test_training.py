@@ -297,6 +297,9 @@ def test_finetune_config_code_path_on_coco_files(tmp_path: Path) -> None:
         "none",
         "--min_box_size",
         "4",
+        # The config's recipe is GC + GR; RLA on as well, so that COCO's boxes linked to caption phrases are trained on.
+        "--loss_rla_weight",
+        "0.5",
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
