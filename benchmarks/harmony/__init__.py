@@ -14,7 +14,7 @@ For each seed (which sets the data, the initialisation and the sampling):
    views, docs/toy_clip.md), with the project's training loop, once: its folder is named by its fingerprint;
 3. fine-tunes it, with the same budget, under each configuration (`rows.py`): GC only; GR only (CLIPSelf-like: a
    frozen copy of the pre-trained model is the teacher); GC+GR (FineCLIP-like, without region captions); GC+LRC;
-   GC+LRC+GR; the RLA and text-gradient variants the defaults came from; and HarmoCLIP as `TrainConfig`'s defaults
+   GC+LRC+GR; the RLA and text-gradient variants the previous defaults came from; and HarmoCLIP as `TrainConfig`'s defaults
    make it; plus any ``--row`` given (a name and `TrainConfig` fields);
 4. evaluates every model on the held-out split: retrieval R@1 both directions (global; captions are unique) and box
    Top-1 with dense region features, on the boxes of seen combinations and of held-out ones (region), plus the

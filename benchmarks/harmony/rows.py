@@ -86,7 +86,8 @@ FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("gc-gr", "GC+GR (FineCLIP-like, no region captions)", _weights(1.0, 0.0, 1.0)),
     Configuration("gc-lrc", "GC+LRC", _weights(1.0, 1.0, 0.0)),
     Configuration("gc-lrc-gr", "GC+LRC+GR (the paper's three terms)", _weights(1.0, 1.0, 1.0)),
-    # The steps the current defaults came from: LRC replaced by RLA at 0.5, then the region terms' text gradients off.
+    # The steps the previous defaults (GC+RLA 0.5+GR, text gradients off) came from: LRC replaced by RLA at 0.5, then the
+    # region terms' text gradients off.
     Configuration("gc-rla-gr", "GC+RLA 0.5+GR, region text gradients on", _weights(1.0, 0.0, 1.0, 0.5)),
     Configuration(
         "gc-rla",
