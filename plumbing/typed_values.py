@@ -22,9 +22,17 @@ def coerce_value(name: str, value: Any, annotation: Any, where: str | None = Non
     """`value` as the field's type, from a command-line string or a YAML value.
 
     Strings are read as the type ("1e-5" -> 1e-05, which YAML leaves a string; "false" -> False; "none" -> None for
-    optional fields); an int is a float where a float is wanted. Anything else of the wrong type is a `ValueError`
-    naming the option (`where`, default "config `name`") and the value.
+    optional fields); an int is a float where a float is wanted; a `tuple[X, ...]` takes a list (or one value) of X,
+    each read as X. Anything else of the wrong type is a `ValueError` naming the option (`where`, default
+    "config `name`") and the value.
     """
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # one value of a tuple field, from a YAML scalar
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where or f'config `{name}`'}: expected a list of {type_name(item)}, got {value!r}")
+        return tuple(coerce_value(name, part, item, where=where) for part in value)
     options = (
         typing.get_args(annotation)
         if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union

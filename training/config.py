@@ -27,7 +27,8 @@ from modeling_harmoclip.configuration_harmoclip import (
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value
 from training.data.object_views import check_object_view_options
-from training.options import add_dataclass_options, dataclass_field_value, dataclass_values, read_settings_file
+from training.data.synthetic import VOCABULARIES
+from training.options import add_dataclass_options, dataclass_values, read_settings_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_FORMATS = ("synthetic", "jsonl", "coco", "flickr30k", "hf")
@@ -43,7 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     **RECIPE_CHOICES,
     "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
     "flickr_category": ("type", "chain"),
-    "synthetic_vocabulary": ("basic", "rich"),
+    "synthetic_vocabulary": tuple(VOCABULARIES),
 }
 
 # Options that were renamed: a config file that still uses the old name is told the new one.
@@ -145,12 +146,7 @@ class TrainConfig(RecipeSettings):
     def validate(self) -> None:
         hints = _field_types()
         for item in dataclasses.fields(self):  # types first: a YAML file or a caller may pass anything
-            value = getattr(self, item.name)
-            if typing.get_origin(hints[item.name]) is tuple:
-                value = dataclass_field_value(TrainConfig, item.name, value, f"config `{item.name}`")
-            else:
-                value = coerce_value(item.name, value, hints[item.name])
-            setattr(self, item.name, value)
+            setattr(self, item.name, coerce_value(item.name, getattr(self, item.name), hints[item.name]))
         for index, template in enumerate(self.eval_templates):
             if "{}" not in template:
                 raise ValueError(

@@ -59,15 +59,7 @@ def add_dataclass_options(
 
 def dataclass_field_value(cls: type, name: str, value: Any, where: str) -> Any:
     """`value` (a string, a YAML value, or a list of them for a tuple field) as the type of field `name` of `cls`."""
-    annotation = typing.get_type_hints(cls)[name]
-    item = _item_type(annotation)
-    if item is None:
-        return coerce_value(name, value, annotation, where=where)
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        value = [value]  # one value of a tuple field, from a YAML scalar
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{where}: expected a list of {type_name(item)}, got {value!r}")
-    return tuple(coerce_value(name, part, item, where=where) for part in value)
+    return coerce_value(name, value, typing.get_type_hints(cls)[name], where=where)
 
 
 def dataclass_values(cls: type, given: Mapping[str, Any], where: str = "option `--{name}`") -> dict[str, Any]:
