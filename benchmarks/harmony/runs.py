@@ -138,13 +138,14 @@ def finetune_config(
     )
     values["gr_crop_scale"] = settings.gr_crop_scale  # a recipe field the benchmark sets, unless the row does
     values.update(configuration.fields)
-    if not (values["loss_lrc_weight"] > 0 or values["loss_rla_weight"] > 0):
-        # No phrase term, so no region-term text gradients whatever the flag: it takes the base value, so that the
-        # same training has one fingerprint (defaults that are GC+GR share the GC+GR row's run).
-        values["region_text_grad"] = BASE_FIELDS["region_text_grad"]
     if teacher_cache is not None and uses_frozen_teacher(values):
         values.update(gr_teacher="cached", teacher_cache=str(teacher_cache))
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    if not config.uses_phrases:
+        # No phrase term, so no region-term text gradients whatever the flag: it takes the base value, so that the
+        # same training has one fingerprint (defaults that are GC+GR share the GC+GR row's run).
+        config = dataclasses.replace(config, region_text_grad=BASE_FIELDS["region_text_grad"])
+    return config
 
 
 def teacher_cache_for(
