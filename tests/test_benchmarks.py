@@ -236,12 +236,12 @@ def test_train_step(tmp_path: Path) -> None:
 
 
 def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
-    """`--variants` runs a subset (GC always, as the baseline); "GC+GR frozen" is TrainConfig's default recipe."""
+    """`--variants` runs a subset (GC always, as the baseline); "harmoclip frozen" is TrainConfig's default recipe."""
     from benchmarks.train_step import VARIANTS, selected_variants
     from training.config import TrainConfig
 
     defaults = TrainConfig()
-    shipped = VARIANTS["GC+GR frozen"]
+    shipped = VARIANTS["harmoclip frozen"]
     assert {key: getattr(defaults, key) for key in shipped} == shipped
     assert selected_variants("GC+RLA") == ["GC", "GC+RLA"]
     with pytest.raises(ValueError, match=r"--variants: unknown variant\(s\) \['GC\+XYZ'\]"):
@@ -309,7 +309,7 @@ def test_data_loading(tmp_path: Path) -> None:
         per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
     )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
-    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_gr"}  # the shipped recipe: GC+GR
+    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_gr"}  # the losses it measures: GC+GR (`LOSSES`)
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:

@@ -229,15 +229,22 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     # An option added later leaves runs made before it reusable at the value that trains as they did, not otherwise.
     assert fingerprint(dataclasses.replace(here, region_text_grad=True), "p") == fingerprint(here, "p")
     assert fingerprint(dataclasses.replace(here, region_text_grad=False), "p") != fingerprint(here, "p")
-    # Without a phrase term the region terms' text gradients do not exist: a row's flag then takes the base value,
-    # so defaults that are GC+GR (text gradients off) are the GC+GR row's training, one fingerprint.
+    # The defaults' row is the `harmoclip` recipe's training, the same as the GC+LRC 0.5+GR row without text
+    # gradients: one fingerprint, trained once.
     by_key = {configuration.key: configuration for configuration in FINETUNE_CONFIGURATIONS}
     rows_of = {
-        key: finetune_config(settings, tmp_path, by_key[key], None, tmp_path, 0) for key in ("gc-gr", "harmoclip")
+        key: finetune_config(settings, tmp_path, by_key[key], None, tmp_path, 0)
+        for key in ("gc-gr", "harmoclip", "gc-lrc-half-gr-notext")
     }
     assert by_key["harmoclip"].values()["region_text_grad"] is False
-    assert by_key["harmoclip"].losses == "GC+GR"  # the shipped recipe
-    assert fingerprint(rows_of["harmoclip"], "p") == fingerprint(rows_of["gc-gr"], "p")
+    assert by_key["harmoclip"].losses == "GC+LRC+GR"  # the shipped recipe
+    assert fingerprint(rows_of["harmoclip"], "p") == fingerprint(rows_of["gc-lrc-half-gr-notext"], "p")
+    assert fingerprint(rows_of["harmoclip"], "p") != fingerprint(rows_of["gc-gr"], "p")
+    # Without a phrase term the region terms' text gradients do not exist: a row's flag then takes the base value.
+    gc_gr_notext = dataclasses.replace(by_key["gc-gr"], fields={**by_key["gc-gr"].fields, "region_text_grad": False})
+    assert fingerprint(finetune_config(settings, tmp_path, gc_gr_notext, None, tmp_path, 0), "p") == fingerprint(
+        rows_of["gc-gr"], "p"
+    )
     gc_rla = finetune_config(settings, tmp_path, by_key["gc-rla"], None, tmp_path, 0)
     assert gc_rla.region_text_grad is False  # with a phrase term the flag is the row's
     assert fingerprint(dataclasses.replace(here, object_views=0.0), "p") == fingerprint(here, "p")

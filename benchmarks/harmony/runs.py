@@ -166,6 +166,7 @@ def teacher_cache_for(
 
 # Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
 _NOT_FINGERPRINTED = (
+    "recipe",  # a name: the recipe fields it set are fingerprinted themselves
     "eval_templates",  # in the evaluation protocol below, with the default spelled out
     "synthetic_dir",
     "output_dir",
