@@ -103,6 +103,10 @@ def check_model_folder(model_dir: str | Path) -> Path:
         code_file = model_dir / (reference.split(".")[0] + ".py")
         if not code_file.is_file():
             raise ValueError(f"`model`: {model_dir} lacks {code_file.name}, named in auto_map")
+    for task, entry in (config.get("custom_pipelines") or {}).items():
+        code_file = model_dir / (str(entry.get("impl", "")).split(".")[0] + ".py")
+        if not code_file.is_file():
+            raise ValueError(f"`model`: {model_dir} lacks {code_file.name}, the {task!r} pipeline's code")
     if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
         raise ValueError(f"`model`: {model_dir} has no tokenizer files")
     if not any((model_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):

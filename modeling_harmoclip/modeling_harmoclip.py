@@ -159,14 +159,17 @@ class HarmoCLIPModel(CLIPModel):
             f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
         )
         self.config.auto_map = auto_map
-        # The region-classification, detection and segmentation pipelines ship with the model: their config entries,
+        # The region-classification, detection, segmentation and phrase-grounding pipelines ship with the model: their config entries,
         # and their files beside the code.
         from .pipeline_detection import ZeroShotRegionDetectionPipeline, detection_pipelines_entry
+        from .pipeline_grounding import PhraseGroundingPipeline, grounding_pipelines_entry
         from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
 
-        self.config.custom_pipelines = custom_pipelines_entry() | detection_pipelines_entry()
+        self.config.custom_pipelines = (
+            custom_pipelines_entry() | detection_pipelines_entry() | grounding_pipelines_entry()
+        )
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        for pipeline_class in (RegionClassificationPipeline, ZeroShotRegionDetectionPipeline):
+        for pipeline_class in (RegionClassificationPipeline, ZeroShotRegionDetectionPipeline, PhraseGroundingPipeline):
             custom_object_save(pipeline_class, save_directory)
         return result
 

@@ -197,6 +197,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert list(results) == [
         "GC",
         "GC+RLA",
+        "harmoclip frozen",
+        "harmoclip cached",
         "GC+GR frozen",
         "GC+GR cached",
         "GC+LRC",
@@ -206,6 +208,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert terms == {
         "GC": {"loss_gc"},
         "GC+RLA": {"loss_gc", "loss_rla"},
+        "harmoclip frozen": {"loss_gc", "loss_lrc", "loss_gr"},
+        "harmoclip cached": {"loss_gc", "loss_lrc", "loss_gr"},
         "GC+GR frozen": {"loss_gc", "loss_gr"},
         "GC+GR cached": {"loss_gc", "loss_gr"},
         "GC+LRC": {"loss_gc", "loss_lrc"},
@@ -223,16 +227,16 @@ def test_train_step(tmp_path: Path) -> None:
             row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
         )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
-    cached = results["GC+GR cached"]
+    cached = results["harmoclip cached"]
     assert [t["value"] for t in payload["targets"]] == [
         cached["time_ratio_to_gc"]["median"],
         cached["memory_ratio_to_gc"],
     ]
     assert [t["name"] for t in payload["targets"]] == [
-        "GC+GR cached step time / GC-only",
-        "GC+GR cached peak memory / GC-only",
+        "harmoclip cached step time / GC-only",
+        "harmoclip cached peak memory / GC-only",
     ]
-    assert len(table_rows(payload["markdown"], "variant")) == 6
+    assert len(table_rows(payload["markdown"], "variant")) == 8
 
 
 def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
