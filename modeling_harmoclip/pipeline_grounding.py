@@ -138,6 +138,44 @@ def phrase_embeddings(
     return model._lexemes_from_states(states, token_mask)[0].float()
 
 
+@torch.no_grad()
+def ground_phrases(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    phrase_embeds: torch.Tensor,
+    boxes: torch.Tensor | None = None,
+    box_mask: torch.Tensor | None = None,
+    background_embed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every phrase against every candidate box of one image: the one implementation the pipeline and the evaluation
+    share.
+
+    Args:
+        model: a `HarmoCLIPModel`; pixel_values: (1, 3, H, W); phrase_embeds: (P, D) L2-normalised.
+        boxes: (1, N, 4) normalised xyxy candidates in the frame of `pixel_values`, box_mask (1, N); None: the model's
+            proposals from each phrase's map against `background_embed` (D,) (`detection.detect_objects`).
+    Returns:
+        (P, N) logits `logit_scale * cos(phrase, region)`, (N, 4) candidate boxes and (N,) their mask, on the CPU.
+    """
+    if boxes is None:
+        if background_embed is None:
+            raise ValueError("the model's proposals need `background_embed`, the background's (D,) embedding")
+        proposed = detect_objects(model, pixel_values, phrase_embeds, background_embed)
+        boxes, box_mask = proposed["pred_boxes"], proposed["box_mask"]
+    if box_mask is None:
+        box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
+    device = pixel_values.device
+    regions = model.get_region_features(pixel_values, boxes.to(device), box_mask.to(device))[0]  # (N, D)
+    logits = model.logit_scale.exp().item() * phrase_embeds.float() @ regions.float().t()
+    return logits.cpu(), boxes[0].cpu(), box_mask[0].cpu()
+
+
+def background_embedding(model: torch.nn.Module, tokenizer: Any, background_label: str = BACKGROUND) -> torch.Tensor:
+    """(D,) the embedding the phrases' maps compete with when the model proposes boxes (the bare label, as phrases
+    are encoded without prompts; reused across calls)."""
+    return resolve_label_embeddings(model, tokenizer, [background_label], ("{}",))[0]
+
+
 class PhraseGroundingPipeline(RegionPresetPipeline):
     """Grounds each phrase of a caption in a box of the image (see the module docstring).
 
@@ -221,18 +259,16 @@ class PhraseGroundingPipeline(RegionPresetPipeline):
         phrases = phrase_embeddings(
             self.model, self.processor, model_inputs["caption"], model_inputs["spans"], phrase_mode
         )
-        boxes, box_mask = model_inputs.get("boxes"), model_inputs.get("box_mask")
-        if boxes is None:  # the model's own proposals: each phrase's map against the background, as detection does
-            background = resolve_label_embeddings(self.model, self.tokenizer, [background_label], ("{}",))[0]
-            proposed = detect_objects(self.model, pixel_values, phrases, background)
-            boxes, box_mask = proposed["pred_boxes"], proposed["box_mask"]
-        with torch.no_grad():
-            regions = self.model.get_region_features(pixel_values, boxes, box_mask)  # (1, N, D)
-        logits = self.model.logit_scale.exp().item() * phrases @ regions[0].float().t()  # (P, N)
+        background = None
+        if model_inputs.get("boxes") is None:  # the model's own proposals, as the detection pipeline draws them
+            background = background_embedding(self.model, self.tokenizer, background_label)
+        logits, boxes, box_mask = ground_phrases(
+            self.model, pixel_values, phrases, model_inputs.get("boxes"), model_inputs.get("box_mask"), background
+        )
         return {
-            "logits": logits[None].cpu(),
-            "boxes": boxes.cpu(),
-            "box_mask": box_mask.cpu(),
+            "logits": logits[None],
+            "boxes": boxes[None],
+            "box_mask": box_mask[None],
             "target_size": model_inputs["target_size"],
             "caption": model_inputs["caption"],
             "spans": model_inputs["spans"],
@@ -275,5 +311,7 @@ __all__ = [
     "noun_chunk_spans",
     "phrase_spans_of",
     "phrase_embeddings",
+    "ground_phrases",
+    "background_embedding",
     "grounding_pipelines_entry",
 ]

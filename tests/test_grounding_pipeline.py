@@ -122,7 +122,7 @@ def test_proposals_are_the_detection_pipelines(grounder, tiny_tokenizer) -> None
     model, processor = grounder.model, grounder.processor
     pixels = processor(images=_image(), return_tensors="pt")["pixel_values"]
     phrases = pipeline_grounding.phrase_embeddings(model, processor, CAPTION, SPANS)
-    background = pipeline_grounding.resolve_label_embeddings(model, tiny_tokenizer, ["background"], ("{}",))[0]
+    background = pipeline_grounding.background_embedding(model, tiny_tokenizer)
     proposed = detect_objects(model, pixels, phrases, background)
     candidates = proposed["pred_boxes"][0][proposed["box_mask"][0]]
     width, height = IMAGE_SIZE
