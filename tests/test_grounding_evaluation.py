@@ -22,8 +22,7 @@ from evaluation.grounding import (
     read_grounding_manifest,
 )
 from modeling_harmoclip.pipeline_grounding import PhraseGroundingPipeline
-from region_reference import reference_regions
-from test_grounding_pipeline import reference_phrases
+from region_reference import reference_phrases, reference_regions
 from training_runs import tiny_model_folder
 
 
@@ -100,7 +99,7 @@ def test_accuracies_follow_the_definitions(tmp_path: Path, tiny_tokenizer, mode:
         boxes = torch.tensor(image.boxes, dtype=torch.float64) / torch.tensor([64, 48, 64, 48])
         regions = reference_regions(model, pixels, boxes)
         for caption in image.captions:
-            phrases = reference_phrases_for(model, tiny_tokenizer, caption.text, caption.spans, mode)
+            phrases = reference_phrases(model, tiny_tokenizer, caption.text, caption.spans, mode)
             best = (phrases @ regions.t()).argmax(dim=-1).tolist()
             answers = grounder(Image.open(image.path), caption=caption.text, phrase_spans=caption.spans)
             for index, (targets, held) in enumerate(zip(caption.targets, caption.held_out)):
@@ -119,10 +118,6 @@ def test_accuracies_follow_the_definitions(tmp_path: Path, tiny_tokenizer, mode:
         assert results[group]["chance_annotated"] == pytest.approx(100 * chance[group] / numbers[group])
         assert results[group]["accuracy_proposals_iou50"] == pytest.approx(100 * proposal_hits[group] / numbers[group])
     assert results["all"]["phrases"] == numbers["seen"] + numbers["held_out"] == 4
-
-
-def reference_phrases_for(model, tokenizer, caption: str, spans, mode: str) -> torch.Tensor:
-    return reference_phrases(model, tokenizer, caption, spans, mode)
 
 
 def hand_iou(first: list[float], second: list[float]) -> float:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
@@ -19,7 +18,7 @@ from conftest import offline_hub_cache, run_isolated, tiny_harmoclip_model, tiny
 from modeling_harmoclip import pipeline_grounding
 from modeling_harmoclip.detection import detect_objects
 from modeling_harmoclip.pipeline_grounding import GROUNDING_TASK, PhraseGroundingPipeline
-from region_reference import reference_regions
+from region_reference import reference_phrases, reference_regions
 
 CAPTION = "A red circle and a blue square on grass."
 SPANS = [(0, 12), (17, 30)]  # "A red circle", "a blue square"
@@ -32,28 +31,6 @@ def _image() -> Image.Image:
     ImageDraw.Draw(image).ellipse([10, 8, 35, 28], fill=(220, 30, 30))
     ImageDraw.Draw(image).rectangle([36, 12, 58, 40], fill=(20, 40, 200))
     return image
-
-
-@torch.no_grad()
-def reference_phrases(model, tokenizer, caption: str, spans, mode: str) -> torch.Tensor:
-    """(P, D) float64: "lexeme": the caption's final token states (transformers' text tower) over the tokens whose
-    offsets meet the span, averaged, projected, normalised; "alone": BOS + those tokens + EOS through the CLIP
-    forward's `text_embeds`."""
-    encoding = tokenizer([caption], return_offsets_mapping=True, return_tensors="pt")
-    offsets = encoding["offset_mapping"][0].tolist()
-    states = model.text_model(input_ids=encoding["input_ids"]).last_hidden_state[0].double()
-    rows = []
-    for start, end in spans:
-        tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-        if mode == "lexeme":
-            pooled = states[tokens].mean(dim=0)
-            rows.append(F.normalize(pooled @ model.text_projection.weight.double().t(), dim=0))
-        else:
-            ids = encoding["input_ids"][0]
-            alone = torch.cat([ids[:1], ids[tokens], ids[-1:]])[None]
-            dummy = torch.zeros(1, 3, 32, 32)
-            rows.append(F.normalize(model(input_ids=alone, pixel_values=dummy).text_embeds[0].double(), dim=0))
-    return torch.stack(rows)
 
 
 def expected_choice(model, tokenizer, image, pixel_boxes, spans, mode: str) -> tuple[list[int], list[float]]:
