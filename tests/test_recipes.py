@@ -145,5 +145,11 @@ def test_the_harmony_benchmark_takes_recipes_as_rows(tmp_path: Path) -> None:
     assert config.recipe == "clipself" and terms(config) == {"gr"}
     config = finetune_config(settings, tmp_path, rows["recipe-fineclip"], None, tmp_path / "run", 0)
     assert config.gr_teacher == "self_with_grad" and config.region_text_grad is True
+    from benchmarks.harmony.rows import parse_row
+
+    row = parse_row("half:loss_lrc_weight=0.5,recipe=clipself")
+    assert row.fields["loss_lrc_weight"] == 0.5 and row.fields["loss_gr_weight"] == 1.0 and row.losses == "LRC+GR"
+    with pytest.raises(ValueError, match="^`recipe` must be one of"):
+        parse_row("bad:recipe=clipp")
     with pytest.raises(Exception, match=r"--recipe: invalid choice: 'clipp' \(choose from 'clip', 'clipself'"):
         build_parser().parse_args(["--recipe", "clipp"])

@@ -160,6 +160,9 @@ def parse_row(text: str) -> Configuration:
             raise ValueError(
                 f"--row {text!r}: {assignment!r} must be field=value with a field other than {list(BENCHMARK_FIELDS)}"
             )
+        if name == "recipe":  # a named recipe: its fields, under those given beside it (in any order)
+            fields = {**recipe_fields(value.strip()), **fields, "recipe": value.strip()}
+            continue
         fields[name] = config_field_value(name, value.strip())
     if not fields:
         raise ValueError(f"--row {text!r}: give at least one field=value after the key")
