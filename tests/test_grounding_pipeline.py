@@ -172,3 +172,23 @@ def test_the_pipeline_ships_with_the_model(saved, tiny_tokenizer, tmp_path, wher
     )
     result = run_isolated(code, cwd=tmp_path, env=env)
     check(json.loads(result.stdout.strip().splitlines()[-1]), model, tiny_tokenizer, BOXES, SPANS)
+
+
+def test_post_process_grounding_by_hand(tiny_tokenizer) -> None:
+    processor = tiny_processor(tiny_tokenizer, region_mode=True)  # square resize: normalised x times the width
+    logits = torch.tensor([[[1.0, 3.0, 9.0], [2.0, 0.0, 1.0]]])  # 2 phrases x 3 boxes; box 2 masked out
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]])
+    mask = torch.tensor([[True, True, False]])
+    caption = "a cat and a dog"
+    (results,) = processor.post_process_grounding(logits, boxes, [(48, 64)], [caption], [[(2, 5), (12, 15)]], mask)
+    assert [r["phrase"] for r in results] == ["cat", "dog"] and [r["span"] for r in results] == [[2, 5], [12, 15]]
+    assert [r["box_index"] for r in results] == [1, 0]  # box 2 scores highest for "cat" but is not a candidate
+    assert results[0]["box"] == pytest.approx({"xmin": 16.0, "ymin": 24.0, "xmax": 64.0, "ymax": 48.0})
+    assert results[1]["box"] == pytest.approx({"xmin": 0.0, "ymin": 0.0, "xmax": 32.0, "ymax": 24.0})
+    e = 2.718281828459045
+    assert results[0]["score"] == pytest.approx(e**3 / (e**1 + e**3), rel=1e-6)
+    assert results[1]["score"] == pytest.approx(e**2 / (e**2 + e**0), rel=1e-6)
+    with pytest.raises(ValueError, match=r"^`phrase_spans`\[0\] holds 1 spans for 2 phrases$"):
+        processor.post_process_grounding(logits, boxes, [(48, 64)], [caption], [[(2, 5)]], mask)
+    with pytest.raises(ValueError, match=r"^`box_mask`\[0\]: the image has no box candidates"):
+        processor.post_process_grounding(logits, boxes, [(48, 64)], [caption], [[(2, 5), (12, 15)]], mask & False)
