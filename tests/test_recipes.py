@@ -153,3 +153,21 @@ def test_the_harmony_benchmark_takes_recipes_as_rows(tmp_path: Path) -> None:
         parse_row("bad:recipe=clipp")
     with pytest.raises(Exception, match=r"--recipe: invalid choice: 'clipp' \(choose from 'clip', 'clipself'"):
         build_parser().parse_args(["--recipe", "clipp"])
+
+
+def test_a_converted_model_records_the_recipe(tmp_path: Path) -> None:
+    import torch
+
+    from clip_reference import ReferenceCLIP
+    from conftest import BPE_PATH
+    from conversion.convert_clip import main
+
+    torch.manual_seed(0)
+    torch.save(ReferenceCLIP().eval().state_dict(), tmp_path / "model.pt")
+    common = ["--source", "openai", "--checkpoint", str(tmp_path / "model.pt"), "--bpe-path", str(BPE_PATH)]
+    assert main([*common, "--output", str(tmp_path / "out"), "--recipe", "clipself", "--loss-gc-weight", "0.25"]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["recipe_name"] == "clipself"
+    assert (config["loss_gc_weight"], config["loss_gr_weight"], config["loss_lrc_weight"]) == (0.25, 1.0, 0.0)
+    assert main([*common, "--output", str(tmp_path / "bad"), "--recipe", "clipp"]) == 1
+    assert not (tmp_path / "bad").exists()
