@@ -190,7 +190,7 @@ class PhraseGroundingPipeline(RegionPresetPipeline):
             `box_format="xywh"`); None: the model's own proposals.
         phrase_mode: "lexeme" (default) or "alone".
     Returns:
-        Per image a list, one dict per phrase in caption order: `{"phrase": text, "span": [start, end], "score": the
+        Per image a list, one dict per phrase in the order given (noun chunks: caption order): `{"phrase": text, "span": [start, end], "score": the
         box's probability among the candidates, "box": {"xmin", "ymin", "xmax", "ymax"} in the image's pixels,
         "box_index": its index among the candidates}`.
     """
