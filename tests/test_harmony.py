@@ -221,6 +221,8 @@ def test_grounding_is_the_third_axis(first_run) -> None:
     assert set(report["deltas_vs_gc"]["grounding_annotated_seen"]) == set(rows)
     table = markdown_table(report)  # the first run's (harmony.md is rewritten by later runs of the module)
     assert "| grounding, seen | grounding, held-out |" in table and "Δ grounding, held-out" in table
+    chance = rows[PRETRAINED.key]["figures"]["grounding_chance"]["mean"]
+    assert 0 < chance < 100 and f", grounding among the annotated boxes {chance:.1f}." in table
     rule = report["conclusion"]["recipe_rule"]
     with_lrc = {key for key, row in rows.items() if row["loss_weights"]["lrc"] > 0}
     assert set(rule["candidates"]) == with_lrc and "harmoclip" in with_lrc and "gc-gr" not in with_lrc

@@ -199,6 +199,12 @@ def pretrain_prompts(pretrain: dict[str, Any]) -> str:
     return ", ".join(repr(template) for template in templates)
 
 
+def grounding_chance(rows: Sequence[dict[str, Any]]) -> str:
+    """ ", grounding among the annotated boxes C" (mean over seeds of 1 / candidates per phrase), or "" without it."""
+    figure = rows[0]["figures"].get("grounding_chance") if rows else None
+    return "" if not figure or figure["mean"] is None else f", grounding among the annotated boxes {figure['mean']:.1f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The verdict, the property, the table of every row (mean ± sd over seeds), the differences against GC only,
     chance levels, the protocol and the command."""
@@ -221,7 +227,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"and sampling). Held-out split per seed: {settings['synthetic_num_val']} images with unique captions "
         f"(about {chance['num_boxes']} boxes, {chance['num_classes']} classes; {settings['synthetic_held_out']} colour-shape "
         f"combinations never in a training image or caption, about {chance['num_held_out_boxes']} of the boxes). "
-        f"Chance: R@1 {chance['R@1']:.1f}, box Top-1 {chance['box_top1']:.1f}. Figures in percent. "
+        f"Chance: R@1 {chance['R@1']:.1f}, box Top-1 {chance['box_top1']:.1f}{grounding_chance(report['rows'])}. "
+        "Figures in percent. "
         f"Every fine-tuned row starts from the same pre-trained toy CLIP of its seed ({settings['pretrain_recipe']}: "
         f"{pretrain.get('max_steps', '?')} steps of {pretrain.get('losses', '?')} from scratch, object views "
         f"{pretrain.get('object_views', '?')}) with the same budget: {settings['finetune_steps']} steps of batch "
