@@ -160,7 +160,7 @@ def read_grounding_manifest(
             image.captions.append(GroundingCaption(text, spans, [by_span[span] for span in spans], held_out))
         if image.captions:
             images.append(image)
-    return GroundingData(images, "jsonl", has_held_out=held is not None)
+    return GroundingData(images, "jsonl", has_held_out=bool(held))
 
 
 def read_grounding_data(

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,12 +196,13 @@ def draw_grounding(
         pieces += [(caption[cursor:start], (0, 0, 0)), (caption[start:end], colours[(start, end)])]
         cursor = end
     pieces.append((caption[cursor:], (0, 0, 0)))
-    words = [(word, colour) for text, colour in pieces for word in text.split(" ") if word]
+    # Words with their following spaces, so punctuation right after a phrase stays attached to it.
+    words = [(word, colour) for text, colour in pieces for word in re.findall(r"\S+\s*|\s+", text)]
     lines: list[list[tuple[str, tuple[int, int, int]]]] = [[]]
     width = 4
     for word, colour in words:
-        word_width = probe.textlength(word + " ", font=font)
-        if width + word_width > picture.width - 4 and lines[-1]:
+        word_width = probe.textlength(word, font=font)
+        if width + probe.textlength(word.rstrip(), font=font) > picture.width - 4 and lines[-1]:
             lines.append([])
             width = 4
         lines[-1].append((word, colour))
@@ -212,6 +214,6 @@ def draw_grounding(
         x = 4.0
         for word, colour in line:
             draw.text((x, picture.height + 4 + row * line_height), word, fill=colour, font=font)
-            x += draw.textlength(word + " ", font=font)
+            x += draw.textlength(word, font=font)
     _save_png(framed, out_path)
     return framed

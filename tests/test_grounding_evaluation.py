@@ -77,6 +77,8 @@ def test_a_manifest_with_held_out_combinations(tmp_path: Path) -> None:
     assert caption.held_out == [False, True] and data.has_held_out
     assert [c.text for c in second.captions] == ["two dogs", "some dogs"]  # the phrase found in each caption
     assert [c.spans for c in second.captions] == [[(4, 8)], [(5, 9)]]
+    (tmp_path / "set" / "held_out.json").write_text("[]")  # a set made with nothing held out: no groups
+    assert not read_grounding_manifest(tmp_path / "set" / "val.jsonl").has_held_out
     with pytest.raises(ValueError, match=r"^`--data` '.*empty.jsonl' has no phrase linked to a box$"):
         (tmp_path / "empty.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x", "regions": []}) + "\n")
         read_grounding_data(tmp_path / "empty.jsonl")
