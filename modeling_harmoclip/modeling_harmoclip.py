@@ -68,6 +68,12 @@ class HarmoCLIPOutput(CLIPOutput):
     loss_gr: torch.Tensor | None = None
 
 
+def trains_region_logit_scale(config: HarmoCLIPConfig) -> bool:
+    """Whether a loss term reads `region_logit_scale`: LRC or RLA weighted, at their own temperature (a
+    `region_logit_scale_mode` other than "shared", where they use the global `logit_scale`)."""
+    return config.region_logit_scale_mode != "shared" and (config.loss_lrc_weight > 0 or config.loss_rla_weight > 0)
+
+
 def value_path_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """A CLIP encoder layer with attention replaced by its value path (CLIPSelf / FineCLIP's dense features):
     (B, L, C) -> (B, L, C), ``x + out_proj(v_proj(ln1(x)))`` then the MLP with its residual."""
@@ -120,9 +126,16 @@ class HarmoCLIPModel(CLIPModel):
 
     def __init__(self, config: HarmoCLIPConfig):
         super().__init__(config)
-        # Log temperature of the lexeme-region contrast in "from_global" / "separate" mode. It exists in every mode
-        # (unused when "shared") so that a checkpoint's parameters do not depend on the mode.
-        self.region_logit_scale = nn.Parameter(self.region_logit_scale_start())
+        # Log temperature of the lexeme-region contrast in "from_global" / "separate" mode. It is in every state dict
+        # under the same name, so that a checkpoint's keys do not depend on the mode; it is a trainable parameter only
+        # where a loss term reads it (`trains_region_logit_scale`), a persistent buffer otherwise: data parallelism
+        # with `find_unused_parameters=False` (Trainer's choice under gradient checkpointing) needs every trainable
+        # parameter to receive a gradient.
+        start = self.region_logit_scale_start()
+        if trains_region_logit_scale(config):
+            self.region_logit_scale = nn.Parameter(start)
+        else:
+            self.register_buffer("region_logit_scale", start, persistent=True)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -625,4 +638,10 @@ def check_phrase_token_mask(
 HarmoCLIPConfig.register_for_auto_class("AutoConfig")
 HarmoCLIPModel.register_for_auto_class("AutoModel")
 
-__all__ = ["HarmoCLIPModel", "HarmoCLIPOutput", "check_boxes", "check_phrase_token_mask"]
+__all__ = [
+    "HarmoCLIPModel",
+    "HarmoCLIPOutput",
+    "check_boxes",
+    "check_phrase_token_mask",
+    "trains_region_logit_scale",
+]
