@@ -13,8 +13,6 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 - the losses GC, LRC, RLA and GR (see `losses.py`), weighted by the config.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +26,8 @@ from transformers import initialization as init
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_harmoclip import HarmoCLIPConfig, loss_weights
 from .losses import harmoclip_loss
@@ -142,6 +141,9 @@ class HarmoCLIPModel(CLIPModel):
         super()._init_weights(module)
         # CLIPModel.__init__ already runs post_init once, before `region_logit_scale` exists.
         if isinstance(module, HarmoCLIPModel) and hasattr(module, "region_logit_scale"):
+            # CLIP leaves `logit_scale` to its `__init__`; set here too, so that a model built on the meta device and
+            # initialised afterwards (`to_empty` + `init_weights`) starts from the config's value like any other.
+            init.constant_(module.logit_scale, float(module.config.logit_scale_init_value))
             # `init.*` skips tensors loaded from a checkpoint, so this only fills what a CLIP checkpoint lacks; it runs
             # after the checkpoint's `logit_scale` is loaded, so "from_global" starts from the CLIP's trained value.
             init.copy_(module.region_logit_scale, module.region_logit_scale_start())
@@ -519,7 +521,7 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids: torch.Tensor | None = None,
         teacher_region_embeds: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HarmoCLIPOutput | tuple:
         r"""
         With only `input_ids` and `pixel_values` this is `CLIPModel.forward`, `return_dict=False` (a tuple),
