@@ -506,6 +506,24 @@ class HarmoCLIPModel(CLIPModel):
             lexeme_embeds = lexeme_embeds if text_grad else lexeme_embeds.detach()
         return lexeme_embeds, phrase_embeds if self.config.loss_rla_weight > 0 else None
 
+    def _own_teacher_targets(
+        self, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor | None, box_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(B, N, D) GR targets from the model itself: its crop embeddings, with gradients only under
+        `gr_teacher="self_with_grad"`."""
+        teacher = self.config.gr_teacher
+        if teacher not in ("self_with_grad", "self_stop_grad"):
+            raise ValueError(
+                f"`crop_pixel_values` make the model its own GR teacher, which needs `gr_teacher` 'self_with_grad' or "
+                f"'self_stop_grad', got {teacher!r}; give a {teacher} teacher's targets as `teacher_region_embeds` "
+                "(harmoclip-cache-teacher computes the starting weights' once)"
+            )
+        mask = crop_mask
+        if box_mask is not None:
+            mask = box_mask.bool() if mask is None else mask.bool() & box_mask.bool()
+        with torch.set_grad_enabled(teacher == "self_with_grad" and torch.is_grad_enabled()):
+            return self.get_crop_features(crop_pixel_values.to(self.dtype), mask)
+
     @can_return_tuple
     def forward(
         self,
@@ -521,6 +539,8 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids: torch.Tensor | None = None,
         teacher_region_embeds: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
+        crop_pixel_values: torch.Tensor | None = None,
+        crop_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> HarmoCLIPOutput | tuple:
         r"""
@@ -539,6 +559,11 @@ class HarmoCLIPModel(CLIPModel):
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
             processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
             them too.
+        crop_pixel_values (`(B, N, 3, S, S)`), crop_mask (`(B, N)` bool): the boxes' crops (the processor's
+            `return_crops=True`), for a batch without `teacher_region_embeds`: the model is its own GR teacher, as
+            `gr_teacher` says ("self_with_grad": with gradients, FineCLIP; "self_stop_grad": without). A frozen or
+            cached teacher's targets come as `teacher_region_embeds` (`harmoclip-cache-teacher` computes the frozen
+            starting weights' once). What lets loops that only call `model(**batch)` (transformers' Trainer) train GR.
         return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
             alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
 
@@ -546,6 +571,8 @@ class HarmoCLIPModel(CLIPModel):
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
+        if crop_pixel_values is not None and teacher_region_embeds is None:
+            teacher_region_embeds = self._own_teacher_targets(crop_pixel_values, crop_mask, box_mask)
         region_mask, linked_mask, phrase_token_mask = self._check_region_inputs(
             input_ids, boxes, box_mask, phrase_token_mask, phrase_ids, category_ids, teacher_region_embeds
         )
