@@ -21,6 +21,7 @@ CODE_FILES = {
     "pipeline_detection.py",
     "detection.py",
     "processing_harmoclip.py",
+    "coco_panoptic_labels.py",
 }
 
 

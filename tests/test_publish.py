@@ -31,6 +31,8 @@ MODEL_FILES = {
     "pipeline_harmoclip.py",
     "pipeline_detection.py",
     "detection.py",
+    "coco_panoptic_labels.py",
+    "handler.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "processor_config.json",
