@@ -6,9 +6,9 @@ images, same labels, one run.
     python -m benchmarks.owlv2_detection --quick         # tiny widths and sizes: checks that everything runs
 
 Both models have random weights (nothing can be downloaded here), so no accuracy is claimed: this is the cost of a call.
-HarmoCLIP is a ViT-B/16 at its own input size (224 px) and at OWLv2's (960 px, the position embedding interpolated);
-OWLv2 is `Owlv2Config()`'s ViT-B/16 geometry (google/owlv2-base-patch16's: 960 px, patch 16, text width 512) at its
-own size. Each pipeline is called as users call it, `detector(images, candidate_labels=labels, threshold=0.1)`, so the
+HarmoCLIP is a ViT-B/16 at its own input size (224 px) and at OWLv2's (the position embedding interpolated);
+OWLv2 is `Owlv2Config()`'s ViT-B/16 geometry (patch 16, vision width 768, text width 512) at the input size of the
+released google/owlv2-base-patch16 checkpoints, 960 px (`--owlv2-image-size`; `Owlv2Config()` itself says 768). Each pipeline is called as users call it, `detector(images, candidate_labels=labels, threshold=0.1)`, so the
 times include reading the images, the text towers, post-processing and NMS (HarmoCLIP encodes a label set once and
 reuses it; the stock pipeline encodes the labels with every image). Ratio = OWLv2 time / HarmoCLIP time per round.
 """
@@ -48,6 +48,9 @@ def build_parser() -> CommandParser:
     parser.add_argument("--images", type=int, default=None, help="images per call (default 4; --quick 2)")
     parser.add_argument("--labels", type=int, default=10, help=f"candidate labels, at most {len(LABELS)} (default 10)")
     parser.add_argument("--image-width", type=int, default=640, help="the images' width (height 3/4 of it)")
+    parser.add_argument(
+        "--owlv2-image-size", type=int, default=960, help="OWLv2's input side (default 960, google/owlv2-base-patch16)"
+    )
     return parser
 
 
@@ -69,7 +72,7 @@ def pictures(count: int, width: int, seed: int) -> list[Image.Image]:
     return images
 
 
-def owlv2_pipeline(quick: bool, seed: int, device: torch.device):
+def owlv2_pipeline(quick: bool, seed: int, device: torch.device, image_size: int = 960):
     """transformers' zero-shot-object-detection pipeline on a random-weight OWLv2 (ViT-B/16 geometry, or tiny), with
     CLIP's BPE tokenizer (OWLv2's) written from the project's copy of OpenAI's vocabulary."""
     from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, pipeline
@@ -91,7 +94,7 @@ def owlv2_pipeline(quick: bool, seed: int, device: torch.device):
             projection_dim=32,  # OWLv2's class head needs the text width (as 512 = 512 in the full geometry)
         )  # fmt: skip
     else:
-        config = Owlv2Config(text_config=dict(vocab_size=len(tokenizer)))
+        config = Owlv2Config(text_config=dict(vocab_size=len(tokenizer)), vision_config=dict(image_size=image_size))
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(config).eval().to(device)
     size = config.vision_config.image_size
@@ -105,6 +108,8 @@ def owlv2_pipeline(quick: bool, seed: int, device: torch.device):
 def run(args: argparse.Namespace) -> dict:
     args = resolve_common(args)
     images_count = args.images or (2 if args.quick else 4)
+    if args.owlv2_image_size < 16 or args.owlv2_image_size % 16:
+        raise ValueError(f"--owlv2-image-size must be a positive multiple of 16, got {args.owlv2_image_size}")
     if images_count < 1 or not 1 <= args.labels <= len(LABELS) or args.image_width < 16:
         raise ValueError(
             f"--images must be >= 1, --labels in [1, {len(LABELS)}] and --image-width >= 16, got {images_count}, "
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     model, processor, harmoclip_config = build_model(preset, args.seed)
     model.to(args.device)
     harmoclip = ZeroShotRegionDetectionPipeline(model=model, processor=processor, device=args.device)
-    owlv2, owl_config = owlv2_pipeline(args.quick, args.seed, args.device)
+    owlv2, owl_config = owlv2_pipeline(args.quick, args.seed, args.device, args.owlv2_image_size)
     own_size, owl_size = harmoclip_config.image_size, owl_config.vision_config.image_size
     same_size = owl_size - owl_size % harmoclip_config.patch_size  # a multiple of HarmoCLIP's patch
 
@@ -169,6 +174,7 @@ def run(args: argparse.Namespace) -> dict:
         "harmoclip_patch_size": harmoclip_config.patch_size,
         "owlv2_patch_size": owl_config.vision_config.patch_size,
         "owlv2_vision_width": owl_config.vision_config.hidden_size,
+        "owlv2_image_size": owl_size,
         "threshold": 0.1,
     }
     notes = [
