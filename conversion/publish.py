@@ -38,7 +38,7 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import HFValidationError, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
-from modeling_harmoclip import HarmoCLIPConfig
+from modeling_harmoclip import HarmoCLIPConfig, endpoint_handler
 from plumbing.atomic_files import atomic_directory, check_output_dir
 from plumbing.command_line import CommandParser, run_command, setup_logging
 
@@ -49,6 +49,8 @@ from .model_folder import require_model_type
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload HarmoCLIP model"
+# The file name Inference Endpoints look for in a repository with a custom handler.
+ENDPOINT_HANDLER_FILE = "handler.py"
 CLIP_SUBFOLDER = "clip"
 # Files of a model folder that belong on the Hub; anything else (optimizer states, logs, pickles) stays behind.
 PUBLISHED_SUFFIXES = (".safetensors", ".json", ".py", ".txt", ".model")
@@ -134,6 +136,14 @@ def copy_model_files(model_dir: Path, destination: Path) -> list[str]:
     return copied
 
 
+def write_endpoint_handler(folder: Path) -> Path:
+    """`handler.py` with the `EndpointHandler` Hugging Face Inference Endpoints load for custom models
+    (`modeling_harmoclip/endpoint_handler.py`): detection, segmentation and region classification as JSON."""
+    target = Path(folder) / ENDPOINT_HANDLER_FILE
+    shutil.copyfile(Path(endpoint_handler.__file__), target)
+    return target
+
+
 def assemble_hub_folder(
     model_dir: str | Path,
     output_dir: str | Path,
@@ -163,6 +173,7 @@ def assemble_hub_folder(
     card_text = render_model_card(config, card, eval_rows, template_path)
     with atomic_directory(output_dir, overwrite) as staging:
         copy_model_files(model_dir, staging)
+        write_endpoint_handler(staging)
         (staging / "README.md").write_text(card_text, encoding="utf-8")
         if export_clip_subfolder:
             export_clip(model_dir, staging / CLIP_SUBFOLDER)

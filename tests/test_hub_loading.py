@@ -23,6 +23,7 @@ CODE_FILES = {
     "pipeline_grounding.py",
     "detection.py",
     "processing_harmoclip.py",
+    "coco_panoptic_labels.py",
 }
 
 

@@ -32,6 +32,8 @@ MODEL_FILES = {
     "pipeline_detection.py",
     "pipeline_grounding.py",
     "detection.py",
+    "coco_panoptic_labels.py",
+    "handler.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "processor_config.json",
