@@ -17,6 +17,7 @@ from conftest import run_isolated
 from conversion import export_onnx
 from conversion.publish import ENDPOINT_HANDLER_FILE, files_to_commit, publish
 from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
+from modeling_harmoclip.pipeline_grounding import PhraseGroundingPipeline
 from modeling_harmoclip.pipeline_harmoclip import RegionClassificationPipeline
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 from training_runs import tiny_model_folder
@@ -74,7 +75,9 @@ def test_endpoint_handler_as_the_toolkit_calls_it(hub_folder: Path, tmp_path: Pa
         {"inputs": encoded, "parameters": {"task": "segmentation", "candidate_labels": labels}},
         {"inputs": encoded, "parameters": {"task": "segmentation", "threshold": 0.0}},  # no labels: COCO panoptic
         {"inputs": encoded, "parameters": {"candidate_labels": labels, "boxes": [[10, 8, 40, 40]]}},
-        {"inputs": encoded, "parameters": {"task": "grounding", "candidate_labels": labels}},
+        {"inputs": encoded, "parameters": {"task": "grounding", "caption": "a red square", "boxes": [[10, 8, 40, 40]]}},
+        {"inputs": encoded, "parameters": {"task": "grounding", "caption": "a red square", "phrases": ["a blue dog"]}},
+        {"inputs": encoded, "parameters": {"task": "teleport", "candidate_labels": labels}},
         {"inputs": "not an image", "parameters": {"candidate_labels": labels}},
         {"parameters": {}},
     ]
@@ -100,9 +103,17 @@ def test_endpoint_handler_as_the_toolkit_calls_it(hub_folder: Path, tmp_path: Pa
     assert answers[3]["ok"] and all(set(item) == {"score", "label", "mask"} for item in answers[3]["ok"])
     classified = classifier(_picture(), boxes=[[10, 8, 40, 40]], candidate_labels=labels)
     assert answers[4]["ok"] == json.loads(json.dumps(classified))
-    assert "`parameters.task` 'grounding' is not available in this model" in answers[5]["error"]
-    assert "`inputs` is neither an http(s) URL nor base64 image data" in answers[6]["error"]
-    assert answers[7]["error"].startswith("the request must be a JSON object")
+    grounder = PhraseGroundingPipeline(model=model, processor=processor)
+    grounded = grounder(_picture(), caption="a red square", boxes=[[10, 8, 40, 40]])
+    assert answers[5]["ok"] == json.loads(json.dumps(grounded))
+    assert [(item["phrase"], item["span"], item["box"]) for item in answers[5]["ok"]] == [
+        ("a red square", [0, 12], {"xmin": 10.0, "ymin": 8.0, "xmax": 40.0, "ymax": 40.0})
+    ]
+    assert "`phrases`[0] = 'a blue dog' is not in the caption" in answers[6]["error"]
+    assert "`parameters.task` 'teleport' is not available in this model" in answers[7]["error"]
+    assert "phrase-grounding" in answers[7]["error"]
+    assert "`inputs` is neither an http(s) URL nor base64 image data" in answers[8]["error"]
+    assert answers[9]["error"].startswith("the request must be a JSON object")
 
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
