@@ -219,17 +219,64 @@ def run_module(module: CoreModule, settings: dict[str, Any], root: Path, output_
     if code != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
         return ModuleResult(module.name, module.file, f"failed: mutmut exit {code}: {tail[0][-200:]}", seconds=seconds)
+    return collect_module(module, work, settings, seconds)
+
+
+def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], seconds: float) -> ModuleResult:
+    """The verdicts of the mutmut run in `work`: counts, the survivors' diffs (`survivors.diff`), and the survivors
+    that a `[[tool.harmoclip.mutation.set_aside]]` rule of `settings` names (`set_aside.txt`, with the reason)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(work / "mutants"), str(work), os.environ.get("PYTHONPATH", "")]),
+    }
     listing = _mutmut(["results", "--all", "true"], work, env, 0, capture_output=True, text=True, check=True).stdout
     verdicts = parse_results(listing)
     counts = {verdict: 0 for verdict in VERDICTS}
     for verdict in verdicts.values():
         counts[verdict] = counts.get(verdict, 0) + 1
     survivors = sorted(name for name, verdict in verdicts.items() if verdict in ("survived", "suspicious"))
-    diffs = [_mutmut(["show", name], work, env, 0, capture_output=True, text=True).stdout.strip() for name in survivors]
-    write_text_atomic(work / "survivors.diff", "\n\n".join(diffs) + "\n")
-    result = ModuleResult(module.name, module.file, "done", counts, seconds, survivors)
+    diffs = {
+        name: _mutmut(["show", name], work, env, 0, capture_output=True, text=True).stdout.strip() for name in survivors
+    }
+    rules = settings.get("set_aside", [])
+    aside = {name: rule for name in survivors if (rule := set_aside_rule(diffs[name], rules)) is not None}
+    for name in aside:
+        counts[verdicts[name]] -= 1
+    counts["set aside"] = len(aside)
+    write_text_atomic(
+        work / "survivors.diff", "\n\n".join(diffs[name] for name in survivors if name not in aside) + "\n"
+    )
+    write_text_atomic(
+        work / "set_aside.txt",
+        "".join(f"{name}: {rule['name']}: {rule['reason']}\n{diffs[name]}\n\n" for name, rule in aside.items()),
+    )
+    kept = [name for name in survivors if name not in aside]
+    result = ModuleResult(module.name, module.file, "done", counts, seconds, kept)
     LOGGER.info("%s: %d mutants, counts %s, score %s, %.0f s", module.name, result.made, counts, result.score, seconds)
     return result
+
+
+def changed_lines(diff: str) -> tuple[str, str]:
+    """The removed and the added lines of a unified diff (headers left out), each joined."""
+    lines = diff.splitlines()
+    removed = [line[1:] for line in lines if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+    return "\n".join(removed), "\n".join(added)
+
+
+def set_aside_rule(diff: str, rules: list[dict[str, str]]) -> dict[str, str] | None:
+    """The first rule under which the mutant of `diff` changes nothing: the removed and the added lines are equal
+    once every match of the rule's `strip` pattern, the spaces and the commas are taken out of both."""
+    removed, added = changed_lines(diff)
+    for rule in rules:
+        pattern = re.compile(rule["strip"])
+
+        def bare(text: str, pattern: re.Pattern = pattern) -> str:
+            return re.sub(r"[\s,]", "", pattern.sub("", text))
+
+        if removed != added and bare(removed) == bare(added):
+            return rule
+    return None
 
 
 def parse_results(listing: str) -> dict[str, str]:
@@ -247,26 +294,38 @@ def parse_results(listing: str) -> dict[str, str]:
 
 def markdown_table(results: list[ModuleResult]) -> str:
     rows = [
-        "| module | file | mutants | killed | survived | timed out | no tests | score | time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| module | file | mutants | killed | survived | timed out | no tests | set aside | score | time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         if result.status != "done":
-            rows.append(f"| {result.name} | `{result.file}` | {result.status} | | | | | | |")
+            rows.append(f"| {result.name} | `{result.file}` | {result.status} | | | | | | | |")
             continue
         c = result.counts
         score = "-" if result.score is None else f"{100 * result.score:.1f} %"
         rows.append(
             f"| {result.name} | `{result.file}` | {result.made} | {c.get('killed', 0)} | "
-            f"{c.get('survived', 0) + c.get('suspicious', 0)} | {c.get('timeout', 0)} | {c.get('no tests', 0)} | "
+            f"{c.get('survived', 0) + c.get('suspicious', 0)} | {c.get('timeout', 0)} | {c.get('no tests', 0)} | {c.get('set aside', 0)} | "
             f"{score} | {result.seconds / 60:.1f} min |"
         )
     done = [r for r in results if r.status == "done"]
     caught = sum(r.counts.get("killed", 0) + r.counts.get("timeout", 0) for r in done)
     tested = caught + sum(r.counts.get("survived", 0) + r.counts.get("suspicious", 0) for r in done)
     if tested:
-        rows.append(f"| **all** | | {sum(r.made for r in done)} | | | | | **{100 * caught / tested:.1f} %** | |")
+        rows.append(f"| **all** | | {sum(r.made for r in done)} | | | | | | **{100 * caught / tested:.1f} %** | |")
     return "\n".join(rows)
+
+
+def _collect_earlier(module: CoreModule, settings: dict[str, Any], output_dir: Path) -> ModuleResult:
+    """`collect_module` on the folder of an earlier run, its time read from that run's mutation.json."""
+    work = output_dir / module.name
+    if not (work / "mutants").is_dir():
+        return ModuleResult(module.name, module.file, "not run")
+    seconds = 0.0
+    if (output_dir / "mutation.json").is_file():
+        earlier = json.loads((output_dir / "mutation.json").read_text(encoding="utf-8"))["modules"]
+        seconds = next((row["seconds"] for row in earlier if row["name"] == module.name), 0.0)
+    return collect_module(module, work, settings, seconds)
 
 
 def build_parser() -> CommandParser:
@@ -276,6 +335,11 @@ def build_parser() -> CommandParser:
     parser.add_argument("--pyproject", type=Path, default=ROOT / "pyproject.toml", help="where the table is")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--nice", type=int, default=10, help="niceness of the mutant runs (0: as this process)")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: read the verdicts of an earlier run in --output-dir again (after a change of set_aside)",
+    )
     return parser
 
 
@@ -297,7 +361,10 @@ def run_mutation(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging(args.output_dir / "mutation.log")
     results = []
     for module in tqdm(modules, desc="modules", unit="module"):
-        results.append(run_module(module, settings, root, args.output_dir, args.nice))
+        if args.collect:
+            results.append(_collect_earlier(module, settings, args.output_dir))
+        else:
+            results.append(run_module(module, settings, root, args.output_dir, args.nice))
         if results[-1].status != "done":
             LOGGER.info("%s: %s", module.name, results[-1].status)
     table = markdown_table(results)

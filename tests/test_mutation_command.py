@@ -14,10 +14,12 @@ import pytest
 from benchmarks.mutation import (
     ROOT,
     ModuleResult,
+    changed_lines,
     markdown_table,
     parse_results,
     read_settings,
     select_modules,
+    set_aside_rule,
 )
 
 # Files the table names before they exist: the leaf modules box operations and zero-shot scoring are moving to.
@@ -65,7 +67,7 @@ def test_results_are_read_and_scored_by_hand() -> None:
     assert result.made == 10 and result.score == pytest.approx(4 / 5)  # untested mutants are not in the score
     assert ModuleResult("m", "pkg/mod.py", "done", {"no tests": 2}).score is None
     table = markdown_table([result, ModuleResult("gone", "pkg/gone.py", "skipped: file absent")])
-    assert "| m | `pkg/mod.py` | 10 | 3 | 1 | 1 | 5 | 80.0 % |" in table
+    assert "| m | `pkg/mod.py` | 10 | 3 | 1 | 1 | 5 | 0 | 80.0 % |" in table
     assert "| gone | `pkg/gone.py` | skipped: file absent |" in table
 
 
@@ -148,3 +150,19 @@ def test_list_prints_the_table_without_running(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 0 and "a: pkg/a.py  (absent: skipped)\n    tests/test_a.py -k x" in done.stdout
+
+
+def test_set_aside_rules_match_only_the_change_they_name() -> None:
+    rules = read_settings(ROOT / "pyproject.toml")["set_aside"]
+    device = "--- a.py\n+++ a.py\n@@ -1 +1 @@\n-    x = torch.arange(n, device=y.device) + 1\n+    x = torch.arange(n, ) + 1\n"
+    assert set_aside_rule(device, rules)["name"] == "device placement"
+    assert set_aside_rule(device.replace("+    x = torch.arange(n, )", "+    x = torch.arange(n, device=None)"), rules)
+    infinity = '-    a = b.masked_fill(m, float("-inf"))\n+    a = b.masked_fill(m, float("-INF"))\n'
+    assert set_aside_rule(infinity, rules)["name"] == "spelling of infinity"
+    # A changed operator or constant beside a device argument is not set aside.
+    assert (
+        set_aside_rule(device.replace("+    x = torch.arange(n, ) + 1", "+    x = torch.arange(n, ) - 1"), rules)
+        is None
+    )
+    assert set_aside_rule(infinity.replace('float("-INF")', 'float("+inf")'), rules) is None
+    assert changed_lines(device) == ("    x = torch.arange(n, device=y.device) + 1", "    x = torch.arange(n, ) + 1")
