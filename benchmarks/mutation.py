@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -201,25 +202,33 @@ def run_module(module: CoreModule, settings: dict[str, Any], root: Path, output_
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: an interrupted run ends mutmut's workers too
         )
-        buffer = ""
-        assert process.stdout is not None
-        while chunk := process.stdout.read1(4096) if hasattr(process.stdout, "read1") else process.stdout.read(4096):
-            text_chunk = chunk.decode(errors="replace")
-            log.write(text_chunk)
-            buffer = (buffer + text_chunk)[-400:]
-            found = PROGRESS.findall(buffer)
-            if found:
-                done, total = (int(value) for value in found[-1])
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+        try:
+            _follow(process, log, bar)
+        except BaseException:
+            os.killpg(process.pid, signal.SIGTERM)
+            raise
         code = process.wait()
     seconds = time.perf_counter() - start
     if code != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
         return ModuleResult(module.name, module.file, f"failed: mutmut exit {code}: {tail[0][-200:]}", seconds=seconds)
     return collect_module(module, work, settings, seconds)
+
+
+def _follow(process: subprocess.Popen, log: Any, bar: tqdm) -> None:
+    """Copies mutmut's output to `log` and its "done/total" counter to `bar` until it exits."""
+    buffer = ""
+    assert process.stdout is not None
+    while chunk := process.stdout.read1(4096):
+        text = chunk.decode(errors="replace")
+        log.write(text)
+        buffer = (buffer + text)[-400:]
+        found = PROGRESS.findall(buffer)
+        if found:
+            bar.n, bar.total = (int(value) for value in found[-1])
+            bar.refresh()
 
 
 def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], seconds: float) -> ModuleResult:

@@ -137,6 +137,11 @@ def test_a_real_run_on_a_toy_project(tmp_path: Path) -> None:
     assert "-    if value < low:\n+    if value <= low:" in survivors
     assert (project / "toy" / "arith.py").read_text() == TOY_MODULE  # the mutants lived in a copy
     assert "| arith | `toy/arith.py` |" in done.stdout and (out / "mutation.log").is_file()
+    # --collect reads the same verdicts again without running anything.
+    again = subprocess.run([*command, "--output-dir", str(out), "--collect"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    collected = {row["name"]: row for row in json.loads((out / "mutation.json").read_text())["modules"]}
+    assert collected["arith"]["counts"] == counts and collected["arith"]["seconds"] == arith["seconds"]
 
 
 def test_list_prints_the_table_without_running(tmp_path: Path) -> None:
