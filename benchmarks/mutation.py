@@ -377,9 +377,18 @@ def run_mutation(argv: list[str] | None = None) -> dict[str, Any]:
         if results[-1].status != "done":
             LOGGER.info("%s: %s", module.name, results[-1].status)
     table = markdown_table(results)
+    rows = {result.name: {**asdict(result), "made": result.made, "score": result.score} for result in results}
+    # Modules of earlier runs into the same folder (`--only`) are kept, in the table's order.
+    earlier_path = args.output_dir / "mutation.json"
+    earlier = json.loads(earlier_path.read_text(encoding="utf-8"))["modules"] if earlier_path.is_file() else []
+    for row in earlier:
+        rows.setdefault(row["name"], row)
+    order = [module.name for module in settings["modules"]]
     summary = {
         "command": " ".join(["python -m benchmarks.mutation", *(argv if argv is not None else sys.argv[1:])]),
-        "modules": [{**asdict(result), "made": result.made, "score": result.score} for result in results],
+        "modules": sorted(
+            rows.values(), key=lambda row: order.index(row["name"]) if row["name"] in order else len(order)
+        ),
     }
     write_text_atomic(args.output_dir / "mutation.md", table + "\n")
     write_text_atomic(args.output_dir / "mutation.json", json.dumps(summary, indent=2) + "\n")
