@@ -5,6 +5,7 @@ by another number of processes is refused by name. The kill and disk-full cases 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,41 @@ def test_checkpoints_are_listed_by_step_and_only_when_complete(tmp_path: Path) -
     # By step, not by name; the live step_ folder wins over its set-aside twin; malformed names are not checkpoints.
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000005", "step_00000010"]
     assert latest_checkpoint(tmp_path) == folder / "step_00000010"
+
+
+def test_saving_cleans_up_what_a_killed_save_left_and_replaces_a_step_again(tmp_path: Path, caplog) -> None:
+    accelerator, model, _ = _prepared(seed=0)
+    output = tmp_path / "run" / "nested"  # made with its parents
+    leftover = output / "checkpoints" / ".tmp-step_00000005"
+    leftover.mkdir(parents=True)
+    (leftover / "junk").write_text("from a killed save")
+    save_checkpoint(accelerator, output, 5, {"epoch": 0, "batch_in_epoch": 1}, keep=3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    again = save_checkpoint(accelerator, output, 5, {"epoch": 0, "batch_in_epoch": 2}, keep=3)  # a resumed run
+    assert sorted(p.name for p in again.parent.iterdir()) == ["step_00000005"]  # no temporary, no set-aside twin
+    assert json.loads((again / "trainer_state.json").read_text())["batch_in_epoch"] == 2
+    # Incomplete step folders are named in one line; other files and folders are not checkpoints at all.
+    (again.parent / "step_00000009").mkdir()
+    (again.parent / "tensorboard").mkdir()
+    (again.parent / "step_notes.txt").write_text("")
+    with caplog.at_level(logging.WARNING, logger="harmoclip.checkpointing"):
+        assert latest_checkpoint(output) == again
+    assert caplog.messages == [
+        f"checkpoints in {again.parent} left incomplete by an interrupted save, passed over: ['step_00000009']"
+    ]
+
+
+def test_a_failing_save_leaves_no_temporary_and_keeps_the_earlier_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    accelerator, _, _ = _prepared(seed=0)
+    first = save_checkpoint(accelerator, tmp_path, 1, {"epoch": 0}, keep=5)
+
+    def fail_midway(folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "model.safetensors").write_text("half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(accelerator, "save_state", fail_midway)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(accelerator, tmp_path, 2, {"epoch": 0}, keep=5)
+    assert sorted(p.name for p in first.parent.iterdir()) == ["step_00000001"] and list_checkpoints(tmp_path) == [first]
