@@ -233,7 +233,8 @@ def _follow(process: subprocess.Popen, log: Any, bar: tqdm) -> None:
 
 def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], seconds: float) -> ModuleResult:
     """The verdicts of the mutmut run in `work`: counts, the survivors' diffs (`survivors.diff`), and the survivors
-    that a `[[tool.harmoclip.mutation.set_aside]]` rule of `settings` names (`set_aside.txt`, with the reason)."""
+    that a `[[tool.harmoclip.mutation.set_aside]]` rule of `settings` names (`set_aside.txt`, with the reason); a rule
+    with a `file` applies to that file's mutants only."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(work / "mutants"), str(work), os.environ.get("PYTHONPATH", "")]),
@@ -247,7 +248,7 @@ def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], sec
     diffs = {
         name: _mutmut(["show", name], work, env, 0, capture_output=True, text=True).stdout.strip() for name in survivors
     }
-    rules = settings.get("set_aside", [])
+    rules = [rule for rule in settings.get("set_aside", []) if rule.get("file", module.file) == module.file]
     aside = {name: rule for name in survivors if (rule := set_aside_rule(diffs[name], rules)) is not None}
     for name in aside:
         counts[verdicts[name]] -= 1
