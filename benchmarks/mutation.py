@@ -245,9 +245,7 @@ def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], sec
     for verdict in verdicts.values():
         counts[verdict] = counts.get(verdict, 0) + 1
     survivors = sorted(name for name, verdict in verdicts.items() if verdict in ("survived", "suspicious"))
-    diffs = {
-        name: _mutmut(["show", name], work, env, 0, capture_output=True, text=True).stdout.strip() for name in survivors
-    }
+    diffs = survivor_diffs(survivors, work, env)
     rules = [rule for rule in settings.get("set_aside", []) if rule.get("file", module.file) == module.file]
     aside = {name: rule for name in survivors if (rule := set_aside_rule(diffs[name], rules)) is not None}
     for name in aside:
@@ -264,6 +262,34 @@ def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], sec
     result = ModuleResult(module.name, module.file, "done", counts, seconds, kept)
     LOGGER.info("%s: %d mutants, counts %s, score %s, %.0f s", module.name, result.made, counts, result.score, seconds)
     return result
+
+
+# `mutmut show` for many mutants in one process (mutmut's own functions); one `mutmut show` each where they moved.
+_SHOW_MANY = """
+import json, sys
+from mutmut.__main__ import find_mutant, status_by_exit_code
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+diffs = {}
+for name in sys.argv[1:]:
+    found = find_mutant(name)
+    verdict = status_by_exit_code[found.exit_code_by_key[name]]
+    diffs[name] = f"# {name}: {verdict}\\n" + get_diff_for_mutant(name, path=found.path)
+print(json.dumps(diffs))
+"""
+
+
+def survivor_diffs(names: list[str], work: Path, env: dict[str, str]) -> dict[str, str]:
+    """{mutant: `mutmut show` text} of `names`, the mutmut run in `work`."""
+    if not names:
+        return {}
+    shown = subprocess.run(
+        [sys.executable, "-c", _SHOW_MANY, *names], cwd=work, env=env, capture_output=True, text=True
+    )
+    if shown.returncode == 0:
+        return {name: text.strip() for name, text in json.loads(shown.stdout).items()}
+    return {
+        name: _mutmut(["show", name], work, env, 0, capture_output=True, text=True).stdout.strip() for name in names
+    }
 
 
 def changed_lines(diff: str) -> tuple[str, str]:
