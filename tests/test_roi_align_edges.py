@@ -95,3 +95,44 @@ def test_per_image_errors_name_both_shapes(input_shape: tuple, boxes_shape: tupl
     )
     with pytest.raises(ValueError, match=message):
         roi_align_per_image(torch.zeros(input_shape), torch.zeros(boxes_shape), 1)
+
+
+def test_sampling_ratio_zero_is_the_adaptive_grid_and_tiny_maps_get_every_point() -> None:
+    """torchvision reads sampling_ratio <= 0 as adaptive; on a 3 x 4 map a box a hundred pixels wide has a grid far
+    beyond the enumeration's bound, whose points (about one per pixel) must all still be found."""
+    features = _map(4, height=3, width=4)
+    rois = torch.tensor([[0, 0.4, 0.3, 3.6, 2.7], [0, -60.0, -40.0, 64.0, 43.0], [0, -1.0, 0.5, 4.5, 2.5]]).double()
+    for output_size in ((1, 1), (2, 2)):
+        for ratio in (0, -1):
+            fast = roi_align(features, rois, output_size, 1.0, ratio, True)
+            slow = slow_roi_align(features, rois, output_size, 1.0, ratio, True)
+            assert (fast - slow).abs().max() <= 1e-12, (output_size, ratio)
+
+
+def test_enlarge_boxes_of_a_batch_by_hand() -> None:
+    from modeling_harmoclip.roi_align import enlarge_boxes
+
+    boxes = torch.tensor([[[0.0, 0.0, 2.0, 4.0], [1.0, 1.0, 3.0, 2.0]], [[2.0, 2.0, 4.0, 4.0], [0.0, 1.0, 1.0, 3.0]]])
+    expected = torch.tensor(
+        [[[-0.5, -1.0, 2.5, 5.0], [0.5, 0.75, 3.5, 2.25]], [[1.5, 1.5, 4.5, 4.5], [-0.25, 0.5, 1.25, 3.5]]]
+    )
+    assert torch.equal(enlarge_boxes(boxes, 1.5), expected)
+
+
+def test_bad_boxes_are_named_with_their_shape_or_type() -> None:
+    features = torch.zeros(2, 1, 4, 4)
+    cases = [
+        (
+            torch.zeros(3, 4),
+            r"roi_align: `boxes` must be a \(K, 5\) tensor or a list of \(K_i, 4\) tensors, got \(3, 4\)$",
+        ),
+        (torch.zeros(5, 3), r"must be a \(K, 5\) tensor or a list of \(K_i, 4\) tensors, got \(5, 3\)$"),
+        ("boxes", r"must be a \(K, 5\) tensor or a list of \(K_i, 4\) tensors, got str$"),
+        ([torch.zeros(1, 4), torch.zeros(2, 5)], r"roi_align: `boxes\[1\]` must be a \(K, 4\) tensor, got \(2, 5\)$"),
+        ([torch.zeros(4, 1)], r"roi_align: `boxes\[0\]` must be a \(K, 4\) tensor, got \(4, 1\)$"),
+        ([torch.zeros(1, 4), [0, 0, 1, 1]], r"roi_align: `boxes\[1\]` must be a \(K, 4\) tensor, got list$"),
+        ([], r"^roi_align: `boxes` is an empty list$"),
+    ]
+    for boxes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            roi_align(features, boxes, 1)
