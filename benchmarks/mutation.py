@@ -87,6 +87,10 @@ class ModuleResult:
 def read_settings(pyproject: Path) -> dict[str, Any]:
     """`[tool.harmoclip.mutation]` of `pyproject`, with its `modules` as `CoreModule` rows."""
     try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+        import tomli as tomllib
+    try:
         settings = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["harmoclip"]["mutation"]
     except KeyError:
         raise ValueError(f"{pyproject} has no [tool.harmoclip.mutation] table") from None
