@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from tqdm import tqdm
 
 from plumbing.atomic_files import write_text_atomic
