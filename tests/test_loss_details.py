@@ -4,10 +4,18 @@ teacher's gradient left off unless asked for."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_harmoclip.losses import HarmoCLIPLoss, false_negatives, harmoclip_loss, lexeme_region_contrastive_loss
+from modeling_harmoclip.losses import (
+    HarmoCLIPLoss,
+    false_negatives,
+    harmoclip_loss,
+    lexeme_region_contrastive_loss,
+    same_phrase_negatives,
+    symmetric_infonce,
+)
 
 
 def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -74,3 +82,24 @@ def test_the_teacher_gets_no_gradient_by_default() -> None:
     expected = (1 - F.cosine_similarity(regions[valid], teacher[valid], dim=-1)).mean()
     torch.testing.assert_close(loss.gr, expected)
     assert loss.rla is None and loss.lrc is None and loss.gc is None
+
+
+def test_the_public_helpers_default_to_one_process() -> None:
+    """Called without `offset`, row i's positive is column i (the one-process case), by hand."""
+    first, second = _unit(3, 8, 6), _unit(3, 8, 7)
+    torch.testing.assert_close(symmetric_infonce(first, second, 4.0), _infonce_by_hand(first, second, 4.0, []))
+    assert same_phrase_negatives(torch.tensor([1, 2, 1]), torch.tensor([1, 2, 1])).tolist() == [
+        [False, False, True],
+        [False, False, False],
+        [True, False, False],
+    ]
+
+
+def test_without_an_applicable_term_the_error_says_what_each_term_needs() -> None:
+    weights = dict(gc_weight=0.0, lrc_weight=1.0, rla_weight=0.0, gr_weight=1.0)
+    with pytest.raises(ValueError) as caught:
+        harmoclip_loss(_unit(2, 8, 8), _unit(2, 8, 9), torch.tensor(1.0), **weights)
+    assert str(caught.value) == (
+        "no loss term applies to this batch with weights {'gc': 0.0, 'lrc': 1.0, 'rla': 0.0, 'gr': 1.0}: GC needs a "
+        "weight > 0, LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`"
+    )
