@@ -19,6 +19,7 @@ from plumbing.atomic_files import (
     _owner_tag,
     _writer_is_gone,
     check_output_dir,
+    move_folder_into_place,
     recover_interrupted_write,
     save_model_atomically,
     write_bytes_atomic,
@@ -124,3 +125,51 @@ def test_the_processor_is_saved_beside_the_model(tmp_path: Path, tiny_tokenizer)
     saved = {path.name for path in folder.iterdir()}
     assert {path.name for path in (tmp_path / "processor_alone").iterdir()} <= saved
     assert "model.safetensors" in saved and "config.json" in saved
+
+
+def test_a_live_writer_is_only_asked_whether_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signal 0 asks without touching: a live child with the default hang-up action is still alive afterwards. A
+    process of another user (PermissionError) is alive too."""
+    code = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print(flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # its handler is set
+        assert _writer_is_gone(f"{HOST}-{child.pid}-0123abcd") is False
+        with pytest.raises(subprocess.TimeoutExpired):  # still running half a second later
+            child.wait(timeout=0.5)
+    finally:
+        child.kill()
+        child.wait()
+
+    def foreign(pid: int, signal_number: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", foreign)
+    assert _writer_is_gone(f"{HOST}-4242-0123abcd") is False
+
+
+def test_recovery_reads_the_tag_after_the_last_marker(tmp_path: Path) -> None:
+    """A target whose own name holds the markers: the writer's tag is what follows the last one."""
+    dead = _dead_pid()
+    target = tmp_path / "run.partial-x.previous-y"
+    staging = tmp_path / f".{target.name}.partial-{HOST}-{dead}-aaaa0000"
+    backup = tmp_path / f".{target.name}.previous-{HOST}-{dead}-bbbb0000"
+    staging.mkdir()
+    backup.mkdir()
+    recover_interrupted_write(target)
+    assert target.is_dir() and not backup.exists() and not staging.exists()
+
+
+def test_a_swap_clears_a_stale_backup_and_reports_the_real_failure(tmp_path: Path) -> None:
+    complete, target, backup = tmp_path / "new", tmp_path / "model", tmp_path / ".model.previous-x"
+    for folder in (complete, target, backup):
+        folder.mkdir()
+    (complete / "v").write_text("2")
+    (target / "v").write_text("1")
+    (backup / "stale").write_text("left by a crash")
+    move_folder_into_place(complete, target, backup)
+    assert (target / "v").read_text() == "2" and not backup.exists() and not complete.exists()
+    # Nothing to rename and no previous version: the rename's own error, naming the missing folder.
+    with pytest.raises(FileNotFoundError) as caught:
+        move_folder_into_place(tmp_path / "absent", tmp_path / "other", tmp_path / ".other.previous-x")
+    assert caught.value.filename == str(tmp_path / "absent") and not (tmp_path / "other").exists()
