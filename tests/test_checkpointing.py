@@ -37,10 +37,11 @@ def test_a_checkpoint_restores_weights_optimiser_and_states(tmp_path: Path) -> N
     optimizer.step()  # the optimiser now has moments to restore
     saved_weight = model.weight.detach().clone()
     saved_moment = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    output = tmp_path / "runs" / "first"  # a new output folder: made with its parents
     folder = save_checkpoint(
-        accelerator, tmp_path, 12, {"epoch": 1, "batch_in_epoch": 7}, keep=3, process_state={"position": 42}
+        accelerator, output, 12, {"epoch": 1, "batch_in_epoch": 7}, keep=3, process_state={"position": 42}
     )
-    assert folder == tmp_path / "checkpoints" / "step_00000012" and checkpoint_dir(tmp_path) == folder.parent
+    assert folder == output / "checkpoints" / "step_00000012" and checkpoint_dir(output) == folder.parent
     assert json.loads((folder / "trainer_state.json").read_text()) == {"step": 12, "epoch": 1, "batch_in_epoch": 7}
     assert json.loads((folder / "process_00000.json").read_text()) == {"num_processes": 1, "position": 42}
     assert sorted(p.name for p in folder.parent.iterdir()) == ["step_00000012"]  # no temporary left
