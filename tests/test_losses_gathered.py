@@ -120,7 +120,7 @@ def test_phrase_terms_over_two_ranks_are_the_whole_batch(term: str) -> None:
 
 def test_region_alignment_over_two_ranks_is_the_whole_batch() -> None:
     regions, teacher = _leaf(5, BOXES, DIM, seed=4), _leaf(5, BOXES, DIM, seed=5).detach()
-    valid = torch.tensor([[True, True], [True, False], [False, False], [True, True], [False, True]])
+    valid = torch.tensor([[True, True], [True, False], [False, False], [True, True], [False, False]])  # 3 and 2
     counts = [int(valid[rows].sum()) for rows in _ranks()]
     losses = []
     for rank, rows in enumerate(_ranks()):
@@ -137,4 +137,36 @@ def test_region_alignment_over_two_ranks_is_the_whole_batch() -> None:
         )
         losses.append(loss.gr)
     expected = (1 - (regions.detach()[valid] * teacher[valid]).sum(dim=-1)).mean()  # unit rows: cos = dot
+    torch.testing.assert_close(torch.stack(losses).mean(), expected)
+
+
+def test_a_rank_without_linked_boxes_and_batches_without_ids() -> None:
+    """Rank 0 has no linked box (its term is 0 but still a term), and no phrase or category ids are given: the mean
+    is still the whole batch's contrast, every negative kept."""
+    regions, words = _leaf(5, BOXES, DIM, seed=6), _leaf(5, BOXES, DIM, seed=7)
+    linked = torch.tensor([[False, False], [False, False], [True, True], [False, True], [True, False]])
+    whole = [regions[linked], words[linked]]
+    counts = [int(linked[rows].sum()) for rows in _ranks()]
+    assert counts == [0, 4]
+    scale = torch.tensor(1.2)
+    losses = []
+    for rank, rows in enumerate(_ranks()):
+        loss = harmoclip_loss(
+            _leaf(SHARES[rank], DIM, seed=9),
+            _leaf(SHARES[rank], DIM, seed=10),
+            torch.tensor(1.0),
+            gc_weight=0.0,
+            lrc_weight=1.0,
+            rla_weight=0.0,
+            gr_weight=0.0,
+            region_embeds=regions[rows],
+            lexeme_embeds=words[rows],
+            linked_mask=linked[rows],
+            region_logit_scale=scale,
+            gatherer=SplitRows(rank, counts, whole),
+        )
+        losses.append(loss.lrc)
+    assert losses[0] is not None and float(losses[0].detach()) == 0.0 and losses[0].requires_grad
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    expected = _infonce_by_hand(regions.detach()[linked], words.detach()[linked], float(scale.exp()), same)
     torch.testing.assert_close(torch.stack(losses).mean(), expected)
