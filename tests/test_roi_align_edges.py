@@ -136,3 +136,32 @@ def test_bad_boxes_are_named_with_their_shape_or_type() -> None:
     for boxes, message in cases:
         with pytest.raises(ValueError, match=message):
             roi_align(features, boxes, 1)
+
+
+def test_defaults_empty_boxes_many_boxes_and_float32_boxes_on_a_float64_map() -> None:
+    features = _map(5, batch=2, channels=2, height=5, width=6)
+    generator = torch.Generator().manual_seed(5)
+    corner = torch.rand(150, 2, generator=generator) * 6 - 1
+    rois = torch.cat(
+        [torch.randint(0, 2, (150, 1), generator=generator).float(), corner, corner + torch.rand(150, 2) * 4 + 0.1],
+        dim=1,
+    )  # float32 boxes, more than one chunk of 64
+    pooled = roi_align(features, rois, (2, 3))  # torchvision's defaults: scale 1, adaptive, not aligned
+    reference = slow_roi_align(features, rois.double(), (2, 3), 1.0, -1, False)
+    assert pooled.dtype == torch.float64 and (pooled - reference).abs().max() <= 1e-12
+    per_image = roi_align_per_image(features, rois[:8, 1:].reshape(2, 4, 4), (2, 3))
+    rows = torch.cat([torch.tensor([[0.0]] * 4 + [[1.0]] * 4), rois[:8, 1:]], dim=1).double()
+    assert (per_image.reshape(8, 2, 2, 3) - slow_roi_align(features, rows, (2, 3), 1.0, -1, False)).abs().max() <= 1e-12
+    empty = roi_align(features, torch.zeros(0, 5), (2, 3))
+    assert empty.shape == (0, 2, 2, 3) and empty.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"^roi_align: batch index 2 in `boxes` is outside \[0, 2\)$"):
+        roi_align(features, torch.tensor([[2, 0.0, 0.0, 1.0, 1.0]]), 1)
+
+
+def test_a_bfloat16_map_is_pooled_in_float32() -> None:
+    features = _map(6, channels=16, height=9, width=9).to(torch.bfloat16)
+    rois = torch.tensor([[0, 0.3, 0.2, 8.5, 7.1], [0, 1.0, 2.0, 6.0, 8.0]])
+    exact = slow_roi_align(features.double(), rois.double(), (3, 3), 1.0, -1, True)
+    pooled = roi_align(features, rois, 3, aligned=True)
+    step = torch.finfo(torch.bfloat16).eps * exact.abs().clamp(min=torch.finfo(torch.bfloat16).tiny)
+    assert pooled.dtype == torch.bfloat16 and ((pooled.double() - exact).abs() <= step / 2 + 1e-30).all()
