@@ -262,7 +262,9 @@ def collect_module(module: CoreModule, work: Path, settings: dict[str, Any], sec
         "".join(f"{name}: {rule['name']}: {rule['reason']}\n{diffs[name]}\n\n" for name, rule in aside.items()),
     )
     kept = [name for name in survivors if name not in aside]
-    result = ModuleResult(module.name, module.file, "done", counts, seconds, kept)
+    unchecked = counts.get("not checked", 0)  # an interrupted run: counted as far as it went
+    status = f"partial: {unchecked} of {len(verdicts)} not checked" if unchecked else "done"
+    result = ModuleResult(module.name, module.file, status, counts, seconds, kept)
     LOGGER.info("%s: %d mutants, counts %s, score %s, %.0f s", module.name, result.made, counts, result.score, seconds)
     return result
 
@@ -337,17 +339,18 @@ def markdown_table(results: list[ModuleResult]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        if result.status != "done":
+        if result.status != "done" and not result.status.startswith("partial"):
             rows.append(f"| {result.name} | `{result.file}` | {result.status} | | | | | | | |")
             continue
         c = result.counts
         score = "-" if result.score is None else f"{100 * result.score:.1f} %"
+        name = result.name if result.status == "done" else f"{result.name} ({result.status})"
         rows.append(
-            f"| {result.name} | `{result.file}` | {result.made} | {c.get('killed', 0)} | "
+            f"| {name} | `{result.file}` | {result.made} | {c.get('killed', 0)} | "
             f"{c.get('survived', 0) + c.get('suspicious', 0)} | {c.get('timeout', 0)} | {c.get('no tests', 0)} | {c.get('set aside', 0)} | "
             f"{score} | {result.seconds / 60:.1f} min |"
         )
-    done = [r for r in results if r.status == "done"]
+    done = [r for r in results if r.status == "done"]  # partial runs are left out of the total
     caught = sum(r.counts.get("killed", 0) + r.counts.get("timeout", 0) for r in done)
     tested = caught + sum(r.counts.get("survived", 0) + r.counts.get("suspicious", 0) for r in done)
     if tested:
