@@ -125,5 +125,10 @@ def test_from_clip_config_keeps_the_towers_and_takes_the_settings() -> None:
     assert config.model_type == "harmoclip" and config.projection_dim == 24 and config.logit_scale_init_value == 3.0
     assert config.loss_lrc_weight == 0.5 and config.dense_mode == "full"
     assert config.text_config.hidden_size == clip.text_config.hidden_size
+    # What names the CLIP checkpoint's own class and code is not carried over to a HarmoCLIP config.
+    named = CLIPConfig(projection_dim=24, architectures=["CLIPModel"])
+    named.auto_map = {"AutoModel": "modeling_clip.CLIPModel"}
+    carried = HarmoCLIPConfig.from_clip_config(named).to_dict()
+    assert carried.get("architectures") in (None, []) and "CLIPModel" not in str(carried.get("auto_map"))
     with pytest.raises(TypeError, match="from_clip_config: `clip_config` must be a CLIPConfig, got dict"):
         HarmoCLIPConfig.from_clip_config({"projection_dim": 24})
