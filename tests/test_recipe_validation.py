@@ -89,7 +89,7 @@ def test_the_rules_read_from_a_recipe_by_hand() -> None:
         "lexeme_mode": "token",
         "region_pooling": "normalize_then_pool",
         "loss_gc_weight": 1.0,
-        "loss_lrc_weight": 0.0,
+        "loss_lrc_weight": 0.5,  # the harmoclip recipe: GC + LRC + GR
         "loss_rla_weight": 0.0,
         "loss_gr_weight": 1.0,
         "gr_teacher": "frozen",
