@@ -53,8 +53,11 @@ def _axis_weights(
     grid_f = grid.clamp(min=1).to(start.dtype)
     step = (bin_size / grid_f)[:, None, None]
     bin_start = start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]  # (K, pooled, 1)
-    # First sample index whose point may lie at or after -1 (floor: one early at most, which `inside` drops).
-    first = ((-1.0 - bin_start) / step - 0.5).floor().clamp(min=0.0)
+    # First sample index whose point may lie at or after -1 (floor: one early at most, which `inside` drops). Only a
+    # forward grid (step > 0) is skipped ahead: a reversed box (x2 < x1 under aligned=True, fixed sampling ratio) keeps
+    # its negative bin size and, as in torchvision, is sampled from its start over the reflected extent.
+    ahead = ((-1.0 - bin_start) / step.clamp(min=torch.finfo(start.dtype).tiny) - 0.5).floor().clamp(min=0.0)
+    first = torch.where(step > 0, ahead, torch.zeros_like(ahead))
     samples = first + samples[None, None, :]  # (K, pooled, num_samples)
     # (K, pooled, num_samples) sample coordinates, as torchvision places them.
     coords = bin_start + (samples + 0.5) * step
