@@ -33,6 +33,7 @@ from benchmarks.common import (
 )
 from benchmarks.region_throughput import crop_and_encode
 from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
+from modeling_harmoclip.zero_shot import label_probabilities
 from plumbing.command_line import CommandParser
 
 NAME = "detection_throughput"
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     def crops():
         with torch.no_grad(), autocast(args.device, args.dtype):
             regions = crop_and_encode(model, pixel_values, boxes, args.crop_chunk)
-        probabilities = (scale * regions.float() @ embeds.float().t()).softmax(dim=-1)[..., :-1]
+        probabilities = label_probabilities(regions, label_embeds, scale, background)
         outputs = HarmoCLIPDetectionOutput(scores=probabilities.cpu(), pred_boxes=boxes.cpu(), box_mask=box_mask)
         return processor.post_process_object_detection(outputs, threshold=0.0)
 

@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from modeling_harmoclip.box_ops import xyxy_to_xywh
 from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
-from modeling_harmoclip.pipeline_detection import DEFAULT_BACKGROUND, encode_candidates
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
 from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates, label_probabilities
 
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown
 
@@ -147,12 +147,9 @@ def image_detections(
         crops = model.get_crop_features(
             batch["crop_pixel_values"].to(parameter.device, parameter.dtype), batch["crop_mask"]
         )
-        classes = label_embeds if background_embed is None else torch.cat([label_embeds, background_embed[None]])
-        probabilities = (model.logit_scale.exp().item() * crops.float() @ classes.float().t().to(crops.device)).softmax(
-            -1
-        )
+        probabilities = label_probabilities(crops, label_embeds, model.logit_scale.exp(), background_embed)
         outputs = HarmoCLIPDetectionOutput(
-            scores=probabilities[..., : len(label_embeds)].cpu() * batch["crop_mask"][..., None],
+            scores=probabilities.cpu() * batch["crop_mask"][..., None],
             pred_boxes=batch["boxes"],
             box_mask=batch["crop_mask"],
         )
@@ -183,12 +180,11 @@ def detect_dataset(
         image = Image.open(path).convert("RGB")
         found = image_detections(model, processor, image, label_embeds, background_embed, scorer, crop_scale)
         for score, label, box in zip(found["scores"].tolist(), found["labels"].tolist(), found["boxes"].tolist()):
-            x1, y1, x2, y2 = box
             results.append(
                 {
                     "image_id": image_info["id"],
                     "category_id": data.category_ids[label],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": xyxy_to_xywh(box),
                     "score": score,
                 }
             )

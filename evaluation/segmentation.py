@@ -19,8 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_harmoclip.detection import BACKGROUND, SEGMENTATION_THRESHOLD, detect_objects
-from modeling_harmoclip.pipeline_detection import DEFAULT_BACKGROUND, encode_candidates
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
+from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
 
 
 def manifest_class_names(manifest: str | Path, records: Sequence[dict[str, Any]]) -> list[str]:

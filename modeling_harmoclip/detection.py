@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from .modeling_harmoclip import check_boxes
+from .box_ops import NMS_IOU, batched_nms, box_iou, check_boxes, check_threshold, nms
+from .zero_shot import check_top_k, label_and_background_probabilities
 
 # Each label's probability map is cut at these levels; every connected region above a level is a proposal.
 MAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
@@ -32,7 +33,6 @@ MAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 # 13.6 to 11.0, and the lower map levels 0.1 and 0.2 raised it from 13.6 to 17.9; `window_scales` adds windows back.
 WINDOW_SCALES = (1.0,)
 MAX_PROPOSALS = 400
-NMS_IOU = 0.5
 BACKGROUND = -1  # the label-map value of background pixels
 # The least probability a pixel's best label needs in the segmentation pipeline: on the synthetic held-out split (the
 # first 100 images, the main job's model) mIoU was 14.3 at 0, 15.2 at 0.3, 9.8 at 0.5, because the "background" text,
@@ -65,13 +65,6 @@ class HarmoCLIPDetectionOutput(ModelOutput):
     background_probabilities: torch.Tensor | None = None
 
 
-def check_threshold(value: Any, name: str = "threshold") -> float:
-    """`value` as a float in [0, 1]; a `ValueError` naming `name` and the value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def check_target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
     """Per image its (height, width) as positive ints, one per image of the batch."""
     if target_sizes is None or len(target_sizes) != batch:
@@ -84,51 +77,6 @@ def check_target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
             raise ValueError(f"`target_sizes`[{index}] must be a (height, width) of positive ints, got {size!r}")
         sizes.append((values[0], values[1]))
     return sizes
-
-
-# ---------------------------------------------------------------------------------------------- boxes
-
-
-def box_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """(N, 4) and (M, 4) xyxy boxes -> (N, M) intersection over union (0 where both are empty)."""
-    area_first = (first[:, 2] - first[:, 0]).clamp(min=0) * (first[:, 3] - first[:, 1]).clamp(min=0)
-    area_second = (second[:, 2] - second[:, 0]).clamp(min=0) * (second[:, 3] - second[:, 1]).clamp(min=0)
-    top_left = torch.maximum(first[:, None, :2], second[None, :, :2])
-    bottom_right = torch.minimum(first[:, None, 2:], second[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-    union = area_first[:, None] + area_second[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = NMS_IOU) -> torch.Tensor:
-    """Greedy non-maximum suppression: (N, 4) xyxy boxes, (N,) scores -> int64 indices of the kept boxes, best first.
-
-    A box is dropped when its IoU with a better kept box is above `iou_threshold`; equal scores keep the earlier box.
-    """
-    iou_threshold = check_threshold(iou_threshold, "iou_threshold")
-    order = torch.sort(scores, descending=True, stable=True).indices
-    overlaps = box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    for position in range(len(order)):
-        if not suppressed[position]:
-            keep.append(position)
-            suppressed |= overlaps[position].cpu()
-    return order[torch.tensor(keep, dtype=torch.int64)] if keep else order[:0]
-
-
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float = NMS_IOU
-) -> torch.Tensor:
-    """Class-wise NMS: boxes suppress only boxes of their own label. (N, 4), (N,), (N,) -> kept indices, best first."""
-    kept = [
-        torch.nonzero(labels == label).flatten()[nms(boxes[labels == label], scores[labels == label], iou_threshold)]
-        for label in labels.unique().tolist()
-    ]
-    if not kept:
-        return torch.zeros(0, dtype=torch.int64)
-    kept = torch.cat(kept).sort().values  # equal scores: the earlier box first
-    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
 
 # ---------------------------------------------------------------------------------------------- proposals
@@ -210,17 +158,6 @@ def propose_boxes(
 # ---------------------------------------------------------------------------------------------- model
 
 
-def _probabilities(
-    embeds: torch.Tensor, label_embeds: torch.Tensor, background_embed: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(..., D) embeddings -> (..., L) label probabilities and (...) background probability (softmax over both)."""
-    classes = label_embeds if background_embed is None else torch.cat([label_embeds, background_embed.reshape(1, -1)])
-    probabilities = (scale * embeds.float() @ classes.float().t()).softmax(dim=-1)
-    if background_embed is None:
-        return probabilities, None
-    return probabilities[..., :-1], probabilities[..., -1]
-
-
 @torch.no_grad()
 def detect_objects(
     model: torch.nn.Module,
@@ -254,7 +191,7 @@ def detect_objects(
     patches = F.normalize(dense.float(), dim=1, eps=1e-12).permute(0, 2, 3, 1)  # (B, h, w, D)
     label_embeds = label_embeds.to(patches.device)
     background_embed = background_embed.to(patches.device) if background_embed is not None else None
-    dense_probabilities, background = _probabilities(patches, label_embeds, background_embed, scale)
+    dense_probabilities, background = label_and_background_probabilities(patches, label_embeds, scale, background_embed)
     dense_probabilities = dense_probabilities.permute(0, 3, 1, 2)  # (B, L, h, w)
     if boxes is None:
         proposals = [propose_boxes(maps, map_thresholds, window_scales, max_proposals) for maps in dense_probabilities]
@@ -266,7 +203,7 @@ def detect_objects(
     box_mask = check_boxes(boxes, box_mask)
     boxes, box_mask = boxes.to(dense.device), box_mask.to(dense.device)
     regions = model._pool_regions(dense, boxes, box_mask)  # (B, N, D)
-    scores, _ = _probabilities(regions, label_embeds, background_embed, scale)
+    scores, _ = label_and_background_probabilities(regions, label_embeds, scale, background_embed)
     return HarmoCLIPDetectionOutput(
         scores=(scores * box_mask[..., None]).cpu(),
         pred_boxes=boxes.float().cpu(),
@@ -297,8 +234,7 @@ def select_detections(
         `{"scores": (K,), "labels": (K,) int64 label indices, "boxes": (K, 4)}`, best first.
     """
     threshold = check_threshold(threshold)
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
+    top_k = check_top_k(top_k)
     valid = torch.ones(len(scores), dtype=torch.bool) if box_mask is None else box_mask.cpu().bool()
     scores, boxes = scores.detach().float().cpu(), boxes.detach().float().cpu()
     pair = ((scores >= threshold) & valid[:, None]).nonzero()  # (K, 2): box, label

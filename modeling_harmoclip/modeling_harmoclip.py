@@ -30,6 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import can_return_tuple
 
+from .box_ops import check_boxes
 from .configuration_harmoclip import HarmoCLIPConfig, loss_weights
 from .losses import harmoclip_loss
 from .roi_align import roi_align_per_image
@@ -78,38 +79,6 @@ def value_path_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 def _normalize(embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds, dim=-1, eps=1e-12)
-
-
-def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = "boxes") -> torch.Tensor:
-    """Validates (B, N, 4) xyxy boxes and returns the (B, N) bool mask of valid boxes.
-
-    Raises `ValueError` naming the argument and the first offending (image, box) index. The shape checks always run;
-    the value checks (finite, not inverted) read the boxes on the host, so inside `torch.compile` / `torch.export`
-    they are left out (no graph break): run this function eagerly before the compiled call, as
-    `HarmoCLIPModel.compiled_region_features` does.
-    """
-    if not isinstance(boxes, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, N, 4), got {type(boxes).__name__}")
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"`{name}` must have shape (B, N, 4) (xyxy per box), got {tuple(boxes.shape)}")
-    if box_mask is None:
-        box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-    else:
-        if not isinstance(box_mask, torch.Tensor) or tuple(box_mask.shape) != tuple(boxes.shape[:2]):
-            shape = tuple(box_mask.shape) if isinstance(box_mask, torch.Tensor) else type(box_mask).__name__
-            raise ValueError(f"`box_mask` must have shape {tuple(boxes.shape[:2])} to match `{name}`, got {shape}")
-        box_mask = box_mask.to(device=boxes.device, dtype=torch.bool)
-    if torch.compiler.is_compiling():
-        return box_mask
-    bad_value = ~torch.isfinite(boxes).all(dim=-1) & box_mask
-    inverted = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])) & box_mask
-    if (bad_value | inverted).any():  # one host synchronisation for both checks
-        if bad_value.any():
-            b, n = bad_value.nonzero()[0].tolist()
-            raise ValueError(f"`{name}`[{b}, {n}] is not finite: {boxes[b, n].tolist()}")
-        b, n = inverted.nonzero()[0].tolist()
-        raise ValueError(f"`{name}`[{b}, {n}] is empty or inverted (need x2 > x1 and y2 > y1): {boxes[b, n].tolist()}")
-    return box_mask
 
 
 class HarmoCLIPModel(CLIPModel):

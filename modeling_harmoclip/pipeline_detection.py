@@ -35,39 +35,13 @@ from .detection import (
     check_threshold,
     detect_objects,
 )
-from .pipeline_harmoclip import DEFAULT_TEMPLATES, RegionPresetPipeline, resolve_label_embeddings
-from .processing_harmoclip import check_strings, original_image_size
+from .pipeline_harmoclip import RegionPresetPipeline
+from .processing_harmoclip import original_image_size
+from .zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, check_strings, check_top_k, encode_candidates
 
 DETECTION_TASK = "zero-shot-object-detection"
 SEGMENTATION_TASK = "image-segmentation"
-# The label that competes with the candidates in every softmax and is then dropped (see `detection`'s docstring).
-DEFAULT_BACKGROUND = "background"
 _UNSET: Any = object()
-
-
-def encode_candidates(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    candidate_labels: Sequence[str],
-    background_label: str | None = DEFAULT_BACKGROUND,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    label_embeds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(L, D) candidate label embeddings and the (D,) background's (None without a background label), both through
-    `resolve_label_embeddings`: the caller's `label_embeds` for the candidates when given, otherwise reused across
-    calls like every pipeline's."""
-    candidate_labels = check_strings(candidate_labels, "candidate_labels")
-    if background_label is not None:
-        if not isinstance(background_label, str) or not background_label.strip():
-            raise ValueError(f"`background_label` must be a non-empty string or None, got {background_label!r}")
-        if background_label in candidate_labels:
-            raise ValueError(
-                f"`background_label` {background_label!r} is also a candidate label; choose another or None"
-            )
-    embeds = resolve_label_embeddings(model, tokenizer, candidate_labels, templates, label_embeds)
-    if background_label is None:
-        return embeds, None
-    return embeds, resolve_label_embeddings(model, tokenizer, [background_label], templates)[0]
 
 
 class _DenseLabelPipeline(RegionPresetPipeline):
@@ -230,9 +204,7 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
                     raise TypeError(f"`{name}` must be a list of numbers, got {levels!r}")
                 forward[name] = tuple(levels)
         if top_k is not _UNSET:
-            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-                raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
-            postprocess["top_k"] = top_k
+            postprocess["top_k"] = check_top_k(top_k)
         if nms_threshold is not _UNSET:
             postprocess["nms_threshold"] = (
                 None if nms_threshold is None else check_threshold(nms_threshold, "nms_threshold")

@@ -53,9 +53,10 @@ from transformers.image_utils import (
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from .detection import NMS_IOU, check_target_sizes, select_detections, semantic_label_map
+from .box_ops import NMS_IOU, enlarge_boxes, xywh_to_xyxy
+from .detection import check_target_sizes, select_detections, semantic_label_map
 from .image_io import read_image
-from .roi_align import enlarge_boxes
+from .zero_shot import check_strings, check_top_k
 
 # CLIP's text context: 77 positions, including the start and end tokens.
 CLIP_CONTEXT_LENGTH = 77
@@ -338,11 +339,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
                     raise ValueError(f"{where} must have 4 values ({box_format}), got {len(box)}: {list(box)}")
                 if not all(math.isfinite(value) for value in box):
                     raise ValueError(f"{where} is not finite: {list(box)}")
-                x, y, third, fourth = (float(value) for value in box)
-                width, height = (third, fourth) if box_format == "xywh" else (third - x, fourth - y)
-                if width < 0 or height < 0:
+                xyxy = xywh_to_xyxy(box) if box_format == "xywh" else [float(value) for value in box]
+                if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
                     raise ValueError(f"{where} has negative width or height ({box_format}): {list(box)}")
-                rows.append([x, y, x + width, y + height])
+                rows.append(xyxy)
             checked.append(torch.tensor(rows, dtype=torch.float64).reshape(-1, 4))
         return checked
 
@@ -585,8 +585,7 @@ class HarmoCLIPProcessor(ProcessorMixin):
             raise ValueError(
                 f"`target_sizes` has {len(target_sizes)} entries but there are {probabilities.shape[0]} images"
             )
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
+        top_k = check_top_k(top_k)
         if box_mask is None:
             box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
         keep = len(labels) if top_k is None else min(top_k, len(labels))
@@ -781,16 +780,6 @@ def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, in
     if size.height and size.width:
         return size.height, size.width
     raise ValueError(f"HarmoCLIPProcessor cannot place boxes for an image processor `size` of {dict(size)}")
-
-
-def check_strings(values: Any, name: str) -> list[str]:
-    """`values` as a non-empty list of strings; a `TypeError` naming `name` and the item otherwise."""
-    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
-        raise TypeError(f"`{name}` must be a non-empty list of strings, got {values!r}")
-    for index, value in enumerate(values):
-        if not isinstance(value, str):
-            raise TypeError(f"`{name}`[{index}] must be a string, got {type(value).__name__}: {value!r}")
-    return list(values)
 
 
 HarmoCLIPProcessor.register_for_auto_class("AutoProcessor")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .box_ops import enlarge_boxes  # re-exported: its home is box_ops
+
 
 def _as_roi_tensor(boxes: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Returns RoIs as a (K, 5) tensor ``[batch_index, x1, y1, x2, y2]``."""
@@ -221,13 +223,6 @@ def roi_align_per_image(
         )
         output = torch.einsum("bncpw,bnqw->bncpq", rows, weights_x.reshape(batch, num_boxes, out_w, width))
     return output.to(input.dtype)
-
-
-def enlarge_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scales xyxy boxes (..., 4) about their centres by `scale` (no clipping: RoIAlign reads zeros outside)."""
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-    half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
-    return torch.cat([centre - half, centre + half], dim=-1)
 
 
 __all__ = ["roi_align", "roi_align_per_image", "enlarge_boxes"]
