@@ -2,7 +2,7 @@
 maps, every box scored by its region embedding from the same encoder pass, class-wise non-maximum suppression in
 torch, and the label map at an image's size.
 
-    outputs = detect_objects(model, pixel_values, label_embeds, background_embed)
+    outputs = model.detect(pixel_values, label_embeds, background_embed)
     processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(360, 640)])
     processor.post_process_semantic_segmentation(outputs, target_sizes=[(360, 640)])
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from .box_ops import NMS_IOU, batched_nms, box_iou, check_boxes, check_threshold, nms
+from .dense_features import pool_regions
 from .zero_shot import check_top_k, label_and_background_probabilities
 
 # Each label's probability map is cut at these levels; every connected region above a level is a proposal.
@@ -158,52 +159,57 @@ def propose_boxes(
 # ---------------------------------------------------------------------------------------------- model
 
 
-@torch.no_grad()
-def detect_objects(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
+def _padded_proposals(dense_probabilities: torch.Tensor, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image `propose_boxes` of its (L, h, w) maps, padded: (B, N, 4) boxes and their (B, N) mask."""
+    proposals = [propose_boxes(maps, **options) for maps in dense_probabilities]
+    most = max(len(image_boxes) for image_boxes in proposals)
+    boxes = torch.zeros(len(proposals), most, 4)
+    box_mask = torch.zeros(len(proposals), most, dtype=torch.bool)
+    for index, image_boxes in enumerate(proposals):
+        boxes[index, : len(image_boxes)], box_mask[index, : len(image_boxes)] = image_boxes, True
+    return boxes, box_mask
+
+
+def detections_from_dense_map(
+    dense: torch.Tensor,
     label_embeds: torch.Tensor,
+    logit_scale: float,
     background_embed: torch.Tensor | None = None,
     boxes: torch.Tensor | None = None,
     box_mask: torch.Tensor | None = None,
-    interpolate_pos_encoding: bool = False,
+    region_pooling: str = "normalize_then_pool",
     map_thresholds: Sequence[float] = MAP_THRESHOLDS,
     window_scales: Sequence[float] = WINDOW_SCALES,
     max_proposals: int = MAX_PROPOSALS,
 ) -> HarmoCLIPDetectionOutput:
-    """Label maps, proposals and region scores from one pass of HarmoCLIP's image encoder.
+    """Label maps, proposals and region scores from a dense map: what `HarmoCLIPModel.detect` returns.
 
     Args:
-        model: a `HarmoCLIPModel`; pixel_values: (B, 3, H, W).
-        label_embeds: (L, D) L2-normalised label embeddings (`pipeline_harmoclip.label_embeddings`).
+        dense: (B, D, h, w) projected, unnormalised patch features (`dense_features.dense_map`).
+        label_embeds: (L, D) L2-normalised label embeddings (`zero_shot.label_embeddings`).
+        logit_scale: the temperature multiplier (`model.logit_scale.exp()`).
         background_embed: (D,) the background's embedding, or None for no background (see the module docstring).
-        boxes: (B, N, 4) normalised xyxy boxes of the user's in the frame of `pixel_values`; None: the model proposes
-            boxes from its label maps (`propose_boxes`). box_mask: (B, N) valid boxes (default all).
-    Returns:
-        `HarmoCLIPDetectionOutput`, probabilities at the model's temperature `logit_scale.exp()`.
+        boxes: (B, N, 4) normalised xyxy boxes of the user's in the frame of the map; None: boxes are proposed from the
+            label maps (`propose_boxes`). box_mask: (B, N) valid boxes (default all).
+        region_pooling: as the model's config (`dense_features.pool_regions`).
     """
     if label_embeds.dim() != 2 or label_embeds.shape[0] == 0:
         raise ValueError(f"`label_embeds` must have shape (L, D) with L >= 1, got {tuple(label_embeds.shape)}")
-    scale = model.logit_scale.exp().item()
-    dense = model._dense_from_trunk(
-        model._vision_trunk(pixel_values, interpolate_pos_encoding), model._patch_grid(pixel_values)
-    )  # (B, D, h, w), unnormalised: region pooling reads it as `get_region_features` does
     patches = F.normalize(dense.float(), dim=1, eps=1e-12).permute(0, 2, 3, 1)  # (B, h, w, D)
     label_embeds = label_embeds.to(patches.device)
     background_embed = background_embed.to(patches.device) if background_embed is not None else None
-    dense_probabilities, background = label_and_background_probabilities(patches, label_embeds, scale, background_embed)
+    dense_probabilities, background = label_and_background_probabilities(
+        patches, label_embeds, logit_scale, background_embed
+    )
     dense_probabilities = dense_probabilities.permute(0, 3, 1, 2)  # (B, L, h, w)
     if boxes is None:
-        proposals = [propose_boxes(maps, map_thresholds, window_scales, max_proposals) for maps in dense_probabilities]
-        most = max(len(image_boxes) for image_boxes in proposals)
-        boxes = torch.zeros(len(proposals), most, 4)
-        box_mask = torch.zeros(len(proposals), most, dtype=torch.bool)
-        for index, image_boxes in enumerate(proposals):
-            boxes[index, : len(image_boxes)], box_mask[index, : len(image_boxes)] = image_boxes, True
+        boxes, box_mask = _padded_proposals(
+            dense_probabilities, map_thresholds=map_thresholds, window_scales=window_scales, max_proposals=max_proposals
+        )
     box_mask = check_boxes(boxes, box_mask)
     boxes, box_mask = boxes.to(dense.device), box_mask.to(dense.device)
-    regions = model._pool_regions(dense, boxes, box_mask)  # (B, N, D)
-    scores, _ = label_and_background_probabilities(regions, label_embeds, scale, background_embed)
+    regions = pool_regions(dense, boxes, box_mask, region_pooling)  # (B, N, D), as `get_region_features`
+    scores, _ = label_and_background_probabilities(regions, label_embeds, logit_scale, background_embed)
     return HarmoCLIPDetectionOutput(
         scores=(scores * box_mask[..., None]).cpu(),
         pred_boxes=boxes.float().cpu(),
@@ -211,6 +217,14 @@ def detect_objects(
         dense_probabilities=dense_probabilities.cpu(),
         background_probabilities=background.cpu() if background is not None else None,
     )
+
+
+def detect_objects(
+    model: torch.nn.Module, pixel_values: torch.Tensor, *args: Any, **kwargs: Any
+) -> HarmoCLIPDetectionOutput:
+    """`model.detect(pixel_values, label_embeds, ...)`, HarmoCLIP's detection from one pass of its image encoder
+    (kept for callers of the function form)."""
+    return model.detect(pixel_values, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- post-processing
@@ -297,6 +311,7 @@ __all__ = [
     "window_boxes",
     "propose_boxes",
     "detect_objects",
+    "detections_from_dense_map",
     "select_detections",
     "resample_maps",
     "semantic_label_map",

@@ -35,8 +35,9 @@ from .detection import (
     check_threshold,
     detect_objects,
 )
+from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .image_processing_harmoclip import original_image_size
 from .pipeline_harmoclip import RegionPresetPipeline
-from .processing_harmoclip import original_image_size
 from .zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, check_strings, check_top_k, encode_candidates
 
 DETECTION_TASK = "zero-shot-object-detection"
@@ -280,11 +281,12 @@ PIPELINE_CLASSES = {DETECTION_TASK: ZeroShotRegionDetectionPipeline, SEGMENTATIO
 def detection_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entries that make `pipeline(task, ..., trust_remote_code=True)` load these
     pipelines from a saved folder or Hub repository (they take precedence over transformers' own for that model)."""
-    module = __name__.split(".")[-1]
-    return {
-        task: {"impl": f"{module}.{pipeline_class.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
-        for task, pipeline_class in PIPELINE_CLASSES.items()
-    }
+    return {task: dict(CUSTOM_PIPELINES[task]) for task in PIPELINE_CLASSES}
+
+
+# Saved models carry these pipelines: their `custom_pipelines` entries and this file (`hub_code`).
+for _task, _pipeline_class in PIPELINE_CLASSES.items():
+    register_pipeline(_task, _pipeline_class)
 
 
 __all__ = [

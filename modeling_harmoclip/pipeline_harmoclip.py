@@ -24,8 +24,9 @@ from transformers import AutoModel, Pipeline
 from transformers.image_utils import is_pil_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .hub_code import CUSTOM_PIPELINES, register_pipeline
 from .image_io import read_image
-from .processing_harmoclip import original_image_size
+from .image_processing_harmoclip import original_image_size
 from .zero_shot import (  # re-exported: their home is zero_shot
     DEFAULT_TEMPLATES,
     LABEL_CACHE_SIZE,
@@ -257,14 +258,11 @@ class RegionClassificationPipeline(RegionPresetPipeline):
 def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entry that makes `pipeline(PIPELINE_TASK, ..., trust_remote_code=True)` load
     `RegionClassificationPipeline` from a saved folder or Hub repository."""
-    module = RegionClassificationPipeline.__module__.split(".")[-1]
-    return {
-        PIPELINE_TASK: {
-            "impl": f"{module}.{RegionClassificationPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
+    return {PIPELINE_TASK: dict(CUSTOM_PIPELINES[PIPELINE_TASK])}
+
+
+# Saved models carry this pipeline: its `custom_pipelines` entry and this file (`hub_code`).
+register_pipeline(PIPELINE_TASK, RegionClassificationPipeline)
 
 
 # In-process use: `pipeline(PIPELINE_TASK, model=model, processor=processor)` with objects already loaded. Once per
