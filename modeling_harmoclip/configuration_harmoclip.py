@@ -92,9 +92,10 @@ def recipe_defaults() -> dict[str, Any]:
 class HarmoCLIPConfig(CLIPConfig):
     r"""
     Configuration of a [`HarmoCLIPModel`]. Everything `CLIPConfig` holds (``text_config``, ``vision_config``,
-    ``projection_dim``, ``logit_scale_init_value``) plus the recipe (`RECIPE_FIELDS`), whose defaults are the shipped
-    training recipe, GC + 0.5 RLA + GR under a frozen teacher, so that `model(**batch, return_loss=True)` computes
-    the loss `training/train.py` trains with:
+    ``projection_dim``, ``logit_scale_init_value``) plus the recipe (`RECIPE_FIELDS`): the loss weights, the GR
+    teacher and the region settings listed below with their defaults. The model's `forward(return_loss=True)` and the
+    training step assemble the loss from these fields with the same function (`losses.recipe_loss`), so
+    `model(**batch, return_loss=True)` computes the loss a training run with the same recipe trains with:
 
     dense_mode (`str`, defaults to `"value"`):
         How the last vision layer produces patch features for regions. `"value"`: attention replaced by its value

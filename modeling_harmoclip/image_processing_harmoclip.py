@@ -83,24 +83,6 @@ class BoxGeometry:
         return torch.minimum(original.clamp(min=0), limits)
 
 
-def _settings(image_processor: Any) -> dict[str, Any]:
-    """An image processor's settings, without what names its class."""
-    names = ("image_processor_type", "auto_map", "processor_class", "_processor_class")
-    return {key: value for key, value in image_processor.to_dict().items() if key not in names}
-
-
-def _crop_shift(size: int, crop: int, backend: str) -> float:
-    """Offset added to a coordinate by centre-cropping `size` pixels to `crop` (zero-padding when crop > size).
-
-    Mirrors the image processors: both crop at floor((size - crop) / 2); when padding, torchvision puts
-    floor((crop - size) / 2) pixels before the image and the PIL/NumPy backend ceil((crop - size) / 2).
-    """
-    if crop <= size:
-        return -float((size - crop) // 2)
-    padding = crop - size
-    return float(padding // 2 if backend == "torchvision" else (padding + 1) // 2)
-
-
 class HarmoCLIPImageProcessor(_CLIPImageProcessor):
     r"""
     CLIP's image processor (shortest-edge resize, centre crop, rescale, normalise; every setting and keyword as CLIP's)
