@@ -64,6 +64,7 @@ def first_run(tmp_path_factory) -> tuple[Path, dict]:
     return out, run_harmony(["--quick", "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None:
     out, report = first_run
     rows = {row["key"]: row for row in report["rows"]}
@@ -98,6 +99,7 @@ def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None
     assert any(not torch.equal(start[name], tuned[name]) for name in vision)
 
 
+@pytest.mark.slow
 def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     out, report = first_run
     saved = json.loads((out / "harmony.json").read_text())
@@ -137,6 +139,7 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     assert "command: python -m benchmarks.harmony --quick" in (out / "harmony.log").read_text()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) -> None:
     out, report = first_run
 
@@ -201,6 +204,7 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     assert twin["per_seed"][0]["folder"] == rows["gc-lrc-gr"]["folder"] and not list((out / "runs").glob("twin-*"))
 
 
+@pytest.mark.slow
 def test_pretrain_only_measures_the_property_of_the_cached_models(first_run, capsys) -> None:
     out, report = first_run
     only = run_harmony(["--quick", "--out", str(out), "--pretrain-only"])
