@@ -87,6 +87,26 @@ def image_features_and_trunk(
     return outputs, captured[0]
 
 
+def image_features_and_regions(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    boxes: torch.Tensor | None,
+    box_mask: torch.Tensor | None,
+    interpolate_pos_encoding: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, torch.Tensor | None]:
+    """`get_image_features`' output and, with boxes, the (B, N, D) region embeddings of the (B, N) valid boxes from the
+    same trunk pass (only the last layer runs twice); (output, None) without boxes."""
+    if boxes is None:
+        outputs = model.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+        )
+        return outputs, None
+    outputs, trunk = image_features_and_trunk(model, pixel_values, interpolate_pos_encoding, **kwargs)
+    dense = dense_from_trunk(model, trunk, patch_grid(model, pixel_values))
+    return outputs, pool_regions(dense, boxes, box_mask, model.config.region_pooling)
+
+
 def pool_regions(
     dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor, region_pooling: str = "normalize_then_pool"
 ) -> torch.Tensor:
@@ -114,5 +134,6 @@ __all__ = [
     "dense_from_trunk",
     "dense_map",
     "image_features_and_trunk",
+    "image_features_and_regions",
     "pool_regions",
 ]

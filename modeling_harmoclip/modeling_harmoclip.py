@@ -29,14 +29,7 @@ from transformers.utils import can_return_tuple
 
 from .box_ops import check_boxes
 from .configuration_harmoclip import HarmoCLIPConfig
-from .dense_features import (
-    dense_from_trunk,
-    dense_map,
-    image_features_and_trunk,
-    patch_grid,
-    pool_regions,
-    value_path_layer,
-)
+from .dense_features import dense_map, image_features_and_regions, pool_regions, value_path_layer
 from .detection import (
     MAP_THRESHOLDS,
     MAX_PROPOSALS,
@@ -359,24 +352,18 @@ class HarmoCLIPModel(CLIPModel):
         )
 
         # Image tower: with boxes, the dense map reuses the trunk of the global pass (only the last layer runs twice).
-        region_embeds = None
-        if boxes is None:
-            vision_outputs = self.get_image_features(
-                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
-            )
-        else:
-            vision_outputs, trunk = image_features_and_trunk(self, pixel_values, interpolate_pos_encoding, **kwargs)
-            dense = dense_from_trunk(self, trunk, patch_grid(self, pixel_values))
-            region_embeds = pool_regions(dense, boxes, region_mask, self.config.region_pooling)
-
+        vision_outputs, region_embeds = image_features_and_regions(
+            self, pixel_values, boxes, region_mask, interpolate_pos_encoding, **kwargs
+        )
         # Text tower: the caption's pass also gives the token states of its phrases.
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         lexeme_embeds = phrase_embeds = None
         if phrase_token_mask is not None:
+            linked_tokens = phrase_token_mask & linked_mask[..., None]
             lexeme_embeds, phrase_embeds = phrase_embeddings(
-                self, input_ids, text_outputs.last_hidden_state, phrase_token_mask & linked_mask[..., None]
+                self, input_ids, text_outputs.last_hidden_state, linked_tokens
             )
 
         image_embeds = _normalize(vision_outputs.pooler_output)
