@@ -5,7 +5,8 @@ PIL-backed otherwise; the same settings either way) with what box tasks need fro
 processor carries its own post-processing:
 
 - the resize geometry and its inverse (`box_geometry`, `inverse_geometry`): the map from an image's pixels to the
-  frame of its `pixel_values`, computed by the same function the resize itself uses (`resized_image_size`);
+  frame of its `pixel_values`, computed by the same function the resize itself uses (`resized_image_size`; the
+  geometry's pieces are in `image_geometry.py`);
 - the crops of the original image (`cut_crops`): each box enlarged about its centre, cut and resized to the model's
   input size (the GR teacher's input and the crop-and-encode baseline's);
 - every `post_process_*`: region classification, object detection (OWLv2's signature) and semantic segmentation.
@@ -15,27 +16,27 @@ processor carries its own post-processing:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import AutoImageProcessor
 from transformers.image_processing_utils import get_size_dict
-from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
-from transformers.image_utils import (
-    ChannelDimension,
-    SizeDict,
-    get_image_size,
-    get_image_size_for_max_height_width,
-    infer_channel_dimension_format,
-)
+from transformers.image_utils import ChannelDimension, SizeDict
 from transformers.utils import is_torchvision_available
 
-from .box_ops import NMS_IOU, enlarge_boxes
+from .box_ops import NMS_IOU
 from .configuration_harmoclip import HarmoCLIPConfig
 from .detection import check_target_sizes, select_detections, semantic_label_map
+from .image_geometry import (  # re-exported: their home is image_geometry
+    BoxGeometry,
+    check_crop_options,
+    crop_shift,
+    crop_windows,
+    cut_window,
+    original_image_size,
+    resized_image_size,
+)
 from .zero_shot import check_strings, check_top_k
 
 if is_torchvision_available():
@@ -45,42 +46,6 @@ else:
 
 # Enlargement of a box about its centre before its crop is cut, as CLIPSelf and FineCLIP cut their teacher crops.
 DEFAULT_CROP_SCALE = 1.5
-
-
-@dataclass(frozen=True)
-class BoxGeometry:
-    """How original pixel coordinates map into the frame of `pixel_values` for one image.
-
-    A point (x, y) of the original image lands at ((x * scale_x + shift_x) / width, (y * scale_y + shift_y) / height)
-    in normalised `pixel_values` coordinates (width, height: the output frame in pixels).
-    """
-
-    original_height: int
-    original_width: int
-    scale_x: float
-    scale_y: float
-    shift_x: float
-    shift_y: float
-    width: int
-    height: int
-
-    def to_normalized(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 4) xyxy in original pixels -> (N, 4) xyxy normalised to the output frame (not clipped)."""
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
-        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
-        return (boxes * scale + shift) / size
-
-    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 4) normalised xyxy in the output frame -> (N, 4) xyxy in original pixels, clipped to the image."""
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
-        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
-        original = (boxes * size - shift) / scale
-        limits = boxes.new_tensor(
-            [self.original_width, self.original_height, self.original_width, self.original_height]
-        )
-        return torch.minimum(original.clamp(min=0), limits)
 
 
 class HarmoCLIPImageProcessor(_CLIPImageProcessor):
@@ -135,8 +100,8 @@ class HarmoCLIPImageProcessor(_CLIPImageProcessor):
         if setting("do_center_crop"):
             crop = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
             backend = getattr(self, "backend", "pil")
-            shift_x = _crop_shift(new_width, crop.width, backend)
-            shift_y = _crop_shift(new_height, crop.height, backend)
+            shift_x = crop_shift(new_width, crop.width, backend)
+            shift_y = crop_shift(new_height, crop.height, backend)
             out_height, out_width = crop.height, crop.width
         return BoxGeometry(height, width, scale_x, scale_y, shift_x, shift_y, out_width, out_height)
 
@@ -378,100 +343,12 @@ def _settings(image_processor: Any) -> dict[str, Any]:
     return {key: value for key, value in image_processor.to_dict().items() if key not in names}
 
 
-def _crop_shift(size: int, crop: int, backend: str) -> float:
-    """Offset added to a coordinate by centre-cropping `size` pixels to `crop` (zero-padding when crop > size).
-
-    Mirrors the image processors: both crop at floor((size - crop) / 2); when padding, torchvision puts
-    floor((crop - size) / 2) pixels before the image and the PIL/NumPy backend ceil((crop - size) / 2).
-    """
-    if crop <= size:
-        return -float((size - crop) // 2)
-    padding = crop - size
-    return float(padding // 2 if backend == "torchvision" else (padding + 1) // 2)
-
-
 def clip_image_processor(image_size: int = 224, **settings: Any) -> HarmoCLIPImageProcessor:
     """CLIP's image processor settings (shortest-edge resize to `image_size`, centre crop `image_size` x `image_size`)
     as a `HarmoCLIPImageProcessor` (torchvision-backed where torchvision is installed, PIL-backed otherwise)."""
     values = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
     values.update(settings)
     return HarmoCLIPImageProcessor(**values)
-
-
-def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int, int]:
-    """(height, width) of a PIL image, or of an array / tensor in channels-first or channels-last layout."""
-    if getattr(image, "ndim", None) is None:  # a PIL image
-        height, width = get_image_size(image)
-    elif image.ndim == 2:
-        height, width = image.shape
-    else:
-        layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
-        height, width = get_image_size(image, channel_dim=layout)
-    return int(height), int(width)
-
-
-def check_crop_options(return_crops: Any, crop_scale: Any) -> None:
-    """Raises `TypeError` / `ValueError` naming `return_crops` or `crop_scale` unless they are a bool and a finite
-    number > 0."""
-    if not isinstance(return_crops, bool):
-        raise TypeError(f"`return_crops` must be a bool, got {type(return_crops).__name__}: {return_crops!r}")
-    if (
-        not isinstance(crop_scale, (int, float))
-        or isinstance(crop_scale, bool)
-        or not math.isfinite(crop_scale)
-        or crop_scale <= 0
-    ):
-        raise ValueError(f"`crop_scale` must be a finite number > 0, got {crop_scale!r}")
-
-
-def crop_windows(boxes: torch.Tensor, crop_scale: float, height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """Pixel windows `(x0, y0, x1, y1)` of the crops of (N, 4) xyxy boxes in an image of `height` x `width` pixels.
-
-    Each box is enlarged by `crop_scale` about its centre and clipped to the image (CLIPSelf's and FineCLIP's
-    `ProposalDistillDataset.__getitem__`), then rounded to whole pixels as PIL's `Image.crop` rounds them; a window
-    keeps at least one pixel, so that a sub-pixel box still has a crop.
-    """
-    enlarged = enlarge_boxes(boxes.double(), float(crop_scale))
-    limits = enlarged.new_tensor([width, height, width, height])
-    clipped = torch.minimum(enlarged.clamp(min=0), limits)
-    windows = []
-    for x0, y0, x1, y1 in (tuple(round(value) for value in row) for row in clipped.tolist()):
-        x0, y0 = min(x0, width - 1), min(y0, height - 1)
-        windows.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-    return windows
-
-
-def cut_window(image: Any, window: tuple[int, int, int, int], input_data_format: Any = None) -> Any:
-    """The pixels of `image` inside `window` (x0, y0, x1, y1): a PIL image for a PIL image, else a channels-last tensor
-    (a crop a few pixels wide has no layout of its own to infer, so the original's is applied here)."""
-    x0, y0, x1, y1 = window
-    if getattr(image, "ndim", None) is None:  # a PIL image
-        return image.crop(window)
-    pixels = torch.as_tensor(image)
-    if pixels.ndim == 2:
-        return pixels[y0:y1, x0:x1, None]
-    layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
-    if ChannelDimension(layout) == ChannelDimension.FIRST:
-        return pixels[:, y0:y1, x0:x1].permute(1, 2, 0)
-    return pixels[y0:y1, x0:x1, :]
-
-
-def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
-    """(height, width) after the image processors' resize, with the same helpers and the same branch order."""
-    if size.shortest_edge and size.longest_edge:
-        return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
-    if size.shortest_edge:
-        stand_in = torch.empty(1, height, width, device="meta")
-        return tuple(
-            get_resize_output_image_size(
-                stand_in, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
-            )
-        )
-    if size.max_height and size.max_width:
-        return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
-    if size.height and size.width:
-        return size.height, size.width
-    raise ValueError(f"HarmoCLIPImageProcessor cannot resize to a `size` of {dict(size)}")
 
 
 HarmoCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
