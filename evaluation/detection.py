@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from modeling_harmoclip.box_ops import xyxy_to_xywh
 from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
 from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates, label_probabilities
 
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
 from modeling_harmoclip.zero_shot import DEFAULT_TEMPLATES, label_embeddings, model_device
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
