@@ -6,7 +6,7 @@ held-out split).
     python -m evaluation.evaluate --model PATH --task detection --data instances_val2017.json --image-root val2017 \\
         --baseline-model GC_ONLY_PATH
 
-The same proposals (`detection.detect_objects`: the model's label maps and windows) are scored two ways by the model,
+The same proposals (`HarmoCLIPModel.detect`: the model's label maps and windows) are scored two ways by the model,
 ``dense`` (HarmoCLIP's region embeddings, one encoder pass) and ``crop`` (crop-and-encode: each box's crop through the
 global image encoder), and, with a baseline model (e.g. one trained with the global contrast alone), ``baseline`` (its
 own proposals and region embeddings).
@@ -27,9 +27,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_harmoclip.box_ops import xyxy_to_xywh
-from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
+from modeling_harmoclip.detection import detections_from_box_embeddings
 from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
-from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates, label_probabilities
+from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
 
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown
 
@@ -138,7 +138,7 @@ def image_detections(
     processor = processor.as_region_mode()
     parameter = next(model.parameters())
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(parameter.device, parameter.dtype)
-    outputs = detect_objects(model, pixel_values, label_embeds, background_embed)
+    outputs = model.detect(pixel_values, label_embeds, background_embed)
     if scorer == "crop":
         width, height = image.size
         # The region preset resizes to a square without crop: normalised boxes scale straight to pixels.
@@ -147,11 +147,8 @@ def image_detections(
         crops = model.get_crop_features(
             batch["crop_pixel_values"].to(parameter.device, parameter.dtype), batch["crop_mask"]
         )
-        probabilities = label_probabilities(crops, label_embeds, model.logit_scale.exp(), background_embed)
-        outputs = HarmoCLIPDetectionOutput(
-            scores=probabilities.cpu() * batch["crop_mask"][..., None],
-            pred_boxes=batch["boxes"],
-            box_mask=batch["crop_mask"],
+        outputs = detections_from_box_embeddings(
+            crops, batch["boxes"], batch["crop_mask"], label_embeds, model.logit_scale.exp(), background_embed
         )
     return processor.post_process_object_detection(
         outputs, threshold=0.0, target_sizes=[(image.height, image.width)], top_k=max_detections

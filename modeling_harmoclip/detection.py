@@ -44,7 +44,7 @@ SEGMENTATION_THRESHOLD = 0.3
 @dataclass
 class HarmoCLIPDetectionOutput(ModelOutput):
     r"""
-    What `detect_objects` returns, read by the processor's `post_process_object_detection` and
+    What `HarmoCLIPModel.detect` returns, read by the processor's `post_process_object_detection` and
     `post_process_semantic_segmentation`.
 
     scores (`torch.FloatTensor` of shape `(B, N, L)`):
@@ -209,13 +209,36 @@ def detections_from_dense_map(
     box_mask = check_boxes(boxes, box_mask)
     boxes, box_mask = boxes.to(dense.device), box_mask.to(dense.device)
     regions = pool_regions(dense, boxes, box_mask, region_pooling)  # (B, N, D), as `get_region_features`
-    scores, _ = label_and_background_probabilities(regions, label_embeds, logit_scale, background_embed)
-    return HarmoCLIPDetectionOutput(
-        scores=(scores * box_mask[..., None]).cpu(),
-        pred_boxes=boxes.float().cpu(),
-        box_mask=box_mask.cpu(),
+    return detections_from_box_embeddings(
+        regions,
+        boxes,
+        box_mask,
+        label_embeds,
+        logit_scale,
+        background_embed,
         dense_probabilities=dense_probabilities.cpu(),
         background_probabilities=background.cpu() if background is not None else None,
+    )
+
+
+def detections_from_box_embeddings(
+    box_embeds: torch.Tensor,
+    boxes: torch.Tensor,
+    box_mask: torch.Tensor,
+    label_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    background_embed: torch.Tensor | None = None,
+    **maps: torch.Tensor | None,
+) -> HarmoCLIPDetectionOutput:
+    """Boxes scored by their embeddings, whatever gave them (region embeddings of the dense map, or crops encoded by
+    the global encoder): (B, N, D) embeddings, (B, N, 4) normalised xyxy boxes, (B, N) mask -> the detection output
+    (`zero_shot.label_probabilities`, background dropped; masked rows zero), on the CPU. `maps`: the dense fields."""
+    scores = label_and_background_probabilities(box_embeds, label_embeds, logit_scale, background_embed)[0]
+    return HarmoCLIPDetectionOutput(
+        scores=(scores * box_mask[..., None].to(scores.device)).cpu(),
+        pred_boxes=boxes.float().cpu(),
+        box_mask=box_mask.cpu(),
+        **maps,
     )
 
 
@@ -312,6 +335,7 @@ __all__ = [
     "propose_boxes",
     "detect_objects",
     "detections_from_dense_map",
+    "detections_from_box_embeddings",
     "select_detections",
     "resample_maps",
     "semantic_label_map",

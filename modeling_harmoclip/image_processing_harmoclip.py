@@ -260,7 +260,7 @@ class HarmoCLIPImageProcessor(_CLIPImageProcessor):
         nms_threshold: float | None = NMS_IOU,
         top_k: int | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Detections in the original images' pixels from `detection.detect_objects`'s output (OWLv2's signature).
+        """Detections in the original images' pixels from `HarmoCLIPModel.detect`'s output (OWLv2's signature).
 
         Args:
             outputs: a `HarmoCLIPDetectionOutput` (`scores` (B, N, L), `pred_boxes` (B, N, 4) normalised xyxy in the
@@ -299,7 +299,7 @@ class HarmoCLIPImageProcessor(_CLIPImageProcessor):
         threshold: float = 0.0,
         return_probabilities: bool = False,
     ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
-        """Label maps at the original images' size from `detection.detect_objects`'s `dense_probabilities`.
+        """Label maps at the original images' size from `HarmoCLIPModel.detect`'s `dense_probabilities`.
 
         Each image's patch probabilities are read bilinearly at every target pixel's centre through this processor's
         resize and crop (`BoxGeometry`), then each pixel gets its best label's index, or -1 (background) where the

@@ -11,7 +11,7 @@
     segmenter("street.jpg", candidate_labels=["dog", "bicycle"], image_size=448)
     # [{"score": 0.74, "label": "dog", "mask": <PIL.Image.Image mode=L, the image's size>}, ...]
 
-Both read one pass of the image encoder (`detection.detect_objects`): the label maps, the proposals drawn from them (or
+Both read one pass of the image encoder (`HarmoCLIPModel.detect`): the label maps, the proposals drawn from them (or
 the user's `boxes=`) and the region embedding of every box. Labels go through `pipeline_harmoclip.resolve_label_embeddings`
 as region classification's do: reused across calls, or the caller's `label_embeds=`. `HarmoCLIPModel.save_pretrained` writes both tasks into the config's
 `custom_pipelines` and copies this file, so `pipeline(task, model=folder_or_hub_id, trust_remote_code=True)` loads them
@@ -33,7 +33,6 @@ from .detection import (
     SEGMENTATION_THRESHOLD,
     WINDOW_SCALES,
     check_threshold,
-    detect_objects,
 )
 from .hub_code import CUSTOM_PIPELINES, register_pipeline
 from .image_processing_harmoclip import original_image_size
@@ -47,7 +46,7 @@ _UNSET: Any = object()
 
 class _DenseLabelPipeline(RegionPresetPipeline):
     """What detection and segmentation share: images (optionally at another `image_size`) in, one encoder pass through
-    `detect_objects` per batch, label embeddings reused across calls (`resolve_label_embeddings`)."""
+    `HarmoCLIPModel.detect` per batch, label embeddings reused across calls (`resolve_label_embeddings`)."""
 
     def check_image_size(self, image_size: Any) -> int:
         """A positive multiple of the patch size (the model's input side for finer maps)."""
@@ -117,8 +116,7 @@ class _DenseLabelPipeline(RegionPresetPipeline):
         window_scales: Sequence[float] = WINDOW_SCALES,
     ) -> dict[str, Any]:
         pixel_values = model_inputs["pixel_values"]
-        outputs = detect_objects(
-            self.model,
+        outputs = self.model.detect(
             pixel_values,
             label_embeds,
             background_embed,
