@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,35 @@ def build_parser() -> CommandParser:
         "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
     )
     return parser
+
+
+def results_table(result: dict[str, Any], proposal_count: float, labels: int) -> str:
+    """The markdown table of one measurement (`run`'s result row)."""
+    ours, theirs, speedup = result["harmoclip"], result["crop_and_encode"], result["speedup"]
+    return markdown_table(
+        [
+            "proposals/image",
+            "labels",
+            "HarmoCLIP images/s",
+            "crop+encode images/s",
+            "HarmoCLIP ms/call",
+            "crop+encode ms/call",
+            "speed-up (min-max)",
+            "spread",
+        ],
+        [
+            [
+                proposal_count,
+                labels,
+                result["harmoclip_images_per_s"],
+                result["crop_images_per_s"],
+                ours["median_s"] * 1e3,
+                theirs["median_s"] * 1e3,
+                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                f"{max(ours['spread'], theirs['spread']):.0%}",
+            ]
+        ],
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -98,30 +128,7 @@ def run(args: argparse.Namespace) -> dict:
             "speedup": speedup,
         }
     ]
-    table = markdown_table(
-        [
-            "proposals/image",
-            "labels",
-            "HarmoCLIP images/s",
-            "crop+encode images/s",
-            "HarmoCLIP ms/call",
-            "crop+encode ms/call",
-            "speed-up (min-max)",
-            "spread",
-        ],
-        [
-            [
-                proposal_count,
-                args.labels,
-                results[0]["harmoclip_images_per_s"],
-                results[0]["crop_images_per_s"],
-                ours["median_s"] * 1e3,
-                theirs["median_s"] * 1e3,
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                f"{max(ours['spread'], theirs['spread']):.0%}",
-            ]
-        ],
-    )
+    table = results_table(results[0], proposal_count, args.labels)
     settings = {
         "model_preset": preset,
         "image_size": size,
