@@ -2,8 +2,9 @@
 
 `--pipeline synthetic` (default): samples per second of the training DataLoader on the synthetic shapes set, against
 what the training step consumes, both with the shipped default config (configs/synthetic_tiny.yaml: tiny model,
-64 px, batch 64) with the losses of the shipped recipe, GC+GR under the frozen teacher (`LOSSES`: the teacher's
-crops are what loading costs most; the main job itself trains without GR). The loader is the one training/train.py builds (JSONL data set of
+64 px, batch 64) with GC+GR under the frozen teacher (`LOSSES`, the `gc-gr` recipe: the teacher's crops are what
+loading costs most, the same in the shipped `harmoclip` recipe, whose LRC adds only token masks; the main job itself
+trains without GR). The loader is the one training/train.py builds (JSONL data set of
 the generated set, `ShardedShuffleSampler`, `RegionCollator` with the processor, which also cuts the frozen teacher's
 crops, `drop_last`); a round reads one whole epoch. The step is the training loop's (see benchmarks/train_step.py) on a batch of the same set.
 

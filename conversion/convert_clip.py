@@ -29,7 +29,14 @@ from safetensors.torch import load_file as load_safetensors
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
-from modeling_harmoclip.configuration_harmoclip import RECIPE_CHOICES, TEACHER_ALIASES, recipe_defaults
+from modeling_harmoclip.configuration_harmoclip import (
+    DEFAULT_RECIPE,
+    RECIPE_CHOICES,
+    RECIPES,
+    TEACHER_ALIASES,
+    apply_recipe,
+    recipe_defaults,
+)
 from plumbing.atomic_files import atomic_directory, check_output_dir
 from plumbing.command_line import CommandParser, run_command, setup_logging
 from plumbing.typed_values import coerce_value, type_name
@@ -401,6 +408,10 @@ def convert_clip(
 def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per recipe field (`RECIPE_FIELDS`), written into the config (left out: the config's defaults)."""
     group = parser.add_argument_group("HarmoCLIP settings (written into config.json)")
+    group.add_argument(
+        "--recipe",
+        help=f"a named recipe, one of {list(RECIPES)} (default: {DEFAULT_RECIPE}); the options below override its fields",
+    )
     for name, default in recipe_defaults().items():
         choices = RECIPE_CHOICES.get(name)
         if name == "gr_teacher":
@@ -415,12 +426,16 @@ def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def harmoclip_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe options given on the command line, read as their fields' types."""
-    return {
+    """The recipe options given on the command line, read as their fields' types, over the fields of `--recipe`
+    (with its name, `recipe_name`) when it is given."""
+    given = {
         name: coerce_value(name, getattr(args, name), type(default), where=f"option `--{name.replace('_', '-')}`")
         for name, default in recipe_defaults().items()
         if getattr(args, name) is not None
     }
+    if getattr(args, "recipe", None) is None:
+        return given
+    return apply_recipe(args.recipe, given) | {"recipe_name": args.recipe}
 
 
 def build_parser() -> CommandParser:

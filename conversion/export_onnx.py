@@ -18,6 +18,7 @@ difference above `ONNX_TOLERANCE` from the PyTorch model fails the export and le
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -42,6 +43,24 @@ REGION_INPUTS, REGION_OUTPUTS = ("pixel_values", "boxes", "box_mask"), ("region_
 TEXT_INPUTS, TEXT_OUTPUTS = ("input_ids", "attention_mask"), ("text_embeds",)
 # Above this many bytes of weights a graph keeps them in a `<file>.data` file beside it (protobuf's 2 GiB limit).
 SINGLE_FILE_LIMIT = 1_500_000_000
+
+
+# What the export and its check import; the project's `onnx` extra installs them.
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+class MissingOnnxPackages(RuntimeError):
+    """A package the ONNX export needs is not installed."""
+
+
+def check_onnx_packages() -> None:
+    """Raises `MissingOnnxPackages` naming the missing packages and the extra that installs them, in one line."""
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingOnnxPackages(
+            f"the ONNX export needs {', '.join(missing)}, not installed: pip install 'harmoclip[onnx]' "
+            f"(or pip install {' '.join(ONNX_PACKAGES)})"
+        )
 
 
 class OnnxCheckError(RuntimeError):
@@ -174,11 +193,19 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, overwrite: bool =
     """Writes `region.onnx`, `text.onnx` and `onnx_export.json` of the HarmoCLIP folder `model_dir` to `output_dir`
     (atomically), after checking both graphs with onnxruntime.
 
+    An existing empty `output_dir` is written into (a folder made ready for the export); one with files needs
+    `overwrite`.
+
     Raises:
-        FileExistsError: `output_dir` exists and `overwrite` is False.
+        MissingOnnxPackages: onnx, onnxscript or onnxruntime is not installed (the `onnx` extra).
+        FileExistsError: `output_dir` exists with files in it and `overwrite` is False.
         FileNotFoundError / ValueError: `model_dir` is not a HarmoCLIP folder.
         OnnxCheckError: a graph's outputs differ from PyTorch's by more than `ONNX_TOLERANCE`.
     """
+    check_onnx_packages()
+    output = Path(output_dir)
+    if output.is_dir() and not any(output.iterdir()):
+        overwrite = True  # an empty folder holds nothing to lose: replaced by the finished export in one rename
     check_output_dir(output_dir, overwrite)
     model_dir = require_model_type(model_dir, HarmoCLIPConfig.model_type, "model_dir")
     model = HarmoCLIPModel.from_pretrained(model_dir, dtype=torch.float32).eval()

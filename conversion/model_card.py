@@ -33,6 +33,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard
 
+from modeling_harmoclip.configuration_harmoclip import recipe_fields, recipe_overrides
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 # The card of the plain-CLIP export's own repository: the one that carries the widget metadata.
 EXPORT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card_clip.md"
@@ -219,6 +221,20 @@ def _card_values(config: Any, info: CardInfo, repo_id: str) -> dict[str, str]:
     }
 
 
+def recipe_card_values(config: Any) -> dict[str, str]:
+    """The card's lines on the named recipe: its name, every field it set, and the fields given over it."""
+    name = getattr(config, "recipe_name", None)
+    if name is None:
+        return {"recipe_name": "none (the fields below as given)", "recipe_fields": "-", "recipe_overrides": "-"}
+    overrides = recipe_overrides(name, config)
+    listed = ", ".join(f"`{field}` {value!r}" for field, value in recipe_fields(name).items())
+    return {
+        "recipe_name": f"`{name}`",
+        "recipe_fields": listed,
+        "recipe_overrides": ", ".join(f"`{field}` {value!r}" for field, value in overrides.items()) or "none",
+    }
+
+
 def render_model_card(
     config: Any, info: CardInfo, eval_rows: list[dict[str, Any]] | None, template_path: str | Path = DEFAULT_TEMPLATE
 ) -> str:
@@ -230,6 +246,7 @@ def render_model_card(
         if info.base_model
         else "not recorded",
         "clip_export_usage": clip_export_markdown(info.repo_id, info.clip_export),
+        **recipe_card_values(config),
         "dense_mode": f"`{config.dense_mode}`",
         "loss_weights": " / ".join(
             f"{getattr(config, f'loss_{term}_weight'):g}" for term in ("gc", "lrc", "rla", "gr")

@@ -38,7 +38,7 @@ from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
 from huggingface_hub.utils import HFValidationError, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
-from modeling_harmoclip import HarmoCLIPConfig
+from modeling_harmoclip import HarmoCLIPConfig, endpoint_handler
 from plumbing.atomic_files import atomic_directory, check_output_dir
 from plumbing.command_line import CommandParser, run_command, setup_logging
 
@@ -49,6 +49,8 @@ from .model_folder import require_model_type
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload HarmoCLIP model"
+# The file name Inference Endpoints look for in a repository with a custom handler.
+ENDPOINT_HANDLER_FILE = "handler.py"
 CLIP_SUBFOLDER = "clip"
 # Files of a model folder that belong on the Hub; anything else (optimizer states, logs, pickles) stays behind.
 PUBLISHED_SUFFIXES = (".safetensors", ".json", ".py", ".txt", ".model")
@@ -103,6 +105,10 @@ def check_model_folder(model_dir: str | Path) -> Path:
         code_file = model_dir / (reference.split(".")[0] + ".py")
         if not code_file.is_file():
             raise ValueError(f"`model`: {model_dir} lacks {code_file.name}, named in auto_map")
+    for task, entry in (config.get("custom_pipelines") or {}).items():
+        code_file = model_dir / (str(entry.get("impl", "")).split(".")[0] + ".py")
+        if not code_file.is_file():
+            raise ValueError(f"`model`: {model_dir} lacks {code_file.name}, the {task!r} pipeline's code")
     if not any((model_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")):
         raise ValueError(f"`model`: {model_dir} has no tokenizer files")
     if not any((model_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
@@ -128,6 +134,14 @@ def copy_model_files(model_dir: Path, destination: Path) -> list[str]:
             shutil.copy2(path, destination / path.name)
             copied.append(path.name)
     return copied
+
+
+def write_endpoint_handler(folder: Path) -> Path:
+    """`handler.py` with the `EndpointHandler` Hugging Face Inference Endpoints load for custom models
+    (`modeling_harmoclip/endpoint_handler.py`): detection, segmentation and region classification as JSON."""
+    target = Path(folder) / ENDPOINT_HANDLER_FILE
+    shutil.copyfile(Path(endpoint_handler.__file__), target)
+    return target
 
 
 def assemble_hub_folder(
@@ -159,6 +173,7 @@ def assemble_hub_folder(
     card_text = render_model_card(config, card, eval_rows, template_path)
     with atomic_directory(output_dir, overwrite) as staging:
         copy_model_files(model_dir, staging)
+        write_endpoint_handler(staging)
         (staging / "README.md").write_text(card_text, encoding="utf-8")
         if export_clip_subfolder:
             export_clip(model_dir, staging / CLIP_SUBFOLDER)

@@ -20,7 +20,8 @@ prompt ensemble the `region-classification` pipeline uses) with
   input size by the processor in the loader's workers).
 
 Detection (COCO mAP / AP50 by pycocotools, objects found with no boxes given) and segmentation (mIoU of the label maps)
-are `evaluation.detection` and `evaluation.segmentation`.
+are `evaluation.detection` and `evaluation.segmentation`; phrase grounding (`--task grounding`: Flickr30k Entities, JSONL
+manifests, the synthetic split) is `evaluation.grounding`.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def run_evaluation(
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="python -m evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code)")
-    parser.add_argument("--task", required=True, choices=("retrieval", "boxcls", *DENSE_TASKS))
+    parser.add_argument("--task", required=True, choices=("retrieval", "boxcls", *DENSE_TASKS, "grounding"))
     parser.add_argument(
         "--data", required=True, help="Karpathy split json, JSONL manifest, COCO instances or panoptic json"
     )
@@ -308,6 +309,12 @@ def build_parser() -> CommandParser:
         "--baseline-model",
         default=None,
         help="detection: a second model (e.g. trained with GC only) whose own proposals and regions are scored too",
+    )
+    parser.add_argument(
+        "--phrase-mode",
+        default="lexeme",
+        choices=("lexeme", "alone"),
+        help="grounding: each phrase as its lexeme in the caption (LRC's) or encoded alone (RLA's)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -429,6 +436,17 @@ def evaluate_command(argv: Sequence[str] | None = None) -> dict[str, Any]:
         split = args.split if args.split is not None else ("test" if args.task == "retrieval" else None)
         check_protocol_arguments(args)
         model, processor = load_model_and_processor(args.model, args.device)
+        if args.task == "grounding":
+            from .grounding import run_grounding_task
+
+            report, markdown = run_grounding_task(
+                model, processor, args.data, args.image_root, args.split, args.phrase_mode, args.model, command
+            )
+            markdown += "\nCommand:\n\n```\n" + command + "\n```\n"
+            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), markdown)
+            print(markdown)
+            return report
         if args.task in DENSE_TASKS:
             if args.protocol or args.baseline_model and args.task != "detection":
                 raise ValueError(f"--task {args.task} takes no --protocol, and --baseline-model only with detection")

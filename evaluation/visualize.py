@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,48 @@ def save_box_predictions(
 
 
 __all__ = ["draw_boxes", "upsample_map", "draw_heatmap", "save_query_heatmap", "save_box_predictions"]
+
+
+def draw_grounding(
+    image: Image.Image,
+    caption: str,
+    grounded: Sequence[dict[str, Any]],
+    out_path: str | Path | None = None,
+    scale: float = 1.0,
+) -> Image.Image:
+    """Phrase grounding drawn: each phrase's box (the `phrase-grounding` pipeline's results, boxes in `image`'s
+    pixels before `scale`) in its own colour, labelled with the phrase, and the caption written below the image with
+    each phrase in its box's colour. Returns the RGB picture; also writes it as PNG when `out_path` is given."""
+    boxes = [[item["box"][key] * scale for key in ("xmin", "ymin", "xmax", "ymax")] for item in grounded]
+    picture = draw_boxes(image, boxes, [item["phrase"] for item in grounded], [item["score"] for item in grounded])
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(picture)
+    line_height = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
+    # The caption in pieces: plain text, and each phrase in its colour; wrapped to the picture's width.
+    colours = {tuple(item["span"]): BOX_COLOURS[index % len(BOX_COLOURS)] for index, item in enumerate(grounded)}
+    pieces, cursor = [], 0
+    for start, end in sorted(colours):
+        pieces += [(caption[cursor:start], (0, 0, 0)), (caption[start:end], colours[(start, end)])]
+        cursor = end
+    pieces.append((caption[cursor:], (0, 0, 0)))
+    # Words with their following spaces, so punctuation right after a phrase stays attached to it.
+    words = [(word, colour) for text, colour in pieces for word in re.findall(r"\S+\s*|\s+", text)]
+    lines: list[list[tuple[str, tuple[int, int, int]]]] = [[]]
+    width = 4
+    for word, colour in words:
+        word_width = probe.textlength(word, font=font)
+        if width + probe.textlength(word.rstrip(), font=font) > picture.width - 4 and lines[-1]:
+            lines.append([])
+            width = 4
+        lines[-1].append((word, colour))
+        width += word_width
+    framed = Image.new("RGB", (picture.width, picture.height + line_height * len(lines) + 6), (255, 255, 255))
+    framed.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(framed)
+    for row, line in enumerate(lines):
+        x = 4.0
+        for word, colour in line:
+            draw.text((x, picture.height + 4 + row * line_height), word, fill=colour, font=font)
+            x += draw.textlength(word, font=font)
+    _save_png(framed, out_path)
+    return framed

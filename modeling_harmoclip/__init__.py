@@ -15,6 +15,7 @@ from .losses import (
 )
 from .modeling_harmoclip import HarmoCLIPModel, HarmoCLIPOutput
 from .pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
+from .pipeline_grounding import PhraseGroundingPipeline
 from .pipeline_harmoclip import RegionClassificationPipeline
 from .processing_harmoclip import HarmoCLIPProcessor
 from .roi_align import roi_align
@@ -28,6 +29,7 @@ __all__ = [
     "RegionClassificationPipeline",
     "ZeroShotRegionDetectionPipeline",
     "DenseSegmentationPipeline",
+    "PhraseGroundingPipeline",
     "harmoclip_loss",
     "HarmoCLIPLoss",
     "roi_align",

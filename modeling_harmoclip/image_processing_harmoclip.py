@@ -252,6 +252,67 @@ class HarmoCLIPImageProcessor(_CLIPImageProcessor):
             results.append(image_results)
         return results
 
+    def post_process_grounding(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor,
+        captions: Sequence[str],
+        phrase_spans: Sequence[Sequence[tuple[int, int]]],
+        box_mask: torch.Tensor | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Each phrase's box in the original image's pixels: the candidate whose region is most similar to the phrase.
+
+        Args:
+            logits: (B, P, N) `logit_scale * cos(phrase, region)` of every phrase with every candidate box.
+            boxes: (B, N, 4) normalised xyxy candidates as the processor returns them (or proposed by the model).
+            target_sizes: per image its original (height, width); captions: per image its caption;
+            phrase_spans: per image the P (start, end) character spans of its phrases, in `logits`' order.
+            box_mask: (B, N) valid candidates (default all).
+        Returns:
+            Per image a list, one dict per phrase: `{"phrase", "span": [start, end], "score": the chosen box's
+            probability among the valid candidates (softmax of `logits`), "box": {"xmin", "ymin", "xmax", "ymax"},
+            "box_index": its index among the N}`.
+        """
+        if logits.dim() != 3 or boxes.dim() != 3 or logits.shape[-1] != boxes.shape[1] or boxes.shape[-1] != 4:
+            raise ValueError(
+                f"`logits` (B, P, N) and `boxes` (B, N, 4) must agree, got {tuple(logits.shape)} and "
+                f"{tuple(boxes.shape)}"
+            )
+        batch = logits.shape[0]
+        if not len(target_sizes) == len(captions) == len(phrase_spans) == batch:
+            raise ValueError(
+                f"`target_sizes`, `captions` and `phrase_spans` need one entry per image ({batch}), got "
+                f"{len(target_sizes)}, {len(captions)} and {len(phrase_spans)}"
+            )
+        valid = torch.ones(boxes.shape[:2], dtype=torch.bool) if box_mask is None else box_mask.cpu().bool()
+        results = []
+        for index in range(batch):
+            spans = phrase_spans[index]
+            if len(spans) != logits.shape[1]:
+                raise ValueError(f"`phrase_spans`[{index}] holds {len(spans)} spans for {logits.shape[1]} phrases")
+            if not valid[index].any():
+                raise ValueError(f"`box_mask`[{index}]: the image has no box candidates for its phrases")
+            masked = logits[index].detach().float().cpu().masked_fill(~valid[index][None], float("-inf"))
+            probabilities = masked.softmax(dim=-1)  # (P, N)
+            scores, best = probabilities.max(dim=-1)
+            height, width = (int(value) for value in target_sizes[index])
+            pixel_boxes = self.inverse_geometry(height, width).to_original(boxes[index].detach().cpu().double())
+            image_results = []
+            for (start, end), score, box_index in zip(spans, scores.tolist(), best.tolist()):
+                x1, y1, x2, y2 = (round(value, 3) for value in pixel_boxes[box_index].tolist())
+                image_results.append(
+                    {
+                        "phrase": captions[index][start:end],
+                        "span": [int(start), int(end)],
+                        "score": score,
+                        "box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2},
+                        "box_index": box_index,
+                    }
+                )
+            results.append(image_results)
+        return results
+
     def post_process_object_detection(
         self,
         outputs: Any,

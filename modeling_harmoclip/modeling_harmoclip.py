@@ -13,8 +13,6 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 - the losses GC, LRC, RLA and GR (see `losses.py`), weighted by the config.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,7 +23,8 @@ from torch import nn
 from transformers import CLIPModel
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPOutput
-from transformers.utils import can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .box_ops import check_boxes
 from .configuration_harmoclip import HarmoCLIPConfig
@@ -76,6 +75,31 @@ class HarmoCLIPOutput(CLIPOutput):
     loss_gr: torch.Tensor | None = None
 
 
+def trains_region_logit_scale(config: HarmoCLIPConfig) -> bool:
+    """Whether a loss term reads `region_logit_scale`: LRC or RLA weighted, at their own temperature (a
+    `region_logit_scale_mode` other than "shared", where they use the global `logit_scale`)."""
+    return config.region_logit_scale_mode != "shared" and (config.loss_lrc_weight > 0 or config.loss_rla_weight > 0)
+
+
+def own_teacher_targets(
+    model: nn.Module, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor | None, box_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, N, D) GR targets from the model itself: its crop embeddings (`get_crop_features`), with gradients only under
+    `gr_teacher="self_with_grad"`."""
+    teacher = model.config.gr_teacher
+    if teacher not in ("self_with_grad", "self_stop_grad"):
+        raise ValueError(
+            f"`crop_pixel_values` make the model its own GR teacher, which needs `gr_teacher` 'self_with_grad' or "
+            f"'self_stop_grad', got {teacher!r}; give a {teacher} teacher's targets as `teacher_region_embeds` "
+            "(harmoclip-cache-teacher computes the starting weights' once)"
+        )
+    mask = crop_mask
+    if box_mask is not None:
+        mask = box_mask.bool() if mask is None else mask.bool() & box_mask.bool()
+    with torch.set_grad_enabled(teacher == "self_with_grad" and torch.is_grad_enabled()):
+        return model.get_crop_features(crop_pixel_values.to(model.dtype), mask)
+
+
 def _normalize(embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds, dim=-1, eps=1e-12)
 
@@ -88,15 +112,25 @@ class HarmoCLIPModel(CLIPModel):
 
     def __init__(self, config: HarmoCLIPConfig):
         super().__init__(config)
-        # Log temperature of the lexeme-region contrast in "from_global" / "separate" mode. It exists in every mode
-        # (unused when "shared") so that a checkpoint's parameters do not depend on the mode.
-        self.region_logit_scale = nn.Parameter(self.region_logit_scale_start())
+        # Log temperature of the lexeme-region contrast in "from_global" / "separate" mode. It is in every state dict
+        # under the same name, so that a checkpoint's keys do not depend on the mode; it is a trainable parameter only
+        # where a loss term reads it (`trains_region_logit_scale`), a persistent buffer otherwise: data parallelism
+        # with `find_unused_parameters=False` (Trainer's choice under gradient checkpointing) needs every trainable
+        # parameter to receive a gradient.
+        start = self.region_logit_scale_start()
+        if trains_region_logit_scale(config):
+            self.region_logit_scale = nn.Parameter(start)
+        else:
+            self.register_buffer("region_logit_scale", start, persistent=True)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         # CLIPModel.__init__ already runs post_init once, before `region_logit_scale` exists.
         if isinstance(module, HarmoCLIPModel) and hasattr(module, "region_logit_scale"):
+            # CLIP leaves `logit_scale` to its `__init__`; set here too, so that a model built on the meta device and
+            # initialised afterwards (`to_empty` + `init_weights`) starts from the config's value like any other.
+            init.constant_(module.logit_scale, float(module.config.logit_scale_init_value))
             # `init.*` skips tensors loaded from a checkpoint, so this only fills what a CLIP checkpoint lacks; it runs
             # after the checkpoint's `logit_scale` is loaded, so "from_global" starts from the CLIP's trained value.
             init.copy_(module.region_logit_scale, module.region_logit_scale_start())
@@ -315,7 +349,9 @@ class HarmoCLIPModel(CLIPModel):
         phrase_ids: torch.Tensor | None = None,
         teacher_region_embeds: torch.Tensor | None = None,
         category_ids: torch.Tensor | None = None,
-        **kwargs: Any,
+        crop_pixel_values: torch.Tensor | None = None,
+        crop_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HarmoCLIPOutput | tuple:
         r"""
         With only `input_ids` and `pixel_values` this is `CLIPModel.forward`, `return_dict=False` (a tuple),
@@ -333,6 +369,11 @@ class HarmoCLIPModel(CLIPModel):
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
             processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
             them too.
+        crop_pixel_values (`(B, N, 3, S, S)`), crop_mask (`(B, N)` bool): the boxes' crops (the processor's
+            `return_crops=True`), for a batch without `teacher_region_embeds`: the model is its own GR teacher, as
+            `gr_teacher` says ("self_with_grad": with gradients, FineCLIP; "self_stop_grad": without). A frozen or
+            cached teacher's targets come as `teacher_region_embeds` (`harmoclip-cache-teacher` computes the frozen
+            starting weights' once). What lets loops that only call `model(**batch)` (transformers' Trainer) train GR.
         return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
             alone (`losses.recipe_loss` of this config; a `ValueError` when none applies).
 
@@ -340,6 +381,8 @@ class HarmoCLIPModel(CLIPModel):
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
+        if crop_pixel_values is not None and teacher_region_embeds is None:
+            teacher_region_embeds = own_teacher_targets(self, crop_pixel_values, crop_mask, box_mask)
         region_mask, linked_mask, phrase_token_mask = check_region_inputs(
             self.config.projection_dim,
             input_ids,
@@ -403,4 +446,11 @@ class HarmoCLIPModel(CLIPModel):
 HarmoCLIPConfig.register_for_auto_class("AutoConfig")
 HarmoCLIPModel.register_for_auto_class("AutoModel")
 
-__all__ = ["HarmoCLIPModel", "HarmoCLIPOutput", "check_boxes", "check_phrase_token_mask", "value_path_layer"]
+__all__ = [
+    "HarmoCLIPModel",
+    "HarmoCLIPOutput",
+    "check_boxes",
+    "check_phrase_token_mask",
+    "trains_region_logit_scale",
+    "value_path_layer",
+]

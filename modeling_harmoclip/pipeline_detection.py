@@ -5,11 +5,13 @@
 
     detector = pipeline("zero-shot-object-detection", model="org/harmoclip-vitb16", trust_remote_code=True)
     detector("street.jpg", candidate_labels=["dog", "bicycle"], threshold=0.3)
-    # [{"score": 0.81, "label": "dog", "box": {"xmin": 12.0, "ymin": 20.5, "xmax": 198.0, "ymax": 305.0}}, ...]
+    # [{"score": 0.81, "label": "dog", "box": {"xmin": 12, "ymin": 20, "xmax": 198, "ymax": 305}}, ...]
+    detector([{"image": "a.jpg", "candidate_labels": ["dog"]}, {"image": "b.jpg", "candidate_labels": ["cat"]}])
 
     segmenter = pipeline("image-segmentation", model="org/harmoclip-vitb16", trust_remote_code=True)
     segmenter("street.jpg", candidate_labels=["dog", "bicycle"], image_size=448)
     # [{"score": 0.74, "label": "dog", "mask": <PIL.Image.Image mode=L, the image's size>}, ...]
+    segmenter("street.jpg")  # no labels: COCO panoptic's 133 class names (`coco_panoptic_labels`)
 
 Both read one pass of the image encoder (`HarmoCLIPModel.detect`): the label maps, the proposals drawn from them (or
 the user's `boxes=`) and the region embedding of every box. Labels go through `pipeline_harmoclip.resolve_label_embeddings`
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from transformers.image_transforms import to_pil_image
 
+from .coco_panoptic_labels import COCO_PANOPTIC_LABELS, prompt_name
 from .detection import (
     MAP_THRESHOLDS,
     NMS_IOU,
@@ -55,33 +58,81 @@ class _DenseLabelPipeline(RegionPresetPipeline):
             raise ValueError(f"`image_size` must be a positive multiple of the patch size {patch}, got {image_size!r}")
         return image_size
 
-    def __call__(self, image: Any, candidate_labels: Sequence[str] | None = None, **kwargs: Any) -> Any:
-        if candidate_labels is None:
-            raise ValueError(f"the {self.task_name} pipeline needs `candidate_labels`, a list of label names")
-        if isinstance(candidate_labels, str):  # the stock pipelines' comma-separated form
-            candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
-        candidate_labels = check_strings(candidate_labels, "candidate_labels")
-        boxes = kwargs.pop("boxes", None)
-        if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
-            if boxes is not None:
-                raise ValueError("give `boxes` inside each {'image': ..., 'boxes': ...} item, not as an argument")
-            inputs: Any = [dict(item) for item in image]
-        elif isinstance(image, (list, tuple)):
-            if boxes is not None:
-                raise ValueError("with several images give `boxes` inside {'image': ..., 'boxes': ...} items")
-            inputs = [{"image": item} for item in image]
-        else:
-            inputs = {"image": image, "boxes": boxes}
+    def default_labels(self) -> tuple[list[str], list[str]] | None:
+        """The (names returned, names prompted) used when a call gives no `candidate_labels`; None: they are required."""
+        return None
+
+    def _labels_of(self, labels: Any, where: str) -> list[str]:
+        """One image's candidate labels: a list of strings or the stock pipelines' comma-separated string."""
+        if isinstance(labels, str):
+            labels = [label.strip() for label in labels.split(",") if label.strip()]
+        return check_strings(labels, where)
+
+    def _items(self, image: Any, candidate_labels: Any, boxes: Any) -> tuple[list[dict[str, Any]], bool]:
+        """The call's inputs as one `{"image", "boxes", "candidate_labels"}` item per image (labels None where neither
+        the item nor the call gives any), and whether a single image (not a list) was given. Labels inside an item win
+        over the call's, as in the stock pipeline; per-image lists (`candidate_labels=[[...], [...]]`) go one per
+        image."""
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        if not images:
+            raise ValueError(f"the {self.task_name} pipeline needs at least one image, got {image!r}")
+        if boxes is not None and (not single or isinstance(image, dict)):
+            raise ValueError("with several images or dict items give `boxes` inside {'image': ..., 'boxes': ...} items")
+        per_image = (
+            isinstance(candidate_labels, (list, tuple))
+            and len(candidate_labels) > 0
+            and all(isinstance(labels, (list, tuple)) for labels in candidate_labels)
+        )
+        if per_image and len(candidate_labels) != len(images):
+            raise ValueError(
+                f"`candidate_labels` holds {len(candidate_labels)} label lists for {len(images)} images; give one per "
+                "image or one list for all"
+            )
+        call_labels = None
+        if candidate_labels is not None and not per_image:
+            call_labels = self._labels_of(candidate_labels, "candidate_labels")
+        items = []
+        for index, entry in enumerate(images):
+            item = dict(entry) if isinstance(entry, dict) else {"image": entry, "boxes": boxes if single else None}
+            labels = item.get("candidate_labels")
+            if labels is not None:
+                item["candidate_labels"] = self._labels_of(labels, f"inputs[{index}]['candidate_labels']")
+            elif per_image:
+                item["candidate_labels"] = self._labels_of(candidate_labels[index], f"candidate_labels[{index}]")
+            else:
+                item["candidate_labels"] = call_labels
+            items.append(item)
+        return items, single
+
+    def __call__(self, image: Any = None, candidate_labels: Any = None, **kwargs: Any) -> Any:
+        if image is None and "images" in kwargs:  # the stock pipelines' keyword
+            image = kwargs.pop("images")
+        items, single = self._items(image, candidate_labels, kwargs.pop("boxes", None))
+        label_sets = {None if item["candidate_labels"] is None else tuple(item["candidate_labels"]) for item in items}
+        if len(label_sets) > 1:  # different labels per image: one call per image (one label set per encoder batch)
+            if kwargs.get("label_embeds") is not None:
+                raise ValueError("`label_embeds` needs the same `candidate_labels` for every image")
+            return [self(item, **kwargs) for item in items]
+        labels = items[0]["candidate_labels"]
+        prompts = labels
+        if labels is None:
+            default = self.default_labels()
+            if default is None:
+                raise ValueError(f"the {self.task_name} pipeline needs `candidate_labels`, a list of label names")
+            labels, prompts = default
+        for item in items:
+            item.pop("candidate_labels", None)
         label_embeds, background_embed = encode_candidates(
             self.model,
             self.tokenizer,
-            candidate_labels,
+            prompts,
             kwargs.pop("background_label", DEFAULT_BACKGROUND),
             kwargs.pop("templates", DEFAULT_TEMPLATES),
             kwargs.pop("label_embeds", None),
         )
         kwargs.update(label_embeds=label_embeds, background_embed=background_embed)
-        return super().__call__(inputs, candidate_labels=candidate_labels, **kwargs)
+        return super().__call__(items[0] if single else items, candidate_labels=labels, **kwargs)
 
     def preprocess(
         self, inputs: dict[str, Any], image_size: int | None = None, timeout: float | None = None
@@ -159,11 +210,12 @@ class _DenseLabelPipeline(RegionPresetPipeline):
 class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
     """Finds objects by name, with no boxes given (proposals from the model's label maps) or in the user's boxes.
 
-    Call: `detector(image, candidate_labels=[...])`, `detector([image, ...], candidate_labels=[...])`, or a list of
-    `{"image": ..., "boxes": [...]}` items.
+    Call: `detector(image, candidate_labels=[...])`, `detector([image, ...], candidate_labels=[...])` (or one label
+    list per image, `candidate_labels=[[...], [...]]`), or `{"image": ..., "candidate_labels": [...], "boxes": [...]}`
+    items, alone or in a list (an item's labels win over the call's), as the stock pipeline takes them.
 
     Args (call):
-        candidate_labels: the label names (required).
+        candidate_labels: the label names (required; here or in the items).
         threshold: the least score kept, in [0, 1] (default 0.1); top_k: detections kept per image (all if None).
         boxes: the user's proposals `[[x1, y1, x2, y2], ...]` in the image's pixels (e.g. from SAM or a detector),
             scored instead of the model's own.
@@ -174,8 +226,9 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
         templates: prompt templates with '{}' (default `DEFAULT_TEMPLATES`); image_size: the model's input side (a
             multiple of the patch size; the position embedding is interpolated); batch_size: images per encoder pass.
     Returns:
-        Per image a list `[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}]` in the image's pixels, best
-        first (a list of such lists for a list of images).
+        Per image a list `[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}]` in the image's pixels, whole
+        pixels (ints, truncated as the stock task's `box.int().tolist()`), best first (a list of such lists for a list
+        of images).
     """
 
     task_name = DETECTION_TASK
@@ -225,8 +278,9 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
             {
                 "score": float(score),
                 "label": candidate_labels[int(label)],
-                # Rounded to 1/1000 pixel: the float32 round trip through normalised boxes leaves noise below that.
-                "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(value, 3) for value in box.tolist()))),
+                # Whole pixels as the stock task gives them (`box.int().tolist()`: truncated), after rounding to 1/1000
+                # pixel: the float32 round trip through normalised boxes leaves noise below that (119.99998 is 120).
+                "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (int(round(value, 3)) for value in box.tolist()))),
             }
             for score, label, box in zip(found["scores"], found["labels"], found["boxes"])
         ]
@@ -235,10 +289,14 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
 class DenseSegmentationPipeline(_DenseLabelPipeline):
     """Outlines objects by name: per label found, its mask at the image's size, from the model's upsampled label maps.
 
-    Call: `segmenter(image, candidate_labels=[...])` or a list of images.
+    Call: `segmenter(image, candidate_labels=[...])`, a list of images, items as the detector takes them, or an image
+    alone (the stock task's call).
 
     Args (call):
-        candidate_labels: the label names (required).
+        candidate_labels: the label names; without them COCO panoptic's 133 class names (returned as COCO names them,
+            prompted by their words: `coco_panoptic_labels.prompt_name`).
+        subtask: None or "semantic" (what this pipeline does); mask_threshold, overlap_mask_area_threshold: the stock
+            options, checked to be in [0, 1]; as in the stock pipeline's semantic subtask they change nothing here.
         threshold: the least probability a pixel's best label needs, in [0, 1] (default 0.3, `SEGMENTATION_THRESHOLD`;
             0: the background label alone decides, see `HarmoCLIPProcessor.post_process_semantic_segmentation`).
         background_label, templates, batch_size: as in `ZeroShotRegionDetectionPipeline`.
@@ -250,6 +308,31 @@ class DenseSegmentationPipeline(_DenseLabelPipeline):
     """
 
     task_name = SEGMENTATION_TASK
+
+    def default_labels(self) -> tuple[list[str], list[str]]:
+        """With an image alone (the stock task's call): COCO panoptic's 133 class names, prompted by their words
+        (`coco_panoptic_labels`)."""
+        return list(COCO_PANOPTIC_LABELS), [prompt_name(name) for name in COCO_PANOPTIC_LABELS]
+
+    def _sanitize_parameters(
+        self,
+        subtask: str | None = None,
+        mask_threshold: float | None = None,
+        overlap_mask_area_threshold: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        # The stock task's options. This pipeline is semantic segmentation (one label per pixel): `subtask` may name
+        # it; `mask_threshold` and `overlap_mask_area_threshold` are checked and, as in the stock pipeline's semantic
+        # subtask, change nothing (a pixel's label is its best label's, so masks are binary and never overlap).
+        if subtask is not None and subtask != "semantic":
+            raise ValueError(
+                f"`subtask` must be 'semantic' (or None) for the HarmoCLIP {SEGMENTATION_TASK} pipeline, got {subtask!r}"
+            )
+        if mask_threshold is not None:
+            check_threshold(mask_threshold, "mask_threshold")
+        if overlap_mask_area_threshold is not None:
+            check_threshold(overlap_mask_area_threshold, "overlap_mask_area_threshold")
+        return super()._sanitize_parameters(**kwargs)
 
     def preprocess(self, inputs: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if inputs.get("boxes") is not None:

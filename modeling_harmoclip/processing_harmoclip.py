@@ -411,6 +411,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
         """Forwards to `HarmoCLIPImageProcessor.post_process_semantic_segmentation`."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
+    def post_process_grounding(self, *args: Any, **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """Forwards to `HarmoCLIPImageProcessor.post_process_grounding`."""
+        return self.image_processor.post_process_grounding(*args, **kwargs)
+
 
 HarmoCLIPProcessor.register_for_auto_class("AutoProcessor")
 # Saved models carry the processor's code too (`hub_code`), so that a model folder alone loads its processor.

@@ -9,7 +9,9 @@
    probability among the classes at each patch); score such heatmaps over the whole held-out split (pointing game);
 6. find the objects of that image with no boxes given (the `zero-shot-object-detection` and `image-segmentation`
    pipelines, remote code too), draw them (`detections.png`, `segmentation.png`), and score detection on the whole
-   held-out split with pycocotools (AP50, dense region scoring) and segmentation by mIoU.
+   held-out split with pycocotools (AP50, dense region scoring) and segmentation by mIoU;
+7. ground the phrases of that image's caption in its boxes (the `phrase-grounding` pipeline, remote code), draw them
+   (`grounding.png`), and score grounding on the whole held-out split (annotated boxes and the model's proposals).
 
     python -m scripts.run_default                       # the embedded default
     python -m scripts.run_default --max_steps 50        # any training option can be overridden
@@ -28,9 +30,10 @@ from transformers import pipeline
 
 from evaluation.detection import evaluate_detection, read_detection_data
 from evaluation.eval_data import read_box_manifest
+from evaluation.grounding import evaluate_grounding, read_grounding_manifest
 from evaluation.pointing import pointing_game
 from evaluation.segmentation import draw_segments, evaluate_segmentation
-from evaluation.visualize import draw_boxes, save_query_heatmap
+from evaluation.visualize import draw_boxes, draw_grounding, save_query_heatmap
 from plumbing.command_line import run_command, setup_logging
 from training.config import build_argument_parser, config_from_args
 from training.data.synthetic import add_missing_masks, read_classes
@@ -120,6 +123,47 @@ def find_held_out_objects(model_dir: Path, data_dir: Path, output_dir: Path, ind
     }
 
 
+def ground_held_out_phrases(model_dir: Path, data_dir: Path, output_dir: Path, index: int = 0) -> dict:
+    """Loads the saved folder as the `phrase-grounding` pipeline (remote code), grounds the phrases of held-out image
+    `index`'s caption in its boxes (`grounding.png`), and scores grounding over the held-out split."""
+    grounder = pipeline("phrase-grounding", model=str(model_dir), trust_remote_code=True, device=-1)
+    record = json.loads((data_dir / "val.jsonl").read_text().splitlines()[index])
+    image = grounder.read_image(str(data_dir / record["image"]))
+    regions = [region for region in record["regions"] if region.get("span") is not None]
+    grounded = grounder(
+        image,
+        caption=record["caption"],
+        phrase_spans=[region["span"] for region in regions],
+        boxes=[region["box"] for region in record["regions"]],
+    )
+    large = image.resize((image.width * DISPLAY_SCALE, image.height * DISPLAY_SCALE), Image.NEAREST)
+    draw_grounding(large, record["caption"], grounded, output_dir / "grounding.png", scale=DISPLAY_SCALE)
+    with torch.no_grad():
+        figures = evaluate_grounding(
+            grounder.model, grounder.processor, read_grounding_manifest(data_dir / "val.jsonl")
+        )
+    return {
+        "image": str(data_dir / record["image"]),
+        "caption": record["caption"],
+        "grounded": grounded,
+        "truth": [region["box"] for region in regions],
+        "evaluation": figures,
+    }
+
+
+def grounding_lines(figures: dict) -> list[str]:
+    """The main job's lines on grounding: per group of phrases (all; seen and held-out combinations when the data
+    set holds some out), accuracy with the annotated boxes (and chance) and at IoU >= 0.5 with the model's proposals."""
+    names = {"all": "all phrases", "seen": "seen combinations", "held_out": "held-out combinations"}
+    return [
+        f"held-out phrase grounding, {names[group]}: {row['accuracy_annotated']:.1f} with the annotated boxes as "
+        f"candidates (chance {row['chance_annotated']:.1f}), {row['accuracy_proposals_iou50']:.1f} at IoU >= 0.5 with "
+        f"the model's own proposals ({row['phrases']} phrases)"
+        for group, row in ((group, figures[group]) for group in ("all", "seen", "held_out") if group in figures)
+        if row["phrases"]
+    ]
+
+
 def run_main_job(argv: list[str] | None = None) -> dict:
     """Trains, evaluates, saves and demonstrates the model; returns the demo's predictions."""
     parser = build_argument_parser(__doc__.split("\n\n")[0])
@@ -129,6 +173,7 @@ def run_main_job(argv: list[str] | None = None) -> dict:
     output_dir = Path(config.output_dir)
     demo = classify_held_out_image(model_dir, Path(config.synthetic_dir), output_dir)
     demo["objects"] = find_held_out_objects(model_dir, Path(config.synthetic_dir), output_dir)
+    demo["grounding"] = ground_held_out_phrases(model_dir, Path(config.synthetic_dir), output_dir)
     (output_dir / "predictions.json").write_text(json.dumps(demo, indent=2))
 
     evaluation = (
@@ -160,6 +205,7 @@ def run_main_job(argv: list[str] | None = None) -> dict:
         f"({objects['detection']['num_objects']} objects in {objects['detection']['num_images']} images); "
         f"segmentation mIoU {objects['segmentation']['mIoU']:.1f}"
     )
+    lines += grounding_lines(demo["grounding"]["evaluation"])
     for item in demo["boxes"]:
         lines.append(
             f"  box {item['box']}: truth '{item['truth']}', predicted '{item['predicted'][0]}' ({item['scores'][0]:.2f})"
@@ -176,6 +222,7 @@ def run_main_job(argv: list[str] | None = None) -> dict:
         (f"heatmap of '{demo['heatmap_query']}' (its probability among the classes)", output_dir / "heatmap.png"),
         ("objects of that image found with no boxes given", output_dir / "detections.png"),
         ("its label map (image-segmentation pipeline)", output_dir / "segmentation.png"),
+        ("its caption's phrases grounded in its boxes (phrase-grounding pipeline)", output_dir / "grounding.png"),
     ]
     lines += ["", "Outputs:"] + [f"  {name}: {path}" for name, path in places]
     print("\n".join(lines))

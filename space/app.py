@@ -1,5 +1,5 @@
 """HarmoCLIP demo: find objects by name, classify boxes of an image among free-text labels, rank the labels for the
-whole image, and see where a label matches in the dense features.
+whole image, see where a label matches in the dense features, and ground the phrases of a caption in the image.
 
 The model comes from `HARMOCLIP_MODEL` (a Hub id or a local folder), loaded with `trust_remote_code=True`; without it,
 from the folder the repository's tiny training run writes (`outputs/synthetic_tiny/model`) when this file sits in the
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from grounding_demo import GROUNDING_BOX_SOURCES, GROUNDING_HEADERS, PROPOSED_BOXES, GroundingDemo
 from huggingface_hub import metadata_load
 from region_demo import BOX_SOURCES, FOUND_OBJECTS, GRID_BOXES, TABLE_HEADERS, TYPED_BOXES, DemoInputError, RegionDemo
 from transformers import pipeline
@@ -58,6 +59,32 @@ EXAMPLES = [
     ],
 ]
 
+# The grounding mode's examples: image, caption, phrases (blank: the caption's noun chunks), typed boxes, box source.
+GROUNDING_EXAMPLES = [
+    [
+        str(SPACE_DIR / "examples" / "held_out_0.png"),
+        "a big red square, a small white cross, a big white circle and a big green circle",
+        "red square, white cross, white circle, green circle",
+        "",
+        PROPOSED_BOXES,
+    ],
+    [
+        str(SPACE_DIR / "examples" / "held_out_0.png"),
+        "a big red square, a small white cross, a big white circle and a big green circle",
+        "red square, white cross, white circle, green circle",
+        "24, 44, 76, 96\n8, 148, 60, 200\n148, 48, 216, 116\n144, 184, 212, 252",
+        TYPED_BOXES,
+    ],
+]
+GROUNDING_INTRO = """
+## Ground the phrases of a caption
+
+Which region does each phrase name? Type a caption and, optionally, the phrases to ground (comma-separated, each
+found in the caption; blank: the caption's noun chunks, when the Space has spaCy). Each phrase is embedded in the
+caption's own token space (what HarmoCLIP's lexeme-region term trains) and given the box whose region embedding is
+closest: among your typed boxes, or among the model's own proposals (drawn from each phrase's map).
+"""
+
 INTRO = """
 # HarmoCLIP: regions and labels
 
@@ -94,6 +121,30 @@ def load_demo(source: str) -> RegionDemo:
         pipeline("region-classification", model=source, trust_remote_code=True),
         pipeline("zero-shot-object-detection", model=source, trust_remote_code=True),
     )
+
+
+def load_grounding_demo(source: str) -> GroundingDemo:
+    """The model's `phrase-grounding` pipeline (its remote code) from a Hub id or a local folder."""
+    return GroundingDemo(pipeline("phrase-grounding", model=source, trust_remote_code=True))
+
+
+def grounding_outputs(
+    grounding: GroundingDemo, image: Any, caption: str, phrases_text: str, boxes_text: str, box_source: str
+) -> tuple[Any, ...]:
+    """The grounding button's handler: (picture, table, status). Never raises, as `page_outputs`."""
+    try:
+        result = grounding.run(image, caption, phrases_text, boxes_text, box_source)
+    except DemoInputError as error:
+        return None, {"headers": GROUNDING_HEADERS, "data": []}, f"**Please check the input:** {error}"
+    except Exception as error:  # the page shows a sentence, the log keeps the traceback
+        logger.exception("the grounding demo failed")
+        return (
+            None,
+            {"headers": GROUNDING_HEADERS, "data": []},
+            f"**Something went wrong:** {type(error).__name__}: {error}",
+        )
+    status = f"Grounded {len(result.table)} phrase(s) in {box_source.lower()}."
+    return result.grounded_image, {"headers": GROUNDING_HEADERS, "data": result.table}, status
 
 
 def empty_outputs(message: str) -> tuple[Any, ...]:
@@ -133,8 +184,8 @@ def page_outputs(
     )
 
 
-def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
-    """The page: inputs on the left, results on the right."""
+def build_app(demo: RegionDemo, model_source: str, grounding: GroundingDemo | None = None) -> gr.Blocks:
+    """The page: inputs on the left, results on the right; the grounding mode below, when `grounding` is given."""
     with gr.Blocks(title="HarmoCLIP regions", analytics_enabled=False) as app:
         gr.Markdown(INTRO)
         gr.Markdown(f"Model: `{model_source}`")
@@ -187,14 +238,61 @@ def build_app(demo: RegionDemo, model_source: str) -> gr.Blocks:
             label="Examples: held-out images, one per mode (click to run)",
             elem_id="examples",
         )
+        if grounding is not None:
+            add_grounding_mode(grounding)
     return app
+
+
+def add_grounding_mode(grounding: GroundingDemo) -> None:
+    """The grounding section of the page (inside the `gr.Blocks` being built)."""
+    gr.Markdown(GROUNDING_INTRO)
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(type="pil", label="Image", elem_id="grounding-image-input")
+            caption = gr.Textbox(label="Caption", lines=2, elem_id="grounding-caption")
+            phrases = gr.Textbox(
+                label="Phrases to ground (comma-separated; blank: the caption's noun chunks)",
+                elem_id="grounding-phrases",
+            )
+            box_source = gr.Radio(
+                list(GROUNDING_BOX_SOURCES),
+                value=PROPOSED_BOXES,
+                label="Candidate boxes",
+                elem_id="grounding-box-source",
+            )
+            boxes = gr.Textbox(
+                label="Typed boxes: x1, y1, x2, y2 per line (image pixels)",
+                info=f"Used when “{TYPED_BOXES}” is chosen.",
+                lines=4,
+                elem_id="grounding-boxes",
+            )
+            run = gr.Button("Ground", variant="primary", elem_id="grounding-run")
+        with gr.Column():
+            status = gr.Markdown(elem_id="grounding-status")
+            grounded = gr.Image(type="pil", label="Each phrase's box", elem_id="grounding-image", format="png")
+            table = gr.Dataframe(
+                headers=GROUNDING_HEADERS, label="Phrases", elem_id="grounding-table", interactive=False, wrap=True
+            )
+    inputs = [image, caption, phrases, boxes, box_source]
+    outputs = [grounded, table, status]
+    run.click(lambda *values: grounding_outputs(grounding, *values), inputs=inputs, outputs=outputs)
+    gr.Examples(
+        examples=GROUNDING_EXAMPLES,
+        inputs=inputs,
+        outputs=outputs,
+        fn=lambda *values: grounding_outputs(grounding, *values),
+        run_on_click=True,
+        cache_examples=False,
+        label="Grounding examples: a held-out image, proposals or typed boxes (click to run)",
+        elem_id="grounding-examples",
+    )
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = default_model_source()
     logger.info("loading the model from %s", source)
-    build_app(load_demo(source), source).queue().launch()
+    build_app(load_demo(source), source, load_grounding_demo(source)).queue().launch()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Region classification computed from the definitions, independently of the model's region code and of
 `pipeline_harmoclip`: the dense map written out layer by layer, the loop-based RoIAlign of `roi_reference`, and label
-embeddings from the plain CLIP forward (`text_embeds`), ensembled by hand."""
+embeddings from the plain CLIP forward (`text_embeds`), ensembled by hand; phrase embeddings (lexemes and phrases alone) from
+transformers' text tower by hand."""
 
 from __future__ import annotations
 
@@ -62,3 +63,25 @@ def reference_label_embeds(
 def reference_probabilities(model: torch.nn.Module, regions: torch.Tensor, label_embeds: torch.Tensor) -> torch.Tensor:
     """(N, L) softmax over labels of the model's logit scale times the cosine."""
     return (float(model.logit_scale.detach().exp()) * regions @ label_embeds.t()).softmax(dim=-1)
+
+
+@torch.no_grad()
+def reference_phrases(model, tokenizer, caption: str, spans, mode: str) -> torch.Tensor:
+    """(P, D) float64: "lexeme": the caption's final token states (transformers' text tower) over the tokens whose
+    offsets meet the span, averaged, projected, normalised; "alone": BOS + those tokens + EOS through the CLIP
+    forward's `text_embeds`."""
+    encoding = tokenizer([caption], return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoding["offset_mapping"][0].tolist()
+    states = model.text_model(input_ids=encoding["input_ids"]).last_hidden_state[0].double()
+    rows = []
+    for start, end in spans:
+        tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        if mode == "lexeme":
+            pooled = states[tokens].mean(dim=0)
+            rows.append(F.normalize(pooled @ model.text_projection.weight.double().t(), dim=0))
+        else:
+            ids = encoding["input_ids"][0]
+            alone = torch.cat([ids[:1], ids[tokens], ids[-1:]])[None]
+            dummy = torch.zeros(1, 3, 32, 32)
+            rows.append(F.normalize(model(input_ids=alone, pixel_values=dummy).text_embeds[0].double(), dim=0))
+    return torch.stack(rows)

@@ -200,6 +200,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert list(results) == [
         "GC",
         "GC+RLA",
+        "harmoclip frozen",
+        "harmoclip cached",
         "GC+GR frozen",
         "GC+GR cached",
         "GC+LRC",
@@ -209,6 +211,8 @@ def test_train_step(tmp_path: Path) -> None:
     assert terms == {
         "GC": {"loss_gc"},
         "GC+RLA": {"loss_gc", "loss_rla"},
+        "harmoclip frozen": {"loss_gc", "loss_lrc", "loss_gr"},
+        "harmoclip cached": {"loss_gc", "loss_lrc", "loss_gr"},
         "GC+GR frozen": {"loss_gc", "loss_gr"},
         "GC+GR cached": {"loss_gc", "loss_gr"},
         "GC+LRC": {"loss_gc", "loss_lrc"},
@@ -226,25 +230,25 @@ def test_train_step(tmp_path: Path) -> None:
             row["memory"]["peak_bytes"] / results["GC"]["memory"]["peak_bytes"]
         )
     assert results["GC"]["time_ratio_to_gc"] == {"median": 1.0, "min": 1.0, "max": 1.0}
-    cached = results["GC+GR cached"]
+    cached = results["harmoclip cached"]
     assert [t["value"] for t in payload["targets"]] == [
         cached["time_ratio_to_gc"]["median"],
         cached["memory_ratio_to_gc"],
     ]
     assert [t["name"] for t in payload["targets"]] == [
-        "GC+GR cached step time / GC-only",
-        "GC+GR cached peak memory / GC-only",
+        "harmoclip cached step time / GC-only",
+        "harmoclip cached peak memory / GC-only",
     ]
-    assert len(table_rows(payload["markdown"], "variant")) == 6
+    assert len(table_rows(payload["markdown"], "variant")) == 8
 
 
 def test_train_step_variants_subset_and_the_shipped_recipe(tmp_path: Path) -> None:
-    """`--variants` runs a subset (GC always, as the baseline); "GC+GR frozen" is TrainConfig's default recipe."""
+    """`--variants` runs a subset (GC always, as the baseline); "harmoclip frozen" is TrainConfig's default recipe."""
     from benchmarks.train_step import VARIANTS, selected_variants
     from training.config import TrainConfig
 
     defaults = TrainConfig()
-    shipped = VARIANTS["GC+GR frozen"]
+    shipped = VARIANTS["harmoclip frozen"]
     assert {key: getattr(defaults, key) for key in shipped} == shipped
     assert selected_variants("GC+RLA") == ["GC", "GC+RLA"]
     with pytest.raises(ValueError, match=r"--variants: unknown variant\(s\) \['GC\+XYZ'\]"):
@@ -312,7 +316,7 @@ def test_data_loading(tmp_path: Path) -> None:
         per_sample_loading / (per_sample_loading + per_sample_step), rel=1e-12
     )
     assert payload["targets"][0]["value"] == loader["ratio_to_step"]
-    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_gr"}  # the shipped recipe: GC+GR
+    assert set(step["loss_terms"]) == {"loss", "loss_gc", "loss_gr"}  # the losses it measures: GC+GR (`LOSSES`)
 
 
 def test_data_loading_full_pipeline(tmp_path: Path) -> None:
@@ -382,3 +386,25 @@ def test_run_all_refuses_unknown_benchmarks(tmp_path: Path) -> None:
     ]
     result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "nonsense" in result.stderr
+
+
+def test_owlv2_detection(tmp_path: Path) -> None:
+    payload = run_script("owlv2_detection", tmp_path, "--images", "2", "--labels", "3", "--repeats", "2")
+    assert payload["settings"]["images"] == 2 and len(payload["settings"]["labels"]) == 3
+    assert [row["method"] for row in payload["results"]] == ["harmoclip_own_size", "harmoclip_owlv2_size"]
+    printed = table_rows(payload["markdown"], "HarmoCLIP input")
+    assert len(printed) == 2
+    for row, line in zip(payload["results"], printed, strict=True):
+        ours, owl = check_summary(row["harmoclip"], 2), check_summary(row["owlv2"], 2)
+        check_ratio(row["speedup"], owl, ours)
+        assert row["harmoclip_images_per_s"] == pytest.approx(2 / statistics.median(ours), rel=1e-12)
+        assert row["owlv2_images_per_s"] == pytest.approx(2 / statistics.median(owl), rel=1e-12)
+        assert line[:4] == [
+            f"{row['harmoclip_input_size']} px",
+            f"{row['owlv2_input_size']} px",
+            cell(row["harmoclip_images_per_s"]),
+            cell(row["owlv2_images_per_s"]),
+        ]
+        assert line[4].startswith(f"{row['speedup']['median']:.2f} (")
+    # The same OWLv2 times in both rows: one run, one OWLv2 pipeline.
+    assert payload["results"][0]["owlv2"] == payload["results"][1]["owlv2"]

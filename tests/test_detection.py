@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from conftest import offline_hub_cache, run_isolated, tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip.detection import (
     BACKGROUND,
+    MAP_THRESHOLDS,
     HarmoCLIPDetectionOutput,
     batched_nms,
     box_iou,
@@ -32,8 +33,8 @@ from modeling_harmoclip.pipeline_detection import (
     ZeroShotRegionDetectionPipeline,
     encode_candidates,
 )
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, dense_probabilities
-from region_reference import reference_label_embeds, reference_regions
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
+from region_reference import reference_label_embeds, reference_regions, value_path_dense
 
 WIDTH, HEIGHT = 640, 360
 # Two objects at known places of the 640 x 360 picture (xyxy pixels).
@@ -192,13 +193,43 @@ def test_detect_objects_scores_are_the_region_definitions(tiny_tokenizer) -> Non
     classes = torch.cat([label_embeds, background[None]]).double()
     expected = (model.logit_scale.exp().item() * regions @ classes.t()).softmax(dim=-1)
     assert torch.allclose(outputs.scores[0].double(), expected[:, :2], atol=1e-5)
-    # Without background, the label maps are `dense_probabilities` exactly.
+    # Without background, the label maps are the softmax over labels of every normalised value-path patch, by hand.
     plain = detect_objects(model, batch["pixel_values"], label_embeds)
-    reference_maps = dense_probabilities(model, processor, _picture(), LABELS)
-    assert torch.allclose(plain.dense_probabilities[0], reference_maps, atol=1e-5)
+    patches = F.normalize(value_path_dense(model, batch["pixel_values"]).double()[0], dim=0)  # (D, h, w)
+    cosine = torch.einsum("dhw,ld->lhw", patches, label_embeds.double())
+    reference_maps = (model.logit_scale.exp().item() * cosine).softmax(dim=0)
+    assert torch.allclose(plain.dense_probabilities[0].double(), reference_maps, atol=1e-5)
     assert plain.background_probabilities is None and plain.box_mask.all()
-    proposals = propose_boxes(plain.dense_probabilities[0])
-    assert torch.equal(plain.pred_boxes[0, : len(proposals)], proposals)
+    # The proposals are the bounding boxes of the 4-connected regions of each map above each level (a flood fill
+    # here), and the whole image, each once.
+    expected = {(0.0, 0.0, 1.0, 1.0)}
+    for level in MAP_THRESHOLDS:
+        for label_map in plain.dense_probabilities[0]:  # the maps checked above
+            expected |= _flood_fill_boxes((label_map >= level).tolist())
+    found = {tuple(round(value, 4) for value in box) for box in plain.pred_boxes[0].tolist()}
+    assert len(found) == plain.pred_boxes.shape[1] and found == {tuple(round(v, 4) for v in box) for box in expected}
+
+
+def _flood_fill_boxes(mask: list[list[bool]]) -> set[tuple[float, ...]]:
+    """Bounding boxes (normalised xyxy, cell edges) of the 4-connected True regions of an (h, w) grid, by a loop."""
+    height, width = len(mask), len(mask[0])
+    seen, boxes = set(), set()
+    for row in range(height):
+        for col in range(width):
+            if not mask[row][col] or (row, col) in seen:
+                continue
+            stack, cells = [(row, col)], []
+            seen.add((row, col))
+            while stack:
+                r, c = stack.pop()
+                cells.append((r, c))
+                for nr, nc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                    if 0 <= nr < height and 0 <= nc < width and mask[nr][nc] and (nr, nc) not in seen:
+                        seen.add((nr, nc))
+                        stack.append((nr, nc))
+            rows, cols = [r for r, _ in cells], [c for _, c in cells]
+            boxes.add((min(cols) / width, min(rows) / height, (max(cols) + 1) / width, (max(rows) + 1) / height))
+    return boxes
 
 
 # ---------------------------------------------------------------------------------------------- segmentation

@@ -28,6 +28,7 @@ def exported(tmp_path_factory, tiny_tokenizer):
     model = tiny_harmoclip_model(seed=3)
     model.save_pretrained(root / "model")
     save_harmoclip_processor(root / "model", tiny_tokenizer, make_image_processor(32))
+    (root / "onnx").mkdir()  # an existing empty folder is written into, as a missing one is made
     assert main(["--model", str(root / "model"), "--output-dir", str(root / "onnx")]) == 0
     return model, root
 

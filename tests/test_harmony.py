@@ -28,14 +28,17 @@ from benchmarks.harmony.rows import (
 )
 from benchmarks.harmony.runs import finetune_config, fingerprint, group_top1, pretrain_config, synthetic_folder
 from benchmarks.harmony.statistics import (
+    NONINFERIORITY_MARGIN,
     aggregate_rows,
     clip_property,
     conclude,
     mean_sd,
     paired_differences,
     proportion_standard_error,
+    recipe_rule,
     rule_verdict,
     same_training,
+    side_by_side,
     t_interval,
     t_quantile_975,
 )
@@ -50,6 +53,8 @@ FIGURES = (
     "box_top1_crop",
     "box_top1_dense_seen",
     "box_top1_dense_held_out",
+    "grounding_annotated",
+    "grounding_proposals",
 )
 SEEDS = list(QUICK_SETTINGS["seeds"])
 
@@ -205,6 +210,105 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
 
 
 @pytest.mark.slow
+def test_grounding_is_the_third_axis(first_run) -> None:
+    """Every row is asked phrase grounding on its seed's held-out split (every phrase of val.jsonl once); the report
+    has its columns, its paired Δ, the recipe rule and harmoclip side by side with gc-gr and fineclip."""
+    out, report = first_run
+    rows = {row["key"]: row for row in report["rows"]}
+    for position, seed in enumerate(SEEDS):
+        data = synthetic_folder(HarmonySettings(**QUICK_SETTINGS), out, seed) / "val.jsonl"
+        phrases = sum(len(json.loads(line)["regions"]) for line in data.read_text().splitlines())
+        for row in rows.values():
+            figures = row["per_seed"][position]["figures"]
+            assert figures["num_phrases"] == phrases, row["key"]
+            assert figures["num_phrases_seen"] + (figures["num_phrases_held_out"] or 0) == phrases
+    assert set(report["deltas_vs_gc"]["grounding_annotated_seen"]) == set(rows)
+    table = markdown_table(report)  # the first run's (harmony.md is rewritten by later runs of the module)
+    assert "| grounding, seen | grounding, held-out |" in table and "Δ grounding, held-out" in table
+    chance = rows[PRETRAINED.key]["figures"]["grounding_chance"]["mean"]
+    assert 0 < chance < 100 and f", grounding among the annotated boxes {chance:.1f}." in table
+    rule = report["conclusion"]["recipe_rule"]
+    with_lrc = {key for key, row in rows.items() if row["loss_weights"]["lrc"] > 0}
+    assert set(rule["candidates"]) == with_lrc and "harmoclip" in with_lrc and "gc-gr" not in with_lrc
+    assert "**Recipe rule**" in table and f"above -{NONINFERIORITY_MARGIN:g} point" in table
+    assert set(report["conclusion"]["side_by_side"]) == {"gc-gr", "fineclip"}
+    assert "**`harmoclip` side by side**" in table
+
+    # A finished row made before grounding was measured gets its figures added on reuse, without retraining.
+    record = rows["gc"]["per_seed"][0]
+    path = Path(record["folder"]) / "row.json"
+    saved = json.loads(path.read_text())
+    stripped = {k: v for k, v in saved["figures"].items() if not k.startswith(("grounding", "num_phrases"))}
+    path.write_text(json.dumps({**saved, "figures": stripped}))
+    again = run_harmony(["--quick", "--out", str(out), "--configurations", "gc", "--seeds", str(SEEDS[0])])
+    regained = {row["key"]: row for row in again["rows"]}["gc"]["per_seed"][0]
+    assert regained["reused"] and regained["figures"] == record["figures"]
+    assert json.loads(path.read_text())["figures"] == record["figures"]
+
+
+def _axes_row(key: str, lrc: float, r1: list[float], region: list[float], grounding: list[float]) -> dict:
+    return aggregate_rows(
+        [
+            {
+                "key": key,
+                "label": key,
+                "losses": "-",
+                "loss_weights": {"gc": 1.0, "lrc": lrc, "rla": 0.0, "gr": 1.0},
+                "fields": {},
+                "seed": seed,
+                "figures": {
+                    "mean_R@1": r1[seed],
+                    "box_top1_dense_held_out": region[seed],
+                    "grounding_annotated_held_out": grounding[seed],
+                },
+            }
+            for seed in range(3)
+        ]
+    )
+
+
+def test_the_recipe_rule_on_hand_numbers() -> None:
+    """Among rows with LRC: non-inferior retrieval (95 % interval of Δ R@1 above -1), then the largest held-out region
+    plus grounding Δ."""
+    gc = _axes_row("gc", 0.0, [20, 30, 40], [10, 10, 10], [20, 20, 20])
+    rows = [
+        gc,
+        _axes_row("a", 1.0, [19.5, 29.5, 39.5], [12, 12, 12], [23, 23, 23]),  # Δ R@1 -0.5 exactly: met; 2 + 3
+        _axes_row("b", 0.5, [19.8, 29.8, 39.8], [14, 14, 14], [24, 24, 24]),  # met; 4 + 4: the best eligible
+        _axes_row("c", 1.0, [17, 27, 37], [30, 30, 30], [30, 30, 30]),  # Δ -3: not met, however good
+        _axes_row("d", 1.0, [20, 27, 41], [30, 30, 30], [30, 30, 30]),  # Δ 0, -3, +1: interval straddles -1
+        _axes_row("e", 0.0, [20, 30, 40], [40, 40, 40], [40, 40, 40]),  # no LRC: not a candidate
+    ]
+    from benchmarks.harmony.statistics import deltas_against_gc
+
+    rule = recipe_rule(rows, deltas_against_gc(rows))
+    assert set(rule["candidates"]) == {"a", "b", "c", "d"}
+    states = {key: candidate["non_inferior"] for key, candidate in rule["candidates"].items()}
+    assert states == {"a": "met", "b": "met", "c": "not met", "d": "unresolved"}
+    assert rule["candidates"]["a"]["score"] == pytest.approx(5.0) and rule["candidates"]["b"]["score"] == pytest.approx(
+        8.0
+    )
+    assert rule["chosen"] == "b"
+    assert recipe_rule(rows[:1] + rows[3:4], deltas_against_gc(rows[:1] + rows[3:4]))["chosen"] is None
+
+
+def test_harmoclip_side_by_side_on_hand_numbers() -> None:
+    rows = [
+        _axes_row("gc-gr", 0.0, [20, 30, 40], [10, 11, 12], [20, 20, 20]),
+        _axes_row("fineclip", 0.0, [21, 31, 41], [13, 14, 15], [20, 20, 20]),
+        _axes_row("harmoclip", 0.5, [19, 29, 39], [12, 14, 16], [21, 19, 20]),
+    ]
+    comparison = side_by_side(rows)
+    assert {figure: c["state"] for figure, c in comparison["gc-gr"].items()} == {
+        "mean_R@1": "against",  # -1 on every seed
+        "box_top1_dense_held_out": "settled for",  # +2, +3, +4
+        "grounding_annotated_held_out": "unsettled",  # +1, -1, 0
+    }
+    assert comparison["fineclip"]["mean_R@1"]["mean"] == pytest.approx(-2.0)
+    assert side_by_side(rows[:2]) == {}
+
+
+@pytest.mark.slow
 def test_pretrain_only_measures_the_property_of_the_cached_models(first_run, capsys) -> None:
     out, report = first_run
     only = run_harmony(["--quick", "--out", str(out), "--pretrain-only"])
@@ -233,15 +337,22 @@ def test_fingerprint_follows_settings_not_places(tmp_path: Path) -> None:
     # An option added later leaves runs made before it reusable at the value that trains as they did, not otherwise.
     assert fingerprint(dataclasses.replace(here, region_text_grad=True), "p") == fingerprint(here, "p")
     assert fingerprint(dataclasses.replace(here, region_text_grad=False), "p") != fingerprint(here, "p")
-    # Without a phrase term the region terms' text gradients do not exist: a row's flag then takes the base value,
-    # so defaults that are GC+GR (text gradients off) are the GC+GR row's training, one fingerprint.
+    # The defaults' row is the `harmoclip` recipe's training, the same as the GC+LRC 0.5+GR row without text
+    # gradients: one fingerprint, trained once.
     by_key = {configuration.key: configuration for configuration in FINETUNE_CONFIGURATIONS}
     rows_of = {
-        key: finetune_config(settings, tmp_path, by_key[key], None, tmp_path, 0) for key in ("gc-gr", "harmoclip")
+        key: finetune_config(settings, tmp_path, by_key[key], None, tmp_path, 0)
+        for key in ("gc-gr", "harmoclip", "gc-lrc-half-gr-notext")
     }
     assert by_key["harmoclip"].values()["region_text_grad"] is False
-    assert by_key["harmoclip"].losses == "GC+GR"  # the shipped recipe
-    assert fingerprint(rows_of["harmoclip"], "p") == fingerprint(rows_of["gc-gr"], "p")
+    assert by_key["harmoclip"].losses == "GC+LRC+GR"  # the shipped recipe
+    assert fingerprint(rows_of["harmoclip"], "p") == fingerprint(rows_of["gc-lrc-half-gr-notext"], "p")
+    assert fingerprint(rows_of["harmoclip"], "p") != fingerprint(rows_of["gc-gr"], "p")
+    # Without a phrase term the region terms' text gradients do not exist: a row's flag then takes the base value.
+    gc_gr_notext = dataclasses.replace(by_key["gc-gr"], fields={**by_key["gc-gr"].fields, "region_text_grad": False})
+    assert fingerprint(finetune_config(settings, tmp_path, gc_gr_notext, None, tmp_path, 0), "p") == fingerprint(
+        rows_of["gc-gr"], "p"
+    )
     gc_rla = finetune_config(settings, tmp_path, by_key["gc-rla"], None, tmp_path, 0)
     assert gc_rla.region_text_grad is False  # with a phrase term the flag is the row's
     assert fingerprint(dataclasses.replace(here, object_views=0.0), "p") == fingerprint(here, "p")

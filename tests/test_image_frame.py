@@ -163,7 +163,8 @@ def test_training_sources_and_data_preparation_read_it_upright(rotated_jpeg: Pat
 def test_evaluation_reads_it_upright(rotated_jpeg: Path) -> None:
     assert_upright(load_image(rotated_jpeg))
     image, boxes = ImageBoxDataset([rotated_jpeg], [[BOX]])[0]
-    assert_upright(image) and boxes == [BOX]
+    assert_upright(image)
+    assert boxes == [BOX]
 
 
 def test_unreadable_images_get_one_line_naming_the_file(tmp_path: Path, rotated_jpeg: Path) -> None:

@@ -46,6 +46,9 @@ MODELING_THIRD_PARTY = {"torch", "transformers"}
 # (its `load_image` and PIL-backed image processors need it), so it is there wherever images are processed, and
 # loading the model alone never imports it.
 MODELING_IMAGE_READER = {"image_io.py": {"PIL"}}
+# Optional imports of remote code, inside `try` only (transformers' remote-code check then does not require them):
+# spaCy's noun chunks in the grounding pipeline.
+MODELING_OPTIONAL = {"pipeline_grounding.py": {"spacy"}}
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -87,9 +90,16 @@ def test_imports_follow_the_layers(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "modeling_harmoclip").glob("*.py")), ids=lambda p: p.name)
 def test_remote_code_imports_only_torch_transformers_stdlib(path: Path) -> None:
     allowed = set(sys.stdlib_module_names) | MODELING_THIRD_PARTY | {"modeling_harmoclip", "__future__"}
-    allowed |= MODELING_IMAGE_READER.get(path.name, set())
+    allowed |= MODELING_IMAGE_READER.get(path.name, set()) | MODELING_OPTIONAL.get(path.name, set())
     bad = [f"{path.name}:{line} imports {m}" for line, m in _imported_modules(path) if m not in allowed]
     assert not bad, "; ".join(bad)
+
+
+def test_remote_code_imports_optional_packages_only_inside_try() -> None:
+    from transformers.dynamic_module_utils import get_imports
+
+    for name, modules in MODELING_OPTIONAL.items():
+        assert not set(get_imports(ROOT / "modeling_harmoclip" / name)) & modules, name
 
 
 def test_remote_code_imports_pillow_only_inside_functions() -> None:

@@ -294,14 +294,26 @@ def test_losses_are_weighted_and_reported_per_term() -> None:
     out = model(**batch, return_loss=True)
     assert out.linked_mask.tolist() == [[True, False], [True, False]]
     assert out.region_mask.tolist() == [[True, True], [True, False]]
-    expected = out.loss_gc + 0.5 * out.loss_lrc + 2.0 * out.loss_gr
-    assert torch.allclose(out.loss, expected)
     assert out.lexeme_embeds[0, 1].abs().sum() == 0  # unlinked box: no lexeme
-    # GR alone, from the definition: 1 - cos over the valid boxes.
+    # Each term from its definition, none read back from the model's own term outputs: GC is transformers' CLIP loss
+    # of the same weights, LRC the symmetric InfoNCE written out, GR 1 - cos over the valid boxes.
+    clip = CLIPModel(tiny_clip_config()).eval()
+    clip.load_state_dict({name: value for name, value in model.state_dict().items() if name != "region_logit_scale"})
+    with torch.no_grad():
+        gc = clip(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            return_loss=True,
+        ).loss
+        lrc = _lrc_by_hand(out, batch, model.logit_scale.exp())
     cosine = F.cosine_similarity(
         out.region_embeds[batch["box_mask"]], batch["teacher_region_embeds"][batch["box_mask"]], dim=-1
     )
-    assert torch.allclose(out.loss_gr, (1 - cosine).mean(), atol=1e-6)
+    gr = (1 - cosine).mean()
+    assert torch.allclose(out.loss_gc, gc, atol=1e-6) and torch.allclose(out.loss_lrc, lrc, atol=1e-5)
+    assert torch.allclose(out.loss_gr, gr, atol=1e-6)
+    assert torch.allclose(out.loss, gc + 0.5 * lrc + 2.0 * gr, atol=1e-5)
     out.loss.backward()
     assert model.logit_scale.grad is not None
     assert model.region_logit_scale.grad is None  # the default shares the global temperature

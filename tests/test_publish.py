@@ -30,6 +30,7 @@ MODEL_FILES = {
     "image_io.py",
     "pipeline_harmoclip.py",
     "pipeline_detection.py",
+    "pipeline_grounding.py",
     "detection.py",
     # The model's sibling modules (transformers' shape: image processor, leaf modules, the model's helpers).
     "image_processing_harmoclip.py",
@@ -40,6 +41,8 @@ MODEL_FILES = {
     "dense_features.py",
     "text_features.py",
     "input_checks.py",
+    "coco_panoptic_labels.py",
+    "handler.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "processor_config.json",
@@ -401,6 +404,10 @@ def test_model_folder_and_option_checks(model_dir, tmp_path, tiny_tokenizer):
     with pytest.raises(ValueError, match="no model.safetensors"):
         publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub")
     (tmp_path / "elsewhere.safetensors").rename(model_dir / "model.safetensors")
+    (model_dir / "pipeline_grounding.py").rename(tmp_path / "pipeline_grounding.py")
+    with pytest.raises(ValueError, match="lacks pipeline_grounding.py, the 'phrase-grounding' pipeline's code"):
+        publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub")
+    (tmp_path / "pipeline_grounding.py").rename(model_dir / "pipeline_grounding.py")
     with pytest.raises(ValueError, match="alternatives"):
         publish("org/x", model_dir, export_clip_subfolder=True, export_repo_id="org/y")
     with pytest.raises(ValueError, match="go together"):

@@ -394,8 +394,92 @@ assert source == {str(model_dir)!r}, source
 demo = app.load_demo(source)
 outputs = app.page_outputs(demo, Image.open({str(tmp_path / "scene.png")!r}), {LABELS_TEXT!r}, {BOXES_TEXT!r}, "Grid", 3, "", 3)
 print(outputs[4])
+grounding = app.load_grounding_demo(source)
+print(app.grounding_outputs(grounding, Image.open({str(tmp_path / "scene.png")!r}), "a red square", "red square", "", app.PROPOSED_BOXES)[2])
 """,
         cwd=tmp_path,
         env={"HARMOCLIP_MODEL": str(model_dir), "GRADIO_ANALYTICS_ENABLED": "False"},
     )
     assert "Classified 9 box(es) (grid) among 3 label(s)" in result.stdout
+    assert "Grounded 1 phrase(s) in the model's own proposals." in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------- grounding mode
+
+grounding_demo = space_module("grounding_demo")
+GROUNDING_CAPTION = "a red square and a blue circle on green grass"
+
+
+@pytest.fixture(scope="module")
+def grounding(model_dir):
+    from transformers import pipeline
+
+    return grounding_demo.GroundingDemo(pipeline("phrase-grounding", model=str(model_dir), trust_remote_code=True))
+
+
+def test_grounding_typed_boxes_follow_the_definition(grounding):
+    from region_reference import reference_phrases
+
+    result = grounding.run(scene_image(), GROUNDING_CAPTION, "red square, blue circle", BOXES_TEXT, "Typed boxes")
+    model, processor = grounding.grounder.model, grounding.grounder.processor
+    pixels = processor(images=scene_image(), return_tensors="pt")["pixel_values"]
+    regions = reference_regions(
+        model, pixels, torch.tensor(BOXES, dtype=torch.float64) / torch.tensor([WIDTH, HEIGHT] * 2)
+    )
+    spans = [(2, 12), (19, 30)]
+    phrases = reference_phrases(model, processor.tokenizer, GROUNDING_CAPTION, spans, "lexeme")
+    best = (phrases @ regions.t()).argmax(dim=-1).tolist()
+    assert [row[0] for row in result.table] == ["red square", "blue circle"]
+    assert [row[1] for row in result.table] == ["2-12", "19-30"]
+    assert [row[2] for row in result.table] == [region_demo.format_box(BOXES[index]) for index in best]
+    assert result.grounded_image.size == IMAGE_SIZE
+
+
+def test_every_grounding_example_runs_in_one_click(app, grounding):
+    sources = {row[4] for row in app.GROUNDING_EXAMPLES}
+    assert sources == set(grounding_demo.GROUNDING_BOX_SOURCES)
+    for row in app.GROUNDING_EXAMPLES:
+        image = Image.open(row[0])
+        picture, table, status = app.grounding_outputs(grounding, image, *row[1:])
+        assert status.startswith("Grounded 4 phrase(s)"), status
+        assert picture.size == image.size and [r[0] for r in table["data"]] == [
+            "red square",
+            "white cross",
+            "white circle",
+            "green circle",
+        ]
+
+
+@pytest.mark.parametrize(
+    "image, caption, phrases, boxes, source, message",
+    [
+        (None, GROUNDING_CAPTION, "", "", "Typed boxes", "Upload an image first."),
+        ("scene", "  ", "", "", "Typed boxes", "Type a caption"),
+        ("scene", GROUNDING_CAPTION, "red square", "\n", "Typed boxes", "Type at least one box"),
+        (
+            "scene",
+            GROUNDING_CAPTION,
+            "a dog",
+            BOXES_TEXT,
+            "Typed boxes",
+            "`phrases`[0] = 'a dog' is not in the caption",
+        ),
+        ("scene", GROUNDING_CAPTION, "", "", "Circles", "Unknown box source 'Circles'"),
+    ],
+)
+def test_grounding_bad_input_is_a_readable_message(app, grounding, image, caption, phrases, boxes, source, message):
+    picture, table, status = app.grounding_outputs(
+        grounding, scene_image() if image == "scene" else image, caption, phrases, boxes, source
+    )
+    assert picture is None and table["data"] == []
+    assert status.startswith("**Please check the input:**") and message in status
+
+
+def test_the_page_has_the_grounding_mode(app, demo, grounding, model_dir):
+    page = app.build_app(demo, str(model_dir), grounding)
+    ids = {component.get("props", {}).get("elem_id") for component in page.config["components"]}
+    assert {"grounding-run", "grounding-caption", "grounding-table", "grounding-examples"} <= ids
+    plain = app.build_app(demo, str(model_dir))
+    assert "grounding-run" not in {
+        component.get("props", {}).get("elem_id") for component in plain.config["components"]
+    }

@@ -186,13 +186,17 @@ def test_the_recipe_is_the_model_configs_fields_and_defaults() -> None:
     assert {name: getattr(train_defaults, name) for name in RECIPE_FIELDS} == {
         name: getattr(model_defaults, name) for name in RECIPE_FIELDS
     }
-    # The shipped recipe: GC 1, GR 1 under the frozen teacher, the phrase terms (LRC, RLA) off, region terms without
+    # The shipped recipe, `harmoclip`: GC 1, LRC 0.5, GR 1 under the frozen teacher, RLA off, region terms without
     # text gradients.
-    assert (model_defaults.loss_gc_weight, model_defaults.loss_lrc_weight) == (1.0, 0.0)
+    assert (model_defaults.loss_gc_weight, model_defaults.loss_lrc_weight) == (1.0, 0.5)
     assert (model_defaults.loss_rla_weight, model_defaults.loss_gr_weight) == (0.0, 1.0)
     assert model_defaults.gr_teacher == "frozen" and model_defaults.region_text_grad is False
+    assert model_defaults.recipe_name == train_defaults.recipe == "harmoclip"
     custom = TrainConfig(loss_lrc_weight=0.25, region_text_grad=True, lrc_mask_categories=False)
-    assert harmoclip_settings(custom) == {name: getattr(custom, name) for name in RECIPE_FIELDS}
+    assert harmoclip_settings(custom) == {name: getattr(custom, name) for name in RECIPE_FIELDS} | {
+        "recipe_name": "harmoclip"
+    }
+    assert custom.recipe_overrides == {"loss_lrc_weight": 0.25, "region_text_grad": True}
     assert set(RECIPE_FIELDS) <= set(HarmoCLIPConfig().to_dict())  # every recipe field is saved with the model
     convert_options = {action.dest for action in convert_parser()._actions}
     assert set(RECIPE_FIELDS) <= convert_options  # conversion offers the whole recipe (RLA and region_text_grad too)
@@ -252,7 +256,10 @@ def test_the_model_records_the_recipe_and_the_region_temperature_it_starts_from(
         **common, region_logit_scale_mode="separate", region_logit_scale_init_value=1.25, loss_lrc_weight=0.3
     )
     model, processor = build_model_and_processor(config)
-    assert model.config.recipe == config.recipe
+    assert model.config.recipe == {
+        name: value for name, value in config.recipe_settings.items() if name != "recipe_name"
+    }
+    assert model.config.recipe_name == config.recipe
     assert float(model.region_logit_scale) == pytest.approx(1.25)
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
@@ -269,7 +276,7 @@ def test_the_model_records_the_recipe_and_the_region_temperature_it_starts_from(
     from_global, _ = build_model_and_processor(follow)
     assert float(from_global.region_logit_scale) == pytest.approx(3.0)
     assert from_global.config.region_logit_scale_init_value == pytest.approx(3.0)  # what training started from
-    assert from_global.config.loss_lrc_weight == follow.loss_lrc_weight == 0.0  # the run's recipe, not the folder's
+    assert from_global.config.loss_lrc_weight == follow.loss_lrc_weight == 0.5  # the run's recipe, not the folder's
 
 
 def test_a_renamed_option_names_its_new_name(tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def harmoclip_settings(config: TrainConfig) -> dict[str, Any]:
-    """The model-config fields the training config sets: the recipe (`RECIPE_FIELDS`)."""
-    return config.recipe
+    """The model-config fields the training config sets: the recipe (`RECIPE_FIELDS`) and its name (`recipe_name`)."""
+    return config.recipe_settings
 
 
 def build_tokenizer(config: TrainConfig, folder: Path) -> CLIPTokenizer:

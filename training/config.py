@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from modeling_harmoclip.configuration_harmoclip import (
+    DEFAULT_RECIPE,
     RECIPE_CHOICES,
     RECIPE_FIELDS,
+    RECIPES,
     TEACHER_ALIASES,
     TEACHER_MODES,
     check_recipe,
     gr_enabled,
     recipe_defaults,
+    recipe_fields,
+    recipe_overrides,
 )
 from plumbing.command_line import CommandParser
 from plumbing.typed_values import coerce_value
@@ -64,7 +68,13 @@ RecipeSettings.__doc__ = "The fields of `RECIPE_FIELDS` with `HarmoCLIPConfig`'s
 
 @dataclass
 class TrainConfig(RecipeSettings):
-    """Everything a training run reads: the recipe (`RecipeSettings`, from the model config) and the fields below."""
+    """Everything a training run reads: the recipe (`RecipeSettings`, from the model config) and the fields below.
+
+    `recipe` names the recipe (`RECIPES` of the model config) the recipe fields start from: `load_config` applies it
+    under the fields stated beside it (a settings file's `recipe: clipself` with `loss_gc_weight: 0.5`, or
+    `--recipe clipself --loss_gc_weight 0.5`). The defaults are the `harmoclip` recipe's."""
+
+    recipe: str | None = DEFAULT_RECIPE  # a name of RECIPES (None: no named recipe); recorded in the model's config
 
     # ---- data
     data_format: str = "synthetic"
@@ -153,6 +163,8 @@ class TrainConfig(RecipeSettings):
                     f"config `eval_templates`[{index}] must contain '{{}}' where the class name goes, got {template!r}"
                 )
         self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"config `recipe` must be one of {list(RECIPES)}, got {self.recipe!r}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
@@ -246,9 +258,15 @@ class TrainConfig(RecipeSettings):
         return self.uses_phrases or self.gr_enabled
 
     @property
-    def recipe(self) -> dict[str, Any]:
-        """{field: value} of the recipe fields (`RECIPE_FIELDS`), what the model config is given."""
-        return {name: getattr(self, name) for name in RECIPE_FIELDS}
+    def recipe_settings(self) -> dict[str, Any]:
+        """{field: value} of the recipe fields (`RECIPE_FIELDS`) and the recipe's name (`recipe_name`): what the model
+        config is given."""
+        return {name: getattr(self, name) for name in RECIPE_FIELDS} | {"recipe_name": self.recipe}
+
+    @property
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The recipe fields that differ from the named recipe's (given explicitly over it)."""
+        return recipe_overrides(self.recipe, self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,15 +295,22 @@ def config_field_value(name: str, text: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Reads a YAML file (if given), applies overrides (already typed values), validates."""
+    """Reads a YAML file (if given), applies overrides (already typed values), validates.
+
+    Layers, each over the one before: the defaults (the `harmoclip` recipe), the file's `recipe`, the file's other
+    fields, the overrides' `recipe`, the other overrides. A named recipe sets its fields (`RECIPES`); a field stated
+    in the same layer or a later one wins over it."""
     values: dict[str, Any] = {}
     known = {item.name for item in dataclasses.fields(TrainConfig)}
-    if path is not None:
-        values.update(read_settings_file(path, known, renamed=RENAMED))
-    for key, value in (overrides or {}).items():
-        if key not in known:
-            raise ValueError(f"unknown option {key!r}")
-        values[key] = value
+    layers = [read_settings_file(path, known, renamed=RENAMED)] if path is not None else []
+    layers.append(dict(overrides or {}))
+    for layer in layers:
+        for key in layer:
+            if key not in known:
+                raise ValueError(f"unknown option {key!r}")
+        if layer.get("recipe") is not None:
+            values.update(recipe_fields(layer["recipe"]))
+        values.update(layer)
     return TrainConfig(**values)
 
 

@@ -14,17 +14,22 @@ For each seed (which sets the data, the initialisation and the sampling):
    views, docs/toy_clip.md), with the project's training loop, once: its folder is named by its fingerprint;
 3. fine-tunes it, with the same budget, under each configuration (`rows.py`): GC only; GR only (CLIPSelf-like: a
    frozen copy of the pre-trained model is the teacher); GC+GR (FineCLIP-like, without region captions); GC+LRC;
-   GC+LRC+GR; the RLA and text-gradient variants the previous defaults came from; and HarmoCLIP as `TrainConfig`'s defaults
-   make it; plus any ``--row`` given (a name and `TrainConfig` fields);
-4. evaluates every model on the held-out split: retrieval R@1 both directions (global; captions are unique) and box
+   GC+LRC+GR; the RLA and text-gradient variants the previous defaults came from; GC+LRC and GC+LRC+GR without the
+   region terms' text gradients, LRC at 0.5 and 0.25; the `fineclip` recipe; and HarmoCLIP as `TrainConfig`'s
+   defaults make it (the `harmoclip` recipe); plus any ``--row`` (a name and `TrainConfig` fields) or ``--recipe``
+   (a named recipe) given;
+4. evaluates every model on the held-out split: retrieval R@1 both directions (global; captions are unique), box
    Top-1 with dense region features, on the boxes of seen combinations and of held-out ones (region), plus the
-   crop-and-encode baseline.
+   crop-and-encode baseline, and phrase grounding (each caption phrase's choice among its image's annotated boxes,
+   seen and held-out combinations; and at IoU >= 0.5 among the model's own proposals).
 
 The report (`report.py`) starts with the verdict and the pre-trained model's property (crop-and-encode Top-1 at least
 1.5 times its dense-region Top-1, retrieval well above chance). Without the property, with one seed, or with rows
 that cannot be told apart, the verdict is "not informative" (`statistics.conclude`). Then: each row's mean ± sd over
 seeds; its paired differences against GC only (global, region seen, region held-out) with 95 % t intervals; the
-held-out evaluation sample's own standard error; the stricter rule for every row. Under ``--out`` (default
+held-out evaluation sample's own standard error; the stricter rule for every row; the recipe rule (among the rows
+with LRC, those non-inferior to GC only in retrieval at a 1-point margin by their 95 % interval, the best on held-out
+regions plus held-out grounding) and `harmoclip` side by side with `gc-gr` and `fineclip` on the three axes. Under ``--out`` (default
 ``outputs/harmony``): ``harmony.json`` (every figure, every setting, the command), ``harmony.md``, ``harmony.png``
 (global against held-out region accuracy) and ``harmony.log``.
 

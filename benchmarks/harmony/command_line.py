@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.evaluate import DEFAULT_TEMPLATES
+from modeling_harmoclip.configuration_harmoclip import RECIPES
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
 from training.data.synthetic import VOCABULARIES
 from training.options import add_dataclass_options, dataclass_values, read_settings_file
@@ -81,7 +82,7 @@ def build_parser() -> CommandParser:
     add_dataclass_options(
         parser,
         HarmonySettings,
-        skip=("rows",),
+        skip=("rows", "recipes"),
         choices={"configurations": CONFIGURATION_KEYS, "synthetic_vocabulary": tuple(VOCABULARIES)},
         help={"configurations": f"fine-tuning rows (default: all of {' '.join(CONFIGURATION_KEYS)})"},
     )
@@ -92,6 +93,14 @@ def build_parser() -> CommandParser:
         default=None,
         metavar="KEY:FIELD=VALUE,...",
         help="an extra row (ablation): a new key and TrainConfig fields, e.g. 'lrc-half:loss_lrc_weight=0.5'; repeatable",
+    )
+    parser.add_argument(
+        "--recipe",
+        dest="recipes",
+        action="append",
+        default=None,
+        choices=tuple(RECIPES),
+        help="a named recipe added as a row ('recipe-NAME'), its fields over the benchmark's base; repeatable",
     )
     return parser
 

@@ -33,12 +33,23 @@ TABLE_COLUMNS = (
     ("box Top-1 dense, held-out (region)", "box_top1_dense_held_out"),
     ("box Top-1 dense, all", "box_top1_dense"),
     ("box Top-1 crop, all", "box_top1_crop"),
+    ("grounding, seen", "grounding_annotated_seen"),
+    ("grounding, held-out", "grounding_annotated_held_out"),
+    ("grounding at IoU 0.5, own proposals", "grounding_proposals"),
 )
 DELTA_LABELS = {
     "mean_R@1": "Δ mean R@1 (global)",
     "box_top1_dense_seen": "Δ region Top-1, seen",
     "box_top1_dense_held_out": "Δ region Top-1, held-out",
+    "grounding_annotated_seen": "Δ grounding, seen",
+    "grounding_annotated_held_out": "Δ grounding, held-out",
 }
+SIDE_LABELS = {
+    "mean_R@1": "retrieval (mean R@1)",
+    "box_top1_dense_held_out": "held-out regions (box Top-1)",
+    "grounding_annotated_held_out": "held-out grounding",
+}
+_MISSING = {"mean": None, "sd": None, "n": 0}
 
 
 def _format(figure: dict[str, Any], signed: bool = False) -> str:
@@ -105,13 +116,62 @@ def delta_table(report: dict[str, Any]) -> list[str]:
     return lines + [
         "",
         "Paired by seed: each row's figure minus GC only's on the same seed (same data, same pre-trained model), "
-        "mean [95 % t interval over seeds]. The rule: global Δ within "
+        "mean [95 % t interval over seeds]. Grounding: accuracy of each caption phrase's choice among its image's "
+        "annotated boxes (the phrase as its lexeme). The rule: global Δ within "
         f"{GLOBAL_TOLERANCE:g} point and held-out region Top-1 above each of "
         f"{', '.join(REGION_REFERENCES)} (other than the row itself and a row trained the same way); 'rule' settles each comparison by its interval "
         "(met, not met, or not informative where an interval straddles its bound), 'rule on means' uses the means "
         "alone.",
         "",
     ]
+
+
+def recipe_rule_lines(report: dict[str, Any]) -> list[str]:
+    """The recipe rule's candidates (rows with LRC), their retrieval non-inferiority and scores, and its choice."""
+    rule = report["conclusion"].get("recipe_rule")
+    if not rule or not rule["candidates"]:
+        return []
+    labels = {row["key"]: row["label"] for row in report["rows"]}
+
+    def value(number: float | None) -> str:
+        return "-" if number is None else f"{number:+.1f}"
+
+    lines = [
+        f"**Recipe rule** (chooses the `harmoclip` recipe's free choices): among the rows with LRC, those whose "
+        f"retrieval is non-inferior to GC only (the 95 % t interval of Δ mean R@1 above -{rule['margin']:g} point), "
+        "the best on held-out regions plus held-out grounding (sum of the two mean Δ against GC only).",
+        "",
+        "| configuration | Δ mean R@1 [95 % t] | non-inferior | Δ held-out regions | Δ held-out grounding | sum |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, candidate in rule["candidates"].items():
+        lines.append(
+            f"| {labels.get(key, key)} | {_interval(candidate['retrieval'])} | {candidate['non_inferior']} | "
+            f"{value(candidate['held_out_region'])} | {value(candidate['held_out_grounding'])} | "
+            f"{value(candidate['score'])} |"
+        )
+    chosen = labels.get(rule["chosen"], rule["chosen"]) if rule["chosen"] else "none"
+    return lines + ["", f"Chosen: **{chosen}** ({rule['reason']}).", ""]
+
+
+def side_by_side_lines(report: dict[str, Any]) -> list[str]:
+    """`harmoclip` minus `gc-gr` and minus `fineclip` on the three axes, each settled for it, against it or not."""
+    comparison = report["conclusion"].get("side_by_side") or {}
+    if not comparison:
+        return []
+    lines = [
+        "**`harmoclip` side by side** (paired Δ, harmoclip minus the other, mean [95 % t]; state):",
+        "",
+        "| against | " + " | ".join(SIDE_LABELS.values()) + " |",
+        "|---|" + "---|" * len(SIDE_LABELS),
+    ]
+    for other, figures in comparison.items():
+        cells = [
+            f"{_interval(figures[figure])} {figures[figure]['state']}" if figure in figures else "-"
+            for figure in SIDE_LABELS
+        ]
+        lines.append(f"| `{other}` | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def standard_error_lines(report: dict[str, Any]) -> list[str]:
@@ -139,6 +199,12 @@ def pretrain_prompts(pretrain: dict[str, Any]) -> str:
     return ", ".join(repr(template) for template in templates)
 
 
+def grounding_chance(rows: Sequence[dict[str, Any]]) -> str:
+    """ ", grounding among the annotated boxes C" (mean over seeds of 1 / candidates per phrase), or "" without it."""
+    figure = rows[0]["figures"].get("grounding_chance") if rows else None
+    return "" if not figure or figure["mean"] is None else f", grounding among the annotated boxes {figure['mean']:.1f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The verdict, the property, the table of every row (mean ± sd over seeds), the differences against GC only,
     chance levels, the protocol and the command."""
@@ -150,7 +216,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(TABLE_COLUMNS),
     ]
     for row in report["rows"]:
-        cells = [row["label"], row["losses"]] + [_format(row["figures"][key]) for _, key in TABLE_COLUMNS]
+        cells = [row["label"], row["losses"]] + [_format(row["figures"].get(key, _MISSING)) for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     chance, environment = report["chance"], report["environment"]
     seeds = settings["seeds"]
@@ -161,7 +227,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"and sampling). Held-out split per seed: {settings['synthetic_num_val']} images with unique captions "
         f"(about {chance['num_boxes']} boxes, {chance['num_classes']} classes; {settings['synthetic_held_out']} colour-shape "
         f"combinations never in a training image or caption, about {chance['num_held_out_boxes']} of the boxes). "
-        f"Chance: R@1 {chance['R@1']:.1f}, box Top-1 {chance['box_top1']:.1f}. Figures in percent. "
+        f"Chance: R@1 {chance['R@1']:.1f}, box Top-1 {chance['box_top1']:.1f}{grounding_chance(report['rows'])}. "
+        "Figures in percent. "
         f"Every fine-tuned row starts from the same pre-trained toy CLIP of its seed ({settings['pretrain_recipe']}: "
         f"{pretrain.get('max_steps', '?')} steps of {pretrain.get('losses', '?')} from scratch, object views "
         f"{pretrain.get('object_views', '?')}) with the same budget: {settings['finetune_steps']} steps of batch "
@@ -169,6 +236,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Box Top-1 asks for each class with the prompt(s) {pretrain_prompts(pretrain)}.",
         "",
         *delta_table(report),
+        *recipe_rule_lines(report),
+        *side_by_side_lines(report),
         *standard_error_lines(report),
         f"Wall-clock time of this run: {report['wall_seconds'] / 60:.1f} min ({report['rows_reused']} of "
         f"{report['rows_run']} seed-row(s) reused) on {environment['device']} with {environment['torch_threads']} threads; "

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS
+from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS, RECIPES, recipe_fields
 from modeling_harmoclip.configuration_harmoclip import gr_enabled as recipe_gr_enabled
 from training.config import TrainConfig, config_field_value
 from training.data.synthetic import VOCABULARIES
@@ -78,6 +78,7 @@ BASE_FIELDS: dict[str, Any] = {
     "gr_teacher": "frozen",
     "region_text_grad": True,
 }
+NO_TEXT: dict[str, Any] = {"region_text_grad": False}
 PRETRAINED = Configuration("pretrained", "pre-trained toy CLIP (reference)", _weights(1.0, 0.0, 0.0))
 GC_ONLY = Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0))
 FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
@@ -94,8 +95,24 @@ FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
         "GC+RLA 0.5, no region text gradients",
         {**_weights(1.0, 0.0, 0.0, 0.5), "region_text_grad": False},
     ),
+    # The rows the `harmoclip` recipe's free choices are chosen from (`recipe_rule`): the paper's phrase-region term
+    # without the region terms' text-tower gradients (the one choice the evidence above settles), at three weights.
+    Configuration("gc-lrc-notext", "GC+LRC, no region text gradients", {**_weights(1.0, 1.0, 0.0), **NO_TEXT}),
+    Configuration("gc-lrc-gr-notext", "GC+LRC+GR, no region text gradients", {**_weights(1.0, 1.0, 1.0), **NO_TEXT}),
     Configuration(
-        "harmoclip", "HarmoCLIP (TrainConfig defaults)", {name: getattr(TrainConfig, name) for name in RECIPE_FIELDS}
+        "gc-lrc-half-gr-notext", "GC+LRC 0.5+GR, no region text gradients", {**_weights(1.0, 0.5, 1.0), **NO_TEXT}
+    ),
+    Configuration(
+        "gc-lrc-quarter-gr-notext",
+        "GC+LRC 0.25+GR, no region text gradients",
+        {**_weights(1.0, 0.25, 1.0), **NO_TEXT},
+    ),
+    # FineCLIP's terms as the `fineclip` recipe has them (its live teacher cannot be cached: the costliest row).
+    Configuration("fineclip", "FineCLIP (the `fineclip` recipe)", recipe_fields("fineclip")),
+    Configuration(
+        "harmoclip",
+        "HarmoCLIP (the `harmoclip` recipe, TrainConfig's defaults)",
+        {name: getattr(TrainConfig, name) for name in RECIPE_FIELDS},
     ),
 )
 CONFIGURATION_KEYS = tuple(configuration.key for configuration in FINETUNE_CONFIGURATIONS)
@@ -125,6 +142,11 @@ BENCHMARK_FIELDS = (
 )
 
 
+def recipe_row(name: str) -> Configuration:
+    """The row of the named recipe (`RECIPES`): its fields, the rest the benchmark's base (`BASE_FIELDS`)."""
+    return Configuration(f"recipe-{name}", f"the `{name}` recipe", {**recipe_fields(name), "recipe": name})
+
+
 def parse_row(text: str) -> Configuration:
     """``"key:field=value,field=value"`` -> an extra row (an ablation); values are read as the field's type."""
     key, _, assignments = text.partition(":")
@@ -138,6 +160,9 @@ def parse_row(text: str) -> Configuration:
             raise ValueError(
                 f"--row {text!r}: {assignment!r} must be field=value with a field other than {list(BENCHMARK_FIELDS)}"
             )
+        if name == "recipe":  # a named recipe: its fields, under those given beside it (in any order)
+            fields = {**recipe_fields(value.strip()), **fields, "recipe": value.strip()}
+            continue
         fields[name] = config_field_value(name, value.strip())
     if not fields:
         raise ValueError(f"--row {text!r}: give at least one field=value after the key")
@@ -181,6 +206,7 @@ class HarmonySettings:
     eval_batch_size: int = 64
     configurations: tuple[str, ...] = CONFIGURATION_KEYS
     rows: tuple[str, ...] = ()  # extra rows, "key:field=value,...": see `parse_row`
+    recipes: tuple[str, ...] = ()  # named recipes (`RECIPES`) added as rows, keyed "recipe-NAME"
 
     def __post_init__(self) -> None:
         self.configurations = tuple(self.configurations)
@@ -193,6 +219,10 @@ class HarmonySettings:
             )
         if len(set(self.configurations)) != len(self.configurations):
             raise ValueError(f"`configurations` lists a configuration twice: {list(self.configurations)}")
+        self.recipes = tuple(self.recipes)
+        unknown_recipes = [name for name in self.recipes if name not in RECIPES]
+        if unknown_recipes or len(set(self.recipes)) != len(self.recipes):
+            raise ValueError(f"`recipes` must be distinct names of {list(RECIPES)}, got {list(self.recipes)}")
         extra = [parse_row(row).key for row in self.rows]
         if len(set(extra)) != len(extra):
             raise ValueError(f"`rows` uses a key twice: {extra}")
@@ -220,13 +250,20 @@ class HarmonySettings:
                 )
 
     def finetune_configurations(self) -> list[Configuration]:
-        return [c for c in FINETUNE_CONFIGURATIONS if c.key in self.configurations] + [
-            parse_row(row) for row in self.rows
-        ]
+        return (
+            [c for c in FINETUNE_CONFIGURATIONS if c.key in self.configurations]
+            + [parse_row(row) for row in self.rows]
+            + [recipe_row(name) for name in self.recipes]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
-        values.update(configurations=list(self.configurations), rows=list(self.rows), seeds=list(self.seeds))
+        values.update(
+            configurations=list(self.configurations),
+            rows=list(self.rows),
+            recipes=list(self.recipes),
+            seeds=list(self.seeds),
+        )
         return values
 
 

@@ -166,6 +166,7 @@ def teacher_cache_for(
 
 # Fields that name places or control logging, not what the weights become (the BPE file is the shipped one).
 _NOT_FINGERPRINTED = (
+    "recipe",  # a name: the recipe fields it set are fingerprinted themselves
     "eval_templates",  # in the evaluation protocol below, with the default spelled out
     "synthetic_dir",
     "output_dir",
@@ -252,6 +253,40 @@ def summarize(
     return figures
 
 
+def grounding_figures(model: Any, processor: Any, data_dir: Path) -> dict[str, float | None]:
+    """Phrase grounding on the seed's held-out split (`evaluation.grounding`, the `phrase-grounding` pipeline's
+    functions, each phrase as its lexeme): accuracy among the image's annotated boxes and at IoU >= 0.5 with the
+    model's own proposals, over all phrases and over those of seen and of held-out combinations, and their numbers."""
+    from evaluation.grounding import evaluate_grounding, read_grounding_manifest
+
+    results = evaluate_grounding(model, processor, read_grounding_manifest(data_dir / "val.jsonl"))
+    figures: dict[str, float | None] = {}
+    for group, suffix in (("all", ""), ("seen", "_seen"), ("held_out", "_held_out")):
+        row = results.get(group, {})
+        figures[f"grounding_annotated{suffix}"] = row.get("accuracy_annotated")
+        figures[f"grounding_proposals{suffix}"] = row.get("accuracy_proposals_iou50")
+        figures[f"num_phrases{suffix}"] = row.get("phrases")
+    figures["grounding_chance"] = results["all"]["chance_annotated"]
+    return figures
+
+
+def add_grounding(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """A finished row made before grounding was measured, with its grounding figures added (its saved model
+    evaluated; row.json rewritten atomically): earlier runs stay reusable."""
+    from modeling_harmoclip import HarmoCLIPModel
+    from training.builders import load_processor
+
+    model_dir = Path(config.output_dir) / Path(record["model"]).relative_to(record["folder"])
+    model = HarmoCLIPModel.from_pretrained(model_dir).eval()
+    processor = load_processor(model_dir, region_mode=config.processor_region_mode)
+    record = {
+        **record,
+        "figures": {**record["figures"], **grounding_figures(model, processor, Path(config.synthetic_dir))},
+    }
+    write_text_atomic(Path(config.output_dir) / ROW_FILE, json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def class_counts_and_held_out(data_dir: Path, class_names: Sequence[str]) -> tuple[list[int], list[bool]]:
     """Per class of `class_names` (the evaluation's order): the held-out split's box count, and whether the training
     split never saw the class."""
@@ -314,6 +349,9 @@ def run_row(
     record = read_finished_row(folder, row_fingerprint)
     if record is not None:
         logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
+        if "grounding_annotated" not in record["figures"]:
+            logger.info("%s, seed %d: adding its grounding figures", configuration.label, config.seed)
+            record = add_grounding(record, config)
         # The places as seen from here: the record keeps those of the run that made it (another `--out` spelling or
         # working directory), which the report would otherwise follow.
         model = folder / Path(record["model"]).relative_to(record["folder"])
@@ -334,6 +372,7 @@ def run_row(
     processor = load_processor(model_dir, region_mode=config.processor_region_mode)
     started = time.perf_counter()
     evaluation = evaluate_model(model, processor, config, folder, show_progress=show_progress)
+    grounding = grounding_figures(model, processor, Path(config.synthetic_dir))  # the third axis
     eval_seconds = time.perf_counter() - started
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model is saved; optimiser states are not needed
     counts, held_out = class_counts_and_held_out(Path(config.synthetic_dir), evaluated_class_names(folder))
@@ -348,7 +387,7 @@ def run_row(
         "folder": str(folder),
         "model": str(model_dir),
         "init_from": config.init_from,
-        "figures": summarize(evaluation, counts, held_out),
+        "figures": summarize(evaluation, counts, held_out) | grounding,
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
         "eval_seconds": eval_seconds,

@@ -19,7 +19,20 @@ CROP_OVER_DENSE = 1.5  # CLIP's property: crop-and-encode Top-1 at least this mu
 RETRIEVAL_OVER_CHANCE = 5.0  # "well above chance": mean R@1 at least this multiple of chance
 GLOBAL_TOLERANCE = 1.0  # points of mean R@1 a default may lose against GC-only fine-tuning
 GLOBAL_FIGURE, REGION_FIGURE = "mean_R@1", "box_top1_dense_held_out"
-DELTA_FIGURES = ("mean_R@1", "box_top1_dense_seen", "box_top1_dense_held_out")
+GROUNDING_FIGURE = "grounding_annotated_held_out"  # phrase grounding among the annotated boxes, held-out phrases
+DELTA_FIGURES = (
+    "mean_R@1",
+    "box_top1_dense_seen",
+    "box_top1_dense_held_out",
+    "grounding_annotated_seen",
+    "grounding_annotated_held_out",
+)
+# The recipe rule (`recipe_rule`): a configuration with LRC is non-inferior to GC only in retrieval when the 95 % t
+# interval of its paired Δ mean R@1 lies above -NONINFERIORITY_MARGIN points.
+NONINFERIORITY_MARGIN = 1.0
+# The recipes set side by side with `harmoclip` on the three axes (`side_by_side`).
+SIDE_BY_SIDE = ("harmoclip", ("gc-gr", "fineclip"))
+SIDE_BY_SIDE_FIGURES = ("mean_R@1", "box_top1_dense_held_out", "grounding_annotated_held_out")
 
 
 def t_quantile_975(degrees_of_freedom: int) -> float:
@@ -81,21 +94,23 @@ def paired_differences(rows: Sequence[dict[str, Any]], figure: str, reference_ke
     Seeds share the data and the pre-trained model, so the paired difference is far more precise than the difference
     of the two means (whose sd carries the seeds' spread). Empty when the reference row is absent."""
     reference = next((row for row in rows if row["key"] == reference_key), None)
-    if reference is None:
+    if reference is None or figure not in reference["figures"]:
         return {}
     by_seed = dict(zip(reference["seeds"], reference["figures"][figure]["per_seed"]))
     differences = {}
     for row in rows:
+        per_seed = row["figures"].get(figure, {}).get("per_seed") or [None] * len(row["seeds"])
         values = [
             None if value is None or by_seed.get(seed) is None else value - by_seed[seed]
-            for seed, value in zip(row["seeds"], row["figures"][figure]["per_seed"])
+            for seed, value in zip(row["seeds"], per_seed)
         ]
         differences[row["key"]] = {**t_interval(values), "per_seed": values}
     return differences
 
 
 def deltas_against_gc(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{figure: paired_differences against GC only} for the global figure and the seen and held-out region ones."""
+    """{figure: paired_differences against GC only} for the global figure, the seen and held-out region ones and the
+    seen and held-out grounding ones."""
     return {figure: paired_differences(rows, figure, GC_ONLY.key) for figure in DELTA_FIGURES}
 
 
@@ -138,7 +153,7 @@ def rows_identical(rows: Sequence[dict[str, Any]]) -> bool:
     """Whether every fine-tuned row has the same global and region figures, seed by seed (nothing to compare)."""
     tuned = [row for row in rows if row["key"] != PRETRAINED.key]
     signatures = {
-        tuple(tuple(row["figures"][name]["per_seed"]) for name in (GLOBAL_FIGURE, *DELTA_FIGURES[1:])) for row in tuned
+        tuple(tuple(row["figures"].get(name, {}).get("per_seed") or ()) for name in DELTA_FIGURES) for row in tuned
     }
     return len(tuned) > 1 and len(signatures) == 1
 
@@ -221,6 +236,75 @@ def same_training(rows: Sequence[dict[str, Any]], candidate: str) -> list[str]:
     return [other["key"] for other in rows if other["key"] != candidate and fingerprints(other) == mine]
 
 
+def recipe_rule(rows: Sequence[dict[str, Any]], deltas: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The rule that chooses the `harmoclip` recipe's free choices: among the rows that train the paper's
+    phrase-region term (LRC weight > 0), those whose retrieval is non-inferior to GC only (the 95 % t interval of the
+    paired Δ mean R@1 above -`NONINFERIORITY_MARGIN`), and of those the best on held-out regions and grounding (the
+    larger sum of the mean paired Δ of held-out region Top-1 and of held-out grounding accuracy against GC only).
+
+    Returns {"margin", "candidates": {key: {"retrieval": interval, "non_inferior": "met" / "not met" / "unresolved",
+    "held_out_region", "held_out_grounding", "score"}}, "chosen": key or None, "reason"}."""
+    candidates = {}
+    for row in rows:
+        if row["key"] == PRETRAINED.key or not row["loss_weights"].get("lrc", 0) > 0:
+            continue
+        retrieval = deltas[GLOBAL_FIGURE].get(row["key"])
+        if retrieval is None or retrieval["mean"] is None:
+            continue
+        if retrieval["low"] is None:
+            state = "unresolved"
+        else:
+            state = (
+                "met"
+                if retrieval["low"] > -NONINFERIORITY_MARGIN
+                else ("not met" if retrieval["high"] <= -NONINFERIORITY_MARGIN else "unresolved")
+            )
+        region = deltas[REGION_FIGURE].get(row["key"], {}).get("mean")
+        grounding = deltas.get(GROUNDING_FIGURE, {}).get(row["key"], {}).get("mean")
+        score = None if region is None or grounding is None else region + grounding
+        candidates[row["key"]] = {
+            "retrieval": _brief(retrieval),
+            "non_inferior": state,
+            "held_out_region": region,
+            "held_out_grounding": grounding,
+            "score": score,
+        }
+    eligible = [key for key, c in candidates.items() if c["non_inferior"] == "met" and c["score"] is not None]
+    if not candidates:
+        reason = "no row trains LRC"
+    elif not eligible:
+        reason = (
+            f"no row with LRC is non-inferior to GC only in retrieval at the {NONINFERIORITY_MARGIN:g}-point margin"
+        )
+    else:
+        reason = "non-inferior in retrieval, and the best held-out region plus held-out grounding Δ among those"
+    chosen = max(eligible, key=lambda key: candidates[key]["score"]) if eligible else None
+    return {"margin": NONINFERIORITY_MARGIN, "candidates": candidates, "chosen": chosen, "reason": reason}
+
+
+def side_by_side(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """`harmoclip` against each of `gc-gr` and `fineclip` on the three axes (retrieval, held-out regions, held-out
+    grounding): the paired difference harmoclip minus the other, and its state, "settled for" (interval above 0),
+    "against" (below 0) or "unsettled". {other: {figure: {..., "state"}}}; rows not run are left out."""
+    candidate, others = SIDE_BY_SIDE
+    keys = {row["key"] for row in rows}
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    if candidate not in keys:
+        return result
+    for other in others:
+        if other not in keys:
+            continue
+        result[other] = {}
+        for figure in SIDE_BY_SIDE_FIGURES:
+            difference = paired_differences(rows, figure, other).get(candidate)
+            if difference is None or difference["mean"] is None:
+                continue
+            low, high = difference["low"], difference["high"]
+            state = "unsettled" if low is None else "settled for" if low > 0 else "against" if high < 0 else "unsettled"
+            result[other][figure] = {**_brief(difference), "state": state}
+    return result
+
+
 def conclude(rows: Sequence[dict[str, Any]], chance_r1: float) -> dict[str, Any]:
     """The benchmark's verdict: the pre-trained model's property, the rule for every fine-tuned row, and for
     `GOAL_ROW` the verdict, "not informative" with its reasons when the property is missing, when fewer than 2 seeds
@@ -260,4 +344,12 @@ def conclude(rows: Sequence[dict[str, Any]], chance_r1: float) -> dict[str, Any]
         verdict = goal["verdict"]
         if verdict == "not informative":
             reasons.append("the 95 % intervals of the deciding differences straddle their bounds: more seeds needed")
-    return {"property": prop, "rules": rules, "goal_row": GOAL_ROW, "verdict": verdict, "reasons": reasons}
+    return {
+        "property": prop,
+        "rules": rules,
+        "goal_row": GOAL_ROW,
+        "verdict": verdict,
+        "reasons": reasons,
+        "recipe_rule": recipe_rule(rows, deltas),
+        "side_by_side": side_by_side(rows),
+    }
