@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from training.builders import build_datasets, build_model_and_processor
     from training.config import load_config
-    from training.train import ShardedShuffleSampler
+    from training.data.samplers import ShardedShuffleSampler
 
     args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
@@ -279,8 +279,8 @@ def jpeg224_sources(
     from training.data.data_coco import CocoRegionDataset
     from training.data.data_hf import HFRegionDataset
     from training.data.data_jsonl import JsonlRegionDataset
+    from training.data.samplers import ShardedShuffleSampler
     from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows
-    from training.train import ShardedShuffleSampler
 
     options = dict(seed=seed, max_boxes=20, min_box_size=4.0)
 

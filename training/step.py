@@ -1,6 +1,7 @@
 """One training step, the only one: what training/train.py's loop runs and what benchmarks/train_step.py times.
 
-- `build_optimizer`: AdamW over `parameter_groups` (weight decay on weight matrices only);
+- `lock_parameters` and `build_optimizer`: what trains (the config's locks, and no parameter that no enabled loss term
+  reads), and AdamW over `parameter_groups` (weight decay on weight matrices only);
 - `forward_objective`: one micro-batch: the GR teacher's targets (training/teacher.py), the model's forward under the
   Accelerator's autocast, and the loss assembled by `losses.recipe_loss`, the same function the model's
   `forward(return_loss=True)` calls, with the rows of every process gathered (`DistributedRows`);
@@ -32,6 +33,25 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
         exempt = parameter.ndim < 2 or "norm" in name or "logit_scale" in name or name.endswith(".bias")
         (no_decay if exempt else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Freezes what the config locks, and the parameters no enabled loss term uses (data parallelism needs every
+    trainable parameter to receive a gradient)."""
+    if config.lock_text or (config.loss_gc_weight == 0 and not config.uses_phrases):
+        for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
+            parameter.requires_grad_(False)
+    phrases_share_scale = config.uses_phrases and config.region_logit_scale_mode == "shared"
+    if config.loss_gc_weight == 0 and not phrases_share_scale:
+        model.logit_scale.requires_grad_(False)
+    if not config.uses_phrases or config.region_logit_scale_mode == "shared":  # shared: LRC/RLA use `logit_scale`
+        model.region_logit_scale.requires_grad_(False)
+    if config.lock_vision_layers > 0:
+        vision = model.vision_model
+        frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -145,6 +165,7 @@ def training_step(
 
 
 __all__ = [
+    "lock_parameters",
     "parameter_groups",
     "build_optimizer",
     "minimum_over_processes",

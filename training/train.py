@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -38,12 +38,14 @@ from plumbing.command_line import log_to_file, run_command, setup_logging  # noq
 from training.builders import build_datasets, build_model_and_processor, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, load_process_state, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
+from training.data.samplers import ShardedShuffleSampler  # noqa: E402
 from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
 from training.step import (  # noqa: E402
     accumulate_gradients,
     build_optimizer,
     forward_objective,
+    lock_parameters,
     minimum_over_processes,
     parameter_groups,
     training_step,
@@ -52,42 +54,18 @@ from training.teacher import build_teachers, teacher_targets  # noqa: E402
 
 # The one training step lives in training/step.py and the teacher in training/teacher.py; their names stay importable
 # from here.
-__all__ = ["main", "train", "accumulate_gradients", "forward_objective", "parameter_groups", "teacher_targets"]
+__all__ = [
+    "main",
+    "train",
+    "ShardedShuffleSampler",
+    "accumulate_gradients",
+    "forward_objective",
+    "lock_parameters",
+    "parameter_groups",
+    "teacher_targets",
+]
 
 logger = logging.getLogger("harmoclip.train")
-
-
-class ShardedShuffleSampler(Sampler[int]):
-    """Per-epoch permutation (seed + epoch) cut into global batches of `batch_size * num_processes`; each process takes
-    its consecutive slice of every global batch. The global batch is the same whatever the number of processes, and
-    `start_batch` resumes mid-epoch exactly."""
-
-    def __init__(self, length: int, batch_size: int, num_processes: int, process_index: int, seed: int):
-        self.length, self.batch_size = length, batch_size
-        self.num_processes, self.process_index, self.seed = num_processes, process_index, seed
-        self.epoch, self.start_batch = 0, 0
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"data set of {length} samples is smaller than one global batch "
-                f"({batch_size} x {num_processes} processes): lower `batch_size`"
-            )
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.length // (self.batch_size * self.num_processes)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        global_batch = self.batch_size * self.num_processes
-        for batch in range(self.start_batch, self.batches_per_epoch):
-            start = batch * global_batch + self.process_index * self.batch_size
-            yield from order[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 class TrainingBatches:
@@ -196,25 +174,6 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     if path.is_file():
         lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
-def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Freezes what the config locks, and the parameters no enabled loss term uses (data parallelism needs every
-    trainable parameter to receive a gradient)."""
-    if config.lock_text or (config.loss_gc_weight == 0 and not config.uses_phrases):
-        for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
-            parameter.requires_grad_(False)
-    phrases_share_scale = config.uses_phrases and config.region_logit_scale_mode == "shared"
-    if config.loss_gc_weight == 0 and not phrases_share_scale:
-        model.logit_scale.requires_grad_(False)
-    if not config.uses_phrases or config.region_logit_scale_mode == "shared":  # shared: LRC/RLA use `logit_scale`
-        model.region_logit_scale.requires_grad_(False)
-    if config.lock_vision_layers > 0:
-        vision = model.vision_model
-        frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
-        for module in frozen:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
 
 
 class TrainingStopped(RuntimeError):
