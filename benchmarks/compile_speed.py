@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,36 +51,11 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
-    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
-    num_images = args.images or (16 if args.device.type == "cuda" else 1)
-    if num_images < 1 or args.boxes < 1:
-        raise ValueError(f"--images and --boxes must be >= 1, got {num_images} and {args.boxes}")
-    model, _, config = build_model(preset, args.seed)
-    model.to(args.device)
-    generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator)
-    pixel_values = pixel_values.to(args.device)
-    boxes = random_boxes(num_images, args.boxes, generator).to(args.device)
-    options = {"backend": args.backend, "mode": args.mode, "fullgraph": True}
-    compiled_regions = model.compiled_region_features(**options)
-    compiled_dense = torch.compile(model.get_dense_features, **options)
-
-    def call(function, *inputs):
-        def method():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return function(*inputs)
-
-        return method
-
-    pairs = {
-        "get_region_features": (
-            call(model.get_region_features, pixel_values, boxes),
-            call(compiled_regions, pixel_values, boxes),
-        ),
-        "get_dense_features": (call(model.get_dense_features, pixel_values), call(compiled_dense, pixel_values)),
-    }
+def measure_pairs(
+    pairs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], args: argparse.Namespace, num_images: int
+) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """For each call, its (eager, compiled) pair: the first compiled call's time, the largest difference between their
+    outputs and both timed side by side; the JSON results and the table's rows."""
     results, rows = [], []
     for name, (eager, compiled) in pairs.items():
         synchronize(args.device)
@@ -116,6 +93,40 @@ def run(args: argparse.Namespace) -> dict:
                 f"{max(ours['spread'], theirs['spread']):.0%}",
             ]
         )
+    return results, rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    args = resolve_common(args)
+    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+    num_images = args.images or (16 if args.device.type == "cuda" else 1)
+    if num_images < 1 or args.boxes < 1:
+        raise ValueError(f"--images and --boxes must be >= 1, got {num_images} and {args.boxes}")
+    model, _, config = build_model(preset, args.seed)
+    model.to(args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator)
+    pixel_values = pixel_values.to(args.device)
+    boxes = random_boxes(num_images, args.boxes, generator).to(args.device)
+    options = {"backend": args.backend, "mode": args.mode, "fullgraph": True}
+    compiled_regions = model.compiled_region_features(**options)
+    compiled_dense = torch.compile(model.get_dense_features, **options)
+
+    def call(function, *inputs):
+        def method():
+            with torch.no_grad(), autocast(args.device, args.dtype):
+                return function(*inputs)
+
+        return method
+
+    pairs = {
+        "get_region_features": (
+            call(model.get_region_features, pixel_values, boxes),
+            call(compiled_regions, pixel_values, boxes),
+        ),
+        "get_dense_features": (call(model.get_dense_features, pixel_values), call(compiled_dense, pixel_values)),
+    }
+    results, rows = measure_pairs(pairs, args, num_images)
     table = markdown_table(
         ["call", "eager ms", "compiled ms", "speed-up (min-max)", "compile s", "max abs diff", "spread"], rows
     )

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from training.builders import build_datasets, build_model_and_processor
     from training.config import load_config
-    from training.train import ShardedShuffleSampler
+    from training.data.samplers import ShardedShuffleSampler
 
     args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
@@ -269,22 +269,83 @@ def jpeg224_rates(
     return results, rows
 
 
+def jpeg224_sources(
+    folder: Path, manifest: Path, captions: Path, instances: Path, collator: Any, batch_size: int, seed: int
+) -> dict[str, Any]:
+    """The `--pipeline jpeg224` data sources, each a `make_loader(num_workers)`: JPEG files through a JSONL manifest,
+    COCO files with spaCy in the loader, Parquet shards map-style and streamed."""
+    from torch.utils.data import DataLoader
+
+    from training.data.data_coco import CocoRegionDataset
+    from training.data.data_hf import HFRegionDataset
+    from training.data.data_jsonl import JsonlRegionDataset
+    from training.data.samplers import ShardedShuffleSampler
+    from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows
+
+    options = dict(seed=seed, max_boxes=20, min_box_size=4.0)
+
+    def map_style(make_dataset):
+        def make_loader(num_workers: int):
+            dataset = make_dataset()
+            sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, seed)
+            return DataLoader(
+                dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                collate_fn=collator,
+                num_workers=num_workers,
+                drop_last=True,
+            )
+
+        return make_loader
+
+    def streamed(num_workers: int):
+        stream = RegionStream.open(str(folder / "parquet"), **options)
+        return DataLoader(
+            StreamRows(stream.decoder),
+            batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
+            collate_fn=StreamCollate(collator),
+            num_workers=num_workers,
+        )
+
+    jsonl = lambda: JsonlRegionDataset(manifest, **options)  # noqa: E731
+    # A fresh COCO data set each round: its per-process memo of spaCy's phrases starts empty, as in every epoch
+    # of a run whose loader workers are not persistent.
+    coco = lambda: CocoRegionDataset(captions, instances, folder / "jpeg", **options)  # noqa: E731
+    parquet = HFRegionDataset(folder / "parquet", cache_dir=str(folder / "cache"), **options)
+    return {
+        "JPEG files (JSONL)": map_style(jsonl),
+        "COCO files, spaCy in the loader": map_style(coco),
+        "Parquet shards, map-style": map_style(lambda: parquet),
+        "Parquet shards, streamed": streamed,
+    }
+
+
+def jpeg224_notes(
+    num_train: int, size: int, batch_size: int, samples: int, repeats: int, prepare_rate: float
+) -> list[str]:
+    """The notes printed under the `--pipeline jpeg224` table: what a round reads and what the columns mean."""
+    return [
+        f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
+        f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
+        f"worker start-up included); median of {repeats} alternating rounds. The collator also cuts each box's "
+        "crop (enlarged 1.5 x) of the original image at 224 px for the frozen GR teacher. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
+        "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
+        "many workers (and as many free cores).",
+        f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s.",
+    ]
+
+
 def run_jpeg224(args: argparse.Namespace) -> dict:
     """The `--pipeline jpeg224` measurement (see the module docstring)."""
     import time
 
-    from torch.utils.data import DataLoader
     from transformers import CLIPTokenizer
 
     from conversion.clip_vocab import write_clip_tokenizer_files
     from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
     from training.data.collate import RegionCollator
-    from training.data.data_coco import CocoRegionDataset
-    from training.data.data_hf import HFRegionDataset
-    from training.data.data_jsonl import JsonlRegionDataset
     from training.data.prepare import jsonl_records, write_shards
-    from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows
-    from training.train import ShardedShuffleSampler
 
     args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
@@ -305,7 +366,6 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
         processor = HarmoCLIPProcessor(clip_image_processor(224), tokenizer, region_mode=True)
         collator = RegionCollator(processor, return_crops=True, crop_scale=1.5)  # the frozen teacher's crops
-        options = dict(seed=args.seed, max_boxes=20, min_box_size=4.0)
         batches = num_train // batch_size
 
         # CPU seconds of the main process per round, where it does all the work (0 workers): the pipeline's cost per
@@ -322,41 +382,7 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
 
             return call
 
-        def map_style(make_dataset):
-            def make_loader(num_workers: int):
-                dataset = make_dataset()
-                sampler = ShardedShuffleSampler(len(dataset), batch_size, 1, 0, args.seed)
-                return DataLoader(
-                    dataset,
-                    batch_size=batch_size,
-                    sampler=sampler,
-                    collate_fn=collator,
-                    num_workers=num_workers,
-                    drop_last=True,
-                )
-
-            return make_loader
-
-        def streamed(num_workers: int):
-            stream = RegionStream.open(str(folder / "parquet"), **options)
-            return DataLoader(
-                StreamRows(stream.decoder),
-                batch_sampler=StreamBatchSampler(stream.rows, batch_size, 1, 0),
-                collate_fn=StreamCollate(collator),
-                num_workers=num_workers,
-            )
-
-        jsonl = lambda: JsonlRegionDataset(manifest, **options)  # noqa: E731
-        # A fresh COCO data set each round: its per-process memo of spaCy's phrases starts empty, as in every epoch
-        # of a run whose loader workers are not persistent.
-        coco = lambda: CocoRegionDataset(captions, instances, folder / "jpeg", **options)  # noqa: E731
-        parquet = HFRegionDataset(folder / "parquet", cache_dir=str(folder / "cache"), **options)
-        sources = {
-            "JPEG files (JSONL)": map_style(jsonl),
-            "COCO files, spaCy in the loader": map_style(coco),
-            "Parquet shards, map-style": map_style(lambda: parquet),
-            "Parquet shards, streamed": streamed,
-        }
+        sources = jpeg224_sources(folder, manifest, captions, instances, collator, batch_size, args.seed)
         methods = {
             f"{source}, {w} workers": epoch(source, make_loader, w)
             for w in workers
@@ -387,15 +413,7 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         "workers": workers,
         "prepare_samples_per_s": prepare_rate,
     }
-    notes = [
-        f"{num_train} JPEG images of {size} x {size} px (1-4 boxes each), processed to 224 px (square resize, "
-        f"region mode), CLIP's full vocabulary, batch {batch_size}; a round reads one epoch ({samples} samples, "
-        f"worker start-up included); median of {args.repeats} alternating rounds. The collator also cuts each box's "
-        "crop (enlarged 1.5 x) of the original image at 224 px for the frozen GR teacher. Samples per CPU second: the main process's CPU time for an epoch read without workers, "
-        "what one worker on a free core delivers; a GPU step that consumes R samples/s needs about R / that "
-        "many workers (and as many free cores).",
-        f"Preparation (`training.data.prepare`, JSONL to Parquet): {prepare_rate:.0f} samples/s.",
-    ]
+    notes = jpeg224_notes(num_train, size, batch_size, samples, args.repeats, prepare_rate)
     return finish(NAME, args, settings, results, table, [], notes)
 
 

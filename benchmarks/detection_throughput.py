@@ -4,7 +4,7 @@ proposals, with the same weights.
     python -m benchmarks.detection_throughput                      # CPU, ViT-B/16 at 224 px, 20 labels, 64 proposals
     python -m benchmarks.detection_throughput --device cuda --max-proposals 400
 
-HarmoCLIP (`detection.detect_objects` + `post_process_object_detection`): one encoder pass per image gives the label
+HarmoCLIP (`HarmoCLIPModel.detect` + `post_process_object_detection`): one encoder pass per image gives the label
 maps, the proposals drawn from them and every proposal's region embedding; then class-wise NMS. Crop-and-encode: the
 proposals HarmoCLIP made (given, not timed), each cut out at the model's input size and encoded by the global image
 encoder (`region_throughput.crop_and_encode`), scored against the same label embeddings, then the same NMS. Random
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from benchmarks.common import (
     time_side_by_side,
 )
 from benchmarks.region_throughput import crop_and_encode
-from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
+from modeling_harmoclip.detection import detections_from_box_embeddings
 from plumbing.command_line import CommandParser
 
 NAME = "detection_throughput"
@@ -49,6 +50,35 @@ def build_parser() -> CommandParser:
         "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
     )
     return parser
+
+
+def results_table(result: dict[str, Any], proposal_count: float, labels: int) -> str:
+    """The markdown table of one measurement (`run`'s result row)."""
+    ours, theirs, speedup = result["harmoclip"], result["crop_and_encode"], result["speedup"]
+    return markdown_table(
+        [
+            "proposals/image",
+            "labels",
+            "HarmoCLIP images/s",
+            "crop+encode images/s",
+            "HarmoCLIP ms/call",
+            "crop+encode ms/call",
+            "speed-up (min-max)",
+            "spread",
+        ],
+        [
+            [
+                proposal_count,
+                labels,
+                result["harmoclip_images_per_s"],
+                result["crop_images_per_s"],
+                ours["median_s"] * 1e3,
+                theirs["median_s"] * 1e3,
+                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                f"{max(ours['spread'], theirs['spread']):.0%}",
+            ]
+        ],
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -69,17 +99,16 @@ def run(args: argparse.Namespace) -> dict:
 
     def harmoclip():
         with torch.no_grad(), autocast(args.device, args.dtype):
-            outputs = detect_objects(model, pixel_values, label_embeds, background, max_proposals=max_proposals)
+            outputs = model.detect(pixel_values, label_embeds, background, max_proposals=max_proposals)
         return processor.post_process_object_detection(outputs, threshold=0.0)
 
-    proposals = detect_objects(model, pixel_values, label_embeds, background, max_proposals=max_proposals)
+    proposals = model.detect(pixel_values, label_embeds, background, max_proposals=max_proposals)
     boxes, box_mask = proposals.pred_boxes.to(args.device), proposals.box_mask
 
     def crops():
         with torch.no_grad(), autocast(args.device, args.dtype):
             regions = crop_and_encode(model, pixel_values, boxes, args.crop_chunk)
-        probabilities = (scale * regions.float() @ embeds.float().t()).softmax(dim=-1)[..., :-1]
-        outputs = HarmoCLIPDetectionOutput(scores=probabilities.cpu(), pred_boxes=boxes.cpu(), box_mask=box_mask)
+        outputs = detections_from_box_embeddings(regions, boxes, box_mask, label_embeds, scale, background)
         return processor.post_process_object_detection(outputs, threshold=0.0)
 
     methods = {"harmoclip": harmoclip, "crop_and_encode": crops}
@@ -99,30 +128,7 @@ def run(args: argparse.Namespace) -> dict:
             "speedup": speedup,
         }
     ]
-    table = markdown_table(
-        [
-            "proposals/image",
-            "labels",
-            "HarmoCLIP images/s",
-            "crop+encode images/s",
-            "HarmoCLIP ms/call",
-            "crop+encode ms/call",
-            "speed-up (min-max)",
-            "spread",
-        ],
-        [
-            [
-                proposal_count,
-                args.labels,
-                results[0]["harmoclip_images_per_s"],
-                results[0]["crop_images_per_s"],
-                ours["median_s"] * 1e3,
-                theirs["median_s"] * 1e3,
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                f"{max(ours['spread'], theirs['spread']):.0%}",
-            ]
-        ],
-    )
+    table = results_table(results[0], proposal_count, args.labels)
     settings = {
         "model_preset": preset,
         "image_size": size,

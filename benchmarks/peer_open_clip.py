@@ -178,6 +178,38 @@ def build_parser() -> CommandParser:
     return parser
 
 
+def step_rows(
+    times: dict[str, list[float]], caption_tokens: dict[str, int], batch_size: int
+) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """Each method's step time, its ratio to open_clip's (per round) and its samples/s: the JSON results and the table's
+    rows."""
+    results, rows = [], []
+    for method, seconds in times.items():
+        summary = summarize(seconds)
+        ratio = ratio_summary(seconds, times[PEER])
+        layout = method.rsplit(", ", 1)[1] if ", " in method else "77"
+        results.append(
+            {
+                "method": method,
+                "step": summary,
+                "time_ratio_to_open_clip": ratio,
+                "samples_per_s": batch_size / summary["median_s"],
+                "caption_tokens": caption_tokens[layout],
+            }
+        )
+        rows.append(
+            [
+                method,
+                caption_tokens[layout],
+                summary["median_s"] * 1e3,
+                f"{summary['spread']:.0%}",
+                batch_size / summary["median_s"],
+                f"{ratio['median']:.3f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+            ]
+        )
+    return results, rows
+
+
 def run(args: argparse.Namespace) -> dict:
     open_clip = require_open_clip()
     args = resolve_step_arguments(args)
@@ -226,30 +258,7 @@ def run(args: argparse.Namespace) -> dict:
         losses = {PEER: peer.last_loss, **{name: runner.last_terms.get(name) for name in ours}}
         runner = peer = None  # frees the models
 
-    results, rows = [], []
-    for method, seconds in times.items():
-        summary = summarize(seconds)
-        ratio = ratio_summary(seconds, times[PEER])
-        layout = method.rsplit(", ", 1)[1] if ", " in method else "77"
-        results.append(
-            {
-                "method": method,
-                "step": summary,
-                "time_ratio_to_open_clip": ratio,
-                "samples_per_s": args.batch_size / summary["median_s"],
-                "caption_tokens": caption_tokens[layout],
-            }
-        )
-        rows.append(
-            [
-                method,
-                caption_tokens[layout],
-                summary["median_s"] * 1e3,
-                f"{summary['spread']:.0%}",
-                args.batch_size / summary["median_s"],
-                f"{ratio['median']:.3f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
-            ]
-        )
+    results, rows = step_rows(times, caption_tokens, args.batch_size)
     by_method = {result["method"]: result for result in results}
     targets = [
         target(

@@ -5,8 +5,9 @@ the cached teacher.
     python -m benchmarks.train_step --device cuda --dtype bf16   # ViT-B/16 at 224 px, batch 8, 8 boxes per image
     python -m benchmarks.train_step --device cpu                 # the same at batch 2 (--batch-size 8: ~20 minutes)
 
-Each step is the training loop's own (training/train.py): `forward_objective` (teacher targets, forward under the
-Accelerator's autocast, loss terms) + `accelerator.backward` + gradient clipping + AdamW step + logit-scale clamps,
+Each step is the training loop's own, `training.step.training_step`: `forward_objective` (teacher targets, forward
+under the Accelerator's autocast, loss terms) + `accelerator.backward` + gradient clipping + AdamW step + logit-scale
+clamps,
 on a fixed batch from a JSONL manifest of generated images with `--boxes` boxes and phrases each, collated by the
 training collator. The cached teacher is a real `TeacherCache` folder written by `training/cache_teacher.py` for
 that manifest (`--variants` picks a subset; GC, the baseline, always runs). Times: the variants alternate in rounds on one model and optimiser. Peak memory: each variant runs
@@ -18,6 +19,7 @@ time and 1.25 x its peak memory.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
@@ -148,16 +150,9 @@ class StepRunner:
     def __init__(self, configs: dict[str, Any], device: torch.device):
         from accelerate import Accelerator
 
-        from training.builders import (
-            build_dataset_for_split,
-            build_model_and_processor,
-            build_teacher_cache,
-            move_batch,
-            region_collator,
-            teacher_needs_crops,
-        )
-        from training.teacher import frozen_copy
-        from training.train import parameter_groups
+        from training.builders import build_dataset_for_split, build_model_and_processor, move_batch, region_collator
+        from training.step import build_optimizer
+        from training.teacher import build_teachers, teacher_needs_crops
 
         self.configs = configs
         base = next(iter(configs.values()))
@@ -173,27 +168,20 @@ class StepRunner:
             batch.pop(key, None)
         self.batch = move_batch(batch, self.accelerator.device)
         self.boxes_in_batch = int(self.batch["box_mask"].sum())
-        optimizer = torch.optim.AdamW(
-            parameter_groups(model, base.weight_decay),
-            lr=base.learning_rate,
-            betas=(base.adam_beta1, base.adam_beta2),
-            eps=base.adam_eps,
-        )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(model, build_optimizer(model, base))
         self.model.train()
         self.unwrapped = self.accelerator.unwrap_model(self.model)
-        uses_gr = [config for config in configs.values() if config.loss_gr_weight > 0 and config.uses_regions]
-        frozen = any(config.gr_teacher == "frozen" for config in uses_gr)
-        self.teacher = frozen_copy(self.unwrapped).to(self.accelerator.device) if frozen else None
-        cached = [config for config in uses_gr if config.gr_teacher == "cached"]
-        self.cache = build_teacher_cache(cached[0], processor) if cached else None
+        # The teachers the variants need, by the training loop's own rule (`build_teachers`).
+        self.teacher, self.cache = build_teachers(
+            list(configs.values()), self.unwrapped, processor, self.accelerator.device
+        )
         self.last_terms: dict[str, dict[str, float]] = {}
 
     def step(self, variant: str, batch: dict[str, Any] | None = None) -> None:
         """One optimiser step of `variant` on `batch` (default: the runner's), as the body of training/train.py's loop
         (without the LR scheduler)."""
         from training.builders import harmoclip_settings
-        from training.train import forward_objective
+        from training.step import training_step
 
         config, accelerator = self.configs[variant], self.accelerator
         batch = self.batch if batch is None else batch
@@ -201,19 +189,19 @@ class StepRunner:
         # built for that training config would hold.
         for name, value in harmoclip_settings(config).items():
             setattr(self.unwrapped.config, name, value)
-        terms = forward_objective(self.model, self.unwrapped, batch, config, accelerator, self.teacher, self.cache)
-        finite = bool(accelerator.reduce(torch.isfinite(terms.total.detach()).float(), "min") > 0)
-        if not finite:
+        micro_terms = training_step(
+            self.model,
+            self.unwrapped,
+            self.optimizer,
+            itertools.repeat(batch),
+            config,
+            accelerator,
+            self.teacher,
+            self.cache,
+        )
+        if micro_terms is None:
             raise RuntimeError(f"{variant}: non-finite loss in the benchmark step")
-        accelerator.backward(terms.total)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.unwrapped.logit_scale.clamp_(0, math.log(config.max_logit_scale))
-            self.unwrapped.region_logit_scale.clamp_(0, math.log(config.max_logit_scale))
-        self.last_terms[variant] = terms.as_floats()
+        self.last_terms[variant] = micro_terms[-1]
 
 
 def measure_memory_here(args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str) -> dict[str, Any]:

@@ -66,6 +66,8 @@ def load_tokenizer_and_image_processor(folder: str | Path):
 
 def save_processor(folder: str | Path, tokenizer, image_processor) -> None:
     """Writes a plain `CLIPProcessor` (no remote code): what an exported CLIP folder carries."""
+    if callable(getattr(image_processor, "to_clip", None)):  # HarmoCLIP's image processor: its CLIP settings
+        image_processor = image_processor.to_clip()
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 

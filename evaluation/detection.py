@@ -6,7 +6,7 @@ held-out split).
     python -m evaluation.evaluate --model PATH --task detection --data instances_val2017.json --image-root val2017 \\
         --baseline-model GC_ONLY_PATH
 
-The same proposals (`detection.detect_objects`: the model's label maps and windows) are scored two ways by the model,
+The same proposals (`HarmoCLIPModel.detect`: the model's label maps and windows) are scored two ways by the model,
 ``dense`` (HarmoCLIP's region embeddings, one encoder pass) and ``crop`` (crop-and-encode: each box's crop through the
 global image encoder), and, with a baseline model (e.g. one trained with the global contrast alone), ``baseline`` (its
 own proposals and region embeddings).
@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detect_objects
-from modeling_harmoclip.pipeline_detection import DEFAULT_BACKGROUND, encode_candidates
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.box_ops import xyxy_to_xywh
+from modeling_harmoclip.detection import detections_from_box_embeddings
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
+from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
 
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown
 
@@ -138,7 +138,7 @@ def image_detections(
     processor = processor.as_region_mode()
     parameter = next(model.parameters())
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(parameter.device, parameter.dtype)
-    outputs = detect_objects(model, pixel_values, label_embeds, background_embed)
+    outputs = model.detect(pixel_values, label_embeds, background_embed)
     if scorer == "crop":
         width, height = image.size
         # The region preset resizes to a square without crop: normalised boxes scale straight to pixels.
@@ -147,14 +147,8 @@ def image_detections(
         crops = model.get_crop_features(
             batch["crop_pixel_values"].to(parameter.device, parameter.dtype), batch["crop_mask"]
         )
-        classes = label_embeds if background_embed is None else torch.cat([label_embeds, background_embed[None]])
-        probabilities = (model.logit_scale.exp().item() * crops.float() @ classes.float().t().to(crops.device)).softmax(
-            -1
-        )
-        outputs = HarmoCLIPDetectionOutput(
-            scores=probabilities[..., : len(label_embeds)].cpu() * batch["crop_mask"][..., None],
-            pred_boxes=batch["boxes"],
-            box_mask=batch["crop_mask"],
+        outputs = detections_from_box_embeddings(
+            crops, batch["boxes"], batch["crop_mask"], label_embeds, model.logit_scale.exp(), background_embed
         )
     return processor.post_process_object_detection(
         outputs, threshold=0.0, target_sizes=[(image.height, image.width)], top_k=max_detections
@@ -183,12 +177,11 @@ def detect_dataset(
         image = Image.open(path).convert("RGB")
         found = image_detections(model, processor, image, label_embeds, background_embed, scorer, crop_scale)
         for score, label, box in zip(found["scores"].tolist(), found["labels"].tolist(), found["boxes"].tolist()):
-            x1, y1, x2, y2 = box
             results.append(
                 {
                     "image_id": image_info["id"],
                     "category_id": data.category_ids[label],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": xyxy_to_xywh(box),
                     "score": score,
                 }
             )

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from modeling_harmoclip.box_ops import xywh_to_xyxy
 from modeling_harmoclip.image_io import read_image
 from plumbing.json_files import read_json
 
@@ -186,11 +187,6 @@ def _retrieval_records(
     return RetrievalData(image_paths, captions, caption_image, source=str(path), split=split)
 
 
-def _xywh_to_xyxy(box: Sequence[float]) -> list[float]:
-    x, y, w, h = (float(value) for value in box)
-    return [x, y, x + w, y + h]
-
-
 def _valid_box(box: Sequence[float]) -> bool:
     return len(box) == 4 and box[2] > box[0] and box[3] > box[1]
 
@@ -221,7 +217,7 @@ def _read_coco_boxes(
         if item.get("iscrowd", 0):
             skipped["crowd"] += 1
             continue
-        box = _xywh_to_xyxy(item["bbox"])
+        box = xywh_to_xyxy(item["bbox"])
         if not _valid_box(box):
             skipped["empty"] += 1
             continue

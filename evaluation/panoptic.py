@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from modeling_harmoclip.box_ops import xywh_to_xyxy
 from plumbing.json_files import read_json
 
 from .eval_data import BoxClassificationData, BoxImage
@@ -113,8 +114,7 @@ def read_panoptic_boxes(
                     f"{path}: segment {segment.get('id')} of image {image['id']} has unknown category_id {category}"
                 )
             if is_thing[category]:
-                x, y, w, h = (float(value) for value in segment["bbox"])
-                box = [x, y, x + w, y + h]
+                box = xywh_to_xyxy(segment["bbox"])
             else:
                 if ids is None:
                     ids = segment_ids(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modeling_harmoclip.processing_harmoclip import DEFAULT_CROP_SCALE, BoxGeometry
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE, BoxGeometry
 
 from .embeddings import (
     compute_box_embeddings,

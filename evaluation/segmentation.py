@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.detection import BACKGROUND, SEGMENTATION_THRESHOLD, detect_objects
-from modeling_harmoclip.pipeline_detection import DEFAULT_BACKGROUND, encode_candidates
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
+from modeling_harmoclip.detection import BACKGROUND, SEGMENTATION_THRESHOLD
+from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
 
 
 def manifest_class_names(manifest: str | Path, records: Sequence[dict[str, Any]]) -> list[str]:
@@ -114,8 +113,7 @@ def evaluate_segmentation(
     for record in tqdm(records, desc="segmentation", disable=not show_progress):
         image = Image.open(manifest.parent / record["image"]).convert("RGB")
         pixel_values = region_processor(images=image, return_tensors="pt", **options)["pixel_values"]
-        outputs = detect_objects(
-            model,
+        outputs = model.detect(
             pixel_values.to(parameter.device, parameter.dtype),
             label_embeds,
             background_embed,

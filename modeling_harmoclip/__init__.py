@@ -5,6 +5,7 @@ standard library and its siblings (relatively), so `trust_remote_code=True` load
 """
 
 from .configuration_harmoclip import HarmoCLIPConfig
+from .image_processing_harmoclip import HarmoCLIPImageProcessor
 from .losses import (
     HarmoCLIPLoss,
     global_contrastive_loss,
@@ -24,6 +25,7 @@ __all__ = [
     "HarmoCLIPModel",
     "HarmoCLIPOutput",
     "HarmoCLIPProcessor",
+    "HarmoCLIPImageProcessor",
     "RegionClassificationPipeline",
     "ZeroShotRegionDetectionPipeline",
     "DenseSegmentationPipeline",

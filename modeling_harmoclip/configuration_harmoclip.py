@@ -189,10 +189,12 @@ def recipe_defaults() -> dict[str, Any]:
 class HarmoCLIPConfig(CLIPConfig):
     r"""
     Configuration of a [`HarmoCLIPModel`]. Everything `CLIPConfig` holds (``text_config``, ``vision_config``,
-    ``projection_dim``, ``logit_scale_init_value``) plus the recipe (`RECIPE_FIELDS`), whose defaults are the
-    `harmoclip` recipe (`RECIPES`: GC + 0.5 LRC + GR under a frozen teacher, the region terms without text-tower
-    gradients), so that `model(**batch, return_loss=True)` computes the loss `training/train.py` trains with.
-    `HarmoCLIPConfig.from_recipe("clipself", ...)` builds another named recipe, explicit fields over it:
+    ``projection_dim``, ``logit_scale_init_value``) plus the recipe (`RECIPE_FIELDS`): the loss weights, the GR
+    teacher and the region settings listed below. Their defaults are those of the named recipe `recipe_name`
+    (`RECIPES` says what each name holds); `HarmoCLIPConfig.from_recipe("clipself", ...)` builds another named recipe,
+    explicit fields over it. The model's `forward(return_loss=True)` and the training step assemble the loss from these
+    fields with the same function (`losses.recipe_loss`), so `model(**batch, return_loss=True)` computes the loss a
+    training run with the same recipe trains with:
 
     recipe_name (`str` or `None`, defaults to `"harmoclip"`):
         The named recipe (`RECIPES`) the recipe fields started from; fields that differ from it were given explicitly

@@ -2,7 +2,7 @@
 maps, every box scored by its region embedding from the same encoder pass, class-wise non-maximum suppression in
 torch, and the label map at an image's size.
 
-    outputs = detect_objects(model, pixel_values, label_embeds, background_embed)
+    outputs = model.detect(pixel_values, label_embeds, background_embed)
     processor.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(360, 640)])
     processor.post_process_semantic_segmentation(outputs, target_sizes=[(360, 640)])
 
@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from .modeling_harmoclip import check_boxes
+from .box_ops import NMS_IOU, batched_nms, box_iou, check_boxes, check_threshold, nms
+from .dense_features import pool_regions
+from .zero_shot import check_top_k, label_and_background_probabilities
 
 # Each label's probability map is cut at these levels; every connected region above a level is a proposal.
 MAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
@@ -32,7 +34,6 @@ MAP_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 # 13.6 to 11.0, and the lower map levels 0.1 and 0.2 raised it from 13.6 to 17.9; `window_scales` adds windows back.
 WINDOW_SCALES = (1.0,)
 MAX_PROPOSALS = 400
-NMS_IOU = 0.5
 BACKGROUND = -1  # the label-map value of background pixels
 # The least probability a pixel's best label needs in the segmentation pipeline: on the synthetic held-out split (the
 # first 100 images, the main job's model) mIoU was 14.3 at 0, 15.2 at 0.3, 9.8 at 0.5, because the "background" text,
@@ -43,7 +44,7 @@ SEGMENTATION_THRESHOLD = 0.3
 @dataclass
 class HarmoCLIPDetectionOutput(ModelOutput):
     r"""
-    What `detect_objects` returns, read by the processor's `post_process_object_detection` and
+    What `HarmoCLIPModel.detect` returns, read by the processor's `post_process_object_detection` and
     `post_process_semantic_segmentation`.
 
     scores (`torch.FloatTensor` of shape `(B, N, L)`):
@@ -65,13 +66,6 @@ class HarmoCLIPDetectionOutput(ModelOutput):
     background_probabilities: torch.Tensor | None = None
 
 
-def check_threshold(value: Any, name: str = "threshold") -> float:
-    """`value` as a float in [0, 1]; a `ValueError` naming `name` and the value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def check_target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
     """Per image its (height, width) as positive ints, one per image of the batch."""
     if target_sizes is None or len(target_sizes) != batch:
@@ -84,51 +78,6 @@ def check_target_sizes(target_sizes: Any, batch: int) -> list[tuple[int, int]]:
             raise ValueError(f"`target_sizes`[{index}] must be a (height, width) of positive ints, got {size!r}")
         sizes.append((values[0], values[1]))
     return sizes
-
-
-# ---------------------------------------------------------------------------------------------- boxes
-
-
-def box_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """(N, 4) and (M, 4) xyxy boxes -> (N, M) intersection over union (0 where both are empty)."""
-    area_first = (first[:, 2] - first[:, 0]).clamp(min=0) * (first[:, 3] - first[:, 1]).clamp(min=0)
-    area_second = (second[:, 2] - second[:, 0]).clamp(min=0) * (second[:, 3] - second[:, 1]).clamp(min=0)
-    top_left = torch.maximum(first[:, None, :2], second[None, :, :2])
-    bottom_right = torch.minimum(first[:, None, 2:], second[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-    union = area_first[:, None] + area_second[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = NMS_IOU) -> torch.Tensor:
-    """Greedy non-maximum suppression: (N, 4) xyxy boxes, (N,) scores -> int64 indices of the kept boxes, best first.
-
-    A box is dropped when its IoU with a better kept box is above `iou_threshold`; equal scores keep the earlier box.
-    """
-    iou_threshold = check_threshold(iou_threshold, "iou_threshold")
-    order = torch.sort(scores, descending=True, stable=True).indices
-    overlaps = box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
-    keep = []
-    for position in range(len(order)):
-        if not suppressed[position]:
-            keep.append(position)
-            suppressed |= overlaps[position].cpu()
-    return order[torch.tensor(keep, dtype=torch.int64)] if keep else order[:0]
-
-
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float = NMS_IOU
-) -> torch.Tensor:
-    """Class-wise NMS: boxes suppress only boxes of their own label. (N, 4), (N,), (N,) -> kept indices, best first."""
-    kept = [
-        torch.nonzero(labels == label).flatten()[nms(boxes[labels == label], scores[labels == label], iou_threshold)]
-        for label in labels.unique().tolist()
-    ]
-    if not kept:
-        return torch.zeros(0, dtype=torch.int64)
-    kept = torch.cat(kept).sort().values  # equal scores: the earlier box first
-    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
 
 
 # ---------------------------------------------------------------------------------------------- proposals
@@ -210,70 +159,95 @@ def propose_boxes(
 # ---------------------------------------------------------------------------------------------- model
 
 
-def _probabilities(
-    embeds: torch.Tensor, label_embeds: torch.Tensor, background_embed: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(..., D) embeddings -> (..., L) label probabilities and (...) background probability (softmax over both)."""
-    classes = label_embeds if background_embed is None else torch.cat([label_embeds, background_embed.reshape(1, -1)])
-    probabilities = (scale * embeds.float() @ classes.float().t()).softmax(dim=-1)
-    if background_embed is None:
-        return probabilities, None
-    return probabilities[..., :-1], probabilities[..., -1]
+def _padded_proposals(dense_probabilities: torch.Tensor, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image `propose_boxes` of its (L, h, w) maps, padded: (B, N, 4) boxes and their (B, N) mask."""
+    proposals = [propose_boxes(maps, **options) for maps in dense_probabilities]
+    most = max(len(image_boxes) for image_boxes in proposals)
+    boxes = torch.zeros(len(proposals), most, 4)
+    box_mask = torch.zeros(len(proposals), most, dtype=torch.bool)
+    for index, image_boxes in enumerate(proposals):
+        boxes[index, : len(image_boxes)], box_mask[index, : len(image_boxes)] = image_boxes, True
+    return boxes, box_mask
 
 
-@torch.no_grad()
-def detect_objects(
-    model: torch.nn.Module,
-    pixel_values: torch.Tensor,
+def detections_from_dense_map(
+    dense: torch.Tensor,
     label_embeds: torch.Tensor,
+    logit_scale: float,
     background_embed: torch.Tensor | None = None,
     boxes: torch.Tensor | None = None,
     box_mask: torch.Tensor | None = None,
-    interpolate_pos_encoding: bool = False,
+    region_pooling: str = "normalize_then_pool",
     map_thresholds: Sequence[float] = MAP_THRESHOLDS,
     window_scales: Sequence[float] = WINDOW_SCALES,
     max_proposals: int = MAX_PROPOSALS,
 ) -> HarmoCLIPDetectionOutput:
-    """Label maps, proposals and region scores from one pass of HarmoCLIP's image encoder.
+    """Label maps, proposals and region scores from a dense map: what `HarmoCLIPModel.detect` returns.
 
     Args:
-        model: a `HarmoCLIPModel`; pixel_values: (B, 3, H, W).
-        label_embeds: (L, D) L2-normalised label embeddings (`pipeline_harmoclip.label_embeddings`).
+        dense: (B, D, h, w) projected, unnormalised patch features (`dense_features.dense_map`).
+        label_embeds: (L, D) L2-normalised label embeddings (`zero_shot.label_embeddings`).
+        logit_scale: the temperature multiplier (`model.logit_scale.exp()`).
         background_embed: (D,) the background's embedding, or None for no background (see the module docstring).
-        boxes: (B, N, 4) normalised xyxy boxes of the user's in the frame of `pixel_values`; None: the model proposes
-            boxes from its label maps (`propose_boxes`). box_mask: (B, N) valid boxes (default all).
-    Returns:
-        `HarmoCLIPDetectionOutput`, probabilities at the model's temperature `logit_scale.exp()`.
+        boxes: (B, N, 4) normalised xyxy boxes of the user's in the frame of the map; None: boxes are proposed from the
+            label maps (`propose_boxes`). box_mask: (B, N) valid boxes (default all).
+        region_pooling: as the model's config (`dense_features.pool_regions`).
     """
     if label_embeds.dim() != 2 or label_embeds.shape[0] == 0:
         raise ValueError(f"`label_embeds` must have shape (L, D) with L >= 1, got {tuple(label_embeds.shape)}")
-    scale = model.logit_scale.exp().item()
-    dense = model._dense_from_trunk(
-        model._vision_trunk(pixel_values, interpolate_pos_encoding), model._patch_grid(pixel_values)
-    )  # (B, D, h, w), unnormalised: region pooling reads it as `get_region_features` does
     patches = F.normalize(dense.float(), dim=1, eps=1e-12).permute(0, 2, 3, 1)  # (B, h, w, D)
     label_embeds = label_embeds.to(patches.device)
     background_embed = background_embed.to(patches.device) if background_embed is not None else None
-    dense_probabilities, background = _probabilities(patches, label_embeds, background_embed, scale)
+    dense_probabilities, background = label_and_background_probabilities(
+        patches, label_embeds, logit_scale, background_embed
+    )
     dense_probabilities = dense_probabilities.permute(0, 3, 1, 2)  # (B, L, h, w)
     if boxes is None:
-        proposals = [propose_boxes(maps, map_thresholds, window_scales, max_proposals) for maps in dense_probabilities]
-        most = max(len(image_boxes) for image_boxes in proposals)
-        boxes = torch.zeros(len(proposals), most, 4)
-        box_mask = torch.zeros(len(proposals), most, dtype=torch.bool)
-        for index, image_boxes in enumerate(proposals):
-            boxes[index, : len(image_boxes)], box_mask[index, : len(image_boxes)] = image_boxes, True
+        boxes, box_mask = _padded_proposals(
+            dense_probabilities, map_thresholds=map_thresholds, window_scales=window_scales, max_proposals=max_proposals
+        )
     box_mask = check_boxes(boxes, box_mask)
     boxes, box_mask = boxes.to(dense.device), box_mask.to(dense.device)
-    regions = model._pool_regions(dense, boxes, box_mask)  # (B, N, D)
-    scores, _ = _probabilities(regions, label_embeds, background_embed, scale)
-    return HarmoCLIPDetectionOutput(
-        scores=(scores * box_mask[..., None]).cpu(),
-        pred_boxes=boxes.float().cpu(),
-        box_mask=box_mask.cpu(),
+    regions = pool_regions(dense, boxes, box_mask, region_pooling)  # (B, N, D), as `get_region_features`
+    return detections_from_box_embeddings(
+        regions,
+        boxes,
+        box_mask,
+        label_embeds,
+        logit_scale,
+        background_embed,
         dense_probabilities=dense_probabilities.cpu(),
         background_probabilities=background.cpu() if background is not None else None,
     )
+
+
+def detections_from_box_embeddings(
+    box_embeds: torch.Tensor,
+    boxes: torch.Tensor,
+    box_mask: torch.Tensor,
+    label_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    background_embed: torch.Tensor | None = None,
+    **maps: torch.Tensor | None,
+) -> HarmoCLIPDetectionOutput:
+    """Boxes scored by their embeddings, whatever gave them (region embeddings of the dense map, or crops encoded by
+    the global encoder): (B, N, D) embeddings, (B, N, 4) normalised xyxy boxes, (B, N) mask -> the detection output
+    (`zero_shot.label_probabilities`, background dropped; masked rows zero), on the CPU. `maps`: the dense fields."""
+    scores = label_and_background_probabilities(box_embeds, label_embeds, logit_scale, background_embed)[0]
+    return HarmoCLIPDetectionOutput(
+        scores=(scores * box_mask[..., None].to(scores.device)).cpu(),
+        pred_boxes=boxes.float().cpu(),
+        box_mask=box_mask.cpu(),
+        **maps,
+    )
+
+
+def detect_objects(
+    model: torch.nn.Module, pixel_values: torch.Tensor, *args: Any, **kwargs: Any
+) -> HarmoCLIPDetectionOutput:
+    """`model.detect(pixel_values, label_embeds, ...)`, HarmoCLIP's detection from one pass of its image encoder
+    (kept for callers of the function form)."""
+    return model.detect(pixel_values, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- post-processing
@@ -297,8 +271,7 @@ def select_detections(
         `{"scores": (K,), "labels": (K,) int64 label indices, "boxes": (K, 4)}`, best first.
     """
     threshold = check_threshold(threshold)
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
+    top_k = check_top_k(top_k)
     valid = torch.ones(len(scores), dtype=torch.bool) if box_mask is None else box_mask.cpu().bool()
     scores, boxes = scores.detach().float().cpu(), boxes.detach().float().cpu()
     pair = ((scores >= threshold) & valid[:, None]).nonzero()  # (K, 2): box, label
@@ -361,6 +334,8 @@ __all__ = [
     "window_boxes",
     "propose_boxes",
     "detect_objects",
+    "detections_from_dense_map",
+    "detections_from_box_embeddings",
     "select_detections",
     "resample_maps",
     "semantic_label_map",

@@ -1,5 +1,6 @@
 """HarmoCLIP's loss: the terms as plain functions on embeddings, and `harmoclip_loss`, the one place that selects the
-terms that apply and weights them (the model's `forward(return_loss=True)` and the training loop both call it).
+terms that apply and weights them, and `recipe_loss`, which reads the weights from a recipe (the model's
+`forward(return_loss=True)` and the training step both call it).
 
 Nothing here talks to `torch.distributed`. For a multi-process run the training code passes a `RowGatherer` that
 gathers the embeddings of all processes (with gradients): each process then computes only its own rows of each logit
@@ -12,10 +13,12 @@ single-process loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from .configuration_harmoclip import loss_weights
 
 
 def _reduce(per_row: torch.Tensor, normalizer: float | None) -> torch.Tensor:
@@ -349,6 +352,46 @@ def harmoclip_loss(
     )
 
 
+def recipe_loss(
+    recipe: Any,
+    outputs: Any,
+    logit_scale: torch.Tensor,
+    region_logit_scale: torch.Tensor,
+    phrase_ids: torch.Tensor | None = None,
+    category_ids: torch.Tensor | None = None,
+    teacher_region_embeds: torch.Tensor | None = None,
+    gatherer: RowGatherer | None = None,
+) -> HarmoCLIPLoss:
+    """A recipe's loss on a model's outputs: the one assembly that `HarmoCLIPModel.forward(return_loss=True)` and the
+    training step (training/step.py) share.
+
+    Args:
+        recipe: a `HarmoCLIPConfig` or a `TrainConfig` (its loss weights, `gr_teacher`, `lrc_mask_categories`).
+        outputs: a `HarmoCLIPOutput` (or anything with its `image_embeds`, `text_embeds`, `region_embeds`,
+            `lexeme_embeds`, `phrase_embeds`, `linked_mask`, `region_mask`).
+        logit_scale, region_logit_scale: the model's `logit_scale` and `lrc_rla_logit_scale`.
+        phrase_ids, category_ids: (B, N) ids (category ids are used when `recipe.lrc_mask_categories`).
+        teacher_region_embeds: (B, N, D) GR targets; gatherer: as `harmoclip_loss` (default this batch alone).
+    """
+    return harmoclip_loss(
+        outputs.image_embeds.float(),
+        outputs.text_embeds.float(),
+        logit_scale,
+        **loss_weights(recipe),
+        region_embeds=outputs.region_embeds,
+        lexeme_embeds=outputs.lexeme_embeds,
+        phrase_embeds=outputs.phrase_embeds,
+        linked_mask=outputs.linked_mask,
+        region_mask=outputs.region_mask,
+        phrase_ids=phrase_ids,
+        category_ids=category_ids if recipe.lrc_mask_categories else None,
+        region_logit_scale=region_logit_scale,
+        teacher_region_embeds=teacher_region_embeds,
+        teacher_grad=recipe.gr_teacher == "self_with_grad",
+        gatherer=gatherer,
+    )
+
+
 def _normalizer(counts: list[int], world_size: int) -> float | None:
     """The divisor that makes the per-process losses average to the single-process loss (None: one process)."""
     return None if world_size == 1 else sum(counts) / world_size
@@ -432,6 +475,7 @@ def _region_alignment_term(
 
 __all__ = [
     "harmoclip_loss",
+    "recipe_loss",
     "HarmoCLIPLoss",
     "RowGatherer",
     "LocalRows",

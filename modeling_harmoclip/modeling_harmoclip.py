@@ -13,9 +13,8 @@ and a HarmoCLIP checkpoint's towers load into a plain `CLIPModel`. On top of it:
 - the losses GC, LRC, RLA and GR (see `losses.py`), weighted by the config.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -23,15 +22,24 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 from transformers import initialization as init
-from transformers.dynamic_module_utils import custom_object_save
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
-from .configuration_harmoclip import HarmoCLIPConfig, loss_weights
-from .losses import harmoclip_loss
-from .roi_align import roi_align_per_image
+from .box_ops import check_boxes
+from .configuration_harmoclip import HarmoCLIPConfig
+from .dense_features import dense_map, image_features_and_regions, pool_regions, value_path_layer
+from .detection import (
+    MAP_THRESHOLDS,
+    MAX_PROPOSALS,
+    WINDOW_SCALES,
+    HarmoCLIPDetectionOutput,
+    detections_from_dense_map,
+)
+from .hub_code import copy_code_files, custom_pipelines
+from .input_checks import check_crop_inputs, check_phrase_token_mask, check_region_inputs
+from .losses import recipe_loss
+from .text_features import lexemes_from_states, lexemes_separate, phrase_embeddings
 
 # Crops are encoded in chunks of this many to bound activation memory whatever the number of boxes.
 CROP_CHUNK_SIZE = 64
@@ -73,48 +81,27 @@ def trains_region_logit_scale(config: HarmoCLIPConfig) -> bool:
     return config.region_logit_scale_mode != "shared" and (config.loss_lrc_weight > 0 or config.loss_rla_weight > 0)
 
 
-def value_path_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """A CLIP encoder layer with attention replaced by its value path (CLIPSelf / FineCLIP's dense features):
-    (B, L, C) -> (B, L, C), ``x + out_proj(v_proj(ln1(x)))`` then the MLP with its residual."""
-    attention = layer.self_attn
-    hidden = hidden + attention.out_proj(attention.v_proj(layer.layer_norm1(hidden)))
-    return hidden + layer.mlp(layer.layer_norm2(hidden))
+def own_teacher_targets(
+    model: nn.Module, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor | None, box_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, N, D) GR targets from the model itself: its crop embeddings (`get_crop_features`), with gradients only under
+    `gr_teacher="self_with_grad"`."""
+    teacher = model.config.gr_teacher
+    if teacher not in ("self_with_grad", "self_stop_grad"):
+        raise ValueError(
+            f"`crop_pixel_values` make the model its own GR teacher, which needs `gr_teacher` 'self_with_grad' or "
+            f"'self_stop_grad', got {teacher!r}; give a {teacher} teacher's targets as `teacher_region_embeds` "
+            "(harmoclip-cache-teacher computes the starting weights' once)"
+        )
+    mask = crop_mask
+    if box_mask is not None:
+        mask = box_mask.bool() if mask is None else mask.bool() & box_mask.bool()
+    with torch.set_grad_enabled(teacher == "self_with_grad" and torch.is_grad_enabled()):
+        return model.get_crop_features(crop_pixel_values.to(model.dtype), mask)
 
 
 def _normalize(embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds, dim=-1, eps=1e-12)
-
-
-def check_boxes(boxes: torch.Tensor, box_mask: torch.Tensor | None, name: str = "boxes") -> torch.Tensor:
-    """Validates (B, N, 4) xyxy boxes and returns the (B, N) bool mask of valid boxes.
-
-    Raises `ValueError` naming the argument and the first offending (image, box) index. The shape checks always run;
-    the value checks (finite, not inverted) read the boxes on the host, so inside `torch.compile` / `torch.export`
-    they are left out (no graph break): run this function eagerly before the compiled call, as
-    `HarmoCLIPModel.compiled_region_features` does.
-    """
-    if not isinstance(boxes, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (B, N, 4), got {type(boxes).__name__}")
-    if boxes.dim() != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"`{name}` must have shape (B, N, 4) (xyxy per box), got {tuple(boxes.shape)}")
-    if box_mask is None:
-        box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
-    else:
-        if not isinstance(box_mask, torch.Tensor) or tuple(box_mask.shape) != tuple(boxes.shape[:2]):
-            shape = tuple(box_mask.shape) if isinstance(box_mask, torch.Tensor) else type(box_mask).__name__
-            raise ValueError(f"`box_mask` must have shape {tuple(boxes.shape[:2])} to match `{name}`, got {shape}")
-        box_mask = box_mask.to(device=boxes.device, dtype=torch.bool)
-    if torch.compiler.is_compiling():
-        return box_mask
-    bad_value = ~torch.isfinite(boxes).all(dim=-1) & box_mask
-    inverted = ((boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])) & box_mask
-    if (bad_value | inverted).any():  # one host synchronisation for both checks
-        if bad_value.any():
-            b, n = bad_value.nonzero()[0].tolist()
-            raise ValueError(f"`{name}`[{b}, {n}] is not finite: {boxes[b, n].tolist()}")
-        b, n = inverted.nonzero()[0].tolist()
-        raise ValueError(f"`{name}`[{b}, {n}] is empty or inverted (need x2 > x1 and y2 > y1): {boxes[b, n].tolist()}")
-    return box_mask
 
 
 class HarmoCLIPModel(CLIPModel):
@@ -174,73 +161,18 @@ class HarmoCLIPModel(CLIPModel):
             f"{self.__class__.__module__.split('.')[-1]}.{self.__class__.__name__}"
         )
         self.config.auto_map = auto_map
-        # The region-classification, detection, segmentation and phrase-grounding pipelines ship with the model: their config entries,
-        # and their files beside the code.
-        from .pipeline_detection import ZeroShotRegionDetectionPipeline, detection_pipelines_entry
-        from .pipeline_grounding import PhraseGroundingPipeline, grounding_pipelines_entry
-        from .pipeline_harmoclip import RegionClassificationPipeline, custom_pipelines_entry
-
-        self.config.custom_pipelines = (
-            custom_pipelines_entry() | detection_pipelines_entry() | grounding_pipelines_entry()
-        )
+        # The pipelines and the processor ship with the model: their config entries and their files beside the code,
+        # as they registered themselves in `hub_code` (this file imports none of them).
+        self.config.custom_pipelines = custom_pipelines(getattr(self.config, "custom_pipelines", None))
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        for pipeline_class in (RegionClassificationPipeline, ZeroShotRegionDetectionPipeline, PhraseGroundingPipeline):
-            custom_object_save(pipeline_class, save_directory)
+        copy_code_files(save_directory, self.config.custom_pipelines)
         return result
 
     # ------------------------------------------------------------------ vision: trunk, dense map, regions
 
-    def _vision_trunk(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, 1 + h*w, C) hidden states entering the last vision layer."""
-        vision = self.vision_model
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        hidden = vision.pre_layrnorm(hidden)
-        for layer in vision.encoder.layers[:-1]:
-            hidden = layer(hidden, None)
-        return hidden
-
-    def _dense_from_trunk(self, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features."""
-        layer = self.vision_model.encoder.layers[-1]
-        if self.config.dense_mode == "value":
-            if getattr(layer, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
-                # Gradient checkpointing is on: the value path is recomputed in the backward pass like the layers.
-                hidden = layer._gradient_checkpointing_func(partial(value_path_layer, layer), hidden)
-            else:
-                hidden = value_path_layer(layer, hidden)
-        else:
-            hidden = layer(hidden, None)
-        patches = self.visual_projection(self.vision_model.post_layernorm(hidden[:, 1:]))
-        batch, _, dim = patches.shape
-        return patches.transpose(1, 2).reshape(batch, dim, grid[0], grid[1])
-
-    def _patch_grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
-        patch = self.config.vision_config.patch_size
-        return pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
-
     def get_dense_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D, H/patch, W/patch) patch embeddings in the joint space, L2-normalised per location."""
-        dense = self._dense_from_trunk(
-            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
-        )
-        return F.normalize(dense, dim=1, eps=1e-12)
-
-    def _pool_regions(self, dense: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor) -> torch.Tensor:
-        """RoIAlign (1x1) of the dense map (B, D, h, w) at normalised xyxy boxes (B, N, 4) -> (B, N, D), normalised.
-
-        With `region_pooling="normalize_then_pool"` every patch vector is L2-normalised before pooling, so that a few
-        high-norm patch tokens do not dominate a box. Every box of every image in two batched matrix products; masked
-        boxes (which may hold anything) are pooled at a placeholder box and their rows zeroed."""
-        height, width = dense.shape[-2:]
-        scale = boxes.new_tensor([width, height, width, height], dtype=torch.float32)
-        placeholder = boxes.new_tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float32)
-        boxes = torch.where(box_mask[..., None], boxes.float(), placeholder) * scale
-        dense = dense.float()
-        if self.config.region_pooling == "normalize_then_pool":
-            dense = F.normalize(dense, dim=1, eps=1e-12)
-        pooled = roi_align_per_image(dense, boxes, output_size=1, sampling_ratio=-1, aligned=True)
-        regions = _normalize(pooled.flatten(2))  # (B, N, D)
-        return regions * box_mask[..., None].to(regions.dtype)
+        return F.normalize(dense_map(self, pixel_values, interpolate_pos_encoding), dim=1, eps=1e-12)
 
     def get_region_features(
         self,
@@ -259,10 +191,8 @@ class HarmoCLIPModel(CLIPModel):
             (B, N, D) float32, L2-normalised; rows of masked boxes are zeros.
         """
         box_mask = check_boxes(boxes, box_mask)
-        dense = self._dense_from_trunk(
-            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
-        )
-        return self._pool_regions(dense, boxes, box_mask)
+        dense = dense_map(self, pixel_values, interpolate_pos_encoding)
+        return pool_regions(dense, boxes, box_mask, self.config.region_pooling)
 
     def get_region_and_dense_features(
         self,
@@ -279,10 +209,8 @@ class HarmoCLIPModel(CLIPModel):
             L2-normalised per location.
         """
         box_mask = check_boxes(boxes, box_mask)
-        dense = self._dense_from_trunk(
-            self._vision_trunk(pixel_values, interpolate_pos_encoding), self._patch_grid(pixel_values)
-        )
-        return self._pool_regions(dense, boxes, box_mask), F.normalize(dense, dim=1, eps=1e-12)
+        dense = dense_map(self, pixel_values, interpolate_pos_encoding)
+        return pool_regions(dense, boxes, box_mask, self.config.region_pooling), F.normalize(dense, dim=1, eps=1e-12)
 
     def compiled_region_features(self, **compile_options: Any) -> Callable[..., torch.Tensor]:
         """`get_region_features` under `torch.compile(**compile_options)` (one graph, no graph break), with the box
@@ -320,23 +248,8 @@ class HarmoCLIPModel(CLIPModel):
         Returns:
             (B, N, D) float32, L2-normalised; rows of masked crops are zeros.
         """
-        if not isinstance(crop_pixel_values, torch.Tensor) or crop_pixel_values.dim() != 5:
-            shape = (
-                tuple(crop_pixel_values.shape)
-                if isinstance(crop_pixel_values, torch.Tensor)
-                else type(crop_pixel_values).__name__
-            )
-            raise ValueError(f"`crop_pixel_values` must have shape (B, N, 3, S, S), got {shape}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}")
+        crop_mask = check_crop_inputs(crop_pixel_values, crop_mask, chunk_size)
         batch, num_boxes = crop_pixel_values.shape[:2]
-        if crop_mask is None:
-            crop_mask = torch.ones(batch, num_boxes, dtype=torch.bool, device=crop_pixel_values.device)
-        elif not isinstance(crop_mask, torch.Tensor) or tuple(crop_mask.shape) != (batch, num_boxes):
-            shape = tuple(crop_mask.shape) if isinstance(crop_mask, torch.Tensor) else type(crop_mask).__name__
-            raise ValueError(
-                f"`crop_mask` must have shape {(batch, num_boxes)} to match `crop_pixel_values`, got {shape}"
-            )
         crops = crop_pixel_values.flatten(0, 1)
         valid_index = crop_mask.to(device=crops.device, dtype=torch.bool).reshape(-1).nonzero(as_tuple=True)[0]
         embeds = crops.new_zeros(batch * num_boxes, self.config.projection_dim, dtype=torch.float32)
@@ -346,38 +259,6 @@ class HarmoCLIPModel(CLIPModel):
         return embeds.reshape(batch, num_boxes, -1)
 
     # ------------------------------------------------------------------ text: lexemes
-
-    def _lexemes_from_states(self, token_states: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of final token states (B, T, C) over each phrase's tokens (B, N, T) -> (B, N, D) normalised."""
-        weights = phrase_token_mask.to(token_states.dtype)
-        counts = weights.sum(-1, keepdim=True)
-        pooled = weights @ token_states / counts.clamp(min=1)
-        lexemes = _normalize(self.text_projection(pooled).float())
-        return lexemes * (counts > 0).to(lexemes.dtype)
-
-    def _lexemes_separate(self, input_ids: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
-        """Each phrase encoded as its own text: BOS + the phrase's caption tokens + EOS -> (B, N, D) normalised."""
-        batch, num_phrases, _ = phrase_token_mask.shape
-        linked = phrase_token_mask.any(-1).reshape(-1)
-        lexemes = torch.zeros(batch * num_phrases, self.config.projection_dim, device=input_ids.device)
-        if not linked.any():
-            return lexemes.reshape(batch, num_phrases, -1)
-        eos = self.config.text_config.eos_token_id
-        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        masks = phrase_token_mask.reshape(-1, phrase_token_mask.shape[-1])[linked]
-        captions = input_ids.repeat_interleave(num_phrases, dim=0)[linked]
-        sequences = [
-            torch.cat([caption[:1], caption[mask], caption.new_tensor([eos])]) for caption, mask in zip(captions, masks)
-        ]
-        longest = max(len(sequence) for sequence in sequences)
-        ids = input_ids.new_zeros(len(sequences), longest)
-        attention = torch.zeros_like(ids)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = sequence
-            attention[row, : len(sequence)] = 1
-        embeds = self.get_text_features(input_ids=ids, attention_mask=attention).pooler_output
-        lexemes = lexemes.index_copy(0, linked.nonzero(as_tuple=True)[0], _normalize(embeds.float()))
-        return lexemes.reshape(batch, num_phrases, -1)
 
     def get_lexeme_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, phrase_token_mask: torch.Tensor
@@ -395,9 +276,9 @@ class HarmoCLIPModel(CLIPModel):
         check_phrase_token_mask(phrase_token_mask, input_ids)
         phrase_token_mask = phrase_token_mask.to(device=input_ids.device, dtype=torch.bool)
         if self.config.lexeme_mode == "separate":
-            return self._lexemes_separate(input_ids, phrase_token_mask)
+            return lexemes_separate(self, input_ids, phrase_token_mask)
         states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self._lexemes_from_states(states, phrase_token_mask)
+        return lexemes_from_states(self, states, phrase_token_mask)
 
     def get_phrase_features(self, input_ids: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
         """Sentence-level phrase embeddings: each phrase encoded as its own text (BOS + its caption tokens + EOS)
@@ -409,123 +290,49 @@ class HarmoCLIPModel(CLIPModel):
             (B, N, D) float32, L2-normalised; rows without tokens are zeros.
         """
         check_phrase_token_mask(phrase_token_mask, input_ids)
-        return self._lexemes_separate(input_ids, phrase_token_mask.to(device=input_ids.device, dtype=torch.bool))
+        return lexemes_separate(self, input_ids, phrase_token_mask.to(device=input_ids.device, dtype=torch.bool))
+
+    # ------------------------------------------------------------------ detection
+
+    @torch.no_grad()
+    def detect(
+        self,
+        pixel_values: torch.Tensor,
+        label_embeds: torch.Tensor,
+        background_embed: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        map_thresholds: Sequence[float] = MAP_THRESHOLDS,
+        window_scales: Sequence[float] = WINDOW_SCALES,
+        max_proposals: int = MAX_PROPOSALS,
+    ) -> HarmoCLIPDetectionOutput:
+        """Open-vocabulary detection and label maps from one pass of the image encoder: per-patch label probabilities,
+        boxes proposed from them (or the user's), each box scored by its region embedding, at `logit_scale.exp()`.
+
+        Args:
+            pixel_values: (B, 3, H, W); label_embeds: (L, D) L2-normalised (`zero_shot.label_embeddings`);
+            background_embed: (D,) a label that competes and is dropped, or None (see `detection`'s docstring).
+            boxes: (B, N, 4) normalised xyxy in the frame of `pixel_values`; None: proposals from the label maps at
+                `map_thresholds` and `window_scales`, at most `max_proposals` per image. box_mask: (B, N) valid boxes.
+        Returns:
+            `HarmoCLIPDetectionOutput` (on the CPU), read by the processor's `post_process_object_detection` and
+            `post_process_semantic_segmentation`.
+        """
+        return detections_from_dense_map(
+            dense_map(self, pixel_values, interpolate_pos_encoding),
+            label_embeds,
+            self.logit_scale.exp().item(),
+            background_embed,
+            boxes,
+            box_mask,
+            self.config.region_pooling,
+            map_thresholds,
+            window_scales,
+            max_proposals,
+        )
 
     # ------------------------------------------------------------------ forward
-
-    def _image_features_and_trunk(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool, **kwargs: Any
-    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-        """`get_image_features` exactly as CLIP gives it (hidden states and attentions as asked) and, captured on the
-        way, the hidden states (B, 1 + h*w, C) entering the last vision layer: the one trunk pass that the global
-        embedding and the dense map share."""
-        captured: list[torch.Tensor] = []
-
-        def keep_first_input(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if not captured:  # a gradient-checkpointing recomputation calls the layer again
-                captured.append(args[0])
-
-        hook = self.vision_model.encoder.layers[-1].register_forward_pre_hook(keep_first_input)
-        try:
-            outputs = self.get_image_features(
-                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
-            )
-        finally:
-            hook.remove()
-        return outputs, captured[0]
-
-    def _check_region_inputs(
-        self,
-        input_ids: torch.Tensor,
-        boxes: torch.Tensor | None,
-        box_mask: torch.Tensor | None,
-        phrase_token_mask: torch.Tensor | None,
-        phrase_ids: torch.Tensor | None,
-        category_ids: torch.Tensor | None,
-        teacher_region_embeds: torch.Tensor | None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Checks the region inputs of `forward` against each other; returns the (B, N) valid boxes, the (B, N) boxes
-        linked to a phrase and the (B, N, T) bool phrase token mask on the text's device (None where not given)."""
-        region_mask = check_boxes(boxes, box_mask) if boxes is not None else None
-        linked_mask = None
-        if phrase_token_mask is not None:
-            if boxes is None:
-                raise ValueError("`phrase_token_mask` was given without `boxes`")
-            check_phrase_token_mask(phrase_token_mask, input_ids, boxes.shape[:2])
-            phrase_token_mask = phrase_token_mask.to(device=input_ids.device, dtype=torch.bool)
-            linked_mask = region_mask & phrase_token_mask.any(-1)
-            if phrase_ids is not None:
-                if not isinstance(phrase_ids, torch.Tensor) or tuple(phrase_ids.shape) != tuple(boxes.shape[:2]):
-                    shape = (
-                        tuple(phrase_ids.shape) if isinstance(phrase_ids, torch.Tensor) else type(phrase_ids).__name__
-                    )
-                    raise ValueError(f"`phrase_ids` must have shape {tuple(boxes.shape[:2])}, got {shape}")
-                needs_tokens = region_mask & (phrase_ids >= 0)
-                empty = needs_tokens & ~phrase_token_mask.any(-1)
-                if empty.any():
-                    b, n = empty.nonzero()[0].tolist()
-                    raise ValueError(
-                        f"`phrase_token_mask`[{b}, {n}] has no token set, but box ({b}, {n}) is valid and has phrase id "
-                        f"{int(phrase_ids[b, n])}"
-                    )
-                linked_mask = needs_tokens
-        if category_ids is not None:
-            if (
-                boxes is None
-                or not isinstance(category_ids, torch.Tensor)
-                or tuple(category_ids.shape) != tuple(boxes.shape[:2])
-            ):
-                expected = tuple(boxes.shape[:2]) if boxes is not None else "(B, N) with `boxes`"
-                shape = (
-                    tuple(category_ids.shape) if isinstance(category_ids, torch.Tensor) else type(category_ids).__name__
-                )
-                raise ValueError(f"`category_ids` must have shape {expected}, got {shape}")
-        if teacher_region_embeds is not None:
-            if boxes is None:
-                raise ValueError("`teacher_region_embeds` was given without `boxes`")
-            expected = (*boxes.shape[:2], self.config.projection_dim)
-            if tuple(teacher_region_embeds.shape) != expected:
-                raise ValueError(
-                    f"`teacher_region_embeds` must have shape {expected}, got {tuple(teacher_region_embeds.shape)}"
-                )
-        return region_mask, linked_mask, phrase_token_mask
-
-    def _phrase_embeddings(
-        self, input_ids: torch.Tensor, caption_states: torch.Tensor, linked_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, N, D) lexeme embeddings (LRC's texts: token states of the caption, or the phrases encoded alone in
-        "separate" lexeme mode) and, when RLA is weighted, (B, N, D) phrase embeddings (each phrase encoded alone).
-
-        Without `region_text_grad` both are constants to the loss: GC alone then trains the text tower."""
-        text_grad = self.config.region_text_grad and torch.is_grad_enabled()
-        phrase_embeds = None
-        if self.config.lexeme_mode == "separate" or self.config.loss_rla_weight > 0:
-            with torch.set_grad_enabled(text_grad):
-                phrase_embeds = self._lexemes_separate(input_ids, linked_tokens)
-        if self.config.lexeme_mode == "separate":
-            lexeme_embeds = phrase_embeds
-        else:
-            lexeme_embeds = self._lexemes_from_states(caption_states, linked_tokens)
-            lexeme_embeds = lexeme_embeds if text_grad else lexeme_embeds.detach()
-        return lexeme_embeds, phrase_embeds if self.config.loss_rla_weight > 0 else None
-
-    def _own_teacher_targets(
-        self, crop_pixel_values: torch.Tensor, crop_mask: torch.Tensor | None, box_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """(B, N, D) GR targets from the model itself: its crop embeddings, with gradients only under
-        `gr_teacher="self_with_grad"`."""
-        teacher = self.config.gr_teacher
-        if teacher not in ("self_with_grad", "self_stop_grad"):
-            raise ValueError(
-                f"`crop_pixel_values` make the model its own GR teacher, which needs `gr_teacher` 'self_with_grad' or "
-                f"'self_stop_grad', got {teacher!r}; give a {teacher} teacher's targets as `teacher_region_embeds` "
-                "(harmoclip-cache-teacher computes the starting weights' once)"
-            )
-        mask = crop_mask
-        if box_mask is not None:
-            mask = box_mask.bool() if mask is None else mask.bool() & box_mask.bool()
-        with torch.set_grad_enabled(teacher == "self_with_grad" and torch.is_grad_enabled()):
-            return self.get_crop_features(crop_pixel_values.to(self.dtype), mask)
 
     @can_return_tuple
     def forward(
@@ -568,37 +375,38 @@ class HarmoCLIPModel(CLIPModel):
             cached teacher's targets come as `teacher_region_embeds` (`harmoclip-cache-teacher` computes the frozen
             starting weights' once). What lets loops that only call `model(**batch)` (transformers' Trainer) train GR.
         return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
-            alone (`losses.harmoclip_loss`; a `ValueError` when none applies).
+            alone (`losses.recipe_loss` of this config; a `ValueError` when none applies).
 
         `phrase_embeds` (each phrase encoded alone) are computed with `phrase_token_mask` when `loss_rla_weight` > 0.
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("HarmoCLIPModel.forward needs both `pixel_values` and `input_ids`")
         if crop_pixel_values is not None and teacher_region_embeds is None:
-            teacher_region_embeds = self._own_teacher_targets(crop_pixel_values, crop_mask, box_mask)
-        region_mask, linked_mask, phrase_token_mask = self._check_region_inputs(
-            input_ids, boxes, box_mask, phrase_token_mask, phrase_ids, category_ids, teacher_region_embeds
+            teacher_region_embeds = own_teacher_targets(self, crop_pixel_values, crop_mask, box_mask)
+        region_mask, linked_mask, phrase_token_mask = check_region_inputs(
+            self.config.projection_dim,
+            input_ids,
+            boxes,
+            box_mask,
+            phrase_token_mask,
+            phrase_ids,
+            category_ids,
+            teacher_region_embeds,
         )
 
         # Image tower: with boxes, the dense map reuses the trunk of the global pass (only the last layer runs twice).
-        region_embeds = None
-        if boxes is None:
-            vision_outputs = self.get_image_features(
-                pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
-            )
-        else:
-            vision_outputs, trunk = self._image_features_and_trunk(pixel_values, interpolate_pos_encoding, **kwargs)
-            dense = self._dense_from_trunk(trunk, self._patch_grid(pixel_values))
-            region_embeds = self._pool_regions(dense, boxes, region_mask)
-
+        vision_outputs, region_embeds = image_features_and_regions(
+            self, pixel_values, boxes, region_mask, interpolate_pos_encoding, **kwargs
+        )
         # Text tower: the caption's pass also gives the token states of its phrases.
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         lexeme_embeds = phrase_embeds = None
         if phrase_token_mask is not None:
-            lexeme_embeds, phrase_embeds = self._phrase_embeddings(
-                input_ids, text_outputs.last_hidden_state, phrase_token_mask & linked_mask[..., None]
+            linked_tokens = phrase_token_mask & linked_mask[..., None]
+            lexeme_embeds, phrase_embeds = phrase_embeddings(
+                self, input_ids, text_outputs.last_hidden_state, linked_tokens
             )
 
         image_embeds = _normalize(vision_outputs.pooler_output)
@@ -606,27 +414,7 @@ class HarmoCLIPModel(CLIPModel):
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device) * self.logit_scale.exp()
         logits_per_image = logits_per_text.t()
 
-        terms = None
-        if return_loss:
-            terms = harmoclip_loss(
-                image_embeds,
-                text_embeds,
-                self.logit_scale,
-                **loss_weights(self.config),
-                region_embeds=region_embeds,
-                lexeme_embeds=lexeme_embeds,
-                phrase_embeds=phrase_embeds,
-                linked_mask=linked_mask,
-                region_mask=region_mask,
-                phrase_ids=phrase_ids,
-                category_ids=category_ids if self.config.lrc_mask_categories else None,
-                region_logit_scale=self.lrc_rla_logit_scale,
-                teacher_region_embeds=teacher_region_embeds,
-                teacher_grad=self.config.gr_teacher == "self_with_grad",
-            )
-
-        return HarmoCLIPOutput(
-            loss=terms.total if terms is not None else None,
+        outputs = HarmoCLIPOutput(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
@@ -638,32 +426,20 @@ class HarmoCLIPModel(CLIPModel):
             phrase_embeds=phrase_embeds,
             region_mask=region_mask,
             linked_mask=linked_mask,
-            loss_gc=terms.gc if terms is not None else None,
-            loss_lrc=terms.lrc if terms is not None else None,
-            loss_rla=terms.rla if terms is not None else None,
-            loss_gr=terms.gr if terms is not None else None,
         )
-
-
-def check_phrase_token_mask(
-    phrase_token_mask: torch.Tensor, input_ids: torch.Tensor, boxes_shape: tuple[int, ...] | torch.Size | None = None
-) -> None:
-    """Validates a (B, N, T) phrase token mask against (B, T) `input_ids` and, if given, the boxes' (B, N)."""
-    if not isinstance(phrase_token_mask, torch.Tensor):
-        raise TypeError(
-            f"`phrase_token_mask` must be a torch.Tensor of shape (B, N, T), got {type(phrase_token_mask).__name__}"
+        if not return_loss:
+            return outputs
+        terms = recipe_loss(
+            self.config,
+            outputs,
+            self.logit_scale,
+            self.lrc_rla_logit_scale,
+            phrase_ids=phrase_ids,
+            category_ids=category_ids,
+            teacher_region_embeds=teacher_region_embeds,
         )
-    batch, length = input_ids.shape
-    expected_n = (
-        boxes_shape[1]
-        if boxes_shape is not None
-        else phrase_token_mask.shape[1]
-        if phrase_token_mask.dim() == 3
-        else None
-    )
-    if phrase_token_mask.dim() != 3 or tuple(phrase_token_mask.shape) != (batch, expected_n, length):
-        raise ValueError(
-            f"`phrase_token_mask` must have shape (B, N, T) = ({batch}, {expected_n}, {length}), got {tuple(phrase_token_mask.shape)}"
+        return replace(
+            outputs, loss=terms.total, loss_gc=terms.gc, loss_lrc=terms.lrc, loss_rla=terms.rla, loss_gr=terms.gr
         )
 
 
@@ -676,4 +452,5 @@ __all__ = [
     "check_boxes",
     "check_phrase_token_mask",
     "trains_region_logit_scale",
+    "value_path_layer",
 ]

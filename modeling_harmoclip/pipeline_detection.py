@@ -13,7 +13,7 @@
     # [{"score": 0.74, "label": "dog", "mask": <PIL.Image.Image mode=L, the image's size>}, ...]
     segmenter("street.jpg")  # no labels: COCO panoptic's 133 class names (`coco_panoptic_labels`)
 
-Both read one pass of the image encoder (`detection.detect_objects`): the label maps, the proposals drawn from them (or
+Both read one pass of the image encoder (`HarmoCLIPModel.detect`): the label maps, the proposals drawn from them (or
 the user's `boxes=`) and the region embedding of every box. Labels go through `pipeline_harmoclip.resolve_label_embeddings`
 as region classification's do: reused across calls, or the caller's `label_embeds=`. `HarmoCLIPModel.save_pretrained` writes both tasks into the config's
 `custom_pipelines` and copies this file, so `pipeline(task, model=folder_or_hub_id, trust_remote_code=True)` loads them
@@ -36,46 +36,20 @@ from .detection import (
     SEGMENTATION_THRESHOLD,
     WINDOW_SCALES,
     check_threshold,
-    detect_objects,
 )
-from .pipeline_harmoclip import DEFAULT_TEMPLATES, RegionPresetPipeline, resolve_label_embeddings
-from .processing_harmoclip import check_strings, original_image_size
+from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .image_processing_harmoclip import original_image_size
+from .pipeline_harmoclip import RegionPresetPipeline
+from .zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, check_strings, check_top_k, encode_candidates
 
 DETECTION_TASK = "zero-shot-object-detection"
 SEGMENTATION_TASK = "image-segmentation"
-# The label that competes with the candidates in every softmax and is then dropped (see `detection`'s docstring).
-DEFAULT_BACKGROUND = "background"
 _UNSET: Any = object()
-
-
-def encode_candidates(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    candidate_labels: Sequence[str],
-    background_label: str | None = DEFAULT_BACKGROUND,
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    label_embeds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(L, D) candidate label embeddings and the (D,) background's (None without a background label), both through
-    `resolve_label_embeddings`: the caller's `label_embeds` for the candidates when given, otherwise reused across
-    calls like every pipeline's."""
-    candidate_labels = check_strings(candidate_labels, "candidate_labels")
-    if background_label is not None:
-        if not isinstance(background_label, str) or not background_label.strip():
-            raise ValueError(f"`background_label` must be a non-empty string or None, got {background_label!r}")
-        if background_label in candidate_labels:
-            raise ValueError(
-                f"`background_label` {background_label!r} is also a candidate label; choose another or None"
-            )
-    embeds = resolve_label_embeddings(model, tokenizer, candidate_labels, templates, label_embeds)
-    if background_label is None:
-        return embeds, None
-    return embeds, resolve_label_embeddings(model, tokenizer, [background_label], templates)[0]
 
 
 class _DenseLabelPipeline(RegionPresetPipeline):
     """What detection and segmentation share: images (optionally at another `image_size`) in, one encoder pass through
-    `detect_objects` per batch, label embeddings reused across calls (`resolve_label_embeddings`)."""
+    `HarmoCLIPModel.detect` per batch, label embeddings reused across calls (`resolve_label_embeddings`)."""
 
     def check_image_size(self, image_size: Any) -> int:
         """A positive multiple of the patch size (the model's input side for finer maps)."""
@@ -193,8 +167,7 @@ class _DenseLabelPipeline(RegionPresetPipeline):
         window_scales: Sequence[float] = WINDOW_SCALES,
     ) -> dict[str, Any]:
         pixel_values = model_inputs["pixel_values"]
-        outputs = detect_objects(
-            self.model,
+        outputs = self.model.detect(
             pixel_values,
             label_embeds,
             background_embed,
@@ -283,9 +256,7 @@ class ZeroShotRegionDetectionPipeline(_DenseLabelPipeline):
                     raise TypeError(f"`{name}` must be a list of numbers, got {levels!r}")
                 forward[name] = tuple(levels)
         if top_k is not _UNSET:
-            if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-                raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
-            postprocess["top_k"] = top_k
+            postprocess["top_k"] = check_top_k(top_k)
         if nms_threshold is not _UNSET:
             postprocess["nms_threshold"] = (
                 None if nms_threshold is None else check_threshold(nms_threshold, "nms_threshold")
@@ -391,11 +362,12 @@ PIPELINE_CLASSES = {DETECTION_TASK: ZeroShotRegionDetectionPipeline, SEGMENTATIO
 def detection_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entries that make `pipeline(task, ..., trust_remote_code=True)` load these
     pipelines from a saved folder or Hub repository (they take precedence over transformers' own for that model)."""
-    module = __name__.split(".")[-1]
-    return {
-        task: {"impl": f"{module}.{pipeline_class.__name__}", "pt": ["AutoModel"], "type": "multimodal"}
-        for task, pipeline_class in PIPELINE_CLASSES.items()
-    }
+    return {task: dict(CUSTOM_PIPELINES[task]) for task in PIPELINE_CLASSES}
+
+
+# Saved models carry these pipelines: their `custom_pipelines` entries and this file (`hub_code`).
+for _task, _pipeline_class in PIPELINE_CLASSES.items():
+    register_pipeline(_task, _pipeline_class)
 
 
 __all__ = [

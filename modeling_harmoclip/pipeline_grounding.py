@@ -11,7 +11,7 @@
 Phrases: the user's `phrase_spans=` (character offsets into the caption) or `phrases=` (strings found in the caption,
 left to right), else spaCy's noun chunks when spaCy and an English pipeline are installed (imported inside a function,
 inside `try`, so the remote code does not require it). Candidate boxes: the user's `boxes=` (pixels of the image), else
-the model's own proposals, drawn as the `zero-shot-object-detection` pipeline draws them (`detection.detect_objects`,
+the model's own proposals, drawn as the `zero-shot-object-detection` pipeline draws them (`HarmoCLIPModel.detect`,
 each phrase's map against a background). Each phrase is embedded as
 
 - `phrase_mode="lexeme"` (default): the caption encoded once, the span's final token states mean-pooled and projected,
@@ -34,9 +34,11 @@ from transformers import AutoModel
 from transformers.image_utils import is_pil_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .detection import detect_objects
-from .pipeline_harmoclip import RegionPresetPipeline, resolve_label_embeddings
-from .processing_harmoclip import original_image_size
+from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .image_processing_harmoclip import original_image_size
+from .pipeline_harmoclip import RegionPresetPipeline
+from .text_features import lexemes_from_states
+from .zero_shot import resolve_label_embeddings
 
 GROUNDING_TASK = "phrase-grounding"
 PHRASE_MODES = ("lexeme", "alone")
@@ -135,7 +137,7 @@ def phrase_embeddings(
     if phrase_mode == "alone":
         return model.get_phrase_features(input_ids, token_mask)[0].float()
     states = model.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model._lexemes_from_states(states, token_mask)[0].float()
+    return lexemes_from_states(model, states, token_mask)[0].float()
 
 
 @torch.no_grad()
@@ -153,14 +155,14 @@ def ground_phrases(
     Args:
         model: a `HarmoCLIPModel`; pixel_values: (1, 3, H, W); phrase_embeds: (P, D) L2-normalised.
         boxes: (1, N, 4) normalised xyxy candidates in the frame of `pixel_values`, box_mask (1, N); None: the model's
-            proposals from each phrase's map against `background_embed` (D,) (`detection.detect_objects`).
+            proposals from each phrase's map against `background_embed` (D,) (`HarmoCLIPModel.detect`).
     Returns:
         (P, N) logits `logit_scale * cos(phrase, region)`, (N, 4) candidate boxes and (N,) their mask, on the CPU.
     """
     if boxes is None:
         if background_embed is None:
             raise ValueError("the model's proposals need `background_embed`, the background's (D,) embedding")
-        proposed = detect_objects(model, pixel_values, phrase_embeds, background_embed)
+        proposed = model.detect(pixel_values, phrase_embeds, background_embed)
         boxes, box_mask = proposed["pred_boxes"], proposed["box_mask"]
     if box_mask is None:
         box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
@@ -288,15 +290,11 @@ class PhraseGroundingPipeline(RegionPresetPipeline):
 def grounding_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entry that makes `pipeline(GROUNDING_TASK, ..., trust_remote_code=True)` load
     `PhraseGroundingPipeline` from a saved folder or Hub repository."""
-    module = __name__.split(".")[-1]
-    return {
-        GROUNDING_TASK: {
-            "impl": f"{module}.{PhraseGroundingPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
+    return {GROUNDING_TASK: dict(CUSTOM_PIPELINES[GROUNDING_TASK])}
 
+
+# Saved models carry this pipeline: its `custom_pipelines` entry and this file (`hub_code`).
+register_pipeline(GROUNDING_TASK, PhraseGroundingPipeline)
 
 # In-process use with objects already loaded: `pipeline(GROUNDING_TASK, model=model, processor=processor)`.
 if GROUNDING_TASK not in PIPELINE_REGISTRY.get_supported_tasks():

@@ -16,205 +16,35 @@ classification, its pictures and the demo Space call the functions below, so the
 from __future__ import annotations
 
 import os
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoModel, Pipeline
 from transformers.image_utils import is_pil_image
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .hub_code import CUSTOM_PIPELINES, register_pipeline
 from .image_io import read_image
-from .processing_harmoclip import check_strings, original_image_size
+from .image_processing_harmoclip import original_image_size
+from .zero_shot import (  # re-exported: their home is zero_shot
+    DEFAULT_TEMPLATES,
+    LABEL_CACHE_SIZE,
+    TEXT_BATCH_SIZE,
+    check_strings,
+    check_templates,
+    clear_label_cache,
+    label_embeddings,
+    label_probabilities,
+    model_device,
+    prompt_ensemble_embeddings,
+    resolve_label_embeddings,
+    similarity_probabilities,
+)
 
 PIPELINE_TASK = "region-classification"
-# A small ensemble of CLIP's ImageNet prompt templates (Radford et al., 2021) plus the plain "a photo of a {}.".
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
-# Prompts encoded per text-tower call: bounds activation memory whatever the number of labels and templates.
-TEXT_BATCH_SIZE = 256
-# Label embeddings kept per model by `resolve_label_embeddings` (least recently used dropped first).
-LABEL_CACHE_SIZE = 32
 # "Not given" for `top_k`, whose None means "every label".
 _UNSET: Any = object()
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of `model`'s (first) parameters, where its inputs go."""
-    return next(model.parameters()).device
-
-
-def check_templates(templates: Any) -> list[str]:
-    """A non-empty list of strings, each holding '{}' where the label goes."""
-    templates = check_strings(templates, "templates")
-    for index, template in enumerate(templates):
-        if "{}" not in template:
-            raise ValueError(f"`templates`[{index}] must contain '{{}}' where the label goes, got {template!r}")
-    return templates
-
-
-@torch.no_grad()
-def prompt_ensemble_embeddings(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[str]],
-    batch_size: int = TEXT_BATCH_SIZE,
-    progress: Callable[[range], Iterable[int]] | None = None,
-) -> torch.Tensor:
-    """CLIP's zero-shot classifier: each class's prompts encoded by `model.get_text_features` (any CLIP or HarmoCLIP
-    model) and L2-normalised, averaged, and normalised again.
-
-    Args:
-        model: a model with `get_text_features`; tokenizer: CLIP's tokenizer (`processor.tokenizer`).
-        prompts: C lists of P prompts each (the same P for every class).
-        batch_size: prompts per text-tower call.
-        progress: wraps the range of batch starts (e.g. a tqdm bar); the project's evaluation shows one.
-    Returns:
-        (C, D) float32 on the model's device, L2-normalised.
-    """
-    if (
-        isinstance(prompts, str)
-        or not prompts
-        or len({len(class_prompts) for class_prompts in prompts}) != 1
-        or not prompts[0]
-    ):
-        raise ValueError(
-            f"`prompts` must be a non-empty list of equally long, non-empty lists of strings, got {prompts!r}"[:300]
-        )
-    flat = check_strings([prompt for class_prompts in prompts for prompt in class_prompts], "prompts")
-    device = model_device(model)
-    embeds = []
-    starts = range(0, len(flat), batch_size)
-    for first in progress(starts) if progress is not None else starts:
-        tokens = tokenizer(flat[first : first + batch_size], padding=True, truncation=True, return_tensors="pt")
-        features = model.get_text_features(
-            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
-        )
-        features = getattr(features, "pooler_output", features)
-        embeds.append(F.normalize(features.float(), dim=-1))
-    ensembled = torch.cat(embeds).reshape(len(prompts), len(prompts[0]), -1).mean(dim=1)
-    return F.normalize(ensembled, dim=-1)
-
-
-def label_embeddings(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    labels: Sequence[str],
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    batch_size: int = TEXT_BATCH_SIZE,
-) -> torch.Tensor:
-    """Prompt-ensembled label embeddings: each label written into every template, then `prompt_ensemble_embeddings`.
-
-    Returns:
-        (L, D) float32 on the model's device, L2-normalised.
-    """
-    labels = check_strings(labels, "labels")
-    templates = check_templates(templates)
-    return prompt_ensemble_embeddings(
-        model, tokenizer, [[template.format(label) for template in templates] for label in labels], batch_size
-    )
-
-
-# model -> {(labels, templates, tokenizer id, weights state): (tokenizer, (L, D) embeddings)}; an entry goes with its
-# model. The tokenizer is kept in the entry so that its id cannot be reused by another tokenizer while cached.
-_LABEL_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
-
-
-def _weights_state(model: torch.nn.Module) -> tuple[Any, ...]:
-    """What says the model's weights changed: the sum of the parameters' version counters (every in-place update,
-    an optimizer step or `load_state_dict`, raises one), and the first parameter's storage, device and dtype (`.to`,
-    `.half()`)."""
-    parameters = list(model.parameters())
-    first = parameters[0]
-    return sum(parameter._version for parameter in parameters), first.data_ptr(), first.device, first.dtype
-
-
-def clear_label_cache(model: torch.nn.Module | None = None) -> None:
-    """Forgets the label embeddings `resolve_label_embeddings` keeps for `model` (every model if None): needed only
-    after changing weights behind autograd's back (through `.data`), which the cache cannot see."""
-    if model is None:
-        _LABEL_CACHE.clear()
-    else:
-        _LABEL_CACHE.pop(model, None)
-
-
-def resolve_label_embeddings(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    labels: Sequence[str],
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-    label_embeds: torch.Tensor | None = None,
-    cache: bool = True,
-) -> torch.Tensor:
-    """The labels' prompt-ensembled embeddings, computed once and reused: the one place every pipeline gets them.
-
-    Args:
-        model, tokenizer: as for `label_embeddings`; labels: the L label names; templates: prompts with '{}'.
-        label_embeds: (L, D) embeddings the caller computed already (`label_embeddings`); used as given (checked
-            and moved to the model's device), nothing is encoded.
-        cache: reuse the embeddings of an earlier call with the same model, tokenizer, labels and templates, as long
-            as the model's weights have not changed since (see `_weights_state`; `clear_label_cache` for the rest).
-    Returns:
-        (L, D) float32 on the model's device, L2-normalised (a copy: changing it leaves the cache alone).
-    """
-    labels = check_strings(labels, "labels")
-    templates = check_templates(templates)
-    device = model_device(model)
-    if label_embeds is not None:
-        dim = getattr(model.config, "projection_dim", None)
-        if not isinstance(label_embeds, torch.Tensor) or label_embeds.dim() != 2:
-            shape = tuple(label_embeds.shape) if isinstance(label_embeds, torch.Tensor) else type(label_embeds).__name__
-            raise ValueError(f"`label_embeds` must be a ({len(labels)}, D) tensor, got {shape}")
-        if label_embeds.shape[0] != len(labels) or (dim is not None and label_embeds.shape[1] != dim):
-            raise ValueError(
-                f"`label_embeds` must have shape ({len(labels)}, {dim}) for {len(labels)} labels, got "
-                f"{tuple(label_embeds.shape)}"
-            )
-        return label_embeds.detach().to(device=device, dtype=torch.float32)
-    if not cache:
-        return label_embeddings(model, tokenizer, labels, templates)
-    entries = _LABEL_CACHE.setdefault(model, OrderedDict())
-    key = (tuple(labels), tuple(templates), id(tokenizer), _weights_state(model))
-    if key in entries:
-        entries.move_to_end(key)
-        return entries[key][1].clone()
-    embeds = label_embeddings(model, tokenizer, labels, templates)
-    entries[key] = (tokenizer, embeds)
-    while len(entries) > LABEL_CACHE_SIZE:
-        entries.popitem(last=False)
-    return embeds.clone()
-
-
-def label_probabilities(
-    embeds: torch.Tensor, label_embeds: torch.Tensor, logit_scale: torch.Tensor | float
-) -> torch.Tensor:
-    """Region (or image) scoring: softmax over labels of ``logit_scale * cos(embedding, label)``.
-
-    Args:
-        embeds: (..., D) L2-normalised region or image embeddings; label_embeds: (L, D) from `label_embeddings`.
-        logit_scale: the temperature multiplier, e.g. `model.logit_scale.exp()` (CLIP's learned value is about 100).
-    Returns:
-        (..., L) float32 probabilities.
-    """
-    if embeds.shape[-1] != label_embeds.shape[-1] or label_embeds.dim() != 2:
-        raise ValueError(
-            f"`label_embeds` must have shape (L, {embeds.shape[-1]}) to match `embeds` {tuple(embeds.shape)}, got "
-            f"{tuple(label_embeds.shape)}"
-        )
-    scale = float(logit_scale.detach()) if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
-    logits = scale * embeds.float() @ label_embeds.float().to(embeds.device).t()
-    return logits.softmax(dim=-1)
 
 
 @torch.no_grad()
@@ -271,7 +101,7 @@ def dense_probabilities(
 def similarity_to_probabilities(similarity: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """(L, h, w) cosine maps (`dense_similarity`) -> each label's probability among the L at every patch: the softmax
     over labels at the model's own temperature, as `label_probabilities` scores a box."""
-    return (model.logit_scale.exp().item() * similarity).softmax(dim=0)
+    return similarity_probabilities(similarity, model.logit_scale.exp(), dim=0)
 
 
 class RegionPresetPipeline(Pipeline):
@@ -428,14 +258,11 @@ class RegionClassificationPipeline(RegionPresetPipeline):
 def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
     """The config's `custom_pipelines` entry that makes `pipeline(PIPELINE_TASK, ..., trust_remote_code=True)` load
     `RegionClassificationPipeline` from a saved folder or Hub repository."""
-    module = RegionClassificationPipeline.__module__.split(".")[-1]
-    return {
-        PIPELINE_TASK: {
-            "impl": f"{module}.{RegionClassificationPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
+    return {PIPELINE_TASK: dict(CUSTOM_PIPELINES[PIPELINE_TASK])}
+
+
+# Saved models carry this pipeline: its `custom_pipelines` entry and this file (`hub_code`).
+register_pipeline(PIPELINE_TASK, RegionClassificationPipeline)
 
 
 # In-process use: `pipeline(PIPELINE_TASK, model=model, processor=processor)` with objects already loaded. Once per
@@ -459,5 +286,9 @@ __all__ = [
     "similarity_to_probabilities",
     "dense_similarity",
     "check_templates",
+    "check_strings",
+    "model_device",
+    "TEXT_BATCH_SIZE",
+    "LABEL_CACHE_SIZE",
     "custom_pipelines_entry",
 ]

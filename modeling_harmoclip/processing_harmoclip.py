@@ -1,10 +1,10 @@
 """HarmoCLIP's processor: images, captions, boxes and phrase spans in; aligned model inputs out.
 
-`HarmoCLIPProcessor` wraps CLIP's image processor and CLIP's fast tokenizer. Besides `pixel_values`, `input_ids` and
-`attention_mask` it turns boxes given in the original image's pixels into normalised xyxy boxes in the frame of
-`pixel_values` (following the image processor's actual resize and crop), and character spans of caption phrases into
-token masks through the tokenizer's offset mapping. It also turns per-box label probabilities back into labelled boxes
-in the original image's pixels (`post_process_region_classification`); it never runs the model. Region
+`HarmoCLIPProcessor` is the joint of CLIP's fast tokenizer and `HarmoCLIPImageProcessor` (CLIP's image processor with
+the box geometry, the crops and the post-processing). Besides `pixel_values`, `input_ids` and `attention_mask` it
+places boxes given in the original image's pixels in the frame of `pixel_values` (through the image processor's
+geometry) and turns character spans of caption phrases into token masks through the tokenizer's offset mapping. Its
+`post_process_*` methods forward to the image processor's, as OWLv2's processor does; it never runs the model. Region
 classification in one call is the `region-classification` pipeline (`pipeline_harmoclip.py`)::
 
     from transformers import pipeline
@@ -33,52 +33,35 @@ import copy
 import hashlib
 import math
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import BatchFeature
 from transformers.image_processing_utils import get_size_dict
-from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
-from transformers.image_utils import (
-    ChannelDimension,
-    SizeDict,
-    get_image_size,
-    get_image_size_for_max_height_width,
-    infer_channel_dimension_format,
-    is_pil_image,
-    is_valid_image,
-)
+from transformers.image_utils import SizeDict, is_pil_image, is_valid_image
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
-from transformers.utils import is_torchvision_available
 
-from .detection import NMS_IOU, check_target_sizes, select_detections, semantic_label_map
+from .box_ops import xywh_to_xyxy
+from .hub_code import register_code_module
 from .image_io import read_image
-from .roi_align import enlarge_boxes
+from .image_processing_harmoclip import (  # re-exported: their home is the image processor's module
+    DEFAULT_CROP_SCALE,
+    BoxGeometry,
+    HarmoCLIPImageProcessor,
+    check_crop_options,
+    clip_image_processor,
+    crop_windows,
+    cut_window,
+    original_image_size,
+    resized_image_size,
+)
+from .zero_shot import check_strings
 
 # CLIP's text context: 77 positions, including the start and end tokens.
 CLIP_CONTEXT_LENGTH = 77
 # Tokenizers loaded without a limit report a huge `model_max_length`; anything above this counts as "unset".
 _UNSET_MAX_LENGTH = 10**6
 BOX_FORMATS = ("xyxy", "xywh")
-# Enlargement of a box about its centre before its crop is cut, as CLIPSelf and FineCLIP cut their teacher crops.
-DEFAULT_CROP_SCALE = 1.5
-
-
-def clip_image_processor(image_size: int = 224, **settings: Any):
-    """CLIP's image processor (shortest-edge resize to `image_size`, centre crop `image_size` x `image_size`).
-
-    The torchvision-backed `CLIPImageProcessor` where torchvision is installed, otherwise its PIL-backed twin
-    `CLIPImageProcessorPil`; both save as `CLIPImageProcessor` and `AutoImageProcessor` picks whichever backend exists.
-    """
-    if is_torchvision_available():
-        from transformers import CLIPImageProcessor as image_processor_class
-    else:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as image_processor_class
-    values = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
-    values.update(settings)
-    return image_processor_class(**values)
 
 
 def phrase_id(phrase: str) -> int:
@@ -89,54 +72,6 @@ def phrase_id(phrase: str) -> int:
     normalized = " ".join(phrase.lower().split())
     digest = hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") & (2**63 - 1)
-
-
-@dataclass(frozen=True)
-class BoxGeometry:
-    """How original pixel coordinates map into the frame of `pixel_values` for one image.
-
-    A point (x, y) of the original image lands at ((x * scale_x + shift_x) / width, (y * scale_y + shift_y) / height)
-    in normalised `pixel_values` coordinates (width, height: the output frame in pixels).
-    """
-
-    original_height: int
-    original_width: int
-    scale_x: float
-    scale_y: float
-    shift_x: float
-    shift_y: float
-    width: int
-    height: int
-
-    def to_normalized(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 4) xyxy in original pixels -> (N, 4) xyxy normalised to the output frame (not clipped)."""
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
-        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
-        return (boxes * scale + shift) / size
-
-    def to_original(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 4) normalised xyxy in the output frame -> (N, 4) xyxy in original pixels, clipped to the image."""
-        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
-        shift = boxes.new_tensor([self.shift_x, self.shift_y, self.shift_x, self.shift_y])
-        size = boxes.new_tensor([self.width, self.height, self.width, self.height])
-        original = (boxes * size - shift) / scale
-        limits = boxes.new_tensor(
-            [self.original_width, self.original_height, self.original_width, self.original_height]
-        )
-        return torch.minimum(original.clamp(min=0), limits)
-
-
-def _crop_shift(size: int, crop: int, backend: str) -> float:
-    """Offset added to a coordinate by centre-cropping `size` pixels to `crop` (zero-padding when crop > size).
-
-    Mirrors the image processors: both crop at floor((size - crop) / 2); when padding, torchvision puts
-    floor((crop - size) / 2) pixels before the image and the PIL/NumPy backend ceil((crop - size) / 2).
-    """
-    if crop <= size:
-        return -float((size - crop) // 2)
-    padding = crop - size
-    return float(padding // 2 if backend == "torchvision" else (padding + 1) // 2)
 
 
 class HarmoCLIPProcessorKwargs(ProcessingKwargs, total=False):
@@ -151,8 +86,8 @@ class HarmoCLIPProcessor(ProcessorMixin):
     CLIP's image processor and fast tokenizer, plus boxes and phrase spans.
 
     Args:
-        image_processor: `CLIPImageProcessor` (or its PIL-backed twin `CLIPImageProcessorPil`); see
-            `clip_image_processor`.
+        image_processor: `HarmoCLIPImageProcessor` (`clip_image_processor`); a plain `CLIPImageProcessor` (or its
+            PIL-backed twin), as older saved folders carry, is turned into one with the same settings.
         tokenizer: CLIP's fast tokenizer (`CLIPTokenizer`). Without a length limit of its own it gets CLIP's 77.
         region_mode (`bool`, defaults to `False`): if True, the image processor resizes every image straight to its
             crop size (a square for CLIP) without cropping, so boxes are never cut off; saved with the processor.
@@ -174,8 +109,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
     """
 
     def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
-        if image_processor is None:
-            image_processor = clip_image_processor()
+        # A plain CLIP image processor (older saved folders carry one) becomes a HarmoCLIP one with its settings.
+        image_processor = HarmoCLIPImageProcessor.from_clip(
+            image_processor if image_processor is not None else clip_image_processor()
+        )
         if tokenizer is None:
             raise ValueError("HarmoCLIPProcessor needs a `tokenizer` (CLIP's fast tokenizer)")
         if not isinstance(region_mode, bool):
@@ -265,10 +202,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
             data.update(encoding)
         if box_tensor is not None:
             geometries = [self.box_geometry(image, images_kwargs) for image in images]
-            data.update(self._format_boxes(box_tensor, geometries, spans, offsets, data.get("input_ids"), text))
+            data.update(self._format_boxes(box_tensor, geometries, spans, offsets, text))
             if return_crops:
                 data.update(
-                    self._cut_crops(images, box_tensor, geometries, data["box_mask"], crop_scale, images_kwargs)
+                    self.image_processor.cut_crops(images, box_tensor, data["box_mask"], crop_scale, images_kwargs)
                 )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -338,11 +275,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
                     raise ValueError(f"{where} must have 4 values ({box_format}), got {len(box)}: {list(box)}")
                 if not all(math.isfinite(value) for value in box):
                     raise ValueError(f"{where} is not finite: {list(box)}")
-                x, y, third, fourth = (float(value) for value in box)
-                width, height = (third, fourth) if box_format == "xywh" else (third - x, fourth - y)
-                if width < 0 or height < 0:
+                xyxy = xywh_to_xyxy(box) if box_format == "xywh" else [float(value) for value in box]
+                if xyxy[2] < xyxy[0] or xyxy[3] < xyxy[1]:
                     raise ValueError(f"{where} has negative width or height ({box_format}): {list(box)}")
-                rows.append([x, y, x + width, y + height])
+                rows.append(xyxy)
             checked.append(torch.tensor(rows, dtype=torch.float64).reshape(-1, 4))
         return checked
 
@@ -394,33 +330,11 @@ class HarmoCLIPProcessor(ProcessorMixin):
             checked.append(rows)
         return checked
 
-    # ------------------------------------------------------------------ geometry
+    # ------------------------------------------------------------------ geometry (the image processor's)
 
     def box_geometry(self, image: Any, images_kwargs: dict[str, Any] | None = None) -> BoxGeometry:
-        """The map from `image`'s pixels to the frame of its `pixel_values`, from the image processor's settings
-        (overridden by `images_kwargs`, as in a call)."""
-        options = dict(images_kwargs or {})
-
-        def setting(name: str) -> Any:
-            return options[name] if options.get(name) is not None else getattr(self.image_processor, name, None)
-
-        height, width = original_image_size(image, setting("input_data_format"))
-        if setting("do_pad"):
-            raise ValueError("HarmoCLIPProcessor cannot place boxes in padded images: set `do_pad=False`")
-        new_height, new_width = height, width
-        if setting("do_resize"):
-            size = SizeDict(**get_size_dict(setting("size"), default_to_square=bool(setting("default_to_square"))))
-            new_height, new_width = resized_image_size(height, width, size)
-        scale_x, scale_y = new_width / width, new_height / height
-        shift_x = shift_y = 0.0
-        out_height, out_width = new_height, new_width
-        if setting("do_center_crop"):
-            crop = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
-            backend = getattr(self.image_processor, "backend", "pil")
-            shift_x = _crop_shift(new_width, crop.width, backend)
-            shift_y = _crop_shift(new_height, crop.height, backend)
-            out_height, out_width = crop.height, crop.width
-        return BoxGeometry(height, width, scale_x, scale_y, shift_x, shift_y, out_width, out_height)
+        """The image processor's `box_geometry`: the map from `image`'s pixels to the frame of its `pixel_values`."""
+        return self.image_processor.box_geometry(image, images_kwargs)
 
     def _format_boxes(
         self,
@@ -428,83 +342,22 @@ class HarmoCLIPProcessor(ProcessorMixin):
         geometries: list[BoxGeometry],
         spans: list[list[tuple[int, int] | None]] | None,
         offsets: list[list[tuple[int, int]]] | None,
-        input_ids: Any,
         text: list[str] | None,
     ) -> dict[str, torch.Tensor]:
         """Normalised, clipped, padded boxes with their masks; phrase token masks and ids when spans are given."""
-        batch, most = len(boxes), max((len(image_boxes) for image_boxes in boxes), default=0)
-        out_boxes = torch.zeros(batch, most, 4, dtype=torch.float32)
-        box_mask = torch.zeros(batch, most, dtype=torch.bool)
-        for index, (image_boxes, geometry) in enumerate(zip(boxes, geometries)):
-            normalized = geometry.to_normalized(image_boxes).clamp(0.0, 1.0)
-            valid = (normalized[:, 2] > normalized[:, 0]) & (normalized[:, 3] > normalized[:, 1])
-            for box_index in (~valid).nonzero().flatten().tolist():
+        out_boxes, box_mask, empty = self.image_processor.normalize_boxes(boxes, geometries)
+        for index, (image_boxes, image_empty) in enumerate(zip(boxes, empty)):
+            for box_index in image_empty.nonzero().flatten().tolist():
                 warnings.warn(
                     f"`boxes`[{index}][{box_index}] = {image_boxes[box_index].tolist()} (xyxy) is empty in the processed "
                     "image (zero size or cut off by the crop); it is masked out",
                     stacklevel=3,
                 )
-            count = len(image_boxes)
-            out_boxes[index, :count] = torch.where(valid[:, None], normalized, torch.zeros_like(normalized)).float()
-            box_mask[index, :count] = valid
         result = {"boxes": out_boxes, "box_mask": box_mask}
         if spans is not None:
-            token_mask, ids = self._phrase_tokens(spans, offsets, text, box_mask, most)
+            token_mask, ids = self._phrase_tokens(spans, offsets, text, box_mask, out_boxes.shape[1])
             result.update(phrase_token_mask=token_mask, phrase_ids=ids)
         return result
-
-    def _cut_crops(
-        self,
-        images: list[Any],
-        boxes: list[torch.Tensor],
-        geometries: list[BoxGeometry],
-        box_mask: torch.Tensor,
-        crop_scale: float,
-        images_kwargs: dict[str, Any],
-    ) -> dict[str, torch.Tensor]:
-        """`crop_pixel_values` (B, N, C, S, S) and `crop_mask` (B, N): each kept box's enlarged crop of the original image.
-
-        The crops go through the image processor with its own settings (and the call's), except that they are resized
-        straight to the model's input size (the image processor's `crop_size`), as FineCLIP's crop transform does.
-        """
-
-        def setting(name: str) -> Any:
-            return (
-                images_kwargs[name]
-                if images_kwargs.get(name) is not None
-                else getattr(self.image_processor, name, None)
-            )
-
-        size = SizeDict(**get_size_dict(setting("crop_size"), param_name="crop_size"))
-        layout = setting("input_data_format")
-        pieces, rows, columns = [], [], []
-        for image_index, (image, image_boxes, geometry) in enumerate(zip(images, boxes, geometries)):
-            windows = crop_windows(image_boxes, crop_scale, geometry.original_height, geometry.original_width)
-            for box_index, window in enumerate(windows):
-                if box_mask[image_index, box_index]:
-                    pieces.append(cut_window(image, window, layout))
-                    rows.append(image_index)
-                    columns.append(box_index)
-        batch, most = box_mask.shape
-        crop_mask = torch.zeros(batch, most, dtype=torch.bool)
-        if not pieces:
-            return {"crop_pixel_values": torch.zeros(batch, most, 3, size.height, size.width), "crop_mask": crop_mask}
-        fixed = ("size", "do_resize", "do_center_crop", "input_data_format")
-        options = {key: value for key, value in images_kwargs.items() if key not in fixed}
-        # PIL pieces become channels-last arrays inside the image processor; the others are cut channels-last.
-        processed = self.image_processor(
-            pieces,
-            size={"height": size.height, "width": size.width},
-            do_resize=True,
-            do_center_crop=False,
-            input_data_format=ChannelDimension.LAST,
-            return_tensors="pt",
-            **options,
-        )["pixel_values"]
-        crop_pixel_values = torch.zeros(batch, most, *processed.shape[1:], dtype=torch.float32)
-        crop_pixel_values[rows, columns] = processed.float()
-        crop_mask[rows, columns] = True
-        return {"crop_pixel_values": crop_pixel_values, "crop_mask": crop_mask}
 
     def _phrase_tokens(
         self,
@@ -544,322 +397,32 @@ class HarmoCLIPProcessor(ProcessorMixin):
                 ids[image_index, box_index] = phrase_id(caption[start:end])
         return token_mask, ids
 
-    # ------------------------------------------------------------------ region classification
+    # ------------------------------------------------------------------ post-processing (the image processor's)
 
-    def post_process_region_classification(
-        self,
-        probabilities: torch.Tensor,
-        labels: Sequence[str],
-        boxes: torch.Tensor,
-        target_sizes: Sequence[Sequence[int]] | torch.Tensor,
-        box_mask: torch.Tensor | None = None,
-        top_k: int | None = 5,
-    ) -> list[list[dict[str, Any]]]:
-        """Labelled boxes in the original images' pixels from per-box label probabilities.
+    def post_process_region_classification(self, *args: Any, **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """Forwards to `HarmoCLIPImageProcessor.post_process_region_classification`."""
+        return self.image_processor.post_process_region_classification(*args, **kwargs)
 
-        Args:
-            probabilities: (B, N, L) probabilities of the L labels for each box (`pipeline_harmoclip.label_probabilities`
-                of the region embeddings).
-            labels: the L label names.
-            boxes: (B, N, 4) normalised xyxy boxes as returned by this processor.
-            target_sizes: per image its original (height, width), to put boxes back in its pixels.
-            box_mask: (B, N) valid boxes (default all); masked boxes are left out of the results.
-            top_k: labels kept per box (all if None).
-        Returns:
-            Per image a list with one dict per valid box, in box order: `{"box": {"xmin", "ymin", "xmax", "ymax"}` in
-            the original image's pixels (the part the model saw: a box cut by a crop comes back clipped), `"label"`
-            and `"score"`: the best label and its probability, `"labels"` and `"scores"`: the `top_k` best, best
-            first}`.
-        """
-        labels = check_strings(labels, "labels")
-        if probabilities.dim() != 3 or tuple(boxes.shape[:2]) != tuple(probabilities.shape[:2]) or boxes.shape[-1] != 4:
-            raise ValueError(
-                f"`probabilities` (B, N, L) and `boxes` (B, N, 4) must agree, got {tuple(probabilities.shape)} and "
-                f"{tuple(boxes.shape)}"
-            )
-        if probabilities.shape[-1] != len(labels):
-            raise ValueError(
-                f"`probabilities` holds {probabilities.shape[-1]} labels per box but `labels` has {len(labels)}"
-            )
-        if len(target_sizes) != probabilities.shape[0]:
-            raise ValueError(
-                f"`target_sizes` has {len(target_sizes)} entries but there are {probabilities.shape[0]} images"
-            )
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}")
-        if box_mask is None:
-            box_mask = torch.ones(boxes.shape[:2], dtype=torch.bool)
-        keep = len(labels) if top_k is None else min(top_k, len(labels))
-        scores, order = probabilities.detach().float().cpu().topk(keep, dim=-1)
-        results = []
-        for image_index, size in enumerate(target_sizes):
-            height, width = (int(value) for value in size)
-            geometry = self._inverse_geometry(height, width)
-            pixel_boxes = geometry.to_original(boxes[image_index].detach().cpu().double())
-            image_results = []
-            for box_index in box_mask[image_index].cpu().bool().nonzero().flatten().tolist():
-                # Rounded to 1/1000 pixel: the float32 round trip through `boxes` leaves noise below that.
-                x1, y1, x2, y2 = (round(value, 3) for value in pixel_boxes[box_index].tolist())
-                names = [labels[label] for label in order[image_index, box_index].tolist()]
-                values = scores[image_index, box_index].tolist()
-                image_results.append(
-                    {
-                        "box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2},
-                        "label": names[0],
-                        "score": values[0],
-                        "labels": names,
-                        "scores": values,
-                    }
-                )
-            results.append(image_results)
-        return results
+    def post_process_object_detection(self, *args: Any, **kwargs: Any) -> list[dict[str, torch.Tensor]]:
+        """Forwards to `HarmoCLIPImageProcessor.post_process_object_detection` (OWLv2's signature)."""
+        return self.image_processor.post_process_object_detection(*args, **kwargs)
 
-    # ------------------------------------------------------------------ phrase grounding
+    def post_process_semantic_segmentation(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Forwards to `HarmoCLIPImageProcessor.post_process_semantic_segmentation`."""
+        return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
-    def post_process_grounding(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        target_sizes: Sequence[Sequence[int]] | torch.Tensor,
-        captions: Sequence[str],
-        phrase_spans: Sequence[Sequence[tuple[int, int]]],
-        box_mask: torch.Tensor | None = None,
-    ) -> list[list[dict[str, Any]]]:
-        """Each phrase's box in the original image's pixels: the candidate whose region is most similar to the phrase.
-
-        Args:
-            logits: (B, P, N) `logit_scale * cos(phrase, region)` of every phrase with every candidate box.
-            boxes: (B, N, 4) normalised xyxy candidates as returned by this processor (or proposed by the model).
-            target_sizes: per image its original (height, width); captions: per image its caption;
-            phrase_spans: per image the P (start, end) character spans of its phrases, in `logits`' order.
-            box_mask: (B, N) valid candidates (default all).
-        Returns:
-            Per image a list, one dict per phrase: `{"phrase", "span": [start, end], "score": the chosen box's
-            probability among the valid candidates (softmax of `logits`), "box": {"xmin", "ymin", "xmax", "ymax"},
-            "box_index": its index among the N}`.
-        """
-        if logits.dim() != 3 or boxes.dim() != 3 or logits.shape[-1] != boxes.shape[1] or boxes.shape[-1] != 4:
-            raise ValueError(
-                f"`logits` (B, P, N) and `boxes` (B, N, 4) must agree, got {tuple(logits.shape)} and "
-                f"{tuple(boxes.shape)}"
-            )
-        batch = logits.shape[0]
-        if not len(target_sizes) == len(captions) == len(phrase_spans) == batch:
-            raise ValueError(
-                f"`target_sizes`, `captions` and `phrase_spans` need one entry per image ({batch}), got "
-                f"{len(target_sizes)}, {len(captions)} and {len(phrase_spans)}"
-            )
-        valid = torch.ones(boxes.shape[:2], dtype=torch.bool) if box_mask is None else box_mask.cpu().bool()
-        results = []
-        for index in range(batch):
-            spans = phrase_spans[index]
-            if len(spans) != logits.shape[1]:
-                raise ValueError(f"`phrase_spans`[{index}] holds {len(spans)} spans for {logits.shape[1]} phrases")
-            if not valid[index].any():
-                raise ValueError(f"`box_mask`[{index}]: the image has no box candidates for its phrases")
-            masked = logits[index].detach().float().cpu().masked_fill(~valid[index][None], float("-inf"))
-            probabilities = masked.softmax(dim=-1)  # (P, N)
-            scores, best = probabilities.max(dim=-1)
-            height, width = (int(value) for value in target_sizes[index])
-            pixel_boxes = self._inverse_geometry(height, width).to_original(boxes[index].detach().cpu().double())
-            image_results = []
-            for (start, end), score, box_index in zip(spans, scores.tolist(), best.tolist()):
-                x1, y1, x2, y2 = (round(value, 3) for value in pixel_boxes[box_index].tolist())
-                image_results.append(
-                    {
-                        "phrase": captions[index][start:end],
-                        "span": [int(start), int(end)],
-                        "score": score,
-                        "box": {"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2},
-                        "box_index": box_index,
-                    }
-                )
-            results.append(image_results)
-        return results
-
-    # ------------------------------------------------------------------ detection and segmentation
-
-    def post_process_object_detection(
-        self,
-        outputs: Any,
-        threshold: float = 0.1,
-        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        nms_threshold: float | None = NMS_IOU,
-        top_k: int | None = None,
-    ) -> list[dict[str, torch.Tensor]]:
-        """Detections in the original images' pixels from `detection.detect_objects`'s output (OWLv2's signature).
-
-        Args:
-            outputs: a `HarmoCLIPDetectionOutput` (`scores` (B, N, L), `pred_boxes` (B, N, 4) normalised xyxy in the
-                frame of `pixel_values`, `box_mask` (B, N)).
-            threshold: the least score kept, in [0, 1].
-            target_sizes: per image its original (height, width); None leaves boxes normalised to the model's frame.
-                Boxes go back through this processor's resize and crop (`BoxGeometry.to_original`), so non-square
-                images come back right; a call made with other `size` settings than the processor's own must keep the
-                image's whole frame (a crop-free resize, as the region preset does).
-            nms_threshold: class-wise NMS IoU (None: none); top_k: detections kept per image (all if None).
-        Returns:
-            Per image `{"scores": (K,), "labels": (K,) int64 indices of the candidate labels, "boxes": (K, 4) xyxy}`,
-            best first.
-        """
-        scores, boxes, box_mask = outputs["scores"], outputs["pred_boxes"], outputs.get("box_mask")
-        sizes = check_target_sizes(target_sizes, len(scores)) if target_sizes is not None else None
-        results = []
-        for index in range(len(scores)):
-            found = select_detections(
-                scores[index],
-                boxes[index],
-                box_mask[index] if box_mask is not None else None,
-                threshold,
-                nms_threshold,
-                top_k,
-            )
-            if sizes is not None:
-                found["boxes"] = self._inverse_geometry(*sizes[index]).to_original(found["boxes"].double()).float()
-            results.append(found)
-        return results
-
-    def post_process_semantic_segmentation(
-        self,
-        outputs: Any,
-        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
-        threshold: float = 0.0,
-        return_probabilities: bool = False,
-    ) -> list[torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]]:
-        """Label maps at the original images' size from `detection.detect_objects`'s `dense_probabilities`.
-
-        Each image's patch probabilities are read bilinearly at every target pixel's centre through this processor's
-        resize and crop (`BoxGeometry`), then each pixel gets its best label's index, or -1 (background) where the
-        background's probability beats it, where it is below `threshold`, or where the pixel was cut off by a crop.
-
-        Args:
-            outputs: a `HarmoCLIPDetectionOutput`; target_sizes: per image its (height, width); None: the patch grid.
-            threshold: the least label probability a pixel needs, in [0, 1].
-            return_probabilities: also return each image's (L, H, W) upsampled label probabilities.
-        Returns:
-            Per image an (H, W) int64 label map (or `(label_map, probabilities)`).
-        """
-        probabilities = outputs["dense_probabilities"]
-        background = outputs.get("background_probabilities")
-        batch, _, grid_height, grid_width = probabilities.shape
-        sizes = check_target_sizes(target_sizes, batch) if target_sizes is not None else None
-        results = []
-        for index in range(batch):
-            if sizes is None:  # the patch grid itself: pixel centres of the frame
-                frame_x = (torch.arange(grid_width) + 0.5) / grid_width
-                frame_y = (torch.arange(grid_height) + 0.5) / grid_height
-            else:
-                height, width = sizes[index]
-                geometry = self._inverse_geometry(height, width)
-                frame_x = ((torch.arange(width) + 0.5) * geometry.scale_x + geometry.shift_x) / geometry.width
-                frame_y = ((torch.arange(height) + 0.5) * geometry.scale_y + geometry.shift_y) / geometry.height
-            label_map, upsampled = semantic_label_map(
-                probabilities[index],
-                background[index] if background is not None else None,
-                frame_x.double(),
-                frame_y.double(),
-                threshold,
-            )
-            results.append((label_map, upsampled) if return_probabilities else label_map)
-        return results
-
-    def _inverse_geometry(self, height: int, width: int) -> BoxGeometry:
-        """The geometry of an image of this size (only its size matters; a meta tensor stands in for it)."""
-        return self.box_geometry(
-            torch.empty(3, height, width, device="meta"), {"input_data_format": ChannelDimension.FIRST}
-        )
-
-
-def original_image_size(image: Any, input_data_format: Any = None) -> tuple[int, int]:
-    """(height, width) of a PIL image, or of an array / tensor in channels-first or channels-last layout."""
-    if getattr(image, "ndim", None) is None:  # a PIL image
-        height, width = get_image_size(image)
-    elif image.ndim == 2:
-        height, width = image.shape
-    else:
-        layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
-        height, width = get_image_size(image, channel_dim=layout)
-    return int(height), int(width)
-
-
-def check_crop_options(return_crops: Any, crop_scale: Any) -> None:
-    """Raises `TypeError` / `ValueError` naming `return_crops` or `crop_scale` unless they are a bool and a finite
-    number > 0."""
-    if not isinstance(return_crops, bool):
-        raise TypeError(f"`return_crops` must be a bool, got {type(return_crops).__name__}: {return_crops!r}")
-    if (
-        not isinstance(crop_scale, (int, float))
-        or isinstance(crop_scale, bool)
-        or not math.isfinite(crop_scale)
-        or crop_scale <= 0
-    ):
-        raise ValueError(f"`crop_scale` must be a finite number > 0, got {crop_scale!r}")
-
-
-def crop_windows(boxes: torch.Tensor, crop_scale: float, height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """Pixel windows `(x0, y0, x1, y1)` of the crops of (N, 4) xyxy boxes in an image of `height` x `width` pixels.
-
-    Each box is enlarged by `crop_scale` about its centre and clipped to the image (CLIPSelf's and FineCLIP's
-    `ProposalDistillDataset.__getitem__`), then rounded to whole pixels as PIL's `Image.crop` rounds them; a window
-    keeps at least one pixel, so that a sub-pixel box still has a crop.
-    """
-    enlarged = enlarge_boxes(boxes.double(), float(crop_scale))
-    limits = enlarged.new_tensor([width, height, width, height])
-    clipped = torch.minimum(enlarged.clamp(min=0), limits)
-    windows = []
-    for x0, y0, x1, y1 in (tuple(round(value) for value in row) for row in clipped.tolist()):
-        x0, y0 = min(x0, width - 1), min(y0, height - 1)
-        windows.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
-    return windows
-
-
-def cut_window(image: Any, window: tuple[int, int, int, int], input_data_format: Any = None) -> Any:
-    """The pixels of `image` inside `window` (x0, y0, x1, y1): a PIL image for a PIL image, else a channels-last tensor
-    (a crop a few pixels wide has no layout of its own to infer, so the original's is applied here)."""
-    x0, y0, x1, y1 = window
-    if getattr(image, "ndim", None) is None:  # a PIL image
-        return image.crop(window)
-    pixels = torch.as_tensor(image)
-    if pixels.ndim == 2:
-        return pixels[y0:y1, x0:x1, None]
-    layout = input_data_format or infer_channel_dimension_format(image, num_channels=(1, 3, 4))
-    if ChannelDimension(layout) == ChannelDimension.FIRST:
-        return pixels[:, y0:y1, x0:x1].permute(1, 2, 0)
-    return pixels[y0:y1, x0:x1, :]
-
-
-def resized_image_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
-    """(height, width) after the image processors' resize, with the same helpers and the same branch order."""
-    if size.shortest_edge and size.longest_edge:
-        return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
-    if size.shortest_edge:
-        stand_in = torch.empty(1, height, width, device="meta")
-        return tuple(
-            get_resize_output_image_size(
-                stand_in, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
-            )
-        )
-    if size.max_height and size.max_width:
-        return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
-    if size.height and size.width:
-        return size.height, size.width
-    raise ValueError(f"HarmoCLIPProcessor cannot place boxes for an image processor `size` of {dict(size)}")
-
-
-def check_strings(values: Any, name: str) -> list[str]:
-    """`values` as a non-empty list of strings; a `TypeError` naming `name` and the item otherwise."""
-    if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
-        raise TypeError(f"`{name}` must be a non-empty list of strings, got {values!r}")
-    for index, value in enumerate(values):
-        if not isinstance(value, str):
-            raise TypeError(f"`{name}`[{index}] must be a string, got {type(value).__name__}: {value!r}")
-    return list(values)
+    def post_process_grounding(self, *args: Any, **kwargs: Any) -> list[list[dict[str, Any]]]:
+        """Forwards to `HarmoCLIPImageProcessor.post_process_grounding`."""
+        return self.image_processor.post_process_grounding(*args, **kwargs)
 
 
 HarmoCLIPProcessor.register_for_auto_class("AutoProcessor")
+# Saved models carry the processor's code too (`hub_code`), so that a model folder alone loads its processor.
+register_code_module(__name__)
 
 __all__ = [
     "HarmoCLIPProcessor",
+    "HarmoCLIPImageProcessor",
     "BoxGeometry",
     "clip_image_processor",
     "check_crop_options",

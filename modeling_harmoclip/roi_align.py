@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .box_ops import enlarge_boxes  # re-exported: its home is box_ops
+
 
 def _as_roi_tensor(boxes: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Returns RoIs as a (K, 5) tensor ``[batch_index, x1, y1, x2, y2]``."""
@@ -53,8 +55,11 @@ def _axis_weights(
     grid_f = grid.clamp(min=1).to(start.dtype)
     step = (bin_size / grid_f)[:, None, None]
     bin_start = start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]  # (K, pooled, 1)
-    # First sample index whose point may lie at or after -1 (floor: one early at most, which `inside` drops).
-    first = ((-1.0 - bin_start) / step - 0.5).floor().clamp(min=0.0)
+    # First sample index whose point may lie at or after -1 (floor: one early at most, which `inside` drops). Only a
+    # forward grid (step > 0) is skipped ahead: a reversed box (x2 < x1 under aligned=True, fixed sampling ratio) keeps
+    # its negative bin size and, as in torchvision, is sampled from its start over the reflected extent.
+    ahead = ((-1.0 - bin_start) / step.clamp(min=torch.finfo(start.dtype).tiny) - 0.5).floor().clamp(min=0.0)
+    first = torch.where(step > 0, ahead, torch.zeros_like(ahead))
     samples = first + samples[None, None, :]  # (K, pooled, num_samples)
     # (K, pooled, num_samples) sample coordinates, as torchvision places them.
     coords = bin_start + (samples + 0.5) * step
@@ -218,13 +223,6 @@ def roi_align_per_image(
         )
         output = torch.einsum("bncpw,bnqw->bncpq", rows, weights_x.reshape(batch, num_boxes, out_w, width))
     return output.to(input.dtype)
-
-
-def enlarge_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
-    """Scales xyxy boxes (..., 4) about their centres by `scale` (no clipping: RoIAlign reads zeros outside)."""
-    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-    half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
-    return torch.cat([centre - half, centre + half], dim=-1)
 
 
 __all__ = ["roi_align", "roi_align_per_image", "enlarge_boxes"]

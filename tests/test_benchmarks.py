@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from conftest import ROOT
 
+# Every benchmark run for real (quick settings): the slow tier.
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 TINY = ["--quick", "--device", "cpu", "--threads", "1", "--repeats", "1", "--warmup", "0"]
 

@@ -17,6 +17,9 @@ import pytest
 from conftest import ROOT
 from plumbing.command_line import CommandParser, UsageError, log_to_file, run_command, setup_logging
 
+# Every command run for real, end to end: the slow tier.
+pytestmark = pytest.mark.slow
+
 ENV = {
     **os.environ,
     "PYTHONPATH": str(ROOT),

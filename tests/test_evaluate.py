@@ -1,19 +1,15 @@
-"""Evaluation on data files in their real formats, with a tiny model: readers, embeddings, reports and the command."""
+"""Evaluation on data files in their real formats, with a tiny model: readers, embeddings and reports (the command:
+test_evaluate_command.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from conftest import ROOT, tiny_harmoclip_model, tiny_processor
 from crop_reference import hand_crop
 from evaluation.embeddings import (
     compute_box_embeddings,
@@ -38,204 +34,21 @@ from evaluation.evaluate import (
     write_report,
 )
 from evaluation.metrics import retrieval_metrics
-
-CAPTIONS = [
-    ["a red square on a white wall", "a red box", "red on white", "a square", "something red"],
-    ["a blue circle", "a round blue shape", "blue disc on grey", "a circle", "blue"],
-    ["a green stripe", "green line across", "a stripe of green", "green", "a band"],
-    ["a yellow dot", "small yellow spot", "a dot", "yellow", "a speck of yellow"],
-]
-COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 20)]
-SIZES = [(48, 40), (64, 64), (40, 56), (50, 50)]
-
-
-def _write_image(path: Path, index: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new("RGB", SIZES[index % 4], (240, 240, 240) if index % 2 == 0 else (120, 120, 120))
-    draw = ImageDraw.Draw(image)
-    width, height = image.size
-    draw.rectangle([width // 4, height // 4, 3 * width // 4, 3 * height // 4], fill=COLOURS[index % 4])
-    draw.ellipse([index, index, index + 8, index + 8], fill=(10 * index, 255 - 20 * index, 60))  # every image unique
-    image.save(path, format="PNG")
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_tokenizer):
-    # CLIP's crop geometry: box tasks switch to the processor's square variant themselves.
-    return tiny_processor(tiny_tokenizer, region_mode=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_harmoclip_model(seed=3)
-
-
-@pytest.fixture
-def karpathy_coco(tmp_path) -> Path:
-    """`dataset_coco.json`: 6 images over splits test/val/restval; COCO's `filepath` folders."""
-    splits = ["test", "val", "test", "restval", "test", "test"]
-    entries = []
-    for index, split in enumerate(splits):
-        folder = "val2014" if index % 2 == 0 else "train2014"
-        filename = f"COCO_{folder}_{index:012d}.png"
-        _write_image(tmp_path / "coco" / folder / filename, index)
-        entries.append(
-            {
-                "filepath": folder,
-                "filename": filename,
-                "imgid": index,
-                "split": split,
-                "cocoid": 1000 + index,
-                "sentids": list(range(5 * index, 5 * index + 5)),
-                "sentences": [
-                    {"tokens": caption.split(), "raw": caption + " ", "imgid": index, "sentid": 5 * index + number}
-                    for number, caption in enumerate(CAPTIONS[index % 4])
-                ],
-            }
-        )
-    path = tmp_path / "dataset_coco.json"
-    path.write_text(json.dumps({"images": entries, "dataset": "coco"}))
-    return path
-
-
-@pytest.fixture
-def karpathy_flickr(tmp_path) -> Path:
-    entries = []
-    for index in range(4):
-        filename = f"{1000092795 + index}.png"
-        _write_image(tmp_path / "flickr30k-images" / filename, index)
-        entries.append(
-            {
-                "filename": filename,
-                "imgid": index,
-                "split": "test" if index < 3 else "train",
-                "sentences": [{"raw": caption, "tokens": caption.split()} for caption in CAPTIONS[index][:4]],
-            }
-        )
-    path = tmp_path / "dataset_flickr30k.json"
-    path.write_text(json.dumps({"images": entries, "dataset": "flickr30k"}))
-    return path
-
-
-@pytest.fixture
-def manifest(tmp_path) -> Path:
-    """JSONL manifest with captions (a string or a list) and labelled regions, images beside it."""
-    lines = []
-    for index in range(4):
-        _write_image(tmp_path / "images" / f"{index}.png", index)
-        width, height = SIZES[index]
-        regions = [
-            {
-                "box": [width / 4, height / 4, 3 * width / 4, 3 * height / 4],
-                "phrase": "a shape",
-                "label": ["square", "circle"][index % 2],
-            },
-            {"box": [0, 0, width, height / 4], "phrase": "the background"},
-        ]
-        lines.append(
-            {
-                "image": f"images/{index}.png",
-                "caption": CAPTIONS[index][0] if index == 0 else CAPTIONS[index][:2],
-                "regions": regions,
-                "split": "val" if index == 3 else "test",
-            }
-        )
-    path = tmp_path / "manifest.jsonl"
-    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    return path
-
-
-COCO_CATEGORIES = [
-    {"supercategory": "person", "id": 1, "name": "person"},
-    {"supercategory": "vehicle", "id": 3, "name": "car"},
-    {"supercategory": "animal", "id": 18, "name": "dog"},
-    {"supercategory": "kitchen", "id": 44, "name": "bottle"},
-]
-
-
-@pytest.fixture
-def coco_instances(tmp_path) -> Path:
-    """`instances_val2017.json`: non-contiguous category ids, a crowd box, an empty box, an image without boxes."""
-    images, annotations = [], []
-    for index in range(4):
-        file_name = f"{139 + index:012d}.png"
-        _write_image(tmp_path / "val2017" / file_name, index)
-        width, height = SIZES[index]
-        images.append({"id": 139 + index, "file_name": file_name, "width": width, "height": height})
-    boxes = [  # (image_id, category_id, xywh, iscrowd)
-        (139, 1, [4, 5, 20, 18], 0),
-        (139, 18, [10, 2, 30, 30], 0),
-        (139, 1, [0, 0, 48, 40], 1),
-        (140, 3, [16, 16, 32, 32], 0),
-        (140, 1, [2, 2, 10.5, 20.25], 0),
-        (140, 3, [5, 5, 0, 10], 0),
-        (141, 18, [0, 0, 40, 56], 0),
-    ]
-    for number, (image_id, category, bbox, crowd) in enumerate(boxes):
-        annotations.append(
-            {
-                "id": number + 1,
-                "image_id": image_id,
-                "category_id": category,
-                "bbox": bbox,
-                "iscrowd": crowd,
-                "area": bbox[2] * bbox[3],
-                "segmentation": [[0, 0, 1, 0, 1, 1]],
-            }
-        )
-    path = tmp_path / "annotations" / "instances_val2017.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
-        )
-    )
-    return path
-
-
-@pytest.fixture
-def coco_panoptic(tmp_path) -> Path:
-    """`panoptic_val2017.json` with thing and stuff classes."""
-    categories = [
-        {"supercategory": "person", "isthing": 1, "id": 1, "name": "person", "color": [220, 20, 60]},
-        {"supercategory": "animal", "isthing": 1, "id": 18, "name": "dog", "color": [0, 0, 142]},
-        {"supercategory": "wall", "isthing": 0, "id": 199, "name": "wall-other-merged", "color": [102, 102, 156]},
-        {"supercategory": "ground", "isthing": 0, "id": 149, "name": "grass-merged", "color": [0, 153, 0]},
-    ]
-    images, annotations = [], []
-    for index in range(3):
-        file_name = f"{285 + index:012d}.png"
-        _write_image(tmp_path / "val2017" / file_name, index)
-        images.append({"id": 285 + index, "file_name": file_name, "width": SIZES[index][0], "height": SIZES[index][1]})
-    segments = {
-        285: [(1, [2, 3, 20, 20], 0), (199, [0, 0, 48, 10], 0), (149, [0, 30, 48, 10], 0)],
-        286: [(18, [10, 10, 30, 30], 0), (1, [0, 0, 64, 64], 1)],
-        287: [(199, [0, 0, 40, 56], 0)],
-    }
-    for image_id, image_segments in segments.items():
-        annotations.append(
-            {
-                "image_id": image_id,
-                "file_name": f"{image_id:012d}.png",
-                "segments_info": [
-                    {
-                        "id": 1000 * image_id + n,
-                        "category_id": c,
-                        "iscrowd": crowd,
-                        "bbox": bbox,
-                        "area": bbox[2] * bbox[3],
-                    }
-                    for n, (c, bbox, crowd) in enumerate(image_segments)
-                ],
-            }
-        )
-    path = tmp_path / "annotations" / "panoptic_val2017.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(
-        json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations, "categories": categories})
-    )
-    return path
-
+from evaluation_files import (  # noqa: F401  (fixtures, used by name as parameters)
+    CAPTIONS,
+    coco_instances,
+    coco_panoptic,
+    karpathy_coco,
+    karpathy_flickr,
+    manifest,
+    model,
+    processor,
+    write_coco_instances,
+    write_coco_panoptic,
+    write_karpathy_coco,
+    write_karpathy_flickr,
+    write_manifest,
+)
 
 # ---------------------------------------------------------------------------------------------------- readers
 
@@ -468,102 +281,3 @@ def test_boxcls_report_names_missing_classes(coco_instances, model, processor, t
     assert "bottle" in markdown
     saved = json.loads((tmp_path / "out" / "boxcls.json").read_text())
     assert saved["results"]["crop"]["top1"] == report["results"]["crop"]["top1"]
-
-
-# ---------------------------------------------------------------------------------------------------- the command
-
-
-@pytest.fixture
-def saved_model_dir(tmp_path, processor) -> Path:
-    folder = tmp_path / "tiny-harmoclip"
-    tiny_harmoclip_model(seed=3).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def test_command_evaluates_retrieval_from_a_saved_model(karpathy_coco, saved_model_dir, model, processor, tmp_path):
-    out = tmp_path / "results" / "flickr.json"
-    command = [
-        sys.executable,
-        "-m",
-        "evaluation.evaluate",
-        "--model",
-        str(saved_model_dir),
-        "--task",
-        "retrieval",
-        "--data",
-        str(karpathy_coco),
-        "--image-root",
-        str(karpathy_coco.parent / "coco"),
-        "--batch-size",
-        "3",
-        "--num-workers",
-        "0",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(out.read_text())
-    assert report["command"].startswith("python -m evaluation.evaluate --model ")
-    assert report["command"].endswith(f"--out {out}")
-    assert report["settings"]["split"] == "test" and report["settings"]["batch_size"] == 3
-    data = read_karpathy(karpathy_coco, karpathy_coco.parent / "coco", split="test")
-    expected = evaluate_retrieval(model, processor, data)
-    for key, value in expected.items():
-        assert report["results"][key] == pytest.approx(value, abs=1e-4), key
-    markdown = out.with_suffix(".md").read_text()
-    assert "| images | captions | I2T R@1 |" in markdown and "| 4 | 20 |" in markdown
-    assert markdown.strip() in result.stdout
-    assert "command: python -m evaluation.evaluate" in out.with_suffix(".log").read_text()
-
-
-def test_command_rejects_mistakes_in_one_line(tmp_path, capsys):
-    from evaluation.evaluate import main
-
-    assert main(["--model", "m", "--task", "captioning", "--data", "d"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: argument --task: invalid choice: 'captioning'") and len(err.strip().splitlines()) == 1
-    assert main(["--model", "m", "--task", "retrieval", "--data", str(tmp_path / "missing.json")]) == 1
-    err = capsys.readouterr().err
-    assert err == f"error: `--data`: file not found: {tmp_path / 'missing.json'}\n"
-
-
-def test_command_evaluates_box_classification_from_a_saved_model(coco_panoptic, saved_model_dir, tmp_path):
-    # The model's own box-aware processor is saved beside it (AutoProcessor loads it back).
-    from evaluation.evaluate import evaluate_command
-
-    folder = saved_model_dir
-    out = tmp_path / "panoptic.json"
-    report = evaluate_command(
-        [
-            "--model",
-            str(folder),
-            "--task",
-            "boxcls",
-            "--data",
-            str(coco_panoptic),
-            "--image-root",
-            str(coco_panoptic.parent.parent / "val2017"),
-            "--batch-size",
-            "2",
-            "--num-workers",
-            "0",
-            "--device",
-            "cpu",
-            "--template",
-            "a photo of a {}.",
-            "--crop-scale",
-            "1.25",
-            "--out",
-            str(out),
-        ]
-    )
-    saved = json.loads(out.read_text())
-    assert saved["results"]["dense"]["num_samples"] == 5 and saved["results"]["crop"]["num_samples"] == 5
-    assert saved["settings"]["templates"] == ["a photo of a {}."] and saved["settings"]["crop_scale"] == 1.25
-    assert saved["results"] == json.loads(json.dumps(report["results"]))
-    assert "| dense | 5 | 4/4 |" in out.with_suffix(".md").read_text()

@@ -17,6 +17,9 @@ from conftest import ROOT, tiny_harmoclip_model
 from conversion.export_onnx import main
 from conversion.processor_files import make_image_processor, save_harmoclip_processor
 
+# ONNX export and onnxruntime checks: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_tokenizer):

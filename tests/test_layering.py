@@ -7,6 +7,8 @@ modeling_harmoclip -> torch, transformers and the standard library only (it is t
 every layer but modeling_harmoclip and space -> plumbing (command line, atomic writes), which imports only the
 standard library, torch and transformers;
 space -> none of the project's packages (it loads published models).
+
+No import cycle either: neither among the modules inside a package nor between packages (`import_graph`, `cycles`).
 """
 
 from __future__ import annotations
@@ -179,3 +181,124 @@ def test_the_sys_path_check_sees_a_bootstrap(tmp_path: Path) -> None:
     assert _touches_sys_path(script)
     script.write_text("import sys\nprint(sys.path)\n")
     assert not _touches_sys_path(script)
+
+
+# ---------------------------------------------------------------------------------------------- import cycles
+
+
+def _module_name(path: Path, root: Path) -> str:
+    """`modeling_harmoclip/detection.py` -> "modeling_harmoclip.detection"; a package's `__init__.py` -> the package."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, files: list[Path]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports. Every import statement counts, also one inside a function (it runs
+    when called, and transformers' remote-code loader requires it); relative imports are resolved, `from package
+    import submodule` counts as an import of the submodule, an import of a package as one of its `__init__.py`. A
+    module's own enclosing packages are left out: Python has imported them before the module runs."""
+    modules = {_module_name(path, root): path for path in files}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        enclosing = {".".join(name.split(".")[:depth]) for depth in range(1, name.count(".") + 1)}
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                targets = [f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in modules]
+                if len(targets) < len(node.names):  # names defined in `module` itself
+                    targets.append(module)
+            for target in targets:
+                while target and target not in modules:  # `import a.b.c` of a name inside a.b: the module a.b
+                    target = target.rpartition(".")[0]
+                if target and target != name and target not in enclosing:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_inside_a_package() -> None:
+    """No import cycle among the modules of any package (the model imports no pipeline or processor; a leaf module
+    imports no sibling that imports it back)."""
+    graph = import_graph(ROOT, _source_files())
+    assert cycles(graph) == []
+
+
+def test_no_import_cycle_between_packages() -> None:
+    """The packages' own graph (an arrow wherever a module of one imports a module of another) has no cycle."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in import_graph(ROOT, _source_files()).items():
+        packages.setdefault(module.split(".")[0], set()).update(
+            target.split(".")[0] for target in targets if target.split(".")[0] != module.split(".")[0]
+        )
+    assert cycles(packages) == []
+
+
+def test_modeling_imports_no_pipeline_or_processor() -> None:
+    """As transformers' CLIP and OWLv2: the model file imports neither its pipelines nor its processors."""
+    graph = import_graph(ROOT, _source_files())
+    reachable, pending = set(), ["modeling_harmoclip.modeling_harmoclip"]
+    while pending:
+        for target in graph[pending.pop()] - reachable:
+            reachable.add(target)
+            pending.append(target)
+    assert not {module for module in reachable if "pipeline" in module or "processing" in module}, sorted(reachable)
+
+
+def test_cycle_checker_sees_a_cycle(tmp_path: Path) -> None:
+    """The checker resolves relative, package and in-function imports; a module's own package is not an arrow."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .a import A\n")
+    (package / "a.py").write_text("from .b import B\nA = 1\n")
+    (package / "b.py").write_text("try:\n    from pkg import c\nexcept ImportError:\n    pass\nB = 2\n")
+    (package / "c.py").write_text("from . import __doc__\n\ndef later():\n    from . import a\n")
+    (package / "d.py").write_text("import pkg.a\n")
+    files = sorted(package.glob("*.py"))
+    graph = import_graph(tmp_path, files)
+    assert graph["pkg.c"] == {"pkg.a"} and graph["pkg.d"] == {"pkg.a"} and graph["pkg"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+    (package / "c.py").write_text("C = 3\n")
+    assert cycles(import_graph(tmp_path, files)) == []

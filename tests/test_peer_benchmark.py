@@ -19,6 +19,9 @@ from conftest import ROOT, tiny_harmoclip_model
 from model_batches import training_batch
 from training_runs import ENV
 
+# The peer benchmark run for real: the slow tier.
+pytestmark = pytest.mark.slow
+
 MODULE = "benchmarks.peer_open_clip"  # run as a module from the project root
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 

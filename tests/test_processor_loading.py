@@ -158,3 +158,26 @@ def test_post_process_puts_labelled_boxes_back_in_pixels(tiny_tokenizer, region_
         processor.post_process_region_classification(
             probabilities, LABELS, torch.rand(2, 2, 4), [(48, 64), (52, 37)], top_k=0
         )
+
+
+def test_folder_saved_with_a_plain_clip_image_processor_still_loads(tmp_path, tiny_tokenizer):
+    """Folders written before the image processor of its own carry `CLIPImageProcessor`: they load into a
+    HarmoCLIPImageProcessor with the same settings and the same outputs."""
+    from modeling_harmoclip.image_processing_harmoclip import HarmoCLIPImageProcessor
+
+    folder = tmp_path / "old"
+    processor = HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer, region_mode=False)
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    assert config["image_processor"]["image_processor_type"] == "HarmoCLIPImageProcessor"
+    # Rewrite it as the older layout had it: CLIP's class, no code file of the image processor.
+    config["image_processor"]["image_processor_type"] = "CLIPImageProcessor"
+    config["image_processor"].pop("auto_map", None)
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    (folder / "image_processing_harmoclip.py").unlink()
+    loaded = HarmoCLIPProcessor.from_pretrained(folder)
+    assert isinstance(loaded.image_processor, HarmoCLIPImageProcessor)
+    expected = processor(images=_images(), text=CAPTIONS, boxes=BOXES, phrase_spans=SPANS)
+    got = loaded(images=_images(), text=CAPTIONS, boxes=BOXES, phrase_spans=SPANS)
+    for key in ("pixel_values", "boxes", "box_mask", "phrase_token_mask"):
+        assert torch.equal(got[key], expected[key]), key

@@ -84,12 +84,12 @@ def _train_config_with(name: str, value):
 
 def test_the_rules_read_from_a_recipe_by_hand() -> None:
     shipped = HarmoCLIPConfig()
-    assert recipe_defaults() == {
+    assert recipe_defaults() == {  # the named recipe `harmoclip`: GC + 0.5 LRC + GR under a frozen teacher
         "dense_mode": "value",
         "lexeme_mode": "token",
         "region_pooling": "normalize_then_pool",
         "loss_gc_weight": 1.0,
-        "loss_lrc_weight": 0.5,  # the harmoclip recipe: GC + LRC + GR
+        "loss_lrc_weight": 0.5,
         "loss_rla_weight": 0.0,
         "loss_gr_weight": 1.0,
         "gr_teacher": "frozen",

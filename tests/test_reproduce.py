@@ -17,6 +17,9 @@ from clip_reference import ReferenceCLIP
 from data_files import write_panoptic_standin
 from scripts import reproduce
 
+# The reproduction kit run for real: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def test_unreachable_url_fails_with_one_clear_line(tmp_path):
     dest = tmp_path / "downloads" / "val2017.zip"

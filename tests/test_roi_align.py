@@ -122,3 +122,33 @@ def test_per_image_form_equals_the_general_one(aligned: bool) -> None:
     assert (batched.reshape(12, 5, 2, 3) - general).abs().max() <= 1e-12
     reference = slow_roi_align(features, rois, (2, 3), 0.75, -1, aligned)
     assert (general - reference).abs().max() <= 1e-9
+
+
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("output_size", [(1, 1), (2, 3)])
+def test_reversed_boxes_sample_the_reflected_grid(sampling_ratio: int, output_size: tuple[int, int]) -> None:
+    """A box with x2 < x1 (or y2 < y1) under aligned=True and a fixed sampling ratio: torchvision keeps the negative
+    bin size and samples at start + (i + 0.5) * bin / grid over the reversed extent (values, not zeros)."""
+    generator = torch.Generator().manual_seed(sampling_ratio * 10 + output_size[1])
+    features = torch.randn(2, 3, 7, 9, generator=generator, dtype=torch.float64)
+    rois = torch.tensor(
+        [
+            [0, 6.0, 1.0, 2.0, 5.0],  # x reversed
+            [1, 1.0, 6.0, 8.0, 2.0],  # y reversed
+            [0, 8.5, 6.5, 0.5, 0.2],  # both reversed
+            [1, 3.0, 2.0, 2.5, 4.0],  # reversed by half a pixel
+            [0, 0.2, 3.0, -2.0, 5.0],  # reversed across the left border
+        ],
+        dtype=torch.float64,
+    )
+    for spatial_scale in (1.0, 0.5):
+        slow = slow_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, True)
+        assert slow[:3].abs().max().item() > 0.1  # the reference reads the reflected grid, not zeros
+        fast = roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=True)
+        assert (fast - slow).abs().max().item() <= 1e-9
+        from modeling_harmoclip.roi_align import roi_align_per_image
+
+        per_image = roi_align_per_image(
+            features[:1], rois[None, rois[:, 0] == 0, 1:], output_size, spatial_scale, sampling_ratio, aligned=True
+        )
+        assert (per_image[0] - slow[rois[:, 0] == 0]).abs().max().item() <= 1e-9

@@ -20,6 +20,9 @@ import pytest
 
 from space_support import BOXES_TEXT, IMAGE_SIZE, LABELS, LABELS_TEXT, SPACE_DIR, save_tiny_model_folder, scene_image
 
+# Drives the Space in headless Chromium: the browser tier.
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path(os.environ.get("HARMOCLIP_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 CHROMIUM_FLAGS = [
     "--headless",

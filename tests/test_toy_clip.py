@@ -17,6 +17,9 @@ from training.data.data_common import RegionSample
 from training.data.datasets import JsonlRegionDataset
 from training.data.object_views import ObjectViewMix, object_view
 
+# Toy CLIPs trained for real: the slow tier.
+pytestmark = pytest.mark.slow
+
 RECIPE = ROOT / "configs" / "toy_clip_pretrain.yaml"
 
 

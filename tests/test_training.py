@@ -26,6 +26,9 @@ from training_runs import (
     training_command,
 )
 
+# Training runs for real (scripts, launchers, resumes): the slow tier; the multi-process ones are marked distributed too.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
@@ -122,6 +125,7 @@ def test_locking_accumulation_clamping_and_tensorboard(tmp_path: Path, synthetic
     assert list((out / "harmoclip").rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
+@pytest.mark.distributed
 def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_dir: Path) -> None:
     two = tmp_path / "torchrun"
     run_training(
@@ -158,6 +162,7 @@ def test_torchrun_two_processes_and_accelerate_launch(tmp_path: Path, synthetic_
     assert "processes: 1" in (one / "train.log").read_text() and (one / "model" / "config.json").is_file()
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_with_the_whole_batch(tmp_path: Path) -> None:
     """Losses and gradients of 2 gloo processes with batch b each equal those of 1 process with batch 2b."""
     worker = ROOT / "tests" / "distributed_worker.py"
@@ -429,10 +434,11 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(
     tmp_path: Path, synthetic_dir: Path, monkeypatch
 ) -> None:
     """Fault injection at the loss: step 2's loss is NaN (skipped), then three in a row stop the run."""
+    import training.step as step_module
     import training.train as train_module
     from training.config import load_config
 
-    real = train_module.harmoclip_loss
+    real = step_module.recipe_loss  # the loss of the one training step (training/step.py)
     calls = {"count": 0}
 
     def poisoned(*args, **kwargs):
@@ -442,7 +448,7 @@ def test_non_finite_losses_skip_steps_then_stop_keeping_the_last_checkpoint(
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "harmoclip_loss", poisoned)
+    monkeypatch.setattr(step_module, "recipe_loss", poisoned)
     out = tmp_path / "nan"
     config = load_config(
         ROOT / "configs" / "synthetic_tiny.yaml",

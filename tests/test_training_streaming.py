@@ -17,6 +17,9 @@ from training.data.prepare import build_parser, prepare
 from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 from training_runs import BIN, ENV, PYTHON, SMALL, free_port, kill_after_checkpoint, read_metrics
 
+# Streamed training runs for real: the slow tier; the multi-process ones are marked distributed too.
+pytestmark = pytest.mark.slow
+
 
 def prepare_main(argv: list[str]):
     return prepare(build_parser().parse_args(argv))
@@ -74,6 +77,7 @@ def run_stream_worker(data: Path, out: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.distributed
 def test_two_processes_read_every_row_once_per_epoch(tmp_path: Path, shards) -> None:
     even = run_stream_worker(shards["even"], tmp_path / "even.json", "--workers", "1")
     assert even["processes"] == 2
@@ -150,6 +154,7 @@ def test_killed_streamed_run_resumes_to_the_same_weights(tmp_path: Path, shards)
     assert [r["step"] for r in read_metrics(killed)] == list(range(1, 11))
 
 
+@pytest.mark.distributed
 def test_two_process_streamed_run_resumes_to_the_same_weights(tmp_path: Path, shards) -> None:
     """torchrun, 2 processes on the 4 Parquet shards (8 rows each, 4 batches of 2 per epoch); the interrupted run is
     the reference's folder cut back to its step-2 checkpoint (each process's stream position in it), resumed."""

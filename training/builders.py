@@ -25,7 +25,9 @@ from training.data.datasets import CocoRegionDataset, Flickr30kEntitiesDataset, 
 from training.data.object_views import ObjectViewMix
 from training.data.streaming import RegionStream
 from training.data.synthetic import VOCABULARIES, SyntheticSettings, generate_synthetic_dataset
-from training.teacher import TeacherCache
+from training.teacher import build_teacher_cache as build_teacher_cache  # re-exported: its home is training/teacher.py
+from training.teacher import teacher_cache_settings as teacher_cache_settings  # re-exported likewise
+from training.teacher import teacher_needs_crops
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def scratch_model_config(config: TrainConfig, vocab_size: int) -> HarmoCLIPConfi
 
 
 def enable_gradient_checkpointing(model: HarmoCLIPModel) -> None:
-    """Gradient checkpointing on every layer of both towers (and the dense value path, see `_dense_from_trunk`):
+    """Gradient checkpointing on every layer of both towers (and the dense value path, see `dense_features.dense_from_trunk`):
     only each layer's input is kept in the forward pass, the rest is recomputed in the backward pass.
 
     Non-reentrant checkpointing: it gives gradients whether or not a layer's input requires them (locked layers,
@@ -240,11 +242,6 @@ def build_datasets(
     return train_set, val_set, region_collator(config, processor)
 
 
-def teacher_needs_crops(config: TrainConfig) -> bool:
-    """Whether the GR teacher encodes crops during training (a frozen or live teacher; not a cached one)."""
-    return config.gr_enabled and config.gr_teacher != "cached"
-
-
 def region_collator(
     config: TrainConfig, processor: HarmoCLIPProcessor, with_crops: bool | None = None
 ) -> RegionCollator:
@@ -255,22 +252,6 @@ def region_collator(
     if not with_crops:
         return RegionCollator(processor)
     return RegionCollator(processor, return_crops=True, crop_scale=config.gr_crop_scale)
-
-
-def build_teacher_cache(config: TrainConfig, processor: HarmoCLIPProcessor) -> TeacherCache:
-    return TeacherCache(config.teacher_cache, expected_settings=teacher_cache_settings(config, processor))
-
-
-def teacher_cache_settings(config: TrainConfig, processor: HarmoCLIPProcessor) -> dict[str, Any]:
-    """What cached crop embeddings depend on; a cache built otherwise is refused."""
-    return {
-        "gr_crop_scale": config.gr_crop_scale,
-        "crops_from": "original image",
-        "region_mode": processor.region_mode,
-        "max_boxes": config.max_boxes,
-        "min_box_size": config.min_box_size,
-        "init_from": config.init_from,
-    }
 
 
 def move_batch(batch: Any, device: torch.device) -> dict[str, Any]:

@@ -30,10 +30,9 @@ from training.builders import (
     build_datasets,
     build_model_and_processor,
     region_collator,
-    teacher_cache_settings,
 )
 from training.config import TrainConfig, build_argument_parser, config_from_args
-from training.teacher import INDEX_FILE
+from training.teacher import INDEX_FILE, teacher_cache_settings
 
 logger = logging.getLogger("harmoclip.cache_teacher")
 

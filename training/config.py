@@ -217,7 +217,7 @@ class TrainConfig(RecipeSettings):
         check_object_view_options(self.object_views, self.object_view_scale)
         if self.object_views > 0 and self.streaming:
             raise ValueError("config `object_views` needs a map-style data set: it does not apply with `streaming`")
-        if self.object_views > 0 and self.gr_teacher == "cached" and self.loss_gr_weight > 0:
+        if self.object_views > 0 and self.gr_enabled and self.gr_teacher == "cached":
             raise ValueError(
                 "config `object_views` does not apply with gr_teacher='cached': the cache holds no views' crops"
             )

@@ -1,6 +1,7 @@
-"""Teachers for the GR loss: the crop embedding of each box, from a frozen copy of the starting weights, from the
-live model, or from a cache computed ahead of training (training/cache_teacher.py), which makes GR free at training
-time.
+"""Teachers for the GR loss, all of them here: the crop embedding of each box, from a frozen copy of the starting
+weights, from the live model, or from a cache computed ahead of training (training/cache_teacher.py), which makes GR
+free at training time. Which teacher a run builds follows one rule, `TrainConfig.gr_enabled` (a GR weight > 0 and a
+teacher), and `teacher_targets` gives every micro-batch its GR targets.
 
 Cache layout (a folder): `shard-00000.safetensors`, ... each holding, per image, a tensor `<image_id>` of shape
 (R, D) (one row per region of the image's record, NaN rows for regions never seen) and `index.json` =
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+
+from training.config import TrainConfig
 
 INDEX_FILE = "index.json"
 
@@ -71,3 +75,58 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher
+
+
+def teacher_needs_crops(config: TrainConfig) -> bool:
+    """Whether the GR teacher encodes crops during training (a frozen or live teacher; not a cached one)."""
+    return config.gr_enabled and config.gr_teacher != "cached"
+
+
+def teacher_cache_settings(config: TrainConfig, processor: Any) -> dict[str, Any]:
+    """What cached crop embeddings depend on; a cache built otherwise is refused."""
+    return {
+        "gr_crop_scale": config.gr_crop_scale,
+        "crops_from": "original image",
+        "region_mode": processor.region_mode,
+        "max_boxes": config.max_boxes,
+        "min_box_size": config.min_box_size,
+        "init_from": config.init_from,
+    }
+
+
+def build_teacher_cache(config: TrainConfig, processor: Any) -> TeacherCache:
+    """The run's `TeacherCache` (`config.teacher_cache`), checked against the settings it was built with."""
+    return TeacherCache(config.teacher_cache, expected_settings=teacher_cache_settings(config, processor))
+
+
+def build_teachers(
+    configs: Sequence[TrainConfig], model: torch.nn.Module, processor: Any, device: torch.device | str
+) -> tuple[torch.nn.Module | None, TeacherCache | None]:
+    """The GR teachers that `configs` (a run's one, or a benchmark's several sharing a model) need, by the one rule
+    `gr_enabled`: a frozen copy of `model` on `device` when some config's teacher is "frozen", the cache of the first
+    config whose teacher is "cached"; the live model ("self", "self_with_grad") needs nothing built."""
+    enabled = [config for config in configs if config.gr_enabled]
+    frozen = any(config.gr_teacher == "frozen" for config in enabled)
+    cached = [config for config in enabled if config.gr_teacher == "cached"]
+    teacher = frozen_copy(model).to(device) if frozen else None
+    return teacher, build_teacher_cache(cached[0], processor) if cached else None
+
+
+def teacher_targets(
+    config: TrainConfig,
+    batch: dict[str, Any],
+    teacher: torch.nn.Module | None,
+    model: torch.nn.Module,
+    cache: TeacherCache | None,
+    accelerator: Any,
+) -> torch.Tensor | None:
+    """(B, N, D) GR targets for the batch's boxes, or None when GR is off. With `gr_teacher="self_with_grad"` they
+    keep their graph: GR trains the model through its crop branch too (FineCLIP)."""
+    if not config.gr_enabled:
+        return None
+    if config.gr_teacher == "cached":
+        return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
+    source = teacher if config.gr_teacher == "frozen" else model
+    # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
+    with torch.set_grad_enabled(config.gr_teacher == "self_with_grad"), accelerator.autocast():
+        return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])

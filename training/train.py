@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -27,59 +26,46 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 if __package__ in (None, ""):  # run as a script: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_harmoclip.configuration_harmoclip import loss_weights  # noqa: E402
-from modeling_harmoclip.losses import HarmoCLIPLoss, harmoclip_loss  # noqa: E402
 from plumbing.atomic_files import save_model_atomically, write_text_atomic  # noqa: E402
 from plumbing.command_line import log_to_file, run_command, setup_logging  # noqa: E402
-from training.builders import build_datasets, build_model_and_processor, build_teacher_cache, move_batch  # noqa: E402
+from training.builders import build_datasets, build_model_and_processor, move_batch  # noqa: E402
 from training.checkpointing import latest_checkpoint, load_checkpoint, load_process_state, save_checkpoint  # noqa: E402
 from training.config import TrainConfig, build_argument_parser, config_from_args  # noqa: E402
+from training.data.samplers import ShardedShuffleSampler  # noqa: E402
 from training.data.streaming import RegionStream, StreamBatchSampler, StreamCollate, StreamRows  # noqa: E402
-from training.distributed_rows import DistributedRows  # noqa: E402
 from training.plots import plot_loss_curves  # noqa: E402
-from training.teacher import frozen_copy  # noqa: E402
+from training.step import (  # noqa: E402
+    accumulate_gradients,
+    build_optimizer,
+    forward_objective,
+    lock_parameters,
+    minimum_over_processes,
+    parameter_groups,
+    training_step,
+)
+from training.teacher import build_teachers, teacher_targets  # noqa: E402
+
+# The one training step lives in training/step.py and the teacher in training/teacher.py; their names stay importable
+# from here.
+__all__ = [
+    "main",
+    "train",
+    "ShardedShuffleSampler",
+    "accumulate_gradients",
+    "forward_objective",
+    "lock_parameters",
+    "parameter_groups",
+    "teacher_targets",
+]
 
 logger = logging.getLogger("harmoclip.train")
-
-
-class ShardedShuffleSampler(Sampler[int]):
-    """Per-epoch permutation (seed + epoch) cut into global batches of `batch_size * num_processes`; each process takes
-    its consecutive slice of every global batch. The global batch is the same whatever the number of processes, and
-    `start_batch` resumes mid-epoch exactly."""
-
-    def __init__(self, length: int, batch_size: int, num_processes: int, process_index: int, seed: int):
-        self.length, self.batch_size = length, batch_size
-        self.num_processes, self.process_index, self.seed = num_processes, process_index, seed
-        self.epoch, self.start_batch = 0, 0
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"data set of {length} samples is smaller than one global batch "
-                f"({batch_size} x {num_processes} processes): lower `batch_size`"
-            )
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.length // (self.batch_size * self.num_processes)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        global_batch = self.batch_size * self.num_processes
-        for batch in range(self.start_batch, self.batches_per_epoch):
-            start = batch * global_batch + self.process_index * self.batch_size
-            yield from order[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
 class TrainingBatches:
@@ -155,11 +141,6 @@ class TrainingBatches:
         self.small_boxes = self.boxes_over_limit = 0
 
 
-def minimum_over_processes(accelerator: Accelerator, value: float) -> float:
-    """The smallest `value` among all processes (Accelerate's `reduce` sums or takes the maximum, nothing else)."""
-    return -float(accelerator.reduce(torch.tensor(-float(value), device=accelerator.device), "max"))
-
-
 def build_loader(
     config: TrainConfig, train_set: Any, collator: Any, num_processes: int, process_index: int
 ) -> tuple[DataLoader, ShardedShuffleSampler | StreamBatchSampler]:
@@ -193,36 +174,6 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     if path.is_file():
         lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on weight matrices only; none on norms, biases, embeddings' scalars, logit scales."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        exempt = parameter.ndim < 2 or "norm" in name or "logit_scale" in name or name.endswith(".bias")
-        (no_decay if exempt else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
-    """Freezes what the config locks, and the parameters no enabled loss term uses (data parallelism needs every
-    trainable parameter to receive a gradient)."""
-    if config.lock_text or (config.loss_gc_weight == 0 and not config.uses_phrases):
-        for parameter in list(model.text_model.parameters()) + list(model.text_projection.parameters()):
-            parameter.requires_grad_(False)
-    phrases_share_scale = config.uses_phrases and config.region_logit_scale_mode == "shared"
-    if config.loss_gc_weight == 0 and not phrases_share_scale:
-        model.logit_scale.requires_grad_(False)
-    if not config.uses_phrases or config.region_logit_scale_mode == "shared":  # shared: LRC/RLA use `logit_scale`
-        model.region_logit_scale.requires_grad_(False)
-    if config.lock_vision_layers > 0:
-        vision = model.vision_model
-        frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
-        for module in frozen:
-            for parameter in module.parameters():
-                parameter.requires_grad_(False)
 
 
 class TrainingStopped(RuntimeError):
@@ -300,14 +251,9 @@ class RunState:
     stream_position: dict[str, Any] | None = None
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW over `parameter_groups` and its cosine schedule with warm-up (stepped once per optimiser step)."""
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_eps,
-    )
+def build_optimizer_and_schedule(model: torch.nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (`step.build_optimizer`) and its cosine schedule with warm-up (stepped once per optimiser step)."""
+    optimizer = build_optimizer(model, config)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
 
 
@@ -329,32 +275,6 @@ def resume_state(config: TrainConfig, accelerator: Accelerator, streamed: bool) 
         ]
     logger.info("resumed from %s (step %d, epoch %d, batch %d)", found, run.step, run.epoch, run.batch_in_epoch)
     return run
-
-
-def accumulate_gradients(
-    model: torch.nn.Module,
-    unwrapped: torch.nn.Module,
-    batches: Iterator[dict[str, Any]],
-    config: TrainConfig,
-    accelerator: Accelerator,
-    teacher: torch.nn.Module | None,
-    teacher_cache: Any,
-) -> list[dict[str, float]] | None:
-    """The backward passes of one optimiser step (`gradient_accumulation_steps` micro-batches); returns each
-    micro-batch's loss terms, or None when some process met a non-finite loss (the gradients are then unusable)."""
-    micro_terms = []
-    for micro in range(config.gradient_accumulation_steps):
-        terms = forward_objective(model, unwrapped, next(batches), config, accelerator, teacher, teacher_cache)
-        # Every process must take the same branch: decide on the loss of all processes.
-        if minimum_over_processes(accelerator, float(torch.isfinite(terms.total.detach()))) == 0:
-            return None
-        if micro + 1 < config.gradient_accumulation_steps:
-            with accelerator.no_sync(model):
-                accelerator.backward(terms.total / config.gradient_accumulation_steps)
-        else:
-            accelerator.backward(terms.total / config.gradient_accumulation_steps)
-        micro_terms.append(terms.as_floats())
-    return micro_terms
 
 
 def metrics_record(
@@ -403,7 +323,6 @@ def stop_after_nonfinite(config: TrainConfig, accelerator: Accelerator, run: Run
 
 def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     """The body of `train` (after the Accelerator is made)."""
-    output_dir = Path(config.output_dir)
     set_seed(config.seed)
     logger.info(
         "processes: %d, device: %s, mixed precision: %s",
@@ -415,27 +334,16 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     model, processor = build_model_and_processor(config)
     lock_parameters(model, config)
     train_set, val_set, collator = build_datasets(config, processor, main_process_first=accelerator.main_process_first)
-    teacher = frozen_copy(model).to(accelerator.device) if config.gr_enabled and config.gr_teacher == "frozen" else None
-    teacher_cache = (
-        build_teacher_cache(config, processor) if config.gr_enabled and config.gr_teacher == "cached" else None
-    )
+    teacher, teacher_cache = build_teachers([config], model, processor, accelerator.device)
 
     loader, sampler = build_loader(config, train_set, collator, accelerator.num_processes, accelerator.process_index)
-    optimizer, scheduler = build_optimizer(model, config)
+    optimizer, scheduler = build_optimizer_and_schedule(model, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimiser step
     unwrapped = accelerator.unwrap_model(model)
     run = resume_state(config, accelerator, streamed=isinstance(sampler, StreamBatchSampler))
 
-    if accelerator.is_main_process:
-        (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    if config.trackers:
-        accelerator.init_trackers(
-            "harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        )
-    metrics_path = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
-        keep_metrics_up_to(metrics_path, run.step)  # a resumed run rewrites the steps after its checkpoint
+    metrics_path = start_records(config, accelerator, run.step)
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     progress = tqdm(
         total=config.max_steps,
@@ -451,20 +359,13 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
     )
     batches = iter(stream)
     while run.step < config.max_steps:
-        micro_terms = accumulate_gradients(model, unwrapped, batches, config, accelerator, teacher, teacher_cache)
+        micro_terms = training_step(
+            model, unwrapped, optimizer, batches, config, accelerator, teacher, teacher_cache, scheduler
+        )
         if micro_terms is None:
-            optimizer.zero_grad(set_to_none=True)
             stop_after_nonfinite(config, accelerator, run, progress)
             continue
         run.consecutive_nonfinite = 0
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():  # CLIP's clamp: temperatures stay within [1, max_logit_scale]
-            unwrapped.logit_scale.clamp_(0, math.log(config.max_logit_scale))
-            unwrapped.region_logit_scale.clamp_(0, math.log(config.max_logit_scale))
         run.step += 1
         window_samples += global_batch
         progress.update(1)
@@ -491,30 +392,65 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
                 )
 
         if run.step % config.checkpoint_every == 0 or run.step == config.max_steps:
-            state = {
-                "epoch": stream.epoch,
-                "batch_in_epoch": stream.batch_in_epoch,
-                "consecutive_nonfinite": run.consecutive_nonfinite,
-            }
-            process_state = (
-                {"stream_position": stream.stream_position} if isinstance(sampler, StreamBatchSampler) else None
-            )
-            save_checkpoint(accelerator, output_dir, run.step, state, config.keep_checkpoints, process_state)
+            checkpoint(config, accelerator, run, stream, streamed=isinstance(sampler, StreamBatchSampler))
 
     progress.close()
     batches.close()  # `max_steps` may fall mid-epoch: end the stream (and its DataLoader workers) before saving
     stream.report()
+    model_dir = finish_training(config, accelerator, unwrapped, processor, val_set is not None, metrics_path)
+    accelerator.end_training()
+    return model_dir
+
+
+def start_records(config: TrainConfig, accelerator: Accelerator, step: int) -> Path:
+    """Writes the run's `config.json`, starts the trackers and cuts `metrics.jsonl` back to `step` (a resumed run
+    rewrites the steps after its checkpoint); returns the metrics file's path."""
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if config.trackers:
+        accelerator.init_trackers(
+            "harmoclip", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        )
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        keep_metrics_up_to(metrics_path, step)
+    return metrics_path
+
+
+def checkpoint(config: TrainConfig, accelerator: Accelerator, run: RunState, stream: Any, streamed: bool) -> None:
+    """Saves the step's checkpoint with where the data stream stands (and, streamed, each process's position)."""
+    state = {
+        "epoch": stream.epoch,
+        "batch_in_epoch": stream.batch_in_epoch,
+        "consecutive_nonfinite": run.consecutive_nonfinite,
+    }
+    process_state = {"stream_position": stream.stream_position} if streamed else None
+    save_checkpoint(accelerator, Path(config.output_dir), run.step, state, config.keep_checkpoints, process_state)
+
+
+def finish_training(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    processor: Any,
+    has_val_set: bool,
+    metrics_path: Path,
+) -> Path:
+    """Saves the Hub-ready model (atomically) and the loss curves, then evaluates on the held-out split when asked;
+    returns the model folder."""
+    output_dir = Path(config.output_dir)
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
-        save_model_atomically(unwrapped, processor, model_dir)
+        save_model_atomically(model, processor, model_dir)
         if metrics_path.is_file():
             plot_loss_curves(metrics_path, output_dir / "loss_curves.png")
         logger.info("saved the Hub-ready model to %s", model_dir)
     accelerator.wait_for_everyone()
-    if config.evaluate_at_end and val_set is not None and accelerator.is_main_process:
+    if config.evaluate_at_end and has_val_set and accelerator.is_main_process:
         from training.builders import evaluate_model
 
-        results = evaluate_model(unwrapped, processor, config, output_dir)
+        results = evaluate_model(model, processor, config, output_dir)
         summary = {
             task: {k: v for k, v in figures.items() if not isinstance(v, (list, dict))}
             if task == "retrieval"
@@ -526,69 +462,7 @@ def run_training(config: TrainConfig, accelerator: Accelerator) -> Path:
             json.dumps(summary),
             output_dir / "eval.json",
         )
-    accelerator.end_training()
     return model_dir
-
-
-def forward_objective(
-    model: torch.nn.Module,
-    unwrapped: torch.nn.Module,
-    batch: dict[str, Any],
-    config: TrainConfig,
-    accelerator: Accelerator,
-    teacher: torch.nn.Module | None = None,
-    teacher_cache: Any = None,
-) -> HarmoCLIPLoss:
-    """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
-    teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
-    with accelerator.autocast():
-        outputs = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            boxes=batch["boxes"] if config.uses_regions else None,
-            box_mask=batch["box_mask"] if config.uses_regions else None,
-            phrase_token_mask=batch["phrase_token_mask"] if config.uses_phrases else None,
-            phrase_ids=batch["phrase_ids"] if config.uses_phrases else None,
-            category_ids=batch.get("category_ids") if config.uses_phrases and config.lrc_mask_categories else None,
-        )
-    return harmoclip_loss(
-        outputs.image_embeds.float(),
-        outputs.text_embeds.float(),
-        unwrapped.logit_scale,
-        **loss_weights(config),
-        region_embeds=outputs.region_embeds,
-        lexeme_embeds=outputs.lexeme_embeds,
-        linked_mask=outputs.linked_mask,
-        region_mask=outputs.region_mask,
-        phrase_ids=batch.get("phrase_ids"),
-        region_logit_scale=unwrapped.lrc_rla_logit_scale,
-        teacher_region_embeds=teacher_embeds,
-        gatherer=DistributedRows(),
-        phrase_embeds=outputs.phrase_embeds,
-        category_ids=batch.get("category_ids") if config.lrc_mask_categories else None,
-        teacher_grad=config.gr_teacher == "self_with_grad",
-    )
-
-
-def teacher_targets(
-    config: TrainConfig,
-    batch: dict[str, Any],
-    teacher: torch.nn.Module | None,
-    model: torch.nn.Module,
-    cache: Any,
-    accelerator: Accelerator,
-) -> torch.Tensor | None:
-    """(B, N, D) GR targets for the batch's boxes, or None when GR is off. With `gr_teacher="self_with_grad"` they
-    keep their graph: GR trains the model through its crop branch too (FineCLIP)."""
-    if not config.gr_enabled:
-        return None
-    if config.gr_teacher == "cached":
-        return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
-    source = teacher if config.gr_teacher == "frozen" else model
-    # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
-    with torch.set_grad_enabled(config.gr_teacher == "self_with_grad"), accelerator.autocast():
-        return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from modeling_harmoclip.box_ops import xywh_to_xyxy
 from plumbing.atomic_files import write_bytes_atomic
 from plumbing.json_files import read_json
 
@@ -122,9 +123,8 @@ class CocoRegionDataset(RegionDataset):
             for annotation in sorted(instances_json["annotations"], key=lambda a: int(a["id"])):
                 if annotation.get("iscrowd", 0):
                     continue
-                x, y, w, h = (float(v) for v in annotation["bbox"])
                 boxes_by_image[int(annotation["image_id"])].append(
-                    ([x, y, x + w, y + h], int(annotation["category_id"]))
+                    (xywh_to_xyxy(annotation["bbox"]), int(annotation["category_id"]))
                 )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{where}: not a COCO annotation file ({type(error).__name__}: {error})") from None
