@@ -103,31 +103,38 @@ def loader_rates(
     return results, rows, targets
 
 
+def loader_config(args: argparse.Namespace, folder: Path, num_train: int) -> Any:
+    """The training config whose loader and step are timed: `DEFAULT_CONFIG` on `num_train` generated images in
+    `folder`, at the benchmark's seed, precision and batch size."""
+    from training.config import load_config
+
+    overrides = dict(
+        synthetic_dir=str(folder / "synthetic"),
+        synthetic_num_train=num_train,
+        synthetic_num_val=0,
+        seed=args.seed,
+        evaluate_at_end=False,
+        report_to="none",
+        tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
+        mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
+        **LOSSES,
+    )
+    if args.batch_size or args.quick:
+        overrides["batch_size"] = args.batch_size or 8
+    return load_config(DEFAULT_CONFIG, overrides)
+
+
 def run(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
     from training.builders import build_datasets, build_model_and_processor
-    from training.config import load_config
     from training.data.samplers import ShardedShuffleSampler
 
     args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
     num_train = args.num_train or (32 if args.quick else 512)
     with temporary_folder("harmoclip-bench-data-") as folder:
-        overrides = dict(
-            synthetic_dir=str(folder / "synthetic"),
-            synthetic_num_train=num_train,
-            synthetic_num_val=0,
-            seed=args.seed,
-            evaluate_at_end=False,
-            report_to="none",
-            tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
-            mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
-            **LOSSES,
-        )
-        if args.batch_size or args.quick:
-            overrides["batch_size"] = args.batch_size or 8
-        config = load_config(DEFAULT_CONFIG, overrides)
+        config = loader_config(args, folder, num_train)
         _, processor = build_model_and_processor(config)
         train_set, _, collator = build_datasets(config, processor)  # generates the set
         sampler = ShardedShuffleSampler(len(train_set), config.batch_size, 1, 0, config.seed)

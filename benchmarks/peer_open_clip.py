@@ -210,6 +210,31 @@ def step_rows(
     return results, rows
 
 
+def matched_peer(
+    open_clip: Any, runner: StepRunner, padded_batch: dict[str, Any], args: argparse.Namespace
+) -> tuple[PeerStep, dict[str, Any], int]:
+    """open_clip's step on our GC step's geometry, inputs (captions padded to the context) and hyper-parameters;
+    returns it, its geometry and the parameter count both CLIPs share (a `RuntimeError` where they differ)."""
+    geometry = open_clip_geometry(runner.unwrapped.config)
+    peer = PeerStep(
+        open_clip,
+        geometry,
+        runner.batch["pixel_values"],
+        padded_batch["input_ids"],
+        runner.configs["GC"],
+        runner.accelerator.device,
+        args.dtype,
+        args.seed,
+    )
+    ours_parameters = count_parameters(runner.unwrapped) - runner.unwrapped.region_logit_scale.numel()
+    if count_parameters(peer.model) != ours_parameters:
+        raise RuntimeError(
+            f"open_clip's model has {count_parameters(peer.model)} parameters, HarmoCLIP's CLIP part "
+            f"{ours_parameters}: the geometries differ"
+        )
+    return peer, geometry, ours_parameters
+
+
 def run(args: argparse.Namespace) -> dict:
     open_clip = require_open_clip()
     args = resolve_step_arguments(args)
@@ -223,23 +248,7 @@ def run(args: argparse.Namespace) -> dict:
             "77": pad_captions(runner.batch, context, model_config.text_config.pad_token_id),
             "longest": runner.batch,
         }
-        geometry = open_clip_geometry(model_config)
-        peer = PeerStep(
-            open_clip,
-            geometry,
-            runner.batch["pixel_values"],
-            batches["77"]["input_ids"],
-            runner.configs["GC"],
-            runner.accelerator.device,
-            args.dtype,
-            args.seed,
-        )
-        ours_parameters = count_parameters(runner.unwrapped) - runner.unwrapped.region_logit_scale.numel()
-        if count_parameters(peer.model) != ours_parameters:
-            raise RuntimeError(
-                f"open_clip's model has {count_parameters(peer.model)} parameters, HarmoCLIP's CLIP part "
-                f"{ours_parameters}: the geometries differ"
-            )
+        peer, geometry, ours_parameters = matched_peer(open_clip, runner, batches["77"], args)
 
         methods: dict[str, Any] = {PEER: peer.step}
         for name in ours:

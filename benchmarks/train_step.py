@@ -377,44 +377,42 @@ def measure_variants(
     return times, terms, boxes_in_batch, memory
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_step_arguments(args)
-    if args.memory_of:
-        args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
-        return {}
+def variant_result(
+    args: argparse.Namespace,
+    name: str,
+    times: dict[str, list[float]],
+    terms: dict[str, dict[str, float]],
+    memory: dict[str, dict[str, Any]],
+) -> tuple[dict, list]:
+    """One variant's JSON result (its step time and memory, each against GC-only's) and its table row."""
+    summary = summarize(times[name])
+    ratio = ratio_summary(times[name], times["GC"])
+    peak = memory.get(name, {}).get("peak_bytes")
+    memory_ratio = peak / memory["GC"]["peak_bytes"] if peak else None
+    result = {
+        "variant": name,
+        "step": summary,
+        "time_ratio_to_gc": ratio,
+        "samples_per_s": args.batch_size / summary["median_s"],
+        "memory": memory.get(name),
+        "memory_ratio_to_gc": memory_ratio,
+        "loss_terms": terms.get(name),
+    }
+    row = [
+        name,
+        summary["median_s"] * 1e3,
+        f"{summary['spread']:.0%}",
+        args.batch_size / summary["median_s"],
+        f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+        peak / 2**20 if peak else None,
+        f"{memory_ratio:.2f}" if memory_ratio else None,
+        ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss")),
+    ]
+    return result, row
 
-    variants = selected_variants(args.variants)
-    times, terms, boxes_in_batch, memory = measure_variants(args, variants)
-    baseline = summarize(times["GC"])
-    results, rows = [], []
-    for name in variants:
-        summary = summarize(times[name])
-        ratio = ratio_summary(times[name], times["GC"])
-        peak = memory.get(name, {}).get("peak_bytes")
-        memory_ratio = peak / memory["GC"]["peak_bytes"] if peak else None
-        results.append(
-            {
-                "variant": name,
-                "step": summary,
-                "time_ratio_to_gc": ratio,
-                "samples_per_s": args.batch_size / summary["median_s"],
-                "memory": memory.get(name),
-                "memory_ratio_to_gc": memory_ratio,
-                "loss_terms": terms.get(name),
-            }
-        )
-        rows.append(
-            [
-                name,
-                summary["median_s"] * 1e3,
-                f"{summary['spread']:.0%}",
-                args.batch_size / summary["median_s"],
-                f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
-                peak / 2**20 if peak else None,
-                f"{memory_ratio:.2f}" if memory_ratio else None,
-                ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss")),
-            ]
-        )
+
+def step_targets(results: list[dict], memory: dict[str, dict[str, Any]]) -> list:
+    """The targets on the cached-teacher variant's time (and, when measured, memory) against GC-only's."""
     cached = next((r for r in results if r["variant"] == TARGET_VARIANT), None)
     targets = (
         []
@@ -439,6 +437,24 @@ def run(args: argparse.Namespace) -> dict:
                 False,
             )
         )
+    return targets
+
+
+def run(args: argparse.Namespace) -> dict:
+    args = resolve_step_arguments(args)
+    if args.memory_of:
+        args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
+        return {}
+
+    variants = selected_variants(args.variants)
+    times, terms, boxes_in_batch, memory = measure_variants(args, variants)
+    baseline = summarize(times["GC"])
+    results, rows = [], []
+    for name in variants:
+        result, row = variant_result(args, name, times, terms, memory)
+        results.append(result)
+        rows.append(row)
+    targets = step_targets(results, memory)
     memory_kind = next(iter(memory.values()))["kind"] if memory else "not measured"
     table = markdown_table(
         ["variant", "ms/step", "spread", "samples/s", "time / GC (min-max)", "peak MiB", "memory / GC", "loss terms"],

@@ -245,6 +245,53 @@ def upload_folder_to_hub(
     )
 
 
+def check_publish_arguments(
+    repo_id: str,
+    model_dir: str | Path,
+    revision: str | None,
+    commit_message: str,
+    dry_run: bool,
+    output_dir: str | Path | None,
+    export_clip_subfolder: bool,
+    export_repo_id: str | None,
+    space_id: str | None,
+    space_dir: str | Path | None,
+) -> None:
+    """`publish`'s arguments checked before anything is written or sent: a one-line error naming the bad one."""
+    validate_repo_id(repo_id, "--repo-id")
+    validate_revision(revision)
+    if export_clip_subfolder and export_repo_id is not None:
+        raise ValueError("`--export-clip-subfolder` and `--export-repo-id` are alternatives: give one")
+    if export_repo_id is not None:
+        validate_repo_id(export_repo_id, "--export-repo-id")
+        if export_repo_id == repo_id:
+            raise ValueError(f"`--export-repo-id` must differ from `--repo-id`, got {export_repo_id!r} for both")
+    if (space_id is None) != (space_dir is None):
+        raise ValueError("`--space-id` and `--space-dir` go together")
+    if space_id is not None:
+        validate_repo_id(space_id, "--space-id")
+        space_dir = Path(space_dir)
+        if not space_dir.is_dir() or not any(space_dir.iterdir()):
+            raise ValueError(f"`--space-dir`: {space_dir} is not a folder with files")
+    if not isinstance(commit_message, str) or not commit_message.strip():
+        raise ValueError("`--commit-message` must not be empty")
+    if dry_run and output_dir is None:
+        raise ValueError("`--output-dir` is required with `--dry-run` (the folder to write)")
+    check_model_folder(model_dir)
+
+
+def card_for_publish(
+    card: CardInfo | None, repo_id: str, export_clip_subfolder: bool, export_repo_id: str | None
+) -> CardInfo:
+    """The model card's facts for `repo_id` (default `CardInfo(repo_id=repo_id)`), naming the CLIP export if any."""
+    card = card or CardInfo(repo_id=repo_id)
+    if card.repo_id != repo_id:
+        raise ValueError(f"`card.repo_id` {card.repo_id!r} differs from `--repo-id` {repo_id!r}")
+    if card.clip_export is None and (export_clip_subfolder or export_repo_id):
+        card = CardInfo(**{**card.__dict__, "clip_export": "subfolder" if export_clip_subfolder else export_repo_id})
+    return card
+
+
 def publish(
     repo_id: str,
     model_dir: str | Path,
@@ -267,32 +314,19 @@ def publish(
 
     All arguments are checked before anything is written or sent.
     """
-    validate_repo_id(repo_id, "--repo-id")
-    validate_revision(revision)
-    if export_clip_subfolder and export_repo_id is not None:
-        raise ValueError("`--export-clip-subfolder` and `--export-repo-id` are alternatives: give one")
-    if export_repo_id is not None:
-        validate_repo_id(export_repo_id, "--export-repo-id")
-        if export_repo_id == repo_id:
-            raise ValueError(f"`--export-repo-id` must differ from `--repo-id`, got {export_repo_id!r} for both")
-    if (space_id is None) != (space_dir is None):
-        raise ValueError("`--space-id` and `--space-dir` go together")
-    if space_id is not None:
-        validate_repo_id(space_id, "--space-id")
-        space_dir = Path(space_dir)
-        if not space_dir.is_dir() or not any(space_dir.iterdir()):
-            raise ValueError(f"`--space-dir`: {space_dir} is not a folder with files")
-    if not isinstance(commit_message, str) or not commit_message.strip():
-        raise ValueError("`--commit-message` must not be empty")
-    if dry_run and output_dir is None:
-        raise ValueError("`--output-dir` is required with `--dry-run` (the folder to write)")
-    check_model_folder(model_dir)
-
-    card = card or CardInfo(repo_id=repo_id)
-    if card.repo_id != repo_id:
-        raise ValueError(f"`card.repo_id` {card.repo_id!r} differs from `--repo-id` {repo_id!r}")
-    if card.clip_export is None and (export_clip_subfolder or export_repo_id):
-        card = CardInfo(**{**card.__dict__, "clip_export": "subfolder" if export_clip_subfolder else export_repo_id})
+    check_publish_arguments(
+        repo_id,
+        model_dir,
+        revision,
+        commit_message,
+        dry_run,
+        output_dir,
+        export_clip_subfolder,
+        export_repo_id,
+        space_id,
+        space_dir,
+    )
+    card = card_for_publish(card, repo_id, export_clip_subfolder, export_repo_id)
 
     with tempfile.TemporaryDirectory(prefix="harmoclip-publish-") as scratch:
         target = Path(output_dir) if output_dir is not None else Path(scratch) / "model"

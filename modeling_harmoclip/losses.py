@@ -267,6 +267,13 @@ class HarmoCLIPLoss:
         }
         return {name: float(value.detach()) for name, value in values.items() if value is not None}
 
+    @classmethod
+    def weighted(cls, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> HarmoCLIPLoss:
+        """The loss of the computed `terms` (name -> unweighted scalar, names "gc", "lrc", "rla", "gr"): their sum
+        weighted by `weights`, each term kept."""
+        total = torch.stack([weights[name] * term for name, term in terms.items()]).sum()
+        return cls(total=total, gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"), rla=terms.get("rla"))
+
 
 def harmoclip_loss(
     image_embeds: torch.Tensor,
@@ -343,13 +350,7 @@ def harmoclip_loss(
             f"no loss term applies to this batch with weights {weights}: GC needs a weight > 0, "
             "LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`"
         )
-    return HarmoCLIPLoss(
-        total=torch.stack([weights[name] * term for name, term in terms.items()]).sum(),
-        gc=terms.get("gc"),
-        lrc=terms.get("lrc"),
-        gr=terms.get("gr"),
-        rla=terms.get("rla"),
-    )
+    return HarmoCLIPLoss.weighted(terms, weights)
 
 
 def recipe_loss(

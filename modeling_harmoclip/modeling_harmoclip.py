@@ -100,12 +100,63 @@ def own_teacher_targets(
         return model.get_crop_features(crop_pixel_values.to(model.dtype), mask)
 
 
+def text_features_and_phrases(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    phrase_token_mask: torch.Tensor | None,
+    linked_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[Any, torch.Tensor | None, torch.Tensor | None]:
+    """The caption's text-tower pass (`get_text_features`, `return_dict=True`) and, with `phrase_token_mask`
+    (B, N, T), the (B, N, D) lexeme and phrase embeddings of the linked boxes' phrases from it (else None, None)."""
+    text_outputs = model.get_text_features(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+    )
+    if phrase_token_mask is None:
+        return text_outputs, None, None
+    linked_tokens = phrase_token_mask & linked_mask[..., None]
+    lexeme_embeds, phrase_embeds = phrase_embeddings(model, input_ids, text_outputs.last_hidden_state, linked_tokens)
+    return text_outputs, lexeme_embeds, phrase_embeds
+
+
+def with_recipe_loss(
+    model: nn.Module,
+    outputs: HarmoCLIPOutput,
+    phrase_ids: torch.Tensor | None,
+    category_ids: torch.Tensor | None,
+    teacher_region_embeds: torch.Tensor | None,
+) -> HarmoCLIPOutput:
+    """`outputs` with `loss` (the config's weighted sum, `losses.recipe_loss`) and the unweighted terms filled in."""
+    terms = recipe_loss(
+        model.config,
+        outputs,
+        model.logit_scale,
+        model.lrc_rla_logit_scale,
+        phrase_ids=phrase_ids,
+        category_ids=category_ids,
+        teacher_region_embeds=teacher_region_embeds,
+    )
+    return replace(
+        outputs, loss=terms.total, loss_gc=terms.gc, loss_lrc=terms.lrc, loss_rla=terms.rla, loss_gr=terms.gr
+    )
+
+
 def _normalize(embeds: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeds, dim=-1, eps=1e-12)
 
 
 class HarmoCLIPModel(CLIPModel):
-    """CLIP with region and lexeme embeddings. Parameter names are `CLIPModel`'s plus `region_logit_scale`."""
+    """CLIP with region and lexeme embeddings. Parameter names are `CLIPModel`'s plus `region_logit_scale`.
+
+    In `forward`, with `phrase_ids` a valid box whose id is >= 0 must have phrase tokens, and LRC leaves out negatives
+    with the same phrase text; without them, a box is linked when its phrase row has a token. `crop_pixel_values`
+    make the model its own GR teacher, as `gr_teacher` says ("self_with_grad": with gradients, FineCLIP;
+    "self_stop_grad": without). A frozen or cached teacher's targets come as `teacher_region_embeds`
+    (`harmoclip-cache-teacher` computes the frozen starting weights' once). The crops are what lets loops that only
+    call `model(**batch)` (transformers' Trainer) train GR.
+    """
 
     config_class = HarmoCLIPConfig
     config: HarmoCLIPConfig
@@ -361,19 +412,13 @@ class HarmoCLIPModel(CLIPModel):
         boxes (`(B, N, 4)`): normalised xyxy boxes in the frame of `pixel_values`; enables `region_embeds`.
         box_mask (`(B, N)` bool): valid boxes; default all.
         phrase_token_mask (`(B, N, T)` bool): each box's phrase tokens in its image's caption; enables `lexeme_embeds`.
-        phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase. With them, a valid box whose id is
-            >= 0 must have phrase tokens, and LRC leaves out negatives with the same phrase text. Without them, a box
-            is linked when its phrase row has a token.
+        phrase_ids (`(B, N)` int64): phrase-text ids, -1 for a box without phrase (see the class docstring).
         category_ids (`(B, N)` int64): what each box shows (a category id, -1: unknown); LRC also leaves out
             negatives of the same category.
         teacher_region_embeds (`(B, N, D)`): crop embeddings of the boxes from a teacher (`get_crop_features` of the
-            processor's `crop_pixel_values`); enables GR. With `gr_teacher="self_with_grad"` GR back-propagates into
-            them too.
-        crop_pixel_values (`(B, N, 3, S, S)`), crop_mask (`(B, N)` bool): the boxes' crops (the processor's
-            `return_crops=True`), for a batch without `teacher_region_embeds`: the model is its own GR teacher, as
-            `gr_teacher` says ("self_with_grad": with gradients, FineCLIP; "self_stop_grad": without). A frozen or
-            cached teacher's targets come as `teacher_region_embeds` (`harmoclip-cache-teacher` computes the frozen
-            starting weights' once). What lets loops that only call `model(**batch)` (transformers' Trainer) train GR.
+            processor's `crop_pixel_values`); enables GR, back-propagated into under `gr_teacher="self_with_grad"`.
+        crop_pixel_values (`(B, N, 3, S, S)`), crop_mask (`(B, N)` bool): the boxes' crops (`return_crops=True`), for
+            a batch without `teacher_region_embeds`: the model is its own GR teacher (see the class docstring).
         return_loss (`bool`): `loss` = w_gc GC + w_lrc LRC + w_rla RLA + w_gr GR over the terms that apply to this batch
             alone (`losses.recipe_loss` of this config; a `ValueError` when none applies).
 
@@ -399,23 +444,14 @@ class HarmoCLIPModel(CLIPModel):
             self, pixel_values, boxes, region_mask, interpolate_pos_encoding, **kwargs
         )
         # Text tower: the caption's pass also gives the token states of its phrases.
-        text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        text_outputs, lexeme_embeds, phrase_embeds = text_features_and_phrases(
+            self, input_ids, attention_mask, position_ids, phrase_token_mask, linked_mask, **kwargs
         )
-        lexeme_embeds = phrase_embeds = None
-        if phrase_token_mask is not None:
-            linked_tokens = phrase_token_mask & linked_mask[..., None]
-            lexeme_embeds, phrase_embeds = phrase_embeddings(
-                self, input_ids, text_outputs.last_hidden_state, linked_tokens
-            )
-
         image_embeds = _normalize(vision_outputs.pooler_output)
         text_embeds = _normalize(text_outputs.pooler_output)
         logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device) * self.logit_scale.exp()
-        logits_per_image = logits_per_text.t()
-
         outputs = HarmoCLIPOutput(
-            logits_per_image=logits_per_image,
+            logits_per_image=logits_per_text.t(),
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
@@ -429,18 +465,7 @@ class HarmoCLIPModel(CLIPModel):
         )
         if not return_loss:
             return outputs
-        terms = recipe_loss(
-            self.config,
-            outputs,
-            self.logit_scale,
-            self.lrc_rla_logit_scale,
-            phrase_ids=phrase_ids,
-            category_ids=category_ids,
-            teacher_region_embeds=teacher_region_embeds,
-        )
-        return replace(
-            outputs, loss=terms.total, loss_gc=terms.gc, loss_lrc=terms.lrc, loss_rla=terms.rla, loss_gr=terms.gr
-        )
+        return with_recipe_loss(self, outputs, phrase_ids, category_ids, teacher_region_embeds)
 
 
 HarmoCLIPConfig.register_for_auto_class("AutoConfig")

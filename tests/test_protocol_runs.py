@@ -203,6 +203,15 @@ def test_class_embeddings_file_of_the_wrong_shape_is_refused(tmp_path):
         load_class_embeddings(tmp_path / "bad.txt", 4)
 
 
+def fineclip_pixels(paths: list[Path], processor) -> torch.Tensor:
+    """(n, 3, 32, 32) pixels as FineCLIP's test_flickr.py makes them: a square bilinear resize, then normalisation."""
+    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
+    images = [Image.open(path).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR) for path in paths]
+    arrays = [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1) for image in images]
+    return torch.stack([(array - mean) / std for array in arrays])
+
+
 def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved_models, processor):
     # Karpathy split file; 3 test images with 5 captions each, one train image left out.
     captions = [
@@ -250,24 +259,7 @@ def test_retrieval_protocol_follows_fineclips_recall_definitions(tmp_path, saved
 
     # FineCLIP's test_flickr.py by hand: square bilinear resize, top-1 over the similarity matrix in both directions.
     model = tiny_harmoclip_model(seed=3)
-    mean = torch.tensor(processor.image_processor.image_mean).view(3, 1, 1)
-    std = torch.tensor(processor.image_processor.image_std).view(3, 1, 1)
-    pixels = torch.stack(
-        [
-            (
-                torch.from_numpy(
-                    np.asarray(
-                        Image.open(tmp_path / f"{i}.jpg").convert("RGB").resize((32, 32), Image.Resampling.BILINEAR),
-                        dtype=np.float32,
-                    )
-                    / 255
-                ).permute(2, 0, 1)
-                - mean
-            )
-            / std
-            for i in range(3)
-        ]
-    )
+    pixels = fineclip_pixels([tmp_path / f"{i}.jpg" for i in range(3)], processor)
     with torch.no_grad():
         image_features = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     texts = [caption for image_captions in captions[:3] for caption in image_captions]

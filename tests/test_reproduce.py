@@ -86,6 +86,30 @@ def _karpathy(path: Path, image_dir: Path, filepath: str | None) -> None:
     path.write_text(json.dumps({"images": entries}))
 
 
+def _published_figures(ours: float) -> dict:
+    """A published-figures file on the FineCLIP box figure: one row within the tolerance of `ours`, one beyond it, one
+    for another model."""
+
+    def row(model: str, label: str, published: float) -> dict:
+        return {
+            "model": model,
+            "label": label,
+            "result": "boxcls_fineclip",
+            "key": "dense.mean_class_top1",
+            "published": published,
+            "source": "s",
+        }
+
+    return {
+        "tolerance": 1.0,
+        "rows": [
+            row("pretrained", "within", ours + 0.5),
+            row("pretrained", "beyond", ours - 1.5),
+            row("finetuned", "other model", 1.0),
+        ],
+    }
+
+
 def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
     workdir = tmp_path / "repro"
     torch.manual_seed(0)
@@ -137,35 +161,7 @@ def test_a_whole_run_on_tiny_stand_ins(tmp_path, capsys):
 
     # The comparison flags a figure beyond the tolerance and passes one within it.
     ours = json.loads((results / "boxcls_fineclip.json").read_text())["results"]["dense"]["mean_class_top1"]
-    published = {
-        "tolerance": 1.0,
-        "rows": [
-            {
-                "model": "pretrained",
-                "label": "within",
-                "result": "boxcls_fineclip",
-                "key": "dense.mean_class_top1",
-                "published": ours + 0.5,
-                "source": "s",
-            },
-            {
-                "model": "pretrained",
-                "label": "beyond",
-                "result": "boxcls_fineclip",
-                "key": "dense.mean_class_top1",
-                "published": ours - 1.5,
-                "source": "s",
-            },
-            {
-                "model": "finetuned",
-                "label": "other model",
-                "result": "boxcls_fineclip",
-                "key": "dense.mean_class_top1",
-                "published": 1.0,
-                "source": "s",
-            },
-        ],
-    }
+    published = _published_figures(ours)
     rows, _ = reproduce.compare({"pretrained": results}, published)
     assert [(row["label"], row["status"]) for row in rows] == [("within", "ok"), ("beyond", "DIFFERS")]
     assert rows[1]["difference"] == pytest.approx(1.5)

@@ -26,8 +26,8 @@ from training.data.object_views import ObjectViewMix
 from training.data.streaming import RegionStream
 from training.data.synthetic import VOCABULARIES, SyntheticSettings, generate_synthetic_dataset
 from training.teacher import build_teacher_cache as build_teacher_cache  # re-exported: its home is training/teacher.py
+from training.teacher import crop_options, teacher_needs_crops
 from training.teacher import teacher_cache_settings as teacher_cache_settings  # re-exported likewise
-from training.teacher import teacher_needs_crops
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def region_collator(
         with_crops = teacher_needs_crops(config)
     if not with_crops:
         return RegionCollator(processor)
-    return RegionCollator(processor, return_crops=True, crop_scale=config.gr_crop_scale)
+    return RegionCollator(processor, **crop_options(config))
 
 
 def move_batch(batch: Any, device: torch.device) -> dict[str, Any]:

@@ -170,6 +170,20 @@ class TrainConfig(RecipeSettings):
                 raise ValueError(f"config `{name}` must be one of {allowed}, got {getattr(self, name)!r}")
         check_recipe(self, "config `{}`")
         tracker_names(self.report_to)
+        self._check_ranges()
+        self._check_data_options()
+        if self.region_logit_scale_mode == "separate" and self.region_logit_scale_init_value > math.log(
+            self.max_logit_scale
+        ):
+            raise ValueError(
+                f"config `region_logit_scale_init_value` must be at most log(max_logit_scale) = "
+                f"{math.log(self.max_logit_scale):.4f}, got {self.region_logit_scale_init_value!r}"
+            )
+        if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == self.loss_rla_weight == 0:
+            raise ValueError("config: all loss weights are 0; nothing to train")
+
+    def _check_ranges(self) -> None:
+        """Counts, sizes and rates in their ranges: a clear error naming the field."""
         positive = (
             "batch_size",
             "gradient_accumulation_steps",
@@ -201,6 +215,9 @@ class TrainConfig(RecipeSettings):
             raise ValueError(
                 f"config `image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})"
             )
+
+    def _check_data_options(self) -> None:
+        """The data options agree with `data_format`, `streaming` and the GR teacher."""
         if self.data_format != "synthetic" and not self.train_data:
             raise ValueError(f"config `train_data` is required with data_format={self.data_format!r}")
         if self.data_format == "synthetic" and (self.train_data or self.val_data):
@@ -227,15 +244,6 @@ class TrainConfig(RecipeSettings):
             raise ValueError(
                 "config `teacher_cache` is required with gr_teacher='cached' (see training/cache_teacher.py)"
             )
-        if self.region_logit_scale_mode == "separate" and self.region_logit_scale_init_value > math.log(
-            self.max_logit_scale
-        ):
-            raise ValueError(
-                f"config `region_logit_scale_init_value` must be at most log(max_logit_scale) = "
-                f"{math.log(self.max_logit_scale):.4f}, got {self.region_logit_scale_init_value!r}"
-            )
-        if self.loss_gc_weight == self.loss_lrc_weight == self.loss_gr_weight == self.loss_rla_weight == 0:
-            raise ValueError("config: all loss weights are 0; nothing to train")
 
     @property
     def trackers(self) -> list[str]:

@@ -24,10 +24,15 @@ import torch
 from modeling_harmoclip.configuration_harmoclip import HarmoCLIPConfig, gr_enabled
 from training.data.collate import METADATA_KEYS, TEACHER_KEYS, RegionCollator
 from training.data.data_common import RegionSample, SkippedSample
-from training.teacher import TeacherCache
-
-OWN_TEACHERS = ("self_stop_grad", "self_with_grad")
-PRECOMPUTED_TEACHERS = ("frozen", "cached")
+from training.teacher import (  # the teacher names stay importable from here
+    OWN_TEACHERS,
+    PRECOMPUTED_TEACHERS,
+    TeacherCache,
+    cached_targets,
+    check_precomputed_teacher,
+    crop_options,
+    model_is_own_teacher,
+)
 
 
 class ModelBatchCollator:
@@ -51,16 +56,11 @@ class ModelBatchCollator:
         **processor_kwargs: Any,
     ):
         self.gr = gr_enabled(config)
-        self.own_teacher = self.gr and config.gr_teacher in OWN_TEACHERS
-        if self.gr and config.gr_teacher in PRECOMPUTED_TEACHERS and teacher_cache is None:
-            raise ValueError(
-                f"`teacher_cache` is required with gr_teacher={config.gr_teacher!r}: compute the starting weights' crop "
-                "embeddings once with harmoclip-cache-teacher, or set gr_teacher to 'self_stop_grad' or "
-                "'self_with_grad' (the model as its own teacher)"
-            )
+        self.own_teacher = model_is_own_teacher(config)
+        check_precomputed_teacher(config, teacher_cache)
         self.teacher_cache = teacher_cache if self.gr else None
         if self.own_teacher:
-            processor_kwargs = {"return_crops": True, "crop_scale": config.gr_crop_scale, **processor_kwargs}
+            processor_kwargs = {**crop_options(config), **processor_kwargs}
         self.collator = RegionCollator(processor, **processor_kwargs)
         self.return_loss = return_loss
 
@@ -72,7 +72,7 @@ class ModelBatchCollator:
         if self.own_teacher:
             inputs.update({key: batch[key] for key in TEACHER_KEYS})
         elif self.teacher_cache is not None:
-            inputs["teacher_region_embeds"] = self.teacher_cache.lookup(batch["image_ids"], batch["box_indices"])
+            inputs["teacher_region_embeds"] = cached_targets(self.teacher_cache, batch)
         if self.return_loss:
             inputs["return_loss"] = True
         return inputs

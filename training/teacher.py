@@ -1,7 +1,9 @@
 """Teachers for the GR loss, all of them here: the crop embedding of each box, from a frozen copy of the starting
 weights, from the live model, or from a cache computed ahead of training (training/cache_teacher.py), which makes GR
 free at training time. Which teacher a run builds follows one rule, `TrainConfig.gr_enabled` (a GR weight > 0 and a
-teacher), and `teacher_targets` gives every micro-batch its GR targets.
+teacher), and `teacher_targets` gives every micro-batch its GR targets. The batches of loops that only call
+`model(**batch)` (training/loop_batches.py) take their teacher from here too: the model's own crops
+(`model_is_own_teacher`, `crop_options`) or a cache (`check_precomputed_teacher`, `cached_targets`).
 
 Cache layout (a folder): `shard-00000.safetensors`, ... each holding, per image, a tensor `<image_id>` of shape
 (R, D) (one row per region of the image's record, NaN rows for regions never seen) and `index.json` =
@@ -20,9 +22,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from modeling_harmoclip.configuration_harmoclip import gr_enabled
 from training.config import TrainConfig
 
 INDEX_FILE = "index.json"
+# The teachers that are the live model itself (it encodes the boxes' crops), and those whose targets can be computed
+# ahead of training (a `harmoclip-cache-teacher` folder: the starting weights' crop embeddings).
+OWN_TEACHERS = ("self_stop_grad", "self_with_grad")
+PRECOMPUTED_TEACHERS = ("frozen", "cached")
 
 
 class TeacherCache:
@@ -82,6 +89,34 @@ def teacher_needs_crops(config: TrainConfig) -> bool:
     return config.gr_enabled and config.gr_teacher != "cached"
 
 
+def crop_options(config: Any) -> dict[str, Any]:
+    """The processor options that cut the teacher's crops of the original images: `return_crops` at `gr_crop_scale`
+    of `config` (a `TrainConfig` or a `HarmoCLIPConfig`)."""
+    return {"return_crops": True, "crop_scale": config.gr_crop_scale}
+
+
+def model_is_own_teacher(config: Any) -> bool:
+    """Whether GR is on (the one rule, `gr_enabled`) with the live model as its teacher (`OWN_TEACHERS`), for `config`
+    a `TrainConfig` or a `HarmoCLIPConfig`: a loop that only calls `model(**batch)` then gives the model the crops."""
+    return gr_enabled(config) and config.gr_teacher in OWN_TEACHERS
+
+
+def check_precomputed_teacher(config: Any, teacher_cache: TeacherCache | None) -> None:
+    """A loop that only calls `model(**batch)` cannot run a frozen teacher beside the model: with GR on (`gr_enabled`)
+    and a "frozen" or "cached" teacher, the targets must come from `teacher_cache`; a `ValueError` without one."""
+    if gr_enabled(config) and config.gr_teacher in PRECOMPUTED_TEACHERS and teacher_cache is None:
+        raise ValueError(
+            f"`teacher_cache` is required with gr_teacher={config.gr_teacher!r}: compute the starting weights' crop "
+            "embeddings once with harmoclip-cache-teacher, or set gr_teacher to 'self_stop_grad' or "
+            "'self_with_grad' (the model as its own teacher)"
+        )
+
+
+def cached_targets(cache: TeacherCache, batch: dict[str, Any]) -> torch.Tensor:
+    """(B, N, D) float32 targets on the CPU of the batch's boxes (`image_ids`, `box_indices`) from `cache`."""
+    return cache.lookup(batch["image_ids"], batch["box_indices"].cpu())
+
+
 def teacher_cache_settings(config: TrainConfig, processor: Any) -> dict[str, Any]:
     """What cached crop embeddings depend on; a cache built otherwise is refused."""
     return {
@@ -125,7 +160,7 @@ def teacher_targets(
     if not config.gr_enabled:
         return None
     if config.gr_teacher == "cached":
-        return cache.lookup(batch["image_ids"], batch["box_indices"].cpu()).to(accelerator.device)
+        return cached_targets(cache, batch).to(accelerator.device)
     source = teacher if config.gr_teacher == "frozen" else model
     # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
     with torch.set_grad_enabled(config.gr_teacher == "self_with_grad"), accelerator.autocast():
