@@ -27,10 +27,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from modeling_harmoclip.box_ops import xyxy_to_xywh
-from modeling_harmoclip.detection import detections_from_box_embeddings
 from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
 from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
 
+from .crop_detection import crop_detections
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown
 
 SCORERS = ("dense", "crop")
@@ -140,16 +140,7 @@ def image_detections(
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(parameter.device, parameter.dtype)
     outputs = model.detect(pixel_values, label_embeds, background_embed)
     if scorer == "crop":
-        width, height = image.size
-        # The region preset resizes to a square without crop: normalised boxes scale straight to pixels.
-        boxes = (outputs.pred_boxes[0] * torch.tensor([width, height, width, height])).tolist()
-        batch = processor(images=image, boxes=boxes, return_crops=True, crop_scale=crop_scale, return_tensors="pt")
-        crops = model.get_crop_features(
-            batch["crop_pixel_values"].to(parameter.device, parameter.dtype), batch["crop_mask"]
-        )
-        outputs = detections_from_box_embeddings(
-            crops, batch["boxes"], batch["crop_mask"], label_embeds, model.logit_scale.exp(), background_embed
-        )
+        outputs = crop_detections(model, processor, [image], outputs, label_embeds, background_embed, crop_scale)
     return processor.post_process_object_detection(
         outputs, threshold=0.0, target_sizes=[(image.height, image.width)], top_k=max_detections
     )[0]
