@@ -4,11 +4,14 @@ proposals, with the same weights.
     python -m benchmarks.detection_throughput                      # CPU, ViT-B/16 at 224 px, 20 labels, 64 proposals
     python -m benchmarks.detection_throughput --device cuda --max-proposals 400
 
-HarmoCLIP (`HarmoCLIPModel.detect` + `post_process_object_detection`): one encoder pass per image gives the label
-maps, the proposals drawn from them and every proposal's region embedding; then class-wise NMS. Crop-and-encode: the
-proposals HarmoCLIP made (given, not timed), each cut out at the model's input size and encoded by the global image
-encoder (`region_throughput.crop_and_encode`), scored against the same label embeddings, then the same NMS. Random
-weights make random label maps, so the proposal count is capped (`--max-proposals`), the same for both.
+Both start from the same original images (random pixels, 640x480 as a typical COCO image) and end with detections in
+their pixels. HarmoCLIP (the processor's image preprocessing, `HarmoCLIPModel.detect`, `post_process_object_detection`):
+one encoder pass per image gives the label maps, the proposals drawn from them and every proposal's region embedding;
+then class-wise NMS. Crop-and-encode (`evaluation.crop_detection.crop_detections`, the evaluation's ``crop`` scorer):
+the proposals HarmoCLIP made (given, not timed), each enlarged 1.5x about its centre, cut from the original image and
+resized to the model's input size by the image processor (`cut_crops`, as CLIPSelf and FineCLIP cut their crops),
+encoded by the global image encoder (`get_crop_features`), scored against the same label embeddings, then the same NMS.
+Random weights make random label maps, so the proposal count is capped (`--max-proposals`), the same for both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from benchmarks.common import (
     add_common_arguments,
@@ -32,11 +36,12 @@ from benchmarks.common import (
     summarize,
     time_side_by_side,
 )
-from benchmarks.region_throughput import crop_and_encode
-from modeling_harmoclip.detection import detections_from_box_embeddings
+from evaluation.crop_detection import crop_detections
 from plumbing.command_line import CommandParser
 
 NAME = "detection_throughput"
+# (width, height) of the original images: a typical COCO image.
+ORIGINAL_SIZE = (640, 480)
 
 
 def build_parser() -> CommandParser:
@@ -89,27 +94,37 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--labels, --max-proposals, --images and --crop-chunk must be >= 1")
     model, processor, config = build_model(preset, args.seed)
     model.to(args.device)
+    processor = processor.as_region_mode()
     generator = torch.Generator().manual_seed(args.seed)
     size = config.image_size
-    pixel_values = torch.randn(args.images, 3, size, size, generator=generator).to(args.device)
+    width, height = ORIGINAL_SIZE
+    images = [
+        Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy())
+        for _ in range(args.images)
+    ]
+    target_sizes = [(height, width)] * args.images
     dim = model.config.projection_dim
     embeds = F.normalize(torch.randn(args.labels + 1, dim, generator=generator), dim=-1).to(args.device)
     label_embeds, background = embeds[:-1], embeds[-1]
-    scale = model.logit_scale.exp().item()
+
+    def pixel_values() -> torch.Tensor:
+        return processor(images=images, return_tensors="pt")["pixel_values"].to(args.device)
 
     def harmoclip():
         with torch.no_grad(), autocast(args.device, args.dtype):
-            outputs = model.detect(pixel_values, label_embeds, background, max_proposals=max_proposals)
-        return processor.post_process_object_detection(outputs, threshold=0.0)
+            outputs = model.detect(pixel_values(), label_embeds, background, max_proposals=max_proposals)
+        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes)
 
-    proposals = model.detect(pixel_values, label_embeds, background, max_proposals=max_proposals)
-    boxes, box_mask = proposals.pred_boxes.to(args.device), proposals.box_mask
+    with torch.no_grad():
+        proposals = model.detect(pixel_values(), label_embeds, background, max_proposals=max_proposals)
+    box_mask = proposals.box_mask
 
     def crops():
         with torch.no_grad(), autocast(args.device, args.dtype):
-            regions = crop_and_encode(model, pixel_values, boxes, args.crop_chunk)
-        outputs = detections_from_box_embeddings(regions, boxes, box_mask, label_embeds, scale, background)
-        return processor.post_process_object_detection(outputs, threshold=0.0)
+            outputs = crop_detections(
+                model, processor, images, proposals, label_embeds, background, chunk_size=args.crop_chunk
+            )
+        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=target_sizes)
 
     methods = {"harmoclip": harmoclip, "crop_and_encode": crops}
     times = time_side_by_side(methods, args.device, args.repeats, warmup=args.warmup, progress=NAME)
@@ -132,6 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = {
         "model_preset": preset,
         "image_size": size,
+        "original_image_size": list(ORIGINAL_SIZE),
         "patch_size": config.patch_size,
         "images_per_call": args.images,
         "labels": args.labels,
@@ -140,8 +156,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     notes = [
         f"{preset} geometry ({size} px, patch {config.patch_size}), random weights, {args.images} image(s) per call; "
-        f"median of {args.repeats} alternating rounds. HarmoCLIP's time includes making the proposals; "
-        "crop-and-encode is given them. Speed-up = crop-and-encode time / HarmoCLIP time (median of the rounds' "
+        f"median of {args.repeats} alternating rounds. Both start from {width}x{height} original images; "
+        "HarmoCLIP's time includes preprocessing them and making the proposals; crop-and-encode is given the "
+        "proposals and cuts their 1.5x crops from the original images (as CLIPSelf and FineCLIP). Speed-up = crop-and-encode time / HarmoCLIP time (median of the rounds' "
         "ratios, min-max in brackets); spread = (max - min) / median of the noisier method."
     ]
     return finish(NAME, args, settings, results, table, [], notes)
