@@ -87,8 +87,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "region_text_grad": False,
     },
     # The paper's terms: GC + LRC (phrases as lexemes: the caption encoded once, the span's token states pooled) + GR.
-    # Free choices the paper does not state, PROVISIONAL until the harmony benchmark's new rows (GC+LRC and GC+LRC+GR
-    # without region text gradients, LRC at 0.25 and 0.5) are run and its recipe rule applied (docs/toy_clip.md):
+    # Free choices the paper does not state, PROVISIONAL: the harmony benchmark's new rows (GC+LRC and GC+LRC+GR
+    # without region text gradients, LRC at 0.25 and 0.5) were run in one toy world (basic, 4 seeds; the rich world
+    # not re-run) and its recipe rule chose none of them: no LRC row's retrieval was non-inferior to GC only at the
+    # 1-point margin (every interval unresolved; docs/toy_clip.md):
     # - region_text_grad False: settled by the toy evidence (the region terms' text-tower gradients cost retrieval in
     #   both worlds);
     # - LRC weight 0.5: every LRC row run so far cost retrieval at weight 1; half is the middle of the weights the
