@@ -400,8 +400,6 @@ def run_mutation(argv: list[str] | None = None) -> dict[str, Any]:
     except ImportError:
         raise ValueError('mutmut is not installed: pip install -e ".[mutation]"') from None
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    # A `kill` ends the run as Ctrl-C does: mutmut's process group is ended with it (`run_module`).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     setup_logging(args.output_dir / "mutation.log")
     results = []
     for module in tqdm(modules, desc="modules", unit="module"):
@@ -432,8 +430,14 @@ def run_mutation(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """A `kill` (SIGTERM) ends the run as Ctrl-C does: mutmut's process group is ended with it (`run_module`)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """The mutation run as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     return run_command(lambda: run_mutation(argv) and None)
 
 
