@@ -430,14 +430,14 @@ def run_mutation(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _interrupted(*_: object) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    """A `kill` (SIGTERM) ends the run as Ctrl-C does: mutmut's process group is ended with it (`run_module`)."""
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """The mutation run as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    # A `kill` ends the run as Ctrl-C does: mutmut's process group is ended with it (`run_module`).
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupt)
     return run_command(lambda: run_mutation(argv) and None)
 
 
