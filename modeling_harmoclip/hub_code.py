@@ -14,7 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModel
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.pipelines import PIPELINE_REGISTRY
 
 # task -> the config's `custom_pipelines` entry ({"impl": "module.Class", "pt": [...], "type": ...}).
 CUSTOM_PIPELINES: dict[str, dict[str, Any]] = {}
@@ -23,8 +25,13 @@ CODE_MODULES: set[str] = set()
 HERE = Path(__file__).resolve().parent
 
 
-def register_pipeline(task: str, pipeline_class: type, model_classes: tuple[str, ...] = ("AutoModel",)) -> None:
-    """Records `pipeline_class` (defined in a sibling module) as the saved model's pipeline for `task`."""
+def register_pipeline(
+    task: str, pipeline_class: type, model_classes: tuple[str, ...] = ("AutoModel",), in_process: bool = False
+) -> None:
+    """Records `pipeline_class` (defined in a sibling module) as the saved model's pipeline for `task`. With
+    `in_process`, a task of the project's own (not a stock task name) is also registered with transformers, so that
+    `pipeline(task, model=model, processor=processor)` works with objects already loaded; once per process: a
+    folder's copy of the module, imported later, is found through the config's `custom_pipelines` instead."""
     module = pipeline_class.__module__.split(".")[-1]
     CUSTOM_PIPELINES[task] = {
         "impl": f"{module}.{pipeline_class.__name__}",
@@ -32,6 +39,8 @@ def register_pipeline(task: str, pipeline_class: type, model_classes: tuple[str,
         "type": "multimodal",
     }
     CODE_MODULES.add(module)
+    if in_process and task not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=pipeline_class, pt_model=AutoModel, type="multimodal")
 
 
 def register_code_module(module_name: str) -> None:

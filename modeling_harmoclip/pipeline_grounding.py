@@ -30,9 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModel
 from transformers.image_utils import is_pil_image
-from transformers.pipelines import PIPELINE_REGISTRY
 
 from .hub_code import CUSTOM_PIPELINES, register_pipeline
 from .image_processing_harmoclip import original_image_size
@@ -293,14 +291,8 @@ def grounding_pipelines_entry() -> dict[str, dict[str, Any]]:
     return {GROUNDING_TASK: dict(CUSTOM_PIPELINES[GROUNDING_TASK])}
 
 
-# Saved models carry this pipeline: its `custom_pipelines` entry and this file (`hub_code`).
-register_pipeline(GROUNDING_TASK, PhraseGroundingPipeline)
-
-# In-process use with objects already loaded: `pipeline(GROUNDING_TASK, model=model, processor=processor)`.
-if GROUNDING_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
-    PIPELINE_REGISTRY.register_pipeline(
-        GROUNDING_TASK, pipeline_class=PhraseGroundingPipeline, pt_model=AutoModel, type="multimodal"
-    )
+# Saved models carry this pipeline (its `custom_pipelines` entry and this file); in-process use with objects loaded.
+register_pipeline(GROUNDING_TASK, PhraseGroundingPipeline, in_process=True)
 
 __all__ = [
     "GROUNDING_TASK",

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import AutoModel, Pipeline
+from transformers import Pipeline
 from transformers.image_utils import is_pil_image
-from transformers.pipelines import PIPELINE_REGISTRY
 
 from .hub_code import CUSTOM_PIPELINES, register_pipeline
 from .image_io import read_image
@@ -261,16 +260,8 @@ def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
     return {PIPELINE_TASK: dict(CUSTOM_PIPELINES[PIPELINE_TASK])}
 
 
-# Saved models carry this pipeline: its `custom_pipelines` entry and this file (`hub_code`).
-register_pipeline(PIPELINE_TASK, RegionClassificationPipeline)
-
-
-# In-process use: `pipeline(PIPELINE_TASK, model=model, processor=processor)` with objects already loaded. Once per
-# process: a folder's copy of this file, imported later, is found through the config's `custom_pipelines` instead.
-if PIPELINE_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
-    PIPELINE_REGISTRY.register_pipeline(
-        PIPELINE_TASK, pipeline_class=RegionClassificationPipeline, pt_model=AutoModel, type="multimodal"
-    )
+# Saved models carry this pipeline (its `custom_pipelines` entry and this file); in-process use with objects loaded.
+register_pipeline(PIPELINE_TASK, RegionClassificationPipeline, in_process=True)
 
 __all__ = [
     "PIPELINE_TASK",
