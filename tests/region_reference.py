@@ -13,27 +13,32 @@ import torch.nn.functional as F
 from roi_reference import slow_roi_align
 
 
-def value_path_dense(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, D, h, w) unnormalised dense features: value path in the last layer, then CLIP's heads."""
+def value_path_dense(
+    model: torch.nn.Module, pixels: torch.Tensor, interpolate_pos_encoding: bool = False
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, D, h, w) unnormalised dense features: value path in the last layer, then CLIP's heads
+    (h = H / patch, w = W / patch; a frame other than the config's needs `interpolate_pos_encoding`)."""
     vision = model.vision_model
-    hidden = vision.pre_layrnorm(vision.embeddings(pixels))
+    hidden = vision.pre_layrnorm(vision.embeddings(pixels, interpolate_pos_encoding=interpolate_pos_encoding))
     for layer in vision.encoder.layers[:-1]:
         hidden = layer(hidden, None)
     last = vision.encoder.layers[-1]
     hidden = hidden + last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(hidden)))
     hidden = hidden + last.mlp(last.layer_norm2(hidden))
     patches = model.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, h*w, D)
-    grid = pixels.shape[-1] // model.config.vision_config.patch_size
-    return patches.reshape(pixels.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
+    patch = model.config.vision_config.patch_size
+    return patches.reshape(pixels.shape[0], pixels.shape[2] // patch, pixels.shape[3] // patch, -1).permute(0, 3, 1, 2)
 
 
 @torch.no_grad()
-def reference_regions(model: torch.nn.Module, pixels: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def reference_regions(
+    model: torch.nn.Module, pixels: torch.Tensor, boxes: torch.Tensor, interpolate_pos_encoding: bool = False
+) -> torch.Tensor:
     """(1, 3, H, W) pixels and (N, 4) xyxy boxes normalised to the frame -> (N, D) float64 region embeddings:
     RoIAlign 1x1 (aligned, adaptive sampling) on the patch grid, L2-normalised; every patch L2-normalised first
     where the config's `region_pooling` says so (a config without the setting pools the projected patches as they
     are)."""
-    dense = value_path_dense(model, pixels).double()
+    dense = value_path_dense(model, pixels, interpolate_pos_encoding).double()
     if getattr(model.config, "region_pooling", "pool_then_normalize") == "normalize_then_pool":
         dense = F.normalize(dense, dim=1)
     height, width = dense.shape[-2:]
