@@ -87,14 +87,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         "region_text_grad": False,
     },
     # The paper's terms: GC + LRC (phrases as lexemes: the caption encoded once, the span's token states pooled) + GR.
-    # Free choices the paper does not state, PROVISIONAL: the harmony benchmark's new rows (GC+LRC and GC+LRC+GR
-    # without region text gradients, LRC at 0.25 and 0.5) were run in one toy world (basic, 4 seeds; the rich world
-    # not re-run) and its recipe rule chose none of them: no LRC row's retrieval was non-inferior to GC only at the
-    # 1-point margin (every interval unresolved; docs/toy_clip.md):
+    # Free choices the paper does not state, NOT CHOSEN BY THE EVIDENCE: the harmony benchmark's rows (GC+LRC and
+    # GC+LRC+GR without region text gradients, LRC at 1, 0.5 and 0.25) were run in both toy worlds over 5 seeds and its
+    # recipe rule chose none of them: no LRC row's retrieval was non-inferior to GC only at the 1-point margin (every
+    # interval unresolved or not met; the means at or beyond the margin; docs/toy_clip.md):
     # - region_text_grad False: settled by the toy evidence (the region terms' text-tower gradients cost retrieval in
     #   both worlds);
-    # - LRC weight 0.5: every LRC row run so far cost retrieval at weight 1; half is the middle of the weights the
-    #   new rows measure;
+    # - LRC weight 0.5: the middle of the weights measured (1 grounds a little better, 0.25 costs a little less
+    #   retrieval, on the means; nothing settled);
     # - RLA off: it is not one of the paper's three terms (it is `harmoclip-rla`);
     # - GR teacher frozen: CLIPSelf's; FineCLIP's live teacher changed nothing measurable at toy scale.
     "harmoclip": {
@@ -107,7 +107,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lexeme_mode": "token",
     },
     # The paper's terms plus this project's reading of its Region-Language Alignment (each phrase encoded alone,
-    # docs/method.md) at 0.5, the free choices as `harmoclip`'s (provisional likewise).
+    # docs/method.md) at 0.5, the free choices as `harmoclip`'s (not chosen by the evidence either).
     "harmoclip-rla": {
         "loss_gc_weight": 1.0,
         "loss_lrc_weight": 0.5,
@@ -216,7 +216,7 @@ class HarmoCLIPConfig(CLIPConfig):
         Weight of the global contrastive loss (CLIP's image-caption InfoNCE).
     loss_lrc_weight (`float`, defaults to 0.5):
         Weight of the lexeme-region contrastive loss (regions against their phrases' token states in the caption).
-        0.5 in the `harmoclip` recipe, a provisional choice (see `RECIPES`).
+        0.5 in the `harmoclip` recipe, a choice the toy evidence did not make (see `RECIPES`).
     loss_rla_weight (`float`, defaults to 0.0):
         Weight of the region-language alignment loss: regions against their phrases encoded alone (sentence level).
         Off in the `harmoclip` recipe (it is not one of the paper's three terms); 0.5 in `harmoclip-rla`.
