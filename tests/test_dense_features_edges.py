@@ -62,6 +62,8 @@ def test_a_frame_that_is_not_square_gives_a_map_of_its_own_shape() -> None:
         torch.testing.assert_close(dense, expected)
         regions = model.get_region_features(pixels, BOXES[None], interpolate_pos_encoding=True)
         output = model(pixel_values=pixels, input_ids=text_inputs(), boxes=BOXES[None], interpolate_pos_encoding=True)
+        without_boxes = model(pixel_values=pixels, input_ids=text_inputs(), interpolate_pos_encoding=True)
+    torch.testing.assert_close(without_boxes.image_embeds, output.image_embeds)  # the same global pass
     expected_regions = reference_regions(model, pixels, BOXES, interpolate_pos_encoding=True)
     torch.testing.assert_close(regions[0].double(), expected_regions, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(output.region_embeds[0].double(), expected_regions, atol=1e-5, rtol=1e-5)
@@ -114,10 +116,12 @@ def test_a_config_that_asks_for_tuples_still_gives_regions_and_the_image_embeddi
     pixels = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         output = model(pixel_values=pixels, input_ids=text_inputs(), boxes=BOXES[None], return_dict=True)
+        without_boxes = model(pixel_values=pixels, input_ids=text_inputs(), return_dict=True)
         model.config.return_dict = True
         expected = model(pixel_values=pixels, input_ids=text_inputs(), boxes=BOXES[None])
     torch.testing.assert_close(output.region_embeds[0].double(), reference_regions(model, pixels, BOXES))
     torch.testing.assert_close(output.image_embeds, expected.image_embeds)
+    torch.testing.assert_close(without_boxes.image_embeds, expected.image_embeds)
 
 
 def test_the_config_pooling_order_reaches_the_forward_pass() -> None:
