@@ -153,3 +153,21 @@ def test_the_label_map_background_rule() -> None:
     assert labels.tolist() == [[0, BACKGROUND, 0]]  # a best label exactly at the threshold stays
     labels, _ = semantic_label_map(probabilities, None, frame_x, frame_y)
     assert labels.tolist() == [[0, 1, 0]]  # no background, threshold 0: every pixel its best label
+
+
+def test_the_pooling_order_given_reaches_the_user_boxes() -> None:
+    dense = small_dense(2)
+    labels = F.normalize(torch.randn(2, 8), dim=-1)
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])
+    output = detections_from_dense_map(dense, labels, 10.0, boxes=boxes, region_pooling="pool_then_normalize")
+    region = F.normalize(dense.mean(dim=(2, 3)), dim=-1)  # the mean of the patches as they are
+    expected = (10.0 * region.double() @ labels.double().t()).softmax(dim=-1)
+    torch.testing.assert_close(output.scores[0].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_nms_threshold_given_is_the_one_used() -> None:
+    # Two boxes of one label overlapping at IoU 0.6 (areas 1 and 1, intersection 0.75).
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 1.25, 1.0]])
+    scores = torch.tensor([[0.9], [0.8]])
+    assert len(select_detections(scores, boxes, nms_threshold=0.5)["scores"]) == 1
+    assert len(select_detections(scores, boxes, nms_threshold=0.7)["scores"]) == 2
