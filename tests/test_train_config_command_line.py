@@ -9,7 +9,7 @@ import re
 import pytest
 
 from plumbing.command_line import UsageError
-from training.config import TrainConfig, build_argument_parser, config_field_value, load_config
+from training.config import TrainConfig, build_argument_parser, config_field_value, config_from_args, load_config
 
 
 def test_the_help_names_the_command_and_the_config_file() -> None:
@@ -85,3 +85,11 @@ def test_the_config_as_a_dict_has_every_field_and_builds_the_same_config() -> No
     assert as_dict["eval_templates"] == ("a {}",)
     assert len(as_dict) == len(TrainConfig.__dataclass_fields__)
     assert TrainConfig(**as_dict) == config
+
+
+def test_the_config_file_is_read_and_the_command_line_is_over_it(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("max_steps: 7\nlearning_rate: 2.0e-4\n")
+    parser = build_argument_parser("train")
+    config = config_from_args(parser.parse_args(["--config", str(path), "--learning_rate", "1e-3"]))
+    assert (config.max_steps, config.learning_rate) == (7, 1e-3)
