@@ -123,3 +123,43 @@ def test_crop_embeddings_are_float32_whatever_the_crops_dtype() -> None:
     assert embeds.dtype == torch.float32
     torch.testing.assert_close(embeds[0, 0].norm(), torch.tensor(1.0))
     assert torch.equal(embeds[0, 1], torch.zeros(16))
+
+
+def test_phrase_and_category_ids_reach_lrc_through_the_forward_pass() -> None:
+    from model_batches import training_batch
+
+    model = tiny_harmoclip_model(seed=8, loss_gc_weight=0.0, loss_lrc_weight=1.0, loss_gr_weight=0.0)
+    batch = training_batch(model)
+    batch.pop("teacher_region_embeds")
+    distinct = model(**batch, return_loss=True).loss_lrc
+    assert float(distinct) > 0.01
+    # Two linked boxes with the same phrase text: each one's only negative is left out, so LRC is exactly 0.
+    same_phrase = model(**{**batch, "phrase_ids": torch.tensor([[11, -1], [11, -1]])}, return_loss=True).loss_lrc
+    torch.testing.assert_close(same_phrase, torch.tensor(0.0), atol=1e-6, rtol=0)
+    # Distinct phrases of one category: left out too (`lrc_mask_categories`, on by default).
+    categories = torch.tensor([[3, -1], [3, -1]])
+    same_category = model(**batch, category_ids=categories, return_loss=True).loss_lrc
+    torch.testing.assert_close(same_category, torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_rla_alone_at_its_own_temperature_trains_that_temperature() -> None:
+    model = tiny_harmoclip_model(region_logit_scale_mode="separate", loss_lrc_weight=0.0, loss_rla_weight=0.5)
+    assert "region_logit_scale" in dict(model.named_parameters())
+    frozen = tiny_harmoclip_model(region_logit_scale_mode="separate", loss_lrc_weight=0.0, loss_rla_weight=0.0)
+    assert "region_logit_scale" not in dict(frozen.named_parameters())
+
+
+def test_one_pass_features_refuse_another_frame_unless_asked() -> None:
+    model = tiny_harmoclip_model()
+    pixels = torch.randn(1, 3, 48, 48)
+    with torch.no_grad(), pytest.raises(ValueError, match="doesn't match model"):
+        model.get_region_and_dense_features(pixels, BOXES)
+    regions, dense = model.get_region_and_dense_features(pixels, BOXES, interpolate_pos_encoding=True)
+    assert regions.shape == (1, 2, 16) and dense.shape == (1, 16, 6, 6)
+
+
+def test_save_options_reach_transformers(tmp_path) -> None:
+    model = tiny_harmoclip_model()
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    shards = sorted(path.name for path in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").exists()
