@@ -80,3 +80,17 @@ def test_an_image_without_boxes_gets_empty_crops(tiny_tokenizer) -> None:
     assert out["crop_pixel_values"].shape == (1, 0, 3, 32, 32)
     assert out["crop_mask"].shape == (1, 0) and out["crop_mask"].dtype == torch.bool
     assert out["boxes"].shape == (1, 0, 4) and out["boxes"].dtype == torch.float32
+
+
+def test_crops_take_a_call_time_crop_size_and_the_geometry_switches(tiny_tokenizer) -> None:
+    processor = tiny_processor(tiny_tokenizer)
+    out = processor(
+        images=rectangle_image(),
+        boxes=[list(BOX)],
+        return_crops=True,
+        crop_size={"height": 24, "width": 24},
+        do_resize=True,
+        do_center_crop=False,  # the image's own geometry; the crops are resized to the crop size either way
+    )
+    assert out["crop_pixel_values"].shape == (1, 1, 3, 24, 24)
+    assert out["pixel_values"].shape == (1, 3, 32, 53)  # shortest edge 32, no centre crop
