@@ -206,3 +206,26 @@ def test_label_embeddings_scoring_and_dense_similarity_follow_the_definitions(ti
     manual = torch.exp(scale * expected)
     torch.testing.assert_close(probabilities.double(), manual / manual.sum(0, keepdim=True), atol=1e-5, rtol=0)
     torch.testing.assert_close(probabilities.sum(0), torch.ones(4, 4))
+
+
+SEVEN_LABELS = ["dog", "red car", "bicycle", "tree", "house", "blue boat", "cat"]
+
+
+def test_the_top_five_labels_by_default(tiny_tokenizer) -> None:
+    model = tiny_harmoclip_model(seed=10)
+    classifier = RegionClassificationPipeline(model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
+    results = classifier(_image(), boxes=BOXES[:2], candidate_labels=SEVEN_LABELS)
+    assert [len(result["labels"]) for result in results] == [5, 5]
+    _check(results, _expected(model, tiny_tokenizer, _image(), BOXES[:2], SEVEN_LABELS), BOXES[:2], SEVEN_LABELS, 5)
+
+
+def test_given_label_embeddings_are_used_without_the_text_tower(tiny_tokenizer) -> None:
+    model = tiny_harmoclip_model(seed=11)
+    classifier = RegionClassificationPipeline(model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
+    with torch.no_grad():
+        embeds = label_embeddings(model, tiny_tokenizer, SEVEN_LABELS)
+    text_passes = [0]
+    model.text_model.register_forward_pre_hook(lambda *_: text_passes.__setitem__(0, text_passes[0] + 1))
+    results = classifier(_image(), boxes=BOXES[:2], candidate_labels=SEVEN_LABELS, label_embeds=embeds, top_k=None)
+    assert text_passes[0] == 0
+    _check(results, _expected(model, tiny_tokenizer, _image(), BOXES[:2], SEVEN_LABELS), BOXES[:2], SEVEN_LABELS, 7)
