@@ -37,7 +37,7 @@ from .detection import (
     WINDOW_SCALES,
     check_threshold,
 )
-from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .hub_code import register_pipeline
 from .image_processing_harmoclip import original_image_size
 from .pipeline_harmoclip import RegionPresetPipeline
 from .zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, check_strings, check_top_k, encode_candidates
@@ -359,12 +359,6 @@ class DenseSegmentationPipeline(_DenseLabelPipeline):
 PIPELINE_CLASSES = {DETECTION_TASK: ZeroShotRegionDetectionPipeline, SEGMENTATION_TASK: DenseSegmentationPipeline}
 
 
-def detection_pipelines_entry() -> dict[str, dict[str, Any]]:
-    """The config's `custom_pipelines` entries that make `pipeline(task, ..., trust_remote_code=True)` load these
-    pipelines from a saved folder or Hub repository (they take precedence over transformers' own for that model)."""
-    return {task: dict(CUSTOM_PIPELINES[task]) for task in PIPELINE_CLASSES}
-
-
 # Saved models carry these pipelines: their `custom_pipelines` entries and this file (`hub_code`).
 for _task, _pipeline_class in PIPELINE_CLASSES.items():
     register_pipeline(_task, _pipeline_class)
@@ -378,5 +372,4 @@ __all__ = [
     "DenseSegmentationPipeline",
     "PIPELINE_CLASSES",
     "encode_candidates",
-    "detection_pipelines_entry",
 ]

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers.image_utils import is_pil_image
 
-from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .hub_code import register_pipeline
 from .image_processing_harmoclip import original_image_size
 from .pipeline_harmoclip import RegionPresetPipeline
 from .text_features import lexemes_from_states
@@ -285,12 +285,6 @@ class PhraseGroundingPipeline(RegionPresetPipeline):
         )[0]
 
 
-def grounding_pipelines_entry() -> dict[str, dict[str, Any]]:
-    """The config's `custom_pipelines` entry that makes `pipeline(GROUNDING_TASK, ..., trust_remote_code=True)` load
-    `PhraseGroundingPipeline` from a saved folder or Hub repository."""
-    return {GROUNDING_TASK: dict(CUSTOM_PIPELINES[GROUNDING_TASK])}
-
-
 # Saved models carry this pipeline (its `custom_pipelines` entry and this file); in-process use with objects loaded.
 register_pipeline(GROUNDING_TASK, PhraseGroundingPipeline, in_process=True)
 
@@ -303,5 +297,4 @@ __all__ = [
     "phrase_embeddings",
     "ground_phrases",
     "background_embedding",
-    "grounding_pipelines_entry",
 ]

@@ -23,7 +23,7 @@ import torch
 from transformers import Pipeline
 from transformers.image_utils import is_pil_image
 
-from .hub_code import CUSTOM_PIPELINES, register_pipeline
+from .hub_code import register_pipeline
 from .image_io import read_image
 from .image_processing_harmoclip import original_image_size
 from .zero_shot import (  # re-exported: their home is zero_shot
@@ -254,12 +254,6 @@ class RegionClassificationPipeline(RegionPresetPipeline):
         )[0]
 
 
-def custom_pipelines_entry() -> dict[str, dict[str, Any]]:
-    """The config's `custom_pipelines` entry that makes `pipeline(PIPELINE_TASK, ..., trust_remote_code=True)` load
-    `RegionClassificationPipeline` from a saved folder or Hub repository."""
-    return {PIPELINE_TASK: dict(CUSTOM_PIPELINES[PIPELINE_TASK])}
-
-
 # Saved models carry this pipeline (its `custom_pipelines` entry and this file); in-process use with objects loaded.
 register_pipeline(PIPELINE_TASK, RegionClassificationPipeline, in_process=True)
 
@@ -281,5 +275,4 @@ __all__ = [
     "model_device",
     "TEXT_BATCH_SIZE",
     "LABEL_CACHE_SIZE",
-    "custom_pipelines_entry",
 ]
