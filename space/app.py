@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,18 +226,14 @@ def build_app(demo: RegionDemo, model_source: str, grounding: GroundingDemo | No
                 heatmap = gr.Image(
                     type="pil", label="Heatmap: the label's probability at each patch", elem_id="heatmap", format="png"
                 )
-        inputs = [image, labels, boxes, box_source, grid_cells, heatmap_label, top_k]
-        outputs = [labelled, table, ranking, heatmap, status]
-        run.click(lambda *values: page_outputs(demo, *values), inputs=inputs, outputs=outputs)
-        gr.Examples(
+        connect_mode(
+            run,
+            lambda *values: page_outputs(demo, *values),
+            inputs=[image, labels, boxes, box_source, grid_cells, heatmap_label, top_k],
+            outputs=[labelled, table, ranking, heatmap, status],
             examples=EXAMPLES,
-            inputs=inputs,
-            outputs=outputs,
-            fn=lambda *values: page_outputs(demo, *values),
-            run_on_click=True,
-            cache_examples=False,
-            label="Examples: held-out images, one per mode (click to run)",
-            elem_id="examples",
+            examples_label="Examples: held-out images, one per mode (click to run)",
+            examples_id="examples",
         )
         if grounding is not None:
             add_grounding_mode(grounding)
@@ -273,18 +270,38 @@ def add_grounding_mode(grounding: GroundingDemo) -> None:
             table = gr.Dataframe(
                 headers=GROUNDING_HEADERS, label="Phrases", elem_id="grounding-table", interactive=False, wrap=True
             )
-    inputs = [image, caption, phrases, boxes, box_source]
-    outputs = [grounded, table, status]
-    run.click(lambda *values: grounding_outputs(grounding, *values), inputs=inputs, outputs=outputs)
-    gr.Examples(
+    connect_mode(
+        run,
+        lambda *values: grounding_outputs(grounding, *values),
+        inputs=[image, caption, phrases, boxes, box_source],
+        outputs=[grounded, table, status],
         examples=GROUNDING_EXAMPLES,
+        examples_label="Grounding examples: a held-out image, proposals or typed boxes (click to run)",
+        examples_id="grounding-examples",
+    )
+
+
+def connect_mode(
+    run: Any,
+    fn: Callable[..., Any],
+    inputs: list[Any],
+    outputs: list[Any],
+    examples: list[list[Any]],
+    examples_label: str,
+    examples_id: str,
+) -> None:
+    """A mode's button and its clickable examples, both calling `fn(*inputs) -> outputs` (examples run on click and
+    are not cached)."""
+    run.click(fn, inputs=inputs, outputs=outputs)
+    gr.Examples(
+        examples=examples,
         inputs=inputs,
         outputs=outputs,
-        fn=lambda *values: grounding_outputs(grounding, *values),
+        fn=fn,
         run_on_click=True,
         cache_examples=False,
-        label="Grounding examples: a held-out image, proposals or typed boxes (click to run)",
-        elem_id="grounding-examples",
+        label=examples_label,
+        elem_id=examples_id,
     )
 
 
