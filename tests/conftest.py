@@ -60,6 +60,17 @@ def tiny_harmoclip_model(seed: int = 0, **settings) -> HarmoCLIPModel:
     return HarmoCLIPModel(tiny_harmoclip_config(**settings)).eval()
 
 
+def text_tower_calls(model) -> list[int]:
+    """A counter of the text tower's forward passes (a forward hook on the model's own module): `calls[0]`."""
+    calls = [0]
+
+    def count(*_):
+        calls[0] += 1
+
+    model.text_model.register_forward_hook(count)
+    return calls
+
+
 @pytest.fixture
 def tiny_model() -> HarmoCLIPModel:
     return tiny_harmoclip_model()

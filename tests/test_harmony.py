@@ -35,19 +35,7 @@ from benchmarks.harmony.statistics import (
 )
 from conftest import ROOT
 from evaluation.evaluate import DEFAULT_TEMPLATES
-
-FIGURES = (
-    "i2t_R@1",
-    "t2i_R@1",
-    "mean_R@1",
-    "box_top1_dense",
-    "box_top1_crop",
-    "box_top1_dense_seen",
-    "box_top1_dense_held_out",
-    "grounding_annotated",
-    "grounding_proposals",
-)
-SEEDS = list(QUICK_SETTINGS["seeds"])
+from harmony_cases import FIGURES, SEEDS
 
 
 def weights(row: dict) -> dict[str, torch.Tensor]:

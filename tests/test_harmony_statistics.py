@@ -11,7 +11,6 @@ import pytest
 from benchmarks.harmony.command_line import build_parser, settings_from_args
 from benchmarks.harmony.report import markdown_table
 from benchmarks.harmony.rows import (
-    QUICK_SETTINGS,
     parse_row,
 )
 from benchmarks.harmony.runs import group_top1
@@ -27,19 +26,7 @@ from benchmarks.harmony.statistics import (
     t_interval,
     t_quantile_975,
 )
-
-FIGURES = (
-    "i2t_R@1",
-    "t2i_R@1",
-    "mean_R@1",
-    "box_top1_dense",
-    "box_top1_crop",
-    "box_top1_dense_seen",
-    "box_top1_dense_held_out",
-    "grounding_annotated",
-    "grounding_proposals",
-)
-SEEDS = list(QUICK_SETTINGS["seeds"])
+from harmony_cases import FIGURES
 
 
 def test_mean_and_sample_sd_by_hand() -> None:

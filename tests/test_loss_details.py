@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loss_reference import infonce_by_hand
 from modeling_harmoclip.losses import (
     HarmoCLIPLoss,
     false_negatives,
@@ -22,19 +23,11 @@ def _unit(rows: int, dim: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
-def _infonce_by_hand(first: torch.Tensor, second: torch.Tensor, scale: float, left_out: list[tuple[int, int]]):
-    logits = scale * first @ second.t()
-    for i, j in left_out:
-        logits[i, j] = float("-inf")
-    targets = torch.arange(len(first))
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
-
-
 def test_category_zero_is_a_category_and_minus_one_is_none() -> None:
     regions, lexemes = _unit(4, 8, 0), _unit(4, 8, 1)
     categories = torch.tensor([0, 0, -1, -1])  # rows 0 and 1 share category 0; rows 2 and 3 have none
     # Without phrase ids: only the category masks, in both directions.
-    expected = _infonce_by_hand(regions, lexemes, 5.0, [(0, 1), (1, 0)])
+    expected = infonce_by_hand(regions, lexemes, 5.0, [(0, 1), (1, 0)])
     loss = lexeme_region_contrastive_loss(regions, lexemes, 5.0, category_ids=categories)
     torch.testing.assert_close(loss, expected)
     assert false_negatives(None, None, categories).tolist() == [
@@ -87,7 +80,7 @@ def test_the_teacher_gets_no_gradient_by_default() -> None:
 def test_the_public_helpers_default_to_one_process() -> None:
     """Called without `offset`, row i's positive is column i (the one-process case), by hand."""
     first, second = _unit(3, 8, 6), _unit(3, 8, 7)
-    torch.testing.assert_close(symmetric_infonce(first, second, 4.0), _infonce_by_hand(first, second, 4.0, []))
+    torch.testing.assert_close(symmetric_infonce(first, second, 4.0), infonce_by_hand(first, second, 4.0, []))
     assert same_phrase_negatives(torch.tensor([1, 2, 1]), torch.tensor([1, 2, 1])).tolist() == [
         [False, False, True],
         [False, False, False],

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from conftest import tiny_clip_config, tiny_harmoclip_model
+from loss_reference import infonce_by_hand
 from model_batches import BOS, EOS, training_batch
 from modeling_harmoclip import HarmoCLIPModel
 
@@ -47,10 +48,7 @@ def test_losses_are_weighted_and_reported_per_term() -> None:
 def _lrc_by_hand(out, batch, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of the linked (region, lexeme) pairs at temperature multiplier `scale`, written out."""
     linked = out.linked_mask
-    regions, lexemes = out.region_embeds[linked], out.lexeme_embeds[linked]
-    logits = scale * regions @ lexemes.t()
-    targets = torch.arange(regions.shape[0])
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    return infonce_by_hand(out.region_embeds[linked], out.lexeme_embeds[linked], scale)
 
 
 @pytest.mark.parametrize("mode", ["shared", "from_global", "separate"])

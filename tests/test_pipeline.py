@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
-from conftest import offline_hub_cache, run_isolated, tiny_harmoclip_model, tiny_processor
+from conftest import offline_hub_cache, run_isolated, text_tower_calls, tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
     PIPELINE_TASK,
@@ -224,8 +224,7 @@ def test_given_label_embeddings_are_used_without_the_text_tower(tiny_tokenizer) 
     classifier = RegionClassificationPipeline(model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
     with torch.no_grad():
         embeds = label_embeddings(model, tiny_tokenizer, SEVEN_LABELS)
-    text_passes = [0]
-    model.text_model.register_forward_pre_hook(lambda *_: text_passes.__setitem__(0, text_passes[0] + 1))
+    text_passes = text_tower_calls(model)
     results = classifier(_image(), boxes=BOXES[:2], candidate_labels=SEVEN_LABELS, label_embeds=embeds, top_k=None)
     assert text_passes[0] == 0
     _check(results, _expected(model, tiny_tokenizer, _image(), BOXES[:2], SEVEN_LABELS), BOXES[:2], SEVEN_LABELS, 7)

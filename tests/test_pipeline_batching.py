@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
-from conftest import tiny_harmoclip_model, tiny_processor
+from conftest import text_tower_calls, tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
 from modeling_harmoclip.pipeline_harmoclip import (
     PIPELINE_TASK,
@@ -37,17 +37,6 @@ def _images_and_boxes() -> list[dict]:
         boxes = torch.cat([corner, corner + side], dim=1).round(decimals=2).tolist()
         items.append({"image": image, "boxes": boxes})
     return items
-
-
-def _text_tower_calls(model) -> list[int]:
-    """A counter of the text tower's forward passes (a forward hook on the model's own module)."""
-    calls = [0]
-
-    def count(*_):
-        calls[0] += 1
-
-    model.text_model.register_forward_hook(count)
-    return calls
 
 
 def test_batched_pipeline_equals_one_image_per_pass_and_the_definition(tiny_tokenizer) -> None:
@@ -79,7 +68,7 @@ def test_batched_pipeline_equals_one_image_per_pass_and_the_definition(tiny_toke
 def test_labels_are_encoded_once_across_calls_and_again_when_the_weights_change(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=5)
     classifier = pipeline(PIPELINE_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     items = _images_and_boxes()[:3]
     first = classifier(items, candidate_labels=LABELS, templates=TEMPLATES, top_k=None)
     encoded = calls[0]
@@ -124,7 +113,7 @@ def test_label_embeds_given_by_the_caller_are_used_as_given(tiny_tokenizer) -> N
     classifier = pipeline(PIPELINE_TASK, model=model, processor=processor, device=-1)
     items = _images_and_boxes()[:2]
     embeds = label_embeddings(model, tiny_tokenizer, LABELS, TEMPLATES)
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     given = classifier(items, candidate_labels=LABELS, label_embeds=embeds, top_k=None, batch_size=2)
     assert calls[0] == 0
     encoded = classifier(items, candidate_labels=LABELS, templates=TEMPLATES, top_k=None)
@@ -149,7 +138,7 @@ def test_detection_and_segmentation_pipelines_reuse_labels_and_take_label_embeds
     detector = ZeroShotRegionDetectionPipeline(model=model, processor=processor)
     segmenter = DenseSegmentationPipeline(model=model, processor=processor)
     images = [item["image"] for item in _images_and_boxes()[:2]]
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     first = detector(images, candidate_labels=LABELS, templates=TEMPLATES, threshold=0.0)
     encoded = calls[0]
     assert encoded >= 1

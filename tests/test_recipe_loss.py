@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from loss_reference import infonce_by_hand
 from modeling_harmoclip.configuration_harmoclip import HarmoCLIPConfig
 from modeling_harmoclip.losses import LocalRows, recipe_loss
 
@@ -33,14 +34,6 @@ def _outputs() -> SimpleNamespace:
     )
 
 
-def _infonce_by_hand(first: torch.Tensor, second: torch.Tensor, scale: float, left_out: list[tuple[int, int]]):
-    logits = scale * first @ second.t()
-    for i, j in left_out:
-        logits[i, j] = float("-inf")
-    targets = torch.arange(len(first))
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
-
-
 def test_phrase_ids_and_masked_categories_leave_out_false_negatives() -> None:
     outputs = _outputs()
     phrase_ids = torch.tensor([[7, 7, 8, 9]])  # boxes 0 and 1 name the same phrase
@@ -59,7 +52,7 @@ def test_phrase_ids_and_masked_categories_leave_out_false_negatives() -> None:
             phrase_ids=phrase_ids,
             category_ids=category_ids,
         )
-        torch.testing.assert_close(loss.lrc, _infonce_by_hand(regions, lexemes, 5.0, left_out))
+        torch.testing.assert_close(loss.lrc, infonce_by_hand(regions, lexemes, 5.0, left_out))
 
 
 def test_the_teacher_gets_a_gradient_only_from_a_live_teacher_recipe() -> None:

@@ -9,21 +9,11 @@ import copy
 import pytest
 import torch
 
-from conftest import tiny_harmoclip_model
+from conftest import text_tower_calls, tiny_harmoclip_model
 from modeling_harmoclip import zero_shot
 from region_reference import reference_label_embeds
 
 TEMPLATES = ["a photo of a {}.", "a sketch of the {}."]
-
-
-def _text_tower_calls(model) -> list[int]:
-    calls = [0]
-
-    def count(*_):
-        calls[0] += 1
-
-    model.text_model.register_forward_hook(count)
-    return calls
 
 
 def test_string_checks_name_the_argument_and_the_item() -> None:
@@ -55,7 +45,7 @@ def test_label_functions_name_their_label_argument(tiny_tokenizer) -> None:
 
 def test_label_embeddings_encode_in_batches_of_the_given_size(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=3)
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     embeds = zero_shot.label_embeddings(model, tiny_tokenizer, ["dog", "tree", "sky"], TEMPLATES, batch_size=1)
     assert calls[0] == 6  # 3 labels x 2 templates, one prompt per pass
     reference = reference_label_embeds(model, tiny_tokenizer, ["dog", "tree", "sky"], TEMPLATES)
@@ -104,7 +94,7 @@ def test_the_background_label_is_encoded_with_the_templates_and_checked(tiny_tok
 
 def test_uncached_embeddings_are_the_reference_and_leave_the_cache_alone(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=5)
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     plain = zero_shot.resolve_label_embeddings(model, tiny_tokenizer, ["dog", "sky"], TEMPLATES, cache=False)
     reference = reference_label_embeds(model, tiny_tokenizer, ["dog", "sky"], TEMPLATES)
     torch.testing.assert_close(plain.double(), reference, atol=1e-5, rtol=0)
@@ -115,7 +105,7 @@ def test_uncached_embeddings_are_the_reference_and_leave_the_cache_alone(tiny_to
 
 def test_the_cache_is_per_tokenizer_and_cleared_per_model_or_for_all(tiny_tokenizer) -> None:
     first, second = tiny_harmoclip_model(seed=6), tiny_harmoclip_model(seed=7)
-    first_calls, second_calls = _text_tower_calls(first), _text_tower_calls(second)
+    first_calls, second_calls = text_tower_calls(first), text_tower_calls(second)
     zero_shot.clear_label_cache(first)  # a model never cached: nothing to forget, no error
     for model in (first, second):
         zero_shot.resolve_label_embeddings(model, tiny_tokenizer, ["dog"], TEMPLATES)
@@ -134,7 +124,7 @@ def test_the_cache_is_per_tokenizer_and_cleared_per_model_or_for_all(tiny_tokeni
 
 def test_the_cache_keeps_the_most_recently_used_entries(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=8)
-    calls = _text_tower_calls(model)
+    calls = text_tower_calls(model)
     size = zero_shot.LABEL_CACHE_SIZE
     assert size == 32
     sets = [[f"label {index}"] for index in range(size + 1)]
