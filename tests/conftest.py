@@ -60,6 +60,15 @@ def tiny_harmoclip_model(seed: int = 0, **settings) -> HarmoCLIPModel:
     return HarmoCLIPModel(tiny_harmoclip_config(**settings)).eval()
 
 
+def save_tiny_folder(folder: Path, tokenizer: CLIPTokenizer, seed: int, region_mode: bool = False) -> HarmoCLIPModel:
+    """A tiny random HarmoCLIP model (`seed`) and a tiny processor saved side by side in `folder`, as a Hub repository
+    holds them (model code and `custom_pipelines` in the config); returns the model."""
+    model = tiny_harmoclip_model(seed=seed)
+    model.save_pretrained(folder)
+    tiny_processor(tokenizer, region_mode=region_mode).save_pretrained(folder)
+    return model
+
+
 def text_tower_calls(model) -> list[int]:
     """A counter of the text tower's forward passes (a forward hook on the model's own module): `calls[0]`."""
     calls = [0]

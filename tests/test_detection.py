@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from conftest import offline_hub_cache, run_isolated, tiny_harmoclip_model, tiny_processor
+from conftest import offline_hub_cache, run_isolated, save_tiny_folder, tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip.detection import (
     BACKGROUND,
     MAP_THRESHOLDS,
@@ -459,9 +459,7 @@ print(json.dumps({{"found": found, "mine": mine, "masks": [[m["label"], m["score
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_tokenizer):
     folder = tmp_path_factory.mktemp("detection_pipeline") / "model"
-    model = tiny_harmoclip_model(seed=11)
-    model.save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, region_mode=False).save_pretrained(folder)
+    save_tiny_folder(folder, tiny_tokenizer, seed=11)
     return folder
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_harmoclip_model, tiny_processor
+from conftest import save_tiny_folder, tiny_harmoclip_model, tiny_processor
 from evaluation.detection import (
     coco_average_precision,
     detect_dataset,
@@ -39,8 +39,7 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("detection_model") / "model"
-    tiny_harmoclip_model(seed=2).save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, region_mode=True).save_pretrained(folder)
+    save_tiny_folder(folder, tiny_tokenizer, seed=2, region_mode=True)
     return folder
 
 

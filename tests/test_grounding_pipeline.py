@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
-from conftest import offline_hub_cache, run_isolated, tiny_harmoclip_model, tiny_processor
+from conftest import offline_hub_cache, run_isolated, save_tiny_folder, tiny_harmoclip_model, tiny_processor
 from modeling_harmoclip import pipeline_grounding
 from modeling_harmoclip.detection import detect_objects
 from modeling_harmoclip.pipeline_grounding import GROUNDING_TASK, PhraseGroundingPipeline
@@ -139,10 +139,7 @@ class _nothing:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_tokenizer) -> tuple[Path, torch.nn.Module]:
     folder = tmp_path_factory.mktemp("grounding_pipeline") / "model"
-    model = tiny_harmoclip_model(seed=12)
-    model.save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, region_mode=False).save_pretrained(folder)
-    return folder, model
+    return folder, save_tiny_folder(folder, tiny_tokenizer, seed=12)
 
 
 ISOLATED_CALL = """

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import pipeline
 
-from conftest import offline_hub_cache, run_isolated, text_tower_calls, tiny_harmoclip_model, tiny_processor
+from conftest import (
+    offline_hub_cache,
+    run_isolated,
+    save_tiny_folder,
+    text_tower_calls,
+    tiny_harmoclip_model,
+    tiny_processor,
+)
 from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
     PIPELINE_TASK,
@@ -67,10 +74,7 @@ def saved(tmp_path_factory, tiny_tokenizer) -> tuple[Path, torch.nn.Module]:
     """A folder as a Hub repository holds it: model (code, config with `custom_pipelines`) and a centre-crop
     processor (the pipeline switches to the region preset itself)."""
     folder = tmp_path_factory.mktemp("region_pipeline") / "model"
-    model = tiny_harmoclip_model(seed=7)
-    model.save_pretrained(folder)
-    tiny_processor(tiny_tokenizer, region_mode=False).save_pretrained(folder)
-    return folder, model
+    return folder, save_tiny_folder(folder, tiny_tokenizer, seed=7)
 
 
 ISOLATED_CALL = """
