@@ -44,8 +44,8 @@ def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
     phrases_share_scale = config.uses_phrases and config.region_logit_scale_mode == "shared"
     if config.loss_gc_weight == 0 and not phrases_share_scale:
         model.logit_scale.requires_grad_(False)
-    if not config.uses_phrases or config.region_logit_scale_mode == "shared":  # shared: LRC/RLA use `logit_scale`
-        model.region_logit_scale.requires_grad_(False)
+    # `region_logit_scale` needs nothing here: the model makes it a parameter only where LRC or RLA train it
+    # (`trains_region_logit_scale`), and a buffer otherwise.
     if config.lock_vision_layers > 0:
         vision = model.vision_model
         frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
