@@ -350,7 +350,8 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
     from transformers import CLIPTokenizer
 
     from conversion.clip_vocab import write_clip_tokenizer_files
-    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+    from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
     from training.data.collate import RegionCollator
     from training.data.prepare import jsonl_records, write_shards
 

@@ -36,7 +36,7 @@ from benchmarks.common import (
     summarize,
     time_side_by_side,
 )
-from modeling_harmoclip.pipeline_detection import ZeroShotRegionDetectionPipeline
+from modeling_harmoclip.pipeline_harmoclip import ZeroShotRegionDetectionPipeline
 from plumbing.command_line import CommandParser
 
 NAME = "owlv2_detection"

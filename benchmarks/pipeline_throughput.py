@@ -82,11 +82,11 @@ def measure_preset(args: argparse.Namespace, preset: str, items: list[dict], lab
     """Times the methods on one geometry; returns (result rows, table rows)."""
     from transformers import pipeline
 
-    from modeling_harmoclip.pipeline_harmoclip import PIPELINE_TASK, clear_label_cache
+    from modeling_harmoclip.pipeline_harmoclip import REGION_CLASSIFICATION_TASK, clear_label_cache
 
     model, processor, _ = build_model(preset, args.seed)
     model.to(device=args.device, dtype=args.dtype)
-    classifier = pipeline(PIPELINE_TASK, model=model, processor=processor, device=args.device)
+    classifier = pipeline(REGION_CLASSIFICATION_TASK, model=model, processor=processor, device=args.device)
 
     def per_image(uncached: bool):
         def run():

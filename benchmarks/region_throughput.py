@@ -32,7 +32,7 @@ from benchmarks.common import (
     time_side_by_side,
     write_profile,
 )
-from modeling_harmoclip.roi_align import roi_align
+from modeling_harmoclip.modeling_harmoclip import roi_align
 from plumbing.command_line import CommandParser
 
 NAME = "region_throughput"

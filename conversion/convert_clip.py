@@ -31,6 +31,7 @@ from transformers import CLIPConfig, CLIPModel
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
 from modeling_harmoclip.configuration_harmoclip import (
     DEFAULT_RECIPE,
+    LEXEME_ALIASES,
     RECIPE_CHOICES,
     RECIPES,
     TEACHER_ALIASES,
@@ -416,6 +417,8 @@ def add_harmoclip_setting_arguments(parser: argparse.ArgumentParser) -> None:
         choices = RECIPE_CHOICES.get(name)
         if name == "gr_teacher":
             choices = choices + tuple(TEACHER_ALIASES)  # an older name is read, then mapped
+        elif name == "lexeme_mode":
+            choices = choices + tuple(LEXEME_ALIASES)  # likewise, with a FutureWarning
         group.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,

@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from modeling_harmoclip.detection import HarmoCLIPDetectionOutput, detections_from_box_embeddings
-from modeling_harmoclip.image_geometry import original_image_size
-from modeling_harmoclip.image_io import read_image
-from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
-from modeling_harmoclip.modeling_harmoclip import CROP_CHUNK_SIZE
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE, original_image_size, read_image
+from modeling_harmoclip.modeling_harmoclip import (
+    CROP_CHUNK_SIZE,
+    HarmoCLIPDetectionOutput,
+    detections_from_box_embeddings,
+)
 
 
 def crop_detections(

@@ -26,9 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.box_ops import xyxy_to_xywh
-from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
-from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
+from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE, xyxy_to_xywh
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_BACKGROUND_LABEL, DEFAULT_TEMPLATES, encode_candidates
 
 from .crop_detection import crop_detections
 from .segmentation import evaluate_segmentation, manifest_class_names, segmentation_markdown
@@ -152,7 +151,7 @@ def detect_dataset(
     data: DetectionData,
     scorer: str = "dense",
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    background_label: str | None = DEFAULT_BACKGROUND,
+    background_label: str | None = DEFAULT_BACKGROUND_LABEL,
     crop_scale: float = DEFAULT_CROP_SCALE,
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -186,7 +185,7 @@ def evaluate_detection(
     scorers: Sequence[str] = SCORERS,
     baseline: tuple[torch.nn.Module, Any] | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    background_label: str | None = DEFAULT_BACKGROUND,
+    background_label: str | None = DEFAULT_BACKGROUND_LABEL,
     crop_scale: float = DEFAULT_CROP_SCALE,
     show_progress: bool = False,
 ) -> dict[str, Any]:

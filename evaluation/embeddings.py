@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE, check_crop_options
-from modeling_harmoclip.zero_shot import TEXT_BATCH_SIZE, model_device, prompt_ensemble_embeddings
+from modeling_harmoclip.pipeline_harmoclip import TEXT_BATCH_SIZE, model_device, prompt_ensemble_embeddings
 
 from .eval_data import BoxClassificationData, RetrievalData, image_loader
 from .metrics import DEFAULT_RECALL_KS, retrieval_metrics

@@ -29,8 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from modeling_harmoclip.box_ops import xywh_to_xyxy
-from modeling_harmoclip.image_io import read_image
+from modeling_harmoclip.image_processing_harmoclip import read_image, xywh_to_xyxy
 from plumbing.json_files import read_json
 
 FORMATS = ("karpathy", "jsonl", "caption-list", "coco-instances", "coco-panoptic")
@@ -341,7 +340,7 @@ def read_box_data(
 
 
 def load_image(path: Path) -> Image.Image:
-    """The image at `path`, upright RGB as every entry point reads it (`modeling_harmoclip.image_io.read_image`);
+    """The image at `path`, upright RGB as every entry point reads it (`modeling_harmoclip.image_processing_harmoclip.read_image`);
     a one-line `ValueError` naming the file when it cannot be read."""
     return read_image(path)
 

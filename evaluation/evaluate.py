@@ -39,7 +39,13 @@ from typing import Any
 import torch
 
 from modeling_harmoclip.image_processing_harmoclip import DEFAULT_CROP_SCALE
-from modeling_harmoclip.zero_shot import DEFAULT_TEMPLATES, label_embeddings, model_device
+from modeling_harmoclip.pipeline_harmoclip import (
+    DEFAULT_TEMPLATES,
+    PHRASE_MODE_ALIASES,
+    PHRASE_MODES,
+    label_embeddings,
+    model_device,
+)
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, log_to_file, run_command, setup_logging
 
@@ -255,9 +261,10 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument(
         "--phrase-mode",
-        default="lexeme",
-        choices=("lexeme", "alone"),
-        help="grounding: each phrase as its lexeme in the caption (LRC's) or encoded alone (RLA's)",
+        default="token",
+        choices=PHRASE_MODES + tuple(PHRASE_MODE_ALIASES),
+        help="grounding: each phrase as its lexeme, the caption's token states over its span (LRC's), or encoded alone "
+        "(RLA's); 'lexeme' is the older name of 'token'",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(

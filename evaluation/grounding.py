@@ -34,12 +34,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.detection import box_iou
-from modeling_harmoclip.pipeline_grounding import (
-    PHRASE_MODES,
+from modeling_harmoclip.image_processing_harmoclip import box_iou
+from modeling_harmoclip.pipeline_harmoclip import (
+    PHRASE_TEMPLATES,
     background_embedding,
+    check_phrase_mode,
+    embed_phrases,
     ground_phrases,
-    phrase_embeddings,
 )
 
 from .embeddings import EvalMode
@@ -191,7 +192,7 @@ def evaluate_grounding(
     model: torch.nn.Module,
     processor: Any,
     data: GroundingData,
-    phrase_mode: str = "lexeme",
+    phrase_mode: str = "token",
     proposals: bool = True,
     show_progress: bool = False,
 ) -> dict[str, Any]:
@@ -201,19 +202,18 @@ def evaluate_grounding(
     Returns ``{"all" | "seen" | "held_out": {"phrases", "accuracy_annotated", "accuracy_proposals_iou50",
     "chance_annotated"}, "phrase_mode": ..., "num_images": ..., "num_captions": ...}``.
     """
-    if phrase_mode not in PHRASE_MODES:
-        raise ValueError(f"`phrase_mode` must be one of {PHRASE_MODES}, got {phrase_mode!r}")
+    phrase_mode = check_phrase_mode(phrase_mode)
     processor = processor.as_region_mode() if hasattr(processor, "as_region_mode") else processor
     counts = {group: {"phrases": 0, "annotated": 0, "proposals": 0, "chance": 0.0} for group in GROUPS}
     device = next(model.parameters()).device
     with EvalMode(model):
-        background = background_embedding(model, processor.tokenizer) if proposals else None
+        background = background_embedding(model, processor.tokenizer, templates=PHRASE_TEMPLATES) if proposals else None
         for image in tqdm(data.images, desc="grounding", unit="image", disable=not show_progress):
             batch = processor(images=[load_image(image.path)], boxes=[image.boxes], return_tensors="pt")
             pixel_values = batch["pixel_values"].to(device=device, dtype=model.dtype)
             boxes, box_mask = batch["boxes"], batch["box_mask"]
             for caption in image.captions:
-                embeds = phrase_embeddings(model, processor, caption.text, caption.spans, phrase_mode)
+                embeds = embed_phrases(model, processor, caption.text, caption.spans, phrase_mode)
                 logits, _, _ = ground_phrases(model, pixel_values, embeds, boxes, box_mask)
                 logits = logits.masked_fill(~box_mask[0][None], float("-inf"))
                 chosen = logits.argmax(dim=-1).tolist()
@@ -286,7 +286,7 @@ def run_grounding_task(
     data_path: str | Path,
     image_root: str | Path | None = None,
     split: str | None = None,
-    phrase_mode: str = "lexeme",
+    phrase_mode: str = "token",
     model_name: str = "",
     command: str = "",
 ) -> tuple[dict[str, Any], str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from modeling_harmoclip.box_ops import xywh_to_xyxy
+from modeling_harmoclip.image_processing_harmoclip import xywh_to_xyxy
 from plumbing.json_files import read_json
 
 from .eval_data import BoxClassificationData, BoxImage

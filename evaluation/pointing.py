@@ -14,12 +14,8 @@ from typing import Any
 import torch
 
 from evaluation.eval_data import BoxClassificationData, load_image
-from modeling_harmoclip.pipeline_harmoclip import (
-    DEFAULT_TEMPLATES,
-    dense_similarity,
-    label_embeddings,
-    similarity_to_probabilities,
-)
+from modeling_harmoclip.modeling_harmoclip import similarity_probabilities
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES, dense_similarity, label_embeddings
 
 MAP_KINDS = ("cosine", "probability")
 
@@ -73,7 +69,10 @@ def pointing_game(
     for entry in data.images:
         image = load_image(entry.path)
         similarity = dense_similarity(model, processor, image, data.class_names, label_embeds=label_embeds)
-        for kind, maps in (("cosine", similarity), ("probability", similarity_to_probabilities(similarity, model))):
+        for kind, maps in (
+            ("cosine", similarity),
+            ("probability", similarity_probabilities(similarity, model.logit_scale.exp(), dim=0)),
+        ):
             hits[kind] += sum(pointing_hits(maps, entry.boxes, entry.labels, image.size))
     return {**{kind: 100.0 * hits[kind] / data.num_boxes for kind in MAP_KINDS}, "num_boxes": data.num_boxes}
 

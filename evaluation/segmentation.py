@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.detection import BACKGROUND, SEGMENTATION_THRESHOLD
-from modeling_harmoclip.zero_shot import DEFAULT_BACKGROUND, DEFAULT_TEMPLATES, encode_candidates
+from modeling_harmoclip.image_processing_harmoclip import BACKGROUND_INDEX, SEGMENTATION_THRESHOLD
+from modeling_harmoclip.pipeline_harmoclip import DEFAULT_BACKGROUND_LABEL, DEFAULT_TEMPLATES, encode_candidates
 
 
 def manifest_class_names(manifest: str | Path, records: Sequence[dict[str, Any]]) -> list[str]:
@@ -45,7 +45,7 @@ def ground_truth_map(
     regions: Sequence[dict[str, Any]], class_index: dict[str, int], size: tuple[int, int]
 ) -> np.ndarray:
     """(H, W) int64 class map of one image: each labelled region's mask painted with its class, -1 elsewhere."""
-    label_map = np.full(size, BACKGROUND, dtype=np.int64)
+    label_map = np.full(size, BACKGROUND_INDEX, dtype=np.int64)
     for number, region in enumerate(regions):
         if not region.get("label"):
             continue
@@ -81,7 +81,7 @@ def evaluate_segmentation(
     manifest: str | Path,
     class_names: Sequence[str] | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
-    background_label: str | None = DEFAULT_BACKGROUND,
+    background_label: str | None = DEFAULT_BACKGROUND_LABEL,
     threshold: float = SEGMENTATION_THRESHOLD,
     image_size: int | None = None,
     show_progress: bool = False,

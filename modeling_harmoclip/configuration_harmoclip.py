@@ -1,16 +1,41 @@
-"""Configuration of HarmoCLIP: CLIP's text and vision configs plus the region / lexeme settings."""
+"""Configuration of HarmoCLIP: CLIP's text and vision configs plus the region / lexeme settings, the named recipes, and
+the range of transformers versions the remote code runs on (checked when this file is imported, so that a folder
+loaded with another version fails at once, in one line)."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
+import transformers
 from transformers import CLIPConfig
+
+# The transformers releases the remote code (the files a saved folder carries) runs on: the last 4.x line and 5.x.
+SUPPORTED_TRANSFORMERS = ">=4.57,<6"
+
+
+def check_transformers_version(version: str = transformers.__version__) -> None:
+    """Raises a one-line `ImportError` naming `SUPPORTED_TRANSFORMERS` unless `version` is inside it."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    major_minor = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    if not (4, 57) <= major_minor < (6, 0):
+        raise ImportError(
+            f"HarmoCLIP's remote code needs transformers {SUPPORTED_TRANSFORMERS}, this environment has {version}: "
+            f"pip install 'transformers{SUPPORTED_TRANSFORMERS}'"
+        )
+
+
+check_transformers_version()
 
 DENSE_MODES = ("value", "full")
 TEACHER_MODES = ("frozen", "self_stop_grad", "self_with_grad", "cached", "none")
 # Older names of teacher modes, still read (saved configs) and mapped to what they meant.
 TEACHER_ALIASES = {"self": "self_stop_grad"}
-LEXEME_MODES = ("token", "separate")
+# "token": a phrase is its lexeme, the caption's token states pooled over its span; "alone": the phrase encoded alone.
+LEXEME_MODES = ("token", "alone")
+# Older names of lexeme modes: read with a FutureWarning (one release) and mapped to what they meant.
+LEXEME_ALIASES = {"separate": "alone"}
 REGION_POOLING_MODES = ("normalize_then_pool", "pool_then_normalize")
 REGION_LOGIT_SCALE_MODES = ("shared", "from_global", "separate")
 
@@ -34,6 +59,8 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "lrc_mask_categories",
 )
 LOSS_WEIGHT_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight")
+# Every setting `HarmoCLIPConfig` adds to CLIP's: the recipe fields and the name of the recipe they started from.
+HARMOCLIP_SETTINGS: tuple[str, ...] = ("recipe_name", *RECIPE_FIELDS)
 # Recipe fields with a fixed set of values.
 RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
     "dense_mode": DENSE_MODES,
@@ -121,6 +148,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULT_RECIPE = "harmoclip"  # `HarmoCLIPConfig`'s defaults and the ViT fine-tuning configs
 
 
+def check_threshold(value: Any, name: str = "threshold") -> float:
+    """`value` as a float in [0, 1] (a probability threshold or an IoU); a `ValueError` naming `name` and the value
+    otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def recipe_fields(name: str) -> dict[str, Any]:
     """{field: value} the recipe `name` sets (a copy). An unknown name is a one-line `ValueError` listing the names."""
     if not isinstance(name, str) or name not in RECIPES:
@@ -206,8 +241,8 @@ class HarmoCLIPConfig(CLIPConfig):
         How the last vision layer produces patch features for regions. `"value"`: attention replaced by its value
         path, `out_proj(v_proj(layer_norm1(x)))` (as CLIPSelf / FineCLIP); `"full"`: the ordinary last layer.
     lexeme_mode (`str`, defaults to `"token"`):
-        `"token"`: phrases are mean-pooled token states of the whole caption; `"separate"`: each phrase is encoded
-        as its own text.
+        `"token"`: phrases are mean-pooled token states of the whole caption; `"alone"`: each phrase is encoded
+        alone, as its own text (the older name `"separate"` means this).
     region_pooling (`str`, defaults to `"normalize_then_pool"`):
         `"normalize_then_pool"`: every projected patch token is L2-normalised, then RoIAlign pools the box, then the
         result is normalised again (CLIPSelf's and FineCLIP's `extract_roi_features` "v2"); `"pool_then_normalize"`:
@@ -249,6 +284,7 @@ class HarmoCLIPConfig(CLIPConfig):
 
     model_type = "harmoclip"
 
+    # The defaults of the settings below (the shipped recipe, `recipe_defaults`); `__init__` takes each by keyword.
     recipe_name: str | None = DEFAULT_RECIPE
     dense_mode: str = "value"
     lexeme_mode: str = "token"
@@ -264,9 +300,22 @@ class HarmoCLIPConfig(CLIPConfig):
     region_text_grad: bool = False
     lrc_mask_categories: bool = True
 
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        # An explicit `__init__` (not dataclass fields): the same class then works with the keyword configs of
+        # transformers 4.57 and 5.0 and with the dataclass configs of later 5.x releases.
+        settings = {name: kwargs.pop(name, getattr(type(self), name)) for name in HARMOCLIP_SETTINGS}
+        super().__init__(**kwargs)
+        for name, value in settings.items():
+            setattr(self, name, value)
         self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
+        if self.lexeme_mode in LEXEME_ALIASES:
+            warnings.warn(
+                f"`lexeme_mode={self.lexeme_mode!r}` is now spelled {LEXEME_ALIASES[self.lexeme_mode]!r}; the old "
+                "name is read for one more release",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.lexeme_mode = LEXEME_ALIASES[self.lexeme_mode]
         self._check_harmoclip_settings()
 
     def _check_harmoclip_settings(self) -> None:
@@ -290,9 +339,20 @@ class HarmoCLIPConfig(CLIPConfig):
         return gr_enabled(self)
 
     @property
-    def recipe(self) -> dict[str, Any]:
-        """{field: value} of the recipe fields (`RECIPE_FIELDS`)."""
+    def recipe_settings(self) -> dict[str, Any]:
+        """{field: value} of the recipe fields (`RECIPE_FIELDS`); `recipe_name` names the recipe they started from."""
         return {name: getattr(self, name) for name in RECIPE_FIELDS}
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """Deprecated: `recipe_settings` (a recipe's name is `recipe_name`, as `TrainConfig.recipe` is a name)."""
+        warnings.warn(
+            "`HarmoCLIPConfig.recipe` is now `recipe_settings` (the name of the recipe is `recipe_name`); the old name "
+            "is read for one more release",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return self.recipe_settings
 
     @classmethod
     def from_clip_config(cls, clip_config: CLIPConfig, **harmoclip_settings: Any) -> HarmoCLIPConfig:

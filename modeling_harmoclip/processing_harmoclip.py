@@ -41,21 +41,19 @@ from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import SizeDict, is_pil_image, is_valid_image
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
-from .box_ops import xywh_to_xyxy
-from .hub_code import register_code_module
-from .image_io import read_image
-from .image_processing_harmoclip import (  # re-exported: their home is the image processor's module
+# The configuration file is imported for its check of the transformers version, and so that the loaders of transformers
+# 4.57 and 5.0, which copy a local folder's entry file with its own relative imports only, copy it beside this one
+# (the image processor imports it too).
+from .configuration_harmoclip import check_transformers_version  # noqa: F401
+from .image_processing_harmoclip import (
     DEFAULT_CROP_SCALE,
     BoxGeometry,
     HarmoCLIPImageProcessor,
     check_crop_options,
     clip_image_processor,
-    crop_windows,
-    cut_window,
-    original_image_size,
-    resized_image_size,
+    read_image,
+    xywh_to_xyxy,
 )
-from .zero_shot import check_strings
 
 # CLIP's text context: 77 positions, including the start and end tokens.
 CLIP_CONTEXT_LENGTH = 77
@@ -108,6 +106,11 @@ class HarmoCLIPProcessor(ProcessorMixin):
           (the kept boxes: equal to `box_mask`), zeros elsewhere.
     """
 
+    # What transformers 4.57 reads to load the parts (later releases read `__init__`'s parameters instead).
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
     def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
         # A plain CLIP image processor (older saved folders carry one) becomes a HarmoCLIP one with its settings.
         image_processor = HarmoCLIPImageProcessor.from_clip(
@@ -121,7 +124,7 @@ class HarmoCLIPProcessor(ProcessorMixin):
             # A copy, so that an image processor shared with other code keeps its own geometry.
             image_processor = copy.deepcopy(image_processor)
             crop = SizeDict(**get_size_dict(image_processor.crop_size, param_name="crop_size"))
-            image_processor.size = SizeDict(height=crop.height, width=crop.width)
+            image_processor.size = {"height": crop.height, "width": crop.width}  # a dict: every release takes it
             image_processor.do_center_crop = False
         if getattr(tokenizer, "model_max_length", None) is None or tokenizer.model_max_length > _UNSET_MAX_LENGTH:
             tokenizer.model_max_length = CLIP_CONTEXT_LENGTH
@@ -359,6 +362,48 @@ class HarmoCLIPProcessor(ProcessorMixin):
             result.update(phrase_token_mask=token_mask, phrase_ids=ids)
         return result
 
+    def phrase_token_mask(
+        self, text: str | list[str], phrase_spans: Any, truncated: str = "warn", **kwargs: Any
+    ) -> BatchFeature:
+        """Captions and, for each, the caption tokens of its phrases: what the model's phrase embeddings read
+        (`get_lexeme_features`, `get_phrase_features`) and what `__call__` gives with boxes, here without boxes.
+
+        Args:
+            text: one caption or a list of B captions.
+            phrase_spans: per caption a list of `(start, end)` character offsets into it (for one caption, just its
+                list).
+            truncated: what a span cut off by the caption's truncation gets: "warn" (its row stays empty, with a
+                warning, as in `__call__`) or "raise" (a `ValueError` naming the span).
+            **kwargs: tokenizer options (e.g. `max_length`).
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` (B, T), `phrase_token_mask` (B, P, T) bool (P the most
+            spans of any caption; rows past a caption's spans are empty) and `phrase_ids` (B, P) int64 (-1: none).
+        """
+        if truncated not in ("warn", "raise"):
+            raise ValueError(f"`truncated` must be 'warn' or 'raise', got {truncated!r}")
+        if isinstance(text, str):
+            text, phrase_spans = [text], [phrase_spans]
+        _, text, _, _ = self._batch_inputs(None, text, None, None)
+        if not isinstance(phrase_spans, (list, tuple)) or len(phrase_spans) != len(text):
+            count = f"{len(phrase_spans)} entries" if isinstance(phrase_spans, (list, tuple)) else repr(phrase_spans)
+            raise ValueError(f"`phrase_spans` must hold one list of spans per caption ({len(text)}), got {count}")
+        spans = self._check_spans(phrase_spans, text, phrase_spans)
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        text_kwargs = self._merge_kwargs(
+            HarmoCLIPProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )["text_kwargs"]
+        text_kwargs.pop("return_tensors", None)
+        encoding = self.tokenizer(text, return_offsets_mapping=True, **text_kwargs)
+        offsets = encoding.pop("offset_mapping")
+        most = max((len(caption_spans) for caption_spans in spans), default=0)
+        listed = torch.zeros(len(spans), most, dtype=torch.bool)
+        for index, caption_spans in enumerate(spans):
+            listed[index, : len(caption_spans)] = True
+        token_mask, ids = self._phrase_tokens(spans, offsets, text, listed, most, truncated)
+        return BatchFeature(
+            data={**encoding, "phrase_token_mask": token_mask, "phrase_ids": ids}, tensor_type=return_tensors
+        )
+
     def _phrase_tokens(
         self,
         spans: list[list[tuple[int, int] | None]],
@@ -366,8 +411,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
         text: list[str],
         box_mask: torch.Tensor,
         most: int,
+        truncated: str = "warn",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, T) token masks from character spans via offsets, and (B, N) phrase ids (-1: none)."""
+        """(B, N, T) token masks from character spans via offsets, and (B, N) phrase ids (-1: none); a span cut off by
+        truncation is left empty with a warning, or raises (`truncated="raise"`)."""
         length = len(offsets[0]) if offsets else 0
         token_mask = torch.zeros(len(spans), most, length, dtype=torch.bool)
         ids = torch.full((len(spans), most), -1, dtype=torch.int64)
@@ -380,11 +427,13 @@ class HarmoCLIPProcessor(ProcessorMixin):
                     continue
                 start, end = span
                 if caption[max(start, covered) : end].strip():
-                    warnings.warn(
+                    message = (
                         f"`phrase_spans`[{image_index}][{box_index}] = {span} ({caption[start:end]!r}) is cut off by "
-                        f"truncation of caption {image_index} to {length} tokens; the box keeps no phrase",
-                        stacklevel=4,
+                        f"truncation of caption {image_index} to {length} tokens"
                     )
+                    if truncated == "raise":
+                        raise ValueError(message)
+                    warnings.warn(message + "; the box keeps no phrase", stacklevel=4)
                     continue
                 tokens = [
                     token for token, token_start, token_end in token_offsets if token_start < end and token_end > start
@@ -417,21 +466,10 @@ class HarmoCLIPProcessor(ProcessorMixin):
 
 
 HarmoCLIPProcessor.register_for_auto_class("AutoProcessor")
-# Saved models carry the processor's code too (`hub_code`), so that a model folder alone loads its processor.
-register_code_module(__name__)
 
 __all__ = [
     "HarmoCLIPProcessor",
-    "HarmoCLIPImageProcessor",
-    "BoxGeometry",
-    "clip_image_processor",
-    "check_crop_options",
-    "crop_windows",
-    "cut_window",
     "phrase_id",
-    "original_image_size",
-    "resized_image_size",
     "CLIP_CONTEXT_LENGTH",
-    "DEFAULT_CROP_SCALE",
-    "check_strings",
+    "BOX_FORMATS",
 ]

@@ -9,6 +9,8 @@ bash scripts/install_browser_test_deps.sh || exit 1
 lint=0
 .venv/bin/ruff check . || lint=1
 .venv/bin/ruff format --check . || lint=1
+# The Hub remote code is checked on several transformers releases, each in an environment of its own.
+bash scripts/setup_transformers_envs.sh >/dev/null || exit 1
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [ $rc -eq 5 ]; then

@@ -100,7 +100,8 @@ def tiny_tokenizer(tiny_tokenizer_dir) -> CLIPTokenizer:
 
 def tiny_processor(tokenizer: CLIPTokenizer, region_mode: bool = False, image_size: int = 32):
     """A HarmoCLIP processor for the tiny models: CLIP's resize + centre crop at 32 px (or the square preset)."""
-    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+    from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
     return HarmoCLIPProcessor(clip_image_processor(image_size), tokenizer, region_mode=region_mode)
 

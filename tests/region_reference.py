@@ -72,7 +72,7 @@ def reference_probabilities(model: torch.nn.Module, regions: torch.Tensor, label
 
 @torch.no_grad()
 def reference_phrases(model, tokenizer, caption: str, spans, mode: str) -> torch.Tensor:
-    """(P, D) float64: "lexeme": the caption's final token states (transformers' text tower) over the tokens whose
+    """(P, D) float64: "token": the caption's final token states (transformers' text tower) over the tokens whose
     offsets meet the span, averaged, projected, normalised; "alone": BOS + those tokens + EOS through the CLIP
     forward's `text_embeds`."""
     encoding = tokenizer([caption], return_offsets_mapping=True, return_tensors="pt")
@@ -81,7 +81,7 @@ def reference_phrases(model, tokenizer, caption: str, spans, mode: str) -> torch
     rows = []
     for start, end in spans:
         tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-        if mode == "lexeme":
+        if mode == "token":
             pooled = states[tokens].mean(dim=0)
             rows.append(F.normalize(pooled @ model.text_projection.weight.double().t(), dim=0))
         else:

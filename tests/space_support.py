@@ -11,7 +11,8 @@ from types import ModuleType
 from PIL import Image, ImageDraw
 
 from conftest import ROOT, tiny_harmoclip_model
-from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
 SPACE_DIR = ROOT / "space"
 IMAGE_SIZE = (96, 64)  # width, height of `scene_image`

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_harmoclip_model
-from modeling_harmoclip.roi_align import roi_align_per_image
+from modeling_harmoclip.modeling_harmoclip import roi_align_per_image
 from roi_reference import slow_roi_align
 
 

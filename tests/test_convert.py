@@ -209,11 +209,11 @@ def test_hf_clip_folder_converts_with_its_processor(tmp_path, tiny_tokenizer_dir
         (tmp_path / "clip" / "model.safetensors").unlink()
         torch.save(clip.state_dict(), tmp_path / "clip" / weights_file)
 
-    report = convert_clip("hf", tmp_path / "clip", tmp_path / "out", lexeme_mode="separate")
+    report = convert_clip("hf", tmp_path / "clip", tmp_path / "out", lexeme_mode="alone")
 
     assert report.diff.max <= 1e-6
     model = HarmoCLIPModel.from_pretrained(tmp_path / "out").eval()
-    assert model.config.lexeme_mode == "separate"
+    assert model.config.lexeme_mode == "alone"
     for name, value in clip.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, atol=0, rtol=0)
     tokenizer, image_processor = load_tokenizer_and_image_processor(tmp_path / "out")

@@ -12,8 +12,9 @@ from PIL import Image
 
 from conftest import ROOT, tiny_processor
 from crop_reference import hand_crop, to_pixel_levels
-from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
-from modeling_harmoclip.roi_align import enlarge_boxes, roi_align
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor, enlarge_boxes
+from modeling_harmoclip.modeling_harmoclip import roi_align
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
 
 def _random_image(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The dense map and region pooling (`modeling_harmoclip/dense_features.py`) where the common tiny model cannot see a
+"""The dense map and region pooling (in `modeling_harmoclip/modeling_harmoclip.py`) where the common tiny model cannot see a
 mistake: a trunk of more than two layers, a frame that is not square, gradient checkpointing, a config that asks for
 tuples, the other pooling order, patch vectors of small norm and boxes in float64. Every expectation is computed
 from the definitions (`region_reference`, the loop RoIAlign of `roi_reference`), not from the module under test."""
@@ -12,7 +12,7 @@ from transformers import CLIPModel
 
 from conftest import tiny_clip_config
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
-from modeling_harmoclip.dense_features import dense_map, image_features_and_regions, pool_regions, vision_trunk
+from modeling_harmoclip.modeling_harmoclip import dense_map, image_features_and_regions, pool_regions, vision_trunk
 from region_reference import reference_regions, value_path_dense
 from roi_reference import slow_roi_align
 

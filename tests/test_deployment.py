@@ -16,9 +16,12 @@ from PIL import Image, ImageDraw
 from conftest import run_isolated
 from conversion import export_onnx
 from conversion.publish import ENDPOINT_HANDLER_FILE, files_to_commit, publish
-from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
-from modeling_harmoclip.pipeline_grounding import PhraseGroundingPipeline
-from modeling_harmoclip.pipeline_harmoclip import RegionClassificationPipeline
+from modeling_harmoclip.pipeline_harmoclip import (
+    DenseSegmentationPipeline,
+    PhraseGroundingPipeline,
+    RegionClassificationPipeline,
+    ZeroShotRegionDetectionPipeline,
+)
 from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 from training_runs import tiny_model_folder
 

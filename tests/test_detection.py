@@ -15,25 +15,21 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from conftest import offline_hub_cache, run_isolated, save_tiny_folder, tiny_harmoclip_model, tiny_processor
-from modeling_harmoclip.detection import (
-    BACKGROUND,
+from modeling_harmoclip.image_processing_harmoclip import BACKGROUND_INDEX, batched_nms, box_iou, nms
+from modeling_harmoclip.modeling_harmoclip import (
     MAP_THRESHOLDS,
     HarmoCLIPDetectionOutput,
-    batched_nms,
-    box_iou,
     connected_components,
-    detect_objects,
-    nms,
     propose_boxes,
     region_boxes,
     window_boxes,
 )
-from modeling_harmoclip.pipeline_detection import (
+from modeling_harmoclip.pipeline_harmoclip import (
+    DEFAULT_TEMPLATES,
     DenseSegmentationPipeline,
     ZeroShotRegionDetectionPipeline,
     encode_candidates,
 )
-from modeling_harmoclip.pipeline_harmoclip import DEFAULT_TEMPLATES
 from region_reference import reference_label_embeds, reference_regions, value_path_dense
 
 WIDTH, HEIGHT = 640, 360
@@ -188,13 +184,13 @@ def test_detect_objects_scores_are_the_region_definitions(tiny_tokenizer) -> Non
     label_embeds = reference_label_embeds(model, tiny_tokenizer, LABELS, DEFAULT_TEMPLATES).float()
     background = reference_label_embeds(model, tiny_tokenizer, ["background"], DEFAULT_TEMPLATES)[0].float()
     batch = processor(images=_picture(), boxes=[RED_BOX, BLUE_BOX], return_tensors="pt")
-    outputs = detect_objects(model, batch["pixel_values"], label_embeds, background, batch["boxes"], batch["box_mask"])
+    outputs = model.detect(batch["pixel_values"], label_embeds, background, batch["boxes"], batch["box_mask"])
     regions = reference_regions(model, batch["pixel_values"], batch["boxes"][0])
     classes = torch.cat([label_embeds, background[None]]).double()
     expected = (model.logit_scale.exp().item() * regions @ classes.t()).softmax(dim=-1)
     assert torch.allclose(outputs.scores[0].double(), expected[:, :2], atol=1e-5)
     # Without background, the label maps are the softmax over labels of every normalised value-path patch, by hand.
-    plain = detect_objects(model, batch["pixel_values"], label_embeds)
+    plain = model.detect(batch["pixel_values"], label_embeds)
     patches = F.normalize(value_path_dense(model, batch["pixel_values"]).double()[0], dim=0)  # (D, h, w)
     cosine = torch.einsum("dhw,ld->lhw", patches, label_embeds.double())
     reference_maps = (model.logit_scale.exp().item() * cosine).softmax(dim=0)
@@ -244,7 +240,7 @@ def test_semantic_segmentation_at_the_image_size_with_its_background_rule(tiny_t
     assert label_map.shape == (HEIGHT, WIDTH) and label_map.dtype == torch.int64
     # Well inside each object its label, well outside background; the labelled area is the boxes' within a margin.
     assert (label_map[60:165, 95:225] == 0).all() and (label_map[195:300, 415:545] == 1).all()
-    assert (label_map[:30] == BACKGROUND).all() and (label_map[:, 260:380] == BACKGROUND).all()
+    assert (label_map[:30] == BACKGROUND_INDEX).all() and (label_map[:, 260:380] == BACKGROUND_INDEX).all()
     for label, box in enumerate((RED_BOX, BLUE_BOX)):
         area = (box[2] - box[0]) * (box[3] - box[1])
         assert abs(int((label_map == label).sum()) - area) < 0.1 * area
@@ -253,7 +249,7 @@ def test_semantic_segmentation_at_the_image_size_with_its_background_rule(tiny_t
     assert (processor.post_process_semantic_segmentation(plain, [(HEIGHT, WIDTH)])[0] >= 0).all()
     cut = processor.post_process_semantic_segmentation(plain, [(HEIGHT, WIDTH)], threshold=0.5)[0]
     # The threshold (0.5) is a little stricter than the background's competition (0.475 here): a thin rim apart.
-    assert ((label_map == BACKGROUND) <= (cut == BACKGROUND)).all()
+    assert ((label_map == BACKGROUND_INDEX) <= (cut == BACKGROUND_INDEX)).all()
     assert int((cut != label_map).sum()) < 0.02 * HEIGHT * WIDTH
     assert processor.post_process_semantic_segmentation(plain)[0].shape == (8, 8)
 
@@ -372,9 +368,7 @@ def test_segmentation_pipeline_masks_at_the_image_size(pipelines) -> None:
     fine = segmenter(_picture(), candidate_labels=LABELS, image_size=64, threshold=0.0)
     batch = detector.processor(images=_picture(), size={"height": 64, "width": 64}, return_tensors="pt")
     label_embeds, background = encode_candidates(detector.model, detector.tokenizer, LABELS)
-    outputs = detect_objects(
-        detector.model, batch["pixel_values"], label_embeds, background, interpolate_pos_encoding=True
-    )
+    outputs = detector.model.detect(batch["pixel_values"], label_embeds, background, interpolate_pos_encoding=True)
     assert outputs.dense_probabilities.shape == (1, 2, 8, 8)
     label_map = detector.processor.post_process_semantic_segmentation(outputs, [(HEIGHT, WIDTH)])[0]
     for item in fine:
@@ -427,7 +421,7 @@ def test_segmentation_pipeline_masks_at_the_image_size(pipelines) -> None:
             ValueError,
             r"`threshold` must be a number in \[0, 1\], got 7",
         ),
-        ("segment", dict(candidate_labels=LABELS, boxes=[RED_BOX]), ValueError, "takes no `boxes`"),
+        ("segment", dict(candidate_labels=LABELS, boxes=[RED_BOX]), TypeError, "takes no parameter `boxes`"),
     ],
 )
 def test_pipelines_bad_input_names_the_argument(pipelines, task, call, error, message) -> None:
@@ -492,7 +486,7 @@ def test_region_embeddings_are_unit_vectors_so_background_probabilities_sum_up(p
     detector, _ = pipelines
     batch = detector.processor(images=_picture(), return_tensors="pt")
     label_embeds, background = encode_candidates(detector.model, detector.tokenizer, LABELS)
-    outputs = detect_objects(detector.model, batch["pixel_values"], label_embeds, background)
+    outputs = detector.model.detect(batch["pixel_values"], label_embeds, background)
     total = outputs.dense_probabilities.sum(dim=1) + outputs.background_probabilities
     assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
     assert torch.allclose(F.normalize(label_embeds, dim=-1), label_embeds, atol=1e-6)

@@ -1,6 +1,7 @@
-"""Detection's edges (`modeling_harmoclip/detection.py`) that the end-to-end detection tests cannot see: sizes and
-thresholds exactly on their bounds, maps of one cell or none, patch vectors of small norm, masked rows, ties, the
-frame's border and the background rule of the label map. Every expectation is written out by hand."""
+"""Detection's edges (`HarmoCLIPModel.detect` and the image processor's post-processing) that the end-to-end
+detection tests cannot see: sizes and thresholds exactly on their bounds, maps of one cell or none, patch vectors of
+small norm, masked rows, ties, the frame's border and the background rule of the label map. Every expectation is
+written out by hand."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_harmoclip.detection import (
-    BACKGROUND,
+from modeling_harmoclip.image_processing_harmoclip import (
+    BACKGROUND_INDEX,
     check_target_sizes,
+    resample_maps,
+    select_detections,
+    semantic_label_map,
+)
+from modeling_harmoclip.modeling_harmoclip import (
     detections_from_box_embeddings,
     detections_from_dense_map,
     propose_boxes,
     region_boxes,
-    resample_maps,
-    select_detections,
-    semantic_label_map,
     window_boxes,
 )
 
@@ -145,12 +148,12 @@ def test_the_label_map_background_rule() -> None:
     frame_x, frame_y = torch.tensor([1 / 6, 3 / 6, 5 / 6]), torch.tensor([0.5])
     labels, _ = semantic_label_map(probabilities, background, frame_x, frame_y)
     # pixel 0: label 0 beats the background; pixel 1: the background is higher; pixel 2: a tie keeps the label.
-    assert labels.tolist() == [[0, BACKGROUND, 0]]
+    assert labels.tolist() == [[0, BACKGROUND_INDEX, 0]]
     labels, _ = semantic_label_map(probabilities, background, frame_x, frame_y, threshold=0.45)
     # pixel 0's best (0.5) is above 0.45; pixel 2's (0.4) is below it: background, though above the background.
-    assert labels.tolist() == [[0, BACKGROUND, BACKGROUND]]
+    assert labels.tolist() == [[0, BACKGROUND_INDEX, BACKGROUND_INDEX]]
     labels, _ = semantic_label_map(probabilities, background, frame_x, frame_y, threshold=0.4)
-    assert labels.tolist() == [[0, BACKGROUND, 0]]  # a best label exactly at the threshold stays
+    assert labels.tolist() == [[0, BACKGROUND_INDEX, 0]]  # a best label exactly at the threshold stays
     labels, _ = semantic_label_map(probabilities, None, frame_x, frame_y)
     assert labels.tolist() == [[0, 1, 0]]  # no background, threshold 0: every pixel its best label
 

@@ -19,7 +19,7 @@ from evaluation.detection import (
 )
 from evaluation.evaluate import main as evaluate_main
 from evaluation.segmentation import decode_mask, ground_truth_map, iou_table
-from modeling_harmoclip.pipeline_detection import ZeroShotRegionDetectionPipeline, encode_candidates
+from modeling_harmoclip.pipeline_harmoclip import ZeroShotRegionDetectionPipeline, encode_candidates
 from training.data.synthetic import (
     COLOURS,
     SyntheticSettings,

@@ -173,7 +173,8 @@ def test_retrieval_matches_metrics_on_model_embeddings(karpathy_flickr, model, p
 
 def test_box_classification_ranks_with_the_pipelines_label_embeddings(coco_instances, model, processor):
     """The evaluation classifies with the same label embeddings and scores as the region-classification pipeline."""
-    from modeling_harmoclip.pipeline_harmoclip import label_embeddings, label_probabilities
+    from modeling_harmoclip.modeling_harmoclip import label_probabilities
+    from modeling_harmoclip.pipeline_harmoclip import label_embeddings
 
     data = read_coco_instances(coco_instances, coco_instances.parent.parent / "val2017")
     templates = ("a photo of a {}.", "a drawing of a {}.")

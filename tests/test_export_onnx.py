@@ -113,7 +113,8 @@ def test_the_documented_onnxruntime_example_runs_and_matches_pytorch(exported, t
     exec(compile(example, "docs/inference.md", "exec"), namespace)
     assert len(capsys.readouterr().out.strip().splitlines()) == 2  # one line per box
 
-    from modeling_harmoclip.pipeline_harmoclip import label_embeddings, label_probabilities
+    from modeling_harmoclip.modeling_harmoclip import label_probabilities
+    from modeling_harmoclip.pipeline_harmoclip import label_embeddings
 
     processor = namespace["processor"]
     inputs = processor(images=Image.open(Path("street.jpg")), boxes=[[10, 20, 200, 310], [220, 40, 400, 300]])

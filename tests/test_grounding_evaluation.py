@@ -21,7 +21,7 @@ from evaluation.grounding import (
     read_grounding_data,
     read_grounding_manifest,
 )
-from modeling_harmoclip.pipeline_grounding import PhraseGroundingPipeline
+from modeling_harmoclip.pipeline_harmoclip import PhraseGroundingPipeline
 from region_reference import reference_phrases, reference_regions
 from training_runs import tiny_model_folder
 
@@ -84,7 +84,7 @@ def test_a_manifest_with_held_out_combinations(tmp_path: Path) -> None:
         read_grounding_data(tmp_path / "empty.jsonl")
 
 
-@pytest.mark.parametrize("mode", ["lexeme", "alone"])
+@pytest.mark.parametrize("mode", ["token", "alone"])
 def test_accuracies_follow_the_definitions(tmp_path: Path, tiny_tokenizer, mode: str) -> None:
     model, processor = tiny_harmoclip_model(seed=21), tiny_processor(tiny_tokenizer, region_mode=True)
     path = write_manifest(tmp_path / "set")

@@ -15,9 +15,8 @@ from PIL import Image, ImageDraw
 from transformers import pipeline
 
 from conftest import offline_hub_cache, run_isolated, save_tiny_folder, tiny_harmoclip_model, tiny_processor
-from modeling_harmoclip import pipeline_grounding
-from modeling_harmoclip.detection import detect_objects
-from modeling_harmoclip.pipeline_grounding import GROUNDING_TASK, PhraseGroundingPipeline
+from modeling_harmoclip import pipeline_harmoclip
+from modeling_harmoclip.pipeline_harmoclip import GROUNDING_TASK, PhraseGroundingPipeline
 from region_reference import reference_phrases, reference_regions
 
 CAPTION = "A red circle and a blue square on grass."
@@ -48,7 +47,7 @@ def expected_choice(model, tokenizer, image, pixel_boxes, spans, mode: str) -> t
     return probabilities.argmax(dim=-1).tolist(), probabilities.max(dim=-1).values.tolist()
 
 
-def check(results, model, tokenizer, boxes, spans, mode: str = "lexeme") -> None:
+def check(results, model, tokenizer, boxes, spans, mode: str = "token") -> None:
     best, scores = expected_choice(model, tokenizer, _image(), boxes, spans, mode)
     assert [result["span"] for result in results] == [list(span) for span in spans]
     assert [result["phrase"] for result in results] == [CAPTION[a:b] for a, b in spans]
@@ -87,7 +86,7 @@ def test_phrases_from_spacy_noun_chunks(grounder) -> None:
 
 
 def test_without_spacy_one_line_says_what_to_pass(grounder, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline_grounding, "_SPACY", {})
+    monkeypatch.setattr(pipeline_harmoclip, "_SPACY", {})
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy -> ImportError
     with pytest.raises(ValueError, match=r"^no phrases to ground: pass `phrases=` .* or `phrase_spans=`") as error:
         grounder(_image(), caption=CAPTION, boxes=BOXES)
@@ -98,9 +97,11 @@ def test_proposals_are_the_detection_pipelines(grounder, tiny_tokenizer) -> None
     results = grounder(_image(), caption=CAPTION, phrase_spans=SPANS)
     model, processor = grounder.model, grounder.processor
     pixels = processor(images=_image(), return_tensors="pt")["pixel_values"]
-    phrases = pipeline_grounding.phrase_embeddings(model, processor, CAPTION, SPANS)
-    background = pipeline_grounding.background_embedding(model, tiny_tokenizer)
-    proposed = detect_objects(model, pixels, phrases, background)
+    phrases = pipeline_harmoclip.embed_phrases(model, processor, CAPTION, SPANS)
+    background = pipeline_harmoclip.background_embedding(
+        model, tiny_tokenizer, templates=pipeline_harmoclip.PHRASE_TEMPLATES
+    )
+    proposed = model.detect(pixels, phrases, background)
     candidates = proposed["pred_boxes"][0][proposed["box_mask"][0]]
     width, height = IMAGE_SIZE
     pixel_boxes = (candidates.double() * torch.tensor([width, height, width, height])).tolist()
@@ -155,9 +156,9 @@ print(json.dumps(grounder(Image.open({image!r}), caption={caption!r}, phrase_spa
 @pytest.mark.parametrize("where", ["folder", "hub cache"])
 def test_the_pipeline_ships_with_the_model(saved, tiny_tokenizer, tmp_path, where) -> None:
     folder, model = saved
-    assert (folder / "pipeline_grounding.py").is_file()
+    assert (folder / "pipeline_harmoclip.py").is_file()
     assert json.loads((folder / "config.json").read_text())["custom_pipelines"][GROUNDING_TASK] == {
-        "impl": "pipeline_grounding.PhraseGroundingPipeline",
+        "impl": "pipeline_harmoclip.PhraseGroundingPipeline",
         "pt": ["AutoModel"],
         "type": "multimodal",
     }

@@ -13,17 +13,14 @@ from transformers.dynamic_module_utils import get_imports
 from conftest import offline_hub_cache, run_isolated, tiny_clip_config, tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPModel
 
+# The remote code a saved folder carries: at most 8 files, one concept each (as transformers' model folders).
 CODE_FILES = {
-    "modeling_harmoclip.py",
     "configuration_harmoclip.py",
+    "modeling_harmoclip.py",
     "losses.py",
-    "roi_align.py",
-    "pipeline_harmoclip.py",
-    "pipeline_detection.py",
-    "pipeline_grounding.py",
-    "detection.py",
+    "image_processing_harmoclip.py",
     "processing_harmoclip.py",
-    "coco_panoptic_labels.py",
+    "pipeline_harmoclip.py",
 }
 
 
@@ -78,17 +75,17 @@ def test_save_pretrained_writes_weights_config_and_code(tmp_path: Path) -> None:
             "type": "multimodal",
         },
         "zero-shot-object-detection": {
-            "impl": "pipeline_detection.ZeroShotRegionDetectionPipeline",
+            "impl": "pipeline_harmoclip.ZeroShotRegionDetectionPipeline",
             "pt": ["AutoModel"],
             "type": "multimodal",
         },
         "image-segmentation": {
-            "impl": "pipeline_detection.DenseSegmentationPipeline",
+            "impl": "pipeline_harmoclip.DenseSegmentationPipeline",
             "pt": ["AutoModel"],
             "type": "multimodal",
         },
         "phrase-grounding": {
-            "impl": "pipeline_grounding.PhraseGroundingPipeline",
+            "impl": "pipeline_harmoclip.PhraseGroundingPipeline",
             "pt": ["AutoModel"],
             "type": "multimodal",
         },

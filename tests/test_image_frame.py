@@ -21,9 +21,12 @@ from transformers import pipeline
 
 from conftest import run_isolated, tiny_harmoclip_model, tiny_processor
 from evaluation.eval_data import ImageBoxDataset, load_image
-from modeling_harmoclip.image_io import ImageReadError, check_image_bytes, read_image
-from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
-from modeling_harmoclip.pipeline_harmoclip import PIPELINE_TASK
+from modeling_harmoclip.image_processing_harmoclip import ImageReadError, check_image_bytes, read_image
+from modeling_harmoclip.pipeline_harmoclip import (
+    REGION_CLASSIFICATION_TASK,
+    DenseSegmentationPipeline,
+    ZeroShotRegionDetectionPipeline,
+)
 from space_support import space_module
 from training.data.data_common import SkippedSample
 from training.data.data_hf import HFRegionDataset
@@ -96,11 +99,11 @@ def test_processor_boxes_and_teacher_crops_are_in_the_displayed_frame(rotated_jp
 
 
 def test_pipeline_reads_a_path_and_an_opened_image_alike_in_a_fresh_process(rotated_jpeg: Path, tiny_tokenizer):
-    """The saved folder's own remote code (image_io.py copied beside it), unable to import the project."""
+    """The saved folder's own remote code (the image reader in image_processing_harmoclip.py copied beside it), unable to import the project."""
     folder = rotated_jpeg.parent / "model"
     tiny_harmoclip_model(seed=3).save_pretrained(folder)
     tiny_processor(tiny_tokenizer).save_pretrained(folder)
-    assert (folder / "image_io.py").is_file()
+    assert (folder / "image_processing_harmoclip.py").is_file()
     Image.fromarray(upright_reference()).save(rotated_jpeg.parent / "upright.png")
     code = f"""
 import json
@@ -134,7 +137,10 @@ print(json.dumps(out))
 
 def test_pipeline_in_process_and_the_space_frame(rotated_jpeg: Path, tiny_tokenizer) -> None:
     classifier = pipeline(
-        PIPELINE_TASK, model=tiny_harmoclip_model(seed=4), processor=tiny_processor(tiny_tokenizer), device=-1
+        REGION_CLASSIFICATION_TASK,
+        model=tiny_harmoclip_model(seed=4),
+        processor=tiny_processor(tiny_tokenizer),
+        device=-1,
     )
     upright = Image.fromarray(upright_reference())
     results = [classifier(image, boxes=[BOX], candidate_labels=LABELS, top_k=None) for image in (rotated_jpeg, upright)]

@@ -1,4 +1,4 @@
-"""The processor's geometry (`modeling_harmoclip/image_geometry.py`) on hand-computed cases: boxes back to the
+"""The processor's geometry (the geometry in `modeling_harmoclip/image_processing_harmoclip.py`) on hand-computed cases: boxes back to the
 original pixels, the centre crop's padding shift per backend, crop windows at the image's edges, image sizes of every
 layout, and each branch of CLIP's resize sizes."""
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers.image_utils import SizeDict
 
-from modeling_harmoclip.image_geometry import (
+from modeling_harmoclip.image_processing_harmoclip import (
     BoxGeometry,
     crop_shift,
     crop_windows,

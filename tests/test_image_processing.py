@@ -53,7 +53,7 @@ def test_to_and_from_clip_keep_every_setting() -> None:
 
 
 def test_processor_forwards_post_processing(tiny_tokenizer) -> None:
-    from modeling_harmoclip.detection import HarmoCLIPDetectionOutput
+    from modeling_harmoclip.modeling_harmoclip import HarmoCLIPDetectionOutput
     from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
     processor = HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer)

@@ -42,13 +42,13 @@ ALLOWED = {
 }
 # Third-party packages the Hub remote code may import at top level wherever the model is loaded.
 MODELING_THIRD_PARTY = {"torch", "transformers"}
-# Pillow, for the one image reader (image_io.py) only, inside its functions: it is transformers' own vision dependency
+# Pillow, for the one image reader (in image_processing_harmoclip.py) only, inside its functions: it is transformers' own vision dependency
 # (its `load_image` and PIL-backed image processors need it), so it is there wherever images are processed, and
 # loading the model alone never imports it.
-MODELING_IMAGE_READER = {"image_io.py": {"PIL"}}
+MODELING_IMAGE_READER = {"image_processing_harmoclip.py": {"PIL"}}
 # Optional imports of remote code, inside `try` only (transformers' remote-code check then does not require them):
 # spaCy's noun chunks in the grounding pipeline.
-MODELING_OPTIONAL = {"pipeline_grounding.py": {"spacy"}}
+MODELING_OPTIONAL = {"pipeline_harmoclip.py": {"spacy"}}
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -187,7 +187,7 @@ def test_the_sys_path_check_sees_a_bootstrap(tmp_path: Path) -> None:
 
 
 def _module_name(path: Path, root: Path) -> str:
-    """`modeling_harmoclip/detection.py` -> "modeling_harmoclip.detection"; a package's `__init__.py` -> the package."""
+    """`modeling_harmoclip/losses.py` -> "modeling_harmoclip.losses"; a package's `__init__.py` -> the package."""
     parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 

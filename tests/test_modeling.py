@@ -253,7 +253,7 @@ def test_lexemes_mean_pool_the_caption_token_states(tiny_model: HarmoCLIPModel) 
 
 
 def test_separate_lexeme_mode_encodes_each_phrase_alone() -> None:
-    model = tiny_harmoclip_model(lexeme_mode="separate")
+    model = tiny_harmoclip_model(lexeme_mode="alone")
     ids, attention = random_captions(1)
     mask = torch.zeros(1, 2, ids.shape[1], dtype=torch.bool)
     mask[0, 0, 3:5] = True

@@ -162,7 +162,7 @@ def test_region_language_alignment_encodes_each_phrase_alone() -> None:
     assert off.phrase_embeds is None and off.loss_rla is None
 
 
-@pytest.mark.parametrize("lexeme_mode", ["token", "separate"])
+@pytest.mark.parametrize("lexeme_mode", ["token", "alone"])
 def test_without_region_text_grad_the_region_terms_leave_the_text_tower_alone(lexeme_mode: str) -> None:
     """`region_text_grad=False`: LRC and RLA (GC off) give no gradient to any text parameter but still train the image
     side, with the same loss value; with `region_text_grad=True` both towers get gradients."""

@@ -22,14 +22,14 @@ from conftest import (
     tiny_harmoclip_model,
     tiny_processor,
 )
+from modeling_harmoclip.modeling_harmoclip import label_probabilities
 from modeling_harmoclip.pipeline_harmoclip import (
     DEFAULT_TEMPLATES,
-    PIPELINE_TASK,
+    REGION_CLASSIFICATION_TASK,
     RegionClassificationPipeline,
     dense_probabilities,
     dense_similarity,
     label_embeddings,
-    label_probabilities,
 )
 from region_reference import reference_label_embeds, reference_probabilities, reference_regions, value_path_dense
 
@@ -116,7 +116,7 @@ def test_pipeline_from_an_offline_hub_cache_in_a_fresh_process(saved, tiny_token
 
 def test_pipeline_in_process_batches_formats_and_options(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=8)
-    classifier = pipeline(PIPELINE_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
+    classifier = pipeline(REGION_CLASSIFICATION_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
     assert isinstance(classifier, RegionClassificationPipeline) and classifier.processor.region_mode
     other = Image.new("RGB", (40, 80), (200, 200, 30))
     templates = ("a photo of a {}.", "a sketch of the {}.")

@@ -9,9 +9,10 @@ from PIL import Image, ImageDraw
 from transformers import pipeline
 
 from conftest import text_tower_calls, tiny_harmoclip_model, tiny_processor
-from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
 from modeling_harmoclip.pipeline_harmoclip import (
-    PIPELINE_TASK,
+    REGION_CLASSIFICATION_TASK,
+    DenseSegmentationPipeline,
+    ZeroShotRegionDetectionPipeline,
     clear_label_cache,
     dense_similarity,
     label_embeddings,
@@ -41,7 +42,7 @@ def _images_and_boxes() -> list[dict]:
 
 def test_batched_pipeline_equals_one_image_per_pass_and_the_definition(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=4)
-    classifier = pipeline(PIPELINE_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
+    classifier = pipeline(REGION_CLASSIFICATION_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
     items = _images_and_boxes()
     single = classifier(items, candidate_labels=LABELS, templates=TEMPLATES, top_k=None, batch_size=1)
     reference_labels = reference_label_embeds(model, tiny_tokenizer, LABELS, TEMPLATES)
@@ -67,7 +68,7 @@ def test_batched_pipeline_equals_one_image_per_pass_and_the_definition(tiny_toke
 
 def test_labels_are_encoded_once_across_calls_and_again_when_the_weights_change(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=5)
-    classifier = pipeline(PIPELINE_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
+    classifier = pipeline(REGION_CLASSIFICATION_TASK, model=model, processor=tiny_processor(tiny_tokenizer), device=-1)
     calls = text_tower_calls(model)
     items = _images_and_boxes()[:3]
     first = classifier(items, candidate_labels=LABELS, templates=TEMPLATES, top_k=None)
@@ -110,7 +111,7 @@ def test_labels_are_encoded_once_across_calls_and_again_when_the_weights_change(
 def test_label_embeds_given_by_the_caller_are_used_as_given(tiny_tokenizer) -> None:
     model = tiny_harmoclip_model(seed=6)
     processor = tiny_processor(tiny_tokenizer)
-    classifier = pipeline(PIPELINE_TASK, model=model, processor=processor, device=-1)
+    classifier = pipeline(REGION_CLASSIFICATION_TASK, model=model, processor=processor, device=-1)
     items = _images_and_boxes()[:2]
     embeds = label_embeddings(model, tiny_tokenizer, LABELS, TEMPLATES)
     calls = text_tower_calls(model)

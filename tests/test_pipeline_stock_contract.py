@@ -11,8 +11,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import run_isolated, tiny_harmoclip_model, tiny_processor
-from modeling_harmoclip.coco_panoptic_labels import COCO_PANOPTIC_LABELS, prompt_name
-from modeling_harmoclip.pipeline_detection import DenseSegmentationPipeline, ZeroShotRegionDetectionPipeline
+from modeling_harmoclip.pipeline_harmoclip import (
+    COCO_PANOPTIC_LABELS,
+    DenseSegmentationPipeline,
+    ZeroShotRegionDetectionPipeline,
+    prompt_name,
+)
 from training_runs import tiny_model_folder
 
 LABELS = ["red square", "blue circle"]

@@ -11,12 +11,8 @@ from PIL import Image, ImageDraw
 from transformers import CLIPTokenizer
 
 from conftest import tiny_harmoclip_model
-from modeling_harmoclip.processing_harmoclip import (
-    CLIP_CONTEXT_LENGTH,
-    HarmoCLIPProcessor,
-    clip_image_processor,
-    phrase_id,
-)
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+from modeling_harmoclip.processing_harmoclip import CLIP_CONTEXT_LENGTH, HarmoCLIPProcessor, phrase_id
 
 
 @pytest.fixture(scope="module")

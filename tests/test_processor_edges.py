@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import tiny_processor
-from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
 IMAGE = Image.new("RGB", (64, 48), "white")
 

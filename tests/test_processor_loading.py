@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import run_isolated, tiny_harmoclip_model
-from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
 CAPTIONS = ["A brown DOG runs on the grass.", "two  cats, one mouse"]
 BOXES = [[[5, 4, 40, 30], [30, 10, 60, 44]], [[0, 0, 20, 20]]]

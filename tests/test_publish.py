@@ -22,26 +22,13 @@ MODEL_FILES = {
     "README.md",
     "config.json",
     "model.safetensors",
+    # The remote code, one file per concept, as transformers' model folders.
     "configuration_harmoclip.py",
     "modeling_harmoclip.py",
     "losses.py",
-    "roi_align.py",
-    "processing_harmoclip.py",
-    "image_io.py",
-    "pipeline_harmoclip.py",
-    "pipeline_detection.py",
-    "pipeline_grounding.py",
-    "detection.py",
-    # The model's sibling modules (transformers' shape: image processor, leaf modules, the model's helpers).
     "image_processing_harmoclip.py",
-    "image_geometry.py",
-    "box_ops.py",
-    "zero_shot.py",
-    "hub_code.py",
-    "dense_features.py",
-    "text_features.py",
-    "input_checks.py",
-    "coco_panoptic_labels.py",
+    "processing_harmoclip.py",
+    "pipeline_harmoclip.py",
     "handler.py",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -404,10 +391,10 @@ def test_model_folder_and_option_checks(model_dir, tmp_path, tiny_tokenizer):
     with pytest.raises(ValueError, match="no model.safetensors"):
         publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub")
     (tmp_path / "elsewhere.safetensors").rename(model_dir / "model.safetensors")
-    (model_dir / "pipeline_grounding.py").rename(tmp_path / "pipeline_grounding.py")
-    with pytest.raises(ValueError, match="lacks pipeline_grounding.py, the 'phrase-grounding' pipeline's code"):
+    (model_dir / "pipeline_harmoclip.py").rename(tmp_path / "pipeline_harmoclip.py")
+    with pytest.raises(ValueError, match=r"lacks pipeline_harmoclip.py, the '[a-z-]+' pipeline's code"):
         publish("org/x", model_dir, dry_run=True, output_dir=tmp_path / "hub")
-    (tmp_path / "pipeline_grounding.py").rename(model_dir / "pipeline_grounding.py")
+    (tmp_path / "pipeline_harmoclip.py").rename(model_dir / "pipeline_harmoclip.py")
     with pytest.raises(ValueError, match="alternatives"):
         publish("org/x", model_dir, export_clip_subfolder=True, export_repo_id="org/y")
     with pytest.raises(ValueError, match="go together"):

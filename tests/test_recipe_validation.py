@@ -99,7 +99,7 @@ def test_the_rules_read_from_a_recipe_by_hand() -> None:
         "region_text_grad": False,
         "lrc_mask_categories": True,
     }
-    assert shipped.recipe == recipe_defaults() and shipped.gr_enabled is True
+    assert shipped.recipe_settings == recipe_defaults() and shipped.gr_enabled is True
     weights = dict(loss_gc_weight=1, loss_lrc_weight=0.5, loss_rla_weight=0.25, loss_gr_weight=2)
     assert loss_weights(HarmoCLIPConfig(**weights)) == {
         "gc_weight": 1.0,

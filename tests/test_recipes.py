@@ -49,11 +49,11 @@ def test_the_table_names_the_methods() -> None:
 
 def test_the_defaults_are_the_harmoclip_recipe() -> None:
     defaults, recipe = HarmoCLIPConfig(), HarmoCLIPConfig.from_recipe("harmoclip")
-    assert defaults.recipe == recipe.recipe and defaults.recipe_name == "harmoclip"
+    assert defaults.recipe_settings == recipe.recipe_settings and defaults.recipe_name == "harmoclip"
     assert (defaults.loss_lrc_weight, defaults.region_text_grad) == (0.5, False)
     train = TrainConfig()
     assert train.recipe == "harmoclip" and train.recipe_overrides == {}
-    assert {name: getattr(train, name) for name in RECIPE_FIELDS} == defaults.recipe
+    assert {name: getattr(train, name) for name in RECIPE_FIELDS} == defaults.recipe_settings
 
 
 @pytest.mark.parametrize("path", ["configs/vitb16_finetune.yaml", "configs/vitl14_336_finetune.yaml"])

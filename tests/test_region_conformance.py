@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from conftest import tiny_harmoclip_model
 from modeling_harmoclip import HarmoCLIPModel
-from modeling_harmoclip.detection import detect_objects
 
 # transformers' eager-vs-SDPA tolerances on the CPU (`test_modeling_common._test_eager_matches_sdpa_inference`)
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
@@ -39,7 +38,7 @@ def _outputs(model: HarmoCLIPModel, inputs: dict[str, torch.Tensor]) -> dict[str
     """Dense map, region embeddings, and the detection output on the user's boxes and on the model's proposals."""
     pixels = inputs["pixel_values"].to(model.dtype)
     regions, dense = model.get_region_and_dense_features(pixels, inputs["boxes"], inputs["box_mask"])
-    mine = detect_objects(model, pixels, inputs["labels"], inputs["background"], inputs["boxes"], inputs["box_mask"])
+    mine = model.detect(pixels, inputs["labels"], inputs["background"], inputs["boxes"], inputs["box_mask"])
     return {
         "dense": dense.float(),
         "regions": regions,
@@ -71,11 +70,11 @@ def test_save_load_gives_identical_region_dense_and_detection_outputs(folder: Pa
     twice = HarmoCLIPModel.from_pretrained(tmp_path / "again").eval()
     inputs = _inputs()
     expected = _outputs(original, inputs)
-    proposals = detect_objects(original, inputs["pixel_values"], inputs["labels"], inputs["background"])
+    proposals = original.detect(inputs["pixel_values"], inputs["labels"], inputs["background"])
     for model in (reloaded, twice):
         for key, value in _outputs(model, inputs).items():
             assert torch.equal(value, expected[key]), key
-        found = detect_objects(model, inputs["pixel_values"], inputs["labels"], inputs["background"])
+        found = model.detect(inputs["pixel_values"], inputs["labels"], inputs["background"])
         assert torch.equal(found.pred_boxes, proposals.pred_boxes) and torch.equal(found.scores, proposals.scores)
 
 

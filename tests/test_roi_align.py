@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_harmoclip.roi_align import enlarge_boxes, roi_align
+from modeling_harmoclip.image_processing_harmoclip import enlarge_boxes
+from modeling_harmoclip.modeling_harmoclip import roi_align
 from roi_reference import slow_roi_align
 
 
@@ -107,7 +108,7 @@ def test_float32_arithmetic_under_autocast() -> None:
 @pytest.mark.parametrize("aligned", [False, True])
 def test_per_image_form_equals_the_general_one(aligned: bool) -> None:
     """The batched form the model uses: the same boxes on every image, as matrix products, without a gather."""
-    from modeling_harmoclip.roi_align import roi_align_per_image
+    from modeling_harmoclip.modeling_harmoclip import roi_align_per_image
 
     generator = torch.Generator().manual_seed(7)
     features = torch.randn(3, 5, 6, 8, generator=generator, dtype=torch.float64)
@@ -146,7 +147,7 @@ def test_reversed_boxes_sample_the_reflected_grid(sampling_ratio: int, output_si
         assert slow[:3].abs().max().item() > 0.1  # the reference reads the reflected grid, not zeros
         fast = roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=True)
         assert (fast - slow).abs().max().item() <= 1e-9
-        from modeling_harmoclip.roi_align import roi_align_per_image
+        from modeling_harmoclip.modeling_harmoclip import roi_align_per_image
 
         per_image = roi_align_per_image(
             features[:1], rois[None, rois[:, 0] == 0, 1:], output_size, spatial_scale, sampling_ratio, aligned=True

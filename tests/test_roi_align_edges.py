@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_harmoclip.roi_align import roi_align, roi_align_per_image
+from modeling_harmoclip.modeling_harmoclip import roi_align, roi_align_per_image
 from roi_reference import slow_roi_align
 
 
@@ -110,7 +110,7 @@ def test_sampling_ratio_zero_is_the_adaptive_grid_and_tiny_maps_get_every_point(
 
 
 def test_enlarge_boxes_of_a_batch_by_hand() -> None:
-    from modeling_harmoclip.roi_align import enlarge_boxes
+    from modeling_harmoclip.image_processing_harmoclip import enlarge_boxes
 
     boxes = torch.tensor([[[0.0, 0.0, 2.0, 4.0], [1.0, 1.0, 3.0, 2.0]], [[2.0, 2.0, 4.0, 4.0], [0.0, 1.0, 1.0, 3.0]]])
     expected = torch.tensor(

@@ -316,7 +316,8 @@ def test_model_source_and_loading(app, model_dir, tiny_tokenizer, tmp_path, monk
     assert app.default_model_source() == str(model_dir)
 
     # A processor saved for CLIP's centre crop is loaded in region mode: the whole image is seen.
-    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+    from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+    from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 
     HarmoCLIPProcessor(clip_image_processor(32), tiny_tokenizer, region_mode=False).save_pretrained(tmp_path / "crop")
     shutil.copytree(
@@ -427,7 +428,7 @@ def test_grounding_typed_boxes_follow_the_definition(grounding):
         model, pixels, torch.tensor(BOXES, dtype=torch.float64) / torch.tensor([WIDTH, HEIGHT] * 2)
     )
     spans = [(2, 12), (19, 30)]
-    phrases = reference_phrases(model, processor.tokenizer, GROUNDING_CAPTION, spans, "lexeme")
+    phrases = reference_phrases(model, processor.tokenizer, GROUNDING_CAPTION, spans, "token")
     best = (phrases @ regions.t()).argmax(dim=-1).tolist()
     assert [row[0] for row in result.table] == ["red square", "blue circle"]
     assert [row[1] for row in result.table] == ["2-12", "19-30"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from conversion.convert_clip import build_parser as convert_parser
 from modeling_harmoclip.configuration_harmoclip import (
     DENSE_MODES,
+    LEXEME_ALIASES,
     LEXEME_MODES,
     REGION_LOGIT_SCALE_MODES,
     REGION_POOLING_MODES,
@@ -138,7 +140,7 @@ def test_mode_choices_come_from_the_modeling_config() -> None:
     from training import config as training_config
 
     assert training_config.CHOICES["dense_mode"] is DENSE_MODES
-    assert training_config.CHOICES["lexeme_mode"] is LEXEME_MODES
+    assert training_config.CHOICES["lexeme_mode"] == LEXEME_MODES + tuple(LEXEME_ALIASES)  # likewise
     assert training_config.CHOICES["gr_teacher"] == TEACHER_MODES + tuple(TEACHER_ALIASES)  # older names still read
     train_actions = {action.dest: action.choices for action in build_argument_parser("t")._actions}
     convert_actions = {action.dest: action.choices for action in convert_parser()._actions}
@@ -149,12 +151,15 @@ def test_mode_choices_come_from_the_modeling_config() -> None:
         ("region_pooling", REGION_POOLING_MODES),
         ("region_logit_scale_mode", REGION_LOGIT_SCALE_MODES),
     ):
-        offered = modes + tuple(TEACHER_ALIASES) if name == "gr_teacher" else modes
+        aliases = {"gr_teacher": TEACHER_ALIASES, "lexeme_mode": LEXEME_ALIASES}.get(name, {})
+        offered = modes + tuple(aliases)
         assert tuple(train_actions[name]) == tuple(convert_actions[name]) == offered
         for mode in offered:  # every mode the parsers offer is one the model's config accepts, and the other way
-            meant = TEACHER_ALIASES.get(mode, mode) if name == "gr_teacher" else mode
-            assert getattr(TrainConfig(**{name: mode, "teacher_cache": "cache"}), name) == meant
-            assert getattr(HarmoCLIPConfig(**{name: mode}), name) == meant
+            meant = aliases.get(mode, mode)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # an older name (tests/test_deprecated_names.py)
+                assert getattr(TrainConfig(**{name: mode, "teacher_cache": "cache"}), name) == meant
+                assert getattr(HarmoCLIPConfig(**{name: mode}), name) == meant
 
 
 def test_init_from_that_is_neither_a_folder_nor_a_repo_id_fails_at_once(tmp_path, capsys) -> None:
@@ -256,7 +261,7 @@ def test_the_model_records_the_recipe_and_the_region_temperature_it_starts_from(
         **common, region_logit_scale_mode="separate", region_logit_scale_init_value=1.25, loss_lrc_weight=0.3
     )
     model, processor = build_model_and_processor(config)
-    assert model.config.recipe == {
+    assert model.config.recipe_settings == {
         name: value for name, value in config.recipe_settings.items() if name != "recipe_name"
     }
     assert model.config.recipe_name == config.recipe

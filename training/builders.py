@@ -17,7 +17,8 @@ from transformers import CLIPConfig, CLIPTokenizer
 
 from conversion.clip_vocab import write_clip_tokenizer_files
 from modeling_harmoclip import HarmoCLIPConfig, HarmoCLIPModel
-from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor, clip_image_processor
+from modeling_harmoclip.image_processing_harmoclip import clip_image_processor
+from modeling_harmoclip.processing_harmoclip import HarmoCLIPProcessor
 from training.config import TrainConfig
 from training.data.collate import RegionCollator
 from training.data.data_hf import HFRegionDataset

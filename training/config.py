@@ -11,12 +11,15 @@ import argparse
 import dataclasses
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modeling_harmoclip.configuration_harmoclip import (
     DEFAULT_RECIPE,
+    LEXEME_ALIASES,
+    LEXEME_MODES,
     RECIPE_CHOICES,
     RECIPE_FIELDS,
     RECIPES,
@@ -47,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model_preset": MODEL_PRESETS,
     **RECIPE_CHOICES,
     "gr_teacher": TEACHER_MODES + tuple(TEACHER_ALIASES),  # an older name is read, then mapped
+    "lexeme_mode": LEXEME_MODES + tuple(LEXEME_ALIASES),  # likewise, with a FutureWarning
     "flickr_category": ("type", "chain"),
     "synthetic_vocabulary": tuple(VOCABULARIES),
 }
@@ -163,6 +167,14 @@ class TrainConfig(RecipeSettings):
                     f"config `eval_templates`[{index}] must contain '{{}}' where the class name goes, got {template!r}"
                 )
         self.gr_teacher = TEACHER_ALIASES.get(self.gr_teacher, self.gr_teacher)
+        if self.lexeme_mode in LEXEME_ALIASES:
+            warnings.warn(
+                f"config `lexeme_mode: {self.lexeme_mode}` is now spelled {LEXEME_ALIASES[self.lexeme_mode]!r}; the "
+                "old name is read for one more release",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.lexeme_mode = LEXEME_ALIASES[self.lexeme_mode]
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ValueError(f"config `recipe` must be one of {list(RECIPES)}, got {self.recipe!r}")
         for name, allowed in CHOICES.items():

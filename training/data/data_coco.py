@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.box_ops import xywh_to_xyxy
+from modeling_harmoclip.image_processing_harmoclip import xywh_to_xyxy
 from plumbing.atomic_files import write_bytes_atomic
 from plumbing.json_files import read_json
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from modeling_harmoclip.image_io import ImageReadError, read_image
+from modeling_harmoclip.image_processing_harmoclip import ImageReadError, read_image
 
 DEFAULT_MAX_BOXES = 20
 DEFAULT_MIN_BOX_SIZE = 4.0  # pixels of the original image, on the box's shorter side
@@ -206,7 +206,7 @@ class RegionDataset(Dataset, ABC):
     ) -> RegionSample:
         """Opens the image (from `image_bytes` where given, `image_path` then only names it) and applies the box
         selection: the common last step of `load`."""
-        try:  # upright RGB, the frame of every entry point (modeling_harmoclip/image_io.py)
+        try:  # upright RGB, the frame of every entry point (`read_image` in modeling_harmoclip/image_processing_harmoclip.py)
             image = read_image(image_bytes if image_bytes is not None else image_path, name=str(image_path))
         except ImageReadError as error:
             raise SampleError(str(error), path=str(image_path)) from error

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from modeling_harmoclip.image_geometry import crop_windows
+from modeling_harmoclip.image_processing_harmoclip import crop_windows
 
 from .data_common import RegionSample, SkippedSample
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from modeling_harmoclip.image_io import ImageReadError, check_image_bytes, read_image
+from modeling_harmoclip.image_processing_harmoclip import ImageReadError, check_image_bytes, read_image
 from plumbing.atomic_files import atomic_directory
 from plumbing.command_line import CommandParser, run_command
 
