@@ -232,3 +232,29 @@ def test_bad_settings():
         SyntheticSettings(held_out=5)
     with pytest.raises(ValueError, match="split"):
         render_sample(SyntheticSettings(), "test", 0)
+
+
+def test_a_dev_split_leaves_train_and_val_as_they_were(tmp_path) -> None:
+    """`num_dev` adds a "dev" split (validation for choices) from a stream of its own: train and val are the same
+    images and records with or without it, folders made before it keep their settings, and dev draws val's classes."""
+    import json
+
+    from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset, held_out_classes
+
+    base = dict(num_train=4, num_val=6, held_out=2, min_shapes=2, seed=3)
+    without = generate_synthetic_dataset(tmp_path / "without", SyntheticSettings(**base))
+    with_dev = generate_synthetic_dataset(tmp_path / "with", SyntheticSettings(**base, num_dev=40))
+    for split in ("train", "val"):
+        assert (without / f"{split}.jsonl").read_text() == (with_dev / f"{split}.jsonl").read_text()
+        for index in range(base[f"num_{split}"]):
+            name = f"images/{split}/{index:06d}.png"
+            assert (without / name).read_bytes() == (with_dev / name).read_bytes()
+    assert not (without / "dev.jsonl").exists()
+    assert "num_dev" not in json.loads((without / "settings.json").read_text())
+    dev = [json.loads(line) for line in (with_dev / "dev.jsonl").read_text().splitlines()]
+    val = [json.loads(line) for line in (with_dev / "val.jsonl").read_text().splitlines()]
+    assert len(dev) == 40 and len({record["caption"] for record in dev}) == 40  # unique within the split
+    held_out = set(held_out_classes(SyntheticSettings(**base)))
+    labels = [region["label"] for record in dev for region in record["regions"]]
+    assert held_out & set(labels) and set(labels) - held_out  # like val: held-out and seen classes both
+    assert dev[0]["caption"] != val[0]["caption"]  # its own stream

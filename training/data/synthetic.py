@@ -9,7 +9,7 @@ writes, atomically (a temporary folder renamed into place):
     DIR/settings.json          the settings it was made with (an existing DIR with the same settings is kept as is)
     DIR/classes.json           the box classes, "red circle", ... (colour x shape)
     DIR/held_out.json          the classes held out of the training split (never drawn there, so never in a caption)
-    DIR/train.jsonl, val.jsonl manifests in `data_jsonl`'s format; each region also has its "label" (its class)
+    DIR/train.jsonl, val.jsonl manifests in `data_jsonl`'s format (and dev.jsonl with `num_dev`); each region also has its "label" (its class)
                                and its "mask" (the shape's pixels, COCO RLE: `object_mask_rle`)
     DIR/images/<split>/<n>.png
 
@@ -61,7 +61,9 @@ VOCABULARIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "basic": (tuple(COLOURS)[:5], SHAPES[:4]),
     "rich": (tuple(COLOURS), SHAPES),
 }
-SPLITS = ("train", "val")
+# "dev": a validation split for choices (thresholds, calibration, interpolation weights) drawn as "val" is, from a
+# stream of its own, so that what is chosen on it is measured on "val" without having seen it.
+SPLITS = ("train", "val", "dev")
 BACKGROUND_GREY = (70, 170)  # plain grey level range; noise stays within NOISE_LIMIT of it, far from every colour
 NOISE_LIMIT = 20
 SHAPE_SIZE = (0.2, 0.45)  # box side as a fraction of the image side
@@ -82,9 +84,10 @@ class SyntheticSettings:
     min_shapes: int = 1
     held_out: int = 0  # colour-shape combinations never in the training split
     unique_captions: bool = True
+    num_dev: int = 0  # images of the "dev" split (validation for choices); 0: none (and no dev.jsonl)
 
     def __post_init__(self):
-        for name in ("num_train", "num_val"):
+        for name in ("num_train", "num_val", "num_dev"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.image_size < 16:
@@ -105,7 +108,10 @@ class SyntheticSettings:
             raise ValueError(f"unknown colours/shapes {unknown}; known: {list(COLOURS)} and {list(SHAPES)}")
 
     def to_json(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        values = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        if not self.num_dev:  # folders made before the dev split existed keep their settings (and stay reusable)
+            values.pop("num_dev")
+        return values
 
 
 def class_names(settings: SyntheticSettings) -> list[str]:
@@ -317,7 +323,9 @@ def generate_synthetic_dataset(out: str | Path, settings: SyntheticSettings, ove
                 "choose another folder or pass overwrite=True (--overwrite)"
             )
     with atomic_directory(out, overwrite=True) as staging:
-        for split, count in (("train", settings.num_train), ("val", settings.num_val)):
+        for split, count in (("train", settings.num_train), ("val", settings.num_val), ("dev", settings.num_dev)):
+            if split == "dev" and not count:
+                continue
             (staging / "images" / split).mkdir(parents=True)
             with open(staging / f"{split}.jsonl", "w", encoding="utf-8") as manifest:
                 samples = render_split(settings, split, count)
@@ -343,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--out", required=True, type=Path, help="folder to create")
         parser.add_argument("--num-train", type=int, default=SyntheticSettings.num_train)
         parser.add_argument("--num-val", type=int, default=SyntheticSettings.num_val)
+        parser.add_argument(
+            "--num-dev",
+            type=int,
+            default=SyntheticSettings.num_dev,
+            help="images of a dev split (validation for choices, drawn like val from a stream of its own)",
+        )
         parser.add_argument("--seed", type=int, default=SyntheticSettings.seed)
         parser.add_argument("--image-size", type=int, default=SyntheticSettings.image_size)
         parser.add_argument("--max-shapes", type=int, default=SyntheticSettings.max_shapes)
@@ -373,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             shapes=VOCABULARIES[args.vocabulary][1],
             min_shapes=args.min_shapes,
             held_out=args.held_out,
+            num_dev=args.num_dev,
         )
         existed = read_settings(args.out) == settings.to_json()
         out = generate_synthetic_dataset(args.out, settings, overwrite=args.overwrite)
