@@ -36,6 +36,7 @@ import warnings
 from typing import Any
 
 import torch
+import transformers
 from transformers import BatchFeature
 from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import SizeDict, is_pil_image, is_valid_image
@@ -106,10 +107,11 @@ class HarmoCLIPProcessor(ProcessorMixin):
           (the kept boxes: equal to `box_mask`), zeros elsewhere.
     """
 
-    # What transformers 4.57 reads to load the parts (later releases read `__init__`'s parameters instead).
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # What transformers 4.x reads to load the parts; 5.x reads `__init__`'s parameters (and warns about these).
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, region_mode: bool = False, **kwargs: Any):
         # A plain CLIP image processor (older saved folders carry one) becomes a HarmoCLIP one with its settings.
