@@ -345,6 +345,8 @@ def build_harmoclip_model(source: ClipSource, **harmoclip_settings: Any) -> Harm
     missing, unexpected = model.load_state_dict(source.state_dict, strict=False)
     if "region_logit_scale" in missing:  # from the source's trained `logit_scale` unless the mode says otherwise
         model.reset_region_logit_scale()
+    if "region_projection.weight" in missing:  # the region heads start as the source's projections
+        model.reset_region_heads()
     missing = set(missing) - HARMOCLIP_ONLY_PARAMETERS
     if missing or unexpected:
         raise ValueError(

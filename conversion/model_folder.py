@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Parameters a HarmoCLIP model has beyond CLIPModel's: set on conversion (as the config says), dropped on export.
-HARMOCLIP_ONLY_PARAMETERS = frozenset({"region_logit_scale"})
+# Parameters a HarmoCLIP model has beyond CLIPModel's: set on conversion (as the config says), dropped on export (the
+# region and lexeme heads exist with `region_heads` only).
+HARMOCLIP_ONLY_PARAMETERS = frozenset({"region_logit_scale", "region_projection.weight", "lexeme_projection.weight"})
 
 
 def require_model_type(folder: str | Path, expected: str, argument: str) -> Path:

@@ -38,6 +38,9 @@ LEXEME_MODES = ("token", "alone")
 LEXEME_ALIASES = {"separate": "alone"}
 REGION_POOLING_MODES = ("normalize_then_pool", "pool_then_normalize")
 REGION_LOGIT_SCALE_MODES = ("shared", "from_global", "separate")
+# How far back the region terms' gradients reach into the image tower: "all" of it; only the "last_layer" (its value
+# path), post-layernorm and the projection; only the "projection" (the region head's, with `region_heads`).
+REGION_GRAD_REACHES = ("all", "last_layer", "projection")
 
 
 # The fields of the config that make up the training recipe: the loss weights (RLA included), the region and lexeme
@@ -57,8 +60,12 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "region_logit_scale_init_value",
     "region_text_grad",
     "lrc_mask_categories",
+    "loss_gd_weight",
+    "region_heads",
+    "region_grad_reach",
+    "vision_trunk_lr_scale",
 )
-LOSS_WEIGHT_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight")
+LOSS_WEIGHT_FIELDS = ("loss_gc_weight", "loss_lrc_weight", "loss_rla_weight", "loss_gr_weight", "loss_gd_weight")
 # Every setting `HarmoCLIPConfig` adds to CLIP's: the recipe fields and the name of the recipe they started from.
 HARMOCLIP_SETTINGS: tuple[str, ...] = ("recipe_name", *RECIPE_FIELDS)
 # Recipe fields with a fixed set of values.
@@ -68,6 +75,7 @@ RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
     "lexeme_mode": LEXEME_MODES,
     "region_pooling": REGION_POOLING_MODES,
     "region_logit_scale_mode": REGION_LOGIT_SCALE_MODES,
+    "region_grad_reach": REGION_GRAD_REACHES,
 }
 
 
@@ -144,6 +152,20 @@ RECIPES: dict[str, dict[str, Any]] = {
         "region_text_grad": False,
         "lexeme_mode": "token",
     },
+    # The paper's terms (as `harmoclip`) plus a global distillation (GD) toward the starting model, in the spirit of
+    # learning without forgetting (Li and Hoiem, 2016): the KL divergence between the starting model's and the live
+    # model's image-caption softmaxes over the batch, weight 1 as LwF's. A term of its own, not the paper's: hence a name
+    # of its own. The free choices as `harmoclip`'s.
+    "harmoclip-gd": {
+        "loss_gc_weight": 1.0,
+        "loss_lrc_weight": 0.5,
+        "loss_rla_weight": 0.0,
+        "loss_gr_weight": 1.0,
+        "loss_gd_weight": 1.0,
+        "gr_teacher": "frozen",
+        "region_text_grad": False,
+        "lexeme_mode": "token",
+    },
 }
 DEFAULT_RECIPE = "harmoclip"  # `HarmoCLIPConfig`'s defaults and the ViT fine-tuning configs
 
@@ -186,12 +208,14 @@ def gr_enabled(recipe: Any) -> bool:
 
 def loss_weights(recipe: Any) -> dict[str, float]:
     """The keyword weights `losses.harmoclip_loss` takes, from `recipe` (a `HarmoCLIPConfig` or a `TrainConfig`):
-    ``{"gc_weight": ..., "lrc_weight": ..., "rla_weight": ..., "gr_weight": ...}``, GR's 0 where `gr_enabled` is not."""
+    ``{"gc_weight": ..., "lrc_weight": ..., "rla_weight": ..., "gr_weight": ..., "gd_weight": ...}``, GR's 0 where
+    `gr_enabled` is not."""
     return {
         "gc_weight": float(recipe.loss_gc_weight),
         "lrc_weight": float(recipe.loss_lrc_weight),
         "rla_weight": float(recipe.loss_rla_weight),
         "gr_weight": float(recipe.loss_gr_weight) if gr_enabled(recipe) else 0.0,
+        "gd_weight": float(recipe.loss_gd_weight),
     }
 
 
@@ -206,12 +230,14 @@ def check_recipe(recipe: Any, where: str) -> None:
         value = getattr(recipe, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"{where.format(name)} must be a non-negative number, got {value!r}")
-    for name in ("region_text_grad", "lrc_mask_categories"):
+    for name in ("region_text_grad", "lrc_mask_categories", "region_heads"):
         if not isinstance(getattr(recipe, name), bool):
             raise ValueError(f"{where.format(name)} must be true or false, got {getattr(recipe, name)!r}")
-    scale, start = recipe.gr_crop_scale, recipe.region_logit_scale_init_value
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-        raise ValueError(f"{where.format('gr_crop_scale')} must be a positive number, got {scale!r}")
+    for name in ("gr_crop_scale", "vision_trunk_lr_scale"):
+        value = getattr(recipe, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{where.format(name)} must be a positive number, got {value!r}")
+    start = recipe.region_logit_scale_init_value
     if not isinstance(start, (int, float)) or isinstance(start, bool) or not start >= 0:
         raise ValueError(
             f"{where.format('region_logit_scale_init_value')} must be a non-negative number, got {start!r}"
@@ -280,6 +306,21 @@ class HarmoCLIPConfig(CLIPConfig):
     lrc_mask_categories (`bool`, defaults to `True`):
         Whether LRC and RLA leave out the negatives of the same category (`category_ids`); they always leave out those
         of the same phrase text.
+    loss_gd_weight (`float`, defaults to 0.0):
+        Weight of the global distillation (GD, learning without forgetting): the KL divergence between the starting
+        model's and the live model's image-caption softmaxes over the batch, which keeps the global alignment near the
+        start. Not one of the paper's terms: the `harmoclip-gd` recipe adds it.
+    region_heads (`bool`, defaults to `False`):
+        Whether regions and lexemes get projection heads of their own, `region_projection` and `lexeme_projection`,
+        initialised from CLIP's `visual_projection` and `text_projection`: the region terms then pull on them instead
+        of the global projections.
+    region_grad_reach (`str`, defaults to `"all"`):
+        How far back the region terms' (LRC, RLA, GR) gradients reach into the image tower: `"all"`, `"last_layer"`
+        (its value path, `post_layernorm` and the projection) or `"projection"` (only the projection that makes the
+        region embeddings; with `region_heads` a head that the global embedding does not use).
+    vision_trunk_lr_scale (`float`, defaults to 1.0):
+        Factor on the learning rate of the vision trunk (patch embedding, pre-layernorm and every layer but the last)
+        in training: below 1, a gentler trunk.
     """
 
     model_type = "harmoclip"
@@ -299,6 +340,10 @@ class HarmoCLIPConfig(CLIPConfig):
     region_logit_scale_init_value: float = 2.6592
     region_text_grad: bool = False
     lrc_mask_categories: bool = True
+    loss_gd_weight: float = 0.0
+    region_heads: bool = False
+    region_grad_reach: str = "all"
+    vision_trunk_lr_scale: float = 1.0
 
     def __init__(self, **kwargs: Any) -> None:
         # An explicit `__init__` (not dataclass fields): the same class then works with the keyword configs of
@@ -386,4 +431,5 @@ __all__ = [
     "LEXEME_MODES",
     "REGION_POOLING_MODES",
     "REGION_LOGIT_SCALE_MODES",
+    "REGION_GRAD_REACHES",
 ]

@@ -217,6 +217,34 @@ def global_region_alignment_loss(
     return _reduce(1.0 - cosine, normalizer)
 
 
+def global_distillation_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    teacher_image_embeds: torch.Tensor,
+    teacher_text_embeds: torch.Tensor,
+    teacher_logit_scale: torch.Tensor | float,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """GD: learning without forgetting (Li and Hoiem, 2016) on CLIP's outputs. The teacher (the starting model) and the
+    student each give a softmax over the batch's captions for every image, and over its images for every caption; the
+    loss is the mean of the two directions' KL(teacher || student), summed over columns and averaged over rows.
+
+    Args:
+        image_embeds, text_embeds: (n, D) the student's L2-normalised global embeddings, paired by row.
+        logit_scale: the student's temperature multiplier (exponentiated); teacher_*: the same of the teacher, whose
+            embeddings get no gradient.
+        normalizer: divide the summed row losses by this instead of taking the mean (see `symmetric_infonce`).
+    """
+    student = logit_scale * image_embeds.float() @ text_embeds.float().t()  # (n, n)
+    teacher = (teacher_logit_scale * teacher_image_embeds.float() @ teacher_text_embeds.float().t()).detach()
+    per_row = []
+    for student_logits, teacher_logits in ((student, teacher), (student.t(), teacher.t())):
+        target = teacher_logits.log_softmax(dim=-1)
+        per_row.append((target.exp() * (target - student_logits.log_softmax(dim=-1))).sum(dim=-1))
+    return (_reduce(per_row[0], normalizer) + _reduce(per_row[1], normalizer)) / 2
+
+
 class RowGatherer(Protocol):
     """How the loss sees the rows of every process. `LocalRows` (one process) is the default; the training code
     supplies a `torch.distributed` one."""
@@ -255,6 +283,7 @@ class HarmoCLIPLoss:
     lrc: torch.Tensor | None = None
     gr: torch.Tensor | None = None
     rla: torch.Tensor | None = None
+    gd: torch.Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         """``{"loss": ..., "loss_gc": ..., ...}`` for the terms that were computed."""
@@ -264,15 +293,16 @@ class HarmoCLIPLoss:
             "loss_lrc": self.lrc,
             "loss_gr": self.gr,
             "loss_rla": self.rla,
+            "loss_gd": self.gd,
         }
         return {name: float(value.detach()) for name, value in values.items() if value is not None}
 
     @classmethod
     def weighted(cls, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> HarmoCLIPLoss:
-        """The loss of the computed `terms` (name -> unweighted scalar, names "gc", "lrc", "rla", "gr"): their sum
+        """The loss of the computed `terms` (name -> unweighted scalar, names "gc", "lrc", "rla", "gr", "gd"): their sum
         weighted by `weights`, each term kept."""
         total = torch.stack([weights[name] * term for name, term in terms.items()]).sum()
-        return cls(total=total, gc=terms.get("gc"), lrc=terms.get("lrc"), gr=terms.get("gr"), rla=terms.get("rla"))
+        return cls(total=total, **{name: terms.get(name) for name in ("gc", "lrc", "gr", "rla", "gd")})
 
 
 def harmoclip_loss(
@@ -284,6 +314,7 @@ def harmoclip_loss(
     lrc_weight: float,
     rla_weight: float,
     gr_weight: float,
+    gd_weight: float = 0.0,
     region_embeds: torch.Tensor | None = None,
     lexeme_embeds: torch.Tensor | None = None,
     phrase_embeds: torch.Tensor | None = None,
@@ -294,9 +325,11 @@ def harmoclip_loss(
     region_logit_scale: torch.Tensor | None = None,
     teacher_region_embeds: torch.Tensor | None = None,
     teacher_grad: bool = False,
+    teacher_global: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     gatherer: RowGatherer | None = None,
 ) -> HarmoCLIPLoss:
-    """``gc_weight GC + lrc_weight LRC + rla_weight RLA + gr_weight GR`` over the terms that apply to this batch.
+    """``gc_weight GC + lrc_weight LRC + rla_weight RLA + gr_weight GR + gd_weight GD`` over the terms that apply to
+    this batch.
 
     The terms:
         GC: CLIP's symmetric InfoNCE between images and captions (`global_contrastive_loss`), temperature
@@ -306,11 +339,13 @@ def harmoclip_loss(
         RLA: the same contrast against the phrases encoded alone, sentence level (`region_language_alignment_loss`),
             temperature `region_logit_scale`.
         GR: ``1 - cos`` between each valid region and its teacher crop embedding (`global_region_alignment_loss`).
+        GD: the KL divergence of the live model's image-caption softmaxes from the starting model's
+            (`global_distillation_loss`), over each process's own batch.
 
     A term applies when its weight is > 0 and its inputs are given: GC always; LRC with `region_embeds`,
     `lexeme_embeds` and `linked_mask`, RLA with `region_embeds`, `phrase_embeds` and `linked_mask`, each with at
     least one linked box in the (gathered) batch; GR with `region_embeds`, `teacher_region_embeds` and `region_mask`
-    and at least one valid box in the (gathered) batch. The decisions use the gathered counts, so every process takes
+    and at least one valid box in the (gathered) batch; GD with `teacher_global`. The decisions use the gathered counts, so every process takes
     the same ones. When no term applies a `ValueError` says why: asking for a loss that cannot be computed is a
     mistake of the caller, never a silent `None`.
 
@@ -325,12 +360,14 @@ def harmoclip_loss(
             or category are left out of LRC and RLA.
         teacher_region_embeds: (b, N, D) the GR targets; `teacher_grad`: GR back-propagates into them (the live model
             as its own teacher, FineCLIP's self-distillation).
+        teacher_global: the starting model's (b, D) image and caption embeddings of the batch and its log temperature,
+            GD's targets.
         gatherer: how the rows of other processes are seen (default `LocalRows`: this batch alone).
     Returns:
         `HarmoCLIPLoss` with the weighted total and the unweighted terms.
     """
     gatherer = LocalRows() if gatherer is None else gatherer
-    weights = {"gc": gc_weight, "lrc": lrc_weight, "rla": rla_weight, "gr": gr_weight}
+    weights = {"gc": gc_weight, "lrc": lrc_weight, "rla": rla_weight, "gr": gr_weight, "gd": gd_weight}
     terms: dict[str, torch.Tensor] = {}
     if gc_weight > 0:
         terms["gc"] = _global_term(image_embeds, text_embeds, logit_scale, gatherer)
@@ -345,10 +382,20 @@ def harmoclip_loss(
         term = _region_alignment_term(region_embeds, teacher_region_embeds, region_mask, teacher_grad, gatherer)
         if term is not None:
             terms["gr"] = term
+    if gd_weight > 0 and teacher_global is not None:
+        teacher_image_embeds, teacher_text_embeds, teacher_logit_scale = teacher_global
+        terms["gd"] = global_distillation_loss(
+            image_embeds,
+            text_embeds,
+            logit_scale.exp(),
+            teacher_image_embeds,
+            teacher_text_embeds,
+            teacher_logit_scale.exp(),
+        )
     if not terms:
         raise ValueError(
             f"no loss term applies to this batch with weights {weights}: GC needs a weight > 0, "
-            "LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`"
+            "LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`, GD `teacher_global`"
         )
     return HarmoCLIPLoss.weighted(terms, weights)
 
@@ -362,6 +409,7 @@ def recipe_loss(
     category_ids: torch.Tensor | None = None,
     teacher_region_embeds: torch.Tensor | None = None,
     gatherer: RowGatherer | None = None,
+    teacher_global: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> HarmoCLIPLoss:
     """A recipe's loss on a model's outputs: the one assembly that `HarmoCLIPModel.forward(return_loss=True)` and the
     training step (training/step.py) share.
@@ -373,6 +421,7 @@ def recipe_loss(
         logit_scale, region_logit_scale: the model's `logit_scale` and `lrc_rla_logit_scale`.
         phrase_ids, category_ids: (B, N) ids (category ids are used when `recipe.lrc_mask_categories`).
         teacher_region_embeds: (B, N, D) GR targets; gatherer: as `harmoclip_loss` (default this batch alone).
+        teacher_global: GD's targets (`harmoclip_loss`), the starting model's global embeddings of the batch.
     """
     return harmoclip_loss(
         outputs.image_embeds.float(),
@@ -389,6 +438,7 @@ def recipe_loss(
         region_logit_scale=region_logit_scale,
         teacher_region_embeds=teacher_region_embeds,
         teacher_grad=recipe.gr_teacher == "self_with_grad",
+        teacher_global=teacher_global,
         gatherer=gatherer,
     )
 
@@ -485,6 +535,7 @@ __all__ = [
     "lexeme_region_contrastive_loss",
     "region_language_alignment_loss",
     "global_region_alignment_loss",
+    "global_distillation_loss",
     "same_phrase_negatives",
     "false_negatives",
 ]

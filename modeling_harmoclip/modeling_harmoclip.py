@@ -115,7 +115,7 @@ class HarmoCLIPOutput(CLIPOutput):
         boxes without a phrase are zeros.
     region_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which boxes were valid.
     linked_mask (`torch.BoolTensor` of shape `(B, N)`, *optional*): which valid boxes have a phrase.
-    loss_gc, loss_lrc, loss_rla, loss_gr (`torch.FloatTensor` scalars, *optional*):
+    loss_gc, loss_lrc, loss_rla, loss_gr, loss_gd (`torch.FloatTensor` scalars, *optional*):
         The unweighted loss terms, `None` where a term does not apply; `loss` is their weighted sum.
     """
 
@@ -128,6 +128,7 @@ class HarmoCLIPOutput(CLIPOutput):
     loss_lrc: torch.Tensor | None = None
     loss_rla: torch.Tensor | None = None
     loss_gr: torch.Tensor | None = None
+    loss_gd: torch.Tensor | None = None
 
 
 @dataclass
@@ -529,17 +530,24 @@ def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> tuple[int, int]:
 
 def dense_from_trunk(model: nn.Module, hidden: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Trunk states (B, 1 + h*w, C) -> (B, D, h, w) projected, unnormalised patch features (`config.dense_mode`:
-    "value", the value path; otherwise the ordinary last layer)."""
+    "value", the value path; otherwise the ordinary last layer), projected by the region head with `region_heads`.
+    `config.region_grad_reach` stops the gradients of whatever trains the regions before the last layer
+    ("last_layer") or before the projection ("projection")."""
+    reach = model.config.region_grad_reach
     layer = model.vision_model.encoder.layers[-1]
-    if model.config.dense_mode == "value":
-        if getattr(layer, "gradient_checkpointing", False) and model.training and torch.is_grad_enabled():
-            # Gradient checkpointing is on: the value path is recomputed in the backward pass like the layers.
-            hidden = layer._gradient_checkpointing_func(partial(value_path_layer, layer), hidden)
+    hidden = hidden if reach == "all" else hidden.detach()
+    with torch.set_grad_enabled(reach != "projection" and torch.is_grad_enabled()):
+        if model.config.dense_mode == "value":
+            if getattr(layer, "gradient_checkpointing", False) and model.training and torch.is_grad_enabled():
+                # Gradient checkpointing is on: the value path is recomputed in the backward pass like the layers.
+                hidden = layer._gradient_checkpointing_func(partial(value_path_layer, layer), hidden)
+            else:
+                hidden = value_path_layer(layer, hidden)
         else:
-            hidden = value_path_layer(layer, hidden)
-    else:
-        hidden = run_encoder_layer(layer, hidden)
-    patches = model.visual_projection(model.vision_model.post_layernorm(hidden[:, 1:]))
+            hidden = run_encoder_layer(layer, hidden)
+        hidden = model.vision_model.post_layernorm(hidden[:, 1:])
+    projection = model.region_projection if model.config.region_heads else model.visual_projection
+    patches = projection(hidden)
     batch, _, dim = patches.shape
     return patches.transpose(1, 2).reshape(batch, dim, grid[0], grid[1])
 
@@ -613,7 +621,8 @@ def lexemes_from_states(model: nn.Module, token_states: torch.Tensor, phrase_tok
     weights = phrase_token_mask.to(token_states.dtype)
     counts = weights.sum(-1, keepdim=True)
     pooled = weights @ token_states / counts.clamp(min=1)
-    lexemes = F.normalize(model.text_projection(pooled).float(), dim=-1, eps=1e-12)
+    projection = model.lexeme_projection if model.config.region_heads else model.text_projection
+    lexemes = F.normalize(projection(pooled).float(), dim=-1, eps=1e-12)
     return lexemes * (counts > 0).to(lexemes.dtype)
 
 
@@ -639,7 +648,10 @@ def phrases_alone(model: nn.Module, input_ids: torch.Tensor, phrase_token_mask: 
     for row, sequence in enumerate(sequences):
         ids[row, : len(sequence)] = sequence
         attention[row, : len(sequence)] = 1
-    embeds = projected(model.get_text_features(input_ids=ids, attention_mask=attention))
+    if model.config.region_heads:  # the phrase's end-of-text state through the lexeme head
+        embeds = model.lexeme_projection(model.text_model(input_ids=ids, attention_mask=attention).pooler_output)
+    else:
+        embeds = projected(model.get_text_features(input_ids=ids, attention_mask=attention))
     lexemes = lexemes.index_copy(0, linked.nonzero(as_tuple=True)[0], F.normalize(embeds.float(), dim=-1, eps=1e-12))
     return lexemes.reshape(batch, num_phrases, -1)
 
@@ -949,12 +961,19 @@ def with_recipe_loss(
         teacher_region_embeds=teacher_region_embeds,
     )
     return replace(
-        outputs, loss=terms.total, loss_gc=terms.gc, loss_lrc=terms.lrc, loss_rla=terms.rla, loss_gr=terms.gr
+        outputs,
+        loss=terms.total,
+        loss_gc=terms.gc,
+        loss_lrc=terms.lrc,
+        loss_rla=terms.rla,
+        loss_gr=terms.gr,
+        loss_gd=terms.gd,
     )
 
 
 class HarmoCLIPModel(CLIPModel):
-    """CLIP with region and lexeme embeddings. Parameter names are `CLIPModel`'s plus `region_logit_scale`.
+    """CLIP with region and lexeme embeddings. Parameter names are `CLIPModel`'s plus `region_logit_scale` (and, with
+    `region_heads`, `region_projection` and `lexeme_projection`).
 
     In `forward`, with `phrase_ids` a valid box whose id is >= 0 must have phrase tokens, and LRC leaves out negatives
     with the same phrase text; without them, a box is linked when its phrase row has a token. `crop_pixel_values`
@@ -979,10 +998,27 @@ class HarmoCLIPModel(CLIPModel):
             self.region_logit_scale = nn.Parameter(start)
         else:
             self.register_buffer("region_logit_scale", start, persistent=True)
+        if config.region_heads:
+            # Heads of the regions and lexemes alone, started as CLIP's projections (`_init_weights` copies them): what
+            # the region terms pull on, while the global embeddings keep `visual_projection` and `text_projection`.
+            self.region_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
+            self.lexeme_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        # A region or lexeme head (`region_heads`) starts as CLIP's projection. It is initialised after the projections
+        # (it comes after them among the model's children), or after a checkpoint without heads filled them.
+        for head_name, start_name in (
+            ("region_projection", "visual_projection"),
+            ("lexeme_projection", "text_projection"),
+        ):
+            if module is getattr(self, head_name, None):
+                if hf_init is None:
+                    with torch.no_grad():
+                        module.weight.copy_(getattr(self, start_name).weight)
+                else:
+                    hf_init.copy_(module.weight, getattr(self, start_name).weight)
         # CLIPModel.__init__ already runs post_init once, before `region_logit_scale` exists.
         if isinstance(module, HarmoCLIPModel) and hasattr(module, "region_logit_scale"):
             if hf_init is None:  # transformers 4.x: only modules the checkpoint left unfilled get here
@@ -1008,6 +1044,15 @@ class HarmoCLIPModel(CLIPModel):
         CLIP, which `from_pretrained` would have initialised already."""
         with torch.no_grad():
             self.region_logit_scale.copy_(self.region_logit_scale_start())
+
+    def reset_region_heads(self) -> None:
+        """With `region_heads`: sets `region_projection` and `lexeme_projection` to CLIP's `visual_projection` and
+        `text_projection`, their starting values; for weights loaded by hand from a CLIP (`from_pretrained` would have
+        started them so already)."""
+        if self.config.region_heads:
+            with torch.no_grad():
+                self.region_projection.weight.copy_(self.visual_projection.weight)
+                self.lexeme_projection.weight.copy_(self.text_projection.weight)
 
     @property
     def lrc_rla_logit_scale(self) -> nn.Parameter:

@@ -93,6 +93,7 @@ def test_without_an_applicable_term_the_error_says_what_each_term_needs() -> Non
     with pytest.raises(ValueError) as caught:
         harmoclip_loss(_unit(2, 8, 8), _unit(2, 8, 9), torch.tensor(1.0), **weights)
     assert str(caught.value) == (
-        "no loss term applies to this batch with weights {'gc': 0.0, 'lrc': 1.0, 'rla': 0.0, 'gr': 1.0}: GC needs a "
-        "weight > 0, LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`"
+        "no loss term applies to this batch with weights {'gc': 0.0, 'lrc': 1.0, 'rla': 0.0, 'gr': 1.0, 'gd': 0.0}: GC "
+        "needs a weight > 0, LRC and RLA boxes linked to phrases, GR boxes and `teacher_region_embeds`, GD "
+        "`teacher_global`"
     )

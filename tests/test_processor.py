@@ -95,7 +95,7 @@ def test_region_mode_keeps_whole_image_and_crop_mode_cuts(tiny_tokenizer):
     torch.testing.assert_close(whole["boxes"][0], expected)
     # The region preset is a property of the image processor it holds: square resize, no crop.
     assert region.image_processor.do_center_crop is False
-    assert (region.image_processor.size.height, region.image_processor.size.width) == (64, 64)
+    assert (region.image_processor.size["height"], region.image_processor.size["width"]) == (64, 64)
     assert crop.image_processor.do_center_crop is True
     # The crop processor's square variant gives the region geometry, and leaves the crop processor as it was.
     variant = crop.as_region_mode()

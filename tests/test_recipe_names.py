@@ -13,7 +13,7 @@ from modeling_harmoclip.configuration_harmoclip import (
     recipe_overrides,
 )
 
-NAMES = ["clip", "clipself", "fineclip", "gc-gr", "harmoclip", "harmoclip-rla"]
+NAMES = ["clip", "clipself", "fineclip", "gc-gr", "harmoclip", "harmoclip-rla", "harmoclip-gd"]
 
 
 @pytest.mark.parametrize("name", ["clipp", None, 3, ""])

@@ -98,6 +98,10 @@ def test_the_rules_read_from_a_recipe_by_hand() -> None:
         "region_logit_scale_init_value": 2.6592,
         "region_text_grad": False,
         "lrc_mask_categories": True,
+        "loss_gd_weight": 0.0,
+        "region_heads": False,
+        "region_grad_reach": "all",
+        "vision_trunk_lr_scale": 1.0,
     }
     assert shipped.recipe_settings == recipe_defaults() and shipped.gr_enabled is True
     weights = dict(loss_gc_weight=1, loss_lrc_weight=0.5, loss_rla_weight=0.25, loss_gr_weight=2)
@@ -106,6 +110,7 @@ def test_the_rules_read_from_a_recipe_by_hand() -> None:
         "lrc_weight": 0.5,
         "rla_weight": 0.25,
         "gr_weight": 2.0,
+        "gd_weight": 0.0,
     }
     assert all(isinstance(value, float) for value in loss_weights(HarmoCLIPConfig(**weights)).values())
     # GR is off with no teacher, or with weight 0, whatever the other says.

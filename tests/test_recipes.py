@@ -16,7 +16,7 @@ from conversion.model_card import CardInfo, render_model_card
 from modeling_harmoclip.configuration_harmoclip import RECIPE_FIELDS, RECIPES, HarmoCLIPConfig, loss_weights
 from training.config import TrainConfig, build_argument_parser, config_from_args, load_config
 
-NAMES = ["clip", "clipself", "fineclip", "gc-gr", "harmoclip", "harmoclip-rla"]
+NAMES = ["clip", "clipself", "fineclip", "gc-gr", "harmoclip", "harmoclip-rla", "harmoclip-gd"]
 UNKNOWN = f"`recipe` must be one of {NAMES}, got 'clipp'"
 
 
@@ -36,6 +36,7 @@ def test_the_table_names_the_methods() -> None:
         "gc-gr": ({"gc", "gr"}, "frozen", False),
         "harmoclip": ({"gc", "lrc", "gr"}, "frozen", False),  # the paper's three terms
         "harmoclip-rla": ({"gc", "lrc", "rla", "gr"}, "frozen", False),
+        "harmoclip-gd": ({"gc", "lrc", "gr", "gd"}, "frozen", False),  # the paper's terms and a distillation (LwF)
     }
     for name, (trained, teacher, text_grad) in expected.items():
         config = HarmoCLIPConfig.from_recipe(name)

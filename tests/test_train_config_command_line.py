@@ -70,7 +70,8 @@ def test_a_data_file_with_synthetic_data_lists_the_other_formats() -> None:
 
 def test_an_unknown_recipe_lists_the_names() -> None:
     message = (
-        "config `recipe` must be one of ['clip', 'clipself', 'fineclip', 'gc-gr', 'harmoclip', 'harmoclip-rla'], "
+        "config `recipe` must be one of ['clip', 'clipself', 'fineclip', 'gc-gr', 'harmoclip', 'harmoclip-rla', "
+        "'harmoclip-gd'], "
         "got 'clipp'"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):

@@ -21,18 +21,39 @@ from accelerate import Accelerator
 from modeling_harmoclip.losses import HarmoCLIPLoss, recipe_loss
 from training.config import TrainConfig
 from training.distributed_rows import DistributedRows
-from training.teacher import TeacherCache, teacher_targets
+from training.teacher import TeacherCache, global_teacher_targets, teacher_targets
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on weight matrices only; none on norms, biases, embeddings' scalars, logit scales."""
-    decay, no_decay = [], []
+def vision_trunk_parameters(model: torch.nn.Module) -> set[int]:
+    """The ids of the vision trunk's parameters: patch and position embedding, pre-layernorm, every layer but the
+    last (what `vision_trunk_lr_scale` slows down)."""
+    vision = model.vision_model
+    modules = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[:-1]]
+    return {id(parameter) for module in modules for parameter in module.parameters()}
+
+
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, vision_trunk_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices only (none on norms, biases, embeddings' scalars, logit scales);
+    the vision trunk's (`vision_trunk_parameters`) apart with `lr_scale` = `vision_trunk_lr_scale` when that is not 1.
+    Each group's `lr_scale` multiplies the optimiser's learning rate (`build_optimizer`)."""
+    trunk = vision_trunk_parameters(model) if vision_trunk_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         exempt = parameter.ndim < 2 or "norm" in name or "logit_scale" in name or name.endswith(".bias")
-        (no_decay if exempt else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((not exempt, id(parameter) in trunk), []).append(parameter)
+    return [
+        {
+            "params": groups.get((decay, in_trunk), []),
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": vision_trunk_lr_scale if in_trunk else 1.0,
+        }
+        for decay, in_trunk in ((True, False), (False, False), (True, True), (False, True))
+        if (decay, in_trunk) in groups or not in_trunk
+    ]
 
 
 def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
@@ -46,6 +67,11 @@ def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
         model.logit_scale.requires_grad_(False)
     # `region_logit_scale` needs nothing here: the model makes it a parameter only where LRC or RLA train it
     # (`trains_region_logit_scale`), and a buffer otherwise.
+    if config.region_heads:  # a head that no enabled term reads trains nothing
+        if not config.uses_regions:
+            model.region_projection.requires_grad_(False)
+        if not (config.uses_phrases and config.region_text_grad):
+            model.lexeme_projection.requires_grad_(False)  # its lexemes are constants to LRC and RLA
     if config.lock_vision_layers > 0:
         vision = model.vision_model
         frozen = [vision.embeddings, vision.pre_layrnorm, *vision.encoder.layers[: config.lock_vision_layers]]
@@ -55,12 +81,13 @@ def lock_parameters(model: torch.nn.Module, config: TrainConfig) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups` with the config's learning rate, betas and epsilon."""
+    """AdamW over `parameter_groups` with the config's learning rate (times each group's `lr_scale`), betas and
+    epsilon. The schedule multiplies each group's initial `lr`, so the scales hold through warm-up and decay."""
+    groups = parameter_groups(model, config.weight_decay, config.vision_trunk_lr_scale)
+    for group in groups:
+        group["lr"] = config.learning_rate * group["lr_scale"]
     return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_eps,
+        groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps
     )
 
 
@@ -80,6 +107,7 @@ def forward_objective(
 ) -> HarmoCLIPLoss:
     """One micro-batch: encode (through the possibly wrapped `model`), gather across processes, loss terms."""
     teacher_embeds = teacher_targets(config, batch, teacher, unwrapped, teacher_cache, accelerator)
+    teacher_global = global_teacher_targets(config, batch, teacher, accelerator)
     with accelerator.autocast():
         outputs = model(
             input_ids=batch["input_ids"],
@@ -100,6 +128,7 @@ def forward_objective(
         category_ids=batch.get("category_ids"),
         teacher_region_embeds=teacher_embeds,
         gatherer=DistributedRows(),
+        teacher_global=teacher_global,
     )
 
 
@@ -167,6 +196,7 @@ def training_step(
 __all__ = [
     "lock_parameters",
     "parameter_groups",
+    "vision_trunk_parameters",
     "build_optimizer",
     "minimum_over_processes",
     "forward_objective",

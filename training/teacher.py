@@ -137,11 +137,13 @@ def build_teacher_cache(config: TrainConfig, processor: Any) -> TeacherCache:
 def build_teachers(
     configs: Sequence[TrainConfig], model: torch.nn.Module, processor: Any, device: torch.device | str
 ) -> tuple[torch.nn.Module | None, TeacherCache | None]:
-    """The GR teachers that `configs` (a run's one, or a benchmark's several sharing a model) need, by the one rule
-    `gr_enabled`: a frozen copy of `model` on `device` when some config's teacher is "frozen", the cache of the first
-    config whose teacher is "cached"; the live model ("self", "self_with_grad") needs nothing built."""
+    """The teachers that `configs` (a run's one, or a benchmark's several sharing a model) need: by the one rule
+    `gr_enabled`, a frozen copy of `model` on `device` when some config's GR teacher is "frozen" (or GD is weighted:
+    the starting weights are its teacher), the cache of the first config whose GR teacher is "cached"; the live model
+    ("self", "self_with_grad") needs nothing built."""
     enabled = [config for config in configs if config.gr_enabled]
-    frozen = any(config.gr_teacher == "frozen" for config in enabled)
+    # The starting weights are also GD's teacher (their global embeddings), whatever GR's teacher is.
+    frozen = any(config.gr_teacher == "frozen" for config in enabled) or any(c.loss_gd_weight > 0 for c in configs)
     cached = [config for config in enabled if config.gr_teacher == "cached"]
     teacher = frozen_copy(model).to(device) if frozen else None
     return teacher, build_teacher_cache(cached[0], processor) if cached else None
@@ -165,3 +167,19 @@ def teacher_targets(
     # The processor's crops of the original images, cut by the DataLoader's workers (see `region_collator`).
     with torch.set_grad_enabled(config.gr_teacher == "self_with_grad"), accelerator.autocast():
         return source.get_crop_features(batch["crop_pixel_values"], batch["crop_mask"] & batch["box_mask"])
+
+
+def global_teacher_targets(
+    config: TrainConfig, batch: dict[str, Any], teacher: torch.nn.Module | None, accelerator: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """GD's targets, or None when GD is off: the frozen starting weights' (B, D) L2-normalised image and caption
+    embeddings of the batch and their log temperature (`losses.global_distillation_loss`)."""
+    if config.loss_gd_weight <= 0:
+        return None
+    if teacher is None:
+        raise ValueError("`loss_gd_weight` > 0 needs the frozen starting weights as teacher (`build_teachers`)")
+    with torch.no_grad(), accelerator.autocast():
+        outputs = teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        )
+    return outputs.image_embeds.float(), outputs.text_embeds.float(), teacher.logit_scale.detach()
