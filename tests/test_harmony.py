@@ -72,7 +72,7 @@ def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None
     from training.config import TrainConfig
 
     assert rows["harmoclip"]["loss_weights"] == {
-        name: getattr(TrainConfig, f"loss_{name}_weight") for name in ("gc", "lrc", "rla", "gr")
+        name: getattr(TrainConfig, f"loss_{name}_weight") for name in ("gc", "lrc", "rla", "gr", "gd")
     }
     # GR alone trains the vision tower only: the text tower is the pre-trained one, bit for bit, and vision moved.
     start, tuned = weights(rows[PRETRAINED.key]["per_seed"][0]), weights(rows["gr"]["per_seed"][0])
@@ -167,7 +167,7 @@ def test_rerun_reuses_finished_rows_and_retrains_only_what_changed(first_run) ->
     )
     rows = {row["key"]: row["per_seed"][0] for row in extra["rows"]}
     assert rows["gc-lrc-gr"]["reused"] and rows["rla"]["init_from"] == pretrained["model"] and not rows["rla"]["reused"]
-    assert rows["rla"]["loss_weights"] == {"gc": 1.0, "lrc": 0.0, "rla": 1.0, "gr": 1.0}
+    assert rows["rla"]["loss_weights"] == {"gc": 1.0, "lrc": 0.0, "rla": 1.0, "gr": 1.0, "gd": 0.0}
     assert rows["same"]["same_as"] == "gc-lrc-gr" and rows["same"]["figures"] == rows["gc-lrc-gr"]["figures"]
     # ... and in a later run, a row whose training finished under another row's name reuses that run.
     later = run_harmony(
@@ -426,3 +426,26 @@ def test_options_are_read_as_their_types(tmp_path: Path) -> None:
     config.write_text("cache_teacher: false\nseeds: [5, 6]\nfinetune_steps: 9\n")
     from_file = parse("--config", str(config), "--finetune-steps", "8")
     assert from_file.cache_teacher is False and from_file.seeds == (5, 6) and from_file.finetune_steps == 8
+
+
+def test_an_appended_absent_phrase_leaves_the_present_phrases_alone(tiny_tokenizer, tmp_path) -> None:
+    """The fourth axis appends the absent phrase to the caption: CLIP's text tower is causal, so the present phrases'
+    lexemes are those of the caption alone, and its figures are the same on a second run (the same absent phrases)."""
+    from benchmarks.harmony.runs import absent_phrase_figures
+    from conftest import tiny_harmoclip_model, tiny_processor
+    from modeling_harmoclip.pipeline_harmoclip import embed_phrases
+    from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
+
+    model, processor = tiny_harmoclip_model(seed=6), tiny_processor(tiny_tokenizer, region_mode=True)
+    caption = "a small red circle and a big blue square"
+    spans = [(2, 18), (25, 40)]
+    longer = caption + " and a small green star"
+    before = embed_phrases(model, processor, caption, spans)
+    after = embed_phrases(model, processor, longer, [*spans, (len(longer) - 16, len(longer))])
+    torch.testing.assert_close(after[:2], before, atol=1e-6, rtol=0)
+    data = generate_synthetic_dataset(
+        tmp_path / "data", SyntheticSettings(num_train=0, num_val=6, min_shapes=2, image_size=32, held_out=2)
+    )
+    first, second = (absent_phrase_figures(model, processor, data) for _ in range(2))
+    assert first == second and first["num_absent"] == 6
+    assert 0.0 <= first["absent_auroc"] <= 100.0 and 0.0 <= first["absent_below_median"] <= 100.0

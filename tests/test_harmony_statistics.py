@@ -4,6 +4,7 @@ test_harmony.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,104 @@ def test_a_settings_file_that_is_not_yaml_or_names_unknown_settings_is_refused_i
         settings_from_args(build_parser().parse_args(["--config", str(bad)]))
     with pytest.raises(ValueError, match=rf"^config file {unknown}: unknown setting\(s\) \['steps'\]; known: \["):
         settings_from_args(build_parser().parse_args(["--config", str(unknown)]))
+
+
+def test_area_under_roc_by_hand() -> None:
+    from benchmarks.harmony.statistics import area_under_roc
+
+    assert area_under_roc([0.9, 0.8], [0.1]) == 1.0
+    assert area_under_roc([0.1], [0.9, 0.8]) == 0.0
+    # 3 positives x 2 negatives: (0.5 > 0.4, 0.5 > 0.2, 0.3 < 0.4, 0.3 > 0.2, 0.4 = 0.4 half, 0.4 > 0.2) = 4.5 of 6
+    assert area_under_roc([0.5, 0.3, 0.4], [0.4, 0.2]) == pytest.approx(4.5 / 6)
+    assert area_under_roc([], [0.1]) is None and area_under_roc([0.1], []) is None
+
+
+def test_wise_alpha_is_chosen_by_the_rule_written_before_the_runs() -> None:
+    from benchmarks.harmony.runs import choose_wise_alpha
+
+    def dev(r1: float, grounding: float, region: float) -> dict:
+        return {"mean_R@1": r1, "grounding_annotated_held_out": grounding, "box_top1_dense_held_out": region}
+
+    gc = dev(30.0, 40.0, 10.0)
+    by_alpha = {
+        0.25: dev(30.5, 41.0, 10.0),
+        0.5: dev(29.2, 45.0, 12.0),
+        0.75: dev(28.9, 60.0, 20.0),
+        1.0: dev(27.0, 70.0, 25.0),
+    }
+    assert choose_wise_alpha(by_alpha, gc) == 0.5  # 0.75 and 1.0 lose more than 1 point of dev R@1
+    assert choose_wise_alpha({**by_alpha, 0.5: dev(29.2, 41.0, 10.0)}, gc) == 0.25  # a tie goes to the smaller alpha
+    everything_loses = {a: dev(20.0 + a, 50.0, 10.0) for a in (0.25, 0.5)}
+    assert choose_wise_alpha(everything_loses, gc) == 0.5  # none within the margin: the best dev R@1
+
+
+def _candidate_rows(retrieval: dict[str, list[float]], grounding: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for key in retrieval:
+        per_seed = [
+            {"key": key, "label": key, "losses": "GC", "loss_weights": {}, "fields": {}, "seed": seed,
+             "figures": {"mean_R@1": r1, "box_top1_dense_held_out": 10.0 + seed, "grounding_annotated_held_out": g}}
+            for seed, (r1, g) in enumerate(zip(retrieval[key], grounding[key]))
+        ]  # fmt: skip
+        rows.append(aggregate_rows(per_seed))
+    return rows
+
+
+def test_the_harmony_rule_and_its_decision_over_both_worlds() -> None:
+    from benchmarks.harmony.statistics import decide_harmony, deltas_against_gc, harmony_rule
+
+    retrieval = {
+        "gc": [30.0, 32.0, 31.0],
+        "harmoclip": [28.0, 29.5, 28.5],  # settled below GC by about 2.3: not non-inferior
+        "head-only": [30.1, 32.0, 30.9],  # Δ about 0: non-inferior
+        "lexeme-head": [30.0, 32.1, 31.0],
+    }
+    grounding = {
+        "gc": [40.0, 41.0, 39.0],
+        "harmoclip": [50.0, 52.0, 49.0],
+        "head-only": [45.0, 46.0, 44.5],  # above GC, settled
+        "lexeme-head": [40.5, 40.0, 39.5],  # not settled above GC
+    }
+    rows = _candidate_rows(retrieval, grounding)
+    rule = harmony_rule(rows, deltas_against_gc(rows))
+    assert set(rule["candidates"]) == {"harmoclip", "head-only", "lexeme-head"}
+    assert rule["candidates"]["harmoclip"]["non_inferior"] == "not met"
+    assert rule["candidates"]["head-only"]["qualifies"] is True
+    assert rule["candidates"]["lexeme-head"]["grounding_above"] == "unresolved"
+    expected_score = sum(g - c for g, c in zip(grounding["head-only"], grounding["gc"])) / 3  # regions: Δ 0
+    assert rule["candidates"]["head-only"]["score"] == pytest.approx(expected_score)
+    # Over both worlds: it must qualify in each; the larger sum of scores wins among qualifiers.
+    other = harmony_rule(rows, deltas_against_gc(rows))
+    decision = decide_harmony({"basic": rule, "rich": other})
+    assert decision["qualifiers"] == ["head-only"] and decision["winner"] == "head-only"
+    assert decision["scores"]["head-only"] == pytest.approx(2 * expected_score)
+    failing = {
+        **other,
+        "candidates": {**other["candidates"], "head-only": {**other["candidates"]["head-only"], "qualifies": False}},
+    }
+    none = decide_harmony({"basic": rule, "rich": failing})
+    assert none["winner"] is None and "no candidate qualifies in every world" in none["reason"]
+
+
+def test_the_decision_command_reads_both_worlds(tmp_path: Path, capsys) -> None:
+    from benchmarks.harmony.decide import main
+    from benchmarks.harmony.statistics import deltas_against_gc, harmony_rule
+
+    rows = _candidate_rows(
+        {"gc": [30.0, 32.0, 31.0], "head-only": [30.1, 32.0, 30.9]},
+        {"gc": [40.0, 41.0, 39.0], "head-only": [45.0, 46.0, 44.5]},
+    )
+    for world in ("basic", "rich"):
+        report = {
+            "settings": {"synthetic_vocabulary": world},
+            "rows": [{"key": row["key"], "label": row["label"]} for row in rows],
+            "conclusion": {"harmony_rule": harmony_rule(rows, deltas_against_gc(rows))},
+        }
+        (tmp_path / f"{world}.json").write_text(json.dumps(report))
+    assert main([str(tmp_path / "basic.json"), str(tmp_path / "rich.json"), "--out", str(tmp_path / "d.md")]) == 0
+    text = (tmp_path / "d.md").read_text()
+    assert "| head-only | yes | yes |" in text and "Winner: **head-only**" in text
+    assert json.loads((tmp_path / "d.json").read_text())["winner"] == "head-only"
+    capsys.readouterr()
+    assert main([str(tmp_path / "basic.json"), str(tmp_path / "basic.json")]) == 1
+    assert "two reports of the 'basic' world" in capsys.readouterr().err

@@ -36,6 +36,9 @@ TABLE_COLUMNS = (
     ("grounding, seen", "grounding_annotated_seen"),
     ("grounding, held-out", "grounding_annotated_held_out"),
     ("grounding at IoU 0.5, own proposals", "grounding_proposals"),
+    ("absent phrase below present median", "absent_below_median"),
+    ("absent-phrase AUROC", "absent_auroc"),
+    ("training s", "train_seconds"),
 )
 DELTA_LABELS = {
     "mean_R@1": "Δ mean R@1 (global)",
@@ -43,6 +46,7 @@ DELTA_LABELS = {
     "box_top1_dense_held_out": "Δ region Top-1, held-out",
     "grounding_annotated_seen": "Δ grounding, seen",
     "grounding_annotated_held_out": "Δ grounding, held-out",
+    "absent_auroc": "Δ absent-phrase AUROC",
 }
 SIDE_LABELS = {
     "mean_R@1": "retrieval (mean R@1)",
@@ -154,6 +158,37 @@ def recipe_rule_lines(report: dict[str, Any]) -> list[str]:
     return lines + ["", f"Chosen: **{chosen}** ({rule['reason']}).", ""]
 
 
+def harmony_rule_lines(report: dict[str, Any]) -> list[str]:
+    """The harmony rule's candidates in this world: retrieval non-inferiority, held-out grounding above GC only, the
+    score, and whether each qualifies here (the winner over both worlds: `decide_harmony`)."""
+    rule = report["conclusion"].get("harmony_rule")
+    if not rule or not rule["candidates"]:
+        return []
+    labels = {row["key"]: row["label"] for row in report["rows"]}
+
+    def value(number: float | None) -> str:
+        return "-" if number is None else f"{number:+.1f}"
+
+    lines = [
+        f"**Harmony rule** (docs/harmony_candidates.md, written before the runs): a candidate qualifies in this world "
+        f"when its Δ mean R@1 against GC only has its 95 % t interval above -{rule['margin']:g} point and its Δ "
+        "held-out grounding has its interval above 0; its score is the sum of the mean Δ held-out grounding and held-out "
+        "regions. The winner must qualify in both worlds.",
+        "",
+        "| candidate | Δ mean R@1 [95 % t] | non-inferior | Δ held-out grounding [95 % t] | above GC | Δ held-out regions "
+        "| score | qualifies here |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, candidate in rule["candidates"].items():
+        lines.append(
+            f"| {labels.get(key, key)} | {_interval(candidate['retrieval'])} | {candidate['non_inferior']} | "
+            f"{_interval(candidate['grounding'])} | {candidate['grounding_above']} | "
+            f"{value(candidate['held_out_region'])} | {value(candidate['score'])} | "
+            f"{'yes' if candidate['qualifies'] else 'no'} |"
+        )
+    return lines + [""]
+
+
 def side_by_side_lines(report: dict[str, Any]) -> list[str]:
     """`harmoclip` minus `gc-gr` and minus `fineclip` on the three axes, each settled for it, against it or not."""
     comparison = report["conclusion"].get("side_by_side") or {}
@@ -237,6 +272,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         *delta_table(report),
         *recipe_rule_lines(report),
+        *harmony_rule_lines(report),
         *side_by_side_lines(report),
         *standard_error_lines(report),
         f"Wall-clock time of this run: {report['wall_seconds'] / 60:.1f} min ({report['rows_reused']} of "

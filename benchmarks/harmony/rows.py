@@ -20,7 +20,7 @@ from training.data.synthetic import VOCABULARIES
 PRETRAIN_RECIPE = "configs/toy_clip_pretrain.yaml"  # the toy CLIP every row starts from (docs/toy_clip.md)
 
 # A row's fields are the recipe's (`RECIPE_FIELDS`, stated once in the model config).
-LOSS_NAMES = ("gc", "lrc", "rla", "gr")
+LOSS_NAMES = ("gc", "lrc", "rla", "gr", "gd")
 
 
 def gr_enabled(values: Mapping[str, Any]) -> bool:
@@ -80,6 +80,8 @@ BASE_FIELDS: dict[str, Any] = {
 }
 NO_TEXT: dict[str, Any] = {"region_text_grad": False}
 PRETRAINED = Configuration("pretrained", "pre-trained toy CLIP (reference)", _weights(1.0, 0.0, 0.0))
+# The `harmoclip` row's fields, which every candidate of the harmony rule changes in one place.
+HARMOCLIP_FIELDS: dict[str, Any] = {name: getattr(TrainConfig, name) for name in RECIPE_FIELDS}
 GC_ONLY = Configuration("gc", "GC only", _weights(1.0, 0.0, 0.0))
 FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     GC_ONLY,
@@ -109,12 +111,52 @@ FINETUNE_CONFIGURATIONS: tuple[Configuration, ...] = (
     ),
     # FineCLIP's terms as the `fineclip` recipe has them (its live teacher cannot be cached: the costliest row).
     Configuration("fineclip", "FineCLIP (the `fineclip` recipe)", recipe_fields("fineclip")),
+    Configuration("harmoclip", "HarmoCLIP (the `harmoclip` recipe, TrainConfig's defaults)", HARMOCLIP_FIELDS),
+    # The candidates for a harmonious recipe (docs/harmony_candidates.md says why each, with its source), each
+    # `harmoclip` with one change; the rule that judges them is `statistics.harmony_rule`.
     Configuration(
-        "harmoclip",
-        "HarmoCLIP (the `harmoclip` recipe, TrainConfig's defaults)",
-        {name: getattr(TrainConfig, name) for name in RECIPE_FIELDS},
+        "lexeme-head",
+        "harmoclip + region and lexeme heads of their own",
+        {**HARMOCLIP_FIELDS, "region_heads": True},
     ),
+    Configuration(
+        "harmoclip-gd",
+        "the `harmoclip-gd` recipe: harmoclip + global distillation (LwF)",
+        {**HARMOCLIP_FIELDS, **recipe_fields("harmoclip-gd")},
+    ),
+    Configuration(
+        "gentle-trunk",
+        "harmoclip + the vision trunk at 0.1 x the learning rate",
+        {**HARMOCLIP_FIELDS, "vision_trunk_lr_scale": 0.1},
+    ),
+    Configuration(
+        "region-last-layer",
+        "harmoclip + region terms reaching only the last vision layer",
+        {**HARMOCLIP_FIELDS, "region_grad_reach": "last_layer"},
+    ),
+    Configuration(
+        "head-only",
+        "harmoclip + region terms training only heads of their own",
+        {**HARMOCLIP_FIELDS, "region_heads": True, "region_grad_reach": "projection"},
+    ),
+    # WiSE-FT: no training of its own; the `harmoclip` row's weights mixed with the pre-trained ones, the mixing weight
+    # chosen on the dev split (`runs.weight_ensemble_row`).
+    Configuration("wise-ft", "harmoclip + WiSE-FT (alpha chosen on dev)", HARMOCLIP_FIELDS),
 )
+# The rows that are not trained: what they are made from, by key.
+POST_HOC_ROWS = {"wise-ft": "harmoclip"}
+# The candidates of the harmony rule (`statistics.harmony_rule`): the paper's terms as shipped, and each change to it.
+HARMONY_CANDIDATES = (
+    "harmoclip",
+    "lexeme-head",
+    "harmoclip-gd",
+    "gentle-trunk",
+    "region-last-layer",
+    "head-only",
+    "wise-ft",
+)
+# WiSE-FT's mixing weights tried on the dev split (1.0 is the fine-tuned `harmoclip` row itself).
+WISE_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 CONFIGURATION_KEYS = tuple(configuration.key for configuration in FINETUNE_CONFIGURATIONS)
 GOAL_ROW = "harmoclip"  # the row of TrainConfig's defaults, which the goal is about
 REGION_REFERENCES = ("gc", "gr", "gc-gr")  # the rows a default must beat on held-out regions
@@ -204,6 +246,8 @@ class HarmonySettings:
     cache_teacher: bool = True
     # ---- evaluation and rows
     eval_batch_size: int = 64
+    # Images of each seed's dev split (validation for choices, such as WiSE-FT's mixing weight; never reported).
+    synthetic_num_dev: int = 150
     configurations: tuple[str, ...] = CONFIGURATION_KEYS
     rows: tuple[str, ...] = ()  # extra rows, "key:field=value,...": see `parse_row`
     recipes: tuple[str, ...] = ()  # named recipes (`RECIPES`) added as rows, keyed "recipe-NAME"
@@ -226,11 +270,18 @@ class HarmonySettings:
         extra = [parse_row(row).key for row in self.rows]
         if len(set(extra)) != len(extra):
             raise ValueError(f"`rows` uses a key twice: {extra}")
+        for key, made_from in POST_HOC_ROWS.items():
+            if key in self.configurations and not {made_from, GC_ONLY.key} <= set(self.configurations):
+                raise ValueError(
+                    f"`configurations`: {key!r} is made from the {made_from!r} row and chosen against {GC_ONLY.key!r}: "
+                    f"list both, got {list(self.configurations)}"
+                )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"`seeds` must be distinct and at least one, got {list(self.seeds)}")
         for name in (
             "synthetic_num_train",
             "synthetic_num_val",
+            "synthetic_num_dev",
             "pretrain_steps",
             "pretrain_batch_size",
             "finetune_steps",
@@ -272,6 +323,7 @@ QUICK_SETTINGS: dict[str, Any] = dict(
     seeds=(0, 1),
     synthetic_num_train=8,
     synthetic_num_val=8,
+    synthetic_num_dev=6,
     synthetic_image_size=32,
     model_preset="micro",
     image_size=32,

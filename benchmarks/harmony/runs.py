@@ -14,23 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from evaluation.evaluate import BOX_METHODS, DEFAULT_TEMPLATES
-from plumbing.atomic_files import write_text_atomic
+from plumbing.atomic_files import save_model_atomically, write_text_atomic
 from training.config import PROJECT_ROOT, TrainConfig, load_config
 from training.data.synthetic import read_held_out
 
 from .rows import (
     BASE_FIELDS,
     FINETUNE_CONFIGURATIONS,
+    GC_ONLY,
     LOSS_NAMES,
+    POST_HOC_ROWS,
     PRETRAINED,
+    WISE_ALPHAS,
     Configuration,
     HarmonySettings,
     loss_names,
     uses_frozen_teacher,
 )
+from .statistics import area_under_roc
 
 logger = logging.getLogger("harmoclip.harmony")
 
@@ -45,6 +51,29 @@ def synthetic_folder(settings: HarmonySettings, out: Path, seed: int) -> Path:
         + ("" if settings.synthetic_vocabulary == "basic" else f"-{settings.synthetic_vocabulary}")
         + f"-seed{seed}"
     )
+
+
+def dev_folder(settings: HarmonySettings, out: Path, seed: int) -> Path:
+    """The seed's dev split (validation for choices; never reported), made once beside its data: the same world,
+    held-out classes and drawing as `val`, from a stream of its own (`training.data.synthetic`)."""
+    from training.data.synthetic import VOCABULARIES, SyntheticSettings, generate_synthetic_dataset
+
+    folder = synthetic_folder(settings, out, seed).with_name(
+        synthetic_folder(settings, out, seed).name + f"-dev{settings.synthetic_num_dev}"
+    )
+    colours, shapes = VOCABULARIES[settings.synthetic_vocabulary]
+    dev = SyntheticSettings(
+        num_train=0,
+        num_val=0,
+        num_dev=settings.synthetic_num_dev,
+        seed=seed,
+        image_size=settings.synthetic_image_size,
+        colours=colours,
+        shapes=shapes,
+        min_shapes=settings.synthetic_min_shapes,
+        held_out=settings.synthetic_held_out,
+    )
+    return generate_synthetic_dataset(folder, dev)
 
 
 def recipe_path(settings: HarmonySettings) -> Path:
@@ -189,6 +218,10 @@ _ADDED_LATER: dict[str, Any] = {
     "object_views": 0.0,
     "object_view_scale": 1.5,
     "synthetic_vocabulary": "basic",
+    "loss_gd_weight": 0.0,
+    "region_heads": False,
+    "region_grad_reach": "all",
+    "vision_trunk_lr_scale": 1.0,
 }
 _UNSET = object()
 
@@ -253,13 +286,15 @@ def summarize(
     return figures
 
 
-def grounding_figures(model: Any, processor: Any, data_dir: Path) -> dict[str, float | None]:
-    """Phrase grounding on the seed's held-out split (`evaluation.grounding`, the `phrase-grounding` pipeline's
+def grounding_figures(
+    model: Any, processor: Any, data_dir: Path, manifest: str = "val.jsonl", proposals: bool = True
+) -> dict[str, float | None]:
+    """Phrase grounding on a split of the seed's data (`evaluation.grounding`, the `phrase-grounding` pipeline's
     functions, each phrase as its lexeme): accuracy among the image's annotated boxes and at IoU >= 0.5 with the
     model's own proposals, over all phrases and over those of seen and of held-out combinations, and their numbers."""
     from evaluation.grounding import evaluate_grounding, read_grounding_manifest
 
-    results = evaluate_grounding(model, processor, read_grounding_manifest(data_dir / "val.jsonl"))
+    results = evaluate_grounding(model, processor, read_grounding_manifest(data_dir / manifest), proposals=proposals)
     figures: dict[str, float | None] = {}
     for group, suffix in (("all", ""), ("seen", "_seen"), ("held_out", "_held_out")):
         row = results.get(group, {})
@@ -270,29 +305,91 @@ def grounding_figures(model: Any, processor: Any, data_dir: Path) -> dict[str, f
     return figures
 
 
-def add_grounding(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
-    """A finished row made before grounding was measured, with its grounding figures added (its saved model
+# An absent phrase names a colour-shape combination that no object of the image shows, in the captions' words.
+ABSENT_SIZE_WORDS = ("small", "big")
+
+
+@torch.no_grad()
+def absent_phrase_figures(model: Any, processor: Any, data_dir: Path, manifest: str = "val.jsonl") -> dict[str, Any]:
+    """The fourth axis: asked, beside an image's own phrases, for one that names no object there, does the model say
+    it fits worse? For every image of the split, a combination absent from it ("small green star") is appended to its
+    caption (" and a small green star": CLIP's text tower is causal, so the present phrases' lexemes do not change)
+    and every phrase is grounded among the image's annotated boxes (`ground_phrases`, one encoder pass). A phrase's
+    grounding score is the cosine of its best box, the `phrase-grounding` pipeline's choice (any score that rises
+    with it, a calibrated sigmoid of it among them, ranks the phrases the same).
+
+    Returns `absent_below_median`: % of images whose absent phrase scores below the median of its present phrases';
+    `absent_auroc`: the AUROC (%) of present against absent phrases over all images, by that score (the
+    Mann-Whitney statistic, ties counted half); `num_absent`: the images asked."""
+    from evaluation.eval_data import load_image
+    from modeling_harmoclip.pipeline_harmoclip import embed_phrases, ground_phrases
+
+    classes = json.loads((data_dir / "classes.json").read_text())
+    present_scores, absent_scores, below = [], [], 0
+    processor = processor.as_region_mode()
+    scale = float(model.logit_scale.detach().exp())
+    records = [json.loads(line) for line in (data_dir / manifest).read_text().splitlines() if line.strip()]
+    for index, record in enumerate(records):
+        regions = record["regions"]
+        shown = {region["label"] for region in regions}
+        absent = [name for name in classes if name not in shown]
+        rng = np.random.default_rng([index, 4099])  # the same absent phrase for every row of a seed
+        phrase = f"{ABSENT_SIZE_WORDS[int(rng.integers(2))]} {absent[int(rng.integers(len(absent)))]}"
+        caption = f"{record['caption']} and a {phrase}"
+        spans = [tuple(region["span"]) for region in regions] + [(len(caption) - len(phrase), len(caption))]
+        batch = processor(images=[load_image(data_dir / record["image"])], boxes=[[r["box"] for r in regions]])
+        pixel_values = batch["pixel_values"].to(dtype=model.dtype, device=next(model.parameters()).device)
+        embeds = embed_phrases(model, processor, caption, spans)
+        logits, _, box_mask = ground_phrases(model, pixel_values, embeds, batch["boxes"], batch["box_mask"])
+        best = (logits / scale).masked_fill(~box_mask[None], float("-inf")).max(dim=-1).values.tolist()
+        present, missing = best[:-1], best[-1]
+        present_scores.extend(present)
+        absent_scores.append(missing)
+        below += missing < float(np.median(present))
+    auroc = area_under_roc(present_scores, absent_scores)
+    return {
+        "absent_below_median": 100.0 * below / len(records) if records else None,
+        "absent_auroc": None if auroc is None else 100.0 * auroc,
+        "num_absent": len(records),
+    }
+
+
+# Figure groups a finished row may lack (measured since it ran), each added on reuse by what measures it.
+LATER_FIGURES = {
+    "grounding_annotated": lambda model, processor, data: grounding_figures(model, processor, data),
+    "absent_auroc": lambda model, processor, data: absent_phrase_figures(model, processor, data),
+}
+
+
+def add_missing_figures(record: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """A finished row made before some figures were measured (`LATER_FIGURES`), with them added (its saved model
     evaluated; row.json rewritten atomically): earlier runs stay reusable."""
     from modeling_harmoclip import HarmoCLIPModel
     from training.builders import load_processor
 
+    missing = [name for name in LATER_FIGURES if name not in record["figures"]]
+    if not missing:
+        return record
     model_dir = Path(config.output_dir) / Path(record["model"]).relative_to(record["folder"])
     model = HarmoCLIPModel.from_pretrained(model_dir).eval()
     processor = load_processor(model_dir, region_mode=config.processor_region_mode)
-    record = {
-        **record,
-        "figures": {**record["figures"], **grounding_figures(model, processor, Path(config.synthetic_dir))},
-    }
+    figures = dict(record["figures"])
+    for name in missing:
+        logger.info("%s, seed %d: adding its %s figures", record["label"], record["seed"], name)
+        figures.update(LATER_FIGURES[name](model, processor, Path(config.synthetic_dir)))
+    record = {**record, "figures": figures}
     write_text_atomic(Path(config.output_dir) / ROW_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
 
-def class_counts_and_held_out(data_dir: Path, class_names: Sequence[str]) -> tuple[list[int], list[bool]]:
-    """Per class of `class_names` (the evaluation's order): the held-out split's box count, and whether the training
-    split never saw the class."""
+def class_counts_and_held_out(
+    data_dir: Path, class_names: Sequence[str], manifest: str = "val.jsonl"
+) -> tuple[list[int], list[bool]]:
+    """Per class of `class_names` (the evaluation's order): the split's box count, and whether the training split
+    never saw the class."""
     held = set(read_held_out(data_dir))
     counts = {name: 0 for name in class_names}
-    for line in (data_dir / "val.jsonl").read_text().splitlines():
+    for line in (data_dir / manifest).read_text().splitlines():
         for region in json.loads(line)["regions"]:
             counts[region["label"]] += 1
     return [counts[name] for name in class_names], [name in held for name in class_names]
@@ -337,21 +434,151 @@ def read_finished_row(folder: Path, expected_fingerprint: str) -> dict[str, Any]
     return record if record.get("fingerprint") == expected_fingerprint else None
 
 
+def evaluate_saved_model(
+    model_dir: Path, config: TrainConfig, show_progress: bool = True
+) -> tuple[dict[str, float | None], float]:
+    """A row's figures on the seed's test split (`val`), from its saved folder (what a user would load), not the
+    in-memory weights: retrieval, box classification (eval.json beside it), grounding (the third axis) and absent
+    phrases (the fourth). Returns (figures, seconds)."""
+    from modeling_harmoclip import HarmoCLIPModel
+    from training.builders import evaluate_model, load_processor
+
+    folder, data_dir = Path(config.output_dir), Path(config.synthetic_dir)
+    model = HarmoCLIPModel.from_pretrained(model_dir).eval()
+    processor = load_processor(model_dir, region_mode=config.processor_region_mode)
+    started = time.perf_counter()
+    evaluation = evaluate_model(model, processor, config, folder, show_progress=show_progress)
+    figures = grounding_figures(model, processor, data_dir) | absent_phrase_figures(model, processor, data_dir)
+    eval_seconds = time.perf_counter() - started
+    counts, held_out = class_counts_and_held_out(data_dir, evaluated_class_names(folder))
+    return summarize(evaluation, counts, held_out) | figures, eval_seconds
+
+
+def dev_figures(model: Any, processor: Any, config: TrainConfig, dev_dir: Path) -> dict[str, float | None]:
+    """The figures a choice is made on, measured on the dev split: mean R@1, held-out region Top-1 (dense) and
+    held-out grounding among the annotated boxes (no proposals)."""
+    from evaluation.evaluate import run_evaluation
+
+    path = dev_dir / "dev.jsonl"
+    evaluation = {
+        task: run_evaluation(
+            model,
+            processor,
+            task,
+            str(path),
+            split=None,
+            batch_size=config.eval_batch_size,
+            show_progress=False,
+            templates=list(config.eval_templates or DEFAULT_TEMPLATES),
+        )
+        for task in ("retrieval", "boxcls")
+    }
+    names = evaluation["boxcls"]["settings"]["class_names"]
+    counts, held_out = class_counts_and_held_out(dev_dir, names, "dev.jsonl")
+    figures = summarize({task: report["results"] for task, report in evaluation.items()}, counts, held_out)
+    grounding = grounding_figures(model, processor, dev_dir, "dev.jsonl", proposals=False)
+    return {
+        "mean_R@1": figures["mean_R@1"],
+        "box_top1_dense_held_out": figures["box_top1_dense_held_out"],
+        "grounding_annotated_held_out": grounding["grounding_annotated_held_out"],
+    }
+
+
+def choose_wise_alpha(by_alpha: dict[float, dict[str, float | None]], gc_dev: dict[str, float | None]) -> float:
+    """WiSE-FT's mixing weight, by the rule written before the runs (docs/harmony_candidates.md): among the alphas
+    whose dev mean R@1 is at least GC only's dev mean R@1 minus `NONINFERIORITY_MARGIN`, the one with the largest dev
+    held-out grounding plus held-out region Top-1; if none, the one with the largest dev mean R@1. Ties: the smaller
+    alpha (nearer the start)."""
+    from .statistics import NONINFERIORITY_MARGIN
+
+    def gains(alpha: float) -> float:
+        figures = by_alpha[alpha]
+        return (figures["grounding_annotated_held_out"] or 0.0) + (figures["box_top1_dense_held_out"] or 0.0)
+
+    alphas = sorted(by_alpha)
+    kept = [a for a in alphas if by_alpha[a]["mean_R@1"] >= gc_dev["mean_R@1"] - NONINFERIORITY_MARGIN]
+    if kept:
+        return max(kept, key=lambda alpha: (gains(alpha), -alpha))
+    return max(alphas, key=lambda alpha: (by_alpha[alpha]["mean_R@1"], -alpha))
+
+
+def weight_ensemble_row(
+    configuration: Configuration,
+    config: TrainConfig,
+    row_fingerprint: str,
+    start: dict[str, Any],
+    finetuned: dict[str, Any],
+    gc: dict[str, Any],
+    dev_dir: Path,
+    alphas: Sequence[float],
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """WiSE-FT of one seed (reused when finished): the `finetuned` row's weights mixed with the pre-trained `start`
+    at each of `alphas`, every mix and the `gc` row measured on the dev split, the alpha chosen there
+    (`choose_wise_alpha`), and that mix saved and measured on the test split like a trained row."""
+    from modeling_harmoclip import HarmoCLIPModel
+    from training.builders import load_processor
+    from training.weight_ensembling import weight_ensemble
+
+    folder = Path(config.output_dir)
+    record = read_finished_row(folder, row_fingerprint)
+    if record is not None:
+        logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
+        record = add_missing_figures(record, config)
+        model = folder / Path(record["model"]).relative_to(record["folder"])
+        return {**record, "folder": str(folder), "model": str(model), "reused": True}
+    started = time.perf_counter()
+    start_model = HarmoCLIPModel.from_pretrained(start["model"]).eval()
+    tuned_model = HarmoCLIPModel.from_pretrained(finetuned["model"]).eval()
+    processor = load_processor(Path(finetuned["model"]), region_mode=config.processor_region_mode)
+    gc_model = HarmoCLIPModel.from_pretrained(gc["model"]).eval()
+    gc_dev = dev_figures(gc_model, processor, config, dev_dir)
+    by_alpha = {
+        float(alpha): dev_figures(weight_ensemble(start_model, tuned_model, alpha), processor, config, dev_dir)
+        for alpha in alphas
+    }
+    alpha = choose_wise_alpha(by_alpha, gc_dev)
+    model_dir = folder / "model"
+    save_model_atomically(weight_ensemble(start_model, tuned_model, alpha), processor, model_dir)
+    choose_seconds = time.perf_counter() - started
+    figures, eval_seconds = evaluate_saved_model(model_dir, config, show_progress)
+    record = {
+        "key": configuration.key,
+        "label": configuration.label,
+        "losses": finetuned["losses"],
+        "loss_weights": finetuned["loss_weights"],
+        "fields": {"made_from": finetuned["key"], "alphas": list(by_alpha)},
+        "seed": config.seed,
+        "fingerprint": row_fingerprint,
+        "folder": str(folder),
+        "model": str(model_dir),
+        "init_from": config.init_from,
+        "figures": figures,
+        "wise": {"alpha": alpha, "dev": {str(a): f for a, f in by_alpha.items()}, "gc_dev": gc_dev},
+        # Its cost: the fine-tuned row's training plus the mixing and its choice on dev.
+        "train_seconds": finetuned.get("train_seconds", 0.0) + choose_seconds,
+        "train_cpu_seconds": finetuned.get("train_cpu_seconds"),
+        "eval_seconds": eval_seconds,
+        "train_config": finetuned.get("train_config"),
+    }
+    write_text_atomic(folder / ROW_FILE, json.dumps(record, indent=2) + "\n")
+    logger.info(
+        "%s, seed %d: alpha %.2f chosen on dev; %s", configuration.label, config.seed, alpha, json.dumps(figures)
+    )
+    return {**record, "reused": False}
+
+
 def run_row(
     configuration: Configuration, config: TrainConfig, row_fingerprint: str, show_progress: bool = True
 ) -> dict[str, Any]:
     """Trains (or resumes) and evaluates one row of one seed, or reuses it when finished. Returns the row's record."""
-    from modeling_harmoclip import HarmoCLIPModel
-    from training.builders import evaluate_model, load_processor
     from training.train import train
 
     folder = Path(config.output_dir)
     record = read_finished_row(folder, row_fingerprint)
     if record is not None:
         logger.info("%s, seed %d: reusing the finished row in %s", configuration.label, config.seed, folder)
-        if "grounding_annotated" not in record["figures"]:
-            logger.info("%s, seed %d: adding its grounding figures", configuration.label, config.seed)
-            record = add_grounding(record, config)
+        record = add_missing_figures(record, config)
         # The places as seen from here: the record keeps those of the run that made it (another `--out` spelling or
         # working directory), which the report would otherwise follow.
         model = folder / Path(record["model"]).relative_to(record["folder"])
@@ -367,15 +594,8 @@ def run_row(
     started, cpu_started = time.perf_counter(), time.process_time()
     model_dir = train(config)
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    # Evaluate the saved folder (what a user would load), not the in-memory weights.
-    model = HarmoCLIPModel.from_pretrained(model_dir).eval()
-    processor = load_processor(model_dir, region_mode=config.processor_region_mode)
-    started = time.perf_counter()
-    evaluation = evaluate_model(model, processor, config, folder, show_progress=show_progress)
-    grounding = grounding_figures(model, processor, Path(config.synthetic_dir))  # the third axis
-    eval_seconds = time.perf_counter() - started
+    figures, eval_seconds = evaluate_saved_model(model_dir, config, show_progress)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the model is saved; optimiser states are not needed
-    counts, held_out = class_counts_and_held_out(Path(config.synthetic_dir), evaluated_class_names(folder))
     record = {
         "key": configuration.key,
         "label": configuration.label,
@@ -387,7 +607,7 @@ def run_row(
         "folder": str(folder),
         "model": str(model_dir),
         "init_from": config.init_from,
-        "figures": summarize(evaluation, counts, held_out) | grounding,
+        "figures": figures,
         "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
         "eval_seconds": eval_seconds,
@@ -443,6 +663,8 @@ def run_seeds(
             str, dict[str, Any]
         ] = {}  # fingerprint -> record: a row equal to an earlier one is not trained twice
         for configuration in configurations:
+            if configuration.key in POST_HOC_ROWS:
+                continue  # made from trained rows, below
             config = finetune_config(
                 settings, out, configuration, Path(pretrained["model"]), runs / "pending", seed, cache
             )
@@ -471,6 +693,38 @@ def run_seeds(
                 record = run_row(configuration, config, row_fingerprint, show_progress)
                 record = done[row_fingerprint] = {**record, "key": configuration.key, "label": configuration.label}
             records[configuration.key].append(record)
+            progress.update(1)
+        for configuration in configurations:
+            if configuration.key not in POST_HOC_ROWS:
+                continue
+            made_from = next(c for c in configurations if c.key == POST_HOC_ROWS[configuration.key])
+            config = finetune_config(settings, out, made_from, Path(pretrained["model"]), runs / "pending", seed, cache)
+            finetuned, gc = records[made_from.key][-1], records[GC_ONLY.key][-1]
+            row_fingerprint = hashlib.sha256(
+                json.dumps(
+                    {
+                        "made_from": finetuned["fingerprint"],
+                        "gc": gc["fingerprint"],
+                        "alphas": list(WISE_ALPHAS),
+                        "dev": settings.synthetic_num_dev,
+                        "rule": "wise-alpha-1",
+                    },
+                    sort_keys=True,
+                ).encode()
+            ).hexdigest()[:10]
+            config = dataclasses.replace(config, output_dir=str(runs / f"{configuration.key}-{row_fingerprint}"))
+            record = weight_ensemble_row(
+                configuration,
+                config,
+                row_fingerprint,
+                pretrained,
+                finetuned,
+                gc,
+                dev_folder(settings, out, seed),
+                WISE_ALPHAS,
+                show_progress,
+            )
+            records[configuration.key].append({**record, "key": configuration.key, "label": configuration.label})
             progress.update(1)
     progress.close()
     return records

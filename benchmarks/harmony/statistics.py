@@ -10,7 +10,7 @@ import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from .rows import GC_ONLY, GOAL_ROW, PRETRAINED, REGION_REFERENCES
+from .rows import GC_ONLY, GOAL_ROW, HARMONY_CANDIDATES, PRETRAINED, REGION_REFERENCES
 
 # Two-sided 95 % quantiles of Student's t (0.975), by degrees of freedom; beyond the table, the normal's.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
@@ -26,6 +26,7 @@ DELTA_FIGURES = (
     "box_top1_dense_held_out",
     "grounding_annotated_seen",
     "grounding_annotated_held_out",
+    "absent_auroc",
 )
 # The recipe rule (`recipe_rule`): a configuration with LRC is non-inferior to GC only in retrieval when the 95 % t
 # interval of its paired Δ mean R@1 lies above -NONINFERIORITY_MARGIN points.
@@ -61,6 +62,15 @@ def t_interval(values: Sequence[float | None]) -> dict[str, Any]:
     return {**summary, "low": summary["mean"] - half, "high": summary["mean"] + half}
 
 
+def area_under_roc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """The area under the ROC curve of scores that should rank `positives` above `negatives`: the share of
+    (positive, negative) pairs in that order, ties counted half (the Mann-Whitney statistic). None without both."""
+    if not positives or not negatives:
+        return None
+    ordered = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return ordered / (len(positives) * len(negatives))
+
+
 def proportion_standard_error(top1: float | None, count: int | None) -> float | None:
     """Standard error (points) of a Top-1 of `top1` percent measured on `count` boxes: sqrt(p (1 - p) / count); the
     noise of the evaluation sample alone, for a fixed model."""
@@ -76,6 +86,9 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     figures = {}
     for name in first["figures"]:
         values = [record["figures"].get(name) for record in per_seed]
+        figures[name] = {**mean_sd(values), "per_seed": values}
+    for name in ("train_seconds", "eval_seconds"):  # the cost of each row, as measured (shared cores: see the report)
+        values = [record.get(name) for record in per_seed]
         figures[name] = {**mean_sd(values), "per_seed": values}
     return {
         "key": first["key"],
@@ -282,6 +295,66 @@ def recipe_rule(rows: Sequence[dict[str, Any]], deltas: dict[str, dict[str, dict
     return {"margin": NONINFERIORITY_MARGIN, "candidates": candidates, "chosen": chosen, "reason": reason}
 
 
+def _interval_state(difference: dict[str, Any] | None, bound: float) -> str:
+    """ "met" when the 95 % interval lies above `bound`, "not met" when it lies at or below it, else "unresolved"."""
+    if difference is None or difference.get("low") is None:
+        return "unresolved"
+    return "met" if difference["low"] > bound else "not met" if difference["high"] <= bound else "unresolved"
+
+
+def harmony_rule(rows: Sequence[dict[str, Any]], deltas: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The rule written before the candidates' runs (docs/harmony_candidates.md), in one world: a candidate
+    (`HARMONY_CANDIDATES`) qualifies here when its retrieval is non-inferior to GC only (the 95 % t interval of the
+    paired Δ mean R@1 above -`NONINFERIORITY_MARGIN`) and its held-out grounding is above GC only's (the interval of
+    the paired Δ above 0). Its score is the sum of the mean paired Δ of held-out grounding and held-out regions; the
+    winner, over both worlds, is chosen by `decide_harmony` from the two worlds' reports.
+
+    Returns {"margin", "candidates": {key: {"retrieval", "non_inferior", "grounding", "grounding_above",
+    "held_out_region", "score", "qualifies"}}}."""
+    candidates = {}
+    present = {row["key"] for row in rows}
+    for key in HARMONY_CANDIDATES:
+        if key not in present:
+            continue
+        retrieval = deltas[GLOBAL_FIGURE].get(key)
+        grounding = deltas.get(GROUNDING_FIGURE, {}).get(key)
+        region = deltas[REGION_FIGURE].get(key, {}).get("mean")
+        non_inferior = _interval_state(retrieval, -NONINFERIORITY_MARGIN)
+        grounding_above = _interval_state(grounding, 0.0)
+        grounding_mean = None if grounding is None else grounding.get("mean")
+        candidates[key] = {
+            "retrieval": None if retrieval is None else _brief(retrieval),
+            "non_inferior": non_inferior,
+            "grounding": None if grounding is None else _brief(grounding),
+            "grounding_above": grounding_above,
+            "held_out_region": region,
+            "score": None if region is None or grounding_mean is None else region + grounding_mean,
+            "qualifies": non_inferior == "met" and grounding_above == "met",
+        }
+    return {"margin": NONINFERIORITY_MARGIN, "candidates": candidates}
+
+
+def decide_harmony(worlds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rule over both worlds, from each world's `harmony_rule` ({world: rule}): a candidate qualifies when it
+    qualifies in every world; among qualifiers the largest sum over the worlds of its score (mean Δ held-out
+    grounding + mean Δ held-out regions) wins. Returns {"qualifiers": [...], "scores": {key: sum}, "winner": key or
+    None, "reason"}."""
+    keys = [key for key in HARMONY_CANDIDATES if all(key in rule["candidates"] for rule in worlds.values())]
+    qualifiers = [key for key in keys if all(rule["candidates"][key]["qualifies"] for rule in worlds.values())]
+    scores = {key: sum(rule["candidates"][key]["score"] or 0.0 for rule in worlds.values()) for key in keys}
+    if not keys:
+        return {"qualifiers": [], "scores": {}, "winner": None, "reason": "no candidate was run in every world"}
+    if not qualifiers:
+        reason = (
+            "no candidate qualifies in every world (retrieval non-inferior to GC only at the "
+            f"{NONINFERIORITY_MARGIN:g}-point margin and held-out grounding above GC only's, both settled)"
+        )
+        return {"qualifiers": [], "scores": scores, "winner": None, "reason": reason}
+    winner = max(qualifiers, key=lambda key: scores[key])
+    reason = "it qualifies in every world, with the largest sum of held-out grounding and region gains among those"
+    return {"qualifiers": qualifiers, "scores": scores, "winner": winner, "reason": reason}
+
+
 def side_by_side(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """`harmoclip` against each of `gc-gr` and `fineclip` on the three axes (retrieval, held-out regions, held-out
     grounding): the paired difference harmoclip minus the other, and its state, "settled for" (interval above 0),
@@ -351,5 +424,6 @@ def conclude(rows: Sequence[dict[str, Any]], chance_r1: float) -> dict[str, Any]
         "verdict": verdict,
         "reasons": reasons,
         "recipe_rule": recipe_rule(rows, deltas),
+        "harmony_rule": harmony_rule(rows, deltas),
         "side_by_side": side_by_side(rows),
     }
