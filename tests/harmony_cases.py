@@ -3,7 +3,7 @@ quick settings."""
 
 from __future__ import annotations
 
-from benchmarks.harmony.rows import QUICK_SETTINGS
+from experiments.harmony.rows import QUICK_SETTINGS
 
 FIGURES = (
     "i2t_R@1",

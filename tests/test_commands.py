@@ -27,7 +27,15 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
-LIBRARY_PACKAGES = ("modeling_harmoclip", "conversion", "evaluation", "training", "benchmarks", "scripts")
+LIBRARY_PACKAGES = (
+    "modeling_harmoclip",
+    "conversion",
+    "evaluation",
+    "training",
+    "benchmarks",
+    "experiments",
+    "scripts",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +106,23 @@ def test_an_entry_point_runs_as_the_installed_script_would(tmp_path: Path) -> No
     assert_one_line_error(failed.stderr, "argument --image-size: invalid int value: 'big'")
 
 
+@pytest.mark.parametrize(
+    "old, new",
+    [("benchmarks.harmony", "experiments.harmony"), ("benchmarks.harmony.decide", "experiments.harmony.decide")],
+)
+def test_a_moved_command_still_runs_under_its_old_name_with_a_warning(old: str, new: str) -> None:
+    """`python -m <old>` (deprecated for one release) says so in one line, then is the new command."""
+    moved, current = (
+        subprocess.run(
+            [sys.executable, "-m", name, "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+        )
+        for name in (old, new)
+    )
+    assert moved.returncode == current.returncode == 0, moved.stderr
+    assert moved.stderr.splitlines() == [f"warning: `python -m {old}` is deprecated; use `python -m {new}`"]
+    assert moved.stdout == current.stdout and moved.stdout.startswith("usage: ")
+
+
 def test_train_script_answers_a_mistake_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "training" / "train.py"), "--train_data", "missing.jsonl"],
@@ -155,9 +180,10 @@ def test_train_names_a_missing_data_file(tmp_path: Path, capsys) -> None:
 
 
 def test_every_command_answers_a_mistake_in_one_line(tmp_path: Path, capsys) -> None:
-    from benchmarks import harmony, region_throughput, run_all
+    from benchmarks import region_throughput, run_all
     from conversion import convert_clip, export_clip, publish
     from evaluation import evaluate
+    from experiments import harmony
     from training import cache_teacher
 
     missing = str(tmp_path / "missing")

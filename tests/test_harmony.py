@@ -15,9 +15,11 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchmarks.harmony.command_line import build_parser, main, run_harmony, settings_from_args
-from benchmarks.harmony.report import markdown_table
-from benchmarks.harmony.rows import (
+from conftest import ROOT
+from evaluation.evaluate import DEFAULT_TEMPLATES
+from experiments.harmony.command_line import build_parser, main, run_harmony, settings_from_args
+from experiments.harmony.report import markdown_table
+from experiments.harmony.rows import (
     CONFIGURATION_KEYS,
     FINETUNE_CONFIGURATIONS,
     PRETRAINED,
@@ -26,15 +28,13 @@ from benchmarks.harmony.rows import (
     gr_enabled,
     parse_row,
 )
-from benchmarks.harmony.runs import finetune_config, fingerprint, pretrain_config, synthetic_folder
-from benchmarks.harmony.statistics import (
+from experiments.harmony.runs import finetune_config, fingerprint, pretrain_config, synthetic_folder
+from experiments.harmony.statistics import (
     NONINFERIORITY_MARGIN,
     aggregate_rows,
     recipe_rule,
     side_by_side,
 )
-from conftest import ROOT
-from evaluation.evaluate import DEFAULT_TEMPLATES
 from harmony_cases import FIGURES, SEEDS
 
 
@@ -87,7 +87,7 @@ def test_every_row_is_trained_from_its_seeds_pretrained_model(first_run) -> None
 def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     out, report = first_run
     saved = json.loads((out / "harmony.json").read_text())
-    assert saved["command"] == f"python -m benchmarks.harmony --quick --out {out}"
+    assert saved["command"] == f"python -m experiments.harmony --quick --out {out}"
     assert (
         saved["settings"]["finetune_steps"] == QUICK_SETTINGS["finetune_steps"] and saved["settings"]["seeds"] == SEEDS
     )
@@ -120,7 +120,7 @@ def test_outputs_hold_every_row_and_figures_in_range(first_run) -> None:
     assert table.index("Pre-trained toy CLIP") < table.index("| configuration | losses |")
     with Image.open(out / "harmony.png") as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 300
-    assert "command: python -m benchmarks.harmony --quick" in (out / "harmony.log").read_text()
+    assert "command: python -m experiments.harmony --quick" in (out / "harmony.log").read_text()
 
 
 @pytest.mark.slow
@@ -258,7 +258,7 @@ def test_the_recipe_rule_on_hand_numbers() -> None:
         _axes_row("d", 1.0, [20, 27, 41], [30, 30, 30], [30, 30, 30]),  # Δ 0, -3, +1: interval straddles -1
         _axes_row("e", 0.0, [20, 30, 40], [40, 40, 40], [40, 40, 40]),  # no LRC: not a candidate
     ]
-    from benchmarks.harmony.statistics import deltas_against_gc
+    from experiments.harmony.statistics import deltas_against_gc
 
     rule = recipe_rule(rows, deltas_against_gc(rows))
     assert set(rule["candidates"]) == {"a", "b", "c", "d"}
@@ -431,8 +431,8 @@ def test_options_are_read_as_their_types(tmp_path: Path) -> None:
 def test_an_appended_absent_phrase_leaves_the_present_phrases_alone(tiny_tokenizer, tmp_path) -> None:
     """The fourth axis appends the absent phrase to the caption: CLIP's text tower is causal, so the present phrases'
     lexemes are those of the caption alone, and its figures are the same on a second run (the same absent phrases)."""
-    from benchmarks.harmony.runs import absent_phrase_figures
     from conftest import tiny_harmoclip_model, tiny_processor
+    from experiments.harmony.runs import absent_phrase_figures
     from modeling_harmoclip.pipeline_harmoclip import embed_phrases
     from training.data.synthetic import SyntheticSettings, generate_synthetic_dataset
 

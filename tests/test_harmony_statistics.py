@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harmony.command_line import build_parser, settings_from_args
-from benchmarks.harmony.report import markdown_table
-from benchmarks.harmony.rows import (
+from experiments.harmony.command_line import build_parser, settings_from_args
+from experiments.harmony.report import markdown_table
+from experiments.harmony.rows import (
     parse_row,
 )
-from benchmarks.harmony.runs import group_top1
-from benchmarks.harmony.statistics import (
+from experiments.harmony.runs import group_top1
+from experiments.harmony.statistics import (
     aggregate_rows,
     clip_property,
     conclude,
@@ -200,7 +200,7 @@ def test_defaults_trained_as_a_reference_row_are_not_asked_to_beat_it() -> None:
 
 
 def test_report_puts_the_verdict_and_the_property_first() -> None:
-    from benchmarks.harmony.report import build_report
+    from experiments.harmony.report import build_report
 
     rows = _rows_for_rule([22.0, 25.0, 25.0])
     records = {row["key"]: row["per_seed"] for row in rows}
@@ -227,7 +227,7 @@ def test_report_puts_the_verdict_and_the_property_first() -> None:
         "wall_seconds": 60.0,
         "rows_reused": 0,
         "rows_run": 15,
-        "command": "python -m benchmarks.harmony",
+        "command": "python -m experiments.harmony",
     }
     pretrain = {"max_steps": 5, "losses": "GC", "object_views": 0.5, "eval_templates": ["{}", "a {}"]}
     report = build_report(records, settings, chance, pretrain, extra)
@@ -284,7 +284,7 @@ def test_a_settings_file_that_is_not_yaml_or_names_unknown_settings_is_refused_i
 
 
 def test_area_under_roc_by_hand() -> None:
-    from benchmarks.harmony.statistics import area_under_roc
+    from experiments.harmony.statistics import area_under_roc
 
     assert area_under_roc([0.9, 0.8], [0.1]) == 1.0
     assert area_under_roc([0.1], [0.9, 0.8]) == 0.0
@@ -294,7 +294,7 @@ def test_area_under_roc_by_hand() -> None:
 
 
 def test_wise_alpha_is_chosen_by_the_rule_written_before_the_runs() -> None:
-    from benchmarks.harmony.runs import choose_wise_alpha
+    from experiments.harmony.runs import choose_wise_alpha
 
     def dev(r1: float, grounding: float, region: float) -> dict:
         return {"mean_R@1": r1, "grounding_annotated_held_out": grounding, "box_top1_dense_held_out": region}
@@ -325,7 +325,7 @@ def _candidate_rows(retrieval: dict[str, list[float]], grounding: dict[str, list
 
 
 def test_the_harmony_rule_and_its_decision_over_both_worlds() -> None:
-    from benchmarks.harmony.statistics import decide_harmony, deltas_against_gc, harmony_rule
+    from experiments.harmony.statistics import decide_harmony, deltas_against_gc, harmony_rule
 
     retrieval = {
         "gc": [30.0, 32.0, 31.0],
@@ -361,8 +361,8 @@ def test_the_harmony_rule_and_its_decision_over_both_worlds() -> None:
 
 
 def test_the_decision_command_reads_both_worlds(tmp_path: Path, capsys) -> None:
-    from benchmarks.harmony.decide import main
-    from benchmarks.harmony.statistics import deltas_against_gc, harmony_rule
+    from experiments.harmony.decide import main
+    from experiments.harmony.statistics import deltas_against_gc, harmony_rule
 
     rows = _candidate_rows(
         {"gc": [30.0, 32.0, 31.0], "head-only": [30.1, 32.0, 30.9]},

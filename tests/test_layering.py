@@ -1,7 +1,12 @@
 """The project's layers import one way only.
 
 Allowed arrows (every import statement counts, also those inside functions):
-benchmarks / scripts -> anything; training -> evaluation, conversion, modeling_harmoclip;
+scripts -> every layer but space;
+benchmarks -> training, evaluation, conversion, modeling_harmoclip;
+experiments -> training, evaluation, conversion, modeling_harmoclip (beside benchmarks, neither imports the other;
+the deprecated `python -m benchmarks.harmony` and `benchmarks.harmony.decide` run the moved commands by name, not by
+import);
+training -> evaluation, conversion, modeling_harmoclip;
 evaluation -> conversion, modeling_harmoclip; conversion -> modeling_harmoclip;
 modeling_harmoclip -> torch, transformers and the standard library only (it is the Hub's remote code);
 every layer but modeling_harmoclip and space -> plumbing (command line, atomic writes), which imports only the
@@ -27,6 +32,7 @@ PROJECT_PACKAGES = {
     "evaluation",
     "training",
     "benchmarks",
+    "experiments",
     "scripts",
     "space",
 }
@@ -36,7 +42,8 @@ ALLOWED = {
     "conversion": {"conversion", "modeling_harmoclip", "plumbing"},
     "evaluation": {"evaluation", "conversion", "modeling_harmoclip", "plumbing"},
     "training": {"training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
-    "benchmarks": PROJECT_PACKAGES - {"space", "scripts"},
+    "benchmarks": {"benchmarks", "training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
+    "experiments": {"experiments", "training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
     "scripts": PROJECT_PACKAGES - {"space"},
     "space": {"space"},
 }

@@ -135,8 +135,8 @@ def test_the_saved_config_and_the_card_record_the_recipe(tmp_path: Path) -> None
 
 
 def test_the_harmony_benchmark_takes_recipes_as_rows(tmp_path: Path) -> None:
-    from benchmarks.harmony.command_line import build_parser, settings_from_args
-    from benchmarks.harmony.runs import finetune_config
+    from experiments.harmony.command_line import build_parser, settings_from_args
+    from experiments.harmony.runs import finetune_config
 
     args = build_parser().parse_args(["--quick", "--recipe", "clipself", "--recipe", "fineclip"])
     settings = settings_from_args(args)
@@ -146,7 +146,7 @@ def test_the_harmony_benchmark_takes_recipes_as_rows(tmp_path: Path) -> None:
     assert config.recipe == "clipself" and terms(config) == {"gr"}
     config = finetune_config(settings, tmp_path, rows["recipe-fineclip"], None, tmp_path / "run", 0)
     assert config.gr_teacher == "self_with_grad" and config.region_text_grad is True
-    from benchmarks.harmony.rows import parse_row
+    from experiments.harmony.rows import parse_row
 
     row = parse_row("half:loss_lrc_weight=0.5,recipe=clipself")
     assert row.fields["loss_lrc_weight"] == 0.5 and row.fields["loss_gr_weight"] == 1.0 and row.losses == "LRC+GR"

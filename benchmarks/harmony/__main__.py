@@ -1,13 +1,9 @@
-"""`python -m benchmarks.harmony`: the benchmark as a command."""
+"""Deprecated: `python -m benchmarks.harmony` runs `python -m experiments.harmony`, for one release."""
 
 if __name__ == "__main__":
-    import os
+    import runpy
     import sys
 
-    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a 2-core machine shared with other jobs,
-    # spinning threads made these small models' training steps about 8 times slower. A user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-    from benchmarks.harmony.command_line import main
-
-    sys.exit(main())
+    print("warning: `python -m benchmarks.harmony` is deprecated; use `python -m experiments.harmony`", file=sys.stderr)
+    # The new command's own __main__ runs, so its process set-up and its `main` stay in one place.
+    runpy.run_module("experiments.harmony", run_name="__main__", alter_sys=True)

@@ -69,7 +69,7 @@ def run_benchmark(
 
 
 def build_parser() -> CommandParser:
-    parser = CommandParser(prog="python -m benchmarks.harmony", description=PACKAGE_DOC.split("\n\n")[0])
+    parser = CommandParser(prog="python -m experiments.harmony", description=PACKAGE_DOC.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/harmony", help="results folder (default: outputs/harmony)")
     parser.add_argument("--config", default=None, help="YAML file of settings (the fields of HarmonySettings)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few steps: a smoke run of the pipeline")
@@ -124,7 +124,7 @@ def run_harmony(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = settings_from_args(args)
     out = Path(args.out)
     with log_to_file(out / f"{RESULTS_NAME}.log"):
-        command = shlex.join(["python", "-m", "benchmarks.harmony", *argv])
+        command = shlex.join(["python", "-m", "experiments.harmony", *argv])
         logger.info("command: %s", command)
         logger.info("settings: %s", json.dumps(settings.to_dict()))
         report = run_benchmark(settings, out, command, pretrain_only=args.pretrain_only)
