@@ -35,6 +35,7 @@ LIBRARY_PACKAGES = (
     "benchmarks",
     "experiments",
     "scripts",
+    "tools",
 )
 
 
@@ -108,7 +109,11 @@ def test_an_entry_point_runs_as_the_installed_script_would(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "old, new",
-    [("benchmarks.harmony", "experiments.harmony"), ("benchmarks.harmony.decide", "experiments.harmony.decide")],
+    [
+        ("benchmarks.harmony", "experiments.harmony"),
+        ("benchmarks.harmony.decide", "experiments.harmony.decide"),
+        ("benchmarks.mutation", "tools.mutation"),
+    ],
 )
 def test_a_moved_command_still_runs_under_its_old_name_with_a_warning(old: str, new: str) -> None:
     """`python -m <old>` (deprecated for one release) says so in one line, then is the new command."""

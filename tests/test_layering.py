@@ -1,11 +1,12 @@
 """The project's layers import one way only.
 
 Allowed arrows (every import statement counts, also those inside functions):
-scripts -> every layer but space;
+tools (development tools) -> every layer but space, and nothing imports tools;
+scripts -> every layer but space and tools;
 benchmarks -> training, evaluation, conversion, modeling_harmoclip;
 experiments -> training, evaluation, conversion, modeling_harmoclip (beside benchmarks, neither imports the other;
-the deprecated `python -m benchmarks.harmony` and `benchmarks.harmony.decide` run the moved commands by name, not by
-import);
+the deprecated `python -m benchmarks.harmony`, `benchmarks.harmony.decide` and `benchmarks.mutation` run the moved
+commands by name, not by import);
 training -> evaluation, conversion, modeling_harmoclip;
 evaluation -> conversion, modeling_harmoclip; conversion -> modeling_harmoclip;
 modeling_harmoclip -> torch, transformers and the standard library only (it is the Hub's remote code);
@@ -34,6 +35,7 @@ PROJECT_PACKAGES = {
     "benchmarks",
     "experiments",
     "scripts",
+    "tools",
     "space",
 }
 ALLOWED = {
@@ -44,7 +46,8 @@ ALLOWED = {
     "training": {"training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
     "benchmarks": {"benchmarks", "training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
     "experiments": {"experiments", "training", "evaluation", "conversion", "modeling_harmoclip", "plumbing"},
-    "scripts": PROJECT_PACKAGES - {"space"},
+    "scripts": PROJECT_PACKAGES - {"space", "tools"},
+    "tools": PROJECT_PACKAGES - {"space"},
     "space": {"space"},
 }
 # Third-party packages the Hub remote code may import at top level wherever the model is loaded.

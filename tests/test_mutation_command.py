@@ -1,4 +1,4 @@
-"""`python -m benchmarks.mutation`: the project's table of core modules, and a real mutmut run on a toy project (one
+"""`python -m tools.mutation`: the project's table of core modules, and a real mutmut run on a toy project (one
 small module, one test file) whose verdicts are known by hand. The run over the real core is slow and never part of
 the suite."""
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.mutation import (
+from tools.mutation import (
     ROOT,
+    TABLE,
     ModuleResult,
     changed_lines,
     markdown_table,
@@ -27,7 +28,7 @@ PLANNED: set[str] = set()
 
 
 def test_the_projects_table_names_real_files_and_tests() -> None:
-    settings = read_settings(ROOT / "pyproject.toml")
+    settings = read_settings(ROOT / TABLE)
     modules = settings["modules"]
     for module in modules:
         assert (ROOT / module.file).is_file() or module.file in PLANNED, module
@@ -44,22 +45,26 @@ def test_the_projects_table_names_real_files_and_tests() -> None:
     core |= {"training_config", "checkpointing", "atomic_files"}
     assert core <= {module.name for module in modules}
     assert settings["timeout_multiplier"] > 0 and settings["timeout_constant"] >= 0
+    tomllib = pytest.importorskip("tomllib")
+    assert "harmoclip" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]  # one table, not two
     with pytest.raises(ValueError, match=r"`--only`: unknown module\(s\) \['nope'\]"):
         select_modules(modules, "losses,nope")
     assert [m.name for m in select_modules(modules, " modeling ,losses")] == ["modeling", "losses"]
 
 
 def test_bad_tables_get_one_line_naming_the_problem(tmp_path: Path) -> None:
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text("[tool.other]\n")
-    with pytest.raises(ValueError, match=r"has no \[tool.harmoclip.mutation\] table"):
-        read_settings(pyproject)
-    pyproject.write_text('[[tool.harmoclip.mutation.modules]]\nname = "a"\nfile = "a.py"\n')
+    table = tmp_path / "mutation_modules.toml"
+    with pytest.raises(ValueError, match=r"mutation table not found: .*mutation_modules.toml"):
+        read_settings(table)
+    table.write_text("timeout_multiplier = 5.0\n")
+    with pytest.raises(ValueError, match=r"\[\[modules\]\] lists no module"):
+        read_settings(table)
+    table.write_text('[[modules]]\nname = "a"\nfile = "a.py"\n')
     with pytest.raises(ValueError, match=r"mutation module 0 lacks \['tests'\]"):
-        read_settings(pyproject)
-    pyproject.write_text('[[tool.harmoclip.mutation.modules]]\nname = "a"\nfile = "a.txt"\ntests = ["t"]\n')
+        read_settings(table)
+    table.write_text('[[modules]]\nname = "a"\nfile = "a.txt"\ntests = ["t"]\n')
     with pytest.raises(ValueError, match=r"`file` must be a .py file, got 'a.txt'"):
-        read_settings(pyproject)
+        read_settings(table)
 
 
 def test_results_are_read_and_scored_by_hand() -> None:
@@ -119,14 +124,14 @@ def test_a_real_run_on_a_toy_project(tmp_path: Path) -> None:
     (project / "toy" / "__init__.py").write_text("")
     (project / "toy" / "arith.py").write_text(TOY_MODULE)
     (project / "tests" / "test_arith.py").write_text(TOY_TEST)
-    table = '[[tool.harmoclip.mutation.modules]]\nname = "{}"\nfile = "{}"\ntests = ["tests/test_arith.py"]\n'
-    (project / "pyproject.toml").write_text(
-        '[project]\nname = "toy"\nversion = "0"\n[tool.harmoclip.mutation]\ntimeout_multiplier = 5.0\n'
-        + table.format("arith", "toy/arith.py")
-        + table.format("later", "toy/later.py")
+    (project / "pyproject.toml").write_text('[project]\nname = "toy"\nversion = "0"\n')
+    row = '[[modules]]\nname = "{}"\nfile = "{}"\ntests = ["tests/test_arith.py"]\n'
+    (project / TABLE).parent.mkdir()
+    (project / TABLE).write_text(
+        "timeout_multiplier = 5.0\n" + row.format("arith", "toy/arith.py") + row.format("later", "toy/later.py")
     )
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "benchmarks.mutation", "--pyproject", str(project / "pyproject.toml")]
+    command = [sys.executable, "-m", "tools.mutation", "--project", str(project)]  # its table in the default place
     done = subprocess.run(
         [*command, "--output-dir", str(out), "--nice", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -153,11 +158,10 @@ def test_a_real_run_on_a_toy_project(tmp_path: Path) -> None:
 
 
 def test_list_prints_the_table_without_running(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text(
-        '[[tool.harmoclip.mutation.modules]]\nname = "a"\nfile = "pkg/a.py"\ntests = ["tests/test_a.py", "-k", "x"]\n'
-    )
+    table = tmp_path / "elsewhere.toml"
+    table.write_text('[[modules]]\nname = "a"\nfile = "pkg/a.py"\ntests = ["tests/test_a.py", "-k", "x"]\n')
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mutation", "--list", "--pyproject", str(tmp_path / "pyproject.toml")],
+        [sys.executable, "-m", "tools.mutation", "--list", "--project", str(tmp_path), "--table", str(table)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -166,7 +170,7 @@ def test_list_prints_the_table_without_running(tmp_path: Path) -> None:
 
 
 def test_set_aside_rules_match_only_the_change_they_name() -> None:
-    rules = read_settings(ROOT / "pyproject.toml")["set_aside"]
+    rules = read_settings(ROOT / TABLE)["set_aside"]
     device = "--- a.py\n+++ a.py\n@@ -1 +1 @@\n-    x = torch.arange(n, device=y.device) + 1\n+    x = torch.arange(n, ) + 1\n"
     assert set_aside_rule(device, rules)["name"] == "device placement"
     assert set_aside_rule(device.replace("+    x = torch.arange(n, )", "+    x = torch.arange(n, device=None)"), rules)
