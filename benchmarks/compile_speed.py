@@ -19,36 +19,20 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    add_common_arguments,
-    autocast,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    synchronize,
-    time_side_by_side,
-)
-from benchmarks.region_throughput import random_boxes
-from plumbing.command_line import CommandParser
+from benchmarks.harness import BenchmarkSpec, Measurement, inference
+from benchmarks.inputs import build_model, random_boxes, random_pixel_values
+from benchmarks.tables import ratio_cell, spread_cell
+from benchmarks.timing import ratio_summary, summarize, synchronize, time_side_by_side
 
 NAME = "compile_speed"
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=5, cuda_repeats=20, warmup=2)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument("--images", type=int, default=None, help="images per call (default 1 on the CPU, 16 on CUDA)")
     parser.add_argument("--boxes", type=int, default=16, help="boxes per image")
-    parser.add_argument(
-        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
-    )
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune (default torch's)")
-    return parser
 
 
 def measure_pairs(
@@ -87,51 +71,42 @@ def measure_pairs(
                 name,
                 ours["median_s"] * 1e3,
                 theirs["median_s"] * 1e3,
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                ratio_cell(speedup),
                 compile_s,
                 difference,
-                f"{max(ours['spread'], theirs['spread']):.0%}",
+                spread_cell(ours, theirs),
             ]
         )
     return results, rows
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
-    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+def measure(args: argparse.Namespace) -> Measurement:
+    """Each call eagerly and compiled: the compile time, the outputs' difference, then side by side."""
     num_images = args.images or (16 if args.device.type == "cuda" else 1)
     if num_images < 1 or args.boxes < 1:
         raise ValueError(f"--images and --boxes must be >= 1, got {num_images} and {args.boxes}")
-    model, _, config = build_model(preset, args.seed)
+    model, _, config = build_model(args.preset, args.seed)
     model.to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator)
-    pixel_values = pixel_values.to(args.device)
+    pixel_values = random_pixel_values(num_images, config.image_size, generator).to(args.device)
     boxes = random_boxes(num_images, args.boxes, generator).to(args.device)
     options = {"backend": args.backend, "mode": args.mode, "fullgraph": True}
     compiled_regions = model.compiled_region_features(**options)
     compiled_dense = torch.compile(model.get_dense_features, **options)
 
-    def call(function, *inputs):
-        def method():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return function(*inputs)
-
-        return method
-
     pairs = {
         "get_region_features": (
-            call(model.get_region_features, pixel_values, boxes),
-            call(compiled_regions, pixel_values, boxes),
+            inference(args, model.get_region_features, pixel_values, boxes),
+            inference(args, compiled_regions, pixel_values, boxes),
         ),
-        "get_dense_features": (call(model.get_dense_features, pixel_values), call(compiled_dense, pixel_values)),
+        "get_dense_features": (
+            inference(args, model.get_dense_features, pixel_values),
+            inference(args, compiled_dense, pixel_values),
+        ),
     }
     results, rows = measure_pairs(pairs, args, num_images)
-    table = markdown_table(
-        ["call", "eager ms", "compiled ms", "speed-up (min-max)", "compile s", "max abs diff", "spread"], rows
-    )
     settings = {
-        "model_preset": preset,
+        "model_preset": args.preset,
         "image_size": config.image_size,
         "images_per_call": num_images,
         "boxes_per_image": args.boxes,
@@ -139,17 +114,19 @@ def run(args: argparse.Namespace) -> dict:
         "mode": args.mode,
     }
     notes = [
-        f"{preset} geometry, random weights, {num_images} image(s) and {args.boxes} boxes per image per call; "
+        f"{args.preset} geometry, random weights, {num_images} image(s) and {args.boxes} boxes per image per call; "
         f"torch.compile(backend={args.backend!r}, mode={args.mode!r}, fullgraph=True); median of {args.repeats} "
         "alternating rounds after the compile call and warm-up; speed-up = eager time / compiled time (median of "
         "the rounds' ratios, min-max in brackets); max abs diff: compiled against eager outputs."
     ]
-    return finish(NAME, args, settings, results, table, [], notes)
+    columns = ["call", "eager ms", "compiled ms", "speed-up (min-max)", "compile s", "max abs diff", "spread"]
+    return Measurement(columns, rows, results, settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+SPEC = BenchmarkSpec(
+    NAME, __doc__, measure, options=add_options, cpu_repeats=5, cuda_repeats=20, warmup=2, model_preset=True
+)
+main = SPEC.main
 
 
 if __name__ == "__main__":

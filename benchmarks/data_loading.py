@@ -28,32 +28,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    ROOT,
-    add_common_arguments,
-    benchmark_main,
-    finish,
-    markdown_table,
-    resolve_common,
-    summarize,
-    target,
-    temporary_folder,
-    time_side_by_side,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement
+from benchmarks.inputs import OPENAI_BPE, temporary_folder
+from benchmarks.tables import target
+from benchmarks.timing import summarize, time_side_by_side
 from benchmarks.train_step import StepRunner
-from plumbing.command_line import CommandParser
+from training.config import PROJECT_ROOT
 
 NAME = "data_loading"
-DEFAULT_CONFIG = ROOT / "configs" / "synthetic_tiny.yaml"
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "synthetic_tiny.yaml"
 # The losses of a fine-tuning run (every weight given): GR under the frozen teacher makes the loader cut crops.
 LOSSES: dict[str, Any] = dict(
     loss_gc_weight=1.0, loss_lrc_weight=0.0, loss_rla_weight=0.0, loss_gr_weight=1.0, gr_teacher="frozen"
 )
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=5)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument(
         "--num-train", type=int, default=None, help="generated training images (default 512; --quick 32)"
     )
@@ -64,7 +55,6 @@ def build_parser() -> CommandParser:
     parser.add_argument(
         "--source-size", type=int, default=None, help="jpeg224: side of the JPEG images (default 480; --quick 64)"
     )
-    return parser
 
 
 def loader_rates(
@@ -115,7 +105,7 @@ def loader_config(args: argparse.Namespace, folder: Path, num_train: int) -> Any
         seed=args.seed,
         evaluate_at_end=False,
         report_to="none",
-        tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
+        tokenizer_bpe=str(OPENAI_BPE),
         mixed_precision="no" if args.dtype_name == "fp32" else args.dtype_name,
         **LOSSES,
     )
@@ -124,13 +114,18 @@ def loader_config(args: argparse.Namespace, folder: Path, num_train: int) -> Any
     return load_config(DEFAULT_CONFIG, overrides)
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> Measurement:
+    """The `--pipeline` measurement asked for: `synthetic` (the loader against the step) or `jpeg224`."""
+    return measure_jpeg224(args) if args.pipeline == "jpeg224" else measure_synthetic(args)
+
+
+def measure_synthetic(args: argparse.Namespace) -> Measurement:
+    """The `--pipeline synthetic` measurement (see the module docstring)."""
     from torch.utils.data import DataLoader
 
     from training.builders import build_datasets, build_model_and_processor
     from training.data.samplers import ShardedShuffleSampler
 
-    args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
     num_train = args.num_train or (32 if args.quick else 512)
     with temporary_folder("harmoclip-bench-data-") as folder:
@@ -179,9 +174,8 @@ def run(args: argparse.Namespace) -> dict:
             "-",
         ]
     )
-    table = markdown_table(["what", "samples/s", "spread", "/ step rate", "loading share of the loop"], rows)
     settings = {
-        "config": str(DEFAULT_CONFIG.relative_to(ROOT)),
+        "config": str(DEFAULT_CONFIG.relative_to(PROJECT_ROOT)),
         "num_train": num_train,
         "image_size": config.synthetic_image_size,
         "batch_size": config.batch_size,
@@ -195,7 +189,8 @@ def run(args: argparse.Namespace) -> dict:
         f"pays it), a step round runs {args.steps_per_round} steps; median of {args.repeats} alternating rounds. "
         "With 0 workers loading and stepping alternate, so the loop's rate is 1 / (1/loader + 1/step)."
     ]
-    return finish(NAME, args, settings, results, table, targets, notes)
+    columns = ["what", "samples/s", "spread", "/ step rate", "loading share of the loop"]
+    return Measurement(columns, rows, results, settings, notes, targets)
 
 
 def write_jpeg_sources(folder: Path, num_train: int, size: int, seed: int) -> tuple[Path, Path, Path]:
@@ -343,7 +338,7 @@ def jpeg224_notes(
     ]
 
 
-def run_jpeg224(args: argparse.Namespace) -> dict:
+def measure_jpeg224(args: argparse.Namespace) -> Measurement:
     """The `--pipeline jpeg224` measurement (see the module docstring)."""
     import time
 
@@ -355,7 +350,6 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
     from training.data.collate import RegionCollator
     from training.data.prepare import jsonl_records, write_shards
 
-    args = resolve_common(args)
     workers = [int(w) for w in args.workers.split(",")]
     num_train = args.num_train or (16 if args.quick else 256)
     size = args.source_size or (64 if args.quick else 480)
@@ -370,7 +364,7 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
             show_progress=False,
         )
         prepare_rate = report.written / (time.perf_counter() - start)
-        write_clip_tokenizer_files(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz", folder / "tokenizer")
+        write_clip_tokenizer_files(OPENAI_BPE, folder / "tokenizer")
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
         processor = HarmoCLIPProcessor(clip_image_processor(224), tokenizer, region_mode=True)
         collator = RegionCollator(processor, return_crops=True, crop_scale=1.5)  # the frozen teacher's crops
@@ -400,17 +394,6 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
 
     samples = batches * batch_size
     results, rows = jpeg224_rates(times, cpu_seconds, samples)
-    table = markdown_table(
-        [
-            "source",
-            "workers",
-            "samples/s",
-            "samples/s per worker (0: the main process)",
-            "samples per CPU second (one core)",
-            "spread",
-        ],
-        rows,
-    )
     settings = {
         "pipeline": "jpeg224",
         "num_train": num_train,
@@ -422,15 +405,19 @@ def run_jpeg224(args: argparse.Namespace) -> dict:
         "prepare_samples_per_s": prepare_rate,
     }
     notes = jpeg224_notes(num_train, size, batch_size, samples, args.repeats, prepare_rate)
-    return finish(NAME, args, settings, results, table, [], notes)
+    columns = [
+        "source",
+        "workers",
+        "samples/s",
+        "samples/s per worker (0: the main process)",
+        "samples per CPU second (one core)",
+        "spread",
+    ]
+    return Measurement(columns, rows, results, settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-
-    return benchmark_main(
-        build_parser, lambda args: run_jpeg224(args) if args.pipeline == "jpeg224" else run(args), argv
-    )
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=5)
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -24,75 +24,46 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.common import (
-    add_common_arguments,
-    autocast,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    time_side_by_side,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement, autocast
+from benchmarks.inputs import build_model
+from benchmarks.tables import ratio_cell, spread_cell
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from evaluation.crop_detection import crop_detections
-from plumbing.command_line import CommandParser
 
 NAME = "detection_throughput"
 # (width, height) of the original images: a typical COCO image.
 ORIGINAL_SIZE = (640, 480)
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument("--labels", type=int, default=20, help="candidate labels (default 20)")
     parser.add_argument("--max-proposals", type=int, default=None, help="proposals per image (default 64; --quick 8)")
     parser.add_argument("--images", type=int, default=1, help="images per call (default 1)")
     parser.add_argument("--crop-chunk", type=int, default=64, help="crops encoded per call by crop-and-encode")
-    parser.add_argument(
-        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
-    )
-    return parser
 
 
-def results_table(result: dict[str, Any], proposal_count: float, labels: int) -> str:
-    """The markdown table of one measurement (`run`'s result row)."""
-    ours, theirs, speedup = result["harmoclip"], result["crop_and_encode"], result["speedup"]
-    return markdown_table(
-        [
-            "proposals/image",
-            "labels",
-            "HarmoCLIP images/s",
-            "crop+encode images/s",
-            "HarmoCLIP ms/call",
-            "crop+encode ms/call",
-            "speed-up (min-max)",
-            "spread",
-        ],
-        [
-            [
-                proposal_count,
-                labels,
-                result["harmoclip_images_per_s"],
-                result["crop_images_per_s"],
-                ours["median_s"] * 1e3,
-                theirs["median_s"] * 1e3,
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
-                f"{max(ours['spread'], theirs['spread']):.0%}",
-            ]
-        ],
-    )
+def table_row(result: dict[str, Any], proposal_count: float, labels: int) -> list[Any]:
+    """The table row of one measurement (`measure`'s result)."""
+    ours, theirs = result["harmoclip"], result["crop_and_encode"]
+    return [
+        proposal_count,
+        labels,
+        result["harmoclip_images_per_s"],
+        result["crop_images_per_s"],
+        ours["median_s"] * 1e3,
+        theirs["median_s"] * 1e3,
+        ratio_cell(result["speedup"]),
+        spread_cell(ours, theirs),
+    ]
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
-    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+def measure(args: argparse.Namespace) -> Measurement:
+    """HarmoCLIP's detection and crop-and-encode scoring of its proposals, side by side."""
     max_proposals = args.max_proposals or (8 if args.quick else 64)
     if min(args.labels, max_proposals, args.images, args.crop_chunk) < 1:
         raise ValueError("--labels, --max-proposals, --images and --crop-chunk must be >= 1")
-    model, processor, config = build_model(preset, args.seed)
+    model, processor, config = build_model(args.preset, args.seed)
     model.to(args.device)
     processor = processor.as_region_mode()
     generator = torch.Generator().manual_seed(args.seed)
@@ -129,23 +100,19 @@ def run(args: argparse.Namespace) -> dict:
     methods = {"harmoclip": harmoclip, "crop_and_encode": crops}
     times = time_side_by_side(methods, args.device, args.repeats, warmup=args.warmup, progress=NAME)
     ours, theirs = summarize(times["harmoclip"]), summarize(times["crop_and_encode"])
-    speedup = ratio_summary(times["crop_and_encode"], times["harmoclip"])
     proposal_count = int(box_mask.sum()) / args.images
-    results = [
-        {
-            "images": args.images,
-            "proposals_per_image": proposal_count,
-            "labels": args.labels,
-            "harmoclip": ours,
-            "crop_and_encode": theirs,
-            "harmoclip_images_per_s": args.images / ours["median_s"],
-            "crop_images_per_s": args.images / theirs["median_s"],
-            "speedup": speedup,
-        }
-    ]
-    table = results_table(results[0], proposal_count, args.labels)
+    result = {
+        "images": args.images,
+        "proposals_per_image": proposal_count,
+        "labels": args.labels,
+        "harmoclip": ours,
+        "crop_and_encode": theirs,
+        "harmoclip_images_per_s": args.images / ours["median_s"],
+        "crop_images_per_s": args.images / theirs["median_s"],
+        "speedup": ratio_summary(times["crop_and_encode"], times["harmoclip"]),
+    }
     settings = {
-        "model_preset": preset,
+        "model_preset": args.preset,
         "image_size": size,
         "original_image_size": list(ORIGINAL_SIZE),
         "patch_size": config.patch_size,
@@ -155,19 +122,28 @@ def run(args: argparse.Namespace) -> dict:
         "crop_chunk": args.crop_chunk,
     }
     notes = [
-        f"{preset} geometry ({size} px, patch {config.patch_size}), random weights, {args.images} image(s) per call; "
-        f"median of {args.repeats} alternating rounds. Both start from {width}x{height} original images; "
+        f"{args.preset} geometry ({size} px, patch {config.patch_size}), random weights, {args.images} image(s) per "
+        f"call; median of {args.repeats} alternating rounds. Both start from {width}x{height} original images; "
         "HarmoCLIP's time includes preprocessing them and making the proposals; crop-and-encode is given the "
-        "proposals and cuts their 1.5x crops from the original images (as CLIPSelf and FineCLIP). Speed-up = crop-and-encode time / HarmoCLIP time (median of the rounds' "
-        "ratios, min-max in brackets); spread = (max - min) / median of the noisier method."
+        "proposals and cuts their 1.5x crops from the original images (as CLIPSelf and FineCLIP). Speed-up = "
+        "crop-and-encode time / HarmoCLIP time (median of the rounds' ratios, min-max in brackets); spread = "
+        "(max - min) / median of the noisier method."
     ]
-    return finish(NAME, args, settings, results, table, [], notes)
+    columns = [
+        "proposals/image",
+        "labels",
+        "HarmoCLIP images/s",
+        "crop+encode images/s",
+        "HarmoCLIP ms/call",
+        "crop+encode ms/call",
+        "speed-up (min-max)",
+        "spread",
+    ]
+    return Measurement(columns, [table_row(result, proposal_count, args.labels)], [result], settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
-
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=10, model_preset=True)
+main = SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,21 +17,10 @@ from typing import Any
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from benchmarks.common import (
-    add_common_arguments,
-    autocast,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    sample_captions,
-    summarize,
-    target,
-    time_side_by_side,
-)
-from plumbing.command_line import CommandParser
+from benchmarks.harness import BenchmarkSpec, Measurement, inference
+from benchmarks.inputs import build_model, random_pixel_values, sample_captions
+from benchmarks.tables import ratio_cell, spread_cell, target
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 
 NAME = "global_overhead"
 TOLERANCE = 0.02  # HarmoCLIP's global path at most 2% slower than CLIPModel's
@@ -56,17 +45,12 @@ def plain_clip_with_same_weights(model) -> CLIPModel:
     return clip.eval()
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=7, cuda_repeats=30)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument("--images", type=int, default=None, help="images per call (default 2 on the CPU, 64 on CUDA)")
     parser.add_argument(
         "--captions", type=int, default=None, help="captions per call (default 16 on the CPU, 256 on CUDA)"
     )
-    parser.add_argument(
-        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
-    )
-    return parser
 
 
 def tower_report(
@@ -94,48 +78,39 @@ def tower_report(
         f"{count} {unit}",
         count / ours["median_s"],
         count / theirs["median_s"],
-        f"{ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})",
+        ratio_cell(ratio, digits=3),
         ratio["median"] <= 1 + TOLERANCE,
-        f"{max(ours['spread'], theirs['spread']):.0%}",
+        spread_cell(ours, theirs),
     ]
     return result, goal, row
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args, quick_repeats=3)
-    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+def measure(args: argparse.Namespace) -> Measurement:
+    """Each tower of HarmoCLIP and of CLIPModel with the same weights, checked equal, then side by side."""
     on_cuda = args.device.type == "cuda"
     num_images = args.images or (64 if on_cuda else 2)
     num_captions = args.captions or (256 if on_cuda else 16)
-    model, processor, config = build_model(preset, args.seed)
+    model, processor, config = build_model(args.preset, args.seed)
     clip = plain_clip_with_same_weights(model)
     model.to(args.device)
     clip.to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator).to(args.device)
+    pixel_values = random_pixel_values(num_images, config.image_size, generator).to(args.device)
     text = processor.tokenizer(sample_captions(num_captions, args.seed), padding=True, return_tensors="pt").to(
         args.device
     )
 
     def image_features(which):
-        def call():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return which.get_image_features(pixel_values=pixel_values).pooler_output
-
-        return call
+        return inference(args, which.get_image_features, pixel_values=pixel_values)
 
     def text_features(which):
-        def call():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return which.get_text_features(
-                    input_ids=text["input_ids"], attention_mask=text["attention_mask"]
-                ).pooler_output
-
-        return call
+        return inference(
+            args, which.get_text_features, input_ids=text["input_ids"], attention_mask=text["attention_mask"]
+        )
 
     differences = {
-        "image": float((image_features(model)() - image_features(clip)()).abs().max()),
-        "text": float((text_features(model)() - text_features(clip)()).abs().max()),
+        "image": float((image_features(model)().pooler_output - image_features(clip)().pooler_output).abs().max()),
+        "text": float((text_features(model)().pooler_output - text_features(clip)().pooler_output).abs().max()),
     }
     # The same code on the same weights: bit-identical in float32 on the CPU; GPU kernels under autocast may pick
     # other algorithms from call to call, so there a small difference is allowed.
@@ -159,11 +134,8 @@ def run(args: argparse.Namespace) -> dict:
         results.append(result)
         targets.append(goal)
         rows.append(row)
-    table = markdown_table(
-        ["method", "batch", "HarmoCLIP /s", "CLIPModel /s", "time ratio (min-max)", "within 2%", "spread"], rows
-    )
     settings = {
-        "model_preset": preset,
+        "model_preset": args.preset,
         "image_size": config.image_size,
         "images_per_call": num_images,
         "captions_per_call": num_captions,
@@ -171,17 +143,19 @@ def run(args: argparse.Namespace) -> dict:
         "attn_implementation": model.config._attn_implementation,
     }
     notes = [
-        f"{preset} geometry, random weights; the two models give the same outputs (max |difference| {max(differences.values()):.1e}); time ratio = HarmoCLIP / CLIPModel "
-        f"per round, median of {args.repeats} alternating rounds (min-max in brackets). Both call the same inherited "
-        "`CLIPModel` code, so any difference is measurement noise; the spread column shows how large it is."
+        f"{args.preset} geometry, random weights; the two models give the same outputs (max |difference| "
+        f"{max(differences.values()):.1e}); time ratio = HarmoCLIP / CLIPModel per round, median of {args.repeats} "
+        "alternating rounds (min-max in brackets). Both call the same inherited `CLIPModel` code, so any difference "
+        "is measurement noise; the spread column shows how large it is."
     ]
-    return finish(NAME, args, settings, results, table, targets, notes)
+    columns = ["method", "batch", "HarmoCLIP /s", "CLIPModel /s", "time ratio (min-max)", "within 2%", "spread"]
+    return Measurement(columns, rows, results, settings, notes, targets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
-
+SPEC = BenchmarkSpec(
+    NAME, __doc__, measure, options=add_options, cpu_repeats=7, cuda_repeats=30, quick_repeats=3, model_preset=True
+)
+main = SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

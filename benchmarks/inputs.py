@@ -1,15 +1,21 @@
 """What the benchmarks run on: the model geometries (a from-scratch ViT-B/16 HarmoCLIP at 224 px, or the shipped tiny
-one), random weights of a seed, and generated captions."""
+one), random weights of a seed, random pixels and boxes, generated captions, and a temporary folder for the inputs
+written to disk."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from training.config import PROJECT_ROOT
+
+# OpenAI's BPE merge list, shipped with the project: CLIP's full 49,408-token vocabulary.
+OPENAI_BPE = PROJECT_ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 # ---------------------------------------------------------------- models
@@ -24,7 +30,7 @@ def vitb16_config(**overrides: Any):
         image_size=224,
         patch_size=16,
         tokenizer_num_merges=None,
-        tokenizer_bpe=str(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz"),
+        tokenizer_bpe=str(OPENAI_BPE),
         evaluate_at_end=False,
         report_to="none",
     )
@@ -50,6 +56,21 @@ def build_model(preset: str, seed: int, **overrides: Any):
     config = model_config_for(preset, seed=seed, **overrides)
     model, processor = build_model_and_processor(config)
     return model.eval(), processor, config
+
+
+# ---------------------------------------------------------------- pixels and boxes
+
+
+def random_pixel_values(num_images: int, image_size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, S, S) standard-normal pixel values, as a processor's output would be shaped."""
+    return torch.randn(num_images, 3, image_size, image_size, generator=generator)
+
+
+def random_boxes(num_images: int, num_boxes: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, N, 4) normalised xyxy boxes, sides between 10% and 60% of the image, inside it."""
+    sides = torch.rand(num_images, num_boxes, 2, generator=generator) * 0.5 + 0.1
+    corners = torch.rand(num_images, num_boxes, 2, generator=generator) * (1 - sides)
+    return torch.cat([corners, corners + sides], dim=-1)
 
 
 # ---------------------------------------------------------------- captions
@@ -121,3 +142,13 @@ def sample_captions(count: int, seed: int) -> list[str]:
         text = " ".join(word for word in words if word)
         captions.append(text[0].upper() + text[1:] + ".")
     return captions
+
+
+# ---------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def temporary_folder(prefix: str) -> Iterator[Path]:
+    """A folder for inputs written to disk (manifests, images, teacher caches), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)

@@ -24,35 +24,24 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from benchmarks.common import (
-    ROOT,
-    add_common_arguments,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    time_side_by_side,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement
+from benchmarks.inputs import OPENAI_BPE, build_model
+from benchmarks.tables import ratio_cell, spread_cell
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from modeling_harmoclip.pipeline_harmoclip import ZeroShotRegionDetectionPipeline
-from plumbing.command_line import CommandParser
 
 NAME = "owlv2_detection"
 LABELS = ("person", "dog", "cat", "bicycle", "car", "chair", "bottle", "cup", "laptop", "umbrella", "kite", "bench")
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument("--images", type=int, default=None, help="images per call (default 4; --quick 2)")
     parser.add_argument("--labels", type=int, default=10, help=f"candidate labels, at most {len(LABELS)} (default 10)")
     parser.add_argument("--image-width", type=int, default=640, help="the images' width (height 3/4 of it)")
     parser.add_argument(
         "--owlv2-image-size", type=int, default=960, help="OWLv2's input side (default 960, google/owlv2-base-patch16)"
     )
-    return parser
 
 
 def pictures(count: int, width: int, seed: int) -> list[Image.Image]:
@@ -83,7 +72,7 @@ def owlv2_pipeline(quick: bool, seed: int, device: torch.device, image_size: int
 
     merges = 2000 if quick else None
     folder = Path(tempfile.mkdtemp(prefix="owlv2-tokenizer-"))
-    write_clip_tokenizer_files(ROOT / "assets" / "bpe_simple_vocab_16e6.txt.gz", folder, num_merges=merges)
+    write_clip_tokenizer_files(OPENAI_BPE, folder, num_merges=merges)
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=16)
     if quick:
         config = Owlv2Config(
@@ -106,8 +95,8 @@ def owlv2_pipeline(quick: bool, seed: int, device: torch.device, image_size: int
     return detector, config
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
+def measure(args: argparse.Namespace) -> Measurement:
+    """HarmoCLIP's detection pipeline at two input sizes and OWLv2's, side by side."""
     images_count = args.images or (2 if args.quick else 4)
     if args.owlv2_image_size < 16 or args.owlv2_image_size % 16:
         raise ValueError(f"--owlv2-image-size must be a positive multiple of 16, got {args.owlv2_image_size}")
@@ -152,21 +141,17 @@ def run(args: argparse.Namespace) -> dict:
                 "speedup": ratio_summary(times["owlv2"], times[name]),
             }
         )
-    table = markdown_table(
-        ["HarmoCLIP input", "OWLv2 input", "HarmoCLIP images/s", "OWLv2 images/s", "OWLv2 / HarmoCLIP time (min-max)",
-         "spread"],
+    rows = [
         [
-            [
-                f"{row['harmoclip_input_size']} px",
-                f"{row['owlv2_input_size']} px",
-                row["harmoclip_images_per_s"],
-                row["owlv2_images_per_s"],
-                f"{row['speedup']['median']:.2f} ({row['speedup']['min']:.2f}-{row['speedup']['max']:.2f})",
-                f"{max(row['harmoclip']['spread'], row['owlv2']['spread']):.0%}",
-            ]
-            for row in results
-        ],
-    )  # fmt: skip
+            f"{row['harmoclip_input_size']} px",
+            f"{row['owlv2_input_size']} px",
+            row["harmoclip_images_per_s"],
+            row["owlv2_images_per_s"],
+            ratio_cell(row["speedup"]),
+            spread_cell(row["harmoclip"], row["owlv2"]),
+        ]
+        for row in results
+    ]
     settings = {
         "model_preset": preset,
         "images": images_count,
@@ -184,12 +169,19 @@ def run(args: argparse.Namespace) -> dict:
         f"); median of {args.repeats} alternating rounds. Ratio > 1: HarmoCLIP is faster. No accuracy is compared. "
         "The stock pipeline runs OWLv2's whole forward once per label; HarmoCLIP encodes each image once."
     ]
-    return finish(NAME, args, settings, results, table, [], notes)
+    columns = [
+        "HarmoCLIP input",
+        "OWLv2 input",
+        "HarmoCLIP images/s",
+        "OWLv2 images/s",
+        "OWLv2 / HarmoCLIP time (min-max)",
+        "spread",
+    ]
+    return Measurement(columns, rows, results, settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=10)
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -27,20 +27,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    add_common_arguments,
-    autocast,
-    benchmark_main,
-    finish,
-    markdown_table,
-    profile_path,
-    ratio_summary,
-    summarize,
-    target,
-    temporary_folder,
-    time_side_by_side,
-    write_profile,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement, autocast, write_profiles
+from benchmarks.inputs import temporary_folder
+from benchmarks.tables import ratio_cell, target
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from benchmarks.train_step import (
     StepRunner,
     add_step_arguments,
@@ -48,7 +38,6 @@ from benchmarks.train_step import (
     variant_config,
     write_step_inputs,
 )
-from plumbing.command_line import CommandParser
 
 NAME = "peer_open_clip"
 PEER = "open_clip"
@@ -171,13 +160,6 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=7, cuda_repeats=20)
-    add_step_arguments(parser)
-    return parser
-
-
 def step_rows(
     times: dict[str, list[float]], caption_tokens: dict[str, int], batch_size: int
 ) -> tuple[list[dict[str, Any]], list[list[Any]]]:
@@ -204,7 +186,7 @@ def step_rows(
                 summary["median_s"] * 1e3,
                 f"{summary['spread']:.0%}",
                 batch_size / summary["median_s"],
-                f"{ratio['median']:.3f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                ratio_cell(ratio, digits=3, range_digits=2),
             ]
         )
     return results, rows
@@ -235,7 +217,8 @@ def matched_peer(
     return peer, geometry, ours_parameters
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> Measurement:
+    """open_clip's step and HarmoCLIP's GC and GC+LRC+GR cached steps, side by side on one batch."""
     open_clip = require_open_clip()
     args = resolve_step_arguments(args)
     ours = ["GC", "GC+LRC+GR cached"]
@@ -255,10 +238,7 @@ def run(args: argparse.Namespace) -> dict:
             for layout, batch in batches.items():
                 methods[f"{name}, {layout}"] = lambda name=name, batch=batch: runner.step(name, batch)
         times = time_side_by_side(methods, runner.accelerator.device, args.repeats, max(args.warmup, 1), progress=NAME)
-        if args.profile:
-            for method, function in methods.items():
-                slug = method.replace("+", "_").replace(", ", "_").replace(" ", "_")
-                write_profile(function, runner.accelerator.device, profile_path(args, NAME, slug))
+        write_profiles(args, methods, runner.accelerator.device)
         caption_tokens = {layout: int(batch["input_ids"].shape[1]) for layout, batch in batches.items()}
         attention = {
             "harmoclip": model_config._attn_implementation,
@@ -279,9 +259,6 @@ def run(args: argparse.Namespace) -> dict:
         )
         for name, limit in LIMITS.items()
     ]
-    table = markdown_table(
-        ["method", "caption tokens", "ms/step", "spread", "samples/s", "time / open_clip (min-max)"], rows
-    )
     settings = {
         "model_preset": args.preset,
         "batch_size": args.batch_size,
@@ -300,12 +277,15 @@ def run(args: argparse.Namespace) -> dict:
         f"{max(args.warmup, 1)} warm-up step(s) each; ratios are medians of per-round ratios to open_clip's step. "
         f"Attention: HarmoCLIP {attention['harmoclip']}, open_clip {attention['open_clip']}."
     ]
-    return finish(NAME, args, settings, results, table, targets, notes)
+    columns = ["method", "caption tokens", "ms/step", "spread", "samples/s", "time / open_clip (min-max)"]
+    return Measurement(columns, rows, results, settings, notes, targets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+# Runs in its own environment (.venv-peer, with open_clip): the harness is the same, only the interpreter differs.
+SPEC = BenchmarkSpec(
+    NAME, __doc__, measure, options=add_step_arguments, cpu_repeats=7, cuda_repeats=20, model_preset=True
+)
+main = SPEC.main
 
 
 if __name__ == "__main__":

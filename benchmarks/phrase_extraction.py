@@ -13,33 +13,23 @@ import sys
 
 import torch
 
-from benchmarks.common import (
-    add_common_arguments,
-    benchmark_main,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    sample_captions,
-    summarize,
-    time_side_by_side,
-)
-from plumbing.command_line import CommandParser
+from benchmarks.harness import BenchmarkSpec, Measurement
+from benchmarks.inputs import sample_captions
+from benchmarks.tables import ratio_cell
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from training.data.phrases import PhraseExtractor
 
 NAME = "phrase_extraction"
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=3)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument("--captions", type=int, default=None, help="captions per round (default 1000; --quick 50)")
     parser.add_argument("--batch-size", type=int, default=256, help="nlp.pipe batch size (PhraseExtractor's default)")
-    return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
+def measure(args: argparse.Namespace) -> Measurement:
+    """Batched and one-call-per-caption phrase extraction, checked equal, then side by side."""
     count = args.captions or (50 if args.quick else 1000)
     captions = sample_captions(count, args.seed)
     extractor = PhraseExtractor(batch_size=args.batch_size)
@@ -68,11 +58,10 @@ def run(args: argparse.Namespace) -> dict:
             "nlp.pipe, batch " + str(args.batch_size),
             count / ours["median_s"],
             f"{ours['spread']:.0%}",
-            f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+            ratio_cell(speedup),
         ],
         ["nlp(caption) one by one", count / theirs["median_s"], f"{theirs['spread']:.0%}", 1.0],
     ]
-    table = markdown_table(["method", "captions/s", "spread", "speed-up (min-max)"], rows)
     pipeline = f"{nlp.meta.get('lang', '?')}_{nlp.meta.get('name', '?')} {nlp.meta.get('version', '')}".strip()
     settings = {
         "captions": count,
@@ -86,12 +75,12 @@ def run(args: argparse.Namespace) -> dict:
         f"spaCy pipeline {pipeline} ({', '.join(nlp.pipe_names)}), {count} generated COCO-like captions, CPU; "
         f"median of {args.repeats} alternating rounds; both methods give the same phrases."
     ]
-    return finish(NAME, args, settings, results, table, [], notes)
+    return Measurement(["method", "captions/s", "spread", "speed-up (min-max)"], rows, results, settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+# spaCy runs on the CPU whatever the device, so the GPU gets no more rounds than the CPU.
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=3)
+main = SPEC.main
 
 
 if __name__ == "__main__":

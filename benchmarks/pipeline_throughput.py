@@ -22,18 +22,10 @@ import sys
 
 import torch
 
-from benchmarks.common import (
-    add_common_arguments,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    time_side_by_side,
-)
-from plumbing.command_line import CommandParser
+from benchmarks.harness import BenchmarkSpec, Measurement
+from benchmarks.inputs import build_model
+from benchmarks.tables import ratio_cell
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 
 NAME = "pipeline_throughput"
 PER_IMAGE, PER_IMAGE_UNCACHED = "per image", "per image, labels encoded each call"
@@ -62,9 +54,8 @@ def sample_inputs(count: int, max_boxes: int, seed: int) -> list[dict]:
     return items
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument(
         "--model-preset",
         default=None,
@@ -75,7 +66,6 @@ def build_parser() -> CommandParser:
     parser.add_argument("--labels", type=int, default=10, help=f"candidate labels (at most {len(LABEL_NAMES)})")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default 1,8,32; --quick 1,2)")
     parser.add_argument("--skip-uncached", action="store_true", help=f"leave out the '{PER_IMAGE_UNCACHED}' method")
-    return parser
 
 
 def measure_preset(args: argparse.Namespace, preset: str, items: list[dict], labels: list[str], batch_sizes: list[int]):
@@ -125,15 +115,15 @@ def measure_preset(args: argparse.Namespace, preset: str, items: list[dict], lab
                 name,
                 len(items) / summary["median_s"],
                 summary["median_s"],
-                f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+                ratio_cell(speedup),
                 f"{summary['spread']:.0%}",
             ]
         )
     return results, rows
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
+def measure(args: argparse.Namespace) -> Measurement:
+    """Per image, per image without the label cache and each batch size, side by side, on each geometry."""
     presets = [name.strip() for name in (args.model_preset or ("tiny" if args.quick else "tiny,vit-b-16")).split(",")]
     unknown = sorted(set(presets) - {"tiny", "vit-b-16"})
     if unknown:
@@ -152,9 +142,6 @@ def run(args: argparse.Namespace) -> dict:
         preset_results, preset_rows = measure_preset(args, preset, items, labels, batch_sizes)
         results += preset_results
         rows += preset_rows
-    table = markdown_table(
-        ["geometry", "method", "images/s", "s/round", "speed-up over per image (min-max)", "spread"], rows
-    )
     settings = {
         "model_presets": presets,
         "images": num_images,
@@ -167,12 +154,12 @@ def run(args: argparse.Namespace) -> dict:
         f"default 8-template prompt ensemble; random weights; median of {args.repeats} alternating rounds; speed-up = "
         "per-image time / the method's time (median of the rounds' ratios, min-max in brackets)."
     ]
-    return finish(NAME, args, settings, results, table, [], notes)
+    columns = ["geometry", "method", "images/s", "s/round", "speed-up over per image (min-max)", "spread"]
+    return Measurement(columns, rows, results, settings, notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=10)
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -17,33 +17,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    add_common_arguments,
-    autocast,
-    benchmark_main,
-    build_model,
-    finish,
-    markdown_table,
-    profile_path,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    target,
-    time_side_by_side,
-    write_profile,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement, inference, write_profiles
+from benchmarks.inputs import build_model, random_boxes, random_pixel_values
+from benchmarks.tables import ratio_cell, spread_cell, target
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from modeling_harmoclip.modeling_harmoclip import roi_align
-from plumbing.command_line import CommandParser
 
 NAME = "region_throughput"
 TARGET_FACTOR = 0.9  # HarmoCLIP at least 0.9 x N times faster at N boxes per image
-
-
-def random_boxes(num_images: int, num_boxes: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, N, 4) normalised xyxy boxes, sides between 10% and 60% of the image, inside it."""
-    sides = torch.rand(num_images, num_boxes, 2, generator=generator) * 0.5 + 0.1
-    corners = torch.rand(num_images, num_boxes, 2, generator=generator) * (1 - sides)
-    return torch.cat([corners, corners + sides], dim=-1)
 
 
 def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -68,9 +49,8 @@ def crop_and_encode(model, pixel_values: torch.Tensor, boxes: torch.Tensor, chun
     return torch.cat(embeds).reshape(batch, num_boxes, -1)
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     parser.add_argument(
         "--boxes", default=None, help="boxes per image, comma-separated (default 1,4,16,64; --quick 1,4)"
     )
@@ -87,10 +67,6 @@ def build_parser() -> CommandParser:
         default=None,
         help="crops encoded per call by crop-and-encode (default 64 on the CPU, 256 on CUDA)",
     )
-    parser.add_argument(
-        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
-    )
-    return parser
 
 
 def measure_box_count(
@@ -127,37 +103,31 @@ def measure_box_count(
         total_boxes / theirs["median_s"],
         ours["median_s"] * 1e3,
         theirs["median_s"] * 1e3,
-        f"{speedup['median']:.2f} ({speedup['min']:.2f}-{speedup['max']:.2f})",
+        ratio_cell(speedup),
         wanted,
         speedup["median"] >= wanted,
-        f"{max(ours['spread'], theirs['spread']):.0%}",
+        spread_cell(ours, theirs),
     ]
     return result, goal, row
 
 
-def run(args: argparse.Namespace) -> dict:
-    args = resolve_common(args)
-    preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+def measure(args: argparse.Namespace) -> Measurement:
+    """Both methods side by side at each box count, on the same images, boxes and weights."""
     box_counts = [int(n) for n in (args.boxes or ("1,4" if args.quick else "1,4,16,64")).split(",")]
     num_images = args.images or (256 if args.device.type == "cuda" else 1)
     args.crop_chunk = args.crop_chunk or (256 if args.device.type == "cuda" else 64)
     if num_images < 1 or args.crop_chunk < 1 or min(box_counts) < 1:
         raise ValueError("--images, --crop-chunk and --boxes must be >= 1")
-    model, _, config = build_model(preset, args.seed)
+    model, _, config = build_model(args.preset, args.seed)
     model.to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
-    pixel_values = torch.randn(num_images, 3, config.image_size, config.image_size, generator=generator).to(args.device)
+    pixel_values = random_pixel_values(num_images, config.image_size, generator).to(args.device)
 
     def methods_for(boxes: torch.Tensor) -> dict:
-        def harmoclip():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return model.get_region_features(pixel_values, boxes)
-
-        def crops():
-            with torch.no_grad(), autocast(args.device, args.dtype):
-                return crop_and_encode(model, pixel_values, boxes, args.crop_chunk)
-
-        return {"harmoclip": harmoclip, "crop_and_encode": crops}
+        return {
+            "harmoclip": inference(args, model.get_region_features, pixel_values, boxes),
+            "crop_and_encode": inference(args, crop_and_encode, model, pixel_values, boxes, args.crop_chunk),
+        }
 
     # On the CPU one warm-up at the smallest count suffices; on CUDA every new shape gets its own (kernel choice).
     first = methods_for(random_boxes(num_images, box_counts[0], generator).to(args.device))
@@ -169,25 +139,10 @@ def run(args: argparse.Namespace) -> dict:
         results.append(result)
         targets.append(goal)
         rows.append(row)
-    if args.profile:  # one call of each method at the largest box count
-        for name, method in methods.items():
-            write_profile(method, args.device, profile_path(args, NAME, f"{name}-{box_counts[-1]}boxes"))
-    table = markdown_table(
-        [
-            "boxes/image",
-            "HarmoCLIP boxes/s",
-            "crop+encode boxes/s",
-            "HarmoCLIP ms/call",
-            "crop+encode ms/call",
-            "speed-up (min-max)",
-            "target",
-            "met",
-            "spread",
-        ],
-        rows,
-    )
+    # One call of each method at the largest box count.
+    write_profiles(args, {f"{name}-{box_counts[-1]}boxes": method for name, method in methods.items()}, args.device)
     settings = {
-        "model_preset": preset,
+        "model_preset": args.preset,
         "image_size": config.image_size,
         "patch_size": config.patch_size,
         "images_per_call": num_images,
@@ -195,17 +150,26 @@ def run(args: argparse.Namespace) -> dict:
         "crop_chunk": args.crop_chunk,
     }
     notes = [
-        f"{preset} geometry ({config.image_size} px, patch {config.patch_size}), random weights, {num_images} image(s) "
-        f"per call; median of {args.repeats} alternating rounds; speed-up = crop-and-encode time / HarmoCLIP time "
-        "(median of the rounds' ratios, min-max in brackets); spread = (max - min) / median of the noisier method."
+        f"{args.preset} geometry ({config.image_size} px, patch {config.patch_size}), random weights, {num_images} "
+        f"image(s) per call; median of {args.repeats} alternating rounds; speed-up = crop-and-encode time / HarmoCLIP "
+        "time (median of the rounds' ratios, min-max in brackets); spread = (max - min) / median of the noisier method."
     ]
-    return finish(NAME, args, settings, results, table, targets, notes)
+    columns = [
+        "boxes/image",
+        "HarmoCLIP boxes/s",
+        "crop+encode boxes/s",
+        "HarmoCLIP ms/call",
+        "crop+encode ms/call",
+        "speed-up (min-max)",
+        "target",
+        "met",
+        "spread",
+    ]
+    return Measurement(columns, rows, results, settings, notes, targets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
-
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=10, model_preset=True)
+main = SPEC.main
 
 if __name__ == "__main__":
     sys.exit(main())

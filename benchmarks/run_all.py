@@ -17,9 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_OUTPUT_DIR, ROOT, describe_machine, targets_table, write_json
+from benchmarks.harness import DEFAULT_OUTPUT_DIR, write_json
+from benchmarks.machine import describe_machine
+from benchmarks.tables import targets_table
 from plumbing.atomic_files import write_text_atomic
 from plumbing.command_line import CommandParser, run_command
+from training.config import PROJECT_ROOT
 
 BENCHMARKS = (
     "region_throughput",
@@ -65,7 +68,7 @@ def run_benchmark(name: str, args: argparse.Namespace) -> tuple[dict, float]:
         command.append("--profile")
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT)
+    result = subprocess.run(command, cwd=PROJECT_ROOT)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"benchmark {name} failed (exit code {result.returncode}; its output is above)")

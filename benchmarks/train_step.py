@@ -29,27 +29,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    ROOT,
-    RssSampler,
-    add_common_arguments,
-    benchmark_main,
-    current_rss_bytes,
-    finish,
-    markdown_table,
-    model_config_for,
-    peak_rss_bytes,
-    profile_path,
-    ratio_summary,
-    resolve_common,
-    summarize,
-    target,
-    temporary_folder,
-    time_side_by_side,
-    write_profile,
-)
+from benchmarks.harness import BenchmarkSpec, Measurement, write_profiles
+from benchmarks.inputs import model_config_for, temporary_folder
+from benchmarks.memory import RssSampler, current_rss_bytes, peak_rss_bytes
+from benchmarks.tables import ratio_cell, target
+from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from modeling_harmoclip.configuration_harmoclip import recipe_fields
-from plumbing.command_line import CommandParser
+from training.config import PROJECT_ROOT
 
 NAME = "train_step"
 TIME_LIMIT = 1.3  # TARGET_VARIANT step time / GC-only step time
@@ -239,10 +225,13 @@ def measure_memory_here(args: argparse.Namespace, manifest: Path, cache_dir: Pat
 def measure_memory_in_fresh_process(
     args: argparse.Namespace, manifest: Path, cache_dir: Path, variant: str, folder: Path
 ) -> dict:
+    """Peak memory of `variant`'s step (`measure_memory_here`) in a fresh process, so that no other variant's
+    allocations count towards it: this command again, with the internal `--memory-of`."""
     out = folder / f"memory-{list(VARIANTS).index(variant)}.json"
     command = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "benchmarks.train_step",
         "--memory-of",
         variant,
         "--manifest",
@@ -268,14 +257,14 @@ def measure_memory_in_fresh_process(
         "--threads",
         str(args.threads),
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {variant} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return json.loads(out.read_text())
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a training-step benchmark's batch and model (this one and peer_open_clip.py)."""
+    """The options of a training-step benchmark's batch (this one and peer_open_clip.py)."""
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -284,15 +273,10 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         "of ViT-B/16 takes minutes per round; --quick 2)",
     )
     parser.add_argument("--boxes", type=int, default=8, help="boxes (each with a phrase) per image")
-    parser.add_argument(
-        "--model-preset", default=None, choices=["vit-b-16", "tiny"], help="default vit-b-16 (--quick: tiny)"
-    )
 
 
 def resolve_step_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """`resolve_common`, then `preset` and `batch_size` from the options of `add_step_arguments`."""
-    args = resolve_common(args)
-    args.preset = args.model_preset or ("tiny" if args.quick else "vit-b-16")
+    """`batch_size` from the options of `add_step_arguments`, checked with `boxes`."""
     args.batch_size = args.batch_size or (8 if args.device.type == "cuda" and not args.quick else 2)
     if args.batch_size < 1 or args.boxes < 1:
         raise ValueError(f"--batch-size and --boxes must be >= 1, got {args.batch_size} and {args.boxes}")
@@ -324,9 +308,8 @@ def selected_variants(option: str | None) -> list[str]:
     return [name for name in VARIANTS if name in names | {"GC"}]
 
 
-def build_parser() -> CommandParser:
-    parser = CommandParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, cpu_repeats=3, cuda_repeats=10)
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of this benchmark; the harness adds the common ones."""
     add_step_arguments(parser)
     parser.add_argument("--skip-memory", action="store_true", help="time only (no fresh process per variant)")
     parser.add_argument(
@@ -339,7 +322,6 @@ def build_parser() -> CommandParser:
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--memory-out", type=Path, help=argparse.SUPPRESS)
-    return parser
 
 
 def measure_variants(
@@ -358,13 +340,7 @@ def measure_variants(
             max(args.warmup, 1),
             progress=NAME,
         )
-        if args.profile:
-            for name in variants:
-                write_profile(
-                    lambda name=name: runner.step(name),
-                    device,
-                    profile_path(args, NAME, name.replace("+", "_").replace(" ", "_")),
-                )
+        write_profiles(args, {name: (lambda name=name: runner.step(name)) for name in variants}, device)
         terms = dict(runner.last_terms)
         boxes_in_batch = runner.boxes_in_batch
         runner = None  # frees the models before the memory is measured in fresh processes
@@ -403,7 +379,7 @@ def variant_result(
         summary["median_s"] * 1e3,
         f"{summary['spread']:.0%}",
         args.batch_size / summary["median_s"],
-        f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+        ratio_cell(ratio),
         peak / 2**20 if peak else None,
         f"{memory_ratio:.2f}" if memory_ratio else None,
         ", ".join(sorted(k for k in terms.get(name, {}) if k != "loss")),
@@ -440,11 +416,13 @@ def step_targets(results: list[dict], memory: dict[str, dict[str, Any]]) -> list
     return targets
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> Measurement | None:
+    """Every variant's step side by side, then each one's peak memory in a fresh process (or, in that process,
+    the one variant's memory)."""
     args = resolve_step_arguments(args)
-    if args.memory_of:
+    if args.memory_of:  # the fresh process of `measure_memory_in_fresh_process`: its result goes to --memory-out
         args.memory_out.write_text(json.dumps(measure_memory_here(args, args.manifest, args.cache_dir, args.memory_of)))
-        return {}
+        return None
 
     variants = selected_variants(args.variants)
     times, terms, boxes_in_batch, memory = measure_variants(args, variants)
@@ -456,10 +434,6 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(row)
     targets = step_targets(results, memory)
     memory_kind = next(iter(memory.values()))["kind"] if memory else "not measured"
-    table = markdown_table(
-        ["variant", "ms/step", "spread", "samples/s", "time / GC (min-max)", "peak MiB", "memory / GC", "loss terms"],
-        rows,
-    )
     settings = {
         "model_preset": args.preset,
         "batch_size": args.batch_size,
@@ -474,12 +448,21 @@ def run(args: argparse.Namespace) -> dict:
         f"alternating rounds after {max(args.warmup, 1)} warm-up step(s) each; peak memory: {memory_kind}, each variant "
         "in a fresh process after its warm-up step(s)."
     ]
-    return finish(NAME, args, settings, results, table, targets, notes)
+    columns = [
+        "variant",
+        "ms/step",
+        "spread",
+        "samples/s",
+        "time / GC (min-max)",
+        "peak MiB",
+        "memory / GC",
+        "loss terms",
+    ]
+    return Measurement(columns, rows, results, settings, notes, targets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The benchmark as a command; returns the exit code (a user's mistake: one line `error: ...`)."""
-    return benchmark_main(build_parser, run, argv)
+SPEC = BenchmarkSpec(NAME, __doc__, measure, options=add_options, cpu_repeats=3, cuda_repeats=10, model_preset=True)
+main = SPEC.main
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def check_ratio(ratio: dict, numerator: list[float], denominator: list[float]) -
 
 def cell(value: float, digits: int = 3) -> str:
     """A number as the benchmark tables print it."""
-    from benchmarks.common import format_number
+    from benchmarks.tables import format_number
 
     return format_number(value, digits)
 
