@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks.harness import BenchmarkSpec, Measurement
 from benchmarks.inputs import OPENAI_BPE, temporary_folder
-from benchmarks.tables import target
+from benchmarks.tables import spread_cell, target
 from benchmarks.timing import summarize, time_side_by_side
 from benchmarks.train_step import StepRunner
 from training.config import PROJECT_ROOT
@@ -82,7 +82,7 @@ def loader_rates(
             [
                 f"DataLoader, {w} workers",
                 rate,
-                f"{summary['spread']:.0%}",
+                spread_cell(summary),
                 rate / step_rate,
                 f"{loading_share:.0%}" if loading_share is not None else "overlapped",
             ]
@@ -169,7 +169,7 @@ def measure_synthetic(args: argparse.Namespace) -> Measurement:
         [
             f"training step ({config.model_preset}, batch {config.batch_size})",
             step_rate,
-            f"{step['spread']:.0%}",
+            spread_cell(step),
             1.0,
             "-",
         ]
@@ -265,7 +265,7 @@ def jpeg224_rates(
                 rate,
                 per_worker,
                 per_cpu_second if per_cpu_second is not None else "-",
-                f"{summary['spread']:.0%}",
+                spread_cell(summary),
             ]
         )
     return results, rows

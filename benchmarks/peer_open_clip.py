@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.harness import BenchmarkSpec, Measurement, autocast, write_profiles
 from benchmarks.inputs import temporary_folder
-from benchmarks.tables import ratio_cell, target
+from benchmarks.tables import ratio_cell, spread_cell, target
 from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from benchmarks.train_step import (
     StepRunner,
@@ -184,7 +184,7 @@ def step_rows(
                 method,
                 caption_tokens[layout],
                 summary["median_s"] * 1e3,
-                f"{summary['spread']:.0%}",
+                spread_cell(summary),
                 batch_size / summary["median_s"],
                 ratio_cell(ratio, digits=3, range_digits=2),
             ]

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.harness import BenchmarkSpec, Measurement
 from benchmarks.inputs import sample_captions
-from benchmarks.tables import ratio_cell
+from benchmarks.tables import ratio_cell, spread_cell
 from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from training.data.phrases import PhraseExtractor
 
@@ -57,10 +57,10 @@ def measure(args: argparse.Namespace) -> Measurement:
         [
             "nlp.pipe, batch " + str(args.batch_size),
             count / ours["median_s"],
-            f"{ours['spread']:.0%}",
+            spread_cell(ours),
             ratio_cell(speedup),
         ],
-        ["nlp(caption) one by one", count / theirs["median_s"], f"{theirs['spread']:.0%}", 1.0],
+        ["nlp(caption) one by one", count / theirs["median_s"], spread_cell(theirs), 1.0],
     ]
     pipeline = f"{nlp.meta.get('lang', '?')}_{nlp.meta.get('name', '?')} {nlp.meta.get('version', '')}".strip()
     settings = {

@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.harness import BenchmarkSpec, Measurement
 from benchmarks.inputs import build_model
-from benchmarks.tables import ratio_cell
+from benchmarks.tables import ratio_cell, spread_cell
 from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 
 NAME = "pipeline_throughput"
@@ -116,7 +116,7 @@ def measure_preset(args: argparse.Namespace, preset: str, items: list[dict], lab
                 len(items) / summary["median_s"],
                 summary["median_s"],
                 ratio_cell(speedup),
-                f"{summary['spread']:.0%}",
+                spread_cell(summary),
             ]
         )
     return results, rows

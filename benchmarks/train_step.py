@@ -32,7 +32,7 @@ import torch
 from benchmarks.harness import BenchmarkSpec, Measurement, write_profiles
 from benchmarks.inputs import model_config_for, temporary_folder
 from benchmarks.memory import RssSampler, current_rss_bytes, peak_rss_bytes
-from benchmarks.tables import ratio_cell, target
+from benchmarks.tables import ratio_cell, spread_cell, target
 from benchmarks.timing import ratio_summary, summarize, time_side_by_side
 from modeling_harmoclip.configuration_harmoclip import recipe_fields
 from training.config import PROJECT_ROOT
@@ -377,7 +377,7 @@ def variant_result(
     row = [
         name,
         summary["median_s"] * 1e3,
-        f"{summary['spread']:.0%}",
+        spread_cell(summary),
         args.batch_size / summary["median_s"],
         ratio_cell(ratio),
         peak / 2**20 if peak else None,
