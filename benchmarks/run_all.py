@@ -32,6 +32,7 @@ BENCHMARKS = (
     "phrase_extraction",
     "data_loading",
     "pipeline_throughput",
+    "grounding_passes",
     "compile_speed",
 )
 

@@ -194,6 +194,25 @@ def test_global_overhead(tmp_path: Path) -> None:
         assert printed[2:4] == [cell(row["harmoclip_per_s"]), cell(row["clip_per_s"])]
 
 
+def test_grounding_passes(tmp_path: Path) -> None:
+    """Grounding with the model's proposals: one vision pass against the two of before, the same logits, and every
+    figure of the table recomputed from the recorded rounds."""
+    payload = run_script("grounding_passes", tmp_path, "--repeats", "2")
+    one, two, speedup = payload["results"]
+    assert (one["method"], one["vision_passes_per_image"]) == ("one pass", 1)
+    assert (two["method"], two["vision_passes_per_image"]) == ("two passes", 2)
+    assert payload["settings"]["max_logit_difference"] <= 1e-4
+    ours, theirs = check_summary(one, 2), check_summary(two, 2)
+    check_ratio(speedup["speedup"], theirs, ours)
+    for row in (one, two):
+        assert row["images_per_s"] == pytest.approx(row["images"] / row["median_s"], rel=1e-12)
+    table = table_rows(payload["markdown"], "method")
+    assert [row[:3] for row in table[:2]] == [
+        ["one pass", "1", cell(one["images_per_s"])],
+        ["two passes", "2", cell(two["images_per_s"])],
+    ]
+
+
 def test_train_step(tmp_path: Path) -> None:
     payload = run_script("train_step", tmp_path, "--batch-size", "2", "--boxes", "3")
     results = {row["variant"]: row for row in payload["results"]}
