@@ -132,6 +132,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     #   retrieval, on the means; nothing settled);
     # - RLA off: it is not one of the paper's three terms (it is `harmoclip-rla`);
     # - GR teacher frozen: CLIPSelf's; FineCLIP's live teacher changed nothing measurable at toy scale.
+    # The candidates for keeping retrieval (region heads, how far region gradients reach, a gentler trunk, GD, WiSE-FT;
+    # docs/harmony_candidates.md) were judged by a rule written before their runs: none qualified in both worlds, so
+    # none of these choices changed, and `harmoclip` stays the shipped default (docs/toy_clip.md).
     "harmoclip": {
         "loss_gc_weight": 1.0,
         "loss_lrc_weight": 0.5,

@@ -36,7 +36,7 @@ def uses_frozen_teacher(values: Mapping[str, Any]) -> bool:
 
 def loss_names(values: Mapping[str, Any]) -> str:
     """ "GC+RLA+GR": the terms these field values train."""
-    on = {name: values[f"loss_{name}_weight"] > 0 for name in LOSS_NAMES}
+    on = {name: values.get(f"loss_{name}_weight", 0.0) > 0 for name in LOSS_NAMES}  # GD: 0 in runs made before it
     on["gr"] = gr_enabled(values)
     return "+".join(name.upper() for name in LOSS_NAMES if on[name])
 
