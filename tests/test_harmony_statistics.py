@@ -382,3 +382,11 @@ def test_the_decision_command_reads_both_worlds(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main([str(tmp_path / "basic.json"), str(tmp_path / "basic.json")]) == 1
     assert "two reports of the 'basic' world" in capsys.readouterr().err
+
+
+def test_loss_names_read_runs_made_before_gd() -> None:
+    from experiments.harmony.rows import loss_names
+
+    before_gd = {"loss_gc_weight": 1.0, "loss_lrc_weight": 0.5, "loss_rla_weight": 0.0, "loss_gr_weight": 1.0}
+    assert loss_names({**before_gd, "gr_teacher": "frozen"}) == "GC+LRC+GR"
+    assert loss_names({**before_gd, "gr_teacher": "frozen", "loss_gd_weight": 1.0}) == "GC+LRC+GR+GD"
